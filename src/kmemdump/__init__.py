@@ -1,0 +1,1 @@
+"""kmemdump: register chosen memory regions so an outside collector can dump just those."""

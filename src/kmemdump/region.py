@@ -1,0 +1,190 @@
+"""What a registered region is, and how a Python target becomes (address, size, kind).
+
+Standard library only: this module is imported into production processes. ``ctypes`` is
+imported lazily, on the first registration that needs it, to keep ``import kmemdump`` cheap.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidRegionError
+
+__all__ = ["NAME_MAX", "Region", "RegionKind", "Resolved", "clean_name", "resolve_target"]
+
+NAME_MAX = 31
+"""Longest region name in UTF-8 bytes (the shared table stores 32 bytes, NUL-terminated)."""
+
+_ADDRESS_LIMIT = 2**64
+
+
+class RegionKind(enum.IntEnum):
+    """How the region's bytes should be read back. Stored as a u16 in the shared table."""
+
+    BUFFER = 1
+    """Raw bytes of a buffer (bytearray, bytes data, mmap, array, numpy …)."""
+    OBJECT = 2
+    """A whole CPython object, header included, at ``id(obj)``; decodable with PYCOREINFO."""
+    CTYPES = 3
+    """A ctypes instance's storage."""
+    ADDRESS = 4
+    """A raw address and size given by the caller."""
+    PYCOREINFO = 5
+    """The Python layout description (JSON) the inspector decodes objects with."""
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """One registered region, as the registry and every backend see it."""
+
+    id: int
+    address: int
+    size: int
+    kind: RegionKind
+    name: str
+    type_name: str = ""
+
+    @property
+    def end(self) -> int:
+        return self.address + self.size
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A target turned into memory: where, how big, what kind, and what keeps it in place."""
+
+    address: int
+    size: int
+    kind: RegionKind
+    type_name: str
+    keepalive: Any
+
+
+def clean_name(name: str) -> str:
+    """Make ``name`` safe for the table: printable ASCII-or-UTF-8, at most ``NAME_MAX`` bytes."""
+    cleaned = "".join(ch if ch.isprintable() else "?" for ch in name)
+    data = cleaned.encode("utf-8")[:NAME_MAX]
+    return data.decode("utf-8", errors="ignore")
+
+
+def _check_size(size: int, available: int | None, what: str) -> int:
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise InvalidRegionError(f"size must be an int, not {type(size).__name__}")
+    if size <= 0:
+        raise InvalidRegionError("size must be positive", size=size)
+    if available is not None and size > available:
+        raise InvalidRegionError(f"size is larger than the {what}", size=size, available=available)
+    return size
+
+
+def _ctypes_target(target: Any) -> bool:
+    ct = sys.modules.get("ctypes")
+    if ct is None:  # no ctypes instance can exist before ctypes is imported
+        return False
+    cdata = (ct._SimpleCData, ct.Structure, ct.Union, ct.Array, ct._Pointer)
+    return isinstance(target, cdata)
+
+
+def resolve_target(target: Any, size: int | None = None, *, as_object: bool = False) -> Resolved:
+    """Turn a registration target into a :class:`Resolved`.
+
+    * ``int`` (not ``bool``) with ``size``: a raw address;
+    * a ctypes instance: its storage (``addressof``/``sizeof``);
+    * an object with the buffer protocol: its bytes, which must be C-contiguous; the returned
+      ``keepalive`` holds a buffer export, so a bytearray, array or mmap cannot be resized or
+      closed (and so cannot move) while registered;
+    * anything else, or anything when ``as_object``: the object's own memory at ``id(obj)``,
+      ``obj.__sizeof__()`` bytes.
+    """
+    type_name = type(target).__qualname__
+    if as_object:
+        return _resolve_object(target, size)
+    if isinstance(target, int) and not isinstance(target, bool):
+        if size is None:
+            raise InvalidRegionError(
+                "an int target is a raw address and needs size=; "
+                "to register the int object itself use register_object()",
+                address=target,
+            )
+        if not 0 < target < _ADDRESS_LIMIT or target + size > _ADDRESS_LIMIT:
+            raise InvalidRegionError("address out of range", address=target)
+        return Resolved(target, _check_size(size, None, "address space"), RegionKind.ADDRESS, "", None)
+    if _ctypes_target(target):
+        import ctypes
+
+        available = ctypes.sizeof(target)
+        length = available if size is None else _check_size(size, available, "ctypes object")
+        return Resolved(ctypes.addressof(target), length, RegionKind.CTYPES, type_name, target)
+    try:
+        view = memoryview(target)
+    except TypeError:
+        return _resolve_object(target, size)
+    return _resolve_buffer(view, size, type_name)
+
+
+def _resolve_object(target: Any, size: int | None) -> Resolved:
+    try:
+        available = int(target.__sizeof__())
+    except TypeError as err:  # e.g. an unbound __sizeof__ on a class without instances' size
+        available = sys.getsizeof(target, 0)
+        if not available:
+            raise InvalidRegionError("cannot tell the object's size", type=type(target).__name__) from err
+    length = available if size is None else _check_size(size, available, "object")
+    return Resolved(id(target), length, RegionKind.OBJECT, type(target).__qualname__, target)
+
+
+def _resolve_buffer(view: memoryview, size: int | None, type_name: str) -> Resolved:
+    if not view.c_contiguous:
+        view.release()
+        raise InvalidRegionError("buffer is not C-contiguous", type=type_name)
+    available = view.nbytes
+    if available == 0:
+        view.release()
+        raise InvalidRegionError("buffer is empty", type=type_name)
+    try:
+        length = available if size is None else _check_size(size, available, "buffer")
+    except InvalidRegionError:
+        view.release()
+        raise
+    return Resolved(buffer_address(view), length, RegionKind.BUFFER, type_name, view)
+
+
+def buffer_address(view: memoryview) -> int:
+    """The address of the first byte of a C-contiguous buffer, read-only ones included."""
+    import ctypes
+
+    if not view.readonly and view.format in ("B", "b", "c") and view.ndim == 1:
+        return ctypes.addressof(ctypes.c_char.from_buffer(view))
+    return _getbuffer_address(view)
+
+
+def _getbuffer_address(view: memoryview) -> int:
+    import ctypes
+
+    class PyBuffer(ctypes.Structure):
+        _fields_ = (
+            ("buf", ctypes.c_void_p),
+            ("obj", ctypes.c_void_p),
+            ("len", ctypes.c_ssize_t),
+            ("itemsize", ctypes.c_ssize_t),
+            ("readonly", ctypes.c_int),
+            ("ndim", ctypes.c_int),
+            ("format", ctypes.c_char_p),
+            ("shape", ctypes.c_void_p),
+            ("strides", ctypes.c_void_p),
+            ("suboffsets", ctypes.c_void_p),
+            ("internal", ctypes.c_void_p),
+        )
+
+    api = ctypes.pythonapi
+    buf = PyBuffer()
+    pybuf_records_ro = 0x0010 | 0x0008 | 0x0004  # PyBUF_STRIDES | PyBUF_FORMAT
+    if api.PyObject_GetBuffer(ctypes.py_object(view), ctypes.byref(buf), pybuf_records_ro) != 0:
+        raise InvalidRegionError("cannot get the buffer's address")
+    try:
+        return int(buf.buf or 0)
+    finally:
+        api.PyBuffer_Release(ctypes.byref(buf))
