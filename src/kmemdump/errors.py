@@ -14,6 +14,7 @@ __all__ = [
     "CollectorError",
     "DecodeError",
     "DumpFormatError",
+    "ForeignTableError",
     "InvalidRegionError",
     "KmemdumpError",
     "ProcessGoneError",
@@ -139,3 +140,9 @@ class UnreadableMemoryError(KmemdumpError):
 
 class DecodeError(KmemdumpError):
     """An object in a dump cannot be decoded (missing memory, unknown type, bad layout)."""
+
+
+class ForeignTableError(TableFormatError):
+    """A table file belongs to another user (or is not a regular file) and is not trusted."""
+
+    help = "Run the collector as the table's owner, or as root to watch every user's tables."
