@@ -1,0 +1,105 @@
+"""Allocation wrappers: allocate and register in one call, unregister and release in another.
+
+These are the seed's "wrappers on top of allocation functions which are given as parameters"
+(the kernel's ``kmemdump_alloc_id_size(id, sz, fn, ...)`` and ``kmemdump_free_id(id, fn, ...)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from typing import TypeVar
+
+from .errors import InvalidRegionError
+from .errors import UnknownRegionError
+from .ids import NO_ID
+from .registry import Registry
+
+__all__ = ["alloc", "alloc_with", "allocated", "free"]
+
+T = TypeVar("T")
+
+
+def alloc(
+    registry: Registry,
+    size: int,
+    *,
+    id: int = NO_ID,  # noqa: A002
+    name: str | None = None,
+    replace: bool = False,
+) -> bytearray:
+    """A zeroed ``bytearray`` of ``size`` bytes, registered; it cannot be resized while registered.
+
+    With ``replace=True`` an existing region under ``id`` is unregistered first (the kernel's
+    ``kmemdump_alloc_id_size_replace``).
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise InvalidRegionError("size must be a positive int", size=size)
+    buf = bytearray(size)
+    _register(registry, buf, None, id, name, replace)
+    return buf
+
+
+def alloc_with(
+    registry: Registry,
+    fn: Callable[..., T],
+    *args: Any,
+    id: int = NO_ID,  # noqa: A002
+    name: str | None = None,
+    size: int | None = None,
+    replace: bool = False,
+    **kwargs: Any,
+) -> T:
+    """Call any allocator ``fn(*args, **kwargs)`` and register what it returns.
+
+    The result must be registrable (a buffer, a ctypes object, or an object); ``size`` limits
+    the region to the first ``size`` bytes, for allocators that round up. If registration fails
+    the result is returned to no one: the error propagates and the object is dropped.
+    """
+    obj = fn(*args, **kwargs)
+    _register(registry, obj, size, id, name, replace)
+    return obj
+
+
+def _register(registry: Registry, obj: Any, size: int | None, rid: int, name: str | None, replace: bool) -> int:
+    if replace and rid != NO_ID:
+        return registry.replace(rid, obj, size, name=name)
+    return registry.register(obj, size, id=rid, name=name)
+
+
+def free(registry: Registry, obj_or_id: Any, fn: Callable[..., Any] | None = None, *args: Any) -> None:
+    """Unregister a region by ID, or every region registered for an object; then ``fn(*args)``.
+
+    ``fn`` is the matching release function (``mmap.close``, a pool's ``release`` …), called
+    after unregistering so the region is never published while its memory is gone.
+    """
+    if isinstance(obj_or_id, int) and not isinstance(obj_or_id, bool):
+        registry.unregister(obj_or_id)
+    else:
+        ids = registry.ids_of(obj_or_id)
+        if not ids:
+            raise UnknownRegionError("object is not registered", type=type(obj_or_id).__name__)
+        for rid in ids:
+            registry.unregister(rid)
+    if fn is not None:
+        fn(*args)
+
+
+@contextmanager
+def allocated(
+    registry: Registry,
+    size: int,
+    *,
+    id: int = NO_ID,  # noqa: A002
+    name: str | None = None,
+) -> Iterator[bytearray]:
+    """``with allocated(n) as buf:`` — a registered buffer, unregistered on exit."""
+    buf = alloc(registry, size, id=id, name=name)
+    try:
+        yield buf
+    finally:
+        ids = registry.ids_of(buf)
+        for rid in ids:
+            registry.unregister(rid)

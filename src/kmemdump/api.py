@@ -1,0 +1,262 @@
+"""The module-level API: every function acts on one process-wide default registry."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+from typing import TypeVar
+
+from . import alloc as _alloc
+from .annotations import Annotation
+from .annotations import caller_origin
+from .annotations import section
+from .backends.base import Backend
+from .banner import make_banner
+from .errors import KmemdumpError
+from .ids import ID
+from .ids import NO_ID
+from .region import Region
+from .registry import Registry
+from .registry import SwapReport
+
+__all__ = [
+    "InitReport",
+    "alloc",
+    "alloc_with",
+    "allocated",
+    "backend_register",
+    "backend_unregister",
+    "current_backend",
+    "default_registry",
+    "free",
+    "init",
+    "register",
+    "register_object",
+    "regions",
+    "replace",
+    "static",
+    "unregister",
+]
+
+log = logging.getLogger("kmemdump")
+T = TypeVar("T")
+
+_registry = Registry()
+
+
+def default_registry() -> Registry:
+    """The registry the module-level functions use."""
+    return _registry
+
+
+def register(
+    target: Any,
+    size: int | None = None,
+    *,
+    id: int = NO_ID,  # noqa: A002 - the seed's name
+    name: str | None = None,
+    depth: int | None = None,
+) -> int:
+    """Register a memory region and return its ID (the requested one, or a new one for ``NO_ID``).
+
+    ``target`` is a buffer (bytes, bytearray, memoryview, mmap, array.array, a C-contiguous
+    numpy array), a ctypes instance, a raw ``int`` address with ``size``, or any other object (its
+    own memory at ``id(obj)``). ``depth`` registers an object graph (see :func:`register_object`).
+    """
+    return _registry.register(target, size, id=id, name=name, depth=depth)
+
+
+def register_object(obj: Any, *, id: int = NO_ID, name: str | None = None, depth: int = 0) -> int:  # noqa: A002
+    """Register ``obj`` as a Python object, with what decoding it needs, ``depth`` levels deep."""
+    return _registry.register_object(obj, id=id, name=name, depth=depth)
+
+
+def unregister(region_id: int) -> None:
+    """Remove the region; an unknown ID raises :class:`UnknownRegionError`."""
+    _registry.unregister(region_id)
+
+
+def replace(region_id: int, target: Any, size: int | None = None, *, name: str | None = None) -> int:
+    """Atomically swap what ``region_id`` points at (e.g. after a buffer was reallocated)."""
+    return _registry.replace(region_id, target, size, name=name)
+
+
+def regions() -> tuple[Region, ...]:
+    """A consistent snapshot of the registered regions, in ID order."""
+    return _registry.regions()
+
+
+def alloc(size: int, *, id: int = NO_ID, name: str | None = None, replace: bool = False) -> bytearray:  # noqa: A002
+    """A registered, zeroed ``bytearray`` of ``size`` bytes."""
+    return _alloc.alloc(_registry, size, id=id, name=name, replace=replace)
+
+
+def alloc_with(
+    fn: Callable[..., T],
+    *args: Any,
+    id: int = NO_ID,  # noqa: A002
+    name: str | None = None,
+    size: int | None = None,
+    replace: bool = False,
+    **kwargs: Any,
+) -> T:
+    """Call the allocator ``fn(*args, **kwargs)`` and register its result."""
+    return _alloc.alloc_with(_registry, fn, *args, id=id, name=name, size=size, replace=replace, **kwargs)
+
+
+def free(obj_or_id: Any, fn: Callable[..., Any] | None = None, *args: Any) -> None:
+    """Unregister by ID or object, then call the release function ``fn(*args)`` if given."""
+    _alloc.free(_registry, obj_or_id, fn, *args)
+
+
+def allocated(size: int, *, id: int = NO_ID, name: str | None = None) -> AbstractContextManager[bytearray]:  # noqa: A002
+    """``with kmemdump.allocated(n) as buf:`` — registered for the block's duration."""
+    return _alloc.allocated(_registry, size, id=id, name=name)
+
+
+def static(
+    obj: T,
+    *,
+    id: int = NO_ID,  # noqa: A002
+    name: str | None = None,
+    size: int | None = None,
+    depth: int | None = None,
+) -> T:
+    """Annotate a long-lived object for registration by :func:`init`; returns ``obj`` unchanged.
+
+    ``BUF = kmemdump.static(bytearray(4096), id=kmemdump.ID.USER_START, name="events")``
+    """
+    section.record(Annotation(obj, id, name, size, depth, caller_origin()))
+    return obj
+
+
+def backend_register(backend: Backend) -> SwapReport:
+    """Make ``backend`` current; every registered region is replayed into it."""
+    report = _registry.backend_register(backend)
+    _attach_watchdog(backend)
+    return report
+
+
+def backend_unregister(backend: Backend) -> bool:
+    """Remove ``backend`` if current (reverting to the no-op backend); False otherwise."""
+    removed = _registry.backend_unregister(backend)
+    if removed:
+        _attach_watchdog(None)
+    return removed
+
+
+def current_backend() -> Backend:
+    return _registry.current_backend()
+
+
+def _attach_watchdog(backend: Backend | None) -> None:
+    from . import watchdog
+
+    watchdog.attach(backend)
+
+
+# --- init ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InitReport:
+    """What :func:`init` did."""
+
+    banner_id: int | None
+    pycoreinfo_id: int | None
+    annotations: tuple[int, ...]
+    failures: tuple[tuple[str, str], ...]
+    table: str | None
+    """Path of the shared table, when one is published."""
+
+
+_init_lock = threading.Lock()
+_init_done = False
+
+
+def init(
+    *,
+    capacity: int | None = None,
+    table: bool = False,
+    directory: str | os.PathLike[str] | None = None,
+    watchdog: float | None = None,
+    feeder: bool = False,
+    banner: bool = True,
+    pycoreinfo: bool = True,
+    entry_points: bool = True,
+) -> InitReport:
+    """Set kmemdump up for this process. Safe to call more than once.
+
+    The first call sizes the registry (``capacity``), registers the banner and the Python layout
+    description, and walks the static annotations. ``table=True`` publishes the registry in a shared
+    table (under ``directory``, default ``$KMEMDUMP_DIR`` or ``/dev/shm/kmemdump-<uid>``);
+    ``watchdog=S`` arms a heartbeat timeout of S seconds, fed by :func:`kmemdump.feed` from your main
+    loop, or by a background thread with ``feeder=True`` (which detects only whole-process stalls).
+    Later calls only add what earlier ones did not enable.
+    """
+    global _init_done
+    from . import watchdog as wd
+
+    failures: list[tuple[str, str]] = []
+    with _init_lock:
+        first = not _init_done
+        if first and capacity is not None:
+            _registry.set_capacity(capacity)
+        banner_id = _register_banner() if first and banner else _existing(ID.BANNER)
+        info_id = _publish_pycoreinfo(failures) if first and pycoreinfo else _existing(ID.PYCOREINFO)
+        walked = section.walk(_registry, entry_points=entry_points) if first else None
+        _init_done = True
+        table_path = _ensure_table(directory) if table else _current_table_path()
+        if watchdog is not None:
+            wd.set_watchdog(watchdog)
+        if feeder:
+            wd.start_feeder()
+    if walked is not None:
+        failures.extend(walked.failed)
+    return InitReport(
+        banner_id, info_id, walked.registered if walked else (), tuple(failures), table_path
+    )
+
+
+def _existing(region_id: int) -> int | None:
+    return region_id if region_id in _registry else None
+
+
+def _register_banner() -> int:
+    return _registry.replace(ID.BANNER, make_banner(), name="banner")
+
+
+def _publish_pycoreinfo(failures: list[tuple[str, str]]) -> int | None:
+    from .pyinfo import publisher
+
+    try:
+        return publisher.start(_registry)
+    except KmemdumpError as err:
+        failures.append(("pycoreinfo", str(err)))
+        log.warning("Python layout description not published: %s", err)
+        return None
+
+
+def _current_table_path() -> str | None:
+    path = getattr(_registry.current_backend(), "path", None)
+    return None if path is None else str(path)
+
+
+def _ensure_table(directory: str | os.PathLike[str] | None) -> str:
+    from .backends.table import SharedTableBackend
+
+    current = _registry.current_backend()
+    if isinstance(current, SharedTableBackend):
+        return str(current.path)
+    backend = SharedTableBackend(directory, capacity=_registry.capacity)
+    report = backend_register(backend)
+    for failure in report.failures:
+        log.warning("region %d not published in the table: %s", failure.region.id, failure.error)
+    return str(backend.path)
+
+

@@ -1,0 +1,395 @@
+"""The registry: a fixed-size table of regions, one lock, and the current backend.
+
+It mirrors the kernel's ``kmemdump_zones[MAX_ZONES]`` and ``kmemdump_lock``: registration takes a
+free slot, unregistration frees it, and the current backend is told about each change. Register
+and unregister are O(1): a stack of free slots, a dict from ID to slot and a heap of freed dynamic
+IDs; nothing scans the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .backends.base import Backend
+from .backends.base import NoopBackend
+from .errors import BackendError
+from .errors import InvalidRegionError
+from .errors import RegionExistsError
+from .errors import RegistryFullError
+from .errors import UnknownRegionError
+from .ids import DYNAMIC_START
+from .ids import MAX_ID
+from .ids import NO_ID
+from .region import Region
+from .region import RegionKind
+from .region import Resolved
+from .region import clean_name
+from .region import resolve_target
+
+__all__ = ["DEFAULT_CAPACITY", "MAX_CAPACITY", "Registry", "ReplayFailure", "SwapReport"]
+
+log = logging.getLogger("kmemdump")
+
+DEFAULT_CAPACITY = 201
+"""The kernel's ``MAX_ZONES`` (itself the Qualcomm minidump table's 201 regions)."""
+MAX_CAPACITY = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayFailure:
+    """A region the new backend refused while the registry replayed it."""
+
+    region: Region
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class SwapReport:
+    """The outcome of :meth:`Registry.backend_register`."""
+
+    backend: str
+    replayed: int
+    failures: tuple[ReplayFailure, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+class _Entry:
+    __slots__ = ("children", "keepalive", "region", "slot")
+
+    def __init__(self, region: Region, keepalive: Any, slot: int) -> None:
+        self.region = region
+        self.keepalive = keepalive
+        self.slot = slot
+        self.children: tuple[int, ...] = ()
+
+
+def _release(keepalive: Any) -> None:
+    """Drop the buffer export that pinned a registered buffer, so it may move again."""
+    if isinstance(keepalive, memoryview):
+        keepalive.release()
+
+
+TypeListener = Callable[[set[type]], None]
+
+
+class Registry:
+    """A fixed-size, thread-safe table of regions and the backend that publishes them."""
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        self._lock = threading.Lock()
+        self._backend: Backend = NoopBackend()
+        self._by_id: dict[int, _Entry] = {}
+        self._dyn_heap: list[int] = []
+        self._dyn_next = DYNAMIC_START
+        self._type_listener: TypeListener | None = None
+        self._set_slots(_check_capacity(capacity))
+
+    # --- capacity ----------------------------------------------------------------------
+
+    def _set_slots(self, capacity: int) -> None:
+        self._slots: list[_Entry | None] = [None] * capacity
+        self._free: list[int] = list(range(capacity - 1, -1, -1))  # pop() gives the lowest slot
+
+    @property
+    def capacity(self) -> int:
+        return len(self._slots)
+
+    def set_capacity(self, capacity: int) -> None:
+        """Resize the table; allowed only while it is empty and the no-op backend is current."""
+        capacity = _check_capacity(capacity)
+        with self._lock:
+            if capacity == len(self._slots):
+                return
+            if self._by_id or not isinstance(self._backend, NoopBackend):
+                raise InvalidRegionError(
+                    "capacity can only change before any region or backend is registered",
+                    capacity=capacity,
+                    registered=len(self._by_id),
+                )
+            self._set_slots(capacity)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    # --- IDs -----------------------------------------------------------------------------
+
+    def _take_id(self, wanted: int) -> int:
+        """Reserve ``wanted`` (checked) or the lowest free dynamic ID. Caller holds the lock."""
+        if wanted != NO_ID:
+            if isinstance(wanted, bool) or not isinstance(wanted, int) or not 0 < wanted <= MAX_ID:
+                raise InvalidRegionError("ID outside the ID space", id=wanted)
+            if wanted in self._by_id:
+                raise RegionExistsError("ID already registered", id=wanted)
+            return wanted
+        heap = self._dyn_heap
+        while heap:
+            candidate = heapq.heappop(heap)
+            if candidate not in self._by_id:  # may have been taken explicitly meanwhile
+                return candidate
+        while self._dyn_next in self._by_id:
+            self._dyn_next += 1
+        if self._dyn_next > MAX_ID:
+            raise RegistryFullError("dynamic IDs exhausted")
+        candidate = self._dyn_next
+        self._dyn_next += 1
+        return candidate
+
+    def _give_back_id(self, region_id: int) -> None:
+        if region_id >= DYNAMIC_START and region_id < self._dyn_next:
+            heapq.heappush(self._dyn_heap, region_id)
+
+    # --- register / unregister -------------------------------------------------------------
+
+    def register(
+        self,
+        target: Any,
+        size: int | None = None,
+        *,
+        id: int = NO_ID,  # noqa: A002 - the seed's name for it
+        name: str | None = None,
+        depth: int | None = None,
+    ) -> int:
+        """Register ``target`` and return its ID. See :func:`kmemdump.register`."""
+        if depth is not None:
+            return self.register_object(target, id=id, name=name, depth=depth)
+        resolved = resolve_target(target, size)
+        rid = self._register_resolved(resolved, id, name)
+        if resolved.kind is RegionKind.OBJECT:
+            self._notify_types({type(target)})
+        return rid
+
+    def register_object(
+        self, obj: Any, *, id: int = NO_ID, name: str | None = None, depth: int = 0  # noqa: A002
+    ) -> int:
+        """Register ``obj``'s own memory plus what decoding it needs (see :mod:`kmemdump.objgraph`).
+
+        ``depth`` follows container items that many levels. The returned ID is the object's;
+        the extra regions get dynamic IDs and are unregistered with it.
+        """
+        from .objgraph import object_regions
+
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+            raise InvalidRegionError("depth must be a non-negative int", depth=depth)
+        parts = object_regions(obj, depth)
+        root = resolve_target(obj, as_object=True)
+        extra = [
+            # a part at its keepalive's own address is an object; anything else is storage it owns
+            Resolved(addr, size, RegionKind.OBJECT if addr == id(keep) else RegionKind.BUFFER, label, keep)
+            for addr, size, label, keep in parts
+            if addr != root.address
+        ]
+        base = clean_name(name) if name else root.type_name
+        with self._lock:
+            if len(self._free) < 1 + len(extra):
+                raise RegistryFullError(
+                    "not enough free slots for the object graph", needed=1 + len(extra), free=len(self._free)
+                )
+            rid = self._register_locked(root, id, base)
+            children: list[int] = []
+            try:
+                for part in extra:
+                    children.append(self._register_locked(part, NO_ID, clean_name(f"{base}>{part.type_name}")))
+            except BaseException:
+                for child in children:
+                    self._unregister_locked(child)
+                self._unregister_locked(rid)
+                raise
+            self._by_id[rid].children = tuple(children)
+        types = {type(obj)} | {type(p[3]) for p in parts if p[3] is not None}
+        self._notify_types(types)
+        return rid
+
+    def _register_resolved(self, resolved: Resolved, wanted: int, name: str | None) -> int:
+        label = clean_name(name) if name else resolved.type_name
+        with self._lock:
+            return self._register_locked(resolved, wanted, label)
+
+    def _register_locked(self, resolved: Resolved, wanted: int, name: str) -> int:
+        rid = self._take_id(wanted)
+        if not self._free:
+            self._give_back_id(rid)
+            _release(resolved.keepalive)
+            raise RegistryFullError("no free slot", capacity=len(self._slots))
+        region = Region(rid, resolved.address, resolved.size, resolved.kind, name, resolved.type_name)
+        try:
+            self._backend.register_region(region)
+        except Exception as err:
+            self._give_back_id(rid)
+            _release(resolved.keepalive)
+            raise BackendError(
+                f"backend {self._backend.name!r} refused the region: {err}", id=rid
+            ) from err
+        slot = self._free.pop()
+        entry = _Entry(region, resolved.keepalive, slot)
+        self._slots[slot] = entry
+        self._by_id[rid] = entry
+        return rid
+
+    def unregister(self, region_id: int) -> None:
+        """Remove a region (and the extra regions an object graph brought with it)."""
+        with self._lock:
+            entry = self._by_id.get(region_id)
+            if entry is None:
+                raise UnknownRegionError("no region with this ID", id=region_id)
+            for child in entry.children:
+                if child in self._by_id:
+                    self._unregister_locked(child)
+            self._unregister_locked(region_id)
+
+    def _unregister_locked(self, region_id: int) -> None:
+        entry = self._by_id.pop(region_id)
+        try:
+            self._backend.unregister_region(entry.region)
+        except Exception:
+            log.exception("backend %r failed to unregister region %d", self._backend.name, region_id)
+        self._slots[entry.slot] = None
+        self._free.append(entry.slot)
+        self._give_back_id(region_id)
+        _release(entry.keepalive)
+
+    def replace(
+        self,
+        region_id: int,
+        target: Any,
+        size: int | None = None,
+        *,
+        name: str | None = None,
+        kind: RegionKind | None = None,
+    ) -> int:
+        """Unregister ``region_id`` if present, then register ``target`` under it, atomically.
+
+        ``kind`` overrides the kind recorded for the region (e.g. ``RegionKind.PYCOREINFO``).
+        """
+        resolved = resolve_target(target, size)
+        if kind is not None:
+            resolved = dataclasses.replace(resolved, kind=kind)
+        label = clean_name(name) if name else resolved.type_name
+        with self._lock:
+            if region_id in self._by_id:
+                self._unregister_locked(region_id)
+            return self._register_locked(resolved, region_id, label)
+
+    # --- lookups ---------------------------------------------------------------------------
+
+    def regions(self) -> tuple[Region, ...]:
+        """A consistent snapshot of every region, in ID order."""
+        with self._lock:
+            found = [entry.region for entry in self._by_id.values()]
+        return tuple(sorted(found, key=lambda r: r.id))
+
+    def get(self, region_id: int) -> Region:
+        with self._lock:
+            entry = self._by_id.get(region_id)
+        if entry is None:
+            raise UnknownRegionError("no region with this ID", id=region_id)
+        return entry.region
+
+    def __contains__(self, region_id: object) -> bool:
+        return region_id in self._by_id
+
+    def ids_of(self, obj: Any) -> list[int]:
+        """The IDs registered with ``obj`` as their target (the roots of object graphs)."""
+        with self._lock:
+            return [rid for rid, e in self._by_id.items() if _targets(e.keepalive, obj)]
+
+    # --- backends ----------------------------------------------------------------------------
+
+    def current_backend(self) -> Backend:
+        return self._backend
+
+    def backend_register(self, backend: Backend) -> SwapReport:
+        """Make ``backend`` current: unregister every region from the old one, then replay all.
+
+        A backend lacking either callback is refused with :class:`BackendError` (the kernel's
+        ``-EINVAL``). Regions the new backend refuses stay registered; they are logged and listed
+        in the returned report.
+        """
+        _check_backend(backend)
+        with self._lock:
+            live = sorted((e.region for e in self._by_id.values()), key=lambda r: r.id)
+            old = self._backend
+            for region in live:
+                try:
+                    old.unregister_region(region)
+                except Exception:
+                    log.exception("backend %r failed to unregister region %d", old.name, region.id)
+            self._backend = backend
+            failures = []
+            for region in live:
+                try:
+                    backend.register_region(region)
+                except Exception as err:  # reported, not dropped
+                    failures.append(ReplayFailure(region, f"{type(err).__name__}: {err}"))
+        name = _backend_name(backend)
+        for failure in failures:
+            log.warning("backend %r refused region %d on replay: %s", name, failure.region.id, failure.error)
+        return SwapReport(name, len(live) - len(failures), tuple(failures))
+
+    def backend_unregister(self, backend: Backend) -> bool:
+        """Remove ``backend`` if it is current: deregister every region from it, revert to no-op.
+
+        Returns False (and does nothing) when ``backend`` is not the current backend.
+        """
+        with self._lock:
+            if backend is not self._backend:
+                return False
+            for entry in sorted(self._by_id.values(), key=lambda e: e.region.id):
+                try:
+                    backend.unregister_region(entry.region)
+                except Exception:
+                    log.exception("backend %r failed to unregister region %d", backend.name, entry.region.id)
+            self._backend = NoopBackend()
+            return True
+
+    # --- types of registered objects (for the PYCOREINFO type map) -------------------------------
+
+    def set_type_listener(self, listener: TypeListener | None) -> None:
+        """Call ``listener(types)`` after each object registration, outside the lock."""
+        self._type_listener = listener
+
+    def _notify_types(self, types: set[type]) -> None:
+        listener = self._type_listener
+        if listener is not None:
+            listener(types)
+
+
+def _targets(keepalive: Any, obj: Any) -> bool:
+    if keepalive is obj:
+        return True
+    return isinstance(keepalive, memoryview) and not _released(keepalive) and keepalive.obj is obj
+
+
+def _released(view: memoryview) -> bool:
+    try:
+        view.obj  # noqa: B018 - raises ValueError once released
+    except ValueError:
+        return True
+    return False
+
+
+def _backend_name(backend: Any) -> str:
+    return str(getattr(backend, "name", type(backend).__name__))
+
+
+def _check_backend(backend: Any) -> None:
+    for callback in ("register_region", "unregister_region"):
+        if not callable(getattr(backend, callback, None)):
+            raise BackendError(
+                f"backend lacks the mandatory {callback}() callback", backend=_backend_name(backend)
+            )
+
+
+def _check_capacity(capacity: int) -> int:
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or not 0 < capacity <= MAX_CAPACITY:
+        raise InvalidRegionError(f"capacity must be an int in 1..{MAX_CAPACITY}", capacity=capacity)
+    return capacity
+
