@@ -1,0 +1,49 @@
+"""Start kmemdump in a program run by ``kmemdump run``, without changing the program.
+
+``kmemdump run`` puts this directory first on ``PYTHONPATH``; Python imports ``sitecustomize``
+at start-up, which calls ``kmemdump.init(table=True, ...)`` and then hands over to any other
+``sitecustomize`` further down the path, so an existing one still runs. The environment variables
+are removed afterwards, so the program's own child processes are left alone.
+"""
+
+import importlib
+import os
+import sys
+
+
+def _kmemdump_autoinit() -> None:
+    if os.environ.pop("KMEMDUMP_AUTOINIT", None) != "1":
+        return
+    source = os.environ.pop("KMEMDUMP_SRC", "")
+    timeout = os.environ.pop("KMEMDUMP_WATCHDOG", "")
+    try:
+        import kmemdump
+    except ImportError:  # another interpreter: the producer is pure standard library
+        if source:
+            sys.path.append(source)
+        import kmemdump
+    try:
+        seconds = float(timeout) if timeout else None
+        kmemdump.init(table=True, watchdog=seconds, feeder=seconds is not None)
+    except Exception as err:  # never stop the program from starting
+        print(f"kmemdump: autoinit failed: {err}", file=sys.stderr)
+
+
+def _chain(here: str) -> None:
+    """Import the next ``sitecustomize`` on the path, if any."""
+    saved = sys.path[:]
+    ours = sys.modules.pop("sitecustomize", None)
+    try:
+        sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+        try:
+            importlib.import_module("sitecustomize")
+        except ImportError:
+            pass
+    finally:
+        sys.path[:] = saved
+        if ours is not None and "sitecustomize" not in sys.modules:
+            sys.modules["sitecustomize"] = ours
+
+
+_kmemdump_autoinit()
+_chain(os.path.dirname(os.path.abspath(__file__)))

@@ -1,0 +1,78 @@
+"""Collect dumps for every process that publishes a kmemdump table.
+
+Runs until interrupted (SIGINT/SIGTERM). One log line per event on stderr. Under systemd
+(Type=notify) it reports readiness through $NOTIFY_SOCKET; see contrib/kmemdump-watch.service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from types import FrameType
+
+from ..collector.watch import AFTER_HANG
+from ..collector.watch import Event
+from ..collector.watch import Watcher
+from .options import add_dump_options
+from .options import dump_options
+from .options import table_dirs
+
+__all__ = ["prepare", "run", "sd_notify"]
+
+log = logging.getLogger("kmemdump.collector")
+
+
+def prepare(parser: argparse.ArgumentParser) -> None:
+    add_dump_options(parser)
+    parser.add_argument("--tables", type=Path, action="append", default=None, metavar="DIR",
+                        help="table directory to watch (repeatable; default: $KMEMDUMP_DIR or "
+                             "/dev/shm/kmemdump-<uid>, and every user's when root)")
+    parser.add_argument("--after-hang", choices=AFTER_HANG, default="leave",
+                        help="what to do with a process once its hang is dumped (default: leave)")
+
+
+def sd_notify(message: str) -> bool:
+    """Send ``message`` to systemd's notify socket, if there is one."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(message.encode(), address)
+        except OSError:
+            return False
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    options = dump_options(args)
+    dirs = args.tables or table_dirs(all_users=os.geteuid() == 0)
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    def on_event(event: Event) -> None:
+        print(event.line(), file=sys.stderr, flush=True)
+
+    watcher = Watcher(dirs, options, after_hang=args.after_hang, on_event=on_event)
+    print(f"watching {', '.join(str(d) for d in dirs)}; dumps go to {options.directory}", file=sys.stderr,
+          flush=True)
+    sd_notify("READY=1\nSTATUS=watching")
+    try:
+        watcher.run(lambda: stopping)
+    finally:
+        sd_notify("STOPPING=1")
+        watcher.close()
+    return 0

@@ -1,0 +1,286 @@
+"""Copying a target's registered regions out and writing them as an ELF core image.
+
+This is the seed's "upper level firmware" step: read the shared table, find each entry's
+start and size, copy it. The target is identified by (pid, start time), held with SIGSTOP while
+its memory is copied (unless told not to), and released afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import signal
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from datetime import timezone
+from pathlib import Path
+
+from .. import __version__
+from ..errors import CollectorError
+from ..errors import KmemdumpError
+from ..errors import ProcessGoneError
+from ..errors import TableFormatError
+from ..formats.core import KMD_NOTE_META
+from ..formats.core import KMD_NOTE_STACKS
+from ..formats.core import PYCOREINFO_NOTE
+from ..formats.core import Note
+from ..formats.core import Segment
+from ..formats.core import prpsinfo_note
+from ..formats.core import prstatus_note
+from ..formats.core import write_core
+from ..formats.dumpmeta import DumpMeta
+from ..formats.dumpmeta import RegionRecord
+from ..formats.dumpmeta import encode_meta
+from ..formats.stacks import encode_stacks
+from ..formats.table import TableSnapshot
+from ..formats.table import read_table
+from ..ids import ID
+from .procmem import ProcessMemory
+from .procmem import process_cmdline
+from .procmem import process_exe
+from .procmem import process_start_time
+from .stacks import StacksUnavailable
+from .stacks import take_stacks
+
+__all__ = ["DumpOptions", "DumpResult", "dump_target"]
+
+MAX_REGION_DEFAULT = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class DumpOptions:
+    """How to dump: where, how much, and how gently."""
+
+    directory: Path
+    budget: int | None = None
+    """At most this many region bytes per dump; regions are taken in ID order until it is spent."""
+    max_region: int = MAX_REGION_DEFAULT
+    """A single region larger than this is stored only up to this size (status "partial")."""
+    compress: bool = False
+    stop: bool = True
+    """Hold the target with SIGSTOP while copying, so the regions are one consistent picture."""
+    stacks: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class DumpResult:
+    path: Path
+    meta: DumpMeta
+
+    @property
+    def stored_bytes(self) -> int:
+        return self.meta.stored_bytes
+
+
+def _identify(pid: int, start_time: int) -> None:
+    try:
+        current = process_start_time(pid)
+    except ProcessGoneError:
+        raise
+    if current != start_time:
+        raise ProcessGoneError("pid now belongs to another process", pid=pid, start_time=start_time)
+
+
+def _snapshot(table: Path, pid: int, start_time: int) -> TableSnapshot:
+    snap = read_table(table)
+    if snap.header.pid != pid or snap.header.start_time != start_time:
+        raise TableFormatError(
+            "table names another process than its file name",
+            path=str(table),
+            pid=snap.header.pid,
+        )
+    return snap
+
+
+def dump_target(
+    pid: int,
+    start_time: int,
+    table: Path,
+    *,
+    reason: str,
+    options: DumpOptions,
+    snapshot: TableSnapshot | None = None,
+    argv: list[str] | None = None,
+    exe: str | None = None,
+) -> DumpResult:
+    """Dump the regions of the process ``(pid, start_time)`` published in ``table``.
+
+    ``snapshot`` is a consistent table read taken earlier (the watcher keeps one): it is used when
+    the process froze in the middle of a table update, or died. ``argv``/``exe`` likewise fill in
+    for a process that is already gone.
+    """
+    captured_ns = time.time_ns()
+    stopped_by_us = False
+    table_torn = False
+    gone = False
+    try:
+        _identify(pid, start_time)
+        argv = argv if argv is not None else _safe(process_cmdline, pid) or []
+        exe = exe if exe is not None else _safe(process_exe, pid)
+    except ProcessGoneError:
+        if reason != "death":
+            raise
+        gone = True
+    if not gone and options.stop:
+        stopped_by_us = _stop(pid)
+    try:
+        try:
+            snapshot = _snapshot(table, pid, start_time)
+        except TableFormatError:
+            if snapshot is None:
+                raise
+            table_torn = True  # frozen mid-update, or gone: fall back to the last good snapshot
+        except FileNotFoundError:
+            if snapshot is None:
+                raise CollectorError("the process published no table", pid=pid, path=str(table)) from None
+        assert snapshot is not None
+        t0 = time.perf_counter()
+        records, segments, pycoreinfo = _copy(pid, snapshot, options, gone)
+        copy_ms = (time.perf_counter() - t0) * 1000
+        stacks_note, stacks_state = _stacks(pid, options, gone or any(r.status == "gone" for r in records))
+    finally:
+        if stopped_by_us:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    header = snapshot.header
+    age = (time.monotonic_ns() - header.last_feed_ns) / 1e9 if header.heartbeat else None
+    meta = DumpMeta(
+        reason=reason,
+        pid=pid,
+        start_time=start_time,
+        captured_ns=captured_ns,
+        host=platform.node(),
+        argv=tuple(argv or ()),
+        exe=exe,
+        uid=_owner(table),
+        py_hexversion=header.py_hexversion,
+        regions=tuple(records),
+        partial=any(r.status in ("partial", "unreadable", "gone") for r in records),
+        stopped=stopped_by_us,
+        heartbeat=header.heartbeat,
+        heartbeat_age_s=None if age is None else round(age, 6),
+        watchdog_timeout_s=header.watchdog_timeout_ns / 1e9 if header.watchdog_timeout_ns else None,
+        table=str(table),
+        table_torn=table_torn,
+        budget=options.budget,
+        stacks=stacks_state,
+        copy_ms=round(copy_ms, 3),
+        collector={"version": __version__, "pid": os.getpid()},
+    )
+    notes = [
+        prpsinfo_note(pid, Path(exe or (argv or ["?"])[0]).name, " ".join(argv or ()), "T" if stopped_by_us else "R"),
+        prstatus_note(pid),
+        Note("KMEMDUMP", KMD_NOTE_META, encode_meta(meta)),
+    ]
+    if pycoreinfo is not None:
+        notes.append(Note("PYCOREINFO", PYCOREINFO_NOTE, pycoreinfo))
+    if stacks_note is not None:
+        notes.append(Note("KMEMDUMP", KMD_NOTE_STACKS, stacks_note))
+    path = options.directory / _file_name(pid, start_time, reason, captured_ns)
+    final = write_core(path, segments, notes, compress=options.compress)
+    return DumpResult(Path(final), meta)
+
+
+def _copy(
+    pid: int, snapshot: TableSnapshot, options: DumpOptions, gone: bool
+) -> tuple[list[RegionRecord], list[Segment], bytes | None]:
+    """Read every entry (ID order, within the budget) and describe what was stored."""
+    records: list[RegionRecord] = []
+    wanted: list[tuple[int, int]] = []
+    planned = []
+    budget = options.budget
+    spent = 0
+    for entry in snapshot.entries:  # sorted by id
+        size = min(entry.size, options.max_region)
+        if budget is not None and spent + size > budget:
+            records.append(RegionRecord(entry.id, entry.name, entry.kind, entry.address, entry.size, 0, "skipped"))
+            continue
+        spent += size
+        planned.append(entry)
+        wanted.append((entry.address, size))
+    datas: list[bytes] = []
+    error = ""
+    if wanted and not gone:
+        try:
+            with ProcessMemory(pid) as mem:
+                datas = mem.read_many(wanted)
+        except ProcessGoneError as err:
+            error = str(err)
+    segments: list[Segment] = []
+    pycoreinfo: bytes | None = None
+    for index, entry in enumerate(planned):
+        if index >= len(datas):
+            records.append(
+                RegionRecord(entry.id, entry.name, entry.kind, entry.address, entry.size, 0, "gone", error)
+            )
+            continue
+        data = datas[index]
+        if not data:
+            status = "unreadable"
+        elif len(data) < entry.size:
+            status = "partial"
+        else:
+            status = "ok"
+        records.append(RegionRecord(entry.id, entry.name, entry.kind, entry.address, entry.size, len(data), status))
+        if data:
+            segments.append(Segment(entry.address, data))
+        if entry.id == ID.PYCOREINFO and status == "ok":
+            pycoreinfo = bytes(data)
+    records.sort(key=lambda r: r.id)
+    return records, segments, pycoreinfo
+
+
+def _stacks(pid: int, options: DumpOptions, gone: bool) -> tuple[bytes | None, str]:
+    if not options.stacks:
+        return None, "not requested"
+    if gone:
+        return None, "process gone"
+    try:
+        return encode_stacks(take_stacks(pid)), "ok"
+    except StacksUnavailable as err:
+        return None, str(err)
+
+
+def _stop(pid: int) -> bool:
+    """SIGSTOP the target unless it is stopped already; True if we stopped it."""
+    if _state(pid) in ("T", "t"):
+        return False
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + 1.0
+    while _state(pid) not in ("T", "t", "Z", "X", None) and time.monotonic() < deadline:
+        time.sleep(0.0005)  # waiting for the kernel to park every thread, bounded
+    return True
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    end = data.rfind(b")")
+    return data[end + 2 : end + 3].decode() if end > 0 else None
+
+
+def _owner(table: Path) -> int:
+    try:
+        return table.stat().st_uid
+    except OSError:
+        return os.getuid()
+
+
+def _safe(fn: object, pid: int) -> object:
+    try:
+        return fn(pid)  # type: ignore[operator]
+    except KmemdumpError:
+        return None
+
+
+def _file_name(pid: int, start_time: int, reason: str, captured_ns: int) -> str:
+    stamp = datetime.fromtimestamp(captured_ns / 1e9, tz=timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"kmemdump-{pid}-{start_time}-{reason}-{stamp}.core"

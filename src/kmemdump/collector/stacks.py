@@ -1,0 +1,94 @@
+"""Taking the Python stacks of every thread of a target, out of process.
+
+We use py-spy (``py-spy dump --json --nonblocking``): it is maintained, knows every CPython
+layout from 3.5 to 3.14 and reads memory the same way we do, without running code in the
+target. The target is normally held with SIGSTOP by the collector already, so py-spy's own
+pausing is not needed (``--nonblocking``). Our own reader would have to track the interpreter
+frame layout of each CPython release; py-spy already does.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ..formats.stacks import Frame
+from ..formats.stacks import Stacks
+from ..formats.stacks import ThreadStack
+
+__all__ = ["StacksUnavailable", "find_py_spy", "take_stacks"]
+
+
+class StacksUnavailable(Exception):  # noqa: N818 - an outcome, reported in the dump, not an error
+    """Why no stacks could be taken (py-spy missing, refused, timed out)."""
+
+
+def find_py_spy() -> str | None:
+    """py-spy next to this interpreter (a venv's bin/), else on PATH; ``$KMEMDUMP_PY_SPY`` wins."""
+    override = os.environ.get("KMEMDUMP_PY_SPY")
+    if override:
+        return override
+    beside = Path(sys.executable).with_name("py-spy")
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("py-spy")
+
+
+def take_stacks(pid: int, *, timeout: float = 10.0) -> Stacks:
+    """The stacks of every Python thread of ``pid``; raises :class:`StacksUnavailable`."""
+    exe = find_py_spy()
+    if exe is None:
+        raise StacksUnavailable("py-spy is not installed (pip install py-spy)")
+    try:
+        proc = subprocess.run(
+            [exe, "dump", "--pid", str(pid), "--json", "--nonblocking"],
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as err:
+        raise StacksUnavailable(f"py-spy did not answer within {timeout:g} s") from err
+    except OSError as err:
+        raise StacksUnavailable(f"py-spy could not run: {err}") from err
+    if proc.returncode != 0:
+        message = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise StacksUnavailable(f"py-spy failed: {message[-1] if message else proc.returncode}")
+    try:
+        raw = json.loads(proc.stdout)
+        threads = tuple(_thread(t) for t in raw)
+    except (ValueError, KeyError, TypeError) as err:
+        raise StacksUnavailable(f"py-spy output not understood: {err}") from err
+    return Stacks(_version(exe), threads)
+
+
+def _thread(raw: dict[str, object]) -> ThreadStack:
+    frames_raw = raw.get("frames") or []
+    assert isinstance(frames_raw, list)
+    frames = tuple(
+        Frame(str(f.get("name", "?")), str(f.get("filename", "?")), int(f.get("line") or 0)) for f in frames_raw
+    )
+    name = raw.get("thread_name")
+    native = raw.get("os_thread_id")
+    thread_id = raw.get("thread_id", 0)
+    return ThreadStack(
+        int(thread_id) if isinstance(thread_id, int) else 0,
+        name if isinstance(name, str) else None,
+        native if isinstance(native, int) else None,
+        bool(raw.get("active")),
+        bool(raw.get("owns_gil")),
+        frames,
+    )
+
+
+@functools.cache
+def _version(exe: str) -> str:
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, timeout=5, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "py-spy"
+    return out.decode(errors="replace").strip() or "py-spy"

@@ -1,0 +1,312 @@
+"""Watching producers: a missed heartbeat, a death, or a new table.
+
+One :class:`Watcher` serves every table in its directories. It sleeps until the earliest moment
+a heartbeat could go stale (or a pidfd says a process died), so an idle collector costs next to
+nothing, and a stall is seen within a few milliseconds of its deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import select
+import signal
+import time
+from collections.abc import Callable
+from collections.abc import Iterable
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+
+from ..errors import KmemdumpError
+from ..errors import ProcessGoneError
+from ..formats.table import TableSnapshot
+from ..formats.table import parse_header
+from ..formats.table import read_table
+from ..formats.table import write_collector_pid
+from .dump import DumpOptions
+from .dump import DumpResult
+from .dump import dump_target
+from .procmem import process_cmdline
+from .procmem import process_exe
+from .procmem import process_start_time
+
+__all__ = ["AFTER_HANG", "Event", "Watcher"]
+
+log = logging.getLogger("kmemdump.collector")
+
+AFTER_HANG = ("leave", "kill", "abort")
+_HEADER_BYTES = 128
+_RESCAN_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something the collector noticed or did; one log line each."""
+
+    kind: str
+    """"watch", "hang", "death", "exit", "error", "skip"."""
+    pid: int
+    message: str
+    dump: DumpResult | None = None
+    exit_status: int | None = None
+
+    def line(self) -> str:
+        text = f"{self.kind} pid={self.pid} {self.message}"
+        if self.dump is not None:
+            meta = self.dump.meta
+            text += f" dump={self.dump.path} regions={len(meta.regions)} bytes={meta.stored_bytes}"
+            if meta.partial:
+                text += " partial"
+        return text
+
+
+@dataclass
+class _Target:
+    pid: int
+    start_time: int
+    table: Path
+    pidfd: int | None
+    argv: list[str]
+    exe: str | None
+    snapshot: TableSnapshot | None = None
+    dumped_at_beat: int | None = None
+    """Heartbeat counter at the last hang dump: one dump per stall, re-armed by a new beat."""
+    deadline_ns: int | None = None
+    errors: int = 0
+    dumps: list[DumpResult] = field(default_factory=list)
+
+
+def _parse_name(path: Path) -> tuple[int, int] | None:
+    stem = path.name.removesuffix(".table")
+    if stem == path.name:
+        return None
+    pid_text, _, start_text = stem.partition("-")
+    if not (pid_text.isdigit() and start_text.isdigit()):
+        return None
+    return int(pid_text), int(start_text)
+
+
+class Watcher:
+    """The collector's loop over every table in ``directories``."""
+
+    def __init__(
+        self,
+        directories: Iterable[Path],
+        options: DumpOptions,
+        *,
+        after_hang: str = "leave",
+        on_event: Callable[[Event], None] | None = None,
+        only_pid: int | None = None,
+        max_sleep: float = _RESCAN_S,
+    ) -> None:
+        if after_hang not in AFTER_HANG:
+            raise ValueError(f"after_hang must be one of {AFTER_HANG}")
+        self.directories = [Path(d) for d in directories]
+        self.options = options
+        self.after_hang = after_hang
+        self.on_event = on_event or (lambda e: log.info("%s", e.line()))
+        self.only_pid = only_pid
+        self.max_sleep = max_sleep
+        self.targets: dict[tuple[int, int], _Target] = {}
+        self._bad: dict[Path, float] = {}
+        self._poller = select.poll()
+        self._by_fd: dict[int, tuple[int, int]] = {}
+        self._last_scan = 0.0
+
+    # --- discovery -----------------------------------------------------------------------
+
+    def scan(self) -> None:
+        """Pick up new tables; forget targets whose table vanished (a clean exit)."""
+        self._last_scan = time.monotonic()
+        seen: set[tuple[int, int]] = set()
+        for directory in self.directories:
+            try:
+                entries = list(os.scandir(directory))
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                self._emit(Event("error", 0, f"cannot list {directory}: {err}"))
+                continue
+            for entry in entries:
+                ident = _parse_name(Path(entry.path))
+                if ident is None or (self.only_pid is not None and ident[0] != self.only_pid):
+                    continue
+                seen.add(ident)
+                if ident not in self.targets:
+                    self._adopt(ident, Path(entry.path))
+        for ident in [k for k in self.targets if k not in seen]:
+            target = self.targets[ident]
+            if target.pidfd is not None and not self._dead(target):
+                self._emit(Event("exit", target.pid, "table removed (clean exit)"))
+            self._forget(ident)
+
+    def _adopt(self, ident: tuple[int, int], path: Path) -> None:
+        pid, start_time = ident
+        mtime = _mtime(path)
+        if self._bad.get(path) == mtime:
+            return  # already reported, unchanged since
+        try:
+            if process_start_time(pid) != start_time:
+                raise ProcessGoneError("stale table: pid was recycled", pid=pid)
+            snapshot = read_table(path)
+            pidfd = os.pidfd_open(pid)
+        except ProcessGoneError:
+            self._bad[path] = mtime
+            self._emit(Event("skip", pid, f"stale table {path} (process gone); removing it"))
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return
+        except (KmemdumpError, OSError) as err:
+            self._bad[path] = mtime
+            self._emit(Event("error", pid, f"skipping table {path}: {err}"))
+            return
+        target = _Target(pid, start_time, path, pidfd, process_cmdline(pid), process_exe(pid), snapshot)
+        with contextlib.suppress(OSError):
+            write_collector_pid(path, os.getpid())
+        self.targets[ident] = target
+        self._by_fd[pidfd] = ident
+        self._poller.register(pidfd, select.POLLIN)
+        self._emit(Event("watch", pid, f"{' '.join(target.argv)[:80]!r} table={path}"))
+
+    def _forget(self, ident: tuple[int, int]) -> None:
+        target = self.targets.pop(ident)
+        if target.pidfd is not None:
+            self._poller.unregister(target.pidfd)
+            del self._by_fd[target.pidfd]
+            os.close(target.pidfd)
+            target.pidfd = None
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.scan()
+        while not should_stop():
+            self.step()
+
+    def step(self) -> list[Event]:
+        """Wait for the next thing to happen (at most ``max_sleep``) and handle it."""
+        events: list[Event] = []
+        timeout = self._timeout()
+        for fd, _mask in self._poller.poll(max(0.0, timeout) * 1000):
+            ident = self._by_fd.get(fd)
+            if ident is not None:
+                events.extend(self._on_death(ident))
+        now = time.monotonic_ns()
+        for ident, target in list(self.targets.items()):
+            events.extend(self._check_heartbeat(ident, target, now))
+        if time.monotonic() - self._last_scan >= _RESCAN_S:
+            self.scan()
+        return events
+
+    def _timeout(self) -> float:
+        wake = self.max_sleep
+        now = time.monotonic_ns()
+        for target in self.targets.values():
+            if target.deadline_ns is not None:
+                wake = min(wake, (target.deadline_ns - now) / 1e9)
+        return wake
+
+    def _check_heartbeat(self, ident: tuple[int, int], target: _Target, now: int) -> list[Event]:
+        try:
+            with open(target.table, "rb", buffering=0) as f:
+                head = f.read(_HEADER_BYTES)
+            header = parse_header(head)
+        except FileNotFoundError:
+            return []
+        except (KmemdumpError, OSError) as err:
+            target.errors += 1
+            if target.errors == 1:
+                self._emit(Event("error", target.pid, f"table unreadable: {err}"))
+            return []
+        if header.generation % 2 == 0 and header.generation != _generation(target.snapshot):
+            with contextlib.suppress(KmemdumpError, OSError):
+                target.snapshot = read_table(target.table)
+        if not header.watchdog_timeout_ns or not header.heartbeat:
+            target.deadline_ns = None
+            return []
+        deadline = header.last_feed_ns + header.watchdog_timeout_ns
+        if now < deadline:
+            target.deadline_ns = deadline
+            return []
+        target.deadline_ns = None
+        if target.dumped_at_beat == header.heartbeat:
+            return []  # this stall was dumped already
+        target.dumped_at_beat = header.heartbeat
+        age = (now - header.last_feed_ns) / 1e9
+        event = self._dump(target, "hang", f"heartbeat {age:.3f}s old (timeout {header.watchdog_timeout_ns / 1e9:g}s)")
+        if event.dump is not None:
+            self._after_hang(target)
+        return [event]
+
+    def _on_death(self, ident: tuple[int, int]) -> list[Event]:
+        target = self.targets.get(ident)
+        if target is None:
+            return []
+        events = []
+        if target.table.exists():  # a clean exit removes the table first
+            events.append(self._dump(target, "death", "process died"))
+            with contextlib.suppress(OSError):
+                target.table.unlink()
+        else:
+            events.append(self._emit(Event("exit", target.pid, "exited cleanly")))
+        self._forget(ident)
+        return events
+
+    def _dump(self, target: _Target, reason: str, why: str) -> Event:
+        try:
+            result = dump_target(
+                target.pid,
+                target.start_time,
+                target.table,
+                reason=reason,
+                options=self.options,
+                snapshot=target.snapshot,
+                argv=target.argv,
+                exe=target.exe,
+            )
+        except KmemdumpError as err:
+            return self._emit(Event("error", target.pid, f"{reason} dump failed: {err}"))
+        except OSError as err:
+            return self._emit(Event("error", target.pid, f"{reason} dump failed: {err}"))
+        target.dumps.append(result)
+        return self._emit(Event(reason, target.pid, why, result))
+
+    def _after_hang(self, target: _Target) -> None:
+        sig = {"kill": signal.SIGKILL, "abort": signal.SIGABRT}.get(self.after_hang)
+        if sig is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            if target.pidfd is not None:
+                signal.pidfd_send_signal(target.pidfd, sig)
+            if sig == signal.SIGABRT:  # a stopped process must run to take SIGABRT
+                os.kill(target.pid, signal.SIGCONT)
+
+    def _dead(self, target: _Target) -> bool:
+        if target.pidfd is None:
+            return True
+        ready = select.select([target.pidfd], [], [], 0)[0]
+        return bool(ready)
+
+    def _emit(self, event: Event) -> Event:
+        self.on_event(event)
+        return event
+
+    def close(self) -> None:
+        for ident in list(self.targets):
+            self._forget(ident)
+
+
+def _generation(snapshot: TableSnapshot | None) -> int | None:
+    return None if snapshot is None else snapshot.header.generation
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError as err:
+        if err.errno == errno.ENOENT:
+            return 0.0
+        raise
