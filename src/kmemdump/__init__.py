@@ -26,9 +26,9 @@ from .api import current_backend
 from .api import default_registry
 from .api import free
 from .api import init
+from .api import regions
 from .api import register
 from .api import register_object
-from .api import regions
 from .api import replace
 from .api import static
 from .api import unregister
@@ -55,10 +55,10 @@ from .region import RegionKind
 from .registry import Registry
 from .registry import ReplayFailure
 from .registry import SwapReport
-#TMP from .watchdog import feed
-#TMP from .watchdog import set_watchdog as watchdog
-#TMP from .watchdog import start_feeder
-#TMP from .watchdog import stop_feeder
+from .watchdog import feed
+from .watchdog import set_watchdog as watchdog
+from .watchdog import start_feeder
+from .watchdog import stop_feeder
 
 if TYPE_CHECKING:
     from .backends.table import SharedTableBackend
@@ -102,9 +102,9 @@ __all__ = [
     "feed",
     "free",
     "init",
+    "regions",
     "register",
     "register_object",
-    "regions",
     "replace",
     "start_feeder",
     "static",
@@ -116,7 +116,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "SharedTableBackend":
-        from .backends.table import SharedTableBackend
+        from .backends.table import SharedTableBackend  # noqa: PLC0415 - mmap-based, loaded on first use
 
         return SharedTableBackend
     raise AttributeError(f"module 'kmemdump' has no attribute {name!r}")

@@ -26,7 +26,7 @@ def alloc(
     registry: Registry,
     size: int,
     *,
-    id: int = NO_ID,  # noqa: A002
+    id: int = NO_ID,
     name: str | None = None,
     replace: bool = False,
 ) -> bytearray:
@@ -38,7 +38,7 @@ def alloc(
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
         raise InvalidRegionError("size must be a positive int", size=size)
     buf = bytearray(size)
-    _register(registry, buf, None, id, name, replace)
+    _register(registry, buf, size=None, rid=id, name=name, replace=replace)
     return buf
 
 
@@ -46,7 +46,7 @@ def alloc_with(
     registry: Registry,
     fn: Callable[..., T],
     *args: Any,
-    id: int = NO_ID,  # noqa: A002
+    id: int = NO_ID,
     name: str | None = None,
     size: int | None = None,
     replace: bool = False,
@@ -59,11 +59,13 @@ def alloc_with(
     the result is returned to no one: the error propagates and the object is dropped.
     """
     obj = fn(*args, **kwargs)
-    _register(registry, obj, size, id, name, replace)
+    _register(registry, obj, size=size, rid=id, name=name, replace=replace)
     return obj
 
 
-def _register(registry: Registry, obj: Any, size: int | None, rid: int, name: str | None, replace: bool) -> int:
+def _register(
+    registry: Registry, obj: Any, *, size: int | None, rid: int, name: str | None, replace: bool
+) -> int:
     if replace and rid != NO_ID:
         return registry.replace(rid, obj, size, name=name)
     return registry.register(obj, size, id=rid, name=name)
@@ -92,7 +94,7 @@ def allocated(
     registry: Registry,
     size: int,
     *,
-    id: int = NO_ID,  # noqa: A002
+    id: int = NO_ID,
     name: str | None = None,
 ) -> Iterator[bytearray]:
     """``with allocated(n) as buf:`` — a registered buffer, unregistered on exit."""

@@ -12,6 +12,7 @@ from typing import Any
 from typing import TypeVar
 
 from . import alloc as _alloc
+from . import watchdog as _watchdog
 from .annotations import Annotation
 from .annotations import caller_origin
 from .annotations import section
@@ -35,9 +36,9 @@ __all__ = [
     "default_registry",
     "free",
     "init",
+    "regions",
     "register",
     "register_object",
-    "regions",
     "replace",
     "static",
     "unregister",
@@ -58,7 +59,7 @@ def register(
     target: Any,
     size: int | None = None,
     *,
-    id: int = NO_ID,  # noqa: A002 - the seed's name
+    id: int = NO_ID,
     name: str | None = None,
     depth: int | None = None,
 ) -> int:
@@ -71,7 +72,7 @@ def register(
     return _registry.register(target, size, id=id, name=name, depth=depth)
 
 
-def register_object(obj: Any, *, id: int = NO_ID, name: str | None = None, depth: int = 0) -> int:  # noqa: A002
+def register_object(obj: Any, *, id: int = NO_ID, name: str | None = None, depth: int = 0) -> int:
     """Register ``obj`` as a Python object, with what decoding it needs, ``depth`` levels deep."""
     return _registry.register_object(obj, id=id, name=name, depth=depth)
 
@@ -91,7 +92,7 @@ def regions() -> tuple[Region, ...]:
     return _registry.regions()
 
 
-def alloc(size: int, *, id: int = NO_ID, name: str | None = None, replace: bool = False) -> bytearray:  # noqa: A002
+def alloc(size: int, *, id: int = NO_ID, name: str | None = None, replace: bool = False) -> bytearray:
     """A registered, zeroed ``bytearray`` of ``size`` bytes."""
     return _alloc.alloc(_registry, size, id=id, name=name, replace=replace)
 
@@ -99,7 +100,7 @@ def alloc(size: int, *, id: int = NO_ID, name: str | None = None, replace: bool 
 def alloc_with(
     fn: Callable[..., T],
     *args: Any,
-    id: int = NO_ID,  # noqa: A002
+    id: int = NO_ID,
     name: str | None = None,
     size: int | None = None,
     replace: bool = False,
@@ -114,7 +115,7 @@ def free(obj_or_id: Any, fn: Callable[..., Any] | None = None, *args: Any) -> No
     _alloc.free(_registry, obj_or_id, fn, *args)
 
 
-def allocated(size: int, *, id: int = NO_ID, name: str | None = None) -> AbstractContextManager[bytearray]:  # noqa: A002
+def allocated(size: int, *, id: int = NO_ID, name: str | None = None) -> AbstractContextManager[bytearray]:
     """``with kmemdump.allocated(n) as buf:`` — registered for the block's duration."""
     return _alloc.allocated(_registry, size, id=id, name=name)
 
@@ -122,7 +123,7 @@ def allocated(size: int, *, id: int = NO_ID, name: str | None = None) -> Abstrac
 def static(
     obj: T,
     *,
-    id: int = NO_ID,  # noqa: A002
+    id: int = NO_ID,
     name: str | None = None,
     size: int | None = None,
     depth: int | None = None,
@@ -151,13 +152,12 @@ def backend_unregister(backend: Backend) -> bool:
 
 
 def current_backend() -> Backend:
+    """The backend the registry drives now (:class:`NoopBackend` until one is registered)."""
     return _registry.current_backend()
 
 
 def _attach_watchdog(backend: Backend | None) -> None:
-    from . import watchdog
-
-    watchdog.attach(backend)
+    _watchdog.attach(backend)
 
 
 # --- init ----------------------------------------------------------------------------------
@@ -175,8 +175,15 @@ class InitReport:
     """Path of the shared table, when one is published."""
 
 
-_init_lock = threading.Lock()
-_init_done = False
+class _InitState:
+    """Whether the first :func:`init` has run, and the lock that makes it run once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.done = False
+
+
+_init = _InitState()
 
 
 def init(
@@ -199,28 +206,23 @@ def init(
     loop, or by a background thread with ``feeder=True`` (which detects only whole-process stalls).
     Later calls only add what earlier ones did not enable.
     """
-    global _init_done
-    from . import watchdog as wd
-
     failures: list[tuple[str, str]] = []
-    with _init_lock:
-        first = not _init_done
+    with _init.lock:
+        first = not _init.done
         if first and capacity is not None:
             _registry.set_capacity(capacity)
         banner_id = _register_banner() if first and banner else _existing(ID.BANNER)
         info_id = _publish_pycoreinfo(failures) if first and pycoreinfo else _existing(ID.PYCOREINFO)
         walked = section.walk(_registry, entry_points=entry_points) if first else None
-        _init_done = True
+        _init.done = True
         table_path = _ensure_table(directory) if table else _current_table_path()
         if watchdog is not None:
-            wd.set_watchdog(watchdog)
+            _watchdog.set_watchdog(watchdog)
         if feeder:
-            wd.start_feeder()
+            _watchdog.start_feeder()
     if walked is not None:
         failures.extend(walked.failed)
-    return InitReport(
-        banner_id, info_id, walked.registered if walked else (), tuple(failures), table_path
-    )
+    return InitReport(banner_id, info_id, walked.registered if walked else (), tuple(failures), table_path)
 
 
 def _existing(region_id: int) -> int | None:
@@ -232,14 +234,17 @@ def _register_banner() -> int:
 
 
 def _publish_pycoreinfo(failures: list[tuple[str, str]]) -> int | None:
-    from .pyinfo import publisher
+    from .pyinfo import publisher  # noqa: PLC0415 - only init() needs it
 
     try:
         return publisher.start(_registry)
     except KmemdumpError as err:
         failures.append(("pycoreinfo", str(err)))
         log.warning("Python layout description not published: %s", err)
-        return None
+    except Exception as err:  # optional metadata must not break the application's start-up
+        failures.append(("pycoreinfo", f"{type(err).__name__}: {err}"))
+        log.warning("Python layout description not published", exc_info=True)
+    return None
 
 
 def _current_table_path() -> str | None:
@@ -248,7 +253,7 @@ def _current_table_path() -> str | None:
 
 
 def _ensure_table(directory: str | os.PathLike[str] | None) -> str:
-    from .backends.table import SharedTableBackend
+    from .backends.table import SharedTableBackend  # noqa: PLC0415 - loaded only when a table is asked for
 
     current = _registry.current_backend()
     if isinstance(current, SharedTableBackend):
@@ -258,5 +263,3 @@ def _ensure_table(directory: str | os.PathLike[str] | None) -> str:
     for failure in report.failures:
         log.warning("region %d not published in the table: %s", failure.region.id, failure.error)
     return str(backend.path)
-
-

@@ -1,6 +1,7 @@
 """Publishing the Python layout description (PYCOREINFO) as the ``ID.PYCOREINFO`` region.
 
-The blob is rebuilt and swapped in whenever an object of a type the map does not know yet is
+The blob comes from :func:`kmemdump.pylayout.default` (the interpreter's checked layout plus a
+type map). It is rebuilt and swapped in whenever an object of a type the map does not know yet is
 registered, so the inspector can name every registered object's type without the binaries.
 """
 
@@ -8,11 +9,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
+from .errors import DecodeError
 from .ids import ID
 from .region import RegionKind
 from .registry import Registry
+
+if TYPE_CHECKING:
+    from .pylayout import LiveInfo
 
 __all__ = ["PyInfoPublisher", "publisher"]
 
@@ -24,29 +29,44 @@ class PyInfoPublisher:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._layout: Any = None
+        self._info: LiveInfo | None = None
         self._registry: Registry | None = None
         self._blob: bytearray | None = None
 
     def start(self, registry: Registry) -> int:
-        from .pylayout import build_layout
+        """Register the blob as ``ID.PYCOREINFO`` in ``registry`` and follow its object types.
 
+        Raises :class:`DecodeError` when the layout failed its self-test (decoding is disabled
+        on this interpreter); nothing is registered then.
+        """
+        from .pylayout import default  # noqa: PLC0415 - ctypes-based, loaded by init() only
+
+        info = default()
+        if not info.enabled:
+            raise DecodeError(f"Python object decoding is disabled: {info.reason}")
         with self._lock:
-            self._layout = build_layout()
+            self._info = info
             self._registry = registry
-            self._publish_locked()
         registry.set_type_listener(self.note_types)
+        # objects registered before init() have types the map must name as well
+        info.add_types(registry.object_types())
+        with self._lock:
+            self._publish_locked()
         return int(ID.PYCOREINFO)
 
     def note_types(self, types: set[type]) -> None:
+        """The registry's type listener: republish when ``types`` adds to the map."""
         with self._lock:
-            if self._layout is None or not self._layout.add_types(types):
+            if self._info is None or not self._info.add_types(types):
                 return
             self._publish_locked()
 
     def _publish_locked(self) -> None:
-        assert self._registry is not None
-        blob = bytearray(self._layout.encode())
+        assert self._registry is not None and self._info is not None
+        encoded = self._info.encode()
+        if encoded is None:  # cannot happen for an enabled LiveInfo
+            return
+        blob = bytearray(encoded)
         self._registry.replace(ID.PYCOREINFO, blob, name="pycoreinfo", kind=RegionKind.PYCOREINFO)
         self._blob = blob
 

@@ -13,12 +13,22 @@ from typing import Any
 
 from .errors import InvalidRegionError
 
-__all__ = ["NAME_MAX", "Region", "RegionKind", "Resolved", "clean_name", "resolve_target"]
+__all__ = [
+    "NAME_MAX",
+    "Region",
+    "RegionKind",
+    "Resolved",
+    "buffer_address",
+    "clean_name",
+    "object_size",
+    "resolve_target",
+]
 
 NAME_MAX = 31
 """Longest region name in UTF-8 bytes (the shared table stores 32 bytes, NUL-terminated)."""
 
 _ADDRESS_LIMIT = 2**64
+_OBJECT_SIZEOF: Any = object.__sizeof__
 
 
 class RegionKind(enum.IntEnum):
@@ -109,11 +119,12 @@ def resolve_target(target: Any, size: int | None = None, *, as_object: bool = Fa
                 "to register the int object itself use register_object()",
                 address=target,
             )
-        if not 0 < target < _ADDRESS_LIMIT or target + size > _ADDRESS_LIMIT:
-            raise InvalidRegionError("address out of range", address=target)
-        return Resolved(target, _check_size(size, None, "address space"), RegionKind.ADDRESS, "", None)
+        length = _check_size(size, None, "address space")
+        if not 0 < target < _ADDRESS_LIMIT or target + length > _ADDRESS_LIMIT:
+            raise InvalidRegionError("address out of range", address=target, size=length)
+        return Resolved(target, length, RegionKind.ADDRESS, "", None)
     if _ctypes_target(target):
-        import ctypes
+        import ctypes  # noqa: PLC0415 - loaded lazily, import kmemdump must stay cheap
 
         available = ctypes.sizeof(target)
         length = available if size is None else _check_size(size, available, "ctypes object")
@@ -122,18 +133,36 @@ def resolve_target(target: Any, size: int | None = None, *, as_object: bool = Fa
         view = memoryview(target)
     except TypeError:
         return _resolve_object(target, size)
+    except (BufferError, ValueError) as err:  # a closed mmap, a released memoryview …
+        raise InvalidRegionError(f"cannot get the buffer: {err}", type=type_name) from err
     return _resolve_buffer(view, size, type_name)
 
 
 def _resolve_object(target: Any, size: int | None) -> Resolved:
-    try:
-        available = int(target.__sizeof__())
-    except TypeError as err:  # e.g. an unbound __sizeof__ on a class without instances' size
-        available = sys.getsizeof(target, 0)
-        if not available:
-            raise InvalidRegionError("cannot tell the object's size", type=type(target).__name__) from err
+    available = object_size(target)
     length = available if size is None else _check_size(size, available, "object")
     return Resolved(id(target), length, RegionKind.OBJECT, type(target).__qualname__, target)
+
+
+def object_size(target: Any) -> int:
+    """How many bytes of ``target`` lie at ``id(target)``: its own memory, nothing it points to.
+
+    ``__sizeof__`` is right for objects whose variable part is stored inline (``str``, ``int``,
+    ``tuple``, ``bytes``, plain instances). Fixed-size types that override it (``list``, ``dict``,
+    ``set``, ``bytearray``, ``deque`` …) add storage allocated elsewhere, which does not follow the
+    object in memory; for those only the fixed part counts.
+    """
+    cls = type(target)
+    sizeof: Any = cls.__sizeof__  # looked up on the type: a class's own __sizeof__ is unbound
+    try:
+        reported = int(sizeof(target))
+    except Exception as err:
+        raise InvalidRegionError("cannot tell the object's size", type=cls.__name__) from err
+    if cls.__itemsize__ == 0 and not isinstance(target, str) and sizeof is not _OBJECT_SIZEOF:
+        reported = min(reported, _OBJECT_SIZEOF(target))
+    if reported <= 0:
+        raise InvalidRegionError("the object reports no size", type=cls.__name__, size=reported)
+    return reported
 
 
 def _resolve_buffer(view: memoryview, size: int | None, type_name: str) -> Resolved:
@@ -154,7 +183,7 @@ def _resolve_buffer(view: memoryview, size: int | None, type_name: str) -> Resol
 
 def buffer_address(view: memoryview) -> int:
     """The address of the first byte of a C-contiguous buffer, read-only ones included."""
-    import ctypes
+    import ctypes  # noqa: PLC0415 - loaded lazily, import kmemdump must stay cheap
 
     if not view.readonly and view.format in ("B", "b", "c") and view.ndim == 1:
         return ctypes.addressof(ctypes.c_char.from_buffer(view))
@@ -162,7 +191,7 @@ def buffer_address(view: memoryview) -> int:
 
 
 def _getbuffer_address(view: memoryview) -> int:
-    import ctypes
+    import ctypes  # noqa: PLC0415 - loaded lazily, import kmemdump must stay cheap
 
     class PyBuffer(ctypes.Structure):
         _fields_ = (

@@ -20,6 +20,7 @@ from .backends.base import Backend
 from .backends.base import NoopBackend
 from .errors import BackendError
 from .errors import InvalidRegionError
+from .errors import KmemdumpError
 from .errors import RegionExistsError
 from .errors import RegistryFullError
 from .errors import UnknownRegionError
@@ -63,12 +64,16 @@ class SwapReport:
 
 
 class _Entry:
-    __slots__ = ("children", "keepalive", "region", "slot")
+    __slots__ = ("children", "keepalive", "owner", "parent", "region", "slot")
 
-    def __init__(self, region: Region, keepalive: Any, slot: int) -> None:
+    def __init__(self, region: Region, keepalive: Any, slot: int, owner: Any, parent: int | None) -> None:
         self.region = region
         self.keepalive = keepalive
         self.slot = slot
+        self.owner = owner
+        """The object the caller registered (None for raw addresses and object-graph parts)."""
+        self.parent = parent
+        """The ID of the object-graph root this part was registered with, or None."""
         self.children: tuple[int, ...] = ()
 
 
@@ -124,8 +129,10 @@ class Registry:
 
     def _take_id(self, wanted: int) -> int:
         """Reserve ``wanted`` (checked) or the lowest free dynamic ID. Caller holds the lock."""
+        if isinstance(wanted, bool) or not isinstance(wanted, int):
+            raise InvalidRegionError(f"ID must be an int, not {type(wanted).__name__}", id=wanted)
         if wanted != NO_ID:
-            if isinstance(wanted, bool) or not isinstance(wanted, int) or not 0 < wanted <= MAX_ID:
+            if not 0 < wanted <= MAX_ID:
                 raise InvalidRegionError("ID outside the ID space", id=wanted)
             if wanted in self._by_id:
                 raise RegionExistsError("ID already registered", id=wanted)
@@ -154,7 +161,7 @@ class Registry:
         target: Any,
         size: int | None = None,
         *,
-        id: int = NO_ID,  # noqa: A002 - the seed's name for it
+        id: int = NO_ID,
         name: str | None = None,
         depth: int | None = None,
     ) -> int:
@@ -162,28 +169,31 @@ class Registry:
         if depth is not None:
             return self.register_object(target, id=id, name=name, depth=depth)
         resolved = resolve_target(target, size)
-        rid = self._register_resolved(resolved, id, name)
+        rid = self._register_resolved(resolved, id, name, _owner(resolved, target))
         if resolved.kind is RegionKind.OBJECT:
             self._notify_types({type(target)})
         return rid
 
-    def register_object(
-        self, obj: Any, *, id: int = NO_ID, name: str | None = None, depth: int = 0  # noqa: A002
-    ) -> int:
+    def register_object(self, obj: Any, *, id: int = NO_ID, name: str | None = None, depth: int = 0) -> int:
         """Register ``obj``'s own memory plus what decoding it needs (see :mod:`kmemdump.objgraph`).
 
         ``depth`` follows container items that many levels. The returned ID is the object's;
         the extra regions get dynamic IDs and are unregistered with it.
         """
-        from .objgraph import object_regions
+        from .objgraph import object_regions  # noqa: PLC0415 - ctypes-based, loaded on first use
 
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
             raise InvalidRegionError("depth must be a non-negative int", depth=depth)
         parts = object_regions(obj, depth)
         root = resolve_target(obj, as_object=True)
+        if parts and parts[0][0] == root.address and 0 < parts[0][1] <= root.size:
+            # the graph walker knows the object's exact extent (e.g. a str without its UTF-8 cache)
+            root = dataclasses.replace(root, size=parts[0][1])
         extra = [
             # a part at its keepalive's own address is an object; anything else is storage it owns
-            Resolved(addr, size, RegionKind.OBJECT if addr == id(keep) else RegionKind.BUFFER, label, keep)
+            Resolved(
+                addr, size, RegionKind.OBJECT if addr == _address(keep) else RegionKind.BUFFER, label, keep
+            )
             for addr, size, label, keep in parts
             if addr != root.address
         ]
@@ -193,11 +203,12 @@ class Registry:
                 raise RegistryFullError(
                     "not enough free slots for the object graph", needed=1 + len(extra), free=len(self._free)
                 )
-            rid = self._register_locked(root, id, base)
+            rid = self._register_locked(root, id, base, obj)
             children: list[int] = []
             try:
                 for part in extra:
-                    children.append(self._register_locked(part, NO_ID, clean_name(f"{base}>{part.type_name}")))
+                    label = clean_name(f"{base}>{part.type_name}")
+                    children.append(self._register_locked(part, NO_ID, label, None, parent=rid))
             except BaseException:
                 for child in children:
                     self._unregister_locked(child)
@@ -208,13 +219,20 @@ class Registry:
         self._notify_types(types)
         return rid
 
-    def _register_resolved(self, resolved: Resolved, wanted: int, name: str | None) -> int:
+    def _register_resolved(self, resolved: Resolved, wanted: int, name: str | None, owner: Any) -> int:
         label = clean_name(name) if name else resolved.type_name
         with self._lock:
-            return self._register_locked(resolved, wanted, label)
+            return self._register_locked(resolved, wanted, label, owner)
 
-    def _register_locked(self, resolved: Resolved, wanted: int, name: str) -> int:
-        rid = self._take_id(wanted)
+    def _register_locked(
+        self, resolved: Resolved, wanted: int, name: str, owner: Any, parent: int | None = None
+    ) -> int:
+        """Take an ID and a slot and tell the backend; on any failure nothing stays taken."""
+        try:
+            rid = self._take_id(wanted)
+        except KmemdumpError:
+            _release(resolved.keepalive)  # a refused bytearray must be resizable again at once
+            raise
         if not self._free:
             self._give_back_id(rid)
             _release(resolved.keepalive)
@@ -226,10 +244,10 @@ class Registry:
             self._give_back_id(rid)
             _release(resolved.keepalive)
             raise BackendError(
-                f"backend {self._backend.name!r} refused the region: {err}", id=rid
+                f"backend {_backend_name(self._backend)!r} refused the region: {err}", id=rid
             ) from err
         slot = self._free.pop()
-        entry = _Entry(region, resolved.keepalive, slot)
+        entry = _Entry(region, resolved.keepalive, slot, owner, parent)
         self._slots[slot] = entry
         self._by_id[rid] = entry
         return rid
@@ -237,20 +255,27 @@ class Registry:
     def unregister(self, region_id: int) -> None:
         """Remove a region (and the extra regions an object graph brought with it)."""
         with self._lock:
-            entry = self._by_id.get(region_id)
-            if entry is None:
+            if region_id not in self._by_id:
                 raise UnknownRegionError("no region with this ID", id=region_id)
-            for child in entry.children:
-                if child in self._by_id:
-                    self._unregister_locked(child)
-            self._unregister_locked(region_id)
+            self._unregister_tree_locked(region_id)
+
+    def _unregister_tree_locked(self, region_id: int) -> None:
+        """Unregister a region and the object-graph parts still registered with it."""
+        for child in self._by_id[region_id].children:
+            part = self._by_id.get(child)
+            # a part unregistered on its own may have had its ID reused by an unrelated region
+            if part is not None and part.parent == region_id:
+                self._unregister_locked(child)
+        self._unregister_locked(region_id)
 
     def _unregister_locked(self, region_id: int) -> None:
         entry = self._by_id.pop(region_id)
         try:
             self._backend.unregister_region(entry.region)
         except Exception:
-            log.exception("backend %r failed to unregister region %d", self._backend.name, region_id)
+            log.exception(
+                "backend %r failed to unregister region %d", _backend_name(self._backend), region_id
+            )
         self._slots[entry.slot] = None
         self._free.append(entry.slot)
         self._give_back_id(region_id)
@@ -265,9 +290,12 @@ class Registry:
         name: str | None = None,
         kind: RegionKind | None = None,
     ) -> int:
-        """Unregister ``region_id`` if present, then register ``target`` under it, atomically.
+        """Unregister ``region_id`` if present, then register ``target`` under it, under one lock hold.
 
-        ``kind`` overrides the kind recorded for the region (e.g. ``RegionKind.PYCOREINFO``).
+        No other thread sees the ID missing in between. If the new target is refused (by the
+        backend, say), the old registration is gone all the same, as with the kernel's
+        ``kmemdump_alloc_id_size_replace``. ``kind`` overrides the kind recorded for the region
+        (e.g. ``RegionKind.PYCOREINFO``).
         """
         resolved = resolve_target(target, size)
         if kind is not None:
@@ -275,8 +303,8 @@ class Registry:
         label = clean_name(name) if name else resolved.type_name
         with self._lock:
             if region_id in self._by_id:
-                self._unregister_locked(region_id)
-            return self._register_locked(resolved, region_id, label)
+                self._unregister_tree_locked(region_id)
+            return self._register_locked(resolved, region_id, label, _owner(resolved, target))
 
     # --- lookups ---------------------------------------------------------------------------
 
@@ -297,9 +325,17 @@ class Registry:
         return region_id in self._by_id
 
     def ids_of(self, obj: Any) -> list[int]:
-        """The IDs registered with ``obj`` as their target (the roots of object graphs)."""
+        """The IDs registered with ``obj`` as their target, or with a buffer view of it.
+
+        Object-graph parts are not listed (their root is); nor are raw addresses.
+        """
         with self._lock:
-            return [rid for rid, e in self._by_id.items() if _targets(e.keepalive, obj)]
+            return sorted(rid for rid, e in self._by_id.items() if e.parent is None and _targets(e, obj))
+
+    def object_types(self) -> set[type]:
+        """The types of the Python objects registered now (roots and object-graph parts)."""
+        with self._lock:
+            return {type(e.keepalive) for e in self._by_id.values() if e.region.kind is RegionKind.OBJECT}
 
     # --- backends ----------------------------------------------------------------------------
 
@@ -321,7 +357,7 @@ class Registry:
                 try:
                     old.unregister_region(region)
                 except Exception:
-                    log.exception("backend %r failed to unregister region %d", old.name, region.id)
+                    log.exception("backend %r failed to unregister region %d", _backend_name(old), region.id)
             self._backend = backend
             failures = []
             for region in live:
@@ -346,7 +382,9 @@ class Registry:
                 try:
                     backend.unregister_region(entry.region)
                 except Exception:
-                    log.exception("backend %r failed to unregister region %d", backend.name, entry.region.id)
+                    log.exception(
+                        "backend %r failed to unregister region %d", _backend_name(backend), entry.region.id
+                    )
             self._backend = NoopBackend()
             return True
 
@@ -362,10 +400,23 @@ class Registry:
             listener(types)
 
 
-def _targets(keepalive: Any, obj: Any) -> bool:
-    if keepalive is obj:
+def _owner(resolved: Resolved, target: Any) -> Any:
+    """What :meth:`Registry.ids_of` matches a region by: the target, unless it was a raw address."""
+    return None if resolved.kind is RegionKind.ADDRESS else target
+
+
+def _address(obj: Any) -> int:
+    """``id(obj)``, for methods whose ``id`` parameter (the seed's name) hides the builtin."""
+    return id(obj)
+
+
+def _targets(entry: _Entry, obj: Any) -> bool:
+    if entry.owner is None:
+        return False
+    if entry.owner is obj:
         return True
-    return isinstance(keepalive, memoryview) and not _released(keepalive) and keepalive.obj is obj
+    view = entry.keepalive
+    return isinstance(view, memoryview) and not _released(view) and view.obj is obj
 
 
 def _released(view: memoryview) -> bool:
@@ -392,4 +443,3 @@ def _check_capacity(capacity: int) -> int:
     if isinstance(capacity, bool) or not isinstance(capacity, int) or not 0 < capacity <= MAX_CAPACITY:
         raise InvalidRegionError(f"capacity must be an int in 1..{MAX_CAPACITY}", capacity=capacity)
     return capacity
-
