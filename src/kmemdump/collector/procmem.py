@@ -1,0 +1,485 @@
+"""Reading a live process's memory: ``process_vm_readv`` first, ``/proc/PID/mem`` when refused.
+
+:class:`ProcessMemory` is the :class:`kmemdump.memory.MemorySource` of a running process. Every
+read reports the *readable prefix* of each range: the kernel stops a transfer at the first page it
+cannot read, and reads no later ranges of the same call, so the reader finds where a call stopped
+and carries on with the next range in a new call (never more than ``IOV_MAX`` ranges a call).
+
+Results are built in place: each range gets a fresh ``bytes`` object of its full size (allocated
+without initialising it, as C code does with ``PyBytes_FromStringAndSize(NULL, n)``) and the kernel
+copies straight into it. When that layout check fails (another Python implementation), a
+``bytearray`` per range is used and copied once into ``bytes``.
+
+The module also reads a process's identity out of ``/proc``: :func:`process_start_time`,
+:func:`process_cmdline` and :func:`process_exe`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import threading
+from array import array
+from collections.abc import Callable
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from kmemdump.errors import AccessDeniedError
+from kmemdump.errors import CollectorError
+from kmemdump.errors import ProcessGoneError
+from kmemdump.errors import UnreadableMemoryError
+
+__all__ = [
+    "IOV_MAX",
+    "ProcessMemory",
+    "parse_stat_start_time",
+    "process_cmdline",
+    "process_exe",
+    "process_start_time",
+]
+
+#: Most iovecs one ``process_vm_readv`` call takes (``sysconf(_SC_IOV_MAX)``; 1024 on Linux).
+IOV_MAX = 1024
+
+_ADDRESS_END = 1 << 64
+# /proc/PID/mem offsets are a signed off_t; nothing user-space lives above this.
+_OFF_T_END = 1 << 63
+# Ranges bigger than this are read piece by piece when one allocation of their full size fails
+# (a garbage length from a decoder must not end in MemoryError).
+_CHUNK = 64 << 20
+
+
+def _sysconf_iov_max() -> int:
+    try:
+        value = os.sysconf("SC_IOV_MAX")
+    except (ValueError, OSError):
+        return IOV_MAX
+    return max(1, min(IOV_MAX, value)) if value > 0 else IOV_MAX
+
+
+_BATCH = _sysconf_iov_max()
+
+
+# --- the system call -------------------------------------------------------------------------------
+
+_Readv = Callable[[int, int, int, int, int, int], int]
+
+
+def _load_process_vm_readv() -> _Readv | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        func = libc.process_vm_readv
+    except (OSError, AttributeError):
+        return None
+    # pid, local iovecs, count, remote iovecs, count, flags
+    func.argtypes = [
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_ulong,
+        ctypes.c_void_p,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+    ]
+    func.restype = ctypes.c_ssize_t
+    readv: _Readv = func
+    return readv
+
+
+_process_vm_readv = _load_process_vm_readv()
+
+
+# --- result buffers ---------------------------------------------------------------------------------
+
+
+class _BytesBuffers:
+    """Uninitialised ``bytes`` objects filled in place (CPython only, checked at import)."""
+
+    def __init__(self) -> None:
+        new = ctypes.pythonapi.PyBytes_FromStringAndSize
+        new.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+        new.restype = ctypes.py_object
+        self._new: Callable[[int | None, int], bytes] = new
+        self._offset = bytes.__basicsize__ - 1  # ob_sval; the 1 is its terminating NUL
+        probe = self._new(None, 16)
+        ctypes.memmove(id(probe) + self._offset, b"kmemdump-probe!!", 16)
+        if probe != b"kmemdump-probe!!":
+            raise RuntimeError("bytes layout check failed")
+
+    def new(self, size: int) -> tuple[Any, int]:
+        buf = self._new(None, size)
+        return buf, id(buf) + self._offset
+
+    @staticmethod
+    def finish(buf: Any, size: int, got: int) -> bytes:
+        result: bytes = buf if got == size else buf[:got]
+        return result
+
+
+class _BytearrayBuffers:
+    """Portable fallback: one zeroed ``bytearray`` per range, copied into ``bytes`` at the end."""
+
+    @staticmethod
+    def new(size: int) -> tuple[Any, int]:
+        if size > _CHUNK:  # bytearray() zero-fills: never for a length that may be garbage
+            raise MemoryError
+        buf = bytearray(size)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(buf))  # export released right away
+        return buf, address
+
+    @staticmethod
+    def finish(buf: Any, size: int, got: int) -> bytes:
+        return bytes(memoryview(buf)[:got])
+
+
+def _pick_buffers() -> _BytesBuffers | _BytearrayBuffers:
+    try:
+        return _BytesBuffers()
+    except (AttributeError, OSError, RuntimeError, ValueError):
+        return _BytearrayBuffers()
+
+
+_buffers = _pick_buffers()
+
+
+# --- the reader --------------------------------------------------------------------------------------
+
+
+class ProcessMemory:
+    """The memory of the live process ``pid``.
+
+    ``force_proc_mem=True`` skips ``process_vm_readv`` and reads ``/proc/PID/mem`` only (the path
+    also taken when the system call is missing, blocked by seccomp or refused with ``EPERM``). Note
+    that ``/proc/PID/mem`` also reads pages the target protected with ``PROT_NONE``.
+    """
+
+    __slots__ = ("_lock", "_mem_fd", "_use_readv", "pid")
+
+    def __init__(self, pid: int, *, force_proc_mem: bool = False) -> None:
+        if pid <= 0:
+            raise ProcessGoneError(f"no process has pid {pid}", pid=pid)
+        self.pid = pid
+        self._use_readv = _process_vm_readv is not None and not force_proc_mem
+        self._mem_fd = -1
+        self._lock = threading.Lock()
+
+    # -- public reads --
+
+    def read(self, address: int, size: int) -> bytes:
+        """Exactly ``size`` bytes at ``address``, or :class:`UnreadableMemoryError`."""
+        data = self.read_upto(address, size)
+        if len(data) != size:
+            raise UnreadableMemoryError(
+                f"cannot read {size} bytes at {address:#x} in process {self.pid}: "
+                f"only the first {len(data)} are readable",
+                address=address,
+                size=size,
+                readable=len(data),
+                pid=self.pid,
+            )
+        return data
+
+    def read_upto(self, address: int, size: int) -> bytes:
+        """The readable prefix of ``size`` bytes at ``address`` (possibly ``b""``)."""
+        return self.read_many(((address, size),))[0]
+
+    def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """The readable prefix of each ``(address, size)`` range, in order.
+
+        One unreadable range never stops the others. Raises :class:`ProcessGoneError` when the
+        process is gone and :class:`AccessDeniedError` when the kernel refuses access.
+        """
+        count = len(ranges)
+        results: list[bytes] = [b""] * count
+        buffers: list[Any] = [None] * count
+        remote: list[int] = [0] * count
+        local: list[int] = [0] * count
+        sizes: list[int] = [0] * count
+        big: list[int] = []
+        for index, (address, wanted) in enumerate(ranges):
+            size = _clamp(address, wanted)
+            if size <= 0:
+                continue
+            try:
+                buf, buf_address = _buffers.new(size)
+            except MemoryError:
+                big.append(index)  # read piece by piece below
+                continue
+            buffers[index] = buf
+            remote[index] = address
+            local[index] = buf_address
+            sizes[index] = size
+        done = self._transfer(remote, local, sizes)
+        for index, buf in enumerate(buffers):
+            if buf is not None:
+                results[index] = _buffers.finish(buf, sizes[index], done[index])
+        buffers.clear()
+        for index in big:
+            address, size = ranges[index]
+            results[index] = self._read_in_chunks(address, _clamp(address, size))
+        return results
+
+    def read_into(self, address: int, buffer: Any) -> int:
+        """Copy the readable prefix of ``len(buffer)`` bytes at ``address`` into the writable
+        ``buffer`` (bytearray, mmap, ctypes array …); return how many bytes were copied."""
+        view = memoryview(buffer).cast("B")
+        try:
+            size = _clamp(address, view.nbytes)
+            if size <= 0:
+                return 0
+            if view.readonly:
+                raise TypeError("read_into needs a writable buffer")
+            anchor = ctypes.c_char.from_buffer(view)
+            try:
+                return self._transfer([address], [ctypes.addressof(anchor)], [size])[0]
+            finally:
+                del anchor
+        finally:
+            view.release()
+
+    # -- lifetime --
+
+    def close(self) -> None:
+        """Close the ``/proc/PID/mem`` descriptor, if the fallback opened one."""
+        with self._lock:
+            if self._mem_fd >= 0:
+                os.close(self._mem_fd)
+                self._mem_fd = -1
+
+    def __enter__(self) -> ProcessMemory:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        via = "process_vm_readv" if self._use_readv else "/proc/PID/mem"
+        return f"ProcessMemory(pid={self.pid}, via={via})"
+
+    # -- the engine --
+
+    def _transfer(self, remote: list[int], local: list[int], sizes: list[int]) -> list[int]:
+        """Copy ``sizes[i]`` bytes from ``remote[i]`` (target) to ``local[i]`` (ours), for each i;
+        return how many leading bytes of each were copied."""
+        count = len(sizes)
+        done = [0] * count
+        start = 0
+        while start < count:
+            if not self._use_readv:
+                self._transfer_proc_mem(remote, local, sizes, done, start)
+                return done
+            start = self._readv_batch(remote, local, sizes, done, start)
+        return done
+
+    def _readv_batch(
+        self, remote: list[int], local: list[int], sizes: list[int], done: list[int], start: int
+    ) -> int:
+        """One ``process_vm_readv`` call from range ``start`` on; return where to continue."""
+        count = len(sizes)
+        picked: list[int] = []
+        local_vec: list[int] = []
+        remote_vec: list[int] = []
+        index = start
+        while index < count and len(picked) < _BATCH:
+            left = sizes[index] - done[index]
+            if left > 0:
+                picked.append(index)
+                local_vec += (local[index] + done[index], left)
+                remote_vec += (remote[index] + done[index], left)
+            index += 1
+        if not picked:
+            return count
+        n = len(picked)
+        # struct iovec {void *base; size_t len;}: the local array, then the remote one
+        iov = array("Q", local_vec)
+        iov.extend(remote_vec)
+        base = iov.buffer_info()[0]
+        readv = _process_vm_readv
+        assert readv is not None
+        while True:
+            got = readv(self.pid, base, n, base + 16 * n, n, 0)
+            if got >= 0:
+                break
+            err = ctypes.get_errno()
+            if err != errno.EINTR:
+                return self._readv_failed(err, picked[0], remote, done)
+        # Hand the count out in order. The first range that did not get all it asked for is where
+        # the kernel stopped: the next call starts with it (and fails with EFAULT if it really is
+        # unreadable there). Later ranges were not attempted at all.
+        for position, picked_index in enumerate(picked):
+            left = sizes[picked_index] - done[picked_index]
+            if got >= left:
+                done[picked_index] += left
+                got -= left
+                continue
+            done[picked_index] += got
+            if got == 0 and position == 0:
+                return picked_index + 1  # no progress at all: never loop on it
+            return picked_index
+        return index
+
+    def _readv_failed(self, err: int, first: int, remote: list[int], done: list[int]) -> int:
+        if err == errno.EFAULT:
+            return first + 1  # the first range is unreadable from where it stands
+        if err == errno.ESRCH:
+            raise ProcessGoneError(f"process {self.pid} is gone", pid=self.pid)
+        if err in (errno.EPERM, errno.ENOSYS):
+            # EPERM: ptrace rules said no to the system call; /proc/PID/mem may still be allowed
+            # (and says EACCES when not). ENOSYS: a seccomp filter or an old kernel.
+            self._use_readv = False
+            return first
+        if err == errno.ENOMEM:
+            raise CollectorError(
+                f"process_vm_readv ran out of kernel memory reading process {self.pid}",
+                pid=self.pid,
+                errno=err,
+            )
+        raise CollectorError(
+            f"process_vm_readv failed on process {self.pid} at {remote[first] + done[first]:#x}: "
+            f"{os.strerror(err)}",
+            pid=self.pid,
+            errno=err,
+        )
+
+    def _transfer_proc_mem(
+        self, remote: list[int], local: list[int], sizes: list[int], done: list[int], start: int
+    ) -> None:
+        fd = self._open_mem()
+        for index in range(start, len(sizes)):
+            while done[index] < sizes[index]:
+                position = remote[index] + done[index]
+                want = min(sizes[index] - done[index], _CHUNK, _OFF_T_END - position)
+                if want <= 0:
+                    break
+                data = self._pread(fd, want, position)
+                if data is None:
+                    break
+                ctypes.memmove(local[index] + done[index], data, len(data))
+                done[index] += len(data)
+
+    def _pread(self, fd: int, size: int, position: int) -> bytes | None:
+        """Bytes at ``position`` from /proc/PID/mem; ``None`` where memory is unmapped."""
+        while True:
+            try:
+                data = os.pread(fd, size, position)
+            except InterruptedError:
+                continue
+            except OSError as err:
+                if err.errno == errno.EIO:
+                    return None  # not mapped
+                if err.errno == errno.ESRCH:
+                    raise ProcessGoneError(f"process {self.pid} is gone", pid=self.pid) from err
+                if err.errno in (errno.EACCES, errno.EPERM):
+                    raise AccessDeniedError(
+                        f"reading the memory of process {self.pid} was refused", pid=self.pid
+                    ) from err
+                raise CollectorError(
+                    f"reading /proc/{self.pid}/mem at {position:#x} failed: {err.strerror}",
+                    pid=self.pid,
+                    errno=err.errno,
+                ) from err
+            if not data:  # the address space is gone: the process exited
+                raise ProcessGoneError(f"process {self.pid} is gone (its memory was released)", pid=self.pid)
+            return data
+
+    def _open_mem(self) -> int:
+        with self._lock:
+            if self._mem_fd < 0:
+                path = f"/proc/{self.pid}/mem"
+                try:
+                    self._mem_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except (FileNotFoundError, ProcessLookupError) as err:
+                    raise ProcessGoneError(f"process {self.pid} is gone", pid=self.pid) from err
+                except PermissionError as err:
+                    raise AccessDeniedError(
+                        f"the kernel refused access to the memory of process {self.pid} "
+                        "(process_vm_readv and /proc/PID/mem)",
+                        pid=self.pid,
+                    ) from err
+                except OSError as err:
+                    raise CollectorError(
+                        f"cannot open {path}: {err.strerror}", pid=self.pid, errno=err.errno
+                    ) from err
+            return self._mem_fd
+
+    def _read_in_chunks(self, address: int, size: int) -> bytes:
+        parts: list[bytes] = []
+        while size > 0:
+            part = self.read_many(((address, min(size, _CHUNK)),))[0]
+            parts.append(part)
+            if len(part) < min(size, _CHUNK):
+                break
+            address += len(part)
+            size -= len(part)
+        return b"".join(parts)
+
+
+def _clamp(address: int, size: int) -> int:
+    """``size`` cut to the 64-bit address space; 0 for a negative or out-of-range request."""
+    if address < 0 or size <= 0 or address >= _ADDRESS_END:
+        return 0
+    return min(size, _ADDRESS_END - address)
+
+
+# --- /proc identity ------------------------------------------------------------------------------
+
+
+def parse_stat_start_time(stat: bytes) -> int:
+    """Field 22 (``starttime``, clock ticks after boot) of a ``/proc/PID/stat`` line.
+
+    The second field is the command name in parentheses and may itself hold spaces and ``)``,
+    so the line is split after its *last* ``)``.
+    """
+    close = stat.rfind(b")")
+    if close < 0:
+        raise ValueError("no ')' closes the command name")
+    fields = stat[close + 1 :].split()
+    # fields[0] is field 3 (state); field 22 is fields[19]
+    if len(fields) < 20:
+        raise ValueError(f"only {len(fields) + 2} fields")
+    return int(fields[19])
+
+
+def _read_proc(pid: int, name: str) -> bytes:
+    path = f"/proc/{pid}/{name}"
+    try:
+        with open(path, "rb", buffering=0) as handle:
+            return handle.read()
+    except (FileNotFoundError, ProcessLookupError) as err:
+        raise ProcessGoneError(f"process {pid} is gone", pid=pid) from err
+    except PermissionError as err:
+        raise AccessDeniedError(f"cannot read {path}", pid=pid) from err
+    except OSError as err:
+        if err.errno == errno.ESRCH:
+            raise ProcessGoneError(f"process {pid} is gone", pid=pid) from err
+        raise CollectorError(f"cannot read {path}: {err.strerror}", pid=pid, errno=err.errno) from err
+
+
+def process_start_time(pid: int) -> int:
+    """The start time of ``pid`` in clock ticks after boot (identifies it with the pid)."""
+    stat = _read_proc(pid, "stat")
+    if not stat:
+        raise ProcessGoneError(f"process {pid} is gone", pid=pid)
+    try:
+        return parse_stat_start_time(stat)
+    except ValueError as err:
+        raise CollectorError(f"cannot parse /proc/{pid}/stat: {err}", pid=pid) from err
+
+
+def process_cmdline(pid: int) -> list[str]:
+    """The arguments of ``pid`` (empty for a zombie or a kernel thread)."""
+    raw = _read_proc(pid, "cmdline")
+    if raw.endswith(b"\0"):
+        raw = raw[:-1]
+    return [os.fsdecode(arg) for arg in raw.split(b"\0")] if raw else []
+
+
+def process_exe(pid: int) -> str | None:
+    """The executable of ``pid``, or ``None`` when it cannot be read."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
