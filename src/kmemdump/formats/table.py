@@ -1,0 +1,694 @@
+"""The shared table, format v1: its layout, a writer over a buffer, and a validating reader.
+
+A producer publishes the regions it registered in one file per process; an outside reader (the
+collector) copies the file with ``pread`` and trusts nothing in it. ``docs/formats.md`` describes
+the bytes for programs in other languages. Little-endian throughout; every layout is a
+:class:`struct.Struct` built once at import.
+
+Writers change entries under a seqlock: ``generation`` becomes odd, the entry and ``count`` are
+written, ``generation`` becomes even again. A reader copies the table between two reads of an
+even, unchanged generation. The Python writer relies on the stores of successive ``pack_into``
+calls reaching memory in program order, which x86-64 (TSO) guarantees; see the format notes for
+writers on weakly ordered CPUs.
+
+Standard library only: the producer imports this module.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import itertools
+import mmap
+import os
+import stat
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from kmemdump.errors import ForeignTableError
+from kmemdump.errors import InvalidRegionError
+from kmemdump.errors import TableFormatError
+from kmemdump.region import NAME_MAX
+from kmemdump.region import RegionKind
+
+__all__ = [
+    "ENTRY_ADDRESS",
+    "ENTRY_FLAGS",
+    "ENTRY_ID",
+    "ENTRY_KIND",
+    "ENTRY_NAME",
+    "ENTRY_SIZE",
+    "ENTRY_SIZE_FIELD",
+    "ENTRY_STRUCT",
+    "ENTRY_VALID",
+    "FEED_STRUCT",
+    "FEED_TICK_MASK",
+    "HEADER_SIZE",
+    "HEADER_STRUCT",
+    "MAGIC",
+    "MAX_CAPACITY",
+    "NAME_SIZE",
+    "OFF_CAPACITY",
+    "OFF_COLLECTOR_PID",
+    "OFF_COUNT",
+    "OFF_CREATED_NS",
+    "OFF_ENTRY_SIZE",
+    "OFF_FLAGS",
+    "OFF_GENERATION",
+    "OFF_HEADER_SIZE",
+    "OFF_HEARTBEAT",
+    "OFF_LAST_FEED_NS",
+    "OFF_MAGIC",
+    "OFF_PID",
+    "OFF_PY_HEXVERSION",
+    "OFF_START_TIME",
+    "OFF_STATE",
+    "OFF_VERSION",
+    "OFF_WATCHDOG_TIMEOUT_NS",
+    "TABLE_SUFFIX",
+    "VALID",
+    "VERSION",
+    "ReadableBuffer",
+    "TableEntry",
+    "TableHeader",
+    "TableReader",
+    "TableSnapshot",
+    "TableState",
+    "TableWriter",
+    "WritableBuffer",
+    "default_dir",
+    "parse_header",
+    "parse_table",
+    "read_table",
+    "table_path",
+    "table_size",
+    "write_collector_pid",
+]
+
+ReadableBuffer = bytes | bytearray | memoryview | mmap.mmap
+"""What the parsers accept: any byte buffer (a ``memoryview`` must have format ``B``)."""
+WritableBuffer = bytearray | memoryview | mmap.mmap
+"""What :class:`TableWriter` writes into."""
+
+# --- constants -------------------------------------------------------------------------------
+
+MAGIC: Final = b"KMDTABLE"
+VERSION: Final = 1
+HEADER_SIZE: Final = 128
+ENTRY_SIZE: Final = 64
+MAX_CAPACITY: Final = 65536
+VALID: Final = 0x56414C49
+"""The live-entry marker, ``'VALI'`` read as a little-endian u32 (as in the Qualcomm minidump table)."""
+NAME_SIZE: Final = 32
+TABLE_SUFFIX: Final = ".table"
+FEED_TICK_MASK: Final = 1023
+"""A feed whose counter has these bits clear (every 1024th) runs the writer's ``on_tick`` hook."""
+
+# Header field offsets.
+OFF_MAGIC: Final = 0
+OFF_VERSION: Final = 8
+OFF_HEADER_SIZE: Final = 10
+OFF_ENTRY_SIZE: Final = 12
+OFF_FLAGS: Final = 14
+OFF_CAPACITY: Final = 16
+OFF_PID: Final = 20
+OFF_START_TIME: Final = 24
+OFF_PY_HEXVERSION: Final = 32
+OFF_STATE: Final = 36
+OFF_GENERATION: Final = 40
+OFF_HEARTBEAT: Final = 48
+OFF_LAST_FEED_NS: Final = 56
+OFF_WATCHDOG_TIMEOUT_NS: Final = 64
+OFF_COLLECTOR_PID: Final = 72
+OFF_COUNT: Final = 76
+OFF_CREATED_NS: Final = 80
+
+# Entry field offsets, relative to the start of the entry.
+ENTRY_NAME: Final = 0
+ENTRY_ID: Final = 32
+ENTRY_VALID: Final = 36
+ENTRY_ADDRESS: Final = 40
+ENTRY_SIZE_FIELD: Final = 48
+ENTRY_KIND: Final = 56
+ENTRY_FLAGS: Final = 58
+
+HEADER_STRUCT: Final = struct.Struct("<8sHHHHIIQIIQQQQIIQ40x")
+"""magic, version, header_size, entry_size, flags, capacity, pid, start_time, py_hexversion, state,
+generation, heartbeat, last_feed_ns, watchdog_timeout_ns, collector_pid, count, created_ns."""
+ENTRY_STRUCT: Final = struct.Struct("<32sIIQQHHI")
+"""name, id, valid, address, size, kind, flags, reserved."""
+FEED_STRUCT: Final = struct.Struct("<QQ")
+"""heartbeat, last_feed_ns: one store per feed."""
+
+_U64: Final = struct.Struct("<Q")
+_U32: Final = struct.Struct("<I")
+_U32_MAX: Final = 2**32 - 1
+_U64_MAX: Final = 2**64 - 1
+_ADDRESS_LIMIT: Final = 2**64
+_FREE_FIELDS: Final = (bytes(NAME_SIZE), 0, 0, 0, 0, 0, 0, 0)
+_KINDS: Final = {int(kind): kind for kind in RegionKind}
+_KIND_LIMIT: Final = max(_KINDS) + 1
+_KIND_OK: Final = bytes(1 if value in _KINDS else 0 for value in range(_KIND_LIMIT))
+"""Indexed by kind: a C-level check (an IntEnum's own hash runs Python code)."""
+_pack_u64: Final = _U64.pack_into
+_pack_u32: Final = _U32.pack_into
+_pack_entry: Final = ENTRY_STRUCT.pack_into
+_zero_entry: Final = struct.Struct(f"{ENTRY_SIZE}x").pack_into
+"""Writes 64 zero bytes (pack_into zero-fills a struct's padding)."""
+
+assert HEADER_STRUCT.size == HEADER_SIZE and ENTRY_STRUCT.size == ENTRY_SIZE
+
+
+class TableState(enum.IntEnum):
+    """The producer's life cycle, as published in the header."""
+
+    STARTING = 0
+    """The table is being set up; entries may be missing."""
+    RUNNING = 1
+    """The producer is live and keeps the table current."""
+    EXITING = 2
+    """The producer is shutting down cleanly; the file is about to be removed."""
+
+
+_STATES: Final = {int(state): state for state in TableState}
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TableHeader:
+    """Every header field, validated as far as the header alone allows."""
+
+    version: int
+    header_size: int
+    entry_size: int
+    flags: int
+    capacity: int
+    pid: int
+    start_time: int
+    py_hexversion: int
+    state: TableState
+    generation: int
+    heartbeat: int
+    last_feed_ns: int
+    watchdog_timeout_ns: int
+    collector_pid: int
+    count: int
+    created_ns: int
+
+    @property
+    def table_size(self) -> int:
+        """Bytes the whole table occupies: the header plus ``capacity`` entries."""
+        return table_size(self.capacity)
+
+
+@dataclass(frozen=True, slots=True)
+class TableEntry:
+    """One live entry: where it sat in the table and the region it describes."""
+
+    slot: int
+    id: int
+    name: str
+    address: int
+    size: int
+    kind: RegionKind
+    flags: int
+
+    @property
+    def end(self) -> int:
+        return self.address + self.size
+
+
+@dataclass(frozen=True, slots=True)
+class TableSnapshot:
+    """A consistent copy of a table: the header and the live entries, sorted by ID."""
+
+    header: TableHeader
+    entries: tuple[TableEntry, ...]
+
+
+# --- helpers shared by both sides ------------------------------------------------------------------
+
+
+def table_size(capacity: int) -> int:
+    """Size in bytes of a table with ``capacity`` slots (1..:data:`MAX_CAPACITY`)."""
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or not 0 < capacity <= MAX_CAPACITY:
+        raise TableFormatError(f"capacity must be an int in 1..{MAX_CAPACITY}", capacity=capacity)
+    return HEADER_SIZE + capacity * ENTRY_SIZE
+
+
+def table_path(directory: str | os.PathLike[str], pid: int, start_time: int) -> Path:
+    """Where the process ``(pid, start_time)`` publishes its table inside ``directory``."""
+    return Path(directory) / f"{pid}-{start_time}{TABLE_SUFFIX}"
+
+
+def default_dir() -> Path:
+    """``$KMEMDUMP_DIR`` if set, else ``/dev/shm/kmemdump-<euid>``."""
+    configured = os.environ.get("KMEMDUMP_DIR")
+    if configured:
+        return Path(configured)
+    return Path(f"/dev/shm/kmemdump-{os.geteuid()}")
+
+
+def _entry_offset(slot: int) -> int:
+    return HEADER_SIZE + slot * ENTRY_SIZE
+
+
+def _nothing() -> None:
+    return None
+
+
+# --- writer ------------------------------------------------------------------------------------------
+
+
+class TableWriter:
+    """Writes one table into a writable buffer (the table file's mmap, or any bytearray).
+
+    The constructor writes a fresh header (state ``STARTING``, generation 0, no entries) and
+    zeroes every slot. :meth:`put` and :meth:`clear` must not run concurrently with each other (the
+    backend serialises them); :meth:`feed` may run at any time from any thread, since it writes
+    only the heartbeat words.
+
+    ``feed`` is a plain function attribute, not a method, so that calling it costs one Python
+    call: it bumps the heartbeat counter and stores it with ``time.monotonic_ns()`` in one
+    ``pack_into``. Every 1024th feed also calls ``on_tick`` (the backend checks the collector pid
+    there).
+    """
+
+    __slots__ = ("_buf", "_capacity", "_count", "_gen", "_live", "_next_beat", "_on_tick", "feed")
+
+    feed: Callable[[], None]
+
+    def __init__(
+        self,
+        buf: WritableBuffer,
+        *,
+        capacity: int,
+        pid: int,
+        start_time: int,
+        py_hexversion: int,
+        created_ns: int,
+        on_tick: Callable[[], object] | None = None,
+    ) -> None:
+        size = table_size(capacity)
+        with memoryview(buf) as view:
+            if view.readonly:
+                raise TypeError("the table buffer must be writable")
+            if view.nbytes < size:
+                raise TableFormatError(
+                    "buffer is smaller than the table", length=view.nbytes, capacity=capacity, needed=size
+                )
+        try:
+            HEADER_STRUCT.pack_into(
+                buf, 0, MAGIC, VERSION, HEADER_SIZE, ENTRY_SIZE, 0, capacity, pid, start_time,
+                py_hexversion, TableState.STARTING, 0, 0, 0, 0, 0, 0, created_ns,
+            )  # fmt: skip
+        except struct.error as err:
+            raise TableFormatError(f"header value out of range: {err}") from err
+        buf[HEADER_SIZE:size] = bytes(size - HEADER_SIZE)
+        self._buf = buf
+        self._capacity = capacity
+        self._count = 0
+        self._gen = 0
+        self._live = bytearray(capacity)
+        self._next_beat = itertools.count(1).__next__
+        self._on_tick: Callable[[], object] = on_tick if on_tick is not None else _nothing
+        self.feed = _make_feed(buf, self._next_beat, self._on_tick)
+
+    # --- heartbeat ---------------------------------------------------------------------------
+
+    def feed_binding(self) -> tuple[WritableBuffer, Callable[[], int], Callable[[], object]]:
+        """What a feed function needs: the buffer, the shared counter's ``next`` and the tick hook.
+
+        :mod:`kmemdump.watchdog` points its own ``feed`` at these, so that feeding through the
+        watchdog or through :attr:`feed` advances one counter.
+        """
+        return self._buf, self._next_beat, self._on_tick
+
+    def set_watchdog(self, timeout_ns: int) -> None:
+        """Publish the watchdog timeout (0 disables it)."""
+        if isinstance(timeout_ns, bool) or not isinstance(timeout_ns, int) or not 0 <= timeout_ns <= _U64_MAX:
+            raise InvalidRegionError(
+                "watchdog timeout must be an int of nanoseconds >= 0", timeout_ns=timeout_ns
+            )
+        _U64.pack_into(self._buf, OFF_WATCHDOG_TIMEOUT_NS, timeout_ns)
+
+    def set_state(self, state: TableState) -> None:
+        _U32.pack_into(self._buf, OFF_STATE, TableState(state))
+
+    def collector_pid(self) -> int:
+        """The pid a collector wrote into the header (0 when none did)."""
+        return int(_U32.unpack_from(self._buf, OFF_COLLECTOR_PID)[0])
+
+    # --- entries -----------------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def count(self) -> int:
+        """Live entries."""
+        return self._count
+
+    @property
+    def generation(self) -> int:
+        return self._gen
+
+    def put(  # noqa: PLR0917 - one positional argument per entry field, as in the format
+        self,
+        slot: int,
+        id: int,
+        name: str,
+        address: int,
+        size: int,
+        kind: int,
+        flags: int = 0,
+    ) -> None:
+        """Write a live entry into ``slot`` (replacing what it held) under the seqlock.
+
+        The writer does not look for the same ID in other slots: keeping IDs unique is the
+        caller's job (a reader rejects duplicates).
+        """
+        raw = name.encode("utf-8")
+        if not (
+            0 < id <= _U32_MAX
+            and size > 0
+            and address >= 0
+            and address + size <= _ADDRESS_LIMIT
+            and len(raw) <= NAME_MAX
+            and 0 not in raw  # much cheaper than b"\0" in raw
+            and 0 <= kind < _KIND_LIMIT
+            and _KIND_OK[kind]
+            and 0 <= flags <= 0xFFFF
+            and 0 <= slot < self._capacity
+        ):
+            raise self._refusal(slot, id, name, address, size, kind, flags)
+        buf = self._buf
+        gen = self._gen + 1
+        _pack_u64(buf, OFF_GENERATION, gen)
+        _pack_entry(buf, HEADER_SIZE + slot * ENTRY_SIZE, raw, id, VALID, address, size, kind, flags, 0)
+        live = self._live
+        if not live[slot]:
+            live[slot] = 1
+            self._count += 1
+            _pack_u32(buf, OFF_COUNT, self._count)
+        gen += 1
+        self._gen = gen
+        _pack_u64(buf, OFF_GENERATION, gen)
+
+    def _refusal(  # noqa: PLR0917 - mirrors put()
+        self, slot: int, id: int, name: str, address: int, size: int, kind: int, flags: int
+    ) -> InvalidRegionError:
+        """Say which of put()'s arguments the format cannot hold."""
+        raw = name.encode("utf-8")
+        if len(raw) > NAME_MAX or 0 in raw:
+            return InvalidRegionError(f"name must be at most {NAME_MAX} UTF-8 bytes without NUL", name=name)
+        if not 0 <= slot < self._capacity:
+            return InvalidRegionError("slot out of range", slot=slot, capacity=self._capacity)
+        if not 0 < id <= _U32_MAX:
+            return InvalidRegionError("id must be in 1..2**32-1", id=id)
+        if not (size > 0 and address >= 0 and address + size <= _ADDRESS_LIMIT):
+            return InvalidRegionError(
+                "region does not fit the 64-bit address space", address=address, size=size
+            )
+        if not (0 <= kind < _KIND_LIMIT and _KIND_OK[kind]):
+            return InvalidRegionError("unknown region kind", kind=kind)
+        return InvalidRegionError("flags must fit 16 bits", flags=flags)
+
+    def clear(self, slot: int) -> None:
+        """Free ``slot`` (all 64 bytes zero) under the seqlock; a free slot is left alone."""
+        if not 0 <= slot < self._capacity:
+            raise InvalidRegionError("slot out of range", slot=slot, capacity=self._capacity)
+        live = self._live
+        if not live[slot]:
+            return
+        buf = self._buf
+        gen = self._gen + 1
+        _pack_u64(buf, OFF_GENERATION, gen)
+        _zero_entry(buf, HEADER_SIZE + slot * ENTRY_SIZE)
+        live[slot] = 0
+        self._count -= 1
+        _pack_u32(buf, OFF_COUNT, self._count)
+        gen += 1
+        self._gen = gen
+        _pack_u64(buf, OFF_GENERATION, gen)
+
+
+def _make_feed(
+    buf: WritableBuffer, next_beat: Callable[[], int], on_tick: Callable[[], object]
+) -> Callable[[], None]:
+    pack = FEED_STRUCT.pack_into
+    clock = time.monotonic_ns
+
+    def feed() -> None:
+        """Beat the heartbeat: counter + 1 and the monotonic clock, in one store."""
+        beat = next_beat()
+        pack(buf, OFF_HEARTBEAT, beat, clock())
+        if not beat & FEED_TICK_MASK:
+            on_tick()
+
+    return feed
+
+
+# --- reader ----------------------------------------------------------------------------------------
+
+
+def parse_header(data: ReadableBuffer) -> TableHeader:
+    """Decode and check the 128-byte header at the start of ``data``.
+
+    Checks the magic, version, header and entry sizes, capacity and state. The seqlock-protected
+    fields (``count``, ``generation``) are returned as found; :func:`parse_table` checks them.
+    """
+    length = len(data)
+    if length < HEADER_SIZE:
+        raise TableFormatError(f"table is shorter than its {HEADER_SIZE}-byte header", length=length)
+    (
+        magic, version, header_size, entry_size, flags, capacity, pid, start_time, py_hexversion,
+        state, generation, heartbeat, last_feed_ns, watchdog_timeout_ns, collector_pid, count, created_ns,
+    ) = HEADER_STRUCT.unpack_from(data, 0)  # fmt: skip
+    if magic != MAGIC:
+        raise TableFormatError("not a kmemdump table (bad magic)", magic=magic, offset=OFF_MAGIC)
+    if version != VERSION:
+        raise TableFormatError(
+            f"unsupported table format version {version} (this reader knows {VERSION})", offset=OFF_VERSION
+        )
+    if header_size != HEADER_SIZE:
+        raise TableFormatError(
+            f"header_size is {header_size}, format v{VERSION} has {HEADER_SIZE}", offset=OFF_HEADER_SIZE
+        )
+    if entry_size != ENTRY_SIZE:
+        raise TableFormatError(
+            f"entry_size is {entry_size}, format v{VERSION} has {ENTRY_SIZE}", offset=OFF_ENTRY_SIZE
+        )
+    if not 0 < capacity <= MAX_CAPACITY:
+        raise TableFormatError(f"capacity {capacity} is outside 1..{MAX_CAPACITY}", offset=OFF_CAPACITY)
+    table_state = _STATES.get(state)
+    if table_state is None:
+        raise TableFormatError(f"unknown state {state}", offset=OFF_STATE)
+    return TableHeader(
+        version, header_size, entry_size, flags, capacity, pid, start_time, py_hexversion, table_state,
+        generation, heartbeat, last_feed_ns, watchdog_timeout_ns, collector_pid, count, created_ns,
+    )  # fmt: skip
+
+
+def parse_table(data: ReadableBuffer) -> TableSnapshot:
+    """Decode and fully check a table copy; any malformation raises :class:`TableFormatError`.
+
+    ``data`` must hold at least the header and ``capacity`` entries (more is ignored). The
+    generation must be even; every live entry must carry the valid marker, a non-zero unique ID,
+    a NUL-terminated UTF-8 name, a non-zero size that stays within the 64-bit address space and a
+    known kind; every free slot must be all zero; ``count`` must equal the live entries.
+    """
+    header = parse_header(data)
+    need = header.table_size
+    length = len(data)
+    if length < need:
+        raise TableFormatError(
+            f"table is truncated: capacity {header.capacity} needs {need} bytes", length=length, needed=need
+        )
+    if header.generation & 1:
+        raise TableFormatError(
+            "generation is odd: the copy was taken while entries were changing",
+            generation=header.generation,
+            offset=OFF_GENERATION,
+        )
+    blob = data if isinstance(data, bytes) and length == need else bytes(data[:need])
+    entries: list[TableEntry] = []
+    seen: set[int] = set()
+    slots = ENTRY_STRUCT.iter_unpack(memoryview(blob)[HEADER_SIZE:need])
+    for slot, fields in enumerate(slots):
+        region_id = fields[1]
+        if region_id == 0:
+            if fields != _FREE_FIELDS:
+                raise _entry_error("free slot (id 0) is not all zero", slot)
+            continue
+        raw_name, region_id, valid, address, size, kind, flags, _reserved = fields
+        if valid != VALID:
+            raise _entry_error(f"live slot has valid marker {valid:#x}, not {VALID:#x}", slot, ENTRY_VALID)
+        end = raw_name.find(0)
+        if end < 0:
+            raise _entry_error(f"name has no NUL within {NAME_SIZE} bytes", slot, ENTRY_NAME)
+        try:
+            name = raw_name[:end].decode("utf-8")
+        except UnicodeDecodeError:
+            raise _entry_error("name is not valid UTF-8", slot, ENTRY_NAME) from None
+        if size == 0:
+            raise _entry_error("size is 0", slot, ENTRY_SIZE_FIELD)
+        if address + size > _ADDRESS_LIMIT:
+            raise _entry_error("region runs past the end of the 64-bit address space", slot, ENTRY_ADDRESS)
+        region_kind = _KINDS.get(kind)
+        if region_kind is None:
+            raise _entry_error(f"unknown kind {kind}", slot, ENTRY_KIND)
+        if region_id in seen:
+            raise _entry_error(f"id {region_id} appears in two slots", slot, ENTRY_ID)
+        seen.add(region_id)
+        entries.append(TableEntry(slot, region_id, name, address, size, region_kind, flags))
+    if len(entries) != header.count:
+        raise TableFormatError(
+            f"count says {header.count} live entries, the slots hold {len(entries)}", offset=OFF_COUNT
+        )
+    entries.sort(key=_by_id)
+    return TableSnapshot(header, tuple(entries))
+
+
+def _by_id(entry: TableEntry) -> int:
+    return entry.id
+
+
+def _entry_error(message: str, slot: int, field: int = 0) -> TableFormatError:
+    return TableFormatError(message, slot=slot, offset=_entry_offset(slot) + field)
+
+
+def _open_table(path: str | os.PathLike[str], mode: int) -> int:
+    """Open a table without following links or blocking; refuse what is not our regular file."""
+    try:
+        fd = os.open(path, mode | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ForeignTableError("table path is a symbolic link", path=str(path)) from err
+        if err.errno in (errno.EACCES, errno.EPERM):
+            raise ForeignTableError("no permission to open the table", path=str(path)) from err
+        if err.errno in (errno.EISDIR, errno.ENXIO, errno.ENODEV, errno.ETXTBSY):
+            raise ForeignTableError("table path is not a regular file", path=str(path)) from err
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ForeignTableError("table path is not a regular file", path=str(path))
+        euid = os.geteuid()
+        if euid not in (0, info.st_uid):
+            raise ForeignTableError("table belongs to another user", path=str(path), uid=info.st_uid)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _backoff(attempt: int) -> None:
+    """Give a writer that was preempted mid-update the CPU: yield first, then sleep a little."""
+    if attempt < 8:
+        os.sched_yield()
+    else:
+        time.sleep(min(50e-6 * 2 ** (attempt - 8), 0.002))
+
+
+class TableReader:
+    """An open table file, read with ``pread`` only; use as a context manager.
+
+    Opening applies the checks of :func:`read_table`. :meth:`header` is cheap (one 128-byte
+    ``pread``) for polling heartbeats; :meth:`snapshot` takes a consistent copy.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._fd = _open_table(path, os.O_RDONLY)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> TableReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _pread(self, size: int, offset: int) -> bytes:
+        if self._fd < 0:
+            raise ValueError("table reader is closed")
+        return os.pread(self._fd, size, offset)
+
+    def header(self) -> TableHeader:
+        """The current header (heartbeat fields included); entries are not read."""
+        return parse_header(self._pread(HEADER_SIZE, 0))
+
+    def snapshot(self, *, retries: int = 100) -> TableSnapshot:
+        """A consistent, fully checked copy of the table (the seqlock read).
+
+        Each attempt reads the generation, then the whole table, then the generation again, and
+        accepts the copy only if both reads are equal and even (and the copy holds the same
+        value). After ``retries`` failed attempts it raises :class:`TableFormatError`.
+        """
+        need = self.header().table_size
+        size = os.fstat(self._fd).st_size
+        if size < need:
+            raise TableFormatError("table file is shorter than its capacity needs", length=size, needed=need)
+        generation = -1
+        for attempt in range(max(1, retries)):
+            if attempt:
+                _backoff(attempt)
+            generation = self._generation()
+            if generation & 1:
+                continue
+            data = self._pread(need, 0)
+            if len(data) < need:
+                raise TableFormatError("table file shrank while being read", length=len(data), needed=need)
+            if self._generation() == generation and _U64.unpack_from(data, OFF_GENERATION)[0] == generation:
+                return parse_table(data)
+        raise TableFormatError(
+            f"table kept changing: no stable even generation in {max(1, retries)} attempts",
+            path=str(self.path),
+            generation=generation,
+        )
+
+    def _generation(self) -> int:
+        raw = self._pread(8, OFF_GENERATION)
+        if len(raw) < 8:
+            raise TableFormatError("table file shrank while being read", length=OFF_GENERATION + len(raw))
+        return int(_U64.unpack_from(raw)[0])
+
+
+def read_table(path: str | os.PathLike[str], *, retries: int = 100) -> TableSnapshot:
+    """Read the table at ``path`` consistently and check every byte of it.
+
+    The file is opened with ``O_NOFOLLOW | O_NONBLOCK``; it must be a regular file owned by the
+    caller's effective uid, unless the caller is root (:class:`ForeignTableError` otherwise). A
+    missing file raises :class:`FileNotFoundError` (the producer exited cleanly).
+    """
+    with TableReader(path) as reader:
+        return reader.snapshot(retries=retries)
+
+
+def write_collector_pid(path: str | os.PathLike[str], pid: int) -> None:
+    """Tell the producer of the table at ``path`` which process collects it (``pwrite`` at 72).
+
+    The file gets the same checks as in :func:`read_table`, and its header must parse.
+    """
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid <= _U32_MAX:
+        raise InvalidRegionError("collector pid must fit an unsigned 32-bit field", pid=pid)
+    fd = _open_table(path, os.O_RDWR)
+    try:
+        parse_header(os.pread(fd, HEADER_SIZE, 0))
+        os.pwrite(fd, _U32.pack(pid), OFF_COLLECTOR_PID)
+    finally:
+        os.close(fd)
