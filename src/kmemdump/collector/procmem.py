@@ -182,6 +182,19 @@ class ProcessMemory:
 
     def read_upto(self, address: int, size: int) -> bytes:
         """The readable prefix of ``size`` bytes at ``address`` (possibly ``b""``)."""
+        readv = _process_vm_readv
+        if (
+            self._use_readv
+            and readv is not None
+            and 0 < size <= _CHUNK
+            and 0 <= address <= _ADDRESS_END - size
+        ):
+            # the common case in one call; anything else (a fault, an error) takes the long way
+            buf, local = _buffers.new(size)
+            vectors = array("Q", (local, size, address, size))
+            base = vectors.buffer_info()[0]
+            if readv(self.pid, base, 1, base + 16, 1, 0) == size:
+                return _buffers.finish(buf, size, size)
         return self.read_many(((address, size),))[0]
 
     def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
