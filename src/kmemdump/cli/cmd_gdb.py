@@ -1,0 +1,197 @@
+"""Open gdb on a dump: 'gdb -se EXE -c DUMP [GDB ARGS]'.
+
+The executable recorded in the dump is passed to gdb when it still exists, so symbols resolve.
+gdb cannot read compressed cores: a .core.zst dump is first decompressed to a temporary file, which
+is removed when gdb exits. Arguments after '--' go to gdb, e.g.
+
+    kmemdump gdb DUMP -- -batch -ex 'x/s 0x7f3a1c000010'
+
+With --print-command the command is printed (shell-quoted) instead of run; a decompressed
+temporary file is then kept, and its path is part of the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from kmemdump.cli.cmd_show import add_dump_argument
+from kmemdump.cli.cmd_show import dump_path
+from kmemdump.errors import DumpFormatError
+from kmemdump.errors import KmemdumpError
+from kmemdump.inspect.dumpfile import Dump
+
+__all__ = ["GdbMissingError", "gdb_command", "prepare", "run"]
+
+_CHUNK = 8 << 20
+
+
+class GdbMissingError(KmemdumpError):
+    """gdb is not installed (or not where --gdb says)."""
+
+    help = "Install gdb (e.g. 'apt-get install gdb' or 'dnf install gdb'), or give its path with --gdb PATH."
+
+
+def _add_options(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    parser.add_argument(
+        "--gdb",
+        default="gdb" if default is None else default,
+        metavar="PATH",
+        help="the gdb to run (default: gdb on PATH)",
+    )
+    parser.add_argument(
+        "--exe",
+        default=default,
+        metavar="PATH",
+        help="executable to load symbols from (default: the one recorded in the dump)",
+    )
+    parser.add_argument(
+        "--print-command",
+        action="store_true",
+        default=False if default is None else default,
+        help="print the gdb command instead of running it",
+    )
+
+
+def prepare(parser: argparse.ArgumentParser) -> None:
+    add_dump_argument(parser)
+    _add_options(parser)
+    parser.add_argument(
+        "gdb_args",
+        nargs=argparse.REMAINDER,
+        metavar="-- GDB ARGS",
+        help="arguments passed to gdb after the executable and core",
+    )
+
+
+def _split_arguments(args: argparse.Namespace) -> tuple[argparse.Namespace, list[str]]:
+    """Our options given after DUMP (argparse leaves them in the remainder), and gdb's arguments."""
+    rest = list(args.gdb_args)
+    late = argparse.ArgumentParser(prog="kmemdump gdb", add_help=False, allow_abbrev=False)
+    _add_options(late, argparse.SUPPRESS)
+    if "--" in rest:
+        cut = rest.index("--")
+        mine, theirs = late.parse_args(rest[:cut]), rest[cut + 1 :]
+    else:
+        mine, theirs = late.parse_known_args(rest)
+    return argparse.Namespace(**{**vars(args), **vars(mine)}), theirs
+
+
+def gdb_command(gdb: str, core: Path, exe: str | None, extra: list[str]) -> list[str]:
+    """The argv that runs ``gdb`` on ``core``, with ``exe``'s symbols when given."""
+    command = [gdb]
+    if exe is not None:
+        command += ["-se", exe]
+    return [*command, "-c", str(core), *extra]
+
+
+def run(args: argparse.Namespace) -> int:
+    args, extra = _split_arguments(args)
+    path = dump_path(args.dump)
+    gdb = args.gdb
+    if not args.print_command:
+        found = shutil.which(gdb)
+        if found is None:
+            raise GdbMissingError("gdb not found", gdb=gdb)
+        gdb = found
+    with _plain_core(path, keep=args.print_command) as core:
+        exe = _executable(core, path, args.exe)
+        command = gdb_command(gdb, core, exe, extra)
+        if args.print_command:
+            if core != path:
+                print(f"kmemdump: decompressed {path.name} to {core}; remove it when done", file=sys.stderr)
+            print(shlex.join(command))
+            return 0
+        return _run_gdb(command)
+
+
+def _executable(core: Path, original: Path, override: str | None) -> str | None:
+    """The executable gdb should load: ``override``, else the dump's own when it still exists."""
+    if override is not None:
+        return override
+    try:
+        with Dump.open(core) as dump:
+            exe = dump.meta.exe
+    except DumpFormatError as err:
+        if core == original:
+            raise
+        raise DumpFormatError(err.message, **{**err.context, "path": str(original)}) from err
+    if not exe:
+        return None
+    if not os.path.isfile(exe):
+        print(f"kmemdump: the dump's executable {exe} no longer exists; gdb gets no symbols", file=sys.stderr)
+        return None
+    return exe
+
+
+def _run_gdb(command: list[str]) -> int:
+    # Ctrl-C belongs to gdb (it interrupts the command being run), not to us.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        completed = subprocess.run(command, check=False)
+    except OSError as err:
+        raise GdbMissingError(f"gdb could not be started: {err.strerror or err}", gdb=command[0]) from err
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return completed.returncode if completed.returncode >= 0 else 128 - completed.returncode
+
+
+@contextlib.contextmanager
+def _plain_core(path: Path, *, keep: bool) -> Iterator[Path]:
+    """``path`` itself, or a decompressed temporary copy of a zstd dump (removed unless ``keep``)."""
+    try:
+        with open(path, "rb") as source:
+            compressed = source.read(4) == b"\x28\xb5\x2f\xfd"
+    except OSError as err:
+        raise DumpFormatError(f"cannot open the dump: {err.strerror or err}", path=str(path)) from err
+    if not compressed:
+        yield path
+        return
+    directory = Path(tempfile.mkdtemp(prefix="kmemdump-gdb-"))
+    name = path.name[: -len(".zst")] if path.name.endswith(".zst") else path.name + ".core"
+    target = directory / name
+    try:
+        _decompress(path, target)
+        yield target
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    if not keep:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _zstd() -> ModuleType:
+    if sys.version_info >= (3, 14):
+        import compression.zstd as module  # noqa: PLC0415 - needed only for compressed dumps
+    else:
+        import backports.zstd as module  # noqa: PLC0415
+    return module
+
+
+def _decompress(source: Path, target: Path) -> None:
+    try:
+        module = _zstd()
+    except ImportError as err:
+        raise DumpFormatError(
+            "the dump is zstd-compressed; reading it needs the backports.zstd package on Python < 3.14",
+            path=str(source),
+        ) from err
+    try:
+        with module.ZstdFile(source, "rb") as stream, open(target, "xb") as out:
+            os.fchmod(out.fileno(), 0o600)
+            shutil.copyfileobj(stream, out, _CHUNK)
+    except (module.ZstdError, EOFError) as err:
+        raise DumpFormatError(f"corrupt or truncated zstd data: {err}", path=str(source)) from err
+    except OSError as err:
+        raise DumpFormatError(f"cannot decompress the dump: {err.strerror or err}", path=str(source)) from err

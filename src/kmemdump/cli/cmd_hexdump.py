@@ -1,0 +1,94 @@
+"""Hex dump of one region of a dump, 16 bytes a line with their original addresses.
+
+The layout is that of 'hexdump -C': address, two groups of eight bytes, then the printable
+ASCII between bars; runs of identical lines are shown once followed by '*'. REGION is an ID
+(17, 0x11), a region name, or a predefined name such as BANNER. Only the bytes the dump stored
+are shown; a partially stored region says so on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from kmemdump.cli.cmd_show import add_dump_argument
+from kmemdump.cli.cmd_show import dump_path
+from kmemdump.errors import UnreadableMemoryError
+from kmemdump.ids import id_label
+from kmemdump.inspect.dumpfile import Dump
+from kmemdump.inspect.dumpfile import kind_name
+from kmemdump.inspect.render import hexdump_lines
+from kmemdump.inspect.render import json_text
+
+__all__ = ["add_range_options", "prepare", "run", "select_range"]
+
+
+def add_range_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--offset",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="start N bytes into the region (decimal or 0x hex)",
+    )
+    parser.add_argument(
+        "--length",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="at most N bytes (default: to the end of what was stored)",
+    )
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte count: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def select_range(data: bytes, offset: int, length: int | None, region_id: int) -> bytes:
+    """``data[offset:offset+length]``; an offset past the stored bytes is an error, not nothing."""
+    if offset and offset >= len(data):
+        raise UnreadableMemoryError(
+            f"offset {offset} is past the {len(data)} bytes stored for the region", id=region_id, readable=0
+        )
+    return data[offset:] if length is None else data[offset : offset + length]
+
+
+def prepare(parser: argparse.ArgumentParser) -> None:
+    add_dump_argument(parser)
+    parser.add_argument("region", metavar="REGION", help="region ID, name, or predefined name (BANNER)")
+    add_range_options(parser)
+    parser.add_argument(
+        "--all", dest="squeeze", action="store_false", help="print repeated lines instead of '*'"
+    )
+    parser.add_argument("--json", action="store_true", help="print the region and its bytes (hex) as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    with Dump.open(dump_path(args.dump)) as dump:
+        record = dump.region(args.region)
+        data = select_range(dump.region_bytes(record), args.offset, args.length, record.id)
+    start = record.address + args.offset
+    if args.json:
+        region = {
+            **dataclasses.asdict(record),
+            "label": id_label(record.id),
+            "kind_name": kind_name(record.kind),
+        }
+        print(json_text({"region": region, "address": start, "length": len(data), "hex": data.hex()}))
+        return 0
+    if record.stored < record.size:
+        print(
+            f"kmemdump: region {record.id} ({record.name}): only {record.stored} of {record.size} bytes "
+            f"were stored (status {record.status})",
+            file=sys.stderr,
+        )
+    for line in hexdump_lines(data, start, squeeze=args.squeeze):
+        print(line)
+    return 0

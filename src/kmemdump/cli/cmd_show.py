@@ -1,0 +1,348 @@
+"""Show a dump: what it is, its banner, its regions decoded, and the Python stacks.
+
+First the facts (why and when the dump was taken, which process, its Python, its watchdog), then
+the banner the process registered, a table of the regions, every region decoded (CPython objects
+through the dump's PYCOREINFO, buffers as text or hex), and last the Python stack of every thread
+at capture time, innermost call last as in a traceback.
+
+DUMP is a path; a bare file name is also looked up in the default dump directory. --json prints
+everything as one JSON document, decoded values included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pprint
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kmemdump.formats.dumpmeta import RegionRecord
+from kmemdump.formats.stacks import ThreadStack
+from kmemdump.ids import id_label
+from kmemdump.inspect.cpython import Unresolved
+from kmemdump.inspect.cpython import to_python
+from kmemdump.inspect.dumpfile import DecodedRegion
+from kmemdump.inspect.dumpfile import Dump
+from kmemdump.inspect.dumpfile import command_line
+from kmemdump.inspect.dumpfile import kind_name
+from kmemdump.inspect.dumpfile import pycoreinfo_summary
+from kmemdump.inspect.render import Column
+from kmemdump.inspect.render import Output
+from kmemdump.inspect.render import format_address
+from kmemdump.inspect.render import format_duration
+from kmemdump.inspect.render import format_size
+from kmemdump.inspect.render import format_time
+from kmemdump.inspect.render import hexdump_lines
+from kmemdump.inspect.render import json_text
+from kmemdump.region import RegionKind
+
+__all__ = ["add_dump_argument", "dump_path", "prepare", "run"]
+
+MAX_VALUE_LINES = 40
+"""Text output shows at most this many lines of one decoded value (--json has everything)."""
+MAX_MISSING = 8
+
+_REGION_COLUMNS = (
+    Column("ID", right=True, wrap=False),
+    Column("LABEL"),
+    Column("NAME"),
+    Column("KIND"),
+    Column("ADDRESS", wrap=False),
+    Column("SIZE", right=True, wrap=False),
+    Column("STORED", right=True, wrap=False),
+    Column("STATUS"),
+)
+
+_REASONS = {
+    "hang": "hang: the process stopped feeding its watchdog",
+    "death": "death: the process exited or was killed",
+    "request": "request: a dump was asked for while the process ran",
+}
+
+
+def add_dump_argument(parser: argparse.ArgumentParser) -> None:
+    """The DUMP positional every inspector command takes."""
+    parser.add_argument(
+        "dump",
+        type=Path,
+        metavar="DUMP",
+        help="a dump file (.core or .core.zst); a bare name is also looked up in the default dump directory",
+    )
+
+
+def dump_path(given: Path) -> Path:
+    """``given``, or the file of that name in the default dump directory when only that exists."""
+    if given.exists() or given.parent != Path("."):
+        return given
+    from kmemdump.cli.options import default_dump_dir  # noqa: PLC0415 - needed only for bare names
+
+    candidate = default_dump_dir() / given
+    return candidate if candidate.is_file() else given
+
+
+def prepare(parser: argparse.ArgumentParser) -> None:
+    add_dump_argument(parser)
+    parser.add_argument("--json", action="store_true", help="print everything as one JSON document")
+    parser.add_argument(
+        "--no-decode",
+        dest="decode",
+        action="store_false",
+        help="list the regions without decoding their contents",
+    )
+    parser.add_argument("--plain", action="store_true", help="plain text even on a terminal")
+
+
+def run(args: argparse.Namespace) -> int:
+    with Dump.open(dump_path(args.dump)) as dump:
+        decoded = {r.id: dump.decode_region(r) for r in dump.meta.regions} if args.decode else {}
+        if args.json:
+            print(json_text(document(dump, decoded if args.decode else None)))
+        else:
+            _show(dump, decoded, Output(plain=args.plain))
+    return 0
+
+
+# --- JSON ----------------------------------------------------------------------------------------
+
+
+def document(dump: Dump, decoded: dict[int, DecodedRegion] | None) -> dict[str, Any]:
+    """The whole dump as one JSON-able document (``decoded`` None leaves values out)."""
+    meta = dump.meta
+    about = {f.name: getattr(meta, f.name) for f in dataclasses.fields(meta) if f.name != "regions"}
+    about["argv"] = list(meta.argv)
+    about["python_version"] = meta.python_version
+    about["stored_bytes"] = meta.stored_bytes
+    info = dump.pycoreinfo
+    regions = []
+    for record in meta.regions:
+        entry: dict[str, Any] = {
+            **dataclasses.asdict(record),
+            "label": id_label(record.id),
+            "kind_name": kind_name(record.kind),
+        }
+        if decoded is not None:
+            entry["decoded"] = decoded[record.id].to_json()
+        regions.append(entry)
+    stacks = dump.stacks
+    return {
+        "path": str(dump.path),
+        "file_size": dump.file_size,
+        "compressed": dump.compressed,
+        "dump": about,
+        "problems": list(dump.problems),
+        "banner": dump.banner(),
+        "pycoreinfo": None if info is None else pycoreinfo_summary(info),
+        "pycoreinfo_error": dump.pycoreinfo_reason or None,
+        "regions": regions,
+        "stacks": {
+            "state": dump.stacks_state,
+            "source": None if stacks is None else stacks.source,
+            "threads": [] if stacks is None else [dataclasses.asdict(t) for t in stacks.threads],
+        },
+    }
+
+
+# --- text ----------------------------------------------------------------------------------------
+
+
+def _show(dump: Dump, decoded: dict[int, DecodedRegion], out: Output) -> None:
+    out.fields(_about(dump))
+    for problem in dump.problems:
+        out.line(f"warning: {problem}")
+    out.heading("Banner")
+    banner = dump.banner()
+    if banner is None:
+        out.line("(no banner in the dump)")
+    else:
+        for text in banner.splitlines():
+            out.line(f"    {text}")
+    out.table(_REGION_COLUMNS, [_region_row(r) for r in dump.meta.regions], title="Regions")
+    if decoded:
+        out.heading("Decoded")
+        for record in dump.meta.regions:
+            _show_decoded(record, decoded[record.id], out)
+    _show_stacks(dump, out)
+
+
+def _about(dump: Dump) -> list[tuple[str, str]]:
+    meta = dump.meta
+    size = format_size(dump.file_size) + (", zstd-compressed" if dump.compressed else "")
+    rows = [
+        ("Dump", str(dump.path)),
+        ("File", size),
+        ("Reason", _REASONS.get(meta.reason, meta.reason)),
+        ("Captured", format_time(meta.captured_ns)),
+        ("Host", meta.host or "?"),
+        ("Process", f"pid {meta.pid} (start time {meta.start_time}), uid {meta.uid}"),
+        ("Command", command_line(meta)),
+    ]
+    if meta.exe:
+        rows.append(("Executable", meta.exe))
+    python = meta.python_version or "unknown"
+    if dump.pycoreinfo is not None:
+        python += f"; objects decoded with its PYCOREINFO ({dump.pycoreinfo.source} offsets)"
+    else:
+        python += f"; objects cannot be decoded: {dump.pycoreinfo_reason}"
+    rows.append(("Python", python))
+    rows.append(("Watchdog", _watchdog(dump)))
+    copy = f", copy took {meta.copy_ms:g} ms" if meta.copy_ms else ""
+    if meta.stopped:
+        rows.append(("Stopped", f"yes, held with SIGSTOP while its memory was copied{copy}"))
+    else:
+        rows.append(("Stopped", f"no, regions were copied while it ran{copy}"))
+    total = sum(r.size for r in meta.regions)
+    contents = f"{len(meta.regions)} regions, {meta.stored_bytes} of {total} bytes stored"
+    if meta.budget is not None:
+        contents += f" (budget {meta.budget} bytes)"
+    rows.append(("Contents", contents + (" — PARTIAL" if meta.partial else ", complete")))
+    if meta.table_torn:
+        rows.append(("Table", "torn: the process froze mid-update; the last consistent snapshot was used"))
+    rows.append(("Stacks", _stacks_line(dump)))
+    return rows
+
+
+def _watchdog(dump: Dump) -> str:
+    meta = dump.meta
+    if meta.watchdog_timeout_s is None and not meta.heartbeat:
+        return "none armed"
+    parts = []
+    if meta.heartbeat_age_s is not None:
+        parts.append(f"last fed {format_duration(meta.heartbeat_age_s)} before the capture")
+    elif not meta.heartbeat:
+        parts.append("never fed")
+    if meta.watchdog_timeout_s is not None:
+        parts.append(f"timeout {format_duration(meta.watchdog_timeout_s)}")
+    parts.append(f"{meta.heartbeat} beats")
+    return ", ".join(parts)
+
+
+def _stacks_line(dump: Dump) -> str:
+    stacks = dump.stacks
+    if stacks is None:
+        return f"none ({dump.stacks_state})"
+    return f"{len(stacks.threads)} threads, taken by {stacks.source}"
+
+
+def _region_row(record: RegionRecord) -> list[str]:
+    status = record.status if not record.error else f"{record.status}: {record.error}"
+    return [
+        str(record.id),
+        id_label(record.id),
+        record.name,
+        kind_name(record.kind),
+        format_address(record.address),
+        str(record.size),
+        str(record.stored),
+        status,
+    ]
+
+
+def _show_decoded(record: RegionRecord, decoded: DecodedRegion, out: Output) -> None:
+    head = f"[{record.id}] {record.name}: {decoded.type_name}"
+    if decoded.error is not None:
+        out.line(f"{head} — {decoded.error}")
+        return
+    if not decoded.complete:
+        head += " (incomplete)"
+    out.line(head)
+    if record.kind == RegionKind.OBJECT:
+        lines = _value_lines(decoded.value)
+    elif record.kind == RegionKind.PYCOREINFO:
+        lines = [_pycoreinfo_line(decoded.value)]
+    else:
+        lines = _buffer_lines(decoded.value, record)
+    for text in lines[:MAX_VALUE_LINES]:
+        out.line(f"    {text}")
+    if len(lines) > MAX_VALUE_LINES:
+        out.line(f"    … {len(lines) - MAX_VALUE_LINES} more lines (kmemdump show --json has all)")
+    for reason in decoded.missing[:MAX_MISSING]:
+        out.line(f"    missing: {reason}")
+    if len(decoded.missing) > MAX_MISSING:
+        out.line(f"    … {len(decoded.missing) - MAX_MISSING} more missing pieces")
+
+
+@dataclass(frozen=True, slots=True)
+class _Shown:
+    """Stands in for a decoder marker so that pprint prints ``text`` as it is."""
+
+    text: str
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _value_lines(value: Any) -> list[str]:
+    """A decoded object as Python-like text; markers become ``<...>``."""
+    return pprint.pformat(_readable(to_python(value)), width=100, sort_dicts=False).splitlines()
+
+
+def _readable(obj: Any) -> Any:
+    if isinstance(obj, Unresolved):
+        if obj.kind == "class":
+            return _Shown(f"<class {obj.detail!r}>")
+        if obj.kind == "object":
+            return _Shown(f"<{obj.detail} object at 0x{obj.address:x}>")
+        if obj.kind == "cycle":
+            return _Shown(f"<cycle: 0x{obj.address:x}>")
+        detail = f": {obj.detail}" if obj.detail else ""
+        return _Shown(f"<{obj.kind} 0x{obj.address:x}{detail}>")
+    if isinstance(obj, list):
+        return [_readable(item) for item in obj]
+    if isinstance(obj, tuple):
+        return tuple(_readable(item) for item in obj)
+    if isinstance(obj, dict):
+        return {_readable(key): _readable(item) for key, item in obj.items()}
+    return obj
+
+
+def _buffer_lines(value: Any, record: RegionRecord) -> list[str]:
+    """A buffer description (``decode_buffer``): its text when it reads as text, else a hex preview."""
+    if not isinstance(value, dict):
+        return _value_lines(value)
+    size = value.get("size", record.stored)
+    text = value.get("text")
+    if isinstance(text, str):
+        lines = [repr(line) for line in text.splitlines()] or ["''"]
+    else:
+        lines = list(hexdump_lines(bytes.fromhex(str(value.get("hex", ""))), record.address))[:-1]
+    if value.get("truncated"):
+        lines.append(f"… {size} bytes in all (kmemdump hexdump DUMP {record.id})")
+    return lines
+
+
+def _pycoreinfo_line(value: Any) -> str:
+    if not isinstance(value, dict):
+        return repr(value)
+    return (
+        f"{value.get('implementation')} {value.get('python')}, {value.get('pointer_size')}-byte pointers, "
+        f"offsets from {value.get('source')}, {value.get('types')} types named"
+    )
+
+
+def _show_stacks(dump: Dump, out: Output) -> None:
+    out.heading("Python stacks (most recent call last)")
+    stacks = dump.stacks
+    if stacks is None:
+        out.line(f"(no stacks: {dump.stacks_state})")
+        return
+    if not stacks.threads:
+        out.line(f"(no Python threads; taken by {stacks.source})")
+    for number, thread in enumerate(stacks.threads):
+        if number:
+            out.line()
+        out.line(_thread_title(thread))
+        if not thread.frames:
+            out.line("  (no Python frames)")
+        for frame in reversed(thread.frames):
+            out.line(f'  File "{frame.filename}", line {frame.line}, in {frame.function}')
+
+
+def _thread_title(thread: ThreadStack) -> str:
+    name = f' "{thread.name}"' if thread.name else ""
+    native = f", native id {thread.native_id}" if thread.native_id is not None else ""
+    state = ["active" if thread.active else "idle"]
+    if thread.owns_gil:
+        state.append("holds the GIL")
+    return f"Thread 0x{thread.thread_id:x}{name}{native} ({', '.join(state)}):"

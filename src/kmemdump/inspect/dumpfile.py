@@ -1,0 +1,464 @@
+"""A dump opened for inspection: its metadata, memory, Python layout and stacks in one object.
+
+Every inspector command goes through :class:`Dump`. Opening checks what must be sound (an ELF
+core image carrying a valid ``KMEMDUMP`` metadata note) and raises
+:class:`~kmemdump.errors.DumpFormatError` otherwise. Optional parts that are missing or damaged
+(the PYCOREINFO layout, the stacks note, a region's bytes) do not stop the inspection: the dump
+records why they are unavailable, and the commands say so.
+
+:func:`list_dumps` summarises every dump of a directory, reporting (not raising on) files it
+cannot read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import shlex
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from kmemdump.errors import DecodeError
+from kmemdump.errors import DumpFormatError
+from kmemdump.errors import KmemdumpError
+from kmemdump.errors import UnknownRegionError
+from kmemdump.errors import UnreadableMemoryError
+from kmemdump.formats.core import KMD_NOTE_META
+from kmemdump.formats.core import KMD_NOTE_STACKS
+from kmemdump.formats.core import OWNER_KMEMDUMP
+from kmemdump.formats.core import OWNER_PYCOREINFO
+from kmemdump.formats.core import PYCOREINFO_NOTE
+from kmemdump.formats.core import CoreImage
+from kmemdump.formats.dumpmeta import DumpMeta
+from kmemdump.formats.dumpmeta import RegionRecord
+from kmemdump.formats.dumpmeta import decode_meta
+from kmemdump.formats.pycoreinfo import PyCoreInfo
+from kmemdump.formats.stacks import Stacks
+from kmemdump.formats.stacks import decode_stacks
+from kmemdump.ids import ID
+from kmemdump.ids import id_label
+from kmemdump.region import RegionKind
+
+__all__ = [
+    "DUMP_SUFFIXES",
+    "DecodedRegion",
+    "Dump",
+    "DumpSummary",
+    "dump_files",
+    "kind_name",
+    "list_dumps",
+    "summarize",
+]
+
+log = logging.getLogger("kmemdump.inspect")
+
+DUMP_SUFFIXES = (".core", ".core.zst")
+"""File names :func:`dump_files` picks up (dump writers' temporary files start with a dot)."""
+
+
+def kind_name(kind: int) -> str:
+    """``BUFFER``, ``OBJECT`` …, or ``kind<N>`` for a number this version does not know."""
+    try:
+        return RegionKind(kind).name
+    except ValueError:
+        return f"kind{kind}"
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedRegion:
+    """What a region's bytes mean, or why they cannot be decoded (``error``)."""
+
+    type_name: str
+    value: Any
+    """JSON-able: a decoded Python value, a buffer description, or a layout summary."""
+    complete: bool
+    """False when some of the memory the value needs is not in the dump."""
+    missing: tuple[Any, ...] = ()
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type_name": self.type_name,
+            "value": self.value,
+            "complete": self.complete,
+            "missing": list(self.missing),
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DumpSummary:
+    """One line of ``kmemdump ls``: what, when, whose, how big."""
+
+    path: Path
+    file_size: int
+    compressed: bool
+    captured_ns: int
+    reason: str
+    pid: int
+    start_time: int
+    command: str
+    exe: str | None
+    regions: int
+    stored_bytes: int
+    partial: bool
+    stacks: str
+
+    def to_json(self) -> dict[str, Any]:
+        body = dataclasses.asdict(self)
+        body["path"] = str(self.path)
+        return body
+
+
+class Dump:
+    """An open dump. Use :meth:`open`, preferably as a context manager."""
+
+    def __init__(self, path: Path, core: CoreImage, meta: DumpMeta, file_size: int) -> None:
+        self.path = path
+        self.core = core
+        self.meta = meta
+        self.file_size = file_size
+
+    # The optional parts are read on first use: ``kmemdump ls`` needs only the metadata.
+
+    @functools.cached_property
+    def _pyinfo(self) -> tuple[PyCoreInfo | None, str]:
+        return self._load_pycoreinfo()
+
+    @property
+    def pycoreinfo(self) -> PyCoreInfo | None:
+        """The Python layout description objects are decoded with, if the dump has a valid one."""
+        return self._pyinfo[0]
+
+    @property
+    def pycoreinfo_reason(self) -> str:
+        """Why :attr:`pycoreinfo` is None (empty when it is not)."""
+        return self._pyinfo[1]
+
+    @functools.cached_property
+    def _stacks(self) -> tuple[Stacks | None, str]:
+        return self._load_stacks()
+
+    @property
+    def stacks(self) -> Stacks | None:
+        """The Python stacks of every thread at capture time, if the dump has them."""
+        return self._stacks[0]
+
+    @property
+    def stacks_state(self) -> str:
+        """``"ok"`` when :attr:`stacks` is set, otherwise why there are none."""
+        return self._stacks[1]
+
+    @functools.cached_property
+    def problems(self) -> tuple[str, ...]:
+        """Inconsistencies between the metadata and the stored memory, one sentence each."""
+        return self._check_regions()
+
+    # --- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Dump:
+        """Open ``path`` (a plain or zstd-compressed dump); :class:`DumpFormatError` if it is not one."""
+        where = Path(path)
+        if where.is_dir():
+            raise DumpFormatError(
+                "this is a directory, not a dump (kmemdump ls DIR lists dumps)", path=str(where)
+            )
+        core = CoreImage.open(where)
+        try:
+            note = core.note(OWNER_KMEMDUMP, KMD_NOTE_META)
+            if note is None:
+                raise DumpFormatError(
+                    "not a kmemdump dump: the core image has no KMEMDUMP metadata note "
+                    "(a core from gcore or the kernel can be opened with gdb instead)",
+                    path=str(where),
+                )
+            try:
+                meta = decode_meta(note.desc)
+            except DumpFormatError as err:
+                raise DumpFormatError(err.message, **{**err.context, "path": str(where)}) from err
+            try:
+                size = where.stat().st_size
+            except OSError as err:
+                raise DumpFormatError(f"cannot stat the dump: {err.strerror}", path=str(where)) from err
+            return cls(where, core, meta, size)
+        except BaseException:
+            core.close()
+            raise
+
+    def close(self) -> None:
+        self.core.close()
+
+    def __enter__(self) -> Dump:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def compressed(self) -> bool:
+        return bool(getattr(self.core, "compressed", self.path.name.endswith(".zst")))
+
+    def _load_pycoreinfo(self) -> tuple[PyCoreInfo | None, str]:
+        note = self.core.note(OWNER_PYCOREINFO, PYCOREINFO_NOTE)
+        if note is not None:
+            blob, where = bytes(note.desc), "note"
+        else:
+            record = self._by_id(ID.PYCOREINFO)
+            if record is None:
+                return None, "the process published no Python layout (no PYCOREINFO region)"
+            if record.status != "ok":
+                return None, f"the PYCOREINFO region was not stored whole (status {record.status})"
+            try:
+                blob, where = self.region_bytes(record), "region"
+            except UnreadableMemoryError as err:
+                return None, f"the PYCOREINFO region is not in the image: {err}"
+        try:
+            return PyCoreInfo.decode(blob), ""
+        except DumpFormatError as err:
+            return None, f"the PYCOREINFO {where} is invalid: {err}"
+
+    def _load_stacks(self) -> tuple[Stacks | None, str]:
+        note = self.core.note(OWNER_KMEMDUMP, KMD_NOTE_STACKS)
+        if note is None:
+            recorded = self.meta.stacks
+            return None, recorded if recorded != "ok" else "the stacks note is missing from the dump"
+        try:
+            return decode_stacks(note.desc), "ok"
+        except DumpFormatError as err:
+            return None, f"the stacks note is invalid: {err}"
+
+    def _check_regions(self) -> tuple[str, ...]:
+        problems = []
+        for record in self.meta.regions:
+            if record.stored == 0:
+                continue
+            held = len(self.core.read_upto(record.address, record.stored))
+            if held != record.stored:
+                problems.append(
+                    f"region {record.id} ({record.name}) claims {record.stored} stored bytes "
+                    f"at 0x{record.address:x}, the image holds {held}"
+                )
+        return tuple(problems)
+
+    # --- regions ------------------------------------------------------------------------------
+
+    def _by_id(self, region_id: int) -> RegionRecord | None:
+        return next((r for r in self.meta.regions if r.id == region_id), None)
+
+    def region(self, selector: str | int) -> RegionRecord:
+        """The region chosen by ``selector``: an ID (``17``, ``0x11``), a region name, a predefined
+        ID name (``BANNER``, ``pycoreinfo``) or a label (``user+0``, ``dyn+3``).
+
+        :class:`UnknownRegionError` when nothing (or more than one region, by name) matches.
+        """
+        if isinstance(selector, int) and not isinstance(selector, bool):
+            found = self._by_id(selector)
+            if found is None:
+                raise UnknownRegionError(
+                    "no region with this ID in the dump", id=selector, path=str(self.path)
+                )
+            return found
+        text = str(selector).strip()
+        number = _parse_id(text)
+        if number is not None and (found := self._by_id(number)) is not None:
+            return found
+        named = [r for r in self.meta.regions if r.name == text]
+        if len(named) == 1:
+            return named[0]
+        if len(named) > 1:
+            raise UnknownRegionError(
+                f"{len(named)} regions are named {text!r}; choose one by ID",
+                ids=", ".join(str(r.id) for r in named),
+            )
+        predefined = ID.__members__.get(text.upper())
+        if predefined is not None and (found := self._by_id(predefined)) is not None:
+            return found
+        labelled = [r for r in self.meta.regions if id_label(r.id).lower() == text.lower()]
+        if labelled:
+            return labelled[0]
+        known = ", ".join(f"{r.id} {r.name}" for r in self.meta.regions[:12])
+        more = " …" if len(self.meta.regions) > 12 else ""
+        raise UnknownRegionError(
+            f"no region {text!r} in the dump (give an ID, a name, or a label such as BANNER)",
+            regions=(known + more) or "none",
+        )
+
+    def region_bytes(self, record: RegionRecord) -> bytes:
+        """The stored bytes of ``record`` (``record.stored`` of them, from its address).
+
+        :class:`UnreadableMemoryError` when the dump holds none, or fewer than the metadata says.
+        """
+        if record.stored == 0:
+            why = f"; {record.error}" if record.error else ""
+            raise UnreadableMemoryError(
+                f"region {record.id} ({record.name}) has no bytes in the dump (status {record.status}{why})",
+                id=record.id,
+                readable=0,
+            )
+        return bytes(self.core.read(record.address, record.stored))
+
+    def banner(self) -> str | None:
+        """The text of the ``ID.BANNER`` region up to its first NUL, or None if it was not stored."""
+        record = self._by_id(ID.BANNER)
+        if record is None or record.stored == 0:
+            return None
+        try:
+            data = self.region_bytes(record)
+        except UnreadableMemoryError:
+            return None
+        return data.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+
+    # --- decoding -----------------------------------------------------------------------------
+
+    def decode_region(self, record: RegionRecord) -> DecodedRegion:
+        """Decode ``record``'s bytes according to its kind; failures become ``error``, not exceptions."""
+        kind = kind_name(record.kind).lower()
+        if record.stored == 0:
+            why = f": {record.error}" if record.error else ""
+            return DecodedRegion(kind, None, False, error=f"not stored (status {record.status}){why}")
+        try:
+            if record.kind == RegionKind.OBJECT:
+                return self._decode_object(record)
+            if record.kind == RegionKind.PYCOREINFO:
+                return self._decode_pycoreinfo(record)
+            from kmemdump.inspect.cpython import decode_buffer  # noqa: PLC0415 - the decoder loads only when needed
+
+            value = decode_buffer(self.region_bytes(record))
+            return DecodedRegion(kind, value, record.status == "ok")
+        except (DecodeError, UnreadableMemoryError, DumpFormatError) as err:
+            return DecodedRegion(kind, None, False, error=str(err))
+
+    def _decode_object(self, record: RegionRecord) -> DecodedRegion:
+        if self.pycoreinfo is None:
+            return DecodedRegion(
+                "object", None, False, error=f"cannot decode objects: {self.pycoreinfo_reason}"
+            )
+        from kmemdump.inspect.cpython import decode  # noqa: PLC0415 - the decoder loads only when needed
+
+        decoded = decode(self.core, record.address, self.pycoreinfo)
+        return DecodedRegion(decoded.type_name, decoded.value, decoded.complete, tuple(decoded.missing))
+
+    def _decode_pycoreinfo(self, record: RegionRecord) -> DecodedRegion:
+        info = PyCoreInfo.decode(self.region_bytes(record))
+        return DecodedRegion("pycoreinfo", pycoreinfo_summary(info), record.status == "ok")
+
+    # --- summaries ----------------------------------------------------------------------------
+
+    def summary(self) -> DumpSummary:
+        meta = self.meta
+        return DumpSummary(
+            path=self.path,
+            file_size=self.file_size,
+            compressed=self.compressed,
+            captured_ns=meta.captured_ns,
+            reason=meta.reason,
+            pid=meta.pid,
+            start_time=meta.start_time,
+            command=command_line(meta),
+            exe=meta.exe,
+            regions=len(meta.regions),
+            stored_bytes=meta.stored_bytes,
+            partial=meta.partial,
+            stacks=meta.stacks,
+        )
+
+    def __repr__(self) -> str:
+        return f"Dump({str(self.path)!r}, pid={self.meta.pid}, reason={self.meta.reason!r})"
+
+
+def pycoreinfo_summary(info: PyCoreInfo) -> dict[str, Any]:
+    """What a person wants to know about a layout description, as JSON."""
+    return {
+        "python": info.version_string,
+        "implementation": info.implementation,
+        "free_threaded": info.free_threaded,
+        "pointer_size": info.pointer_size,
+        "byteorder": info.byteorder,
+        "source": info.source,
+        "types": len(info.types),
+        "constants": len(info.constants),
+    }
+
+
+def command_line(meta: DumpMeta) -> str:
+    """The target's command line, shell-quoted; its executable when argv was not recorded."""
+    if meta.argv:
+        return shlex.join(meta.argv)
+    return meta.exe or "?"
+
+
+def _parse_id(text: str) -> int | None:
+    if text.isascii() and text.isdigit():
+        return int(text)
+    if text[:2].lower() == "0x":
+        try:
+            return int(text[2:], 16)
+        except ValueError:
+            return None
+    return None
+
+
+# --- directories ----------------------------------------------------------------------------------
+
+
+def dump_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """The dump files in ``directory`` (``*.core``, ``*.core.zst``, not hidden), sorted by name.
+
+    A path to a single file is returned as it is. A missing directory holds no dumps.
+    """
+    where = Path(directory)
+    if where.is_file():
+        return [where]
+    try:
+        entries = list(os.scandir(where))
+    except FileNotFoundError:
+        return []
+    except OSError as err:
+        raise DumpFormatError(f"cannot list the dump directory: {err.strerror}", path=str(where)) from err
+    found = [
+        Path(entry.path)
+        for entry in entries
+        if not entry.name.startswith(".") and entry.name.endswith(DUMP_SUFFIXES) and entry.is_file()
+    ]
+    return sorted(found)
+
+
+def summarize(path: str | os.PathLike[str]) -> DumpSummary:
+    """Open ``path`` just long enough to summarise it."""
+    with Dump.open(path) as dump:
+        return dump.summary()
+
+
+def list_dumps(
+    directory: str | os.PathLike[str],
+    *,
+    on_error: Callable[[Path, KmemdumpError], None] | None = None,
+    iterate: Callable[[Sequence[Path]], Iterable[Path]] | None = None,
+) -> list[DumpSummary]:
+    """Summaries of the dumps in ``directory``, oldest capture first.
+
+    Files that cannot be read as dumps are left out and passed to ``on_error`` (logged as warnings
+    when it is None). ``iterate`` wraps the file list, e.g. with a progress bar.
+    """
+    files = dump_files(directory)
+    summaries: list[DumpSummary] = []
+    for path in iterate(files) if iterate is not None else files:
+        try:
+            summaries.append(summarize(path))
+        except KmemdumpError as err:
+            if on_error is None:
+                log.warning("skipped %s: %s", path, err)
+            else:
+                on_error(path, err)
+    summaries.sort(key=lambda s: (s.captured_ns, s.path.name))
+    return summaries
