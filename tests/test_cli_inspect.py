@@ -893,3 +893,39 @@ def test_progress_only_for_long_work_on_a_terminal(monkeypatch: pytest.MonkeyPat
     terminal = _Terminal()
     assert list(progress(list(range(100)), "many", stream=terminal)) == list(range(100))
     assert "many" in terminal.getvalue()
+
+
+def test_show_object_whose_items_were_not_registered(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a list registered without its items (depth 0): its item array is in the dump, the items are not
+    registry = Registry()
+    backend = RecordingBackend()
+    registry.backend_register(backend)
+    items = ["first item", "second item"]
+    rid = registry.register_object(items, name="items", depth=0)
+    live = probe()
+    live.add_types({list, str})
+    info = live.info
+    assert info is not None
+    regions = sorted(backend.regions.values(), key=lambda r: r.id)
+    records = tuple(RegionRecord(r.id, r.name, int(r.kind), r.address, r.size, r.size, "ok") for r in regions)
+    meta = replace(build_dump(tmp_path / "x.core").meta, regions=records, partial=False)
+    segments = [Segment(r.address, ctypes.string_at(r.address, r.size)) for r in regions]
+    notes = [
+        Note("KMEMDUMP", KMD_NOTE_META, encode_meta(meta)),
+        Note("PYCOREINFO", PYCOREINFO_NOTE, info.encode()),
+    ]
+    path = write_core(tmp_path / "items.core", segments, notes)
+    # WHEN
+    code, out, _ = run_cli(capsys, "show", str(path), "--json")
+    # THEN the list decodes, each item is a marker, and the reasons are listed
+    assert code == 0
+    decoded = next(r for r in json.loads(out)["regions"] if r["id"] == rid)["decoded"]
+    assert decoded["complete"] is False
+    assert [next(iter(item)) for item in decoded["value"]] == ["$missing", "$missing"]
+    assert [int(item["$missing"], 16) for item in decoded["value"]] == [id(s) for s in items]
+    assert len(decoded["missing"]) == 2
+    code, out, _ = run_cli(capsys, "show", str(path))
+    assert f"[{rid}] items: list (incomplete)\n    [<missing 0x{id(items[0]):x}: " in out
+    assert out.count("\n    missing: ") == 2
