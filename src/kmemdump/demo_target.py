@@ -12,8 +12,9 @@ import threading
 
 import kmemdump
 
-ORDERS = kmemdump.static(bytearray(b"order#1001 paid; order#1002 pending\0"), id=kmemdump.ID.USER_START,
-                         name="orders")
+ORDERS = kmemdump.static(
+    bytearray(b"order#1001 paid; order#1002 pending\0"), id=kmemdump.ID.USER_START, name="orders"
+)
 """A static annotation: recorded at import, registered when init() walks the annotations."""
 
 
@@ -29,8 +30,9 @@ def main() -> int:
     greeting = "héllo from the frozen process ✓"
     kmemdump.register_object(greeting, name="greeting")
     counters = kmemdump.alloc(64, name="counters")
-    _say(f"pid {__import__('os').getpid()}: registered {len(kmemdump.regions())} regions; "
-         f"table {report.table}")
+    _say(
+        f"pid {__import__('os').getpid()}: registered {len(kmemdump.regions())} regions; table {report.table}"
+    )
     for beat in range(3):
         counters[0:8] = beat.to_bytes(8, "little")
         kmemdump.feed()

@@ -6,6 +6,7 @@ at start-up, which calls ``kmemdump.init(table=True, ...)`` and then hands over 
 are removed afterwards, so the program's own child processes are left alone.
 """
 
+import contextlib
 import importlib
 import os
 import sys
@@ -35,10 +36,8 @@ def _chain(here: str) -> None:
     ours = sys.modules.pop("sitecustomize", None)
     try:
         sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
-        try:
+        with contextlib.suppress(ImportError):
             importlib.import_module("sitecustomize")
-        except ImportError:
-            pass
     finally:
         sys.path[:] = saved
         if ours is not None and "sitecustomize" not in sys.modules:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Protocol
+from typing import runtime_checkable
 
-from ..region import Region
+from kmemdump.region import Region
 
 __all__ = ["Backend", "NoopBackend"]
 

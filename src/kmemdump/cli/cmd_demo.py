@@ -15,19 +15,23 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..collector.dump import DumpOptions
-from ..collector.watch import Event
-from ..collector.watch import Watcher
-from ..errors import CollectorError
-from ..formats.core import CoreImage
-from ..ids import ID
+from kmemdump.collector.dump import DumpOptions
+from kmemdump.collector.watch import Event
+from kmemdump.collector.watch import Watcher
+from kmemdump.errors import CollectorError
+from kmemdump.formats.core import CoreImage
+from kmemdump.ids import ID
 
 __all__ = ["prepare", "run"]
 
 
 def prepare(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dir", type=Path, default=None,
-                        help="keep the dump in this directory (default: a temporary one, removed after)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="keep the dump in this directory (default: a temporary one, removed after)",
+    )
     parser.add_argument("--timeout", type=float, default=1.0, help="the target's watchdog timeout (s)")
 
 
@@ -38,8 +42,11 @@ def run(args: argparse.Namespace) -> int:
         dumps = args.dir or Path(tmp) / "dumps"
         dumps.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, KMEMDUMP_DIR=str(tables))
-        print("[collector] starting the demo target; it will register its banner, feed its watchdog, "
-              "then deadlock", flush=True)
+        print(
+            "[collector] starting the demo target; it will register its banner, feed its watchdog, "
+            "then deadlock",
+            flush=True,
+        )
         child = subprocess.Popen([sys.executable, "-m", "kmemdump.demo_target", str(args.timeout)], env=env)
         dumped: list[Event] = []
 
@@ -48,8 +55,14 @@ def run(args: argparse.Namespace) -> int:
             if event.dump is not None:
                 dumped.append(event)
 
-        watcher = Watcher([tables], DumpOptions(dumps), after_hang="kill", on_event=on_event,
-                          only_pid=child.pid, max_sleep=0.05)
+        watcher = Watcher(
+            [tables],
+            DumpOptions(dumps),
+            after_hang="kill",
+            on_event=on_event,
+            only_pid=child.pid,
+            max_sleep=0.05,
+        )
         started = time.monotonic()
         try:
             watcher.scan()
@@ -72,16 +85,18 @@ def run(args: argparse.Namespace) -> int:
 
 def _show(path: Path) -> None:
     with CoreImage.open(path) as core:
-        from ..formats.core import KMD_NOTE_META
-        from ..formats.dumpmeta import decode_meta
+        from kmemdump.formats.core import KMD_NOTE_META
+        from kmemdump.formats.dumpmeta import decode_meta
 
         note = core.note("KMEMDUMP", KMD_NOTE_META)
         if note is None:
             raise CollectorError("the dump has no KMEMDUMP note", path=str(path))
         meta = decode_meta(note.desc)
         size = path.stat().st_size
-        print(f"\nDump {path.name}: reason={meta.reason}, {len(meta.regions)} regions, "
-              f"{meta.stored_bytes} bytes of memory in a {size}-byte file")
+        print(
+            f"\nDump {path.name}: reason={meta.reason}, {len(meta.regions)} regions, "
+            f"{meta.stored_bytes} bytes of memory in a {size}-byte file"
+        )
         banner = next((r for r in meta.regions if r.id == ID.BANNER), None)
         if banner is None or banner.stored == 0:
             raise CollectorError("the banner is not in the dump", path=str(path))

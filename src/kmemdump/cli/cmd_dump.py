@@ -9,10 +9,11 @@ import argparse
 import json
 import os
 
-from ..collector.dump import dump_target
-from ..collector.procmem import process_start_time
-from ..errors import CollectorError
-from ..formats.table import table_path
+from kmemdump.collector.dump import dump_target
+from kmemdump.collector.procmem import process_start_time
+from kmemdump.errors import CollectorError
+from kmemdump.formats.table import table_path
+
 from .options import add_dump_options
 from .options import dump_options
 from .options import table_dirs
@@ -43,8 +44,18 @@ def run(args: argparse.Namespace) -> int:
     result = dump_target(args.pid, start_time, path, reason="request", options=dump_options(args))
     meta = result.meta
     if args.json:
-        print(json.dumps({"path": str(result.path), "pid": meta.pid, "regions": len(meta.regions),
-                          "stored_bytes": meta.stored_bytes, "partial": meta.partial, "stacks": meta.stacks}))
+        print(
+            json.dumps(
+                {
+                    "path": str(result.path),
+                    "pid": meta.pid,
+                    "regions": len(meta.regions),
+                    "stored_bytes": meta.stored_bytes,
+                    "partial": meta.partial,
+                    "stacks": meta.stacks,
+                }
+            )
+        )
     else:
         state = "partial" if meta.partial else "complete"
         print(f"{result.path}: {len(meta.regions)} regions, {meta.stored_bytes} bytes, {state}")

@@ -19,9 +19,10 @@ import tempfile
 from pathlib import Path
 from types import FrameType
 
-from ..collector.watch import AFTER_HANG
-from ..collector.watch import Event
-from ..collector.watch import Watcher
+from kmemdump.collector.watch import AFTER_HANG
+from kmemdump.collector.watch import Event
+from kmemdump.collector.watch import Watcher
+
 from .options import add_dump_options
 from .options import dump_options
 
@@ -29,15 +30,32 @@ __all__ = ["autoinit_env", "prepare", "run"]
 
 
 def prepare(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timeout", type=float, default=5.0, metavar="S",
-                        help="watchdog timeout in seconds (default: %(default)s)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="watchdog timeout in seconds (default: %(default)s)",
+    )
     add_dump_options(parser)
-    parser.add_argument("--after-hang", choices=AFTER_HANG, default="leave",
-                        help="what to do with the command once its hang is dumped (default: leave)")
-    parser.add_argument("--no-autoinit", dest="autoinit", action="store_false",
-                        help="do not start kmemdump inside the command (it calls kmemdump.init itself)")
-    parser.add_argument("--no-feeder", dest="feeder", action="store_false",
-                        help="autoinit without the feeder thread: the program feeds the watchdog itself")
+    parser.add_argument(
+        "--after-hang",
+        choices=AFTER_HANG,
+        default="leave",
+        help="what to do with the command once its hang is dumped (default: leave)",
+    )
+    parser.add_argument(
+        "--no-autoinit",
+        dest="autoinit",
+        action="store_false",
+        help="do not start kmemdump inside the command (it calls kmemdump.init itself)",
+    )
+    parser.add_argument(
+        "--no-feeder",
+        dest="feeder",
+        action="store_false",
+        help="autoinit without the feeder thread: the program feeds the watchdog itself",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="log only dumps and errors")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
 
@@ -87,8 +105,14 @@ def run(args: argparse.Namespace) -> int:
             if not args.quiet or event.kind in ("hang", "death", "error"):
                 print(f"kmemdump: {event.line()}", file=sys.stderr, flush=True)
 
-        watcher = Watcher([table_dir], options, after_hang=args.after_hang, on_event=on_event,
-                          only_pid=child.pid, max_sleep=0.05)
+        watcher = Watcher(
+            [table_dir],
+            options,
+            after_hang=args.after_hang,
+            on_event=on_event,
+            only_pid=child.pid,
+            max_sleep=0.05,
+        )
         try:
             watcher.scan()
             while True:

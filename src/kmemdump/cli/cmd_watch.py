@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from ..collector.watch import AFTER_HANG
-from ..collector.watch import Event
-from ..collector.watch import Watcher
+from kmemdump.collector.watch import AFTER_HANG
+from kmemdump.collector.watch import Event
+from kmemdump.collector.watch import Watcher
+
 from .options import add_dump_options
 from .options import dump_options
 from .options import table_dirs
@@ -29,11 +30,21 @@ log = logging.getLogger("kmemdump.collector")
 
 def prepare(parser: argparse.ArgumentParser) -> None:
     add_dump_options(parser)
-    parser.add_argument("--tables", type=Path, action="append", default=None, metavar="DIR",
-                        help="table directory to watch (repeatable; default: $KMEMDUMP_DIR or "
-                             "/dev/shm/kmemdump-<uid>, and every user's when root)")
-    parser.add_argument("--after-hang", choices=AFTER_HANG, default="leave",
-                        help="what to do with a process once its hang is dumped (default: leave)")
+    parser.add_argument(
+        "--tables",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="table directory to watch (repeatable; default: $KMEMDUMP_DIR or "
+        "/dev/shm/kmemdump-<uid>, and every user's when root)",
+    )
+    parser.add_argument(
+        "--after-hang",
+        choices=AFTER_HANG,
+        default="leave",
+        help="what to do with a process once its hang is dumped (default: leave)",
+    )
 
 
 def sd_notify(message: str) -> bool:
@@ -67,8 +78,11 @@ def run(args: argparse.Namespace) -> int:
         print(event.line(), file=sys.stderr, flush=True)
 
     watcher = Watcher(dirs, options, after_hang=args.after_hang, on_event=on_event)
-    print(f"watching {', '.join(str(d) for d in dirs)}; dumps go to {options.directory}", file=sys.stderr,
-          flush=True)
+    print(
+        f"watching {', '.join(str(d) for d in dirs)}; dumps go to {options.directory}",
+        file=sys.stderr,
+        flush=True,
+    )
     sd_notify("READY=1\nSTATUS=watching")
     try:
         watcher.run(lambda: stopping)

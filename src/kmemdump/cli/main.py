@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from typing import Protocol
 from typing import cast
 
-from .. import __version__
-from ..errors import InvalidRegionError
-from ..errors import KmemdumpError
-from ..errors import ProcessGoneError
+from kmemdump import __version__
+from kmemdump.errors import InvalidRegionError
+from kmemdump.errors import KmemdumpError
+from kmemdump.errors import ProcessGoneError
 
 __all__ = ["COMMANDS", "build_parser", "entry", "main"]
 

@@ -6,13 +6,23 @@ import argparse
 import os
 from pathlib import Path
 
-from ..collector.dump import DumpOptions
-from ..errors import InvalidRegionError
+from kmemdump.collector.dump import DumpOptions
+from kmemdump.errors import InvalidRegionError
 
 __all__ = ["add_dump_options", "default_dump_dir", "dump_options", "parse_size", "table_dirs"]
 
-_UNITS = {"": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2, "g": 1024**3,
-          "gb": 1024**3, "gib": 1024**3}
+_UNITS = {
+    "": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1024**3,
+    "gib": 1024**3,
+}
 
 
 def default_dump_dir() -> Path:
@@ -26,7 +36,7 @@ def default_dump_dir() -> Path:
 
 def table_dirs(all_users: bool) -> list[Path]:
     """Where producers publish tables: ours, or (as root) every user's."""
-    from ..formats.table import default_dir
+    from kmemdump.formats.table import default_dir
 
     dirs = [Path(default_dir())]
     if all_users:
@@ -38,7 +48,7 @@ def parse_size(text: str) -> int:
     """``4096``, ``64k``, ``1.5MiB`` → bytes."""
     raw = text.strip().lower()
     number = raw.rstrip("kmgib")
-    unit = raw[len(number):]
+    unit = raw[len(number) :]
     try:
         value = float(number)
     except ValueError:
@@ -49,17 +59,36 @@ def parse_size(text: str) -> int:
 
 
 def add_dump_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dir", type=Path, default=None, help="where dumps go (default: %(default)s → "
-                        "$KMEMDUMP_DUMPS or ~/.local/state/kmemdump/dumps)")
-    parser.add_argument("--budget", type=parse_size, default=None, metavar="SIZE",
-                        help="store at most SIZE bytes of regions per dump (in ID order), e.g. 64k, 2MiB")
-    parser.add_argument("--max-region", type=parse_size, default=None, metavar="SIZE",
-                        help="store at most SIZE bytes of any one region (default 256MiB)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="where dumps go (default: %(default)s → $KMEMDUMP_DUMPS or ~/.local/state/kmemdump/dumps)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=parse_size,
+        default=None,
+        metavar="SIZE",
+        help="store at most SIZE bytes of regions per dump (in ID order), e.g. 64k, 2MiB",
+    )
+    parser.add_argument(
+        "--max-region",
+        type=parse_size,
+        default=None,
+        metavar="SIZE",
+        help="store at most SIZE bytes of any one region (default 256MiB)",
+    )
     parser.add_argument("--compress", action="store_true", help="write zstd-compressed dumps (.core.zst)")
-    parser.add_argument("--no-stop", dest="stop", action="store_false",
-                        help="do not hold the target with SIGSTOP while copying")
-    parser.add_argument("--no-stacks", dest="stacks", action="store_false",
-                        help="do not take the Python stacks (py-spy)")
+    parser.add_argument(
+        "--no-stop",
+        dest="stop",
+        action="store_false",
+        help="do not hold the target with SIGSTOP while copying",
+    )
+    parser.add_argument(
+        "--no-stacks", dest="stacks", action="store_false", help="do not take the Python stacks (py-spy)"
+    )
 
 
 def dump_options(args: argparse.Namespace) -> DumpOptions:
@@ -71,5 +100,6 @@ def dump_options(args: argparse.Namespace) -> DumpOptions:
     kwargs = {}
     if args.max_region is not None:
         kwargs["max_region"] = args.max_region
-    return DumpOptions(directory, budget=args.budget, compress=args.compress, stop=args.stop, stacks=args.stacks,
-                       **kwargs)
+    return DumpOptions(
+        directory, budget=args.budget, compress=args.compress, stop=args.stop, stacks=args.stacks, **kwargs
+    )

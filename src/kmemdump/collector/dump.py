@@ -17,26 +17,27 @@ from datetime import datetime
 from datetime import timezone
 from pathlib import Path
 
-from .. import __version__
-from ..errors import CollectorError
-from ..errors import KmemdumpError
-from ..errors import ProcessGoneError
-from ..errors import TableFormatError
-from ..formats.core import KMD_NOTE_META
-from ..formats.core import KMD_NOTE_STACKS
-from ..formats.core import PYCOREINFO_NOTE
-from ..formats.core import Note
-from ..formats.core import Segment
-from ..formats.core import prpsinfo_note
-from ..formats.core import prstatus_note
-from ..formats.core import write_core
-from ..formats.dumpmeta import DumpMeta
-from ..formats.dumpmeta import RegionRecord
-from ..formats.dumpmeta import encode_meta
-from ..formats.stacks import encode_stacks
-from ..formats.table import TableSnapshot
-from ..formats.table import read_table
-from ..ids import ID
+from kmemdump import __version__
+from kmemdump.errors import CollectorError
+from kmemdump.errors import KmemdumpError
+from kmemdump.errors import ProcessGoneError
+from kmemdump.errors import TableFormatError
+from kmemdump.formats.core import KMD_NOTE_META
+from kmemdump.formats.core import KMD_NOTE_STACKS
+from kmemdump.formats.core import PYCOREINFO_NOTE
+from kmemdump.formats.core import Note
+from kmemdump.formats.core import Segment
+from kmemdump.formats.core import prpsinfo_note
+from kmemdump.formats.core import prstatus_note
+from kmemdump.formats.core import write_core
+from kmemdump.formats.dumpmeta import DumpMeta
+from kmemdump.formats.dumpmeta import RegionRecord
+from kmemdump.formats.dumpmeta import encode_meta
+from kmemdump.formats.stacks import encode_stacks
+from kmemdump.formats.table import TableSnapshot
+from kmemdump.formats.table import read_table
+from kmemdump.ids import ID
+
 from .procmem import ProcessMemory
 from .procmem import process_cmdline
 from .procmem import process_exe
@@ -170,7 +171,9 @@ def dump_target(
         collector={"version": __version__, "pid": os.getpid()},
     )
     notes = [
-        prpsinfo_note(pid, Path(exe or (argv or ["?"])[0]).name, " ".join(argv or ()), "T" if stopped_by_us else "R"),
+        prpsinfo_note(
+            pid, Path(exe or (argv or ["?"])[0]).name, " ".join(argv or ()), "T" if stopped_by_us else "R"
+        ),
         prstatus_note(pid),
         Note("KMEMDUMP", KMD_NOTE_META, encode_meta(meta)),
     ]
@@ -195,7 +198,9 @@ def _copy(
     for entry in snapshot.entries:  # sorted by id
         size = min(entry.size, options.max_region)
         if budget is not None and spent + size > budget:
-            records.append(RegionRecord(entry.id, entry.name, entry.kind, entry.address, entry.size, 0, "skipped"))
+            records.append(
+                RegionRecord(entry.id, entry.name, entry.kind, entry.address, entry.size, 0, "skipped")
+            )
             continue
         spent += size
         planned.append(entry)
@@ -223,7 +228,9 @@ def _copy(
             status = "partial"
         else:
             status = "ok"
-        records.append(RegionRecord(entry.id, entry.name, entry.kind, entry.address, entry.size, len(data), status))
+        records.append(
+            RegionRecord(entry.id, entry.name, entry.kind, entry.address, entry.size, len(data), status)
+        )
         if data:
             segments.append(Segment(entry.address, data))
         if entry.id == ID.PYCOREINFO and status == "ok":

@@ -17,14 +17,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..formats.stacks import Frame
-from ..formats.stacks import Stacks
-from ..formats.stacks import ThreadStack
+from kmemdump.formats.stacks import Frame
+from kmemdump.formats.stacks import Stacks
+from kmemdump.formats.stacks import ThreadStack
 
 __all__ = ["StacksUnavailable", "find_py_spy", "take_stacks"]
 
 
-class StacksUnavailable(Exception):  # noqa: N818 - an outcome, reported in the dump, not an error
+class StacksUnavailable(Exception):
     """Why no stacks could be taken (py-spy missing, refused, timed out)."""
 
 
@@ -70,7 +70,8 @@ def _thread(raw: dict[str, object]) -> ThreadStack:
     frames_raw = raw.get("frames") or []
     assert isinstance(frames_raw, list)
     frames = tuple(
-        Frame(str(f.get("name", "?")), str(f.get("filename", "?")), int(f.get("line") or 0)) for f in frames_raw
+        Frame(str(f.get("name", "?")), str(f.get("filename", "?")), int(f.get("line") or 0))
+        for f in frames_raw
     )
     name = raw.get("thread_name")
     native = raw.get("os_thread_id")

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 
-from ..errors import KmemdumpError
-from ..errors import ProcessGoneError
-from ..formats.table import TableSnapshot
-from ..formats.table import parse_header
-from ..formats.table import read_table
-from ..formats.table import write_collector_pid
+from kmemdump.errors import KmemdumpError
+from kmemdump.errors import ProcessGoneError
+from kmemdump.formats.table import TableSnapshot
+from kmemdump.formats.table import parse_header
+from kmemdump.formats.table import read_table
+from kmemdump.formats.table import write_collector_pid
+
 from .dump import DumpOptions
 from .dump import DumpResult
 from .dump import dump_target
@@ -236,7 +237,9 @@ class Watcher:
             return []  # this stall was dumped already
         target.dumped_at_beat = header.heartbeat
         age = (now - header.last_feed_ns) / 1e9
-        event = self._dump(target, "hang", f"heartbeat {age:.3f}s old (timeout {header.watchdog_timeout_ns / 1e9:g}s)")
+        event = self._dump(
+            target, "hang", f"heartbeat {age:.3f}s old (timeout {header.watchdog_timeout_ns / 1e9:g}s)"
+        )
         if event.dump is not None:
             self._after_hang(target)
         return [event]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 
-from ..errors import DumpFormatError
+from kmemdump.errors import DumpFormatError
 
 __all__ = [
     "FORMAT_NAME",

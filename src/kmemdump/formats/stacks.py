@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import DumpFormatError
+from kmemdump.errors import DumpFormatError
 
 __all__ = ["STACKS_FORMAT", "Frame", "Stacks", "ThreadStack", "decode_stacks", "encode_stacks"]
 
@@ -55,7 +55,9 @@ def encode_stacks(stacks: Stacks) -> bytes:
                 "native_id": t.native_id,
                 "active": t.active,
                 "owns_gil": t.owns_gil,
-                "frames": [{"function": f.function, "filename": f.filename, "line": f.line} for f in t.frames],
+                "frames": [
+                    {"function": f.function, "filename": f.filename, "line": f.line} for f in t.frames
+                ],
             }
             for t in stacks.threads
         ],

@@ -1,0 +1,5 @@
+"""``python -m kmemdump``: the command line."""
+
+from .cli.main import entry
+
+entry()

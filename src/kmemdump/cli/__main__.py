@@ -1,0 +1,5 @@
+"""``python -m kmemdump.cli``."""
+
+from .main import entry
+
+entry()

@@ -1,0 +1,154 @@
+"""`kmemdump run` supervising unmodified programs, and `kmemdump demo`, as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kmemdump.formats.core import KMD_NOTE_META
+from kmemdump.formats.core import CoreImage
+from kmemdump.formats.dumpmeta import decode_meta
+from kmemdump.ids import ID
+
+pytestmark = pytest.mark.slow
+
+KMEMDUMP = [sys.executable, "-m", "kmemdump.cli"]
+
+# An unmodified program: it knows nothing of kmemdump. It tells the test its pid through a FIFO,
+# then waits for a line on another FIFO that never comes (blocked, the GIL released).
+UNMODIFIED = r"""
+import os, sys
+with open(sys.argv[1], "w") as ready:
+    ready.write(f"{os.getpid()}\n")
+with open(sys.argv[2]) as never:
+    never.read()
+"""
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def _read_pid(fifo: Path) -> int:
+    with open(fifo) as f:  # blocks until the program opened it: explicit readiness
+        return int(f.readline())
+
+
+def _only_dump(dump_dir: Path) -> Path:
+    files = list(dump_dir.iterdir())
+    assert len(files) == 1, files
+    return files[0]
+
+
+def test_run_dumps_a_stopped_unmodified_program_and_returns_its_status(
+    tmp_path: Path, dump_dir: Path
+) -> None:
+    ready, never = _fifo(tmp_path / "ready"), _fifo(tmp_path / "never")
+    script = tmp_path / "app.py"
+    script.write_text(UNMODIFIED)
+    run = subprocess.Popen(
+        [
+            *KMEMDUMP,
+            "run",
+            "--timeout",
+            "0.5",
+            "--after-hang",
+            "kill",
+            "--dir",
+            str(dump_dir),
+            "--",
+            sys.executable,
+            str(script),
+            str(ready),
+            str(never),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        pid = _read_pid(ready)
+        os.kill(pid, signal.SIGSTOP)  # a whole-process stall: the feeder thread stops too
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 128 + signal.SIGKILL, err
+    assert "hang pid=" in err
+    with CoreImage.open(_only_dump(dump_dir)) as core:
+        meta = decode_meta(core.note("KMEMDUMP", KMD_NOTE_META).desc)  # type: ignore[union-attr]
+        banner = next(r for r in meta.regions if r.id == ID.BANNER)
+        text = core.read(banner.address, banner.stored)
+    assert meta.reason == "hang" and meta.pid == pid
+    assert str(script).encode() in text  # the banner registered by the autoinit hook names the program
+
+
+def test_run_passes_the_exit_code_through(dump_dir: Path) -> None:
+    code = subprocess.run(
+        [
+            *KMEMDUMP,
+            "run",
+            "--quiet",
+            "--dir",
+            str(dump_dir),
+            "--",
+            sys.executable,
+            "-c",
+            "raise SystemExit(3)",
+        ],
+        timeout=60,
+        check=False,
+    ).returncode
+    assert code == 3
+    assert list(dump_dir.iterdir()) == []
+
+
+def test_run_dumps_a_program_killed_by_a_signal(tmp_path: Path, dump_dir: Path) -> None:
+    ready, never = _fifo(tmp_path / "ready"), _fifo(tmp_path / "never")
+    run = subprocess.Popen(
+        [
+            *KMEMDUMP,
+            "run",
+            "--dir",
+            str(dump_dir),
+            "--",
+            sys.executable,
+            "-c",
+            UNMODIFIED,
+            str(ready),
+            str(never),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        pid = _read_pid(ready)
+        os.kill(pid, signal.SIGKILL)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 128 + signal.SIGKILL
+    assert "death pid=" in err
+    with CoreImage.open(_only_dump(dump_dir)) as core:
+        meta = decode_meta(core.note("KMEMDUMP", KMD_NOTE_META).desc)  # type: ignore[union-attr]
+    assert meta.reason == "death" and meta.partial
+
+
+def test_demo_prints_the_banner_from_the_dump(dump_dir: Path) -> None:
+    proc = subprocess.run(
+        [*KMEMDUMP, "demo", "--dir", str(dump_dir)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Banner recovered from 0x" in proc.stdout
+    assert "kmemdump banner:" in proc.stdout and "kmemdump.demo_target" in proc.stdout
+    dump = _only_dump(dump_dir)
+    with CoreImage.open(dump) as core:
+        meta = decode_meta(core.note("KMEMDUMP", KMD_NOTE_META).desc)  # type: ignore[union-attr]
+    assert meta.reason == "hang"
+    assert {r.name for r in meta.regions} >= {"banner", "orders", "session", "greeting", "counters"}
