@@ -97,7 +97,7 @@ def _referents(obj: Any, base: str) -> list[Any]:
 
 def _bytes(address: int, size: int = -1) -> bytes:
     """``size`` bytes at ``address`` (up to the first NUL when ``size`` is -1)."""
-    import ctypes  # noqa: PLC0415 - loaded lazily, import kmemdump must stay cheap
+    import ctypes  # loaded lazily: import kmemdump must stay cheap
 
     return ctypes.string_at(address, size)
 

@@ -187,13 +187,13 @@ def runtime_layout() -> LayoutChoice:
 
 
 def _free_threaded() -> bool:
-    import sysconfig  # noqa: PLC0415 - only needed once, by the probe
+    import sysconfig  # only needed once, by the probe
 
     return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 
 def _from_debug_offsets() -> tuple[Layout | None, str]:
-    import ctypes  # noqa: PLC0415 - loaded lazily, import kmemdump must stay cheap
+    import ctypes  # loaded lazily: import kmemdump must stay cheap
 
     try:
         runtime = ctypes.c_char.in_dll(ctypes.pythonapi, "_PyRuntime")
