@@ -45,14 +45,23 @@ mode = recv()
 if mode == "deadlock":
     a, b = threading.Lock(), threading.Lock()
     both = threading.Barrier(2)
+    blocked_at = {}
     def worker(mine, theirs):
         with mine:
             both.wait()
+            blocked_at[threading.get_ident()] = sys._getframe().f_lineno + 1
             with theirs:
                 pass
     ts = [threading.Thread(target=worker, args=(a, b), name="left"),
           threading.Thread(target=worker, args=(b, a), name="right")]
     for t in ts: t.start()
+    # readiness: both threads are parked on their second lock (bounded polling of their frames)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        frames = sys._current_frames()
+        if all(t.ident in blocked_at and frames[t.ident].f_lineno == blocked_at[t.ident] for t in ts):
+            break
+        time.sleep(0.001)
     send("deadlocked?")
     for t in ts: t.join()
 elif mode == "feed-then-stop":
@@ -84,8 +93,7 @@ def start_producer(timeout: float, mode: str) -> tuple[Child, dict[str, Any]]:
 
 
 def collect(watcher: Watcher, until: float, stop_after_first: bool = False) -> list[Event]:
-    events: list[Event] = []
-    watcher.scan()
+    events: list[Event] = watcher.scan()
     while time.monotonic() < until:
         got = watcher.step()
         events.extend(got)

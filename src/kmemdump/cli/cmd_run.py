@@ -76,6 +76,12 @@ def autoinit_env(env: dict[str, str], table_dir: Path, timeout: float | None, fe
     return env
 
 
+def _exited(pid: int) -> bool:
+    """Whether the child has ended, without reaping it (its pid and /proc entry stay valid)."""
+    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    return info is not None
+
+
 def run(args: argparse.Namespace) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
@@ -115,10 +121,11 @@ def run(args: argparse.Namespace) -> int:
         )
         try:
             watcher.scan()
-            while True:
+            while not _exited(child.pid):
                 watcher.step()
-                if not watcher.targets and child.poll() is not None:
-                    break
+            watcher.scan()  # a table published just before the end is still seen (the child is a zombie)
+            while watcher.targets:
+                watcher.step()
         finally:
             watcher.close()
         status = child.wait()

@@ -22,9 +22,8 @@ from pathlib import Path
 
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
+from kmemdump.formats.table import TableReader
 from kmemdump.formats.table import TableSnapshot
-from kmemdump.formats.table import parse_header
-from kmemdump.formats.table import read_table
 from kmemdump.formats.table import write_collector_pid
 
 from .dump import DumpOptions
@@ -39,7 +38,6 @@ __all__ = ["AFTER_HANG", "Event", "Watcher"]
 log = logging.getLogger("kmemdump.collector")
 
 AFTER_HANG = ("leave", "kill", "abort")
-_HEADER_BYTES = 128
 _RESCAN_S = 0.25
 
 
@@ -69,6 +67,7 @@ class _Target:
     pid: int
     start_time: int
     table: Path
+    reader: TableReader
     pidfd: int | None
     argv: list[str]
     exe: str | None
@@ -76,6 +75,8 @@ class _Target:
     dumped_at_beat: int | None = None
     """Heartbeat counter at the last hang dump: one dump per stall, re-armed by a new beat."""
     deadline_ns: int | None = None
+    ended_by_us: bool = False
+    """We killed or aborted it after its hang dump: its death needs no second dump."""
     errors: int = 0
     dumps: list[DumpResult] = field(default_factory=list)
 
@@ -116,11 +117,13 @@ class Watcher:
         self._poller = select.poll()
         self._by_fd: dict[int, tuple[int, int]] = {}
         self._last_scan = 0.0
+        self._emitted: list[Event] = []
 
     # --- discovery -----------------------------------------------------------------------
 
-    def scan(self) -> None:
+    def scan(self) -> list[Event]:
         """Pick up new tables; forget targets whose table vanished (a clean exit)."""
+        mark = len(self._emitted)
         self._last_scan = time.monotonic()
         seen: set[tuple[int, int]] = set()
         for directory in self.directories:
@@ -143,6 +146,7 @@ class Watcher:
             if target.pidfd is not None and not self._dead(target):
                 self._emit(Event("exit", target.pid, "table removed (clean exit)"))
             self._forget(ident)
+        return self._emitted[mark:]
 
     def _adopt(self, ident: tuple[int, int], path: Path) -> None:
         pid, start_time = ident
@@ -152,8 +156,13 @@ class Watcher:
         try:
             if process_start_time(pid) != start_time:
                 raise ProcessGoneError("stale table: pid was recycled", pid=pid)
-            snapshot = read_table(path)
-            pidfd = os.pidfd_open(pid)
+            reader = TableReader(path)
+            try:
+                snapshot = reader.snapshot()
+                pidfd = os.pidfd_open(pid)
+            except BaseException:
+                reader.close()
+                raise
         except ProcessGoneError:
             self._bad[path] = mtime
             self._emit(Event("skip", pid, f"stale table {path} (process gone); removing it"))
@@ -164,7 +173,9 @@ class Watcher:
             self._bad[path] = mtime
             self._emit(Event("error", pid, f"skipping table {path}: {err}"))
             return
-        target = _Target(pid, start_time, path, pidfd, process_cmdline(pid), process_exe(pid), snapshot)
+        target = _Target(
+            pid, start_time, path, reader, pidfd, process_cmdline(pid), process_exe(pid), snapshot
+        )
         with contextlib.suppress(OSError):
             write_collector_pid(path, os.getpid())
         self.targets[ident] = target
@@ -174,6 +185,7 @@ class Watcher:
 
     def _forget(self, ident: tuple[int, int]) -> None:
         target = self.targets.pop(ident)
+        target.reader.close()
         if target.pidfd is not None:
             self._poller.unregister(target.pidfd)
             del self._by_fd[target.pidfd]
@@ -188,18 +200,19 @@ class Watcher:
             self.step()
 
     def step(self) -> list[Event]:
-        """Wait for the next thing to happen (at most ``max_sleep``) and handle it."""
-        events: list[Event] = []
+        """Wait for the next thing to happen (at most ``max_sleep``), handle it, return the events."""
+        self._emitted = []
         timeout = self._timeout()
         for fd, _mask in self._poller.poll(max(0.0, timeout) * 1000):
             ident = self._by_fd.get(fd)
             if ident is not None:
-                events.extend(self._on_death(ident))
+                self._on_death(ident)
         now = time.monotonic_ns()
-        for ident, target in list(self.targets.items()):
-            events.extend(self._check_heartbeat(ident, target, now))
+        for target in list(self.targets.values()):
+            self._check_heartbeat(target, now)
         if time.monotonic() - self._last_scan >= _RESCAN_S:
             self.scan()
+        events, self._emitted = self._emitted, []
         return events
 
     def _timeout(self) -> float:
@@ -210,53 +223,50 @@ class Watcher:
                 wake = min(wake, (target.deadline_ns - now) / 1e9)
         return wake
 
-    def _check_heartbeat(self, ident: tuple[int, int], target: _Target, now: int) -> list[Event]:
+    def _check_heartbeat(self, target: _Target, now: int) -> None:
         try:
-            with open(target.table, "rb", buffering=0) as f:
-                head = f.read(_HEADER_BYTES)
-            header = parse_header(head)
-        except FileNotFoundError:
-            return []
+            header = target.reader.header()
         except (KmemdumpError, OSError) as err:
             target.errors += 1
             if target.errors == 1:
                 self._emit(Event("error", target.pid, f"table unreadable: {err}"))
-            return []
+            return
         if header.generation % 2 == 0 and header.generation != _generation(target.snapshot):
+            # keep the latest consistent picture, for a process that dies or freezes mid-update
             with contextlib.suppress(KmemdumpError, OSError):
-                target.snapshot = read_table(target.table)
+                target.snapshot = target.reader.snapshot(retries=3)
         if not header.watchdog_timeout_ns or not header.heartbeat:
             target.deadline_ns = None
-            return []
+            return
         deadline = header.last_feed_ns + header.watchdog_timeout_ns
         if now < deadline:
             target.deadline_ns = deadline
-            return []
+            return
         target.deadline_ns = None
         if target.dumped_at_beat == header.heartbeat:
-            return []  # this stall was dumped already
+            return  # this stall was dumped already
         target.dumped_at_beat = header.heartbeat
         age = (now - header.last_feed_ns) / 1e9
-        event = self._dump(
-            target, "hang", f"heartbeat {age:.3f}s old (timeout {header.watchdog_timeout_ns / 1e9:g}s)"
-        )
+        timeout = header.watchdog_timeout_ns / 1e9
+        event = self._dump(target, "hang", f"heartbeat {age:.3f}s old (timeout {timeout:g}s)")
         if event.dump is not None:
             self._after_hang(target)
-        return [event]
 
-    def _on_death(self, ident: tuple[int, int]) -> list[Event]:
+    def _on_death(self, ident: tuple[int, int]) -> None:
         target = self.targets.get(ident)
         if target is None:
-            return []
-        events = []
-        if target.table.exists():  # a clean exit removes the table first
-            events.append(self._dump(target, "death", "process died"))
+            return
+        left_table = target.table.exists()  # a clean exit removes the table first
+        if target.ended_by_us:
+            self._emit(Event("exit", target.pid, f"ended ({self.after_hang}) after its hang dump"))
+        elif left_table:
+            self._dump(target, "death", "process died")
+        else:
+            self._emit(Event("exit", target.pid, "exited cleanly"))
+        if left_table:  # the producer cannot remove it any more; we own the clean-up
             with contextlib.suppress(OSError):
                 target.table.unlink()
-        else:
-            events.append(self._emit(Event("exit", target.pid, "exited cleanly")))
         self._forget(ident)
-        return events
 
     def _dump(self, target: _Target, reason: str, why: str) -> Event:
         try:
@@ -281,6 +291,7 @@ class Watcher:
         sig = {"kill": signal.SIGKILL, "abort": signal.SIGABRT}.get(self.after_hang)
         if sig is None:
             return
+        target.ended_by_us = True
         with contextlib.suppress(ProcessLookupError):
             if target.pidfd is not None:
                 signal.pidfd_send_signal(target.pidfd, sig)
@@ -294,6 +305,7 @@ class Watcher:
         return bool(ready)
 
     def _emit(self, event: Event) -> Event:
+        self._emitted.append(event)
         self.on_event(event)
         return event
 
