@@ -297,3 +297,15 @@ def test_module_level_alloc_functions() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_register_after_allocation_when_size_known_later() -> None:
+    # "kmemdump still exposes the register API ... (e.g. size is not exactly known at allocation time)"
+    registry = Registry()
+    buf = bytearray(1024)
+    used = len(b"header:") + 10
+    buf[:used] = b"header:" + b"0123456789"
+    rid = registry.register(buf, used, name="used-part")
+    region = registry.get(rid)
+    assert region.size == used
+    assert ctypes.string_at(region.address, region.size) == b"header:0123456789"

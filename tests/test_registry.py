@@ -457,3 +457,56 @@ def test_registered_object_is_kept_alive() -> None:
     gc.collect()
     address = registry.get(rid).address
     assert any(id(o) == address for o in gc.get_objects() if isinstance(o, _Plain))
+
+
+# --- IDs are predefined; the table is a preallocated fixed-size array ----------------------------------
+
+
+def test_predefined_ids() -> None:
+    from kmemdump.ids import id_label
+
+    assert (ID.BANNER, ID.PYCOREINFO, ID.USER_START, ID.USER_END) == (1, 2, 16, 1023)
+    assert DYNAMIC_START == ID.USER_END + 1
+    assert MAX_ID == 2**32 - 1
+    assert [id_label(i) for i in (1, 2, 3, 16, 1023, 1024, 1030)] == [
+        "BANNER",
+        "PYCOREINFO",
+        "reserved3",
+        "user+0",
+        "user+1007",
+        "dyn+0",
+        "dyn+6",
+    ]
+    assert 0 not in {int(member) for member in ID}  # 0 marks a free slot, as in the kernel
+
+
+def test_slots_are_preallocated_and_never_grow() -> None:
+    registry = Registry(capacity=50)
+    slots = registry._slots
+    assert len(slots) == 50
+    ids = [registry.register(bytearray(1)) for _ in range(50)]
+    with pytest.raises(RegistryFullError):
+        registry.register(bytearray(1))
+    assert registry._slots is slots
+    assert len(slots) == 50
+    assert all(entry is not None for entry in slots)
+    for rid in ids:
+        registry.unregister(rid)
+    assert registry._slots is slots
+    assert all(entry is None for entry in slots)
+
+
+def test_full_default_registry_costs_little_memory() -> None:
+    import tracemalloc
+
+    buffers = [bytearray(16) for _ in range(DEFAULT_CAPACITY)]
+    tracemalloc.start()
+    try:
+        registry = Registry()
+        for buf in buffers:
+            registry.register(buf)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(registry) == DEFAULT_CAPACITY
+    assert peak < 512 * 1024  # a few hundred entries: well under a megabyte of bookkeeping

@@ -116,7 +116,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "SharedTableBackend":
-        from .backends.table import SharedTableBackend  # noqa: PLC0415 - mmap-based, loaded on first use
+        from .backends.table import SharedTableBackend
 
         return SharedTableBackend
     raise AttributeError(f"module 'kmemdump' has no attribute {name!r}")

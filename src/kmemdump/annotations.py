@@ -98,7 +98,7 @@ def _register(registry: Registry, annotation: Annotation) -> int:
 
 def _load_entry_points() -> list[tuple[str, str]]:
     """Import each ``kmemdump.annotations`` entry point; call it if it is callable."""
-    from importlib.metadata import entry_points  # noqa: PLC0415 - only init() needs it
+    from importlib.metadata import entry_points
 
     failed = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):

@@ -234,7 +234,7 @@ def _register_banner() -> int:
 
 
 def _publish_pycoreinfo(failures: list[tuple[str, str]]) -> int | None:
-    from .pyinfo import publisher  # noqa: PLC0415 - only init() needs it
+    from .pyinfo import publisher
 
     try:
         return publisher.start(_registry)
@@ -253,7 +253,7 @@ def _current_table_path() -> str | None:
 
 
 def _ensure_table(directory: str | os.PathLike[str] | None) -> str:
-    from .backends.table import SharedTableBackend  # noqa: PLC0415 - loaded only when a table is asked for
+    from .backends.table import SharedTableBackend
 
     current = _registry.current_backend()
     if isinstance(current, SharedTableBackend):

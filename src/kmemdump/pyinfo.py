@@ -39,7 +39,7 @@ class PyInfoPublisher:
         Raises :class:`DecodeError` when the layout failed its self-test (decoding is disabled
         on this interpreter); nothing is registered then.
         """
-        from .pylayout import default  # noqa: PLC0415 - ctypes-based, loaded by init() only
+        from .pylayout import default
 
         info = default()
         if not info.enabled:

@@ -124,7 +124,7 @@ def resolve_target(target: Any, size: int | None = None, *, as_object: bool = Fa
             raise InvalidRegionError("address out of range", address=target, size=length)
         return Resolved(target, length, RegionKind.ADDRESS, "", None)
     if _ctypes_target(target):
-        import ctypes  # noqa: PLC0415 - loaded lazily, import kmemdump must stay cheap
+        import ctypes
 
         available = ctypes.sizeof(target)
         length = available if size is None else _check_size(size, available, "ctypes object")
@@ -183,7 +183,7 @@ def _resolve_buffer(view: memoryview, size: int | None, type_name: str) -> Resol
 
 def buffer_address(view: memoryview) -> int:
     """The address of the first byte of a C-contiguous buffer, read-only ones included."""
-    import ctypes  # noqa: PLC0415 - loaded lazily, import kmemdump must stay cheap
+    import ctypes
 
     if not view.readonly and view.format in ("B", "b", "c") and view.ndim == 1:
         return ctypes.addressof(ctypes.c_char.from_buffer(view))
@@ -191,7 +191,7 @@ def buffer_address(view: memoryview) -> int:
 
 
 def _getbuffer_address(view: memoryview) -> int:
-    import ctypes  # noqa: PLC0415 - loaded lazily, import kmemdump must stay cheap
+    import ctypes
 
     class PyBuffer(ctypes.Structure):
         _fields_ = (

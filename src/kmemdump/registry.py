@@ -64,7 +64,7 @@ class SwapReport:
 
 
 class _Entry:
-    __slots__ = ("children", "keepalive", "owner", "parent", "region", "slot")
+    __slots__ = ("children", "keepalive", "owner", "parent", "published", "region", "slot")
 
     def __init__(self, region: Region, keepalive: Any, slot: int, owner: Any, parent: int | None) -> None:
         self.region = region
@@ -75,6 +75,8 @@ class _Entry:
         self.parent = parent
         """The ID of the object-graph root this part was registered with, or None."""
         self.children: tuple[int, ...] = ()
+        self.published = True
+        """Whether the current backend holds the region (False after it refused it on replay)."""
 
 
 def _release(keepalive: Any) -> None:
@@ -180,7 +182,7 @@ class Registry:
         ``depth`` follows container items that many levels. The returned ID is the object's;
         the extra regions get dynamic IDs and are unregistered with it.
         """
-        from .objgraph import object_regions  # noqa: PLC0415 - ctypes-based, loaded on first use
+        from .objgraph import object_regions
 
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
             raise InvalidRegionError("depth must be a non-negative int", depth=depth)
@@ -271,7 +273,8 @@ class Registry:
     def _unregister_locked(self, region_id: int) -> None:
         entry = self._by_id.pop(region_id)
         try:
-            self._backend.unregister_region(entry.region)
+            if entry.published:  # a region the backend refused on replay is not its to forget
+                self._backend.unregister_region(entry.region)
         except Exception:
             log.exception(
                 "backend %r failed to unregister region %d", _backend_name(self._backend), region_id
@@ -347,24 +350,22 @@ class Registry:
 
         A backend lacking either callback is refused with :class:`BackendError` (the kernel's
         ``-EINVAL``). Regions the new backend refuses stay registered; they are logged and listed
-        in the returned report.
+        in the returned report, and the backend is not asked to unregister them later. Calls go
+        in ID order.
         """
         _check_backend(backend)
         with self._lock:
-            live = sorted((e.region for e in self._by_id.values()), key=lambda r: r.id)
-            old = self._backend
-            for region in live:
-                try:
-                    old.unregister_region(region)
-                except Exception:
-                    log.exception("backend %r failed to unregister region %d", _backend_name(old), region.id)
+            live = sorted(self._by_id.values(), key=lambda e: e.region.id)
+            self._deregister_all_locked(live)
             self._backend = backend
             failures = []
-            for region in live:
+            for entry in live:
                 try:
-                    backend.register_region(region)
+                    backend.register_region(entry.region)
                 except Exception as err:  # reported, not dropped
-                    failures.append(ReplayFailure(region, f"{type(err).__name__}: {err}"))
+                    failures.append(ReplayFailure(entry.region, f"{type(err).__name__}: {err}"))
+                else:
+                    entry.published = True
         name = _backend_name(backend)
         for failure in failures:
             log.warning("backend %r refused region %d on replay: %s", name, failure.region.id, failure.error)
@@ -378,15 +379,26 @@ class Registry:
         with self._lock:
             if backend is not self._backend:
                 return False
-            for entry in sorted(self._by_id.values(), key=lambda e: e.region.id):
-                try:
-                    backend.unregister_region(entry.region)
-                except Exception:
-                    log.exception(
-                        "backend %r failed to unregister region %d", _backend_name(backend), entry.region.id
-                    )
+            live = sorted(self._by_id.values(), key=lambda e: e.region.id)
+            self._deregister_all_locked(live)
             self._backend = NoopBackend()
+            for entry in live:
+                entry.published = True  # the no-op backend takes everything
             return True
+
+    def _deregister_all_locked(self, entries: list[_Entry]) -> None:
+        """Tell the current backend to forget every region it holds; failures are logged."""
+        backend = self._backend
+        for entry in entries:
+            if not entry.published:
+                continue
+            entry.published = False
+            try:
+                backend.unregister_region(entry.region)
+            except Exception:
+                log.exception(
+                    "backend %r failed to unregister region %d", _backend_name(backend), entry.region.id
+                )
 
     # --- types of registered objects (for the PYCOREINFO type map) -------------------------------
 

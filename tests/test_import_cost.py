@@ -1,0 +1,136 @@
+"""``import kmemdump`` stays cheap: standard library only, nothing of the collector, nothing eager.
+
+Each check runs ``import kmemdump`` in a fresh interpreter and looks at ``sys.modules``. It does
+not time anything. The producer is also imported by every other interpreter found on this
+machine (3.10 and up), from the source tree, with no third-party package on the path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+FORBIDDEN_EXACT = {
+    "ctypes",
+    "_ctypes",
+    "json",
+    "importlib.metadata",
+    "elftools",
+    "rich",
+    "backports.zstd",
+    "compression.zstd",
+    "zstandard",
+    "kmemdump.backends.table",
+    "kmemdump.objgraph",
+    "kmemdump.pylayout",
+    "kmemdump.pyinfo",
+    "kmemdump.formats.pycoreinfo",
+    "kmemdump.formats.core",
+    "kmemdump.formats.dumpmeta",
+    "kmemdump.formats.stacks",
+    "kmemdump.procinfo",
+    "kmemdump.memory",
+}
+"""Modules the producer must not load at import (heavy, collector-side, or needed only later)."""
+
+FORBIDDEN_PACKAGES = ("kmemdump.collector", "kmemdump.cli", "kmemdump.inspect", "elftools", "rich")
+
+_PROBE = """
+import json, sys
+before = set(sys.modules)
+import kmemdump
+after = set(sys.modules)
+print(json.dumps({"new": sorted(after - before), "stdlib": sorted(sys.stdlib_module_names)}))
+"""
+
+
+def _probe(python: str = sys.executable, *, isolated_src: bool = False) -> dict[str, Any]:
+    env = dict(os.environ)
+    args = [python, "-c", _PROBE]
+    if isolated_src:  # -S: no site-packages at all, only the standard library and our sources
+        args.insert(1, "-S")
+        env["PYTHONPATH"] = str(SRC)
+    result = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    out: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    # json itself was imported by the probe before the snapshot; it is checked separately below
+    return out
+
+
+def _offenders(new: list[str]) -> list[str]:
+    bad = [m for m in new if m in FORBIDDEN_EXACT]
+    bad += [m for m in new if any(m == p or m.startswith(p + ".") for p in FORBIDDEN_PACKAGES)]
+    return sorted(set(bad))
+
+
+@pytest.mark.timeout(90)
+def test_import_loads_nothing_heavy() -> None:
+    out = _probe()
+    assert _offenders(out["new"]) == []
+
+
+@pytest.mark.timeout(90)
+def test_import_is_standard_library_only() -> None:
+    out = _probe()
+    stdlib = set(out["stdlib"])
+    foreign = [m for m in out["new"] if m.split(".")[0] not in stdlib and m.split(".")[0] != "kmemdump"]
+    assert foreign == []
+
+
+@pytest.mark.timeout(90)
+def test_json_and_ctypes_not_imported() -> None:
+    # the probe above imports json itself; check it (and ctypes) with a probe that does not
+    code = (
+        "import sys, kmemdump\n"
+        "kmemdump.register(object())  # an object registration needs no ctypes either\n"
+        "print(' '.join(m for m in ('json', 'ctypes', '_ctypes') if m in sys.modules) or 'none')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "none"
+
+
+@pytest.mark.timeout(90)
+def test_ctypes_loaded_on_first_buffer_registration() -> None:
+    code = (
+        "import sys, kmemdump\n"
+        "print('ctypes' in sys.modules)\n"
+        "kmemdump.register(bytearray(8))\n"
+        "print('ctypes' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True"]
+
+
+def _interpreters() -> list[str]:
+    found = []
+    for version in ("3.10", "3.11", "3.12", "3.13", "3.14"):
+        candidates = sorted(Path("/root/.pyenv/versions").glob(f"{version}.*/bin/python"))
+        if candidates:
+            found.append(str(candidates[-1]))
+    return found
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("python", _interpreters() or [sys.executable], ids=lambda p: Path(p).parents[1].name)
+def test_producer_imports_on_bare_interpreter(python: str) -> None:
+    if not Path(python).exists():
+        pytest.skip(f"{python} not found")
+    out = _probe(python, isolated_src=True)
+    assert "kmemdump" in out["new"]
+    assert _offenders(out["new"]) == []
+    stdlib = set(out["stdlib"])
+    assert [m for m in out["new"] if m.split(".")[0] not in stdlib | {"kmemdump"}] == []
