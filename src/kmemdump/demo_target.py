@@ -12,6 +12,8 @@ import threading
 
 import kmemdump
 
+__all__ = ["main"]
+
 ORDERS = kmemdump.static(
     bytearray(b"order#1001 paid; order#1002 pending\0"), id=kmemdump.ID.USER_START, name="orders"
 )

@@ -101,7 +101,10 @@ class TableFormatError(KmemdumpError):
 class DumpFormatError(KmemdumpError):
     """A dump file is not a kmemdump ELF core image, or is damaged."""
 
-    help = "Check the path; a dump is an ELF core written by 'kmemdump watch', 'run' or 'dump' (optionally .zst)."
+    help = (
+        "Check the path; a dump is an ELF core written by 'kmemdump watch', 'run' or 'dump' "
+        "(optionally .zst)."
+    )
 
 
 # --- the collector ------------------------------------------------------------------

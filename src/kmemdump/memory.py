@@ -5,7 +5,8 @@ Decoders take a :class:`MemorySource` and never learn which one they hold.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Protocol
+from typing import runtime_checkable
 
 __all__ = ["MemorySource"]
 

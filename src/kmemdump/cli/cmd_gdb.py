@@ -173,9 +173,9 @@ def _plain_core(path: Path, *, keep: bool) -> Iterator[Path]:
 
 def _zstd() -> ModuleType:
     if sys.version_info >= (3, 14):
-        import compression.zstd as module  # noqa: PLC0415 - needed only for compressed dumps
+        import compression.zstd as module
     else:
-        import backports.zstd as module  # noqa: PLC0415
+        import backports.zstd as module
     return module
 
 

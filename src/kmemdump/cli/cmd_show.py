@@ -76,7 +76,7 @@ def dump_path(given: Path) -> Path:
     """``given``, or the file of that name in the default dump directory when only that exists."""
     if given.exists() or given.parent != Path("."):
         return given
-    from kmemdump.cli.options import default_dump_dir  # noqa: PLC0415 - needed only for bare names
+    from kmemdump.cli.options import default_dump_dir
 
     candidate = default_dump_dir() / given
     return candidate if candidate.is_file() else given

@@ -63,7 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ModuleNotFoundError as err:  # the producer needs nothing; the CLI needs the extra
+        print(
+            f"kmemdump: the command line needs packages that are not installed (missing: {err.name}).\n"
+            "Install them with: pip install 'kmemdump[collector]'",
+            file=sys.stderr,
+        )
+        return 2
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

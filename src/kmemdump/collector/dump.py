@@ -12,10 +12,12 @@ import os
 import platform
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import timezone
 from pathlib import Path
+from typing import TypeVar
 
 from kmemdump import __version__
 from kmemdump.errors import CollectorError
@@ -48,6 +50,7 @@ from .stacks import take_stacks
 __all__ = ["DumpOptions", "DumpResult", "dump_target"]
 
 MAX_REGION_DEFAULT = 256 * 1024 * 1024
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +121,10 @@ def dump_target(
     gone = False
     try:
         _identify(pid, start_time)
-        argv = argv if argv is not None else _safe(process_cmdline, pid) or []
-        exe = exe if exe is not None else _safe(process_exe, pid)
+        if argv is None:
+            argv = _quietly(lambda: process_cmdline(pid)) or []
+        if exe is None:
+            exe = _quietly(lambda: process_exe(pid))
     except ProcessGoneError:
         if reason != "death":
             raise
@@ -281,9 +286,9 @@ def _owner(table: Path) -> int:
         return os.getuid()
 
 
-def _safe(fn: object, pid: int) -> object:
+def _quietly(fn: Callable[[], T]) -> T | None:
     try:
-        return fn(pid)  # type: ignore[operator]
+        return fn()
     except KmemdumpError:
         return None
 

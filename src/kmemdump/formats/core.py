@@ -422,9 +422,9 @@ def _write_compressed(fd: int, views: list[memoryview], compressor: Any) -> None
 
 def _zstd() -> ModuleType:
     if sys.version_info >= (3, 14):
-        import compression.zstd as module  # noqa: PLC0415 - optional, loaded when needed
+        import compression.zstd as module
     else:
-        import backports.zstd as module  # noqa: PLC0415
+        import backports.zstd as module
     return module
 
 
@@ -704,8 +704,8 @@ def _parse(
     handle: IO[bytes], data: mmap.mmap, where: Path
 ) -> tuple[int, tuple[Note, ...], tuple[LoadSegment, ...]]:
     """Validate the image and return its machine, notes and loadable segments."""
-    from elftools.common.exceptions import ELFError  # noqa: PLC0415 - collector-side dependency
-    from elftools.elf.elffile import ELFFile  # noqa: PLC0415
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
 
     size = len(data)
     context = {"path": str(where)}

@@ -173,7 +173,7 @@ def _field(body: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any
 def _region(raw: Any, index: int) -> RegionRecord:
     if not isinstance(raw, dict):
         raise DumpFormatError("region record is not an object", index=index)
-    values = {}
+    values: dict[str, Any] = {}
     for key, kind in _REGION_FIELDS.items():
         value = raw.get(key, "" if key == "error" else None)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):

@@ -331,7 +331,7 @@ class Dump:
                 return self._decode_object(record)
             if record.kind == RegionKind.PYCOREINFO:
                 return self._decode_pycoreinfo(record)
-            from kmemdump.inspect.cpython import decode_buffer  # noqa: PLC0415 - the decoder loads only when needed
+            from kmemdump.inspect.cpython import decode_buffer
 
             value = decode_buffer(self.region_bytes(record))
             return DecodedRegion(kind, value, record.status == "ok")
@@ -343,7 +343,7 @@ class Dump:
             return DecodedRegion(
                 "object", None, False, error=f"cannot decode objects: {self.pycoreinfo_reason}"
             )
-        from kmemdump.inspect.cpython import decode  # noqa: PLC0415 - the decoder loads only when needed
+        from kmemdump.inspect.cpython import decode
 
         decoded = decode(self.core, record.address, self.pycoreinfo)
         return DecodedRegion(decoded.type_name, decoded.value, decoded.complete, tuple(decoded.missing))

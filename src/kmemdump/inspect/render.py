@@ -137,8 +137,8 @@ def progress(items: Sequence[T], description: str, *, stream: IO[str] | None = N
     if len(items) < PROGRESS_THRESHOLD or not wants_rich(target):
         yield from items
         return
-    from rich.console import Console  # noqa: PLC0415 - rich loads only for a terminal
-    from rich.progress import Progress  # noqa: PLC0415 - rich loads only for a terminal
+    from rich.console import Console
+    from rich.progress import Progress
 
     with Progress(console=Console(file=target), transient=True) as bar:
         task = bar.add_task(description, total=len(items))
@@ -176,7 +176,7 @@ class Output:
     @property
     def console(self) -> Any:
         if self._console is None:
-            from rich.console import Console  # noqa: PLC0415 - rich loads only for a terminal
+            from rich.console import Console
 
             self._console = Console(file=self.stream, highlight=False, markup=False, emoji=False)
         return self._console
@@ -189,7 +189,7 @@ class Output:
 
     def heading(self, text: str) -> None:
         if self.fancy:
-            from rich.text import Text  # noqa: PLC0415 - rich loads only for a terminal
+            from rich.text import Text
 
             self.console.print()
             self.console.print(Text(text, style="bold underline"))
@@ -205,7 +205,7 @@ class Output:
         for label, value in rows:
             head = f"{label + ':':<{width}}"
             if self.fancy:
-                from rich.text import Text  # noqa: PLC0415 - rich loads only for a terminal
+                from rich.text import Text
 
                 self.console.print(Text.assemble((head, "bold"), f"  {value}"), soft_wrap=True)
             else:
@@ -233,8 +233,8 @@ class Output:
     def _rich_table(
         self, columns: Sequence[Column], rows: Sequence[Sequence[str]], title: str | None
     ) -> None:
-        from rich.table import Table  # noqa: PLC0415 - rich loads only for a terminal
-        from rich.text import Text  # noqa: PLC0415 - rich loads only for a terminal
+        from rich.table import Table
+        from rich.text import Text
 
         if title:
             self.console.print()
