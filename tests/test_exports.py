@@ -145,21 +145,8 @@ def test_module_all_lists_real_names(module: str) -> None:
     assert len(exported) == len(set(exported))
 
 
-_KNOWN_GAPS = {
-    "kmemdump.demo_target": "the demo's module has no __all__ yet (its owner is to add it)",
-}
-
-
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize(
-    "module",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(reason=_KNOWN_GAPS[name], strict=True))
-        if name in _KNOWN_GAPS
-        else name
-        for name in _module_names(with_content=True)
-    ],
-)
+@pytest.mark.parametrize("module", _module_names(with_content=True))
 def test_module_has_docstring_and_all(module: str) -> None:
     # the project's code standard: every module has a docstring and an __all__
     found = _scan()[module]
