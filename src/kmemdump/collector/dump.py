@@ -13,10 +13,13 @@ import platform
 import signal
 import time
 from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import timezone
 from pathlib import Path
+from typing import Any
+from typing import Protocol
 from typing import TypeVar
 
 from kmemdump import __version__
@@ -27,6 +30,7 @@ from kmemdump.errors import TableFormatError
 from kmemdump.formats.core import KMD_NOTE_META
 from kmemdump.formats.core import KMD_NOTE_STACKS
 from kmemdump.formats.core import PYCOREINFO_NOTE
+from kmemdump.formats.core import CoreWriter
 from kmemdump.formats.core import Note
 from kmemdump.formats.core import Segment
 from kmemdump.formats.core import prpsinfo_note
@@ -36,6 +40,7 @@ from kmemdump.formats.dumpmeta import DumpMeta
 from kmemdump.formats.dumpmeta import RegionRecord
 from kmemdump.formats.dumpmeta import encode_meta
 from kmemdump.formats.stacks import encode_stacks
+from kmemdump.formats.table import TableEntry
 from kmemdump.formats.table import TableSnapshot
 from kmemdump.formats.table import read_table
 from kmemdump.ids import ID
@@ -116,8 +121,6 @@ def dump_target(
     for a process that is already gone.
     """
     captured_ns = time.time_ns()
-    stopped_by_us = False
-    table_torn = False
     gone = False
     try:
         _identify(pid, start_time)
@@ -129,6 +132,32 @@ def dump_target(
         if reason != "death":
             raise
         gone = True
+    job = _Job(pid, start_time, table, reason, tuple(argv or ()), exe, gone, captured_ns)
+    path = options.directory / _file_name(pid, start_time, reason, captured_ns)
+    sink: _Sink = _BufferedCore(path) if options.compress else CoreWriter(path)
+    with sink:
+        return _dump_into(sink, job, options, snapshot)
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """The facts about one dump fixed before copying starts."""
+
+    pid: int
+    start_time: int
+    table: Path
+    reason: str
+    argv: tuple[str, ...]
+    exe: str | None
+    gone: bool
+    captured_ns: int
+
+
+def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnapshot | None) -> DumpResult:
+    pid, start_time, table, reason = job.pid, job.start_time, job.table, job.reason
+    argv, exe, gone, captured_ns = job.argv, job.exe, job.gone, job.captured_ns
+    stopped_by_us = False
+    table_torn = False
     if not gone and options.stop:
         stopped_by_us = _stop(pid)
     try:
@@ -143,7 +172,7 @@ def dump_target(
                 raise CollectorError("the process published no table", pid=pid, path=str(table)) from None
         assert snapshot is not None
         t0 = time.perf_counter()
-        records, segments, pycoreinfo = _copy(pid, snapshot, options, gone)
+        records, pycoreinfo = _copy(pid, snapshot, options, gone, sink)
         copy_ms = (time.perf_counter() - t0) * 1000
         stacks_note, stacks_state = _stacks(pid, options, gone or any(r.status == "gone" for r in records))
     finally:
@@ -158,7 +187,7 @@ def dump_target(
         start_time=start_time,
         captured_ns=captured_ns,
         host=platform.node(),
-        argv=tuple(argv or ()),
+        argv=argv,
         exe=exe,
         uid=_owner(table),
         py_hexversion=header.py_hexversion,
@@ -177,7 +206,7 @@ def dump_target(
     )
     notes = [
         prpsinfo_note(
-            pid, Path(exe or (argv or ["?"])[0]).name, " ".join(argv or ()), "T" if stopped_by_us else "R"
+            pid, Path(exe or (argv or ("?",))[0]).name, " ".join(argv), "T" if stopped_by_us else "R"
         ),
         prstatus_note(pid),
         Note("KMEMDUMP", KMD_NOTE_META, encode_meta(meta)),
@@ -186,62 +215,145 @@ def dump_target(
         notes.append(Note("PYCOREINFO", PYCOREINFO_NOTE, pycoreinfo))
     if stacks_note is not None:
         notes.append(Note("KMEMDUMP", KMD_NOTE_STACKS, stacks_note))
-    path = options.directory / _file_name(pid, start_time, reason, captured_ns)
-    final = write_core(path, segments, notes, compress=options.compress)
-    return DumpResult(Path(final), meta)
+    return DumpResult(sink.finish(notes), meta)
+
+
+class _Sink(Protocol):
+    """Where copied bytes go: a streamed core (:class:`CoreWriter`) or a buffered, compressed one."""
+
+    def __enter__(self) -> Any: ...
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None: ...
+    def begin(self, address: int) -> None: ...
+    def write(self, data: Any) -> None: ...
+    def end(self) -> int: ...
+    def add(self, address: int, data: Any) -> int: ...
+    def finish(self, notes: Sequence[Note]) -> Path: ...
+
+
+class _BufferedCore:
+    """Collects the segments in memory, then writes one zstd-compressed image (:func:`write_core`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._segments: list[Segment] = []
+        self._open: tuple[int, list[bytes]] | None = None
+
+    def __enter__(self) -> _BufferedCore:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._segments.clear()
+
+    def begin(self, address: int) -> None:
+        self._open = (address, [])
+
+    def write(self, data: Any) -> None:
+        assert self._open is not None
+        self._open[1].append(bytes(data))
+
+    def end(self) -> int:
+        assert self._open is not None
+        address, parts = self._open
+        self._open = None
+        data = b"".join(parts)
+        if data:
+            self._segments.append(Segment(address, data))
+        return len(data)
+
+    def add(self, address: int, data: Any) -> int:
+        self.begin(address)
+        self.write(data)
+        return self.end()
+
+    def finish(self, notes: Sequence[Note]) -> Path:
+        return write_core(self.path, self._segments, notes, compress=True)
 
 
 def _copy(
-    pid: int, snapshot: TableSnapshot, options: DumpOptions, gone: bool
-) -> tuple[list[RegionRecord], list[Segment], bytes | None]:
-    """Read every entry (ID order, within the budget) and describe what was stored."""
+    pid: int, snapshot: TableSnapshot, options: DumpOptions, gone: bool, sink: _Sink
+) -> tuple[list[RegionRecord], bytes | None]:
+    """Copy every entry (ID order, within the budget) into ``sink``; describe what was stored.
+
+    Small regions are read many per system call; a large one is read in chunks through one
+    reused buffer, so memory use stays small whatever the dump's size.
+    """
     records: list[RegionRecord] = []
-    wanted: list[tuple[int, int]] = []
-    planned = []
-    budget = options.budget
+    planned: list[tuple[TableEntry, int]] = []
     spent = 0
     for entry in snapshot.entries:  # sorted by id
         size = min(entry.size, options.max_region)
-        if budget is not None and spent + size > budget:
-            records.append(
-                RegionRecord(entry.id, entry.name, entry.kind, entry.address, entry.size, 0, "skipped")
-            )
+        if options.budget is not None and spent + size > options.budget:
+            records.append(_record(entry, 0, "skipped"))
             continue
         spent += size
-        planned.append(entry)
-        wanted.append((entry.address, size))
-    datas: list[bytes] = []
-    error = ""
-    if wanted and not gone:
+        planned.append((entry, size))
+    pycoreinfo: bytes | None = None
+    done = 0
+    error = "process gone before the copy"
+    if not gone and planned:
         try:
             with ProcessMemory(pid) as mem:
-                datas = mem.read_many(wanted)
+                buffer: bytearray | None = None
+                while done < len(planned):
+                    entry, size = planned[done]
+                    if size >= _CHUNK:
+                        buffer = buffer or bytearray(_CHUNK)
+                        stored = _copy_large(mem, entry.address, size, buffer, sink)
+                        records.append(_record(entry, stored, _status(stored, entry.size)))
+                        done += 1
+                        continue
+                    batch: list[tuple[TableEntry, int]] = []
+                    while done + len(batch) < len(planned) and len(batch) < _BATCH:
+                        candidate = planned[done + len(batch)]
+                        if candidate[1] >= _CHUNK:
+                            break
+                        batch.append(candidate)
+                    datas = mem.read_many([(e.address, n) for e, n in batch])
+                    for (entry, _), data in zip(batch, datas, strict=True):
+                        stored = sink.add(entry.address, data)
+                        records.append(_record(entry, stored, _status(stored, entry.size)))
+                        if entry.id == ID.PYCOREINFO and stored == entry.size:
+                            pycoreinfo = bytes(data)
+                    done += len(batch)
         except ProcessGoneError as err:
-            error = str(err)
-    segments: list[Segment] = []
-    pycoreinfo: bytes | None = None
-    for index, entry in enumerate(planned):
-        if index >= len(datas):
-            records.append(
-                RegionRecord(entry.id, entry.name, entry.kind, entry.address, entry.size, 0, "gone", error)
-            )
-            continue
-        data = datas[index]
-        if not data:
-            status = "unreadable"
-        elif len(data) < entry.size:
-            status = "partial"
-        else:
-            status = "ok"
-        records.append(
-            RegionRecord(entry.id, entry.name, entry.kind, entry.address, entry.size, len(data), status)
-        )
-        if data:
-            segments.append(Segment(entry.address, data))
-        if entry.id == ID.PYCOREINFO and status == "ok":
-            pycoreinfo = bytes(data)
+            error = f"process gone during the copy: {err}"
+    records.extend(_record(entry, 0, "gone", error) for entry, _ in planned[done:])
     records.sort(key=lambda r: r.id)
-    return records, segments, pycoreinfo
+    return records, pycoreinfo
+
+
+_CHUNK = 4 << 20
+"""Regions this large are copied in chunks of this size through one buffer."""
+_BATCH = 1024
+"""Smaller regions are read this many per process_vm_readv (its IOV_MAX)."""
+
+
+def _copy_large(mem: ProcessMemory, address: int, size: int, buffer: bytearray, sink: _Sink) -> int:
+    view = memoryview(buffer)
+    stored = 0
+    sink.begin(address)
+    try:
+        while stored < size:
+            want = min(len(buffer), size - stored)
+            got = mem.read_into(address + stored, view[:want])
+            if got:
+                sink.write(view[:got])
+                stored += got
+            if got < want:
+                break
+    finally:
+        sink.end()
+    return stored
+
+
+def _record(entry: TableEntry, stored: int, status: str, error: str = "") -> RegionRecord:
+    return RegionRecord(entry.id, entry.name, entry.kind, entry.address, entry.size, stored, status, error)
+
+
+def _status(stored: int, size: int) -> str:
+    if stored == 0:
+        return "unreadable"
+    return "ok" if stored >= size else "partial"
 
 
 def _stacks(pid: int, options: DumpOptions, gone: bool) -> tuple[bytes | None, str]:

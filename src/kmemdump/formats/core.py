@@ -52,6 +52,7 @@ __all__ = [
     "OWNER_PYCOREINFO",
     "PYCOREINFO_NOTE",
     "CoreImage",
+    "CoreWriter",
     "LoadSegment",
     "Note",
     "PsInfo",
@@ -269,27 +270,7 @@ def _layout(spans: Sequence[tuple[int, int]], notes: Sequence[Note], machine: in
     shoff = phoff + phnum * _PHDR.size if extended else 0
     notes_offset = phoff + phnum * _PHDR.size + (_SHDR.size if extended else 0)
     notes_blob = b"".join(note.encode() for note in notes)
-    header = _EHDR.pack(
-        ELF_MAGIC,
-        ELFCLASS64,
-        ELFDATA2LSB,
-        EV_CURRENT,
-        ELFOSABI_NONE,
-        0,  # EI_ABIVERSION
-        ET_CORE,
-        machine,
-        EV_CURRENT,
-        0,  # e_entry
-        phoff,
-        shoff,
-        0,  # e_flags
-        _EHDR.size,
-        _PHDR.size,
-        PN_XNUM if extended else phnum,
-        _SHDR.size if extended else 0,
-        1 if extended else 0,
-        0,  # e_shstrndx: SHN_UNDEF
-    )
+    header = _elf_header(machine, phoff, phnum, shoff)
     parts = [header, _PHDR.pack(PT_NOTE, 0, notes_offset, 0, 0, len(notes_blob), 0, 4)]
     offset = notes_offset + len(notes_blob)
     for address, size in spans:
@@ -502,6 +483,165 @@ def _sync_directory(directory: Path, final: Path) -> None:
             ) from err
     finally:
         os.close(fd)
+
+
+class CoreWriter:
+    """Stream a core image to disk: segment bytes go out as they are copied, the headers last.
+
+    The collector copies a region straight from the target into a small reused buffer and from
+    there into the file, so a dump of gigabytes needs megabytes of memory, and how many bytes each
+    region really gave is known only afterwards. So a streamed image puts the ELF header at 0, the
+    segment bytes from offset 64 on, back to back, then the notes, then the program header table
+    (``e_phoff`` points at it; ELF allows it anywhere). Readers (gdb, readelf, pyelftools, lldb)
+    follow the offsets and see the same image :func:`write_core` makes.
+
+        with CoreWriter(path) as out:
+            out.begin(address)
+            out.write(chunk)            # as many times as there are chunks
+            stored = out.end()          # 0: nothing stored, no PT_LOAD for it
+            final = out.finish(notes)   # atomic: temporary file, fsync, rename, fsync dir
+
+    Leaving the ``with`` block without :meth:`finish` (an exception) removes the temporary file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, machine: int | None = None) -> None:
+        self._machine = _check_machine(machine)
+        self.final = Path(path)
+        if os.path.lexists(self.final):
+            raise _exists(self.final)
+        self._temporary = self.final.parent / f".{self.final.name}.{secrets.token_hex(6)}.tmp"
+        self._spans: list[tuple[int, int, int]] = []  # (address, file offset, size)
+        self._open: list[int] | None = None  # [address, offset, size] of the segment being written
+        self._offset = _EHDR.size
+        try:
+            self._fd = os.open(
+                self._temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640
+            )
+            os.fchmod(self._fd, 0o640)
+            os.lseek(self._fd, self._offset, os.SEEK_SET)
+        except OSError as err:
+            raise _write_error(err, self.final) from err
+
+    @property
+    def bytes_stored(self) -> int:
+        return sum(size for _, _, size in self._spans)
+
+    def begin(self, address: int) -> None:
+        """Start the segment for memory at ``address``."""
+        if self._open is not None:
+            raise ValueError("a segment is already open; call end() first")
+        if not 0 <= address < _ADDRESS_END:
+            raise InvalidRegionError("segment address out of range", address=address)
+        self._open = [address, self._offset, 0]
+
+    def write(self, data: Any) -> None:
+        """Append bytes to the open segment."""
+        if self._open is None:
+            raise ValueError("no segment is open; call begin() first")
+        view = memoryview(data).cast("B")
+        if self._open[0] + self._open[2] + view.nbytes > _ADDRESS_END:
+            raise InvalidRegionError("segment runs past the end of the address space", address=self._open[0])
+        try:
+            _write_views(self._fd, [view])
+        except OSError as err:
+            self.abort()
+            raise _write_error(err, self.final) from err
+        self._open[2] += view.nbytes
+        self._offset += view.nbytes
+
+    def end(self) -> int:
+        """Close the open segment; return how many bytes it stored (0: no PT_LOAD for it)."""
+        if self._open is None:
+            raise ValueError("no segment is open")
+        address, offset, size = self._open
+        self._open = None
+        if size:
+            self._spans.append((address, offset, size))
+        return size
+
+    def add(self, address: int, data: Any) -> int:
+        """A whole segment at once."""
+        self.begin(address)
+        self.write(data)
+        return self.end()
+
+    def finish(self, notes: Sequence[Note]) -> Path:
+        """Write the notes and the headers, make the file durable and give it its final name."""
+        if self._open is not None:
+            self.end()
+        try:
+            notes_blob = b"".join(note.encode() for note in notes)
+            notes_offset = self._offset
+            phoff = notes_offset + len(notes_blob)
+            phnum = 1 + len(self._spans)
+            extended = phnum >= PN_XNUM
+            shoff = phoff + phnum * _PHDR.size if extended else 0
+            table = [_PHDR.pack(PT_NOTE, 0, notes_offset, 0, 0, len(notes_blob), 0, 4)]
+            table.extend(
+                _PHDR.pack(PT_LOAD, PF_R | PF_W, offset, address, 0, size, size, 1)
+                for address, offset, size in self._spans
+            )
+            if extended:
+                table.append(_SHDR.pack(0, 0, 0, 0, 0, 0, 0, phnum, 0, 0))
+            _write_views(self._fd, [memoryview(notes_blob), *(memoryview(t) for t in table)])
+            header = _elf_header(self._machine, phoff, phnum, shoff)
+            if os.pwrite(self._fd, header, 0) != len(header):
+                raise OSError(errno.EIO, "short write of the ELF header")
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            _rename_noreplace(self._temporary, self.final)
+        except BaseException as err:
+            self.abort()
+            if isinstance(err, FileExistsError) and err.filename == os.fspath(self.final):
+                raise _exists(self.final) from err
+            if isinstance(err, OSError):
+                raise _write_error(err, self.final) from err
+            raise
+        _sync_directory(self.final.parent, self.final)
+        return self.final
+
+    def abort(self) -> None:
+        """Give up: close and remove the temporary file (harmless when already done)."""
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+            with contextlib.suppress(OSError):
+                os.unlink(self._temporary)
+
+    def __enter__(self) -> CoreWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.abort()
+
+
+def _elf_header(machine: int, phoff: int, phnum: int, shoff: int) -> bytes:
+    extended = phnum >= PN_XNUM
+    return _EHDR.pack(
+        ELF_MAGIC,
+        ELFCLASS64,
+        ELFDATA2LSB,
+        EV_CURRENT,
+        ELFOSABI_NONE,
+        0,  # EI_ABIVERSION
+        ET_CORE,
+        machine,
+        EV_CURRENT,
+        0,  # e_entry
+        phoff,
+        shoff,
+        0,  # e_flags
+        _EHDR.size,
+        _PHDR.size,
+        PN_XNUM if extended else phnum,
+        _SHDR.size if extended else 0,
+        1 if extended else 0,
+        0,  # e_shstrndx: SHN_UNDEF
+    )
 
 
 # --- the reader --------------------------------------------------------------------------------------
