@@ -25,7 +25,7 @@ class Row:
         base = (
             "—" if self.baseline is None else f"{_fmt(self.baseline, self.ours_unit)} ({self.baseline_label})"
         )
-        ratio = "—" if self.ratio is None else f"{self.ratio:.3g}×"
+        ratio = "—" if self.ratio is None else f"{self.ratio:.3g}x"
         met = {True: "yes", False: "NO", None: "—"}[self.met]
         return (self.measure, ours, base, ratio, self.target, met)
 

@@ -12,8 +12,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks.rows import Row
@@ -75,7 +75,7 @@ def registration() -> list[Row]:
                 base,
                 "dict insert+delete",
                 ours / base,
-                "≤ 1.5 µs and ≤ 8×",
+                "≤ 1.5 µs and ≤ 8x",
                 ours <= 1500 and ours / base <= 8,
             )
         )
@@ -119,7 +119,7 @@ def registration() -> list[Row]:
                 costs[10],
                 "with 10 live",
                 ratio,
-                "flat: 0.8–1.2×",
+                "flat: 0.8-1.2x",
                 0.8 <= ratio <= 1.2,
             )
         )
@@ -247,7 +247,7 @@ def throughput() -> list[Row]:
                     plain_ns,
                     "write+fsync 64 MiB, same dir",
                     ratio,
-                    "≥ 0.8× the plain rate",
+                    "≥ 0.8x the plain rate",
                     ratio >= 0.8,
                 )
             )
@@ -298,7 +298,7 @@ def throughput() -> list[Row]:
                     st.st_blocks * 512,
                     "allocated",
                     st.st_size / (st.st_blocks * 512),
-                    "≈ 1× (no sparse holes)",
+                    "≈ 1x (no sparse holes)",
                     0.95 <= st.st_size / (st.st_blocks * 512) <= 1.05,
                 )
             )
@@ -313,7 +313,7 @@ def throughput() -> list[Row]:
                     2.2e9,
                     "minicoredumper gzip, quoted",
                     tz / 2.2e9,
-                    "≥ 10× faster (≤ 0.1×)",
+                    "≥ 10x faster (≤ 0.1x)",
                     tz <= 0.22e9,
                 )
             )
@@ -403,7 +403,7 @@ def gcore() -> list[Row]:
             theirs_size,
             "gcore",
             1 / size_ratio,
-            "≥ 500× smaller",
+            "≥ 500x smaller",
             size_ratio >= 500,
         ),
         Row(
@@ -413,7 +413,7 @@ def gcore() -> list[Row]:
             theirs,
             "gcore",
             1 / speed_ratio,
-            "≥ 50× faster",
+            "≥ 50x faster",
             speed_ratio >= 50,
         ),
     ]
