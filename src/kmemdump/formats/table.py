@@ -7,9 +7,9 @@ the bytes for programs in other languages. Little-endian throughout; every layou
 
 Writers change entries under a seqlock: ``generation`` becomes odd, the entry and ``count`` are
 written, ``generation`` becomes even again. A reader copies the table between two reads of an
-even, unchanged generation. The Python writer relies on the stores of successive ``pack_into``
-calls reaching memory in program order, which x86-64 (TSO) guarantees; see the format notes for
-writers on weakly ordered CPUs.
+even, unchanged generation. Header words that change while readers look are stored whole (see
+:class:`TableWriter`). The Python writer relies on its stores reaching memory in program order,
+which x86-64 (TSO) guarantees; see the format notes for writers on weakly ordered CPUs.
 
 Standard library only: the producer imports this module.
 """
@@ -23,6 +23,7 @@ import mmap
 import os
 import stat
 import struct
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,7 +143,7 @@ generation, heartbeat, last_feed_ns, watchdog_timeout_ns, collector_pid, count, 
 ENTRY_STRUCT: Final = struct.Struct("<32sIIQQHHI")
 """name, id, valid, address, size, kind, flags, reserved."""
 FEED_STRUCT: Final = struct.Struct("<QQ")
-"""heartbeat, last_feed_ns: one store per feed."""
+"""heartbeat, last_feed_ns (for readers; the writer stores them one word at a time)."""
 
 _U64: Final = struct.Struct("<Q")
 _U32: Final = struct.Struct("<I")
@@ -154,11 +155,18 @@ _KINDS: Final = {int(kind): kind for kind in RegionKind}
 _KIND_LIMIT: Final = max(_KINDS) + 1
 _KIND_OK: Final = bytes(1 if value in _KINDS else 0 for value in range(_KIND_LIMIT))
 """Indexed by kind: a C-level check (an IntEnum's own hash runs Python code)."""
-_pack_u64: Final = _U64.pack_into
-_pack_u32: Final = _U32.pack_into
 _pack_entry: Final = ENTRY_STRUCT.pack_into
 _zero_entry: Final = struct.Struct(f"{ENTRY_SIZE}x").pack_into
 """Writes 64 zero bytes (pack_into zero-fills a struct's padding)."""
+
+# Indexes of the header words the writer changes while readers look (native word views).
+_W_GENERATION: Final = OFF_GENERATION // 8
+_W_HEARTBEAT: Final = OFF_HEARTBEAT // 8
+_W_LAST_FEED_NS: Final = OFF_LAST_FEED_NS // 8
+_W_WATCHDOG_TIMEOUT_NS: Final = OFF_WATCHDOG_TIMEOUT_NS // 8
+_I_STATE: Final = OFF_STATE // 4
+_I_COLLECTOR_PID: Final = OFF_COLLECTOR_PID // 4
+_I_COUNT: Final = OFF_COUNT // 4
 
 assert HEADER_STRUCT.size == HEADER_SIZE and ENTRY_STRUCT.size == ENTRY_SIZE
 
@@ -274,13 +282,32 @@ class TableWriter:
     backend serialises them); :meth:`feed` may run at any time from any thread, since it writes
     only the heartbeat words.
 
+    Header words that change while readers look (generation, count, heartbeat, last feed, state,
+    timeout) are stored through native ``Q``/``I`` views of the buffer: one aligned store each.
+    ``struct.pack_into`` would not do there, because it zero-fills its target before writing the
+    value, and a reader copying the header at that instant would see a zero (a last feed at time
+    0 looks like a hang). Entries change only under the seqlock, so they use ``pack_into``.
+
     ``feed`` is a plain function attribute, not a method, so that calling it costs one Python
-    call: it bumps the heartbeat counter and stores it with ``time.monotonic_ns()`` in one
-    ``pack_into``. Every 1024th feed also calls ``on_tick`` (the backend checks the collector pid
-    there).
+    call: it bumps the heartbeat counter and stores it with ``time.monotonic_ns()``. Every 1024th
+    feed also calls ``on_tick`` (the backend checks the collector pid there).
+
+    The views pin the buffer (an mmap cannot be closed while they exist); :meth:`release` drops
+    them, after which every write through this writer, ``feed`` included, raises ``ValueError``.
     """
 
-    __slots__ = ("_buf", "_capacity", "_count", "_gen", "_live", "_next_beat", "_on_tick", "feed")
+    __slots__ = (
+        "_buf",
+        "_capacity",
+        "_count",
+        "_gen",
+        "_live",
+        "_next_beat",
+        "_on_tick",
+        "_u32",
+        "_u64",
+        "feed",
+    )
 
     feed: Callable[[], None]
 
@@ -295,6 +322,8 @@ class TableWriter:
         created_ns: int,
         on_tick: Callable[[], object] | None = None,
     ) -> None:
+        if sys.byteorder != "little":  # the native word views below store little-endian values
+            raise TableFormatError("the table writer needs a little-endian CPU")
         size = table_size(capacity)
         with memoryview(buf) as view:
             if view.readonly:
@@ -312,23 +341,31 @@ class TableWriter:
             raise TableFormatError(f"header value out of range: {err}") from err
         buf[HEADER_SIZE:size] = bytes(size - HEADER_SIZE)
         self._buf = buf
+        with memoryview(buf) as whole:
+            self._u64 = whole[:HEADER_SIZE].cast("Q")
+            self._u32 = whole[:HEADER_SIZE].cast("I")
         self._capacity = capacity
         self._count = 0
         self._gen = 0
         self._live = bytearray(capacity)
         self._next_beat = itertools.count(1).__next__
         self._on_tick: Callable[[], object] = on_tick if on_tick is not None else _nothing
-        self.feed = _make_feed(buf, self._next_beat, self._on_tick)
+        self.feed = _make_feed(self._u64, self._next_beat, self._on_tick)
+
+    def release(self) -> None:
+        """Drop the views into the buffer; the writer (and its ``feed``) can no longer write."""
+        self._u64.release()
+        self._u32.release()
 
     # --- heartbeat ---------------------------------------------------------------------------
 
-    def feed_binding(self) -> tuple[WritableBuffer, Callable[[], int], Callable[[], object]]:
-        """What a feed function needs: the buffer, the shared counter's ``next`` and the tick hook.
+    def feed_binding(self) -> tuple[memoryview, Callable[[], int], Callable[[], object]]:
+        """What a feed function needs: the header's u64 view, the counter's ``next`` and the tick hook.
 
         :mod:`kmemdump.watchdog` points its own ``feed`` at these, so that feeding through the
         watchdog or through :attr:`feed` advances one counter.
         """
-        return self._buf, self._next_beat, self._on_tick
+        return self._u64, self._next_beat, self._on_tick
 
     def set_watchdog(self, timeout_ns: int) -> None:
         """Publish the watchdog timeout (0 disables it)."""
@@ -336,14 +373,14 @@ class TableWriter:
             raise InvalidRegionError(
                 "watchdog timeout must be an int of nanoseconds >= 0", timeout_ns=timeout_ns
             )
-        _U64.pack_into(self._buf, OFF_WATCHDOG_TIMEOUT_NS, timeout_ns)
+        self._u64[_W_WATCHDOG_TIMEOUT_NS] = timeout_ns
 
     def set_state(self, state: TableState) -> None:
-        _U32.pack_into(self._buf, OFF_STATE, TableState(state))
+        self._u32[_I_STATE] = TableState(state)
 
     def collector_pid(self) -> int:
         """The pid a collector wrote into the header (0 when none did)."""
-        return int(_U32.unpack_from(self._buf, OFF_COLLECTOR_PID)[0])
+        return self._u32[_I_COLLECTOR_PID]
 
     # --- entries -----------------------------------------------------------------------------
 
@@ -389,18 +426,18 @@ class TableWriter:
             and 0 <= slot < self._capacity
         ):
             raise self._refusal(slot, id, name, address, size, kind, flags)
-        buf = self._buf
+        words = self._u64
         gen = self._gen + 1
-        _pack_u64(buf, OFF_GENERATION, gen)
-        _pack_entry(buf, HEADER_SIZE + slot * ENTRY_SIZE, raw, id, VALID, address, size, kind, flags, 0)
+        words[_W_GENERATION] = gen
+        _pack_entry(self._buf, HEADER_SIZE + slot * ENTRY_SIZE, raw, id, VALID, address, size, kind, flags, 0)
         live = self._live
         if not live[slot]:
             live[slot] = 1
             self._count += 1
-            _pack_u32(buf, OFF_COUNT, self._count)
+            self._u32[_I_COUNT] = self._count
         gen += 1
         self._gen = gen
-        _pack_u64(buf, OFF_GENERATION, gen)
+        words[_W_GENERATION] = gen
 
     def _refusal(  # noqa: PLR0917 - mirrors put()
         self, slot: int, id: int, name: str, address: int, size: int, kind: int, flags: int
@@ -428,28 +465,28 @@ class TableWriter:
         live = self._live
         if not live[slot]:
             return
-        buf = self._buf
+        words = self._u64
         gen = self._gen + 1
-        _pack_u64(buf, OFF_GENERATION, gen)
-        _zero_entry(buf, HEADER_SIZE + slot * ENTRY_SIZE)
+        words[_W_GENERATION] = gen
+        _zero_entry(self._buf, HEADER_SIZE + slot * ENTRY_SIZE)
         live[slot] = 0
         self._count -= 1
-        _pack_u32(buf, OFF_COUNT, self._count)
+        self._u32[_I_COUNT] = self._count
         gen += 1
         self._gen = gen
-        _pack_u64(buf, OFF_GENERATION, gen)
+        words[_W_GENERATION] = gen
 
 
 def _make_feed(
-    buf: WritableBuffer, next_beat: Callable[[], int], on_tick: Callable[[], object]
+    words: memoryview, next_beat: Callable[[], int], on_tick: Callable[[], object]
 ) -> Callable[[], None]:
-    pack = FEED_STRUCT.pack_into
     clock = time.monotonic_ns
 
     def feed() -> None:
-        """Beat the heartbeat: counter + 1 and the monotonic clock, in one store."""
+        """Beat the heartbeat: the monotonic clock, then counter + 1 (one aligned store each)."""
         beat = next_beat()
-        pack(buf, OFF_HEARTBEAT, beat, clock())
+        words[_W_LAST_FEED_NS] = clock()
+        words[_W_HEARTBEAT] = beat
         if not beat & FEED_TICK_MASK:
             on_tick()
 
@@ -606,7 +643,7 @@ class TableReader:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+        self.path = os.fspath(path)  # not a Path: building one costs more than the read
         self._fd = _open_table(path, os.O_RDONLY)
 
     def fileno(self) -> int:
@@ -657,7 +694,7 @@ class TableReader:
                 return parse_table(data)
         raise TableFormatError(
             f"table kept changing: no stable even generation in {max(1, retries)} attempts",
-            path=str(self.path),
+            path=self.path,
             generation=generation,
         )
 

@@ -1,0 +1,450 @@
+"""``SharedTableBackend``: publishes the registry's regions in this process's shared table file.
+
+The seed's backend "notes the address and size in a table written to shared memory that
+firmware can read". Here the table is a file ``<pid>-<start_time>.table`` in a private directory
+on tmpfs (``$KMEMDUMP_DIR`` or ``/dev/shm/kmemdump-<uid>``), mmapped and laid out as described in
+:mod:`kmemdump.formats.table`. The collector finds it there, reads it with ``pread`` and copies
+the regions it lists.
+
+Life cycle: the table is built under a temporary name and hard-linked into place once complete
+(state ``RUNNING``), so a reader never sees a half-initialised table. :meth:`close` (also run at
+interpreter exit) sets ``EXITING`` and removes the file; a process that dies or hangs leaves it
+for the collector. A forked child detaches from the parent's mapping at once and publishes
+nothing until its owner calls :meth:`SharedTableBackend.reopen_for_child`.
+
+Standard library only; ``ctypes`` is imported on the first ``prctl`` call.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import functools
+import itertools
+import logging
+import mmap
+import os
+import stat
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+
+from kmemdump.errors import BackendError
+from kmemdump.errors import RegionExistsError
+from kmemdump.errors import RegistryFullError
+from kmemdump.formats.table import MAX_CAPACITY
+from kmemdump.formats.table import TABLE_SUFFIX
+from kmemdump.formats.table import TableState
+from kmemdump.formats.table import TableWriter
+from kmemdump.formats.table import default_dir
+from kmemdump.formats.table import table_size
+from kmemdump.procinfo import self_start_time
+from kmemdump.region import Region
+from kmemdump.watchdog import current as _watchdog_current
+from kmemdump.watchdog import detach as _watchdog_detach
+from kmemdump.watchdog import refresh as _watchdog_refresh
+
+__all__ = ["DEFAULT_CAPACITY", "PR_SET_PTRACER", "SharedTableBackend"]
+
+log = logging.getLogger("kmemdump")
+
+DEFAULT_CAPACITY = 201
+PR_SET_PTRACER = 0x59616D61
+"""``prctl`` option of the Yama LSM: let one named process ptrace us (``'Yama'`` in ASCII)."""
+
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+
+_live_paths: set[str] = set()
+"""Tables this process publishes right now (a second backend must not take one over)."""
+_backends: weakref.WeakSet[SharedTableBackend] = weakref.WeakSet()
+_temp_serial = itertools.count()
+
+
+class SharedTableBackend:
+    """A backend that publishes every region in a shared table file (format v1).
+
+    ``directory`` defaults to :func:`kmemdump.formats.table.default_dir`; it is created with mode
+    0700, and an existing one must be a real directory owned by us and not writable by group or
+    others. ``capacity`` is the number of entry slots (use the registry's capacity). Registration
+    and unregistration are O(1) and thread-safe.
+    """
+
+    name = "shared-table"
+
+    def __init__(
+        self, directory: str | os.PathLike[str] | None = None, *, capacity: int = DEFAULT_CAPACITY
+    ) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or not 0 < capacity <= MAX_CAPACITY:
+            raise BackendError(f"capacity must be an int in 1..{MAX_CAPACITY}", capacity=capacity)
+        self.directory = Path(directory) if directory is not None else default_dir()
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._entries: dict[int, tuple[int, Region]] = {}  # id -> (slot, region)
+        self._free = list(range(capacity - 1, -1, -1))  # pop() gives the lowest slot
+        self._writer: TableWriter | None = None
+        self._mm: mmap.mmap | None = None
+        self._path: Path | None = None
+        self._dir_fd = -1
+        self._owner_pid = 0
+        self._granted = 0
+        self._closed = False
+        self._dir_fd = _open_private_dir(self.directory)
+        try:
+            self._publish()
+        except BaseException:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+            raise
+        _backends.add(self)
+        atexit.register(self.close)
+
+    def __repr__(self) -> str:
+        where = self._path if self._path is not None else "unpublished"
+        return f"SharedTableBackend({str(where)!r}, capacity={self.capacity}, regions={len(self._entries)})"
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # --- state -------------------------------------------------------------------------------
+
+    @property
+    def published(self) -> bool:
+        """True while this process has a table it keeps current."""
+        return self._writer is not None
+
+    @property
+    def path(self) -> Path:
+        """The table file; :class:`BackendError` when none is published (closed, or a forked child)."""
+        if self._path is None:
+            raise BackendError("no table is published", backend=self.name)
+        return self._path
+
+    @property
+    def writer(self) -> TableWriter:
+        """The table's writer; :class:`BackendError` when none is published."""
+        writer = self._writer
+        if writer is None:
+            raise BackendError("no table is published", backend=self.name)
+        return writer
+
+    @property
+    def granted_pid(self) -> int:
+        """The collector pid last passed to ``prctl(PR_SET_PTRACER)`` (0 when none)."""
+        return self._granted
+
+    # --- the Backend protocol -------------------------------------------------------------------
+
+    def register_region(self, region: Region) -> None:
+        """Publish ``region`` in a free slot; raises (refusing it) when the table cannot hold it."""
+        lock = self._lock
+        lock.acquire()  # not "with": this is the hot path, and acquire/release is half the cost
+        try:
+            if self._closed:
+                raise BackendError("the shared table is closed", id=region.id)
+            region_id = region.id
+            if region_id in self._entries:
+                raise RegionExistsError("ID already in the shared table", id=region_id)
+            free = self._free
+            if not free:
+                raise RegistryFullError("the shared table is full", capacity=self.capacity)
+            slot = free.pop()
+            writer = self._writer
+            if writer is not None:
+                try:
+                    writer.put(slot, region_id, region.name, region.address, region.size, region.kind)
+                except BaseException:
+                    free.append(slot)
+                    raise
+                self._check_collector(writer)
+            self._entries[region_id] = (slot, region)
+        finally:
+            lock.release()
+
+    def unregister_region(self, region: Region) -> None:
+        """Remove ``region`` from the table; an ID the table does not hold is ignored."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            found = self._entries.pop(region.id, None)
+            if found is None:
+                return
+            slot = found[0]
+            writer = self._writer
+            if writer is not None:
+                writer.clear(slot)
+                self._check_collector(writer)
+            self._free.append(slot)
+        finally:
+            lock.release()
+
+    # --- ptrace permission for the collector ----------------------------------------------------------
+
+    def grant_ptrace(self) -> bool:
+        """Let the collector named in the table ptrace (and so read) this process under Yama.
+
+        Calls ``prctl(PR_SET_PTRACER, pid)`` when the table holds a collector pid other than the
+        one granted last. Returns True when a ``prctl`` call succeeded now. Without Yama the call
+        fails with ``EINVAL`` and nothing is needed; that is not an error.
+        """
+        writer = self._writer
+        if writer is None:
+            return False
+        pid = writer.collector_pid()
+        if not pid or pid == self._granted:
+            return False
+        return self._grant(pid)
+
+    def _check_collector(self, writer: TableWriter) -> None:
+        pid = writer.collector_pid()
+        if pid and pid != self._granted:
+            self._grant(pid)
+
+    def _grant(self, pid: int) -> bool:
+        self._granted = pid
+        return _set_ptracer(pid)
+
+    # --- publishing -------------------------------------------------------------------------------
+
+    def _publish(self) -> None:
+        """Build a complete table under a temporary name, then link it into place."""
+        pid = os.getpid()
+        start = self_start_time()
+        final = f"{pid}-{start}{TABLE_SUFFIX}"
+        temp = f".{pid}-{start}-{next(_temp_serial)}.tmp"
+        dir_fd = self._dir_fd
+        size = table_size(self.capacity)
+        try:
+            fd = os.open(
+                temp,
+                os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                _FILE_MODE,
+                dir_fd=dir_fd,
+            )
+        except OSError as err:
+            raise BackendError(
+                f"cannot create the table file: {err.strerror}", path=str(self.directory / temp)
+            ) from err
+        mm: mmap.mmap | None = None
+        writer: TableWriter | None = None
+        linked = False
+        try:
+            os.fchmod(fd, _FILE_MODE)  # whatever the umask
+            os.ftruncate(fd, size)
+            mm = mmap.mmap(fd, size)  # keeps its own descriptor
+            writer = TableWriter(
+                mm,
+                capacity=self.capacity,
+                pid=pid,
+                start_time=start,
+                py_hexversion=sys.hexversion,
+                created_ns=time.time_ns(),
+                on_tick=_weak_tick(self),
+            )
+            for slot, region in self._entries.values():  # a reopened table starts with every region
+                writer.put(slot, region.id, region.name, region.address, region.size, region.kind)
+            writer.set_state(TableState.RUNNING)
+            self._link(temp, final)
+            linked = True
+        except OSError as err:
+            raise BackendError(
+                f"cannot create the table file: {err.strerror}", path=str(self.directory)
+            ) from err
+        finally:
+            os.close(fd)
+            try:
+                os.unlink(temp, dir_fd=dir_fd)
+            except OSError:
+                log.warning("could not remove the temporary table %s", self.directory / temp)
+            if not linked:
+                if writer is not None:
+                    writer.release()
+                if mm is not None:
+                    mm.close()
+        self._mm = mm
+        self._writer = writer
+        self._path = self.directory / final
+        self._owner_pid = pid
+        self._granted = 0
+        _live_paths.add(str(self._path))
+        self.grant_ptrace()
+
+    def _link(self, temp: str, final: str) -> None:
+        dir_fd = self._dir_fd
+        try:
+            os.link(temp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            return
+        except FileExistsError:
+            if not self._stale(final):
+                raise BackendError(
+                    "refusing to publish: the table path exists and is not a stale table of ours",
+                    path=str(self.directory / final),
+                ) from None
+        # Same pid and start time as a table this process does not hold: left over from an
+        # earlier boot (start times count from boot) in a directory that survives reboots.
+        os.unlink(final, dir_fd=dir_fd)
+        try:
+            os.link(temp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except FileExistsError:
+            raise BackendError(
+                "the table path was taken while publishing", path=str(self.directory / final)
+            ) from None
+
+    def _stale(self, final: str) -> bool:
+        if str(self.directory / final) in _live_paths:
+            return False
+        try:
+            info = os.lstat(final, dir_fd=self._dir_fd)
+        except FileNotFoundError:
+            return True
+        return stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
+
+    def reopen_for_child(self) -> Path:
+        """In a forked child: publish a fresh table for this pid holding every current region.
+
+        The registry owner decides whether a child publishes; until this is called the child's
+        backend only keeps its bookkeeping. If the watchdog was attached to this backend, it
+        follows the new table.
+        """
+        with self._lock:
+            if self._closed:
+                raise BackendError("the shared table is closed")
+            if self._writer is not None:
+                raise BackendError("this process already publishes its table", path=str(self._path))
+            self._publish()
+            path = self.path
+        if _watchdog_current() is self:
+            _watchdog_refresh()
+        return path
+
+    def _detach_after_fork(self) -> None:
+        """In a forked child: drop the parent's table without touching it."""
+        self._lock = threading.Lock()  # another thread may have held it at fork time
+        mm, self._mm = self._mm, None
+        writer, self._writer = self._writer, None
+        self._path = None
+        self._granted = 0  # PR_SET_PTRACER is not inherited
+        if writer is not None:
+            writer.release()  # a stray feed or put through an old reference now raises
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:
+                log.warning("the parent's table is still exported in the child; not unmapped")
+
+    # --- closing -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Mark the table ``EXITING`` and remove it. Registered with :mod:`atexit`; idempotent.
+
+        The mapping itself is left to the garbage collector, so that a feeder thread caught in
+        the middle of a beat writes into the unlinked file instead of failing.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            atexit.unregister(self.close)
+            if _watchdog_current() is self:
+                _watchdog_detach()
+            writer, path = self._writer, self._path
+            self._writer = self._mm = self._path = None
+            if writer is not None and path is not None and self._owner_pid == os.getpid():
+                writer.set_state(TableState.EXITING)
+                self._unlink(path)
+                _live_paths.discard(str(path))
+            if self._dir_fd >= 0:
+                os.close(self._dir_fd)
+                self._dir_fd = -1
+
+    def _unlink(self, path: Path) -> None:
+        try:
+            os.unlink(path.name, dir_fd=self._dir_fd)
+        except FileNotFoundError:
+            pass  # removed by someone else (a collector cleaning up)
+        except OSError as err:
+            log.warning("could not remove the table %s: %s", path, err)
+
+
+def _weak_tick(backend: SharedTableBackend) -> Callable[[], object]:
+    """The writer's every-1024th-feed hook, without a reference cycle through the backend."""
+    ref = weakref.ref(backend)
+
+    def tick() -> None:
+        target = ref()
+        if target is not None:
+            target.grant_ptrace()
+
+    return tick
+
+
+def _open_private_dir(directory: Path) -> int:
+    """Create or check the table directory and return an ``O_DIRECTORY`` descriptor for it."""
+    created = False
+    try:
+        os.mkdir(directory, _DIR_MODE)
+        created = True
+    except FileExistsError:
+        pass
+    except OSError as err:
+        raise BackendError(f"cannot create the table directory: {err.strerror}", path=str(directory)) from err
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise BackendError(
+                "the table directory is a symbolic link or not a directory", path=str(directory)
+            ) from err
+        raise BackendError(f"cannot open the table directory: {err.strerror}", path=str(directory)) from err
+    try:
+        info = os.fstat(dir_fd)
+        if info.st_uid != os.geteuid():
+            raise BackendError(
+                "the table directory belongs to another user", path=str(directory), uid=info.st_uid
+            )
+        if created:
+            os.fchmod(dir_fd, _DIR_MODE)  # whatever the umask
+        elif info.st_mode & 0o022:
+            raise BackendError(
+                "the table directory is writable by group or others",
+                path=str(directory),
+                mode=oct(stat.S_IMODE(info.st_mode)),
+            )
+    except BaseException:
+        os.close(dir_fd)
+        raise
+    return dir_fd
+
+
+@functools.cache
+def _prctl() -> Callable[[int, int, int, int, int], int]:
+    import ctypes  # lazily: most processes never meet a collector
+
+    function = ctypes.CDLL(None, use_errno=True).prctl
+    function.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _set_ptracer(pid: int) -> bool:
+    """``prctl(PR_SET_PTRACER, pid)``; False (and no error) when it fails, e.g. without Yama."""
+    if _prctl()(PR_SET_PTRACER, pid, 0, 0, 0) == 0:
+        return True
+    import ctypes  # loaded by _prctl already
+
+    err = ctypes.get_errno()
+    if err != errno.EINVAL:  # EINVAL: no Yama, or the pid is gone; nothing to do either way
+        log.debug("prctl(PR_SET_PTRACER, %d) failed: %s", pid, os.strerror(err))
+    return False
+
+
+def _after_fork_in_child() -> None:
+    for backend in list(_backends):
+        backend._detach_after_fork()
+    _live_paths.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
