@@ -127,15 +127,13 @@ def registration() -> list[Row]:
 
 
 def feeding() -> list[Row]:
-    import importlib
-
-    watchdog = importlib.import_module("kmemdump.watchdog")
+    from kmemdump import heartbeat
     from kmemdump.backends.table import SharedTableBackend
 
     with _tmpdir("kmd-bench-") as tables:
         backend = SharedTableBackend(tables)
-        watchdog.attach(backend)
-        feed = watchdog.feed
+        heartbeat.attach(backend)
+        feed = heartbeat.feed
 
         def feeds(n: int) -> None:
             for _ in range(n):
@@ -149,7 +147,7 @@ def feeding() -> list[Row]:
 
         ours = best_ns_per_op(feeds, 200_000)
         base = best_ns_per_op(clocks, 200_000)
-        watchdog.detach()
+        heartbeat.detach()
         backend.close()
     return [Row("feed()", ours, "ns", base, "time.monotonic_ns() call", ours / base, "≤ 150 ns", ours <= 150)]
 

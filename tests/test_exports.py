@@ -65,12 +65,13 @@ def test_api_and_errors_are_reexported() -> None:
         assert getattr(kmemdump, name) is getattr(api, name)
 
 
-def test_watchdog_names_are_the_watchdog_functions() -> None:
-    watchdog = sys.modules["kmemdump.watchdog"]
-    assert kmemdump.feed is watchdog.feed
-    assert kmemdump.watchdog is watchdog.set_watchdog
-    assert kmemdump.start_feeder is watchdog.start_feeder
-    assert kmemdump.stop_feeder is watchdog.stop_feeder
+def test_watchdog_names_are_the_heartbeat_functions() -> None:
+    import kmemdump.heartbeat as heartbeat  # the module: nothing in the package shadows its name
+
+    assert kmemdump.feed is heartbeat.feed
+    assert kmemdump.watchdog is heartbeat.set_watchdog
+    assert kmemdump.start_feeder is heartbeat.start_feeder
+    assert kmemdump.stop_feeder is heartbeat.stop_feeder
 
 
 def test_unknown_attribute_raises_attribute_error() -> None:

@@ -280,7 +280,7 @@ def test_init_with_table_and_watchdog(tmp_path: Path) -> None:
     out = _child(
         """
         import json, os, sys, threading, kmemdump
-        watchdog = sys.modules["kmemdump.watchdog"]  # kmemdump.watchdog is set_watchdog
+        watchdog = sys.modules["kmemdump.heartbeat"]
         report = kmemdump.init(
             table=True, directory=sys.argv[1], watchdog=30.0, feeder=True, pycoreinfo=False
         )

@@ -346,7 +346,7 @@ import json, os
 from kmemdump.backends.table import SharedTableBackend
 from kmemdump.formats.table import read_table
 from kmemdump.region import Region, RegionKind
-from kmemdump.watchdog import attach, feed
+from kmemdump.heartbeat import attach, feed
 
 backend = SharedTableBackend(capacity=8)
 backend.register_region(Region(16, 0x1000, 8, RegionKind.ADDRESS, "parent"))
@@ -489,7 +489,7 @@ BUSY_WRITER = r"""
 import threading
 from kmemdump.backends.table import SharedTableBackend
 from kmemdump.region import Region, RegionKind
-from kmemdump.watchdog import attach, feed
+from kmemdump.heartbeat import attach, feed
 
 backend = SharedTableBackend(capacity=2)
 attach(backend)

@@ -48,6 +48,10 @@ from .errors import RegistryFullError
 from .errors import TableFormatError
 from .errors import UnknownRegionError
 from .errors import UnreadableMemoryError
+from .heartbeat import feed
+from .heartbeat import set_watchdog as watchdog
+from .heartbeat import start_feeder
+from .heartbeat import stop_feeder
 from .ids import ID
 from .ids import NO_ID
 from .region import Region
@@ -55,10 +59,6 @@ from .region import RegionKind
 from .registry import Registry
 from .registry import ReplayFailure
 from .registry import SwapReport
-from .watchdog import feed
-from .watchdog import set_watchdog as watchdog
-from .watchdog import start_feeder
-from .watchdog import stop_feeder
 
 if TYPE_CHECKING:
     from .backends.table import SharedTableBackend

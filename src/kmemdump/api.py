@@ -12,7 +12,7 @@ from typing import Any
 from typing import TypeVar
 
 from . import alloc as _alloc
-from . import watchdog as _watchdog
+from . import heartbeat as _heartbeat
 from .annotations import Annotation
 from .annotations import caller_origin
 from .annotations import section
@@ -157,7 +157,7 @@ def current_backend() -> Backend:
 
 
 def _attach_watchdog(backend: Backend | None) -> None:
-    _watchdog.attach(backend)
+    _heartbeat.attach(backend)
 
 
 # --- init ----------------------------------------------------------------------------------
@@ -217,9 +217,9 @@ def init(
         _init.done = True
         table_path = _ensure_table(directory) if table else _current_table_path()
         if watchdog is not None:
-            _watchdog.set_watchdog(watchdog)
+            _heartbeat.set_watchdog(watchdog)
         if feeder:
-            _watchdog.start_feeder()
+            _heartbeat.start_feeder()
     if walked is not None:
         failures.extend(walked.failed)
     return InitReport(banner_id, info_id, walked.registered if walked else (), tuple(failures), table_path)

@@ -41,11 +41,11 @@ from kmemdump.formats.table import TableState
 from kmemdump.formats.table import TableWriter
 from kmemdump.formats.table import default_dir
 from kmemdump.formats.table import table_size
+from kmemdump.heartbeat import current as _watchdog_current
+from kmemdump.heartbeat import detach as _watchdog_detach
+from kmemdump.heartbeat import refresh as _watchdog_refresh
 from kmemdump.procinfo import self_start_time
 from kmemdump.region import Region
-from kmemdump.watchdog import current as _watchdog_current
-from kmemdump.watchdog import detach as _watchdog_detach
-from kmemdump.watchdog import refresh as _watchdog_refresh
 
 __all__ = ["DEFAULT_CAPACITY", "PR_SET_PTRACER", "SharedTableBackend"]
 

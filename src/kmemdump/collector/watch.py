@@ -245,12 +245,22 @@ class Watcher:
         target.deadline_ns = None
         if target.dumped_at_beat == header.heartbeat:
             return  # this stall was dumped already
+        if not self._still_stale(target, header.heartbeat, header.last_feed_ns):
+            return  # a second read disagrees: a beat landed meanwhile (or a torn read); look again
         target.dumped_at_beat = header.heartbeat
         age = (now - header.last_feed_ns) / 1e9
         timeout = header.watchdog_timeout_ns / 1e9
         event = self._dump(target, "hang", f"heartbeat {age:.3f}s old (timeout {timeout:g}s)")
         if event.dump is not None:
             self._after_hang(target)
+
+    def _still_stale(self, target: _Target, beat: int, last_feed_ns: int) -> bool:
+        """Confirm a hang with a second header read before dumping (or killing) anything."""
+        try:
+            again = target.reader.header()
+        except (KmemdumpError, OSError):
+            return False
+        return again.heartbeat == beat and again.last_feed_ns == last_feed_ns
 
     def _on_death(self, ident: tuple[int, int]) -> None:
         target = self.targets.get(ident)

@@ -362,7 +362,7 @@ class TableWriter:
     def feed_binding(self) -> tuple[memoryview, Callable[[], int], Callable[[], object]]:
         """What a feed function needs: the header's u64 view, the counter's ``next`` and the tick hook.
 
-        :mod:`kmemdump.watchdog` points its own ``feed`` at these, so that feeding through the
+        :mod:`kmemdump.heartbeat` points its own ``feed`` at these, so that feeding through the
         watchdog or through :attr:`feed` advances one counter.
         """
         return self._u64, self._next_beat, self._on_tick
