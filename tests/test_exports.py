@@ -66,7 +66,7 @@ def test_api_and_errors_are_reexported() -> None:
 
 
 def test_watchdog_names_are_the_heartbeat_functions() -> None:
-    import kmemdump.heartbeat as heartbeat  # the module: nothing in the package shadows its name
+    from kmemdump import heartbeat  # the module: nothing in the package shadows its name
 
     assert kmemdump.feed is heartbeat.feed
     assert kmemdump.watchdog is heartbeat.set_watchdog
