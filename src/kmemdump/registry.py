@@ -8,7 +8,6 @@ IDs; nothing scans the table.
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import logging
 import threading
@@ -40,6 +39,7 @@ log = logging.getLogger("kmemdump")
 DEFAULT_CAPACITY = 201
 """The kernel's ``MAX_ZONES`` (itself the Qualcomm minidump table's 201 regions)."""
 MAX_CAPACITY = 65536
+_ADDRESS_LIMIT = 2**64
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,25 +131,26 @@ class Registry:
 
     def _take_id(self, wanted: int) -> int:
         """Reserve ``wanted`` (checked) or the lowest free dynamic ID. Caller holds the lock."""
-        if isinstance(wanted, bool) or not isinstance(wanted, int):
+        if type(wanted) is not int:  # not isinstance: bool (and floats equal to -1) are refused
             raise InvalidRegionError(f"ID must be an int, not {type(wanted).__name__}", id=wanted)
+        by_id = self._by_id
         if wanted != NO_ID:
             if not 0 < wanted <= MAX_ID:
                 raise InvalidRegionError("ID outside the ID space", id=wanted)
-            if wanted in self._by_id:
+            if wanted in by_id:
                 raise RegionExistsError("ID already registered", id=wanted)
             return wanted
         heap = self._dyn_heap
         while heap:
             candidate = heapq.heappop(heap)
-            if candidate not in self._by_id:  # may have been taken explicitly meanwhile
+            if candidate not in by_id:  # may have been taken explicitly meanwhile
                 return candidate
-        while self._dyn_next in self._by_id:
-            self._dyn_next += 1
-        if self._dyn_next > MAX_ID:
-            raise RegistryFullError("dynamic IDs exhausted")
         candidate = self._dyn_next
-        self._dyn_next += 1
+        while candidate in by_id:
+            candidate += 1
+        if candidate > MAX_ID:
+            raise RegistryFullError("dynamic IDs exhausted")
+        self._dyn_next = candidate + 1
         return candidate
 
     def _give_back_id(self, region_id: int) -> None:
@@ -168,6 +169,17 @@ class Registry:
         depth: int | None = None,
     ) -> int:
         """Register ``target`` and return its ID. See :func:`kmemdump.register`."""
+        if (  # the hot path: a raw address and size, checked here without building a Resolved
+            type(target) is int
+            and type(size) is int
+            and depth is None
+            and target > 0
+            and size > 0
+            and target + size <= _ADDRESS_LIMIT
+        ):
+            label = clean_name(name) if name else ""
+            with self._lock:
+                return self._register_locked(target, size, RegionKind.ADDRESS, "", None, id, label, None)
         if depth is not None:
             return self.register_object(target, id=id, name=name, depth=depth)
         resolved = resolve_target(target, size)
@@ -190,7 +202,7 @@ class Registry:
         root = resolve_target(obj, as_object=True)
         if parts and parts[0][0] == root.address and 0 < parts[0][1] <= root.size:
             # the graph walker knows the object's exact extent (e.g. a str without its UTF-8 cache)
-            root = dataclasses.replace(root, size=parts[0][1])
+            root = root._replace(size=parts[0][1])
         extra = [
             # a part at its keepalive's own address is an object; anything else is storage it owns
             Resolved(
@@ -205,12 +217,12 @@ class Registry:
                 raise RegistryFullError(
                     "not enough free slots for the object graph", needed=1 + len(extra), free=len(self._free)
                 )
-            rid = self._register_locked(root, id, base, obj)
+            rid = self._register_locked(*root, id, base, obj)
             children: list[int] = []
             try:
                 for part in extra:
                     label = clean_name(f"{base}>{part.type_name}")
-                    children.append(self._register_locked(part, NO_ID, label, None, parent=rid))
+                    children.append(self._register_locked(*part, NO_ID, label, None, parent=rid))
             except BaseException:
                 for child in children:
                     self._unregister_locked(child)
@@ -224,32 +236,42 @@ class Registry:
     def _register_resolved(self, resolved: Resolved, wanted: int, name: str | None, owner: Any) -> int:
         label = clean_name(name) if name else resolved.type_name
         with self._lock:
-            return self._register_locked(resolved, wanted, label, owner)
+            return self._register_locked(*resolved, wanted, label, owner)
 
     def _register_locked(
-        self, resolved: Resolved, wanted: int, name: str, owner: Any, parent: int | None = None
+        self,
+        address: int,
+        size: int,
+        kind: RegionKind,
+        type_name: str,
+        keepalive: Any,
+        wanted: int,
+        name: str,
+        owner: Any,
+        parent: int | None = None,
     ) -> int:
         """Take an ID and a slot and tell the backend; on any failure nothing stays taken."""
         try:
             rid = self._take_id(wanted)
         except KmemdumpError:
-            _release(resolved.keepalive)  # a refused bytearray must be resizable again at once
+            _release(keepalive)  # a refused bytearray must be resizable again at once
             raise
-        if not self._free:
+        free = self._free
+        if not free:
             self._give_back_id(rid)
-            _release(resolved.keepalive)
+            _release(keepalive)
             raise RegistryFullError("no free slot", capacity=len(self._slots))
-        region = Region(rid, resolved.address, resolved.size, resolved.kind, name, resolved.type_name)
+        region = Region(rid, address, size, kind, name, type_name)
         try:
             self._backend.register_region(region)
         except Exception as err:
             self._give_back_id(rid)
-            _release(resolved.keepalive)
+            _release(keepalive)
             raise BackendError(
                 f"backend {_backend_name(self._backend)!r} refused the region: {err}", id=rid
             ) from err
-        slot = self._free.pop()
-        entry = _Entry(region, resolved.keepalive, slot, owner, parent)
+        slot = free.pop()
+        entry = _Entry(region, keepalive, slot, owner, parent)
         self._slots[slot] = entry
         self._by_id[rid] = entry
         return rid
@@ -257,9 +279,13 @@ class Registry:
     def unregister(self, region_id: int) -> None:
         """Remove a region (and the extra regions an object graph brought with it)."""
         with self._lock:
-            if region_id not in self._by_id:
+            entry = self._by_id.get(region_id)
+            if entry is None:
                 raise UnknownRegionError("no region with this ID", id=region_id)
-            self._unregister_tree_locked(region_id)
+            if entry.children:
+                self._unregister_tree_locked(region_id)
+            else:
+                self._unregister_locked(region_id)
 
     def _unregister_tree_locked(self, region_id: int) -> None:
         """Unregister a region and the object-graph parts still registered with it."""
@@ -279,10 +305,13 @@ class Registry:
             log.exception(
                 "backend %r failed to unregister region %d", _backend_name(self._backend), region_id
             )
-        self._slots[entry.slot] = None
-        self._free.append(entry.slot)
-        self._give_back_id(region_id)
-        _release(entry.keepalive)
+        slot = entry.slot
+        self._slots[slot] = None
+        self._free.append(slot)
+        if DYNAMIC_START <= region_id < self._dyn_next:  # _give_back_id, inlined: the hot path
+            heapq.heappush(self._dyn_heap, region_id)
+        if entry.keepalive is not None:
+            _release(entry.keepalive)
 
     def replace(
         self,
@@ -302,12 +331,12 @@ class Registry:
         """
         resolved = resolve_target(target, size)
         if kind is not None:
-            resolved = dataclasses.replace(resolved, kind=kind)
+            resolved = resolved._replace(kind=kind)
         label = clean_name(name) if name else resolved.type_name
         with self._lock:
             if region_id in self._by_id:
                 self._unregister_tree_locked(region_id)
-            return self._register_locked(resolved, region_id, label, _owner(resolved, target))
+            return self._register_locked(*resolved, region_id, label, _owner(resolved, target))
 
     # --- lookups ---------------------------------------------------------------------------
 
