@@ -131,8 +131,10 @@ class Registry:
 
     def _take_id(self, wanted: int) -> int:
         """Reserve ``wanted`` (checked) or the lowest free dynamic ID. Caller holds the lock."""
-        if type(wanted) is not int:  # not isinstance: bool (and floats equal to -1) are refused
-            raise InvalidRegionError(f"ID must be an int, not {type(wanted).__name__}", id=wanted)
+        if type(wanted) is not int:  # the common case costs one check; IntEnum IDs are ints too
+            if isinstance(wanted, bool) or not isinstance(wanted, int):
+                raise InvalidRegionError(f"ID must be an int, not {type(wanted).__name__}", id=wanted)
+            wanted = int(wanted)
         by_id = self._by_id
         if wanted != NO_ID:
             if not 0 < wanted <= MAX_ID:
