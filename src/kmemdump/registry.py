@@ -240,7 +240,7 @@ class Registry:
         with self._lock:
             return self._register_locked(*resolved, wanted, label, owner)
 
-    def _register_locked(
+    def _register_locked(  # noqa: PLR0917 - a Resolved unpacked, then the registration facts
         self,
         address: int,
         size: int,
