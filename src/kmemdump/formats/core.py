@@ -18,6 +18,7 @@ import bisect
 import contextlib
 import ctypes
 import errno
+import fcntl
 import mmap
 import os
 import platform
@@ -495,6 +496,11 @@ class CoreWriter:
     (``e_phoff`` points at it; ELF allows it anywhere). Readers (gdb, readelf, pyelftools, lldb)
     follow the offsets and see the same image :func:`write_core` makes.
 
+    Bytes are gathered in a 4 MiB page-aligned staging buffer and written with ``O_DIRECT`` where
+    the file system allows it: a dump then bypasses the page cache, so writing it neither needs
+    free page-cache memory on a host short of memory nor evicts the cache of the programs still
+    running. File systems without ``O_DIRECT`` (tmpfs) get ordinary writes.
+
         with CoreWriter(path) as out:
             out.begin(address)
             out.write(chunk)            # as many times as there are chunks
@@ -504,7 +510,9 @@ class CoreWriter:
     Leaving the ``with`` block without :meth:`finish` (an exception) removes the temporary file.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, machine: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, machine: int | None = None, direct: bool = True
+    ) -> None:
         self._machine = _check_machine(machine)
         self.final = Path(path)
         if os.path.lexists(self.final):
@@ -512,19 +520,32 @@ class CoreWriter:
         self._temporary = self.final.parent / f".{self.final.name}.{secrets.token_hex(6)}.tmp"
         self._spans: list[tuple[int, int, int]] = []  # (address, file offset, size)
         self._open: list[int] | None = None  # [address, offset, size] of the segment being written
-        self._offset = _EHDR.size
+        self._stage = mmap.mmap(-1, _STAGE_SIZE)  # page-aligned, as O_DIRECT wants
+        self._staged = _EHDR.size  # the stage holds the file from offset _flushed on; the header comes last
+        self._flushed = 0
+        self._fd = -1
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        self.direct = direct and hasattr(os, "O_DIRECT")
         try:
-            self._fd = os.open(
-                self._temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640
-            )
+            try:
+                self._fd = os.open(self._temporary, flags | (os.O_DIRECT if self.direct else 0), 0o640)
+            except OSError as err:
+                if err.errno != errno.EINVAL or not self.direct:
+                    raise
+                self.direct = False  # the file system does not do O_DIRECT (tmpfs)
+                self._fd = os.open(self._temporary, flags, 0o640)
             os.fchmod(self._fd, 0o640)
-            os.lseek(self._fd, self._offset, os.SEEK_SET)
         except OSError as err:
+            self._stage.close()
             raise _write_error(err, self.final) from err
 
     @property
     def bytes_stored(self) -> int:
         return sum(size for _, _, size in self._spans)
+
+    @property
+    def _offset(self) -> int:
+        return self._flushed + self._staged
 
     def begin(self, address: int) -> None:
         """Start the segment for memory at ``address``."""
@@ -541,13 +562,38 @@ class CoreWriter:
         view = memoryview(data).cast("B")
         if self._open[0] + self._open[2] + view.nbytes > _ADDRESS_END:
             raise InvalidRegionError("segment runs past the end of the address space", address=self._open[0])
+        self._open[2] += view.nbytes
         try:
-            _write_views(self._fd, [view])
+            while view.nbytes:
+                room = _STAGE_SIZE - self._staged
+                take = min(room, view.nbytes)
+                self._stage[self._staged : self._staged + take] = view[:take]
+                self._staged += take
+                view = view[take:]
+                if self._staged == _STAGE_SIZE:
+                    self._flush_stage()
         except OSError as err:
             self.abort()
             raise _write_error(err, self.final) from err
-        self._open[2] += view.nbytes
-        self._offset += view.nbytes
+
+    def _flush_stage(self) -> None:
+        """Write the full stage at its (stage-aligned) file offset."""
+        try:
+            written = os.pwrite(self._fd, self._stage, self._flushed)
+        except OSError as err:
+            if err.errno != errno.EINVAL or not self.direct:
+                raise
+            self._buffered()  # O_DIRECT refused after all: carry on with ordinary writes
+            written = os.pwrite(self._fd, self._stage, self._flushed)
+        if written != _STAGE_SIZE:
+            _write_rest(self._fd, memoryview(self._stage)[written:], self._flushed + written)
+        self._flushed += _STAGE_SIZE
+        self._staged = 0
+
+    def _buffered(self) -> None:
+        if self.direct:
+            fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            self.direct = False
 
     def end(self) -> int:
         """Close the open segment; return how many bytes it stored (0: no PT_LOAD for it)."""
@@ -570,26 +616,34 @@ class CoreWriter:
         if self._open is not None:
             self.end()
         try:
+            end = self._offset
+            if self._staged:
+                if self.direct:  # O_DIRECT writes whole blocks: pad, then cut the file back
+                    padded = -(-self._staged // _DIRECT_BLOCK) * _DIRECT_BLOCK
+                    self._stage[self._staged : padded] = bytes(padded - self._staged)
+                    _write_rest(self._fd, memoryview(self._stage)[:padded], self._flushed)
+                else:
+                    _write_rest(self._fd, memoryview(self._stage)[: self._staged], self._flushed)
+            self._buffered()
+            os.ftruncate(self._fd, end)
             notes_blob = b"".join(note.encode() for note in notes)
-            notes_offset = self._offset
-            phoff = notes_offset + len(notes_blob)
+            phoff = end + len(notes_blob)
             phnum = 1 + len(self._spans)
             extended = phnum >= PN_XNUM
             shoff = phoff + phnum * _PHDR.size if extended else 0
-            table = [_PHDR.pack(PT_NOTE, 0, notes_offset, 0, 0, len(notes_blob), 0, 4)]
+            table = [_PHDR.pack(PT_NOTE, 0, end, 0, 0, len(notes_blob), 0, 4)]
             table.extend(
                 _PHDR.pack(PT_LOAD, PF_R | PF_W, offset, address, 0, size, size, 1)
                 for address, offset, size in self._spans
             )
             if extended:
                 table.append(_SHDR.pack(0, 0, 0, 0, 0, 0, 0, phnum, 0, 0))
-            _write_views(self._fd, [memoryview(notes_blob), *(memoryview(t) for t in table)])
-            header = _elf_header(self._machine, phoff, phnum, shoff)
-            if os.pwrite(self._fd, header, 0) != len(header):
-                raise OSError(errno.EIO, "short write of the ELF header")
+            _write_rest(self._fd, memoryview(notes_blob + b"".join(table)), end)
+            _write_rest(self._fd, memoryview(_elf_header(self._machine, phoff, phnum, shoff)), 0)
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
+            self._stage.close()
             _rename_noreplace(self._temporary, self.final)
         except BaseException as err:
             self.abort()
@@ -603,6 +657,10 @@ class CoreWriter:
 
     def abort(self) -> None:
         """Give up: close and remove the temporary file (harmless when already done)."""
+        if not self._stage.closed:
+            # a view held by an exception's traceback keeps it exported; it is freed with that view
+            with contextlib.suppress(BufferError):
+                self._stage.close()
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
@@ -617,6 +675,20 @@ class CoreWriter:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.abort()
+
+
+_STAGE_SIZE = 4 << 20
+_DIRECT_BLOCK = 4096
+
+
+def _write_rest(fd: int, view: memoryview, offset: int) -> None:
+    """``pwrite`` all of ``view`` at ``offset``, resuming after short writes."""
+    while view.nbytes:
+        written = os.pwrite(fd, view, offset)
+        if written <= 0:
+            raise OSError(errno.EIO, "write made no progress")
+        view = view[written:]
+        offset += written
 
 
 def _elf_header(machine: int, phoff: int, phnum: int, shoff: int) -> bytes:
