@@ -15,12 +15,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from kmemdump.cli.options import default_dump_dir
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.watch import Event
 from kmemdump.collector.watch import Watcher
 from kmemdump.errors import CollectorError
-from kmemdump.formats.core import CoreImage
 from kmemdump.ids import ID
+from kmemdump.inspect.dumpfile import Dump
 
 __all__ = ["prepare", "run"]
 
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="kmemdump-demo-") as tmp:
         tables = Path(tmp) / "tables"
         tables.mkdir(mode=0o700)
-        dumps = args.dir or Path(tmp) / "dumps"
+        dumps = args.dir or default_dump_dir()
         dumps.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, KMEMDUMP_DIR=str(tables))
         print(
@@ -78,30 +79,25 @@ def run(args: argparse.Namespace) -> int:
         if not dumped or dumped[0].dump is None:
             raise CollectorError("the demo target exited before it froze", pid=child.pid)
         _show(dumped[0].dump.path)
-        if args.dir is None:
-            print("\n(the dump was in a temporary directory; use --dir DIR to keep it)")
     return 0
 
 
 def _show(path: Path) -> None:
-    with CoreImage.open(path) as core:
-        from kmemdump.formats.core import KMD_NOTE_META
-        from kmemdump.formats.dumpmeta import decode_meta
-
-        note = core.note("KMEMDUMP", KMD_NOTE_META)
-        if note is None:
-            raise CollectorError("the dump has no KMEMDUMP note", path=str(path))
-        meta = decode_meta(note.desc)
-        size = path.stat().st_size
+    with Dump.open(path) as dump:
+        meta = dump.meta
         print(
             f"\nDump {path.name}: reason={meta.reason}, {len(meta.regions)} regions, "
-            f"{meta.stored_bytes} bytes of memory in a {size}-byte file"
+            f"{meta.stored_bytes} bytes of memory in a {dump.file_size}-byte file"
         )
-        banner = next((r for r in meta.regions if r.id == ID.BANNER), None)
-        if banner is None or banner.stored == 0:
+        banner = dump.banner()
+        record = next((r for r in meta.regions if r.id == ID.BANNER), None)
+        if banner is None or record is None:
             raise CollectorError("the banner is not in the dump", path=str(path))
-        text = core.read(banner.address, banner.stored).split(b"\0", 1)[0].decode("utf-8", "replace")
-        print(f"\nBanner recovered from 0x{banner.address:x} ({banner.stored} bytes):\n")
-        for line in text.splitlines():
+        print(f"\nBanner recovered from 0x{record.address:x} ({record.stored} bytes):\n")
+        for line in banner.splitlines():
             print(f"    {line}")
-        print(f"\nInspect it with: kmemdump show {path}")
+        session = next((r for r in meta.regions if r.name == "session"), None)
+        if session is not None:
+            decoded = dump.decode_region(session)
+            print(f"\nThe 'session' dict, decoded from the dump without the binaries:\n    {decoded.value!r}")
+        print(f"\nEverything in it:   kmemdump show {path}\nIn gdb:             kmemdump gdb {path}")
