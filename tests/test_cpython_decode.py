@@ -404,7 +404,7 @@ def test_split_dict_is_reported_not_guessed(info: PyCoreInfo) -> None:
     attrs = widget.__dict__
     values = struct.unpack("=Q", ctypes.string_at(id(attrs) + info.layout.dict_ma_values, 8))[0]
     decoded = decode_live(attrs, info)
-    if values:
+    if values and sys.version_info >= (3, 11):  # 3.10's split tables are decoded (test_split_dict_3_10)
         assert "split-table" in decoded.missing[0]
         assert not decoded.complete
     else:
