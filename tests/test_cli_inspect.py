@@ -258,7 +258,8 @@ def test_show_text_region_table_and_decoded_values(built: Built, capsys: pytest.
     assert code == 0
     table = out.split("\nRegions\n", 1)[1].split("\nDecoded\n", 1)[0]
     lines = table.strip("-\n").splitlines()
-    assert lines[0].split() == ["ID", "LABEL", "NAME", "KIND", "ADDRESS", "SIZE", "STORED", "STATUS"]
+    columns = ["ID", "LABEL", "NAME", "KIND", "ADDRESS", "SIZE", "STORED", "SOURCE", "STATUS"]
+    assert lines[0].split() == columns
     rows = {line.split()[2]: line.split() for line in lines[1:]}
     banner = built.record("banner")
     assert rows["banner"][:7] == [
@@ -271,8 +272,8 @@ def test_show_text_region_table_and_decoded_values(built: Built, capsys: pytest.
         str(banner.size),
     ]
     assert rows["orders"][1] == "user+0"
-    assert rows["counters"][5:8] == ["48", "16", "partial"]
-    assert rows["lost"][7:] == ["unreadable:", "process_vm_readv:", "EFAULT"]
+    assert rows["counters"][5:9] == ["48", "16", "process", "partial"]
+    assert rows["lost"][8:] == ["unreadable:", "process_vm_readv:", "EFAULT"]
     assert rows["pycoreinfo"][1:4] == ["PYCOREINFO", "pycoreinfo", "PYCOREINFO"]
     decoded = out.split("\nDecoded\n", 1)[1].split("\nPython stacks", 1)[0]
     session = built.record("session")

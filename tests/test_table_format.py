@@ -39,6 +39,7 @@ from kmemdump.formats.table import parse_table
 from kmemdump.formats.table import read_table
 from kmemdump.formats.table import table_size
 from kmemdump.formats.table import write_collector_pid
+from kmemdump.region import RegionFlags
 from kmemdump.region import RegionKind
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "formats.md"
@@ -59,11 +60,16 @@ def new_table(
     return buf, writer
 
 
+ARENA_BASE = 0x5555_0000_0000
+ARENA_SIZE = 0x10000
+
+
 def sample_table(capacity: int = 8) -> bytearray:
-    """A valid table with three live entries in slots 0, 2 and 5."""
+    """A valid table with an arena and three live entries in slots 0, 2 (persistent) and 5."""
     buf, writer = new_table(capacity)
     writer.put(0, 16, "state", 0x7F00_0000_1000, 4096, RegionKind.BUFFER)
-    writer.put(2, 1, "banner", 0x5555_0000_0010, 200, RegionKind.OBJECT, flags=3)
+    writer.set_arena(ARENA_BASE, ARENA_SIZE)
+    writer.put(2, 1, "banner", 0x5555_0000_0010, 200, RegionKind.OBJECT, flags=RegionFlags.PERSISTENT)
     writer.put(5, 1024, "naïve ✓", 0xFFFF_FFFF_FFFF_F000, 0x1000, RegionKind.ADDRESS)
     writer.set_state(TableState.RUNNING)
     return buf
@@ -95,6 +101,7 @@ def test_every_header_field_lands_at_its_offset() -> None:
     writer.set_state(TableState.EXITING)
     writer.set_watchdog(0x0A0B0C0D0E0F1011)
     writer.put(1, 77, "x", 0x1000, 1, RegionKind.BUFFER)
+    writer.set_arena(0x2122232425262728, 0x3132333435363738)
     writer.feed()
     buf[fmt.OFF_COLLECTOR_PID : fmt.OFF_COLLECTOR_PID + 4] = struct.pack("<I", 999)
 
@@ -114,20 +121,22 @@ def test_every_header_field_lands_at_its_offset() -> None:
     assert u64(24) == 0x1122334455667788
     assert u32(32) == 0x030B07F0
     assert u32(36) == TableState.EXITING
-    assert u64(40) == 2  # one change: odd then even
+    assert u64(40) == 4  # two changes (the entry, the arena): odd then even each
     assert u64(48) == 1
     assert abs(u64(56) - time.monotonic_ns()) < 10**9 * 60
     assert u64(64) == 0x0A0B0C0D0E0F1011
     assert u32(72) == 999
     assert u32(76) == 1
     assert u64(80) == 1_700_000_000
-    assert bytes(buf[88:128]) == bytes(40)
+    assert (u64(88), u64(96)) == (0x2122232425262728, 0x3132333435363738)
+    assert bytes(buf[104:128]) == bytes(24)
     entry = 128 + 64
     assert bytes(buf[entry : entry + 32]) == b"x" + bytes(31)
     assert (u32(entry + 32), u32(entry + 36), u64(entry + 40), u64(entry + 48)) == (77, VALID, 0x1000, 1)
     assert (u16(entry + 56), u16(entry + 58), u32(entry + 60)) == (RegionKind.BUFFER, 0, 0)
     header = parse_header(buf)
     assert (header.collector_pid, header.heartbeat, header.state) == (999, 1, TableState.EXITING)
+    assert (header.arena_base, header.arena_size) == (0x2122232425262728, 0x3132333435363738)
 
 
 def _doc_rows(title: str) -> list[tuple[int, int, str]]:
@@ -180,15 +189,17 @@ def test_docs_describe_the_entry_the_code_writes() -> None:
 def test_round_trip_and_seqlock_generation() -> None:
     buf = sample_table()
     snap = parse_table(bytes(buf))
-    assert snap.header.generation == 6  # three changes, two steps each
+    assert snap.header.generation == 8  # four changes (three entries, the arena), two steps each
     assert snap.header.count == 3
     assert snap.header.state is TableState.RUNNING
     assert [(e.slot, e.id, e.name, e.address, e.size, e.kind, e.flags) for e in snap.entries] == [
-        (2, 1, "banner", 0x5555_0000_0010, 200, RegionKind.OBJECT, 3),
+        (2, 1, "banner", 0x5555_0000_0010, 200, RegionKind.OBJECT, RegionFlags.PERSISTENT),
         (0, 16, "state", 0x7F00_0000_1000, 4096, RegionKind.BUFFER, 0),
         (5, 1024, "naïve ✓", 0xFFFF_FFFF_FFFF_F000, 0x1000, RegionKind.ADDRESS, 0),
     ]
     assert snap.entries[2].end == 2**64
+    assert [e.persistent for e in snap.entries] == [True, False, False]
+    assert (snap.header.arena_base, snap.header.arena_size) == (ARENA_BASE, ARENA_SIZE)
 
 
 def test_clear_zeroes_the_slot_and_replacing_keeps_the_count() -> None:
@@ -220,14 +231,35 @@ def test_clear_zeroes_the_slot_and_replacing_keeps_the_count() -> None:
         ((0, 16, "x", 0x1000, 1, 0), "kind"),
         ((0, 16, "x", 0x1000, 1, 99), "kind"),
         ((0, 16, "x", 0x1000, 1, 1, 0x10000), "flags"),
+        ((0, 16, "x", 0x1000, 1, 1, 2), "unknown entry flags"),
+        ((0, 16, "x", ARENA_BASE + ARENA_SIZE, 1, 1, 1), "inside the arena"),
+        ((0, 16, "x", ARENA_BASE - 1, 2, 1, 1), "inside the arena"),
     ],
 )
 def test_put_refuses_what_the_format_cannot_hold(args: tuple[int | str, ...], what: str) -> None:
     buf, writer = new_table(4)
+    writer.set_arena(ARENA_BASE, ARENA_SIZE)
     before = bytes(buf)
     with pytest.raises(InvalidRegionError, match=what):
         writer.put(*args)  # type: ignore[arg-type]
     assert bytes(buf) == before  # refused before the seqlock was touched
+
+
+def test_persistent_entries_need_an_arena_set_once() -> None:
+    buf, writer = new_table(4)
+    with pytest.raises(InvalidRegionError, match="inside the arena"):
+        writer.put(0, 16, "x", ARENA_BASE, 16, RegionKind.BUFFER, RegionFlags.PERSISTENT)
+    assert writer.arena is None and parse_header(buf).arena_size == 0
+    writer.set_arena(ARENA_BASE, ARENA_SIZE)
+    writer.set_arena(ARENA_BASE, ARENA_SIZE)  # the same range again: nothing changes
+    assert writer.generation == 2
+    with pytest.raises(InvalidRegionError, match="another arena"):
+        writer.set_arena(ARENA_BASE + 16, ARENA_SIZE)
+    for base, size in ((0, 16), (16, 0), (2**64 - 8, 16), (True, 16)):
+        with pytest.raises(InvalidRegionError, match="arena must be"):
+            writer.set_arena(base, size)
+    writer.put(0, 16, "x", ARENA_BASE + ARENA_SIZE - 16, 16, RegionKind.BUFFER, RegionFlags.PERSISTENT)
+    assert [e.persistent for e in parse_table(buf).entries] == [True]
 
 
 def test_writer_refuses_small_or_read_only_buffers() -> None:
@@ -305,6 +337,13 @@ MALFORMATIONS: list[tuple[str, Change, str]] = [
     ("duplicate id", poke(_entry(5, 32), "I", 16), "id 16 appears in two slots"),
     ("dirty free slot", poke(_entry(7, 63), "B", 1), "free slot"),
     ("free slot with valid marker", poke(_entry(1, 36), "I", VALID), "free slot"),
+    ("unknown flag bit", poke(_entry(0, 58), "H", 4), "unknown flags 0x4"),
+    ("persistent outside arena", poke(_entry(0, 58), "H", 1), "outside the arena"),
+    ("persistent past arena end", poke(_entry(2, 48), "Q", ARENA_SIZE), "outside the arena"),
+    ("arena base without size", poke(96, "Q", 0), "arena_base is set but arena_size is 0"),
+    ("arena size without base", poke(88, "Q", 0), "arena_size is set but arena_base is 0"),
+    ("arena past 2**64", poke(96, "Q", 2**64 - 1), "past the end of the 64-bit"),
+    ("arena moved away", poke(88, "Q", ARENA_BASE + 0x100), "outside the arena"),
 ]
 
 
@@ -328,7 +367,8 @@ def test_errors_say_which_slot_and_offset() -> None:
 
 # --- reader: hypothesis ------------------------------------------------------------------------------
 
-FIELDS = [(0, "8s"), (8, "H"), (10, "H"), (12, "H"), (16, "I"), (36, "I"), (40, "Q"), (76, "I")] + [
+HEADER_FIELDS = [(0, "8s"), (8, "H"), (10, "H"), (12, "H"), (16, "I"), (36, "I"), (40, "Q"), (76, "I")]
+FIELDS = [*HEADER_FIELDS, (88, "Q"), (96, "Q")] + [
     (_entry(slot, off), code)
     for slot in (0, 1, 2, 7)
     for off, code in ((0, "32s"), (32, "I"), (36, "I"), (40, "Q"), (48, "Q"), (56, "H"), (58, "H"))
@@ -380,10 +420,15 @@ def _check_consistent(snapshot: fmt.TableSnapshot, length: int) -> None:
     assert len(snapshot.entries) == header.count <= header.capacity
     assert table_size(header.capacity) <= length
     assert [e.id for e in snapshot.entries] == sorted({e.id for e in snapshot.entries})
+    assert header.arena_base + header.arena_size <= 2**64
+    assert (header.arena_base == 0) == (header.arena_size == 0)
     for entry in snapshot.entries:
         assert entry.id > 0 and entry.size > 0 and entry.address + entry.size <= 2**64
         assert len(entry.name.encode()) <= 31 and "\0" not in entry.name
         assert 0 <= entry.slot < header.capacity
+        assert entry.flags & ~fmt.KNOWN_ENTRY_FLAGS == 0
+        if entry.persistent:
+            assert header.arena_base <= entry.address and entry.end <= header.arena_end
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])

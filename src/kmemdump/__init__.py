@@ -6,6 +6,7 @@ import. See ``docs/api.md``.
     import kmemdump
     kmemdump.init(table=True, watchdog=5.0)
     state = kmemdump.alloc(4096, name="state")
+    journal = kmemdump.alloc(4096, name="journal", persistent=True)  # survives a SIGKILL
     while serving:
         kmemdump.feed()
         ...
@@ -55,6 +56,7 @@ from .heartbeat import stop_feeder
 from .ids import ID
 from .ids import NO_ID
 from .region import Region
+from .region import RegionFlags
 from .region import RegionKind
 from .registry import Registry
 from .registry import ReplayFailure
@@ -82,6 +84,7 @@ __all__ = [
     "ProcessGoneError",
     "Region",
     "RegionExistsError",
+    "RegionFlags",
     "RegionKind",
     "Registry",
     "RegistryFullError",

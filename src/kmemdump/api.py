@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from typing import Any
+from typing import Literal
 from typing import TypeVar
+from typing import overload
 
 from . import alloc as _alloc
 from . import heartbeat as _heartbeat
@@ -24,6 +28,9 @@ from .ids import NO_ID
 from .region import Region
 from .registry import Registry
 from .registry import SwapReport
+
+if TYPE_CHECKING:
+    from .arena import Arena
 
 __all__ = [
     "InitReport",
@@ -92,9 +99,64 @@ def regions() -> tuple[Region, ...]:
     return _registry.regions()
 
 
-def alloc(size: int, *, id: int = NO_ID, name: str | None = None, replace: bool = False) -> bytearray:
-    """A registered, zeroed ``bytearray`` of ``size`` bytes."""
-    return _alloc.alloc(_registry, size, id=id, name=name, replace=replace)
+@overload
+def alloc(
+    size: int,
+    *,
+    id: int = NO_ID,
+    name: str | None = None,
+    replace: bool = False,
+    persistent: Literal[False] = False,
+) -> bytearray: ...
+
+
+@overload
+def alloc(
+    size: int, *, id: int = NO_ID, name: str | None = None, replace: bool = False, persistent: Literal[True]
+) -> memoryview: ...
+
+
+@overload
+def alloc(
+    size: int, *, id: int = NO_ID, name: str | None = None, replace: bool = False, persistent: bool
+) -> bytearray | memoryview: ...
+
+
+def alloc(
+    size: int, *, id: int = NO_ID, name: str | None = None, replace: bool = False, persistent: bool = False
+) -> bytearray | memoryview:
+    """A registered, zeroed buffer of ``size`` bytes: a ``bytearray``, or with ``persistent=True``
+    a writable ``memoryview`` into this process's persistent arena.
+
+    A persistent buffer lives in a shared file beside the table, so its contents survive the death
+    of the process (SIGKILL included; not a reboot) and the collector reads them from the file. It
+    has a fixed size; the arena's size is set by ``init(arena_size=...)`` (1 MiB by default) and a
+    full arena raises :class:`RegistryFullError`. Give it back with :func:`free`.
+    """
+    if not persistent:
+        return _alloc.alloc(_registry, size, id=id, name=name, replace=replace)
+    arena = _ensure_arena()
+    if replace and id != NO_ID and id in _registry:
+        _alloc.free(_registry, id, arena=arena)
+    return _alloc.alloc_persistent(_registry, arena, size, id=id, name=name)
+
+
+def _ensure_arena() -> Arena:
+    from . import arena as _arena
+
+    arena = _arena.ensure()
+    if _registry.persistent_range != (arena.base, arena.size):  # new, or a forked child's own
+        _registry.set_persistent_range(arena.base, arena.size)
+    return arena
+
+
+def _current_arena() -> Arena | None:
+    """The persistent arena, if this process has one (without importing the module otherwise)."""
+    module = sys.modules.get(f"{__package__}.arena")
+    if module is None:
+        return None
+    arena: Arena | None = module.current()
+    return arena
 
 
 def alloc_with(
@@ -111,8 +173,12 @@ def alloc_with(
 
 
 def free(obj_or_id: Any, fn: Callable[..., Any] | None = None, *args: Any) -> None:
-    """Unregister by ID or object, then call the release function ``fn(*args)`` if given."""
-    _alloc.free(_registry, obj_or_id, fn, *args)
+    """Unregister by ID or object, then call the release function ``fn(*args)`` if given.
+
+    A persistent buffer (from ``alloc(..., persistent=True)``, or its ID) also goes back to the
+    arena: the view is released, so using it afterwards raises ``ValueError``.
+    """
+    _alloc.free(_registry, obj_or_id, fn, *args, arena=_current_arena())
 
 
 def allocated(size: int, *, id: int = NO_ID, name: str | None = None) -> AbstractContextManager[bytearray]:
@@ -191,6 +257,7 @@ def init(
     capacity: int | None = None,
     table: bool = False,
     directory: str | os.PathLike[str] | None = None,
+    arena_size: int | None = None,
     watchdog: float | None = None,
     feeder: bool = False,
     banner: bool = True,
@@ -204,10 +271,16 @@ def init(
     table (under ``directory``, default ``$KMEMDUMP_DIR`` or ``/dev/shm/kmemdump-<uid>``);
     ``watchdog=S`` arms a heartbeat timeout of S seconds, fed by :func:`kmemdump.feed` from your main
     loop, or by a background thread with ``feeder=True`` (which detects only whole-process stalls).
+    ``arena_size`` is the size in bytes of the persistent arena (default 1 MiB), created on the
+    first ``alloc(..., persistent=True)`` beside the table; it can be set until then.
     Later calls only add what earlier ones did not enable.
     """
     failures: list[tuple[str, str]] = []
     with _init.lock:
+        if arena_size is not None or (table and directory is not None):
+            from . import arena as _arena  # checked first: a bad size changes nothing
+
+            _arena.configure(size=arena_size, directory=directory if table else None)
         first = not _init.done
         if first and capacity is not None:
             _registry.set_capacity(capacity)

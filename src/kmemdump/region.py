@@ -17,6 +17,7 @@ from .errors import InvalidRegionError
 __all__ = [
     "NAME_MAX",
     "Region",
+    "RegionFlags",
     "RegionKind",
     "Resolved",
     "buffer_address",
@@ -47,6 +48,14 @@ class RegionKind(enum.IntEnum):
     """The Python layout description (JSON) the inspector decodes objects with."""
 
 
+class RegionFlags(enum.IntFlag):
+    """Facts about a region besides its kind. Stored as a u16 in the shared table's entry."""
+
+    PERSISTENT = 1
+    """The region lies in this process's persistent arena (a shared file that outlives the process),
+    so a collector can still read it after the process died."""
+
+
 @dataclass(frozen=True, slots=True)
 class Region:
     """One registered region, as the registry and every backend see it."""
@@ -57,6 +66,8 @@ class Region:
     kind: RegionKind
     name: str
     type_name: str = ""
+    flags: int = 0
+    """:class:`RegionFlags` bits (a plain int, to keep registration cheap)."""
 
     @property
     def end(self) -> int:

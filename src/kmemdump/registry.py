@@ -8,6 +8,7 @@ IDs; nothing scans the table.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
 import threading
@@ -27,6 +28,7 @@ from .ids import DYNAMIC_START
 from .ids import MAX_ID
 from .ids import NO_ID
 from .region import Region
+from .region import RegionFlags
 from .region import RegionKind
 from .region import Resolved
 from .region import clean_name
@@ -40,6 +42,7 @@ DEFAULT_CAPACITY = 201
 """The kernel's ``MAX_ZONES`` (itself the Qualcomm minidump table's 201 regions)."""
 MAX_CAPACITY = 65536
 _ADDRESS_LIMIT = 2**64
+_PERSISTENT = int(RegionFlags.PERSISTENT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,8 @@ class Registry:
         self._dyn_heap: list[int] = []
         self._dyn_next = DYNAMIC_START
         self._type_listener: TypeListener | None = None
+        self._persistent_lo = 0
+        self._persistent_hi = 0  # [lo, hi) of the persistent arena; empty (0, 0) when none
         self._set_slots(_check_capacity(capacity))
 
     # --- capacity ----------------------------------------------------------------------
@@ -126,6 +131,43 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._by_id)
+
+    # --- the persistent arena ---------------------------------------------------------------
+
+    @property
+    def persistent_range(self) -> tuple[int, int] | None:
+        """``(base, size)`` of the memory whose regions are flagged PERSISTENT, or None."""
+        lo, hi = self._persistent_lo, self._persistent_hi
+        return (lo, hi - lo) if hi else None
+
+    def set_persistent_range(self, base: int | None, size: int = 0) -> None:
+        """Flag as PERSISTENT every region inside ``[base, base + size)`` (the process's arena).
+
+        ``None`` clears it (in a forked child, whose inherited arena is its parent's). Regions
+        already registered are re-flagged; the backend is not told (a table backend flags entries
+        against the arena it publishes itself).
+        """
+        if base is None or size == 0:
+            lo = hi = 0
+        elif (
+            isinstance(base, bool)
+            or not isinstance(base, int)
+            or isinstance(size, bool)
+            or not isinstance(size, int)
+            or base <= 0
+            or size < 0
+            or base + size > _ADDRESS_LIMIT
+        ):
+            raise InvalidRegionError("persistent range out of the address space", base=base, size=size)
+        else:
+            lo, hi = base, base + size
+        with self._lock:
+            self._persistent_lo, self._persistent_hi = lo, hi
+            for entry in self._by_id.values():
+                region = entry.region
+                flags = _PERSISTENT if lo <= region.address and region.end <= hi else 0
+                if flags != region.flags & _PERSISTENT:
+                    entry.region = dataclasses.replace(region, flags=(region.flags & ~_PERSISTENT) | flags)
 
     # --- IDs -----------------------------------------------------------------------------
 
@@ -263,7 +305,10 @@ class Registry:
             self._give_back_id(rid)
             _release(keepalive)
             raise RegistryFullError("no free slot", capacity=len(self._slots))
-        region = Region(rid, address, size, kind, name, type_name)
+        if self._persistent_lo <= address and address + size <= self._persistent_hi:
+            region = Region(rid, address, size, kind, name, type_name, _PERSISTENT)
+        else:
+            region = Region(rid, address, size, kind, name, type_name)
         try:
             self._backend.register_region(region)
         except Exception as err:

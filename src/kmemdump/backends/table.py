@@ -32,6 +32,7 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 
+from kmemdump import arena as _arena  # first: its exit hook must run after every table's close()
 from kmemdump.errors import BackendError
 from kmemdump.errors import RegionExistsError
 from kmemdump.errors import RegistryFullError
@@ -46,8 +47,9 @@ from kmemdump.heartbeat import detach as _watchdog_detach
 from kmemdump.heartbeat import refresh as _watchdog_refresh
 from kmemdump.procinfo import self_start_time
 from kmemdump.region import Region
+from kmemdump.region import RegionFlags
 
-__all__ = ["DEFAULT_CAPACITY", "PR_SET_PTRACER", "SharedTableBackend"]
+__all__ = ["DEFAULT_CAPACITY", "PR_SET_PTRACER", "SharedTableBackend", "open_private_dir"]
 
 log = logging.getLogger("kmemdump")
 
@@ -57,6 +59,7 @@ PR_SET_PTRACER = 0x59616D61
 
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
+_PERSISTENT = int(RegionFlags.PERSISTENT)
 
 _live_paths: set[str] = set()
 """Tables this process publishes right now (a second backend must not take one over)."""
@@ -92,7 +95,9 @@ class SharedTableBackend:
         self._owner_pid = 0
         self._granted = 0
         self._closed = False
-        self._dir_fd = _open_private_dir(self.directory)
+        self._arena_range: tuple[int, int] | None = None
+        """``[base, end)`` of the arena this table publishes; PERSISTENT is kept only inside it."""
+        self._dir_fd = open_private_dir(self.directory)
         try:
             self._publish()
         except BaseException:
@@ -154,8 +159,11 @@ class SharedTableBackend:
             slot = free.pop()
             writer = self._writer
             if writer is not None:
+                flags = region.flags
+                if flags:
+                    flags = self._table_flags(region, writer)
                 try:
-                    writer.put(slot, region_id, region.name, region.address, region.size, region.kind)
+                    writer.put(slot, region_id, region.name, region.address, region.size, region.kind, flags)
                 except BaseException:
                     free.append(slot)
                     raise
@@ -180,6 +188,47 @@ class SharedTableBackend:
             self._free.append(slot)
         finally:
             lock.release()
+
+    # --- the persistent arena ---------------------------------------------------------------------
+
+    def _table_flags(self, region: Region, writer: TableWriter) -> int:
+        """The entry flags for ``region``: PERSISTENT only when it lies in the arena this table names.
+
+        The first persistent region publishes the process's arena in the header. A region flagged
+        persistent outside that arena (a forked child's inherited buffer, an arena in another
+        directory) is published as an ordinary region.
+        """
+        if self._arena_range is None:
+            self._publish_arena(writer)
+        span = self._arena_range
+        if span is not None and span[0] <= region.address and region.address + region.size <= span[1]:
+            return _PERSISTENT
+        return 0
+
+    def _publish_arena(self, writer: TableWriter) -> None:
+        """Name this process's arena in the header, if it has one beside this table."""
+        arena = _arena.current()
+        if arena is None or arena.inherited:
+            return
+        if arena.directory_identity != self._directory_identity():
+            log.warning(
+                "the persistent arena %s is not in the table directory %s; its buffers are published "
+                "as ordinary regions (create the table before the first persistent allocation, or "
+                "use the same directory)",
+                arena.path,
+                self.directory,
+            )
+            self._arena_range = (0, 0)
+            return
+        writer.set_arena(arena.base, arena.size)
+        self._arena_range = (arena.base, arena.end)
+
+    def _directory_identity(self) -> tuple[int, int] | None:
+        try:
+            info = os.fstat(self._dir_fd)
+        except OSError:
+            return None
+        return info.st_dev, info.st_ino
 
     # --- ptrace permission for the collector ----------------------------------------------------------
 
@@ -244,8 +293,11 @@ class SharedTableBackend:
                 created_ns=time.time_ns(),
                 on_tick=_weak_tick(self),
             )
+            self._arena_range = None
+            self._publish_arena(writer)
             for slot, region in self._entries.values():  # a reopened table starts with every region
-                writer.put(slot, region.id, region.name, region.address, region.size, region.kind)
+                flags = self._table_flags(region, writer) if region.flags else 0
+                writer.put(slot, region.id, region.name, region.address, region.size, region.kind, flags)
             writer.set_state(TableState.RUNNING)
             self._link(temp, final)
             linked = True
@@ -381,7 +433,7 @@ def _weak_tick(backend: SharedTableBackend) -> Callable[[], object]:
     return tick
 
 
-def _open_private_dir(directory: Path) -> int:
+def open_private_dir(directory: Path) -> int:
     """Create or check the table directory and return an ``O_DIRECTORY`` descriptor for it."""
     created = False
     try:

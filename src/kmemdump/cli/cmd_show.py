@@ -52,6 +52,7 @@ _REGION_COLUMNS = (
     Column("ADDRESS", wrap=False),
     Column("SIZE", right=True, wrap=False),
     Column("STORED", right=True, wrap=False),
+    Column("SOURCE", wrap=False),
     Column("STATUS"),
 )
 
@@ -199,8 +200,18 @@ def _about(dump: Dump) -> list[tuple[str, str]]:
     rows.append(("Contents", contents + (" — PARTIAL" if meta.partial else ", complete")))
     if meta.table_torn:
         rows.append(("Table", "torn: the process froze mid-update; the last consistent snapshot was used"))
+    if meta.arena != "none":
+        rows.append(("Arena", _arena_line(meta.arena)))
     rows.append(("Stacks", _stacks_line(dump)))
     return rows
+
+
+def _arena_line(state: str) -> str:
+    if state == "ok":
+        return "persistent regions were read from the arena file the process left behind"
+    if state == "unused":
+        return "the process had a persistent arena; its regions were read from the live process"
+    return f"persistent regions could not be recovered: {state}"
 
 
 def _watchdog(dump: Dump) -> str:
@@ -235,6 +246,7 @@ def _region_row(record: RegionRecord) -> list[str]:
         format_address(record.address),
         str(record.size),
         str(record.stored),
+        record.source,
         status,
     ]
 

@@ -3,6 +3,10 @@
 This is the seed's "upper level firmware" step: read the shared table, find each entry's
 start and size, copy it. The target is identified by (pid, start time), held with SIGSTOP while
 its memory is copied (unless told not to), and released afterwards.
+
+A live process's regions are read from its memory. Once it is gone (a death dump), regions the
+table flags PERSISTENT are read from its arena file instead (:class:`ArenaMemory`); the others are
+recorded as "gone".
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from kmemdump.errors import CollectorError
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.errors import TableFormatError
+from kmemdump.formats.arena import arena_path_of
 from kmemdump.formats.core import KMD_NOTE_META
 from kmemdump.formats.core import KMD_NOTE_STACKS
 from kmemdump.formats.core import PYCOREINFO_NOTE
@@ -41,10 +46,12 @@ from kmemdump.formats.dumpmeta import RegionRecord
 from kmemdump.formats.dumpmeta import encode_meta
 from kmemdump.formats.stacks import encode_stacks
 from kmemdump.formats.table import TableEntry
+from kmemdump.formats.table import TableHeader
 from kmemdump.formats.table import TableSnapshot
 from kmemdump.formats.table import read_table
 from kmemdump.ids import ID
 
+from .arenamem import ArenaMemory
 from .procmem import ProcessMemory
 from .procmem import process_cmdline
 from .procmem import process_exe
@@ -172,7 +179,7 @@ def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnap
                 raise CollectorError("the process published no table", pid=pid, path=str(table)) from None
         assert snapshot is not None
         t0 = time.perf_counter()
-        records, pycoreinfo = _copy(pid, snapshot, options, gone, sink)
+        records, pycoreinfo, arena_state = _copy(job, snapshot, options, sink)
         copy_ms = (time.perf_counter() - t0) * 1000
         stacks_note, stacks_state = _stacks(pid, options, gone or any(r.status == "gone" for r in records))
     finally:
@@ -192,7 +199,7 @@ def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnap
         uid=_owner(table),
         py_hexversion=header.py_hexversion,
         regions=tuple(records),
-        partial=any(r.status in ("partial", "unreadable", "gone") for r in records),
+        partial=gone or any(r.status in ("partial", "unreadable", "gone") for r in records),
         stopped=stopped_by_us,
         heartbeat=header.heartbeat,
         heartbeat_age_s=None if age is None else round(age, 6),
@@ -203,6 +210,7 @@ def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnap
         stacks=stacks_state,
         copy_ms=round(copy_ms, 3),
         collector={"version": __version__, "pid": os.getpid()},
+        arena=arena_state,
     )
     notes = [
         prpsinfo_note(
@@ -270,20 +278,23 @@ class _BufferedCore:
 
 
 def _copy(
-    pid: int, snapshot: TableSnapshot, options: DumpOptions, gone: bool, sink: _Sink
-) -> tuple[list[RegionRecord], bytes | None]:
+    job: _Job, snapshot: TableSnapshot, options: DumpOptions, sink: _Sink
+) -> tuple[list[RegionRecord], bytes | None, str]:
     """Copy every entry (ID order, within the budget) into ``sink``; describe what was stored.
 
     Small regions are read many per system call; a large one is read in chunks through one
-    reused buffer, so memory use stays small whatever the dump's size.
+    reused buffer, so memory use stays small whatever the dump's size. What the process could not
+    give (it is gone, or went during the copy) comes from the arena when the region is persistent.
+    Returns the records, the PYCOREINFO bytes if copied whole, and the arena's state.
     """
+    pid, gone = job.pid, job.gone
     records: list[RegionRecord] = []
     planned: list[tuple[TableEntry, int]] = []
     spent = 0
     for entry in snapshot.entries:  # sorted by id
         size = min(entry.size, options.max_region)
         if options.budget is not None and spent + size > options.budget:
-            records.append(_record(entry, 0, "skipped"))
+            records.append(_record(entry, 0, "skipped", source=_source(entry, gone)))
             continue
         spent += size
         planned.append((entry, size))
@@ -317,9 +328,56 @@ def _copy(
                     done += len(batch)
         except ProcessGoneError as err:
             error = f"process gone during the copy: {err}"
-    records.extend(_record(entry, 0, "gone", error) for entry, _ in planned[done:])
+    left = planned[done:]
+    records.extend(_record(entry, 0, "gone", error) for entry, _ in left if not entry.persistent)
+    kept = [(entry, size) for entry, size in left if entry.persistent]
+    header = snapshot.header
+    arena_state = "unused" if header.arena_size else "none"
+    if kept:
+        saved, arena_state = _copy_from_arena(job, header, kept, sink)
+        records.extend(saved)
     records.sort(key=lambda r: r.id)
-    return records, pycoreinfo
+    return records, pycoreinfo, arena_state
+
+
+def _copy_from_arena(
+    job: _Job, header: TableHeader, planned: list[tuple[TableEntry, int]], sink: _Sink
+) -> tuple[list[RegionRecord], str]:
+    """Copy persistent regions out of the arena file beside the table; returns the records and
+    "ok", or why the arena could not be read (then every region is "unreadable" with that reason)."""
+    path = arena_path_of(job.table)
+    try:
+        arena = ArenaMemory(
+            path,
+            header.arena_base,
+            header.arena_size,
+            pid=job.pid,
+            start_time=job.start_time,
+            owner=_owner(job.table),
+        )
+    except FileNotFoundError:
+        why = f"the arena file {path} is missing"
+    except (KmemdumpError, OSError) as err:
+        why = f"the arena file was refused: {err}"
+    else:
+        records: list[RegionRecord] = []
+        with arena:
+            buffer = bytearray(min(_CHUNK, max(size for _, size in planned)))
+            for entry, size in planned:
+                try:
+                    stored = _copy_large(arena, entry.address, size, buffer, sink)
+                except OSError as err:
+                    records.append(_record(entry, 0, "unreadable", f"arena read failed: {err}", "arena"))
+                    continue
+                short = "" if stored >= size else "the arena file holds fewer bytes than the region"
+                records.append(_record(entry, stored, _status(stored, entry.size), short, "arena"))
+        return records, "ok"
+    return [_record(entry, 0, "unreadable", why, "arena") for entry, _ in planned], why
+
+
+def _source(entry: TableEntry, gone: bool) -> str:
+    """Where the entry's bytes come from: the arena once the process is gone, if persistent."""
+    return "arena" if gone and entry.persistent else "process"
 
 
 _CHUNK = 4 << 20
@@ -328,7 +386,11 @@ _BATCH = 1024
 """Smaller regions are read this many per process_vm_readv (its IOV_MAX)."""
 
 
-def _copy_large(mem: ProcessMemory, address: int, size: int, buffer: bytearray, sink: _Sink) -> int:
+class _ChunkSource(Protocol):
+    def read_into(self, address: int, view: memoryview) -> int: ...
+
+
+def _copy_large(mem: _ChunkSource, address: int, size: int, buffer: bytearray, sink: _Sink) -> int:
     view = memoryview(buffer)
     stored = 0
     sink.begin(address)
@@ -346,8 +408,12 @@ def _copy_large(mem: ProcessMemory, address: int, size: int, buffer: bytearray, 
     return stored
 
 
-def _record(entry: TableEntry, stored: int, status: str, error: str = "") -> RegionRecord:
-    return RegionRecord(entry.id, entry.name, entry.kind, entry.address, entry.size, stored, status, error)
+def _record(
+    entry: TableEntry, stored: int, status: str, error: str = "", source: str = "process"
+) -> RegionRecord:
+    return RegionRecord(
+        entry.id, entry.name, entry.kind, entry.address, entry.size, stored, status, error, source
+    )
 
 
 def _status(stored: int, size: int) -> str:

@@ -3,6 +3,11 @@
 One :class:`Watcher` serves every table in its directories. It sleeps until the earliest moment
 a heartbeat could go stale (or a pidfd says a process died), so an idle collector costs next to
 nothing, and a stall is seen within a few milliseconds of its deadline.
+
+A table whose process is already gone when the watcher finds it (the process died before any
+collector ran) is removed; if the table names a persistent arena, one "death" dump of what the
+arena holds is written first. An arena file left without a table by a process that is gone is
+removed as well.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from pathlib import Path
 
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
+from kmemdump.formats.arena import ARENA_SUFFIX
+from kmemdump.formats.arena import arena_path_of
 from kmemdump.formats.table import TableReader
 from kmemdump.formats.table import TableSnapshot
 from kmemdump.formats.table import write_collector_pid
@@ -81,8 +88,8 @@ class _Target:
     dumps: list[DumpResult] = field(default_factory=list)
 
 
-def _parse_name(path: Path) -> tuple[int, int] | None:
-    stem = path.name.removesuffix(".table")
+def _parse_name(path: Path, suffix: str = ".table") -> tuple[int, int] | None:
+    stem = path.name.removesuffix(suffix)
     if stem == path.name:
         return None
     pid_text, _, start_text = stem.partition("-")
@@ -134,13 +141,22 @@ class Watcher:
             except OSError as err:
                 self._emit(Event("error", 0, f"cannot list {directory}: {err}"))
                 continue
+            arenas: list[tuple[tuple[int, int], Path]] = []
             for entry in entries:
-                ident = _parse_name(Path(entry.path))
-                if ident is None or (self.only_pid is not None and ident[0] != self.only_pid):
+                path = Path(entry.path)
+                ident = _parse_name(path)
+                if ident is None:
+                    arena = _parse_name(path, ARENA_SUFFIX)
+                    if arena is not None and (self.only_pid is None or arena[0] == self.only_pid):
+                        arenas.append((arena, path))
+                    continue
+                if self.only_pid is not None and ident[0] != self.only_pid:
                     continue
                 seen.add(ident)
                 if ident not in self.targets:
-                    self._adopt(ident, Path(entry.path))
+                    self._adopt(ident, path)
+            for ident, path in arenas:
+                self._check_orphan_arena(ident, path)
         for ident in [k for k in self.targets if k not in seen]:
             target = self.targets[ident]
             if target.pidfd is not None and not self._dead(target):
@@ -165,9 +181,7 @@ class Watcher:
                 raise
         except ProcessGoneError:
             self._bad[path] = mtime
-            self._emit(Event("skip", pid, f"stale table {path} (process gone); removing it"))
-            with contextlib.suppress(OSError):
-                path.unlink()
+            self._on_stale(pid, start_time, path)
             return
         except (KmemdumpError, OSError) as err:
             self._bad[path] = mtime
@@ -182,6 +196,45 @@ class Watcher:
         self._by_fd[pidfd] = ident
         self._poller.register(pidfd, select.POLLIN)
         self._emit(Event("watch", pid, f"{' '.join(target.argv)[:80]!r} table={path}"))
+
+    def _on_stale(self, pid: int, start_time: int, path: Path) -> None:
+        """A table whose process is gone: dump what its arena kept (if any), then remove both files."""
+        arena = arena_path_of(path)
+        if arena.exists() or arena.is_symlink():
+            event = self._dump_dead(pid, start_time, path)
+            if event.dump is not None:
+                self._report_arena(pid, event.dump)
+        else:
+            self._emit(Event("skip", pid, f"stale table {path} (process gone); removing it"))
+        _remove(path, arena)
+
+    def _dump_dead(self, pid: int, start_time: int, path: Path) -> Event:
+        why = "process was gone before the collector saw it; persistent regions read from its arena"
+        try:
+            result = dump_target(pid, start_time, path, reason="death", options=self.options)
+        except (KmemdumpError, OSError) as err:
+            return self._emit(Event("error", pid, f"death dump of stale table {path} failed: {err}"))
+        return self._emit(Event("death", pid, why, result))
+
+    def _report_arena(self, pid: int, result: DumpResult) -> None:
+        state = result.meta.arena
+        if state not in ("ok", "none", "unused"):
+            self._emit(Event("error", pid, f"persistent regions not recovered: {state}"))
+
+    def _check_orphan_arena(self, ident: tuple[int, int], path: Path) -> None:
+        """Remove an arena whose process is gone and whose table is gone too (nothing names it)."""
+        pid, start_time = ident
+        if ident in self.targets or path.with_name(f"{pid}-{start_time}.table").exists():
+            return
+        try:
+            if process_start_time(pid) == start_time:
+                return  # alive: its table may be on its way, or it runs without one
+        except ProcessGoneError:
+            pass
+        except (KmemdumpError, OSError):
+            return
+        self._emit(Event("skip", pid, f"arena {path} without a table (process gone); removing it"))
+        _remove(path)
 
     def _forget(self, ident: tuple[int, int]) -> None:
         target = self.targets.pop(ident)
@@ -270,12 +323,13 @@ class Watcher:
         if target.ended_by_us:
             self._emit(Event("exit", target.pid, f"ended ({self.after_hang}) after its hang dump"))
         elif left_table:
-            self._dump(target, "death", "process died")
+            event = self._dump(target, "death", "process died")
+            if event.dump is not None:
+                self._report_arena(target.pid, event.dump)
         else:
             self._emit(Event("exit", target.pid, "exited cleanly"))
-        if left_table:  # the producer cannot remove it any more; we own the clean-up
-            with contextlib.suppress(OSError):
-                target.table.unlink()
+        if left_table:  # the producer cannot remove its files any more; we own the clean-up
+            _remove(target.table, arena_path_of(target.table))
         self._forget(ident)
 
     def _dump(self, target: _Target, reason: str, why: str) -> Event:
@@ -322,6 +376,12 @@ class Watcher:
     def close(self) -> None:
         for ident in list(self.targets):
             self._forget(ident)
+
+
+def _remove(*paths: Path) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _generation(snapshot: TableSnapshot | None) -> int | None:

@@ -18,6 +18,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "REASONS",
+    "SOURCES",
     "STATUSES",
     "DumpMeta",
     "RegionRecord",
@@ -31,6 +32,9 @@ REASONS = ("hang", "death", "request")
 STATUSES = ("ok", "partial", "unreadable", "skipped", "gone")
 """Per region: all bytes stored; a readable prefix stored; nothing readable; left out by the byte
 budget; the process vanished before the region could be read."""
+SOURCES = ("process", "arena")
+"""Where a region's bytes were (or would have been) read: the live process's memory, or the
+persistent arena file it left behind."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,8 @@ class RegionRecord:
     stored: int
     status: str
     error: str = ""
+    source: str = "process"
+    """One of :data:`SOURCES`; dumps written before persistent regions existed say nothing (process)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +82,9 @@ class DumpMeta:
     """"ok", "absent", or why the Python stacks are missing."""
     copy_ms: float = 0.0
     collector: dict[str, Any] = field(default_factory=dict)
+    arena: str = "none"
+    """The persistent arena: "none" (the table names none), "unused" (the live process was read),
+    "ok" (persistent regions were read from it), or why it could not be read."""
 
     @property
     def stored_bytes(self) -> int:
@@ -120,6 +129,7 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "stacks": str,
     "copy_ms": (int, float),
     "collector": dict,
+    "arena": str,
 }
 _REGION_FIELDS: dict[str, type] = {
     "id": int,
@@ -130,7 +140,10 @@ _REGION_FIELDS: dict[str, type] = {
     "stored": int,
     "status": str,
     "error": str,
+    "source": str,
 }
+_REGION_DEFAULTS: dict[str, str] = {"error": "", "source": "process"}
+"""Region fields a dump may leave out (older dumps have no ``source``)."""
 
 
 def decode_meta(data: bytes) -> DumpMeta:
@@ -175,12 +188,14 @@ def _region(raw: Any, index: int) -> RegionRecord:
         raise DumpFormatError("region record is not an object", index=index)
     values: dict[str, Any] = {}
     for key, kind in _REGION_FIELDS.items():
-        value = raw.get(key, "" if key == "error" else None)
+        value = raw.get(key, _REGION_DEFAULTS.get(key))
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise DumpFormatError("region record field missing or of the wrong type", index=index, field=key)
         values[key] = value
     if values["status"] not in STATUSES:
         raise DumpFormatError("unknown region status", index=index, status=values["status"])
+    if values["source"] not in SOURCES:
+        raise DumpFormatError("unknown region source", index=index, source=values["source"])
     if values["stored"] < 0 or values["stored"] > values["size"]:
         raise DumpFormatError("region record stores more than its size", index=index)
     return RegionRecord(**values)

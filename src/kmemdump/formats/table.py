@@ -34,6 +34,7 @@ from kmemdump.errors import ForeignTableError
 from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import TableFormatError
 from kmemdump.region import NAME_MAX
+from kmemdump.region import RegionFlags
 from kmemdump.region import RegionKind
 
 __all__ = [
@@ -50,9 +51,12 @@ __all__ = [
     "FEED_TICK_MASK",
     "HEADER_SIZE",
     "HEADER_STRUCT",
+    "KNOWN_ENTRY_FLAGS",
     "MAGIC",
     "MAX_CAPACITY",
     "NAME_SIZE",
+    "OFF_ARENA_BASE",
+    "OFF_ARENA_SIZE",
     "OFF_CAPACITY",
     "OFF_COLLECTOR_PID",
     "OFF_COUNT",
@@ -82,6 +86,7 @@ __all__ = [
     "TableWriter",
     "WritableBuffer",
     "default_dir",
+    "open_owned_file",
     "parse_header",
     "parse_table",
     "read_table",
@@ -127,6 +132,8 @@ OFF_WATCHDOG_TIMEOUT_NS: Final = 64
 OFF_COLLECTOR_PID: Final = 72
 OFF_COUNT: Final = 76
 OFF_CREATED_NS: Final = 80
+OFF_ARENA_BASE: Final = 88
+OFF_ARENA_SIZE: Final = 96
 
 # Entry field offsets, relative to the start of the entry.
 ENTRY_NAME: Final = 0
@@ -137,9 +144,10 @@ ENTRY_SIZE_FIELD: Final = 48
 ENTRY_KIND: Final = 56
 ENTRY_FLAGS: Final = 58
 
-HEADER_STRUCT: Final = struct.Struct("<8sHHHHIIQIIQQQQIIQ40x")
+HEADER_STRUCT: Final = struct.Struct("<8sHHHHIIQIIQQQQIIQQQ24x")
 """magic, version, header_size, entry_size, flags, capacity, pid, start_time, py_hexversion, state,
-generation, heartbeat, last_feed_ns, watchdog_timeout_ns, collector_pid, count, created_ns."""
+generation, heartbeat, last_feed_ns, watchdog_timeout_ns, collector_pid, count, created_ns,
+arena_base, arena_size."""
 ENTRY_STRUCT: Final = struct.Struct("<32sIIQQHHI")
 """name, id, valid, address, size, kind, flags, reserved."""
 FEED_STRUCT: Final = struct.Struct("<QQ")
@@ -151,6 +159,9 @@ _U32_MAX: Final = 2**32 - 1
 _U64_MAX: Final = 2**64 - 1
 _ADDRESS_LIMIT: Final = 2**64
 _FREE_FIELDS: Final = (bytes(NAME_SIZE), 0, 0, 0, 0, 0, 0, 0)
+KNOWN_ENTRY_FLAGS: Final = int(RegionFlags.PERSISTENT)
+"""Every entry flag bit this format version defines; a reader rejects any other."""
+_PERSISTENT: Final = int(RegionFlags.PERSISTENT)
 _KINDS: Final = {int(kind): kind for kind in RegionKind}
 _KIND_LIMIT: Final = max(_KINDS) + 1
 _KIND_OK: Final = bytes(1 if value in _KINDS else 0 for value in range(_KIND_LIMIT))
@@ -164,6 +175,8 @@ _W_GENERATION: Final = OFF_GENERATION // 8
 _W_HEARTBEAT: Final = OFF_HEARTBEAT // 8
 _W_LAST_FEED_NS: Final = OFF_LAST_FEED_NS // 8
 _W_WATCHDOG_TIMEOUT_NS: Final = OFF_WATCHDOG_TIMEOUT_NS // 8
+_W_ARENA_BASE: Final = OFF_ARENA_BASE // 8
+_W_ARENA_SIZE: Final = OFF_ARENA_SIZE // 8
 _I_STATE: Final = OFF_STATE // 4
 _I_COLLECTOR_PID: Final = OFF_COLLECTOR_PID // 4
 _I_COUNT: Final = OFF_COUNT // 4
@@ -208,6 +221,14 @@ class TableHeader:
     collector_pid: int
     count: int
     created_ns: int
+    arena_base: int = 0
+    """Address of the first byte of the producer's persistent arena; 0 when it has none."""
+    arena_size: int = 0
+    """Bytes in the arena; 0 when the producer has none."""
+
+    @property
+    def arena_end(self) -> int:
+        return self.arena_base + self.arena_size
 
     @property
     def table_size(self) -> int:
@@ -230,6 +251,11 @@ class TableEntry:
     @property
     def end(self) -> int:
         return self.address + self.size
+
+    @property
+    def persistent(self) -> bool:
+        """The region lies in the producer's persistent arena (readable after its death)."""
+        return bool(self.flags & _PERSISTENT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +323,8 @@ class TableWriter:
     """
 
     __slots__ = (
+        "_arena_hi",
+        "_arena_lo",
         "_buf",
         "_capacity",
         "_count",
@@ -335,7 +363,7 @@ class TableWriter:
         try:
             HEADER_STRUCT.pack_into(
                 buf, 0, MAGIC, VERSION, HEADER_SIZE, ENTRY_SIZE, 0, capacity, pid, start_time,
-                py_hexversion, TableState.STARTING, 0, 0, 0, 0, 0, 0, created_ns,
+                py_hexversion, TableState.STARTING, 0, 0, 0, 0, 0, 0, created_ns, 0, 0,
             )  # fmt: skip
         except struct.error as err:
             raise TableFormatError(f"header value out of range: {err}") from err
@@ -347,6 +375,8 @@ class TableWriter:
         self._capacity = capacity
         self._count = 0
         self._gen = 0
+        self._arena_lo = 0
+        self._arena_hi = 0
         self._live = bytearray(capacity)
         self._next_beat = itertools.count(1).__next__
         self._on_tick: Callable[[], object] = on_tick if on_tick is not None else _nothing
@@ -381,6 +411,48 @@ class TableWriter:
     def collector_pid(self) -> int:
         """The pid a collector wrote into the header (0 when none did)."""
         return self._u32[_I_COLLECTOR_PID]
+
+    # --- the persistent arena ----------------------------------------------------------------
+
+    @property
+    def arena(self) -> tuple[int, int] | None:
+        """``(arena_base, arena_size)`` as published, or None before :meth:`set_arena`."""
+        return (self._arena_lo, self._arena_hi - self._arena_lo) if self._arena_hi else None
+
+    def set_arena(self, base: int, size: int) -> None:
+        """Publish where the producer's persistent arena lies, under the seqlock; once per table.
+
+        Entries flagged ``PERSISTENT`` are accepted only inside it. Publishing the same range again
+        does nothing; another range raises :class:`InvalidRegionError`.
+        """
+        if (
+            isinstance(base, bool)
+            or isinstance(size, bool)
+            or not isinstance(base, int)
+            or not isinstance(size, int)
+            or base <= 0
+            or size <= 0
+            or base + size > _ADDRESS_LIMIT
+        ):
+            raise InvalidRegionError(
+                "arena must be a non-empty range of the 64-bit address space", base=base, size=size
+            )
+        if self._arena_hi:
+            if (base, base + size) != (self._arena_lo, self._arena_hi):
+                raise InvalidRegionError(
+                    "this table already publishes another arena", base=base, published=self._arena_lo
+                )
+            return
+        words = self._u64
+        gen = self._gen + 1
+        words[_W_GENERATION] = gen
+        words[_W_ARENA_BASE] = base
+        words[_W_ARENA_SIZE] = size
+        gen += 1
+        self._gen = gen
+        words[_W_GENERATION] = gen
+        self._arena_lo = base
+        self._arena_hi = base + size
 
     # --- entries -----------------------------------------------------------------------------
 
@@ -422,7 +494,10 @@ class TableWriter:
             and 0 not in raw  # much cheaper than b"\0" in raw
             and 0 <= kind < _KIND_LIMIT
             and _KIND_OK[kind]
-            and 0 <= flags <= 0xFFFF
+            and (
+                flags == 0
+                or (flags == _PERSISTENT and self._arena_lo <= address and address + size <= self._arena_hi)
+            )
             and 0 <= slot < self._capacity
         ):
             raise self._refusal(slot, id, name, address, size, kind, flags)
@@ -456,7 +531,16 @@ class TableWriter:
             )
         if not (0 <= kind < _KIND_LIMIT and _KIND_OK[kind]):
             return InvalidRegionError("unknown region kind", kind=kind)
-        return InvalidRegionError("flags must fit 16 bits", flags=flags)
+        if not 0 <= flags <= 0xFFFF:
+            return InvalidRegionError("flags must fit 16 bits", flags=flags)
+        if flags & ~KNOWN_ENTRY_FLAGS:
+            return InvalidRegionError("unknown entry flags", flags=flags, known=KNOWN_ENTRY_FLAGS)
+        return InvalidRegionError(
+            "a PERSISTENT region must lie inside the arena the table publishes",
+            address=address,
+            size=size,
+            arena=self.arena,
+        )
 
     def clear(self, slot: int) -> None:
         """Free ``slot`` (all 64 bytes zero) under the seqlock; a free slot is left alone."""
@@ -508,6 +592,7 @@ def parse_header(data: ReadableBuffer) -> TableHeader:
     (
         magic, version, header_size, entry_size, flags, capacity, pid, start_time, py_hexversion,
         state, generation, heartbeat, last_feed_ns, watchdog_timeout_ns, collector_pid, count, created_ns,
+        arena_base, arena_size,
     ) = HEADER_STRUCT.unpack_from(data, 0)  # fmt: skip
     if magic != MAGIC:
         raise TableFormatError("not a kmemdump table (bad magic)", magic=magic, offset=OFF_MAGIC)
@@ -531,6 +616,7 @@ def parse_header(data: ReadableBuffer) -> TableHeader:
     return TableHeader(
         version, header_size, entry_size, flags, capacity, pid, start_time, py_hexversion, table_state,
         generation, heartbeat, last_feed_ns, watchdog_timeout_ns, collector_pid, count, created_ns,
+        arena_base, arena_size,
     )  # fmt: skip
 
 
@@ -539,8 +625,9 @@ def parse_table(data: ReadableBuffer) -> TableSnapshot:
 
     ``data`` must hold at least the header and ``capacity`` entries (more is ignored). The
     generation must be even; every live entry must carry the valid marker, a non-zero unique ID,
-    a NUL-terminated UTF-8 name, a non-zero size that stays within the 64-bit address space and a
-    known kind; every free slot must be all zero; ``count`` must equal the live entries.
+    a NUL-terminated UTF-8 name, a non-zero size that stays within the 64-bit address space, a
+    known kind and only known flags, and a ``PERSISTENT`` entry must lie inside the arena the header
+    publishes; every free slot must be all zero; ``count`` must equal the live entries.
     """
     header = parse_header(data)
     need = header.table_size
@@ -555,6 +642,7 @@ def parse_table(data: ReadableBuffer) -> TableSnapshot:
             generation=header.generation,
             offset=OFF_GENERATION,
         )
+    arena_lo, arena_hi = _arena_bounds(header)
     blob = data if isinstance(data, bytes) and length == need else bytes(data[:need])
     entries: list[TableEntry] = []
     seen: set[int] = set()
@@ -582,6 +670,13 @@ def parse_table(data: ReadableBuffer) -> TableSnapshot:
         region_kind = _KINDS.get(kind)
         if region_kind is None:
             raise _entry_error(f"unknown kind {kind}", slot, ENTRY_KIND)
+        if flags:
+            if flags & ~KNOWN_ENTRY_FLAGS:
+                raise _entry_error(f"unknown flags {flags:#x}", slot, ENTRY_FLAGS)
+            if not arena_lo <= address or address + size > arena_hi:
+                raise _entry_error(
+                    "PERSISTENT region lies outside the arena the header names", slot, ENTRY_ADDRESS
+                )
         if region_id in seen:
             raise _entry_error(f"id {region_id} appears in two slots", slot, ENTRY_ID)
         seen.add(region_id)
@@ -594,6 +689,22 @@ def parse_table(data: ReadableBuffer) -> TableSnapshot:
     return TableSnapshot(header, tuple(entries))
 
 
+def _arena_bounds(header: TableHeader) -> tuple[int, int]:
+    """``[lo, hi)`` of the header's arena (``(0, 0)``, which holds nothing, when there is none)."""
+    base, size = header.arena_base, header.arena_size
+    if size == 0:
+        if base != 0:
+            raise TableFormatError("arena_base is set but arena_size is 0", offset=OFF_ARENA_BASE)
+        return 0, 0
+    if base == 0:
+        raise TableFormatError("arena_size is set but arena_base is 0", offset=OFF_ARENA_BASE)
+    if base + size > _ADDRESS_LIMIT:
+        raise TableFormatError(
+            "the arena runs past the end of the 64-bit address space", offset=OFF_ARENA_SIZE
+        )
+    return base, base + size
+
+
 def _by_id(entry: TableEntry) -> int:
     return entry.id
 
@@ -604,23 +715,41 @@ def _entry_error(message: str, slot: int, field: int = 0) -> TableFormatError:
 
 def _open_table(path: str | os.PathLike[str], mode: int) -> int:
     """Open a table without following links or blocking; refuse what is not our regular file."""
+    return open_owned_file(path, mode)
+
+
+def open_owned_file(
+    path: str | os.PathLike[str], mode: int, *, what: str = "table", owner: int | None = None
+) -> int:
+    """Open a file the producer published (a table, an arena) the way a reader must.
+
+    No symbolic link is followed and a FIFO does not block; the file must be a regular file owned
+    by the caller's effective uid, unless the caller is root. ``owner``, when given, is the one uid
+    the file may belong to, for root too (an arena must belong to its table's owner). Anything
+    else raises :class:`ForeignTableError` (``what`` names the file in the message); a missing
+    file raises :class:`FileNotFoundError`.
+    """
     try:
         fd = os.open(path, mode | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
         if err.errno == errno.ELOOP:
-            raise ForeignTableError("table path is a symbolic link", path=str(path)) from err
+            raise ForeignTableError(f"{what} path is a symbolic link", path=str(path)) from err
         if err.errno in (errno.EACCES, errno.EPERM):
-            raise ForeignTableError("no permission to open the table", path=str(path)) from err
+            raise ForeignTableError(f"no permission to open the {what}", path=str(path)) from err
         if err.errno in (errno.EISDIR, errno.ENXIO, errno.ENODEV, errno.ETXTBSY):
-            raise ForeignTableError("table path is not a regular file", path=str(path)) from err
+            raise ForeignTableError(f"{what} path is not a regular file", path=str(path)) from err
         raise
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise ForeignTableError("table path is not a regular file", path=str(path))
+            raise ForeignTableError(f"{what} path is not a regular file", path=str(path))
         euid = os.geteuid()
         if euid not in (0, info.st_uid):
-            raise ForeignTableError("table belongs to another user", path=str(path), uid=info.st_uid)
+            raise ForeignTableError(f"{what} belongs to another user", path=str(path), uid=info.st_uid)
+        if owner is not None and info.st_uid != owner:
+            raise ForeignTableError(
+                f"{what} belongs to another user than its table", path=str(path), uid=info.st_uid, owner=owner
+            )
     except BaseException:
         os.close(fd)
         raise
