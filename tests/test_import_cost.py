@@ -29,6 +29,8 @@ FORBIDDEN_EXACT = {
     "compression.zstd",
     "zstandard",
     "kmemdump.backends.table",
+    "kmemdump.arena",
+    "kmemdump.formats.arena",
     "kmemdump.objgraph",
     "kmemdump.pylayout",
     "kmemdump.pyinfo",

@@ -156,7 +156,8 @@ class Watcher:
                 if ident not in self.targets:
                     self._adopt(ident, path)
             for ident, path in arenas:
-                self._check_orphan_arena(ident, path)
+                if ident not in seen:  # a table listed now took care of its arena
+                    self._check_orphan_arena(ident, path)
         for ident in [k for k in self.targets if k not in seen]:
             target = self.targets[ident]
             if target.pidfd is not None and not self._dead(target):
@@ -225,6 +226,8 @@ class Watcher:
         """Remove an arena whose process is gone and whose table is gone too (nothing names it)."""
         pid, start_time = ident
         if ident in self.targets or path.with_name(f"{pid}-{start_time}.table").exists():
+            return
+        if not (path.exists() or path.is_symlink()):
             return
         try:
             if process_start_time(pid) == start_time:
