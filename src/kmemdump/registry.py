@@ -305,7 +305,7 @@ class Registry:
             self._give_back_id(rid)
             _release(keepalive)
             raise RegistryFullError("no free slot", capacity=len(self._slots))
-        if self._persistent_lo <= address and address + size <= self._persistent_hi:
+        if address + size <= self._persistent_hi and self._persistent_lo <= address:  # hi is 0: no arena
             region = Region(rid, address, size, kind, name, type_name, _PERSISTENT)
         else:
             region = Region(rid, address, size, kind, name, type_name)
