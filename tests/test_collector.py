@@ -211,7 +211,11 @@ def test_sigkilled_process_gives_death_dump_and_collector_goes_on(table_dir: Pat
         deaths = dumps_of(events, "death")
         assert len(deaths) == 1 and deaths[0].pid == victim.pid
         dmeta = deaths[0].dump.meta  # type: ignore[union-attr]
-        assert dmeta.partial and all(r.status in ("gone", "unreadable") for r in dmeta.regions)
+        assert dmeta.partial
+        # the heap died with the process; the banner, kept in the persistent arena, did not
+        assert all(r.status in ("gone", "unreadable") for r in dmeta.regions if r.id != ID.BANNER)
+        banner = next(r for r in dmeta.regions if r.id == ID.BANNER)
+        assert (banner.status, banner.source) == ("ok", "arena")
         # the other target is still served
         survivor.send("stop")
         assert survivor.recv() == "stopped"
@@ -258,7 +262,8 @@ def test_target_killed_mid_copy_never_leaves_truncated_file(
         assert result.meta.partial
         with CoreImage.open(result.path) as core:
             meta = decode_meta(core.note("KMEMDUMP", KMD_NOTE_META).desc)  # type: ignore[union-attr]
-        assert meta.partial and all(r.stored == 0 for r in meta.regions)
+        assert meta.partial and all(r.stored == 0 for r in meta.regions if r.source == "process")
+        assert {r.id for r in meta.regions if r.stored} <= {ID.BANNER}  # only the arena's survived
 
 
 def test_recycled_pid_is_never_dumped(table_dir: Path, dump_dir: Path) -> None:

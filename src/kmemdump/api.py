@@ -26,6 +26,7 @@ from .errors import KmemdumpError
 from .ids import ID
 from .ids import NO_ID
 from .region import Region
+from .region import RegionFlags
 from .registry import Registry
 from .registry import SwapReport
 
@@ -271,8 +272,10 @@ def init(
     table (under ``directory``, default ``$KMEMDUMP_DIR`` or ``/dev/shm/kmemdump-<uid>``);
     ``watchdog=S`` arms a heartbeat timeout of S seconds, fed by :func:`kmemdump.feed` from your main
     loop, or by a background thread with ``feeder=True`` (which detects only whole-process stalls).
-    ``arena_size`` is the size in bytes of the persistent arena (default 1 MiB), created on the
-    first ``alloc(..., persistent=True)`` beside the table; it can be set until then.
+    ``arena_size`` is the size in bytes of the persistent arena (default 1 MiB), created beside the
+    table on the first ``alloc(..., persistent=True)``, or by ``table=True``, which moves the banner
+    into it so that even the dump of a killed process says which process it was; it can be set
+    until the arena exists.
     Later calls only add what earlier ones did not enable.
     """
     failures: list[tuple[str, str]] = []
@@ -289,6 +292,8 @@ def init(
         walked = section.walk(_registry, entry_points=entry_points) if first else None
         _init.done = True
         table_path = _ensure_table(directory) if table else _current_table_path()
+        if table and banner and ID.BANNER in _registry:
+            _persist_banner(failures)
         if watchdog is not None:
             _heartbeat.set_watchdog(watchdog)
         if feeder:
@@ -296,6 +301,20 @@ def init(
     if walked is not None:
         failures.extend(walked.failed)
     return InitReport(banner_id, info_id, walked.registered if walked else (), tuple(failures), table_path)
+
+
+def _persist_banner(failures: list[tuple[str, str]]) -> None:
+    """Move the banner into the persistent arena, so that even a death dump says who died."""
+    if _registry.get(ID.BANNER).flags & RegionFlags.PERSISTENT:
+        return
+    data = make_banner()
+    try:
+        view = alloc(len(data), id=ID.BANNER, name="banner", replace=True, persistent=True)
+    except KmemdumpError as err:
+        failures.append(("banner", f"kept in ordinary memory, not in the arena: {err}"))
+        _register_banner()
+        return
+    view[:] = data
 
 
 def _existing(region_id: int) -> int | None:
