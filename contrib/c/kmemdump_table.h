@@ -42,7 +42,8 @@ struct kmd_table_header {
     uint64_t generation, heartbeat, last_feed_ns, watchdog_timeout_ns;
     uint32_t collector_pid, count;
     uint64_t created_ns;
-    uint8_t reserved[40];
+    uint64_t arena_base, arena_size; /* a persistent arena (docs/formats.md); 0, 0: none */
+    uint8_t reserved[24];
 };
 
 struct kmd_table_entry {
@@ -56,6 +57,7 @@ struct kmd_table_entry {
 _Static_assert(sizeof(struct kmd_table_header) == 128, "header is 128 bytes");
 _Static_assert(offsetof(struct kmd_table_header, generation) == 40, "generation at 40");
 _Static_assert(offsetof(struct kmd_table_header, collector_pid) == 72, "collector_pid at 72");
+_Static_assert(offsetof(struct kmd_table_header, arena_base) == 88, "arena_base at 88");
 _Static_assert(sizeof(struct kmd_table_entry) == 64, "entry is 64 bytes");
 _Static_assert(offsetof(struct kmd_table_entry, address) == 40, "address at 40");
 
