@@ -79,6 +79,26 @@ def registration() -> list[Row]:
                 ours <= 1500 and ours / base <= 8,
             )
         )
+        bare = Registry(capacity=201)  # the no-op backend: what the registry itself costs
+
+        def bare_pairs(n: int) -> None:
+            reg, unreg = bare.register, bare.unregister
+            for _ in range(n):
+                unreg(reg(address, 64))
+
+        alone = best_ns_per_op(bare_pairs, 20_000)
+        rows.append(
+            Row(
+                "register+unregister, no-op backend (the registry alone)",
+                alone,
+                "ns",
+                base,
+                "dict insert+delete",
+                alone / base,
+                "(informational)",
+                None,
+            )
+        )
         buf = best_ns_per_op(buffer_pairs, 20_000)
         rows.append(
             Row(

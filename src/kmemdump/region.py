@@ -74,6 +74,30 @@ class Region:
         return self.address + self.size
 
 
+_SET_ID, _SET_ADDRESS, _SET_SIZE, _SET_KIND, _SET_NAME, _SET_TYPE_NAME, _SET_FLAGS = (
+    Region.__dict__[name].__set__ for name in ("id", "address", "size", "kind", "name", "type_name", "flags")
+)
+
+
+def make_region(  # noqa: PLR0917 - Region's own fields, in order
+    id: int, address: int, size: int, kind: RegionKind, name: str, type_name: str = "", flags: int = 0
+) -> Region:
+    """``Region(...)`` for the registry's hot path: the same frozen object, built in half the time.
+
+    The generated ``__init__`` of a frozen dataclass stores each field through ``object.__setattr__``;
+    the slot descriptors store them directly. Fields are not checked here, as they are not there.
+    """
+    region: Region = object.__new__(Region)
+    _SET_ID(region, id)
+    _SET_ADDRESS(region, address)
+    _SET_SIZE(region, size)
+    _SET_KIND(region, kind)
+    _SET_NAME(region, name)
+    _SET_TYPE_NAME(region, type_name)
+    _SET_FLAGS(region, flags)
+    return region
+
+
 class Resolved(NamedTuple):
     """A target turned into memory: where, how big, what kind, and what keeps it in place.
 

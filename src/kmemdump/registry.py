@@ -32,6 +32,7 @@ from .region import RegionFlags
 from .region import RegionKind
 from .region import Resolved
 from .region import clean_name
+from .region import make_region
 from .region import resolve_target
 
 __all__ = ["DEFAULT_CAPACITY", "MAX_CAPACITY", "Registry", "ReplayFailure", "SwapReport"]
@@ -306,9 +307,9 @@ class Registry:
             _release(keepalive)
             raise RegistryFullError("no free slot", capacity=len(self._slots))
         if address + size <= self._persistent_hi and self._persistent_lo <= address:  # hi is 0: no arena
-            region = Region(rid, address, size, kind, name, type_name, _PERSISTENT)
+            region = make_region(rid, address, size, kind, name, type_name, _PERSISTENT)
         else:
-            region = Region(rid, address, size, kind, name, type_name)
+            region = make_region(rid, address, size, kind, name, type_name)
         try:
             self._backend.register_region(region)
         except Exception as err:
