@@ -163,11 +163,14 @@ class SharedTableBackend:
                 if flags:
                     flags = self._table_flags(region, writer)
                 try:
-                    writer.put(slot, region_id, region.name, region.address, region.size, region.kind, flags)
+                    collector = writer.put(
+                        slot, region_id, region.name, region.address, region.size, region.kind, flags
+                    )
                 except BaseException:
                     free.append(slot)
                     raise
-                self._check_collector(writer)
+                if collector and collector != self._granted:
+                    self._grant(collector)
             self._entries[region_id] = (slot, region)
         finally:
             lock.release()
@@ -183,8 +186,9 @@ class SharedTableBackend:
             slot = found[0]
             writer = self._writer
             if writer is not None:
-                writer.clear(slot)
-                self._check_collector(writer)
+                collector = writer.clear(slot)
+                if collector and collector != self._granted:
+                    self._grant(collector)
             self._free.append(slot)
         finally:
             lock.release()
@@ -246,11 +250,6 @@ class SharedTableBackend:
         if not pid or pid == self._granted:
             return False
         return self._grant(pid)
-
-    def _check_collector(self, writer: TableWriter) -> None:
-        pid = writer.collector_pid()
-        if pid and pid != self._granted:
-            self._grant(pid)
 
     def _grant(self, pid: int) -> bool:
         self._granted = pid

@@ -478,11 +478,12 @@ class TableWriter:
         size: int,
         kind: int,
         flags: int = 0,
-    ) -> None:
+    ) -> int:
         """Write a live entry into ``slot`` (replacing what it held) under the seqlock.
 
         The writer does not look for the same ID in other slots: keeping IDs unique is the
-        caller's job (a reader rejects duplicates).
+        caller's job (a reader rejects duplicates). Returns the header's ``collector_pid``, so that
+        the caller can grant it ptrace access without another call on its hot path.
         """
         raw = name.encode("utf-8")
         if not (
@@ -513,6 +514,7 @@ class TableWriter:
         gen += 1
         self._gen = gen
         words[_W_GENERATION] = gen
+        return self._u32[_I_COLLECTOR_PID]
 
     def _refusal(  # noqa: PLR0917 - mirrors put()
         self, slot: int, id: int, name: str, address: int, size: int, kind: int, flags: int
@@ -542,13 +544,16 @@ class TableWriter:
             arena=self.arena,
         )
 
-    def clear(self, slot: int) -> None:
-        """Free ``slot`` (all 64 bytes zero) under the seqlock; a free slot is left alone."""
+    def clear(self, slot: int) -> int:
+        """Free ``slot`` (all 64 bytes zero) under the seqlock; a free slot is left alone.
+
+        Returns the header's ``collector_pid``, as :meth:`put` does.
+        """
         if not 0 <= slot < self._capacity:
             raise InvalidRegionError("slot out of range", slot=slot, capacity=self._capacity)
         live = self._live
         if not live[slot]:
-            return
+            return self._u32[_I_COLLECTOR_PID]
         words = self._u64
         gen = self._gen + 1
         words[_W_GENERATION] = gen
@@ -559,6 +564,7 @@ class TableWriter:
         gen += 1
         self._gen = gen
         words[_W_GENERATION] = gen
+        return self._u32[_I_COLLECTOR_PID]
 
 
 def _make_feed(
