@@ -18,16 +18,13 @@ import itertools
 import math
 import os
 import threading
-import time
 from collections.abc import Callable
 from types import CellType
 from typing import TYPE_CHECKING
 from typing import Any
 
-from .formats.table import FEED_TICK_MASK
 from .formats.table import HEADER_SIZE
-from .formats.table import OFF_HEARTBEAT
-from .formats.table import OFF_LAST_FEED_NS
+from .formats.table import make_feed
 
 if TYPE_CHECKING:
     from .formats.table import TableWriter
@@ -46,9 +43,6 @@ __all__ = [
     "watchdog_timeout",
 ]
 
-_W_HEARTBEAT = OFF_HEARTBEAT // 8
-_W_LAST_FEED_NS = OFF_LAST_FEED_NS // 8
-
 DEFAULT_FEEDER_INTERVAL = 1.0
 """Seconds between a feeder thread's beats when no watchdog timeout is set."""
 
@@ -62,19 +56,9 @@ def _scratch_words() -> memoryview:
 
 
 def _build_feed() -> tuple[Callable[[], None], dict[str, CellType]]:
-    words = _scratch_words()
-    next_beat: Callable[[], int] = itertools.count(1).__next__
-    on_tick: Callable[[], object] = _nothing
-    clock = time.monotonic_ns
-
-    # The same body as TableWriter.feed; see there for why each word is its own store.
-    def feed() -> None:
-        beat = next_beat()
-        words[_W_LAST_FEED_NS] = clock()
-        words[_W_HEARTBEAT] = beat
-        if not beat & FEED_TICK_MASK:
-            on_tick()
-
+    # TableWriter's own feed function, built once over a scratch header; attach() repoints its
+    # closure cells at the current table, so that this one function object serves for ever.
+    feed = make_feed(_scratch_words(), itertools.count(1).__next__, _nothing)
     cells = dict(zip(feed.__code__.co_freevars, feed.__closure__ or (), strict=True))
     return feed, cells
 

@@ -86,6 +86,7 @@ __all__ = [
     "TableWriter",
     "WritableBuffer",
     "default_dir",
+    "make_feed",
     "open_owned_file",
     "parse_header",
     "parse_table",
@@ -380,7 +381,7 @@ class TableWriter:
         self._live = bytearray(capacity)
         self._next_beat = itertools.count(1).__next__
         self._on_tick: Callable[[], object] = on_tick if on_tick is not None else _nothing
-        self.feed = _make_feed(self._u64, self._next_beat, self._on_tick)
+        self.feed = make_feed(self._u64, self._next_beat, self._on_tick)
 
     def release(self) -> None:
         """Drop the views into the buffer; the writer (and its ``feed``) can no longer write."""
@@ -567,9 +568,11 @@ class TableWriter:
         return self._u32[_I_COLLECTOR_PID]
 
 
-def _make_feed(
+def make_feed(
     words: memoryview, next_beat: Callable[[], int], on_tick: Callable[[], object]
 ) -> Callable[[], None]:
+    """A feed function over a header's u64 view: its closure cells are ``words``, ``next_beat``,
+    ``on_tick`` and ``clock`` (:mod:`kmemdump.heartbeat` repoints the first three)."""
     clock = time.monotonic_ns
 
     def feed() -> None:
