@@ -128,3 +128,19 @@ def test_no_stop_copies_without_stopping(table_dir: Path, dump_dir: Path) -> Non
             options=DumpOptions(dump_dir, stop=False, stacks=False),
         )
     assert not result.meta.stopped and not result.meta.partial
+
+
+def test_budget_option_defaults_to_a_gibibyte_and_none_lifts_it() -> None:
+    from kmemdump.cli.main import build_parser
+    from kmemdump.cli.options import DEFAULT_BUDGET
+    from kmemdump.cli.options import dump_options
+
+    parser = build_parser()
+    default = parser.parse_args(["dump", "1", "--dir", "/tmp"])
+    assert default.budget == DEFAULT_BUDGET == 1 << 30
+    assert dump_options(default).budget == 1 << 30
+    lifted = parser.parse_args(["dump", "1", "--dir", "/tmp", "--budget", "none"])
+    assert dump_options(lifted).budget is None
+    assert parser.parse_args(["watch", "--budget", "1.5MiB"]).budget == 1572864
+    with pytest.raises(SystemExit):
+        parser.parse_args(["watch", "--budget", "-3k"])

@@ -7,9 +7,20 @@ import os
 from pathlib import Path
 
 from kmemdump.collector.dump import DumpOptions
-from kmemdump.errors import InvalidRegionError
+from kmemdump.errors import CollectorError
 
-__all__ = ["add_dump_options", "default_dump_dir", "dump_options", "parse_size", "table_dirs"]
+__all__ = [
+    "DEFAULT_BUDGET",
+    "add_dump_options",
+    "default_dump_dir",
+    "dump_options",
+    "parse_size",
+    "table_dirs",
+]
+
+DEFAULT_BUDGET = 1024**3
+"""Bytes of regions per dump unless --budget says otherwise: a table that lists huge regions (a bug, or
+a hostile producer when a root collector serves every user) cannot fill the dump directory."""
 
 _UNITS = {
     "": 1,
@@ -47,6 +58,8 @@ def table_dirs(all_users: bool) -> list[Path]:
 def parse_size(text: str) -> int:
     """``4096``, ``64k``, ``1.5MiB`` → bytes."""
     raw = text.strip().lower()
+    if raw in ("none", "unlimited"):
+        return 0
     number = raw.rstrip("kmgib")
     unit = raw[len(number) :]
     try:
@@ -63,14 +76,15 @@ def add_dump_options(parser: argparse.ArgumentParser) -> None:
         "--dir",
         type=Path,
         default=None,
-        help="where dumps go (default: %(default)s → $KMEMDUMP_DUMPS or ~/.local/state/kmemdump/dumps)",
+        help="where dumps go (default: $KMEMDUMP_DUMPS or ~/.local/state/kmemdump/dumps)",
     )
     parser.add_argument(
         "--budget",
         type=parse_size,
-        default=None,
+        default=DEFAULT_BUDGET,
         metavar="SIZE",
-        help="store at most SIZE bytes of regions per dump (in ID order), e.g. 64k, 2MiB",
+        help="store at most SIZE bytes of regions per dump, taken in ID order, e.g. 64k, 2MiB "
+        "(default 1GiB; 'none' for no limit)",
     )
     parser.add_argument(
         "--max-region",
@@ -96,10 +110,14 @@ def dump_options(args: argparse.Namespace) -> DumpOptions:
     try:
         directory.mkdir(parents=True, exist_ok=True, mode=0o750)
     except OSError as err:
-        raise InvalidRegionError(f"cannot create the dump directory: {err}", path=str(directory)) from err
+        raise CollectorError(
+            f"cannot create the dump directory ({err.strerror}); create it or choose another with --dir",
+            path=str(directory),
+        ) from err
     kwargs = {}
     if args.max_region is not None:
         kwargs["max_region"] = args.max_region
+    budget = args.budget or None  # 0: "none"
     return DumpOptions(
-        directory, budget=args.budget, compress=args.compress, stop=args.stop, stacks=args.stacks, **kwargs
+        directory, budget=budget, compress=args.compress, stop=args.stop, stacks=args.stacks, **kwargs
     )
