@@ -361,3 +361,28 @@ def test_stacks_name_the_deadlocked_function(table_dir: Path, dump_dir: Path) ->
         assert frames[0].function == "worker" and frames[0].filename == "<child>"
         # the innermost frame is the inner `with theirs:` line of PRODUCER, where each thread waits
         assert "with theirs:" in PRODUCER.splitlines()[frames[0].line - 1]
+
+
+def test_each_stall_is_dumped_once_up_to_the_limit(table_dir: Path, dump_dir: Path) -> None:
+    # GIVEN a producer that stalls, recovers, stalls again ... three times, and a limit of two dumps
+    timeout = 0.3
+    child, _ = start_producer(timeout, "feed-then-stop")
+    events: list[Event] = []
+    with child:
+        watcher = Watcher(
+            [table_dir], DumpOptions(dump_dir, stacks=False), on_event=events.append, max_dumps=2
+        )
+        watcher.scan()
+        for stall in range(3):
+            child.send("go")  # one beat: the previous stall is over
+            assert child.recv() == "fed"
+            handled = len([e for e in events if e.kind in ("hang", "skip")])
+            deadline = time.monotonic() + 10
+            while len([e for e in events if e.kind in ("hang", "skip")]) == handled:
+                assert time.monotonic() < deadline, f"stall {stall} not noticed"
+                watcher.step()
+        watcher.close()
+    # THEN two dumps, then one "skip" line saying why, and nothing more
+    assert [e.kind for e in events if e.kind in ("hang", "skip")] == ["hang", "hang", "skip"]
+    assert "2 hang dumps of it already" in events[-1].message
+    assert len(list(dump_dir.iterdir())) == 2

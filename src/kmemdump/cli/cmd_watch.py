@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from kmemdump.collector.watch import AFTER_HANG
+from kmemdump.collector.watch import DEFAULT_MAX_DUMPS
 from kmemdump.collector.watch import Event
 from kmemdump.collector.watch import Watcher
 
@@ -44,6 +45,13 @@ def prepare(parser: argparse.ArgumentParser) -> None:
         choices=AFTER_HANG,
         default="leave",
         help="what to do with a process once its hang is dumped (default: leave)",
+    )
+    parser.add_argument(
+        "--max-dumps",
+        type=int,
+        default=DEFAULT_MAX_DUMPS,
+        metavar="N",
+        help="hang dumps of one process before its later stalls are only logged (default: %(default)s)",
     )
 
 
@@ -77,7 +85,10 @@ def run(args: argparse.Namespace) -> int:
     def on_event(event: Event) -> None:
         print(event.line(), file=sys.stderr, flush=True)
 
-    watcher = Watcher(dirs, options, after_hang=args.after_hang, on_event=on_event)
+    if args.max_dumps < 1:
+        print("kmemdump watch: --max-dumps must be at least 1", file=sys.stderr)
+        return 2
+    watcher = Watcher(dirs, options, after_hang=args.after_hang, on_event=on_event, max_dumps=args.max_dumps)
     print(
         f"watching {', '.join(str(d) for d in dirs)}; dumps go to {options.directory}",
         file=sys.stderr,

@@ -40,11 +40,13 @@ from .procmem import process_cmdline
 from .procmem import process_exe
 from .procmem import process_start_time
 
-__all__ = ["AFTER_HANG", "Event", "Watcher"]
+__all__ = ["AFTER_HANG", "DEFAULT_MAX_DUMPS", "Event", "Watcher"]
 
 log = logging.getLogger("kmemdump.collector")
 
 AFTER_HANG = ("leave", "kill", "abort")
+DEFAULT_MAX_DUMPS = 10
+"""Hang dumps of one process before the collector stops dumping it (a death is always dumped)."""
 _RESCAN_S = 0.25
 
 
@@ -82,6 +84,8 @@ class _Target:
     dumped_at_beat: int | None = None
     """Heartbeat counter at the last hang dump: one dump per stall, re-armed by a new beat."""
     deadline_ns: int | None = None
+    limit_reported: bool = False
+    """The max_dumps limit was logged for this process (once)."""
     ended_by_us: bool = False
     """We killed or aborted it after its hang dump: its death needs no second dump."""
     errors: int = 0
@@ -110,9 +114,13 @@ class Watcher:
         on_event: Callable[[Event], None] | None = None,
         only_pid: int | None = None,
         max_sleep: float = _RESCAN_S,
+        max_dumps: int | None = DEFAULT_MAX_DUMPS,
     ) -> None:
         if after_hang not in AFTER_HANG:
             raise ValueError(f"after_hang must be one of {AFTER_HANG}")
+        if max_dumps is not None and max_dumps < 1:
+            raise ValueError("max_dumps must be at least 1 (or None for no limit)")
+        self.max_dumps = max_dumps
         self.directories = [Path(d) for d in directories]
         self.options = options
         self.after_hang = after_hang
@@ -336,6 +344,14 @@ class Watcher:
         self._forget(ident)
 
     def _dump(self, target: _Target, reason: str, why: str) -> Event:
+        hangs = sum(1 for d in target.dumps if d.meta.reason == "hang")
+        if reason == "hang" and self.max_dumps is not None and hangs >= self.max_dumps:
+            # a process that stalls again and again: its first dumps tell the story, and the disk stays free
+            event = Event("skip", target.pid, f"{why}; not dumped: {hangs} hang dumps of it already")
+            if target.limit_reported:
+                return event
+            target.limit_reported = True
+            return self._emit(event)
         try:
             result = dump_target(
                 target.pid,
