@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "watch": "collect dumps for every process publishing a kmemdump table",
     "run": "run a command under a collector; dump it when it hangs or dies",
     "dump": "dump a process's registered regions now",
+    "ps": "list the processes that publish a table, with their heartbeat",
     "ls": "list dumps",
     "show": "show a dump: header, regions decoded, Python stacks",
     "hexdump": "hex dump of one region of a dump",
