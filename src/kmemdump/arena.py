@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import atexit
 import bisect
-import itertools
 import logging
 import mmap
 import os
-import stat
 import threading
 import time
 from pathlib import Path
@@ -42,14 +40,16 @@ from .formats.arena import HEADER_SIZE
 from .formats.arena import arena_file_size
 from .formats.arena import check_arena_size
 from .formats.arena import pack_header
+from .sharedfile import link_into_place
+from .sharedfile import live_paths
+from .sharedfile import open_temporary
+from .sharedfile import remove_temporary
+from .sharedfile import temporary_name
 
 __all__ = ["DEFAULT_ARENA_SIZE", "Arena", "Block", "FirstFit", "configure", "current", "ensure"]
 
 log = logging.getLogger("kmemdump")
 
-_FILE_MODE = 0o600
-_temp_serial = itertools.count()
-_live_paths: set[str] = set()
 """Arena files this process keeps right now."""
 
 
@@ -188,7 +188,7 @@ class Arena:
         finally:
             os.close(dir_fd)
         self.path = self.directory / f"{self.owner_pid}-{self.start_time}{ARENA_SUFFIX}"
-        _live_paths.add(str(self.path))
+        live_paths.add(str(self.path))
         self._data = memoryview(self._mm)[HEADER_SIZE : HEADER_SIZE + self.size]
 
     def __repr__(self) -> str:
@@ -202,29 +202,18 @@ class Arena:
 
         pid, start = self.owner_pid, self.start_time
         final = f"{pid}-{start}{ARENA_SUFFIX}"
-        temp = f".{pid}-{start}-a{next(_temp_serial)}.tmp"
+        temp = temporary_name(pid, start, "a")
         total = arena_file_size(self.size)
-        try:
-            fd = os.open(
-                temp,
-                os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                _FILE_MODE,
-                dir_fd=dir_fd,
-            )
-        except OSError as err:
-            raise BackendError(
-                f"cannot create the arena file: {err.strerror}", path=str(self.directory / temp)
-            ) from err
+        fd = open_temporary(dir_fd, self.directory, temp, "arena")
         mm: mmap.mmap | None = None
         linked = False
         try:
-            os.fchmod(fd, _FILE_MODE)
             os.ftruncate(fd, total)
             mm = mmap.mmap(fd, total, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             with memoryview(mm) as whole:
                 base = buffer_address(whole) + HEADER_SIZE
             pack_header(mm, pid=pid, start_time=start, size=self.size, base=base, created_ns=time.time_ns())
-            _link(dir_fd, self.directory, temp, final)
+            link_into_place(dir_fd, self.directory, temp, final, "arena")
             linked = True
         except OSError as err:
             raise BackendError(
@@ -232,10 +221,7 @@ class Arena:
             ) from err
         finally:
             os.close(fd)
-            try:
-                os.unlink(temp, dir_fd=dir_fd)
-            except OSError:
-                log.warning("could not remove the temporary arena %s", self.directory / temp)
+            remove_temporary(dir_fd, self.directory, temp, "arena")
             if not linked and mm is not None:
                 mm.close()
         assert mm is not None
@@ -256,7 +242,7 @@ class Arena:
             pass  # removed by a collector
         except OSError as err:
             log.warning("could not remove the arena %s: %s", self.path, err)
-        _live_paths.discard(str(self.path))
+        live_paths.discard(str(self.path))
 
     # --- blocks --------------------------------------------------------------------------------
 
@@ -335,38 +321,6 @@ class Arena:
         return self._lock
 
 
-def _link(dir_fd: int, directory: Path, temp: str, final: str) -> None:
-    """Link ``temp`` to ``final``; replace only a stale regular file of ours (never a link)."""
-    try:
-        os.link(temp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        return
-    except FileExistsError:
-        pass
-    try:
-        info = os.lstat(final, dir_fd=dir_fd)
-    except FileNotFoundError:
-        info = None
-    stale = (
-        str(directory / final) not in _live_paths
-        and info is not None
-        and stat.S_ISREG(info.st_mode)
-        and info.st_uid == os.geteuid()
-    )
-    if not stale:
-        raise BackendError(
-            "refusing to create the arena: its path exists and is not a stale arena of ours",
-            path=str(directory / final),
-        )
-    # same pid and start time as a file this process does not hold: left from an earlier boot
-    os.unlink(final, dir_fd=dir_fd)
-    try:
-        os.link(temp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except FileExistsError:
-        raise BackendError(
-            "the arena path was taken while creating it", path=str(directory / final)
-        ) from None
-
-
 # --- the process's arena ----------------------------------------------------------------------------
 
 
@@ -433,7 +387,7 @@ def _after_fork_in_child() -> None:
     # it. Its first persistent allocation creates an arena of its own.
     _state.lock = threading.Lock()
     _state.arena = None
-    _live_paths.clear()
+    live_paths.clear()
 
 
 atexit.register(_at_exit)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import atexit
 import errno
 import functools
-import itertools
 import logging
 import mmap
 import os
@@ -48,6 +47,11 @@ from kmemdump.heartbeat import refresh as _watchdog_refresh
 from kmemdump.procinfo import self_start_time
 from kmemdump.region import Region
 from kmemdump.region import RegionFlags
+from kmemdump.sharedfile import link_into_place
+from kmemdump.sharedfile import live_paths
+from kmemdump.sharedfile import open_temporary
+from kmemdump.sharedfile import remove_temporary
+from kmemdump.sharedfile import temporary_name
 
 __all__ = ["DEFAULT_CAPACITY", "PR_SET_PTRACER", "SharedTableBackend", "open_private_dir"]
 
@@ -58,13 +62,9 @@ PR_SET_PTRACER = 0x59616D61
 """``prctl`` option of the Yama LSM: let one named process ptrace us (``'Yama'`` in ASCII)."""
 
 _DIR_MODE = 0o700
-_FILE_MODE = 0o600
 _PERSISTENT = int(RegionFlags.PERSISTENT)
 
-_live_paths: set[str] = set()
-"""Tables this process publishes right now (a second backend must not take one over)."""
 _backends: weakref.WeakSet[SharedTableBackend] = weakref.WeakSet()
-_temp_serial = itertools.count()
 
 
 class SharedTableBackend:
@@ -262,25 +262,14 @@ class SharedTableBackend:
         pid = os.getpid()
         start = self_start_time()
         final = f"{pid}-{start}{TABLE_SUFFIX}"
-        temp = f".{pid}-{start}-{next(_temp_serial)}.tmp"
+        temp = temporary_name(pid, start)
         dir_fd = self._dir_fd
         size = table_size(self.capacity)
-        try:
-            fd = os.open(
-                temp,
-                os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                _FILE_MODE,
-                dir_fd=dir_fd,
-            )
-        except OSError as err:
-            raise BackendError(
-                f"cannot create the table file: {err.strerror}", path=str(self.directory / temp)
-            ) from err
+        fd = open_temporary(dir_fd, self.directory, temp, "table")
         mm: mmap.mmap | None = None
         writer: TableWriter | None = None
         linked = False
         try:
-            os.fchmod(fd, _FILE_MODE)  # whatever the umask
             os.ftruncate(fd, size)
             mm = mmap.mmap(fd, size)  # keeps its own descriptor
             writer = TableWriter(
@@ -298,7 +287,7 @@ class SharedTableBackend:
                 flags = self._table_flags(region, writer) if region.flags else 0
                 writer.put(slot, region.id, region.name, region.address, region.size, region.kind, flags)
             writer.set_state(TableState.RUNNING)
-            self._link(temp, final)
+            link_into_place(dir_fd, self.directory, temp, final, "table")
             linked = True
         except OSError as err:
             raise BackendError(
@@ -306,10 +295,7 @@ class SharedTableBackend:
             ) from err
         finally:
             os.close(fd)
-            try:
-                os.unlink(temp, dir_fd=dir_fd)
-            except OSError:
-                log.warning("could not remove the temporary table %s", self.directory / temp)
+            remove_temporary(dir_fd, self.directory, temp, "table")
             if not linked:
                 if writer is not None:
                     writer.release()
@@ -320,38 +306,8 @@ class SharedTableBackend:
         self._path = self.directory / final
         self._owner_pid = pid
         self._granted = 0
-        _live_paths.add(str(self._path))
+        live_paths.add(str(self._path))
         self.grant_ptrace()
-
-    def _link(self, temp: str, final: str) -> None:
-        dir_fd = self._dir_fd
-        try:
-            os.link(temp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            return
-        except FileExistsError:
-            if not self._stale(final):
-                raise BackendError(
-                    "refusing to publish: the table path exists and is not a stale table of ours",
-                    path=str(self.directory / final),
-                ) from None
-        # Same pid and start time as a table this process does not hold: left over from an
-        # earlier boot (start times count from boot) in a directory that survives reboots.
-        os.unlink(final, dir_fd=dir_fd)
-        try:
-            os.link(temp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except FileExistsError:
-            raise BackendError(
-                "the table path was taken while publishing", path=str(self.directory / final)
-            ) from None
-
-    def _stale(self, final: str) -> bool:
-        if str(self.directory / final) in _live_paths:
-            return False
-        try:
-            info = os.lstat(final, dir_fd=self._dir_fd)
-        except FileNotFoundError:
-            return True
-        return stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
 
     def reopen_for_child(self) -> Path:
         """In a forked child: publish a fresh table for this pid holding every current region.
@@ -406,7 +362,7 @@ class SharedTableBackend:
             if writer is not None and path is not None and self._owner_pid == os.getpid():
                 writer.set_state(TableState.EXITING)
                 self._unlink(path)
-                _live_paths.discard(str(path))
+                live_paths.discard(str(path))
             if self._dir_fd >= 0:
                 os.close(self._dir_fd)
                 self._dir_fd = -1
@@ -495,7 +451,7 @@ def _set_ptracer(pid: int) -> bool:
 def _after_fork_in_child() -> None:
     for backend in list(_backends):
         backend._detach_after_fork()
-    _live_paths.clear()
+    live_paths.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
