@@ -294,6 +294,8 @@ def init(
         table_path = _ensure_table(directory) if table else _current_table_path()
         if table and banner and ID.BANNER in _registry:
             _persist_banner(failures)
+        if table:
+            _check_dumpable(failures)
         if watchdog is not None:
             _heartbeat.set_watchdog(watchdog)
         if feeder:
@@ -301,6 +303,20 @@ def init(
     if walked is not None:
         failures.extend(walked.failed)
     return InitReport(banner_id, info_id, walked.registered if walked else (), tuple(failures), table_path)
+
+
+def _check_dumpable(failures: list[tuple[str, str]]) -> None:
+    from .backends.table import is_dumpable
+
+    if not is_dumpable():
+        failures.append(
+            (
+                "dumpable",
+                "this process is not dumpable (it changed user, or called prctl(PR_SET_DUMPABLE, 0)): only a "
+                "collector with CAP_SYS_PTRACE can read it; if that is acceptable for this program, call "
+                "prctl(PR_SET_DUMPABLE, 1) after dropping privileges (see docs/collector.md)",
+            )
+        )
 
 
 def _persist_banner(failures: list[tuple[str, str]]) -> None:

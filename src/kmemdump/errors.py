@@ -127,8 +127,9 @@ class AccessDeniedError(CollectorError, PermissionError):
         "  * with Yama ptrace_scope=1, start the collector first: producers publishing a table call\n"
         "    prctl(PR_SET_PTRACER, collector_pid) once they see its pid; or run the target under\n"
         "    'kmemdump run', which makes it a child of the collector;\n"
-        "  * a target that called prctl(PR_SET_DUMPABLE, 0) (setuid programs, some sandboxes) is\n"
-        "    readable only with CAP_SYS_PTRACE;\n"
+        "  * a target that is not dumpable (it called prctl(PR_SET_DUMPABLE, 0), is setuid, or changed\n"
+        "    its user id, as a daemon started as root that drops privileges does) is readable only\n"
+        "    with CAP_SYS_PTRACE; such a program can call prctl(PR_SET_DUMPABLE, 1) again;\n"
         "  * in a container, add the SYS_PTRACE capability (docker run --cap-add SYS_PTRACE) and check\n"
         "    that the seccomp/AppArmor profile allows ptrace and process_vm_readv."
     )

@@ -53,7 +53,7 @@ from kmemdump.sharedfile import open_temporary
 from kmemdump.sharedfile import remove_temporary
 from kmemdump.sharedfile import temporary_name
 
-__all__ = ["DEFAULT_CAPACITY", "PR_SET_PTRACER", "SharedTableBackend", "open_private_dir"]
+__all__ = ["DEFAULT_CAPACITY", "PR_SET_PTRACER", "SharedTableBackend", "is_dumpable", "open_private_dir"]
 
 log = logging.getLogger("kmemdump")
 
@@ -434,6 +434,19 @@ def _prctl() -> Callable[[int, int, int, int, int], int]:
     function.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
     function.restype = ctypes.c_int
     return function
+
+
+PR_GET_DUMPABLE = 3
+
+
+def is_dumpable() -> bool:
+    """Whether a collector running as this process's own user may read it.
+
+    The kernel clears the flag when a process changes credentials (a daemon started as root that
+    drops to a service user, a setuid program) or calls ``prctl(PR_SET_DUMPABLE, 0)``; then only a
+    collector with ``CAP_SYS_PTRACE`` (root) can read its memory.
+    """
+    return bool(_prctl()(PR_GET_DUMPABLE, 0, 0, 0, 0) == 1)
 
 
 def _set_ptracer(pid: int) -> bool:
