@@ -6,22 +6,39 @@ a background thread). That thread keeps beating while Python code runs, so an un
 is dumped on whole-process stalls (SIGSTOP, a native call that holds the GIL, a deadlock of every
 thread, a crash) but not on a pure-Python livelock; a program that calls kmemdump.feed() from its
 main loop (with --no-feeder) is dumped on any application hang.
+
+With --trace-exit the supervisor also becomes the command's ptrace tracer
+(:mod:`kmemdump.collector.tracer`): the command stops at its exit with its memory still mapped,
+whatever ends it (SIGKILL included), and its death dump is read from that memory instead of
+recording the ordinary regions as gone.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from kmemdump.collector.dump import DumpOptions
+from kmemdump.collector.dump import dump_target
+from kmemdump.collector.tracer import ExitStop
+from kmemdump.collector.tracer import ExitTracer
+from kmemdump.collector.tracer import tracer_pid
 from kmemdump.collector.watch import AFTER_HANG
 from kmemdump.collector.watch import Event
 from kmemdump.collector.watch import Watcher
+from kmemdump.errors import AccessDeniedError
+from kmemdump.errors import KmemdumpError
+from kmemdump.formats.arena import arena_path_of
 
 from .options import add_dump_options
 from .options import dump_options
@@ -56,6 +73,13 @@ def prepare(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="autoinit without the feeder thread: the program feeds the watchdog itself",
     )
+    parser.add_argument(
+        "--trace-exit",
+        action="store_true",
+        help="trace the command (ptrace) so that it stops at its exit with its memory still mapped: a "
+        "death dump (even after SIGKILL) then holds every region; gdb, strace and blocking py-spy "
+        "cannot attach meanwhile",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="log only dumps and errors")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
 
@@ -82,6 +106,87 @@ def _exited(pid: int) -> bool:
     return info is not None
 
 
+def _start_tracer(pid: int) -> ExitTracer | None:
+    """Trace the child, or say in one line why not (and go on without)."""
+    tracer = ExitTracer(pid)
+    try:
+        tracer.start()
+    except KmemdumpError as err:
+        if not _exited(pid):  # a command that ended at once needs no explanation
+            hint = " (Yama ptrace_scope, a seccomp filter or a missing CAP_SYS_PTRACE)"
+            why = f"{err}{hint if isinstance(err, AccessDeniedError) else ''}"
+            print(f"kmemdump run: --trace-exit unavailable: {why}; supervising without it", file=sys.stderr)
+        return None
+    return tracer
+
+
+def _signal_sender(child: subprocess.Popen[bytes]) -> Callable[[int], None]:
+    """Send signals through a pidfd: ``Popen.send_signal`` waits for the child first, and a wait
+    from this thread would take the tracer's stop reports. The pidfd stays open as long as the
+    signal handlers that use it (for the rest of the process)."""
+    pidfd = os.pidfd_open(child.pid)
+
+    def send(signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signum)
+
+    return send
+
+
+def _supervise_traced(
+    watcher: Watcher, tracer: ExitTracer, options: DumpOptions, on_event: Callable[[Event], None]
+) -> int | None:
+    """Watch the traced child until the tracer reaps it; its wait status, or None if the tracer gave up."""
+    while True:
+        stop = tracer.poll_exit()
+        if stop is not None:
+            try:
+                _dump_at_exit(watcher, stop, options, on_event)
+            finally:
+                tracer.resume()
+        if tracer.done:
+            return tracer.status
+        watcher.step()
+
+
+def _dump_at_exit(
+    watcher: Watcher, stop: ExitStop, options: DumpOptions, on_event: Callable[[Event], None]
+) -> None:
+    """The child is held at its exit: dump its live memory as its death, unless it exited cleanly."""
+    watcher.scan()  # adopt a table published since the last scan; forget one a clean exit removed
+    target = next((t for (pid, _), t in watcher.targets.items() if pid == stop.pid), None)
+    if target is None or target.ended_by_us:
+        return  # no table (a clean exit, or none published), or ended by us after its hang dump
+    try:
+        result = dump_target(
+            target.pid,
+            target.start_time,
+            target.table,
+            reason="death",
+            options=dataclasses.replace(options, stop=False),  # the tracer holds it; it cannot stop now
+            snapshot=target.snapshot,
+            argv=target.argv,
+            exe=target.exe,
+        )
+    except (KmemdumpError, OSError) as err:
+        # the watcher still records the death (without the memory) once the process is gone
+        on_event(Event("error", stop.pid, f"death dump at the exit stop failed: {err}"))
+        return
+    on_event(Event("death", stop.pid, f"process exiting ({stop.describe()}); read at its exit stop", result))
+    for path in (target.table, arena_path_of(target.table)):  # the producer cannot remove them now
+        with contextlib.suppress(OSError):
+            path.unlink()
+    watcher.close()  # its death is dumped: no second dump when its pidfd reports the exit
+
+
+def _until_untraced(pid: int, timeout: float = 5.0) -> None:
+    """After the tracer thread ended, wait (bounded) until the kernel shows the child detached: a
+    wait for a child still traced by this process would report tracing stops, not its exit."""
+    deadline = time.monotonic() + timeout
+    while tracer_pid(pid) not in (0, None) and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
 def run(args: argparse.Namespace) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
@@ -100,9 +205,11 @@ def run(args: argparse.Namespace) -> int:
         except OSError as err:
             print(f"kmemdump run: cannot start {cmd[0]}: {err}", file=sys.stderr)
             return 127
+        tracer = _start_tracer(child.pid) if args.trace_exit else None
+        send = _signal_sender(child) if tracer is not None else child.send_signal
 
         def forward(signum: int, frame: FrameType | None) -> None:
-            child.send_signal(signum)
+            send(signum)
 
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, forward)
@@ -119,14 +226,28 @@ def run(args: argparse.Namespace) -> int:
             only_pid=child.pid,
             max_sleep=0.05,
         )
+        traced_status: int | None = None
         try:
             watcher.scan()
-            while not _exited(child.pid):
-                watcher.step()
+            if tracer is not None:
+                traced_status = _supervise_traced(watcher, tracer, options, on_event)
+                if traced_status is None:
+                    print(
+                        f"kmemdump run: --trace-exit stopped ({tracer.failure}); supervising without it",
+                        file=sys.stderr,
+                    )
+                    _until_untraced(child.pid)
+            if traced_status is None:
+                while not _exited(child.pid):
+                    watcher.step()
             watcher.scan()  # a table published just before the end is still seen (the child is a zombie)
             while watcher.targets:
                 watcher.step()
         finally:
+            if tracer is not None:
+                tracer.close()
             watcher.close()
+        if traced_status is not None:
+            child.returncode = os.waitstatus_to_exitcode(traced_status)  # the tracer reaped it
         status = child.wait()
     return status if status >= 0 else 128 - status

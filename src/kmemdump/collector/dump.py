@@ -434,22 +434,36 @@ def _stacks(pid: int, options: DumpOptions, gone: bool) -> tuple[bytes | None, s
 
 
 def _stop(pid: int) -> bool:
-    """SIGSTOP the target unless it is stopped already; True if we stopped it."""
-    if _state(pid) in ("T", "t"):
-        return False
+    """SIGSTOP the target unless it is stopped already; True if we stopped it.
+
+    Stopped means every thread: a group-stop parks threads one by one, and under a tracer
+    (``kmemdump run --trace-exit``) one thread first shows a tracing stop for the signal before the
+    tracer passes it on and the others stop.
+    """
+    if _all_stopped(pid) is not False:
+        return False  # stopped already (leave it stopped afterwards), or gone
     try:
         os.kill(pid, signal.SIGSTOP)
     except ProcessLookupError:
         return False
     deadline = time.monotonic() + 1.0
-    while _state(pid) not in ("T", "t", "Z", "X", None) and time.monotonic() < deadline:
+    while _all_stopped(pid) is False and time.monotonic() < deadline:
         time.sleep(0.0005)  # waiting for the kernel to park every thread, bounded
     return True
 
 
-def _state(pid: int) -> str | None:
+def _all_stopped(pid: int) -> bool | None:
+    """Whether every thread of ``pid`` is stopped (or has ended); None when the process is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    return all(_state(f"/proc/{pid}/task/{tid}/stat") in ("T", "t", "Z", "X", None) for tid in tids)
+
+
+def _state(stat_path: str) -> str | None:
+    try:
+        with open(stat_path, "rb") as f:
             data = f.read()
     except OSError:
         return None
