@@ -242,7 +242,7 @@ def _only_dump(run: Run) -> tuple[DumpMeta, dict[str, bytes]]:
 
 def _assert_full_death_dump(meta: DumpMeta, data: dict[str, bytes], pid: int) -> None:
     assert meta.reason == "death" and meta.pid == pid
-    assert not meta.partial
+    assert not meta.partial and (meta.stopped, meta.held) == (True, "exit stop")
     for region in meta.regions:
         assert (region.status, region.source) == ("ok", "process"), region
         assert region.stored == region.size
@@ -376,7 +376,7 @@ def test_the_collectors_own_stop_and_continue_leave_a_traced_program_running(
     # the copy, py-spy --nonblocking, SIGCONT (a wake-up the tracer must pass on)
     result = dump_target(pid, start_time, table, reason="request", options=DumpOptions(tmp_path))
     meta = result.meta
-    assert meta.stopped
+    assert (meta.stopped, meta.held) == (True, "SIGSTOP")
     assert all(r.status == "ok" for r in meta.regions)
     if find_py_spy() is not None:
         assert meta.stacks == "ok"

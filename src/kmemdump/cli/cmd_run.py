@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import os
 import signal
 import subprocess
@@ -28,9 +27,6 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from kmemdump.collector.dump import DumpOptions
-from kmemdump.collector.dump import dump_target
-from kmemdump.collector.tracer import ExitStop
 from kmemdump.collector.tracer import ExitTracer
 from kmemdump.collector.tracer import tracer_pid
 from kmemdump.collector.watch import AFTER_HANG
@@ -38,7 +34,6 @@ from kmemdump.collector.watch import Event
 from kmemdump.collector.watch import Watcher
 from kmemdump.errors import AccessDeniedError
 from kmemdump.errors import KmemdumpError
-from kmemdump.formats.arena import arena_path_of
 
 from .options import add_dump_options
 from .options import dump_options
@@ -133,50 +128,18 @@ def _signal_sender(child: subprocess.Popen[bytes]) -> Callable[[int], None]:
     return send
 
 
-def _supervise_traced(
-    watcher: Watcher, tracer: ExitTracer, options: DumpOptions, on_event: Callable[[Event], None]
-) -> int | None:
+def _supervise_traced(watcher: Watcher, tracer: ExitTracer) -> int | None:
     """Watch the traced child until the tracer reaps it; its wait status, or None if the tracer gave up."""
     while True:
         stop = tracer.poll_exit()
         if stop is not None:
             try:
-                _dump_at_exit(watcher, stop, options, on_event)
+                watcher.dump_held(stop.pid, f"process exiting ({stop.describe()}); read at its exit stop")
             finally:
                 tracer.resume()
         if tracer.done:
             return tracer.status
         watcher.step()
-
-
-def _dump_at_exit(
-    watcher: Watcher, stop: ExitStop, options: DumpOptions, on_event: Callable[[Event], None]
-) -> None:
-    """The child is held at its exit: dump its live memory as its death, unless it exited cleanly."""
-    watcher.scan()  # adopt a table published since the last scan; forget one a clean exit removed
-    target = next((t for (pid, _), t in watcher.targets.items() if pid == stop.pid), None)
-    if target is None or target.ended_by_us:
-        return  # no table (a clean exit, or none published), or ended by us after its hang dump
-    try:
-        result = dump_target(
-            target.pid,
-            target.start_time,
-            target.table,
-            reason="death",
-            options=dataclasses.replace(options, stop=False),  # the tracer holds it; it cannot stop now
-            snapshot=target.snapshot,
-            argv=target.argv,
-            exe=target.exe,
-        )
-    except (KmemdumpError, OSError) as err:
-        # the watcher still records the death (without the memory) once the process is gone
-        on_event(Event("error", stop.pid, f"death dump at the exit stop failed: {err}"))
-        return
-    on_event(Event("death", stop.pid, f"process exiting ({stop.describe()}); read at its exit stop", result))
-    for path in (target.table, arena_path_of(target.table)):  # the producer cannot remove them now
-        with contextlib.suppress(OSError):
-            path.unlink()
-    watcher.close()  # its death is dumped: no second dump when its pidfd reports the exit
 
 
 def _until_untraced(pid: int, timeout: float = 5.0) -> None:
@@ -230,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             watcher.scan()
             if tracer is not None:
-                traced_status = _supervise_traced(watcher, tracer, options, on_event)
+                traced_status = _supervise_traced(watcher, tracer)
                 if traced_status is None:
                     print(
                         f"kmemdump run: --trace-exit stopped ({tracer.failure}); supervising without it",

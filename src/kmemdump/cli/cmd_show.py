@@ -190,7 +190,8 @@ def _about(dump: Dump) -> list[tuple[str, str]]:
     rows.append(("Watchdog", _watchdog(dump)))
     copy = f", copy took {meta.copy_ms:g} ms" if meta.copy_ms else ""
     if meta.stopped:
-        rows.append(("Stopped", f"yes, held with SIGSTOP while its memory was copied{copy}"))
+        how = {"exit stop": "at its ptrace exit stop"}.get(meta.held, "with SIGSTOP")
+        rows.append(("Stopped", f"yes, held {how} while its memory was copied{copy}"))
     else:
         rows.append(("Stopped", f"no, regions were copied while it ran{copy}"))
     total = sum(r.size for r in meta.regions)

@@ -120,12 +120,14 @@ def dump_target(
     snapshot: TableSnapshot | None = None,
     argv: list[str] | None = None,
     exe: str | None = None,
+    held: str = "",
 ) -> DumpResult:
     """Dump the regions of the process ``(pid, start_time)`` published in ``table``.
 
     ``snapshot`` is a consistent table read taken earlier (the watcher keeps one): it is used when
     the process froze in the middle of a table update, or died. ``argv``/``exe`` likewise fill in
-    for a process that is already gone.
+    for a process that is already gone. ``held`` says that something else already holds the process
+    still (``"exit stop"``: a ptrace exit stop); it is then not SIGSTOPped.
     """
     captured_ns = time.time_ns()
     gone = False
@@ -139,7 +141,7 @@ def dump_target(
         if reason != "death":
             raise
         gone = True
-    job = _Job(pid, start_time, table, reason, tuple(argv or ()), exe, gone, captured_ns)
+    job = _Job(pid, start_time, table, reason, tuple(argv or ()), exe, gone, captured_ns, held)
     path = options.directory / _file_name(pid, start_time, reason, captured_ns)
     sink: _Sink = _BufferedCore(path) if options.compress else CoreWriter(path)
     with sink:
@@ -158,6 +160,7 @@ class _Job:
     exe: str | None
     gone: bool
     captured_ns: int
+    held: str
 
 
 def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnapshot | None) -> DumpResult:
@@ -165,8 +168,9 @@ def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnap
     argv, exe, gone, captured_ns = job.argv, job.exe, job.gone, job.captured_ns
     stopped_by_us = False
     table_torn = False
-    if not gone and options.stop:
+    if not gone and options.stop and not job.held:
         stopped_by_us = _stop(pid)
+    held = job.held or ("SIGSTOP" if stopped_by_us else "")
     try:
         try:
             snapshot = _snapshot(table, pid, start_time)
@@ -200,7 +204,8 @@ def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnap
         py_hexversion=header.py_hexversion,
         regions=tuple(records),
         partial=gone or any(r.status in ("partial", "unreadable", "gone") for r in records),
-        stopped=stopped_by_us,
+        stopped=bool(held),
+        held=held,
         heartbeat=header.heartbeat,
         heartbeat_age_s=None if age is None else round(age, 6),
         watchdog_timeout_s=header.watchdog_timeout_ns / 1e9 if header.watchdog_timeout_ns else None,
@@ -213,9 +218,7 @@ def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnap
         arena=arena_state,
     )
     notes = [
-        prpsinfo_note(
-            pid, Path(exe or (argv or ("?",))[0]).name, " ".join(argv), "T" if stopped_by_us else "R"
-        ),
+        prpsinfo_note(pid, Path(exe or (argv or ("?",))[0]).name, " ".join(argv), "T" if held else "R"),
         prstatus_note(pid),
         Note("KMEMDUMP", KMD_NOTE_META, encode_meta(meta)),
     ]

@@ -343,7 +343,27 @@ class Watcher:
             _remove(target.table, arena_path_of(target.table))
         self._forget(ident)
 
-    def _dump(self, target: _Target, reason: str, why: str) -> Event:
+    def dump_held(self, pid: int, why: str) -> Event | None:
+        """Dump ``pid`` as a death now, while something holds it at its exit with its memory mapped
+        (a ptrace exit stop, under ``kmemdump run --trace-exit``); then forget it, so that its pidfd's
+        report of the exit brings no second dump.
+
+        Returns None, dumping nothing, when the watcher holds no table for it (a clean exit removed
+        it, or none was published) or ended it itself after a hang dump.
+        """
+        self.scan()  # adopt a table published since the last scan; forget one a clean exit removed
+        ident = next((key for key in self.targets if key[0] == pid), None)
+        if ident is None or self.targets[ident].ended_by_us:
+            return None
+        target = self.targets[ident]
+        event = self._dump(target, "death", why, held="exit stop")
+        if event.dump is not None:
+            self._report_arena(pid, event.dump)
+        _remove(target.table, arena_path_of(target.table))  # the producer cannot remove them now
+        self._forget(ident)
+        return event
+
+    def _dump(self, target: _Target, reason: str, why: str, held: str = "") -> Event:
         hangs = sum(1 for d in target.dumps if d.meta.reason == "hang")
         if reason == "hang" and self.max_dumps is not None and hangs >= self.max_dumps:
             # a process that stalls again and again: its first dumps tell the story, and the disk stays free
@@ -362,6 +382,7 @@ class Watcher:
                 snapshot=target.snapshot,
                 argv=target.argv,
                 exe=target.exe,
+                held=held,
             )
         except KmemdumpError as err:
             return self._emit(Event("error", target.pid, f"{reason} dump failed: {err}"))

@@ -70,7 +70,9 @@ class DumpMeta:
     regions: tuple[RegionRecord, ...]
     partial: bool
     stopped: bool
-    """The target was held with SIGSTOP while its memory was copied."""
+    """The target was held still while its memory was copied (see ``held``)."""
+    held: str = ""
+    """How it was held: "SIGSTOP", "exit stop" (a ptrace exit stop, under ``run --trace-exit``), or ""."""
     heartbeat: int = 0
     heartbeat_age_s: float | None = None
     watchdog_timeout_s: float | None = None
@@ -119,6 +121,7 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "stopped": bool,
 }
 _OPTIONAL: dict[str, type | tuple[type, ...]] = {
+    "held": str,
     "exe": (str, type(None)),
     "heartbeat": int,
     "heartbeat_age_s": (int, float, type(None)),
