@@ -10,6 +10,7 @@ headers) are refused with typed errors, and the collector goes on.
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -191,6 +192,7 @@ def test_kmemdump_show_names_the_source(
     sources = {row.split()[2]: row.split()[7:9] for row in rows}
     assert sources["journal"] == ["arena", "ok"] and sources["plain"][0] == "process"
     assert "Arena" in out and "read from the arena file the process left behind" in out
+    assert re.search(r"^Stopped:\s+no: the process was gone", out, re.M)
     assert "journal: order 1001 paid" in out.split("\nDecoded\n", 1)[1]
     assert main(["show", str(path), "--json"]) == 0
     document = json.loads(capsys.readouterr().out)

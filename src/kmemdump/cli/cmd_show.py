@@ -192,6 +192,8 @@ def _about(dump: Dump) -> list[tuple[str, str]]:
     if meta.stopped:
         how = {"exit stop": "at its ptrace exit stop"}.get(meta.held, "with SIGSTOP")
         rows.append(("Stopped", f"yes, held {how} while its memory was copied{copy}"))
+    elif meta.reason == "death":
+        rows.append(("Stopped", f"no: the process was gone; what survived came from its arena{copy}"))
     else:
         rows.append(("Stopped", f"no, regions were copied while it ran{copy}"))
     total = sum(r.size for r in meta.regions)
