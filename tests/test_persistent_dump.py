@@ -10,8 +10,8 @@ headers) are refused with typed errors, and the collector goes on.
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import time
