@@ -130,7 +130,8 @@ def live() -> pylayout.LiveInfo:
 
 @pytest.fixture(scope="module")
 def info(live: pylayout.LiveInfo) -> PyCoreInfo:
-    live.add_types([Widget, StrChild, Colour, collections.OrderedDict, collections.defaultdict])
+    extra = (Widget, StrChild, Colour, collections.OrderedDict, collections.defaultdict, object)
+    live.add_types([*extra, Session, Inner, Slotted])
     found = live.info
     assert found is not None
     return found
@@ -150,6 +151,42 @@ class Widget:
 
 class StrChild(str):
     pass
+
+
+class Inner:
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.numbers = (1, 2.5)
+
+
+class Session:
+    def __init__(self) -> None:
+        self.user = "alice"
+        self.n = 3
+        self.inner = Inner("nested")
+        self.items = [1, "two", None]
+        self.meta = {"k": [True], "big": 2**80}
+
+
+class Slotted:
+    __slots__ = ("a", "b")
+
+    def __init__(self) -> None:
+        self.a = 1
+        self.b = "two"
+
+
+def expected_instance(obj: Any) -> Any:
+    """What decoding an instance gives: reads ``__dict__``, so call it after decoding."""
+    if type(obj) in (Session, Inner, Widget):
+        attrs = {name: expected_instance(value) for name, value in vars(obj).items()}
+        name = f"{__name__}.{type(obj).__qualname__}"
+        return {"$object": f"0x{id(obj):x}", "type": name, "attrs": attrs}
+    if isinstance(obj, dict):
+        return {key: expected_instance(value) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [expected_instance(value) for value in obj]
+    return encode_value(obj)
 
 
 class Colour(enum.IntEnum):
@@ -282,9 +319,9 @@ def test_singletons_need_no_memory(info: PyCoreInfo) -> None:
 
 
 def test_object_of_unknown_type_is_named(info: PyCoreInfo) -> None:
-    widget = Widget()
-    decoded = decode_live([widget], info)
-    assert decoded.value == [{"$object": f"0x{id(widget):x}", "type": f"{__name__}.Widget"}]
+    thing = object()
+    decoded = decode_live([thing], info)
+    assert decoded.value == [{"$object": f"0x{id(thing):x}", "type": "object"}]
     assert not decoded.complete
     assert "no decoder handles" in decoded.missing[0]
 
@@ -399,16 +436,124 @@ def test_byte_budget_truncates_strings(info: PyCoreInfo) -> None:
     assert "characters decoded (max_bytes)" in decoded.missing[0]
 
 
-def test_split_dict_is_reported_not_guessed(info: PyCoreInfo) -> None:
+def test_split_dict_decodes_in_insertion_order(info: PyCoreInfo) -> None:
     widget = Widget()
+    widget.later = "x"
+    del widget.size
+    widget.size = 4  # now after "later": on 3.11+ the order lives beside the values, not in the keys
     attrs = widget.__dict__
     values = struct.unpack("=Q", ctypes.string_at(id(attrs) + info.layout.dict_ma_values, 8))[0]
+    assert values  # a split table (shared keys, values apart)
     decoded = decode_live(attrs, info)
-    if values and sys.version_info >= (3, 11):  # 3.10's split tables are decoded (test_split_dict_3_10)
-        assert "split-table" in decoded.missing[0]
-        assert not decoded.complete
-    else:
+    assert decoded.missing == ()
+    assert list(decoded.value.items()) == list(attrs.items())  # type: ignore[union-attr]
+
+
+def test_split_dict_without_values_layout_is_reported(info: PyCoreInfo) -> None:
+    # GIVEN a PYCOREINFO from a producer that predates the values layouts
+    attrs = Widget().__dict__
+    old = dataclasses.replace(info, layout=pylayout.without_instances(info.layout))
+    decoded = decode(LiveRanges(regions_of(attrs)), id(attrs), old)
+    if info.layout.dict_keys_layout == "dk_size":  # 3.10 split tables needed no new field
         assert decoded.value == {"size": 3}
+    else:
+        assert "split-table" in decoded.missing[0] and not decoded.complete
+
+
+# --- instances of Python classes ----------------------------------------------------------
+
+
+def _session(materialize: bool) -> Session:
+    session = Session()
+    session.late = "added later"
+    del session.n
+    session.n = 4  # deleted and set again: now last in insertion order
+    if materialize:
+        session.__dict__  # noqa: B018 - creates the dict on 3.11+ (it always exists on 3.10)
+    return session
+
+
+@pytest.mark.parametrize("materialize", [False, True], ids=["values", "dict"])
+def test_instance_decodes_to_its_attributes(materialize: bool, info: PyCoreInfo) -> None:
+    session = _session(materialize)
+    decoded = decode_live(session, info)
+    assert decoded.missing == ()
+    assert decoded.type_name == f"{__name__}.Session"
+    assert decoded.value == expected_instance(session)
+    assert list(decoded.value["attrs"]) == ["user", "inner", "items", "meta", "late", "n"]  # type: ignore[index, call-overload]
+    json.dumps(decoded.value)
+    python = to_python(decoded.value)
+    assert python == Unresolved("object", id(session), f"{__name__}.Session")
+    assert python.attrs["inner"].attrs == {"tag": "nested", "numbers": (1, 2.5)}
+
+
+def test_instance_cycle_is_marked(info: PyCoreInfo) -> None:
+    node = Inner("loop")
+    node.me = node  # type: ignore[attr-defined]
+    decoded = decode_live(node, info)
+    assert decoded.complete
+    assert decoded.value["attrs"]["me"] == {"$cycle": f"0x{id(node):x}"}  # type: ignore[index, call-overload]
+
+
+def test_instance_ranges_are_all_needed(info: PyCoreInfo) -> None:
+    for materialize in (False, True):
+        # GIVEN the ranges of an instance, its attribute names and values
+        widget = Widget()
+        widget.name = "w"  # type: ignore[attr-defined]
+        if materialize:
+            widget.__dict__  # noqa: B018
+        regions = [(a, s) for a, s, _, _ in object_regions(widget, 1)]
+        assert regions[0] == (id(widget), object.__sizeof__(widget))
+        complete = decode(LiveRanges(regions), id(widget), info)
+        assert complete.missing == ()
+        assert complete.value["attrs"] == {"size": 3, "name": "w"}  # type: ignore[index, call-overload]
+        # WHEN any one of them is left out THEN decoding reports something missing
+        for index in range(1, len(regions)):
+            kept = regions[:index] + regions[index + 1 :]
+            decoded = decode(LiveRanges(kept), id(widget), info)
+            assert not decoded.complete, (materialize, index)
+
+
+def test_instance_ranges_per_version(info: PyCoreInfo) -> None:
+    labels = [label for _, _, label, _ in object_regions(Session(), 0)]
+    style = info.layout.instance_dict
+    want = {
+        "dictoffset": ["object", "type.tp_dictoffset", "dict", "dict.ma_keys", "dict.ma_values"],
+        "managed": ["object", "object.preheader", "type.ht_cached_keys", "type.cached_keys", "object.values"],
+        "tagged": ["object", "object.preheader", "type.ht_cached_keys", "type.cached_keys", "object.values"],
+        "inline": [
+            "object",
+            "object.preheader",
+            "type.tp_basicsize",
+            "type.ht_cached_keys",
+            "type.cached_keys",
+            "object.values",
+        ],
+    }
+    assert labels == want[style]
+    # the class's ranges are listed once however many instances share them
+    pair = [Session(), Session()]
+    ranges = [(a, s) for a, s, _, _ in object_regions(pair, 1)]
+    assert len(ranges) == len(set(ranges))
+
+
+def test_instance_without_dict_is_reported(info: PyCoreInfo) -> None:
+    slotted = Slotted()
+    decoded = decode_live(slotted, info)
+    assert decoded.value == {"$object": f"0x{id(slotted):x}", "type": f"{__name__}.Slotted"}
+    assert not decoded.complete
+    assert "no __dict__ (__slots__?)" in decoded.missing[0]
+
+
+def test_instance_with_missing_storage_is_reported_not_raised(info: PyCoreInfo) -> None:
+    session = _session(False)
+    only_object = decode(LiveRanges([(id(session), object.__sizeof__(session))]), id(session), info)
+    assert only_object.value["attrs"]["$missing"] == f"0x{id(session):x}"  # type: ignore[index, call-overload]
+    assert "not in dump" in only_object.missing[0]
+    old = dataclasses.replace(info, layout=pylayout.without_instances(info.layout))
+    decoded = decode(LiveRanges(regions_of(session)), id(session), old)
+    assert decoded.value == {"$object": f"0x{id(session):x}", "type": f"{__name__}.Session"}
+    assert "no decoder handles" in decoded.missing[0]
 
 
 def test_bad_arguments_raise_decode_error(info: PyCoreInfo) -> None:
@@ -516,7 +661,7 @@ BASE = 0x7F0000000000
 SMALL_WORDS = (0x64, 0xE4, 0x24, 0x28, 0x30, 0xA8, 0xB0, 0x20, 0x1, 0x8, 0xA, 0x10, 0x12)
 
 
-# one interpreter version per distinct table layout: 3.10, 3.11, 3.12 (3.13 shares 3.12's)
+# one interpreter version per distinct table layout: 3.10, 3.11, 3.12, 3.13
 LAYOUT_VERSIONS = {layout: version for version, layout in reversed(list(pylayout.TABLE.items()))}
 
 
@@ -664,6 +809,35 @@ widget.size = 3
 widget.name = "w"
 specials = {"nan": float("nan"), "widget": widget, "type": int, "loop": loop, "attrs": widget.__dict__}
 
+class Inner:
+    def __init__(self, tag):
+        self.tag = tag
+        self.numbers = (1, 2.5)
+
+class Session:
+    def __init__(self):
+        self.user = "alice"
+        self.n = 3
+        self.inner = Inner("nested")
+        self.items = [1, "two", None]
+        self.meta = {"k": [True], "big": 2**80}
+
+class Slotted:
+    __slots__ = ("a",)
+    def __init__(self):
+        self.a = 1
+
+session = Session()
+session.late = "x"
+del session.n
+session.n = 4
+opened = Session()
+opened.__dict__
+node = Inner("loop")
+node.me = node
+instances = {"session": session, "opened": opened, "node": node}
+specials.update(instances, slotted=Slotted())
+
 live = pylayout.probe()
 if not live.enabled:
     raise SystemExit("disabled: " + live.reason)
@@ -689,7 +863,22 @@ def plain(o):
         return {plain(k): plain(v) for k, v in o.items()}
     raise TypeError(type(o))
 
+def expect(o, active=()):  # after the copy: vars() creates the dict 3.11+ had avoided
+    if type(o) in (Session, Inner, Widget):
+        if id(o) in active:
+            return {"$cycle": "0x%x" % id(o)}
+        attrs = {k: expect(v, active + (id(o),)) for k, v in vars(o).items()}
+        return {"$object": "0x%x" % id(o), "type": "__main__." + type(o).__qualname__, "attrs": attrs}
+    if isinstance(o, dict):
+        return {k: expect(v, active) for k, v in o.items()}
+    if isinstance(o, list):
+        return [expect(v, active) for v in o]
+    if isinstance(o, tuple):
+        return {"$tuple": [expect(v, active) for v in o]}
+    return o
+
 json.dump({
+    "instances": {name: expect(obj) for name, obj in {**instances, "widget": widget}.items()},
     "version": list(sys.version_info[:2]),
     "blob": live.encode().hex(),
     "chunks": [[address, data.hex()] for address, data in chunks.items()],
@@ -743,16 +932,21 @@ def test_decodes_objects_from_another_interpreter(python: Path, tmp_path: Path) 
 
     nan = decode(memory, objects["nan"]["address"], info).value
     assert isinstance(nan, float) and math.isnan(nan)
-    widget = objects["widget"]
-    assert decode(memory, widget["address"], info).value == {
-        "$object": f"0x{widget['address']:x}",
-        "type": "__main__.Widget",
-    }
     assert decode(memory, objects["type"]["address"], info).value == {"$class": "int"}
     attrs = decode(memory, objects["attrs"]["address"], info)
-    if info.version[:2] == (3, 10):  # instance dicts are split tables, decoded on 3.10 only
-        assert (attrs.value, attrs.complete) == ({"size": 3, "name": "w"}, True)
-    else:
-        assert "split-table" in attrs.missing[0] or attrs.value == {"size": 3, "name": "w"}
+    assert (attrs.value, attrs.complete) == ({"size": 3, "name": "w"}, True)  # a split table
+    # instances (attribute values, a materialized __dict__, a cycle) decode to their attributes
+    for name, want in capture["instances"].items():
+        decoded = decode(memory, objects[name]["address"], info)
+        assert decoded.missing == (), name
+        assert decoded.value == want, name
+    assert list(capture["instances"]["session"]["attrs"])[-2:] == ["late", "n"]
+    slotted = decode(memory, objects["slotted"]["address"], info)
+    assert "no __dict__" in slotted.missing[0] and "attrs" not in slotted.value  # type: ignore[operator]
+    # a blob without the instance fields (an older producer) reports them, and decodes the rest
+    old = dataclasses.replace(info, layout=pylayout.without_instances(info.layout))
+    session = decode(memory, objects["session"]["address"], old)
+    assert session.value == {"$object": f"0x{objects['session']['address']:x}", "type": "__main__.Session"}
+    assert "no decoder handles" in session.missing[0]
     loop = objects["loop"]["address"]
     assert decode(memory, loop, info).value == [1, "x", {"$cycle": f"0x{loop:x}"}]

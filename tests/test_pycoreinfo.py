@@ -27,6 +27,11 @@ from kmemdump.formats.pycoreinfo import Layout
 from kmemdump.formats.pycoreinfo import PyCoreInfo
 from kmemdump.formats.pycoreinfo import TypeEntry
 
+# Instance attribute storage (added later, with defaults): a wrong value disables only attributes.
+_INSTANCE_FIELDS = frozenset(
+    f.name for f in dataclasses.fields(Layout) if f.default is not dataclasses.MISSING
+)
+
 
 @pytest.fixture(scope="module")
 def live() -> pylayout.LiveInfo:
@@ -138,7 +143,9 @@ def test_missing_key(key: str, info: PyCoreInfo) -> None:
         pycoreinfo.decode(_blob(payload))
 
 
-@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(Layout)])
+@pytest.mark.parametrize(
+    "field", [f.name for f in dataclasses.fields(Layout) if f.name not in _INSTANCE_FIELDS]
+)
 def test_missing_layout_field(field: str, info: PyCoreInfo) -> None:
     payload = _payload(info)
     del payload["layout"][field]
@@ -283,12 +290,22 @@ def test_only_the_matching_table_passes_the_self_test(version: tuple[int, int]) 
 _UNUSED_IN_310 = ("dk_log2_index_bytes", "dk_kind", "dk_entry_unicode")
 
 
-def _corruptions() -> list[Any]:
+def _corruptions(instance: bool = False) -> list[Any]:
     layout = pylayout.TABLE.get(sys.version_info[:2]) or pylayout.TABLE[max(pylayout.TABLE)]
     params: list[Any] = []
     for field in dataclasses.fields(Layout):
         value = getattr(layout, field.name)
-        if field.name == "int_layout":
+        if (field.name in _INSTANCE_FIELDS) != instance:
+            continue
+        if instance and not value:
+            continue  # not used by this version's layout
+        if field.name == "instance_dict":
+            wrong = sorted(pycoreinfo.INSTANCE_LAYOUTS - {"", value})
+        elif field.name == "dict_values_layout":
+            wrong = sorted(pycoreinfo.VALUES_LAYOUTS - {"", value})
+        elif field.name.startswith("flag_"):
+            wrong = [value << 1, value >> 1]
+        elif field.name == "int_layout":
             wrong: list[Any] = ["lv_tag" if value == "ob_size" else "ob_size"]
         elif field.name == "dict_keys_layout":
             wrong = ["dk_log2" if value == "dk_size" else "dk_size"]
@@ -316,6 +333,33 @@ def test_self_test_rejects_a_wrong_offset(field: str, wrong: Any) -> None:
     assert result.add_types([collections.OrderedDict]) is False
     with pytest.raises(DecodeError, match="decoding is disabled"):
         pylayout.probe(bad, strict=True)
+
+
+@pytest.mark.parametrize(("field", "wrong"), _corruptions(instance=True))
+def test_a_wrong_instance_offset_disables_only_attributes(field: str, wrong: Any) -> None:
+    # GIVEN the right layout with one of the instance attribute fields changed
+    good = pylayout.runtime_layout().layout
+    assert good is not None and good.instance_dict
+    bad = dataclasses.replace(good, **{field: wrong})
+    # WHEN probing with it THEN the other decoders stay, attribute decoding goes, and the note says why
+    assert pylayout.self_test(bad) != ""
+    result = pylayout.probe(bad)
+    assert result.enabled and result.layout is not None
+    assert result.layout == pylayout.without_instances(good)
+    assert "instance attributes disabled: " in result.reason
+
+
+def test_instance_fields_default_to_unsupported_in_older_blobs(info: PyCoreInfo) -> None:
+    # GIVEN a blob from a producer that predates the instance fields
+    payload = info.to_json()
+    for name in _INSTANCE_FIELDS:
+        del payload["layout"][name]
+    body = json.dumps(payload).encode()
+    old = pycoreinfo.decode(MAGIC + struct.pack("<II", FORMAT_VERSION, len(body)) + body)
+    # THEN it decodes, with instance support off
+    assert old.layout == pylayout.without_instances(info.layout)
+    assert old.layout.instance_dict == "" and old.layout.dict_values_layout == ""
+    assert pycoreinfo.decode(info.encode()).layout == info.layout
 
 
 def test_type_map_grows(live: pylayout.LiveInfo) -> None:
@@ -371,14 +415,20 @@ from kmemdump import pylayout
 from kmemdump.formats.pycoreinfo import Layout
 
 OTHER = {"ob_size": "lv_tag", "lv_tag": "ob_size", "dk_size": "dk_log2", "dk_log2": "dk_size"}
+OTHER.update(dictoffset="inline", managed="dictoffset", tagged="dictoffset", inline="dictoffset")
+OTHER.update(array="header", prefix="header", header="prefix")
 UNUSED_IN_310 = ("dk_log2_index_bytes", "dk_kind", "dk_entry_unicode")
 choice = pylayout.runtime_layout()
 good = choice.layout
 report = {"source": choice.source, "good": pylayout.self_test(good), "undetected": []}
 for field in dataclasses.fields(Layout):
     value = getattr(good, field.name)
+    if field.default is not dataclasses.MISSING and not value:
+        continue  # an instance storage field this version does not use
     if isinstance(value, str):
         wrong = [OTHER[value]]
+    elif field.name.startswith("flag_"):
+        wrong = [value << 1, value >> 1]
     elif good.dict_keys_layout == "dk_size" and field.name in UNUSED_IN_310:
         continue
     elif field.name.endswith(("_bit", "_shift")):

@@ -30,6 +30,7 @@ from typing import Final
 
 from .errors import DecodeError
 from .formats.pycoreinfo import KEYS_GENERAL
+from .formats.pycoreinfo import KEYS_SPLIT
 from .formats.pycoreinfo import KEYS_UNICODE
 from .formats.pycoreinfo import Layout
 from .formats.pycoreinfo import PyCoreInfo
@@ -47,6 +48,7 @@ __all__ = [
     "runtime_layout",
     "self_test",
     "type_entry",
+    "without_instances",
 ]
 
 KNOWN_TYPES: Final[tuple[type, ...]] = (
@@ -103,9 +105,28 @@ _V312 = Layout(
     bytearray_ob_alloc=24,
     bytearray_ob_bytes=32,
     bytearray_ob_start=40,
+    tp_basicsize=32,
+    tp_dictoffset=288,
+    ht_cached_keys=880,
+    instance_dict="tagged",
+    managed_dict=24,
+    flag_managed_dict=1 << 4,
+    dict_values_layout="prefix",
 )
 # 3.10 and 3.11 still carry wstr/wstr_length in str objects and keep the sign in ob_size.
-_V311 = dataclasses.replace(_V312, str_ascii_data=48, str_compact_data=72, int_layout="ob_size")
+# 3.13 (offsets not in _Py_DebugOffsets): inline values follow the object.
+_V313 = dataclasses.replace(
+    _V312, instance_dict="inline", flag_inline_values=1 << 2, dict_values_layout="header"
+)
+_V311 = dataclasses.replace(
+    _V312,
+    str_ascii_data=48,
+    str_compact_data=72,
+    int_layout="ob_size",
+    ht_cached_keys=872,
+    instance_dict="managed",
+    managed_values=32,
+)
 # 3.10 dict keys: Py_ssize_t dk_size, a lookup function pointer, and 24-byte entries only.
 _V310 = dataclasses.replace(
     _V311,
@@ -115,10 +136,15 @@ _V310 = dataclasses.replace(
     dk_nentries=32,
     dk_indices=40,
     dk_entry_unicode=24,
+    instance_dict="dictoffset",
+    managed_dict=0,
+    managed_values=0,
+    flag_managed_dict=0,
+    dict_values_layout="array",
 )
 
 TABLE: Final[Mapping[tuple[int, int], Layout]] = MappingProxyType(
-    {(3, 10): _V310, (3, 11): _V311, (3, 12): _V312, (3, 13): _V312}
+    {(3, 10): _V310, (3, 11): _V311, (3, 12): _V312, (3, 13): _V313}
 )
 """Offsets of x86-64 (and any LP64 little-endian) GIL builds, by ``(major, minor)``."""
 
@@ -222,7 +248,7 @@ def _layout_313(off: Mapping[str, int], free_threaded: bool) -> Layout:
     header = off["pyobject.size"]
     ascii_size = off["unicode_object.asciiobject_size"]
     layout = dataclasses.replace(
-        _V312,
+        _V313,
         ob_type=off["pyobject.ob_type"],
         tp_name=off["type_object.tp_name"],
         tp_flags=off["type_object.tp_flags"],
@@ -320,6 +346,8 @@ def self_test(layout: Layout) -> str:
         _check_int(layout, mem)
         _check_containers(layout, mem)
         _check_dict(layout, mem)
+        if layout.instance_dict:
+            _check_instances(layout, mem)
     except _Mismatch as err:
         return str(err)
     finally:
@@ -469,6 +497,106 @@ def _check_dict(layout: Layout, mem: _SelfMemory) -> None:
         _expect("instance dict values set", values != 0, True)
 
 
+class _Attrs:
+    """Instances keep ``first`` and ``second`` in the layout's attribute storage."""
+
+    def __init__(self) -> None:
+        self.first = "one"
+        self.second = 2.5
+
+
+class _SlotsAndDict:
+    """Slots push the dict (or its managed pointer) elsewhere: other basicsize and dictoffset."""
+
+    __slots__ = ("__dict__", "a", "b", "c")
+
+
+class _WeakOnly:
+    """No ``__dict__``, but a (managed, on 3.12+) weak reference list: its flags differ by one bit."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _split_values(layout: Layout, mem: _SelfMemory, values: int, what: str) -> list[tuple[int, int]]:
+    """``(entry index, value pointer)`` of a split table's values, in insertion order."""
+    style = layout.dict_values_layout
+    if style == "header":
+        capacity, size = mem.read(values, 2, f"{what} header")
+        order = list(mem.read(values + 8 + 8 * capacity, size, f"{what} order"))
+        base = values + 8
+    elif style == "prefix":
+        count, prefix = mem.read(values - 2, 2, f"{what} prefix")
+        order = list(mem.read(values - 2 - count, count, f"{what} order"))[::-1]
+        if prefix < count + 2:
+            raise _Mismatch(f"{what}: prefix of {prefix} bytes cannot hold {count} indices")
+        base = values
+    else:
+        raise _Mismatch(f"{what}: values layout {style!r} has no insertion order")
+    return [(index, mem.u64(base + 8 * index, f"{what} value")) for index in order]
+
+
+def _check_instances(layout: Layout, mem: _SelfMemory) -> None:
+    for cls in (_Attrs, _SlotsAndDict):
+        name = cls.__name__
+        _expect(
+            f"{name} tp_basicsize", mem.i64(id(cls) + layout.tp_basicsize, "tp_basicsize"), cls.__basicsize__
+        )
+        got = mem.i64(id(cls) + layout.tp_dictoffset, "tp_dictoffset")
+        _expect(f"{name} tp_dictoffset", got, cls.__dictoffset__)
+    for mask, what in (
+        (layout.flag_managed_dict, "managed dict"),
+        (layout.flag_inline_values, "inline values"),
+    ):
+        if mask:
+            _expect(f"{what} flag of an ordinary class", _Attrs.__flags__ & mask == mask, True)
+            _expect(f"{what} flag of a class without __dict__", _WeakOnly.__flags__ & mask, 0)
+    fresh, opened = _Attrs(), _Attrs()
+    fresh.second = opened.second = 2.5  # the same float object everywhere
+    keys = mem.u64(id(_Attrs) + layout.ht_cached_keys, "ht_cached_keys")
+    header = mem.read(keys, layout.dk_indices, "shared keys header")
+    try:
+        geometry = layout.keys_geometry(header, sys.byteorder)
+    except DecodeError as err:
+        raise _Mismatch(f"shared keys: {err}") from None
+    if layout.dict_keys_layout == "dk_log2":
+        _expect("shared keys kind", geometry.kind, KEYS_SPLIT)
+    raw = mem.read(keys + geometry.entries_offset, geometry.nentries * geometry.entry_size, "shared keys")
+    skip = 8 if geometry.has_hash else 0
+    names = [
+        struct.unpack_from("=Q", raw, i * geometry.entry_size + skip)[0] for i in range(geometry.nentries)
+    ]
+    _expect("shared keys", names[:2], [id(sys.intern("first")), id(sys.intern("second"))])
+    want = [(0, id("one")), (1, id(fresh.second))]
+    attrs = opened.__dict__  # materialized: now a dict whose values are split (or embedded)
+    style = layout.instance_dict
+    if style == "dictoffset":
+        _expect("instance dict", mem.u64(id(opened) + _Attrs.__dictoffset__, "instance dict"), id(attrs))
+    else:
+        where = id(fresh) - layout.managed_dict
+        dict_pointer = mem.u64(where, "managed dict")
+        values = 0
+        if style == "managed":
+            values = mem.u64(id(fresh) - layout.managed_values, "managed values")
+            _expect("managed dict of a fresh instance", dict_pointer, 0)
+        elif style == "tagged":
+            _expect("tag of a fresh instance's values", dict_pointer & 1, 1)
+            values = dict_pointer + 1
+        else:
+            _expect("managed dict of a fresh instance", dict_pointer, 0)
+            values = id(fresh) + _Attrs.__basicsize__
+            _expect("inline values valid", mem.read(values + 3, 1, "inline values")[0], 1)
+        _expect("fresh instance values", _split_values(layout, mem, values, "instance values"), want)
+        opened_pointer = mem.u64(id(opened) - layout.managed_dict, "materialized dict")
+        _expect("materialized dict", opened_pointer, id(attrs))
+    _expect("materialized dict keys", mem.u64(id(attrs) + layout.dict_ma_keys, "dict keys"), keys)
+    values = mem.u64(id(attrs) + layout.dict_ma_values, "dict values")
+    if layout.dict_values_layout == "array":
+        pairs = [(i, mem.u64(values + 8 * i, "dict values")) for i in range(2)]
+    else:
+        pairs = _split_values(layout, mem, values, "dict values")
+    _expect("materialized dict values", pairs, want)
+
+
 # --- the type map and the live PYCOREINFO ----------------------------------------------
 
 
@@ -578,6 +706,13 @@ def probe(layout: Layout | None = None, *, strict: bool = False) -> LiveInfo:
     if layout is None:
         return _disabled(f"no layout: {note}", strict)
     failure = self_test(layout)
+    if failure and layout.instance_dict:
+        # the core offsets may hold even if the attribute storage ones do not: keep the former
+        bare = without_instances(layout)
+        if not self_test(bare):
+            note = f"{note}; " if note else ""
+            note += f"instance attributes disabled: {failure}"
+            layout, failure = bare, ""
     if failure:
         where = f" ({source} offsets{'; ' + note if note else ''})"
         return _disabled(f"self-test failed: {failure}{where}", strict)
@@ -595,6 +730,22 @@ def probe(layout: Layout | None = None, *, strict: bool = False) -> LiveInfo:
         constants={id(None): "None", id(True): "True", id(False): "False"},
     )
     return LiveInfo(base, note)
+
+
+def without_instances(layout: Layout) -> Layout:
+    """``layout`` with instance attribute decoding turned off (its fields at their defaults)."""
+    return dataclasses.replace(
+        layout,
+        tp_basicsize=0,
+        tp_dictoffset=0,
+        ht_cached_keys=0,
+        instance_dict="",
+        managed_dict=0,
+        managed_values=0,
+        flag_managed_dict=0,
+        flag_inline_values=0,
+        dict_values_layout="",
+    )
 
 
 def _disabled(reason: str, strict: bool) -> LiveInfo:

@@ -41,6 +41,7 @@ from kmemdump.errors import DumpFormatError
 __all__ = [
     "CONSTANT_NAMES",
     "FORMAT_VERSION",
+    "INSTANCE_LAYOUTS",
     "INT_LAYOUTS",
     "KEYS_GENERAL",
     "KEYS_LAYOUTS",
@@ -48,6 +49,7 @@ __all__ = [
     "KEYS_UNICODE",
     "MAGIC",
     "MAX_PAYLOAD",
+    "VALUES_LAYOUTS",
     "KeysGeometry",
     "Layout",
     "PyCoreInfo",
@@ -67,6 +69,18 @@ INT_LAYOUTS: Final[frozenset[str]] = frozenset({"ob_size", "lv_tag"})
 
 KEYS_LAYOUTS: Final[frozenset[str]] = frozenset({"dk_size", "dk_log2"})
 """``dk_size``: 3.10 dict keys (``Py_ssize_t dk_size``); ``dk_log2``: 3.11+ (``dk_log2_size`` u8)."""
+
+INSTANCE_LAYOUTS: Final[frozenset[str]] = frozenset({"", "dictoffset", "managed", "tagged", "inline"})
+"""Where an instance keeps its attributes: ``""`` not supported (older blobs); ``dictoffset``:
+a dict pointer at ``tp_dictoffset`` (3.10); ``managed``: dict and values pointers before the
+object (3.11); ``tagged``: one pointer before the object, to values when its bit 0 is set (3.12);
+``inline``: a dict pointer before the object and values right after it (3.13)."""
+
+VALUES_LAYOUTS: Final[frozenset[str]] = frozenset({"", "array", "prefix", "header"})
+"""How a split table's values are laid out: ``array``: bare pointers in key order (3.10);
+``prefix``: pointers preceded by insertion-order bytes, the last byte the prefix size and the one
+before it the count (3.11, 3.12); ``header``: a 4-byte header (capacity, size, embedded, valid),
+pointers from byte 8, then insertion-order bytes (3.13). ``""``: not supported (older blobs)."""
 
 CONSTANT_NAMES: Final[Mapping[str, bool | None]] = types.MappingProxyType(
     {"None": None, "True": True, "False": False}
@@ -161,6 +175,24 @@ class Layout:
     bytearray_ob_alloc: int
     bytearray_ob_bytes: int
     bytearray_ob_start: int
+    # Instances of ordinary classes. Added after the first release: older blobs lack them, and
+    # the defaults mean "not supported" (the reader then reports attributes as missing).
+    tp_basicsize: int = 0
+    tp_dictoffset: int = 0
+    ht_cached_keys: int = 0
+    """Offset, in a heap type, of the keys object its instances share (split tables)."""
+    instance_dict: str = ""
+    """One of :data:`INSTANCE_LAYOUTS`."""
+    managed_dict: int = 0
+    """How many bytes *before* the object its managed dict pointer lies (3.11+)."""
+    managed_values: int = 0
+    """How many bytes before the object its values pointer lies (3.11 only)."""
+    flag_managed_dict: int = 0
+    """``tp_flags`` mask of ``Py_TPFLAGS_MANAGED_DICT`` (0: none)."""
+    flag_inline_values: int = 0
+    """``tp_flags`` mask of ``Py_TPFLAGS_INLINE_VALUES`` (0: none)."""
+    dict_values_layout: str = ""
+    """One of :data:`VALUES_LAYOUTS`."""
 
     def keys_geometry(self, header: bytes, byteorder: str = "little") -> KeysGeometry:
         """Interpret the first ``dk_indices`` bytes of a dict keys object.
@@ -221,10 +253,16 @@ class Layout:
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
             where = f"layout.{field.name}"
+            if field.name not in obj and field.default is not dataclasses.MISSING:
+                continue  # a fact added later: an older producer did not know it
             if field.name == "int_layout":
                 values[field.name] = _choice(obj, field.name, INT_LAYOUTS, where)
             elif field.name == "dict_keys_layout":
                 values[field.name] = _choice(obj, field.name, KEYS_LAYOUTS, where)
+            elif field.name == "instance_dict":
+                values[field.name] = _choice(obj, field.name, INSTANCE_LAYOUTS, where)
+            elif field.name == "dict_values_layout":
+                values[field.name] = _choice(obj, field.name, VALUES_LAYOUTS, where)
             else:
                 values[field.name] = _int(obj, field.name, where, 0, _MAX_OFFSET)
         for name in ("dk_entry_general", "dk_entry_unicode"):

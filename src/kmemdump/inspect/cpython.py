@@ -19,6 +19,8 @@ Values (what :attr:`Decoded.value` holds)
     ``{"$dict": [[k, v], ...]}``                any other dict, in insertion order
     ``{"$class": "name"}``                      a type object
     ``{"$object": "0x…", "type": "name"}``      an object of a type no decoder handles
+    ``{"$object": …, "type": …, "attrs": {…}}``  an instance of a Python class, with its
+                                                ``__dict__`` (a dict value, as above)
     ``{"$cycle": "0x…"}``                       a container already being decoded (a cycle)
     ``{"$missing": "0x…", "reason": "…"}``      an object that could not be decoded
     ==========================================  ============================================
@@ -35,6 +37,7 @@ import sys
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 from typing import Final
 from typing import Literal
@@ -45,6 +48,7 @@ from kmemdump.errors import DecodeError
 from kmemdump.errors import UnreadableMemoryError
 from kmemdump.formats.pycoreinfo import CONSTANT_NAMES
 from kmemdump.formats.pycoreinfo import KEYS_SPLIT
+from kmemdump.formats.pycoreinfo import KeysGeometry
 from kmemdump.formats.pycoreinfo import PyCoreInfo
 from kmemdump.memory import MemorySource
 
@@ -103,6 +107,8 @@ class Unresolved:
     kind: str
     address: int
     detail: str = ""
+    attrs: Any = field(default=None, compare=False)
+    """For an instance decoded with its attributes: them, as Python objects (not compared)."""
 
 
 class _Problem(Exception):
@@ -184,10 +190,20 @@ class _Decoder:
             return name, name
         return name, _kind_from_flags(flags)
 
+    def type_flags(self, type_address: int) -> int:
+        """``tp_flags`` of a type, from the type map or the dump (0 when neither has it)."""
+        entry = self.info.types.get(type_address)
+        if entry is not None:
+            return entry.flags
+        try:
+            return self.word(type_address + self.layout.tp_flags, "type flags")
+        except _Problem:
+            return 0
+
     def value(self, address: int, path: str, depth: int) -> JSONValue:
         constant = self.info.constants.get(address)
         if constant is not None:
-            if depth == 0:
+            if depth == 0 and self.top_type == "?":
                 self.top_type = "NoneType" if constant == "None" else "bool"
             return CONSTANT_NAMES[constant]
         here = f"0x{address:x}"
@@ -203,9 +219,13 @@ class _Decoder:
         try:
             type_address = self.word(address + self.layout.ob_type, "object header")
             name, kind = self.type_of(type_address)
-            if depth == 0:
+            if depth == 0 and self.top_type == "?":  # (an instance's __dict__ is at its depth too)
                 self.top_type = name
             decoder = _DECODERS.get(kind)
+            if decoder is None and not kind and self.layout.instance_dict:
+                flags = self.type_flags(type_address)
+                if flags & _HEAPTYPE:  # an instance of a class defined in Python
+                    decoder = _decode_instance
             if decoder is None:
                 self.note(path, f"object at {here} has type {name}, which no decoder handles")
                 return {"$object": here, "type": name}
@@ -383,8 +403,10 @@ def _decode_dict(d: _Decoder, address: int, path: str, depth: int) -> JSONValue:
         return {}
     keys = d.word(address + lay.dict_ma_keys, f"{here} keys pointer")
     values = d.word(address + lay.dict_ma_values, f"{here} values pointer")
-    if values and lay.dict_keys_layout != "dk_size":
-        raise _Problem(f"{here}: split-table dicts (values at 0x{values:x}) are not supported after 3.10")
+    if values and lay.dict_keys_layout != "dk_size" and lay.dict_values_layout not in ("prefix", "header"):
+        raise _Problem(
+            f"{here}: split-table dicts (values at 0x{values:x}) are not described by this PYCOREINFO"
+        )
     try:
         geometry = lay.keys_geometry(d.read(keys, lay.dk_indices, f"{here} keys header"), d.order)
     except DecodeError as err:
@@ -395,12 +417,60 @@ def _decode_dict(d: _Decoder, address: int, path: str, depth: int) -> JSONValue:
     take = min(count, d.items_left + max(count - used, 0), d.bytes_left // (geometry.entry_size + 8))
     if take < count:
         d.note(path, f"{here}: {take} of {count} entries read (max_items/max_bytes)")
+    entries = _key_entries(d, keys, geometry, take, here)
+    if values:  # a split table: the keys are shared, the values are the dict's own
+        entries = _split_entries(d, values, entries, geometry.nentries, here)
+    return _decode_pairs(d, entries, used=used, whole=take == count, here=here, path=path, depth=depth)
+
+
+def _key_entries(
+    d: _Decoder, keys: int, geometry: KeysGeometry, take: int, here: str
+) -> list[tuple[int, int]]:
+    """``(key, value)`` pointers of the first ``take`` entries of a keys table."""
     raw = d.read(keys + geometry.entries_offset, take * geometry.entry_size, f"{here} entries")
     skip = 8 if geometry.has_hash else 0
-    entries = [struct.unpack_from(f"{d.prefix}QQ", raw, i * geometry.entry_size + skip) for i in range(take)]
-    if values:  # 3.10 split table: the keys are shared, value i belongs to entry i
+    return [struct.unpack_from(f"{d.prefix}QQ", raw, i * geometry.entry_size + skip) for i in range(take)]
+
+
+def _split_entries(
+    d: _Decoder, values: int, entries: list[tuple[int, int]], nentries: int, here: str
+) -> list[tuple[int, int]]:
+    """Pair shared keys with a split table's values, in the table's insertion order."""
+    lay = d.layout
+    take = len(entries)
+    if lay.dict_keys_layout == "dk_size" or lay.dict_values_layout == "array":  # 3.10: key order
         pointers = struct.unpack(f"{d.prefix}{take}Q", d.read(values, take * 8, f"{here} values"))
-        entries = [(key, value) for (key, _), value in zip(entries, pointers, strict=True)]
+        return [(key, value) for (key, _), value in zip(entries, pointers, strict=True)]
+    if lay.dict_values_layout == "prefix":
+        count, prefix = d.read(values - 2, 2, f"{here} values prefix")
+        if prefix < count + 2:
+            raise _Problem(f"{here}: values prefix of {prefix} bytes cannot order {count} entries")
+        order = d.read(values - 2 - count, count, f"{here} insertion order")[::-1]
+        base = values
+    else:  # "header": capacity, size, embedded, valid; pointers; order bytes
+        capacity, count = d.read(values, 2, f"{here} values header")
+        if count > capacity:
+            raise _Problem(f"{here}: values hold {count} entries but have room for {capacity}")
+        order = d.read(values + 8 + 8 * capacity, count, f"{here} insertion order")
+        base = values + 8
+    if any(index >= nentries for index in order):
+        raise _Problem(f"{here}: insertion order names an entry beyond the {nentries} keys")
+    order = bytes(index for index in order if index < take)  # the rest fell to max_items/max_bytes
+    need = max(order) + 1 if order else 0
+    pointers = struct.unpack(f"{d.prefix}{need}Q", d.read(base, need * 8, f"{here} values"))
+    return [(entries[index][0], pointers[index]) for index in order]
+
+
+def _decode_pairs(
+    d: _Decoder,
+    entries: list[tuple[int, int]],
+    *,
+    used: int,
+    whole: bool,
+    here: str,
+    path: str,
+    depth: int,
+) -> JSONValue:
     pairs: list[tuple[JSONValue, JSONValue]] = []
     for index, (key, value) in enumerate(entries):
         if not value:
@@ -412,12 +482,78 @@ def _decode_dict(d: _Decoder, address: int, path: str, depth: int) -> JSONValue:
         label = repr(decoded_key)
         label = label if len(label) <= 40 else label[:37] + "..."
         pairs.append((decoded_key, d.value(value, f"{path}[{label}]", depth + 1)))
-    if take == count and len(pairs) != used:
+    if whole and used >= 0 and len(pairs) != used:
         d.note(path, f"{here}: ma_used is {used} but {len(pairs)} entries are live")
     if all(isinstance(k, str) and not k.startswith("$") for k, _ in pairs):
         return {str(k): v for k, v in pairs}
     listed: list[JSONValue] = [[k, v] for k, v in pairs]
     return {"$dict": listed}
+
+
+_HEAPTYPE: Final = 1 << 9
+
+
+def _decode_instance(d: _Decoder, address: int, path: str, depth: int) -> JSONValue:
+    """An instance of a Python class: ``{"$object": "0x…", "type": name, "attrs": {...}}``."""
+    lay = d.layout
+    here = f"0x{address:x}"
+    type_address = d.word(address + lay.ob_type, "object header")
+    name, _ = d.type_of(type_address)
+    result: dict[str, JSONValue] = {"$object": here, "type": name}
+    try:
+        attrs = _instance_attrs(d, address, type_address, path, depth)
+    except _Problem as problem:
+        reason = f"attributes of {name} object at {here}: {problem}"
+        d.note(path, reason)
+        attrs = {"$missing": here, "reason": reason}
+    if attrs is not None:
+        result["attrs"] = attrs
+    return result
+
+
+def _instance_attrs(d: _Decoder, address: int, type_address: int, path: str, depth: int) -> JSONValue:
+    lay = d.layout
+    here = f"instance at 0x{address:x}"
+    flags = d.type_flags(type_address)
+    style = lay.instance_dict
+    values = 0
+    if lay.flag_managed_dict and flags & lay.flag_managed_dict:
+        dict_pointer = d.word(address - lay.managed_dict, f"{here} managed dict pointer")
+        if style == "managed":
+            values = d.word(address - lay.managed_values, f"{here} values pointer")
+        elif style == "tagged" and dict_pointer & 1:
+            dict_pointer, values = 0, dict_pointer + 1
+        elif style == "inline" and not dict_pointer and flags & lay.flag_inline_values:
+            basicsize = d.word(type_address + lay.tp_basicsize, f"{here} type's tp_basicsize", signed=True)
+            if not 0 < basicsize < 1 << 20:
+                raise _Problem(f"{here}: implausible tp_basicsize {basicsize}")
+            values = address + basicsize
+            if not d.read(values + 3, 1, f"{here} inline values header")[0]:
+                raise _Problem(f"{here}: inline values are invalid and there is no dict")
+    else:
+        offset = d.word(type_address + lay.tp_dictoffset, f"{here} type's tp_dictoffset", signed=True)
+        if offset == 0:
+            d.note(path, f"{here}: its class has no __dict__ (__slots__?): attributes are not decoded")
+            return None
+        if not 0 < offset < 1 << 20:
+            raise _Problem(f"{here}: tp_dictoffset {offset} (variable-size objects) is not supported")
+        dict_pointer = d.word(address + offset, f"{here} dict pointer")
+    if dict_pointer:
+        return d.value(dict_pointer, f"{path}.__dict__", depth)
+    if not values:
+        return {}
+    keys = d.word(type_address + lay.ht_cached_keys, f"{here} type's shared keys pointer")
+    try:
+        geometry = lay.keys_geometry(d.read(keys, lay.dk_indices, f"{here} shared keys header"), d.order)
+    except DecodeError as err:
+        raise _Problem(f"{here}: shared keys at 0x{keys:x}: {err}") from None
+    count = geometry.nentries
+    take = min(count, d.items_left + count, d.bytes_left // (geometry.entry_size + 8))
+    if take < count:
+        d.note(path, f"{here}: {take} of {count} shared keys read (max_bytes)")
+    entries = _key_entries(d, keys, geometry, take, f"{here} shared keys")
+    pairs = _split_entries(d, values, entries, count, f"{here} values")
+    return _decode_pairs(d, pairs, used=-1, whole=take == count, here=here, path=path, depth=depth)
 
 
 def _decode_type(d: _Decoder, address: int, path: str, depth: int) -> JSONValue:
@@ -507,7 +643,8 @@ def decode_buffer(data: bytes, *, preview: int = 256) -> dict[str, Any]:
 def encode_value(obj: Any) -> JSONValue:
     """The value :func:`decode` gives for a live ``obj`` (subclasses map to their builtin base).
 
-    Objects of other types become ``{"$object": ..., "type": ...}``; types ``{"$class": name}``
+    Objects of other types become ``{"$object": ..., "type": ...}`` (without the ``attrs`` a
+    decoded instance has: reading ``__dict__`` could change the object); types ``{"$class": name}``
     with the bare ``__name__`` for builtins and ``module.qualname`` otherwise.
     """
     if obj is None or type(obj) in (bool, str, int, float):
@@ -546,7 +683,7 @@ def to_python(value: JSONValue) -> Any:
         return value
     if isinstance(value, list):
         return [to_python(item) for item in value]
-    if len(value) <= 2 and value:
+    if (len(value) <= 2 and value) or (len(value) == 3 and "$object" in value and "attrs" in value):
         tag = next(iter(value))
         payload = value[tag]
         if tag == "$bytes" and isinstance(payload, str):
@@ -565,7 +702,8 @@ def to_python(value: JSONValue) -> Any:
             return Unresolved("class", 0, payload)
         if tag in ("$cycle", "$missing", "$object") and isinstance(payload, str):
             detail = value.get("reason", value.get("type", ""))
-            return Unresolved(tag[1:], int(payload, 16), detail if isinstance(detail, str) else "")
+            attrs = to_python(value["attrs"]) if "attrs" in value else None
+            return Unresolved(tag[1:], int(payload, 16), detail if isinstance(detail, str) else "", attrs)
     return {key: to_python(item) for key, item in value.items()}
 
 
