@@ -123,3 +123,10 @@ def test_instances_show_their_attributes(
     slotted = by_id[info["ids"]["slotted"]]["decoded"]
     assert slotted["value"] == {"$object": info["slotted"], "type": info["slotted_type"]}
     assert any("no __dict__" in line for line in slotted["missing"])
+    # AND the text form prints an instance like a dataclass's repr
+    assert main(["show", str(result.path), "--plain"]) == 0
+    text = capsys.readouterr().out
+    assert (
+        "Session(user='alice', n=3, inner=Inner(tag='nested', numbers=(1, 2.5)), items=[1, 'two', None]"
+        in text
+    )

@@ -297,6 +297,9 @@ def _readable(obj: Any) -> Any:
     if isinstance(obj, Unresolved):
         if obj.kind == "class":
             return _Shown(f"<class {obj.detail!r}>")
+        if obj.kind == "object" and isinstance(obj.attrs, dict):
+            fields = ", ".join(f"{key}={_readable(value)!r}" for key, value in obj.attrs.items())
+            return _Shown(f"{obj.detail.rsplit('.', 1)[-1]}({fields})")  # like a dataclass's repr
         if obj.kind == "object":
             return _Shown(f"<{obj.detail} object at 0x{obj.address:x}>")
         if obj.kind == "cycle":
