@@ -437,6 +437,8 @@ def test_byte_budget_truncates_strings(info: PyCoreInfo) -> None:
 
 
 def test_split_dict_decodes_in_insertion_order(info: PyCoreInfo) -> None:
+    if sys.version_info < (3, 11):
+        pytest.skip("3.10 turns a split table into a combined one when an attribute is deleted")
     widget = Widget()
     widget.later = "x"
     del widget.size
@@ -515,10 +517,18 @@ def test_instance_ranges_are_all_needed(info: PyCoreInfo) -> None:
 
 
 def test_instance_ranges_per_version(info: PyCoreInfo) -> None:
-    labels = [label for _, _, label, _ in object_regions(Session(), 0)]
+    session = Session()
+    labels = [label for _, _, label, _ in object_regions(session, 0)]
     style = info.layout.instance_dict
+    # 3.10: the instance dict shares its class's keys (values apart) until the class's instances
+    # disagree on their attributes, which earlier tests in this process may have made them do
+    split = (
+        style == "dictoffset"
+        and struct.unpack("=Q", ctypes.string_at(id(session.__dict__) + info.layout.dict_ma_values, 8))[0]
+    )
     want = {
-        "dictoffset": ["object", "type.tp_dictoffset", "dict", "dict.ma_keys", "dict.ma_values"],
+        "dictoffset": ["object", "type.tp_dictoffset", "dict", "dict.ma_keys"]
+        + (["dict.ma_values"] if split else []),
         "managed": ["object", "object.preheader", "type.ht_cached_keys", "type.cached_keys", "object.values"],
         "tagged": ["object", "object.preheader", "type.ht_cached_keys", "type.cached_keys", "object.values"],
         "inline": [
