@@ -8,22 +8,18 @@ collector dumps it and ``kmemdump show --json`` must give each instance's attrib
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-import kmemdump
 from kmemdump.cli.main import main
-from kmemdump.collector.dump import DumpOptions
-from kmemdump.collector.dump import dump_target
-from kmemdump.collector.procmem import process_start_time
 from tests.helpers_child import spawn_child
+from tests.helpers_interpreters import EACH_INTERPRETER
+from tests.helpers_interpreters import producer_env
+from tests.helpers_interpreters import request_dump
 
 pytestmark = pytest.mark.slow
 
-SRC = str(Path(kmemdump.__file__).resolve().parent.parent)
-INTERPRETERS = {v: f"/root/.pyenv/versions/{v}/bin/python" for v in ("3.10.13", "3.11.7", "3.12.1", "3.13.0")}
 
 PRODUCER = r"""
 import kmemdump
@@ -80,35 +76,16 @@ block()
 """
 
 
-@pytest.mark.parametrize(
-    "python",
-    [
-        pytest.param(
-            path,
-            id=f"python={version.rsplit('.', 1)[0]}",
-            marks=pytest.mark.skipif(
-                not os.access(path, os.X_OK), reason=f"Python {version} is not installed"
-            ),
-        )
-        for version, path in INTERPRETERS.items()
-    ],
-)
+@pytest.mark.parametrize("python", EACH_INTERPRETER)
 def test_instances_show_their_attributes(
     python: str, table_dir: Path, dump_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # GIVEN a process of that interpreter with registered instances, waiting
-    env = dict(os.environ, PYTHONPATH=SRC, KMEMDUMP_DIR=str(table_dir))
-    with spawn_child(PRODUCER, python=python, env=env) as child:
+    with spawn_child(PRODUCER, python=python, env=producer_env(table_dir)) as child:
         info = child.recv(timeout=60)
         assert info["failures"] == []
         # WHEN the collector dumps it and the inspector shows the dump as JSON
-        result = dump_target(
-            child.pid,
-            process_start_time(child.pid),
-            Path(info["table"]),
-            reason="request",
-            options=DumpOptions(dump_dir),
-        )
+        result = request_dump(child.pid, info["table"], dump_dir)
         child.send("exit")
     capsys.readouterr()
     assert main(["show", str(result.path), "--json"]) == 0
