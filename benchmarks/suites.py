@@ -38,8 +38,8 @@ def _tmpdir(prefix: str) -> Iterator[Path]:
 
 
 def registration() -> list[Row]:
-    from kmemdump.backends.table import SharedTableBackend
-    from kmemdump.registry import Registry
+    from kmemdump.producer.backends.table import SharedTableBackend
+    from kmemdump.producer.registry import Registry
 
     rows = []
     with _tmpdir("kmd-bench-") as tables:
@@ -147,8 +147,8 @@ def registration() -> list[Row]:
 
 
 def feeding() -> list[Row]:
-    from kmemdump import heartbeat
-    from kmemdump.backends.table import SharedTableBackend
+    from kmemdump.producer import heartbeat
+    from kmemdump.producer.backends.table import SharedTableBackend
 
     with _tmpdir("kmd-bench-") as tables:
         backend = SharedTableBackend(tables)
@@ -224,7 +224,7 @@ def _write_fsync(directory: Path, data: bytes) -> float:
 def _dump(info: dict[str, object], dumps: Path, **options: object) -> tuple[float, Path]:
     from kmemdump.collector.dump import DumpOptions
     from kmemdump.collector.dump import dump_target
-    from kmemdump.collector.procmem import process_start_time
+    from kmemdump.procinfo import process_start_time
 
     pid = int(info["pid"])  # type: ignore[call-overload]
     t0 = time.perf_counter_ns()
@@ -239,7 +239,7 @@ def _dump(info: dict[str, object], dumps: Path, **options: object) -> tuple[floa
 
 
 def throughput() -> list[Row]:
-    from kmemdump.collector.procmem import ProcessMemory
+    from kmemdump.memory.process import ProcessMemory
 
     rows = []
     size = 64 * MiB

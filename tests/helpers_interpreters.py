@@ -16,7 +16,7 @@ import kmemdump
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.dump import DumpResult
 from kmemdump.collector.dump import dump_target
-from kmemdump.collector.procmem import process_start_time
+from kmemdump.procinfo import process_start_time
 
 __all__ = ["EACH_INTERPRETER", "SRC", "producer_env", "request_dump"]
 

@@ -22,11 +22,11 @@ from kmemdump import RegionExistsError
 from kmemdump import RegionKind
 from kmemdump import Registry
 from kmemdump import UnknownRegionError
-from kmemdump.alloc import alloc
-from kmemdump.alloc import alloc_with
-from kmemdump.alloc import allocated
-from kmemdump.alloc import free
 from kmemdump.ids import DYNAMIC_START
+from kmemdump.producer.alloc import alloc
+from kmemdump.producer.alloc import alloc_with
+from kmemdump.producer.alloc import allocated
+from kmemdump.producer.alloc import free
 from test_backends import Journal
 from test_backends import RecordingBackend
 

@@ -23,11 +23,11 @@ from kmemdump import ID
 from kmemdump import NO_ID
 from kmemdump import RegionKind
 from kmemdump import Registry
-from kmemdump.annotations import ENTRY_POINT_GROUP
-from kmemdump.annotations import Annotation
-from kmemdump.annotations import AnnotationSection
-from kmemdump.annotations import WalkReport
 from kmemdump.ids import DYNAMIC_START
+from kmemdump.producer.annotations import ENTRY_POINT_GROUP
+from kmemdump.producer.annotations import Annotation
+from kmemdump.producer.annotations import AnnotationSection
+from kmemdump.producer.annotations import WalkReport
 
 
 def _child(code: str, *args: str, pythonpath: Path | None = None) -> Any:
@@ -144,7 +144,7 @@ def test_static_records_without_registering_then_init_registers() -> None:
     out = _child(
         """
         import json, ctypes, kmemdump
-        from kmemdump.annotations import section
+        from kmemdump.producer.annotations import section
         EVENTS = kmemdump.static(bytearray(b"events!"), id=kmemdump.ID.USER_START, name="events")
         COUNTERS = kmemdump.static((ctypes.c_uint64 * 4)(1, 2, 3, 4), name="counters")
         before = [r.id for r in kmemdump.regions()]

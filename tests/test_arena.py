@@ -42,14 +42,14 @@ from kmemdump import RegionKind
 from kmemdump import Registry
 from kmemdump import RegistryFullError
 from kmemdump import UnknownRegionError
-from kmemdump.alloc import alloc_persistent
-from kmemdump.alloc import free
-from kmemdump.arena import Arena
-from kmemdump.arena import FirstFit
-from kmemdump.backends.table import SharedTableBackend
 from kmemdump.formats import arena as afmt
 from kmemdump.formats.table import read_table
 from kmemdump.procinfo import self_start_time
+from kmemdump.producer.alloc import alloc_persistent
+from kmemdump.producer.alloc import free
+from kmemdump.producer.arena import Arena
+from kmemdump.producer.arena import FirstFit
+from kmemdump.producer.backends.table import SharedTableBackend
 from tests.helpers_child import spawn_child
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "formats.md"
@@ -329,7 +329,7 @@ def test_a_refused_registration_gives_the_block_back(arena: Arena) -> None:
 
 
 def test_table_publishes_the_arena_and_the_flag(arena: Arena, arena_dir: Path, monkeypatch: Any) -> None:
-    from kmemdump import arena as arena_module
+    from kmemdump.producer import arena as arena_module
 
     monkeypatch.setattr(arena_module._state, "arena", arena)
     registry = Registry(capacity=8)
@@ -360,7 +360,7 @@ def test_table_publishes_the_arena_and_the_flag(arena: Arena, arena_dir: Path, m
 def test_a_table_elsewhere_publishes_persistent_regions_as_ordinary(
     arena: Arena, tmp_path: Path, monkeypatch: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from kmemdump import arena as arena_module
+    from kmemdump.producer import arena as arena_module
 
     monkeypatch.setattr(arena_module._state, "arena", arena)
     elsewhere = tmp_path / "elsewhere"
@@ -473,7 +473,7 @@ def test_persistent_alloc_needs_no_table_and_keeps_import_light(table_dir: Path)
     out = run_code(
         """
         import json, os, sys, kmemdump
-        light = "kmemdump.arena" not in sys.modules and "ctypes" not in sys.modules
+        light = "kmemdump.producer.arena" not in sys.modules and "ctypes" not in sys.modules
         buf = kmemdump.alloc(8, persistent=True)
         print(json.dumps({"light": light, "files": sorted(os.listdir(os.environ["KMEMDUMP_DIR"]))}))
         """,
@@ -502,7 +502,7 @@ def test_a_forked_child_leaves_the_parents_arena_alone(table_dir: Path) -> None:
             own = kmemdump.alloc(16, name="own", persistent=True)
             own[:5] = b"child"
             after = read_table(table)
-            arena = kmemdump.arena.current()
+            arena = kmemdump.producer.arena.current()
             info = {
                 "before": [before.header.arena_size, {e.name: e.flags for e in before.entries}],
                 "after": [after.header.arena_base == arena.base, {e.name: e.flags for e in after.entries}],
@@ -516,8 +516,8 @@ def test_a_forked_child_leaves_the_parents_arena_alone(table_dir: Path) -> None:
         os.close(w)
         child = json.loads(os.read(r, 65536))
         os.waitpid(pid, 0)
-        import kmemdump.arena
-        parent = kmemdump.arena.current()
+        import kmemdump.producer.arena
+        parent = kmemdump.producer.arena.current()
         print(json.dumps({
             "child": child, "parent_arena": str(parent.path), "parent_bytes": bytes(inherited[:6]).decode(),
             "parent_exists": parent.path.exists(), "left": sorted(os.listdir(os.environ["KMEMDUMP_DIR"])),

@@ -29,20 +29,26 @@ import pytest
 
 from conftest import require_tool
 from kmemdump.cli.main import main
+from kmemdump.cli.render import PROGRESS_THRESHOLD
+from kmemdump.cli.render import Column
+from kmemdump.cli.render import Output
+from kmemdump.cli.render import format_size
+from kmemdump.cli.render import hexdump_lines
+from kmemdump.cli.render import progress
+from kmemdump.collector.corewriter import write_core
 from kmemdump.errors import DumpFormatError
 from kmemdump.errors import UnknownRegionError
-from kmemdump.formats.core import KMD_NOTE_META
-from kmemdump.formats.core import KMD_NOTE_STACKS
-from kmemdump.formats.core import PYCOREINFO_NOTE
-from kmemdump.formats.core import CoreImage
-from kmemdump.formats.core import Note
-from kmemdump.formats.core import Segment
-from kmemdump.formats.core import prpsinfo_note
-from kmemdump.formats.core import prstatus_note
-from kmemdump.formats.core import write_core
 from kmemdump.formats.dumpmeta import DumpMeta
 from kmemdump.formats.dumpmeta import RegionRecord
 from kmemdump.formats.dumpmeta import encode_meta
+from kmemdump.formats.elf import KMD_NOTE_META
+from kmemdump.formats.elf import KMD_NOTE_STACKS
+from kmemdump.formats.elf import PYCOREINFO_NOTE
+from kmemdump.formats.elf import Note
+from kmemdump.formats.elf import Segment
+from kmemdump.formats.elf import prpsinfo_note
+from kmemdump.formats.elf import prstatus_note
+from kmemdump.formats.kinds import RegionKind
 from kmemdump.formats.stacks import Frame
 from kmemdump.formats.stacks import Stacks
 from kmemdump.formats.stacks import ThreadStack
@@ -51,16 +57,10 @@ from kmemdump.ids import ID
 from kmemdump.inspect.cpython import encode_value
 from kmemdump.inspect.dumpfile import Dump
 from kmemdump.inspect.dumpfile import list_dumps
-from kmemdump.inspect.render import PROGRESS_THRESHOLD
-from kmemdump.inspect.render import Column
-from kmemdump.inspect.render import Output
-from kmemdump.inspect.render import format_size
-from kmemdump.inspect.render import hexdump_lines
-from kmemdump.inspect.render import progress
-from kmemdump.pylayout import probe
-from kmemdump.region import Region
-from kmemdump.region import RegionKind
-from kmemdump.registry import Registry
+from kmemdump.memory.core import CoreImage
+from kmemdump.producer.python.live import probe
+from kmemdump.producer.region import Region
+from kmemdump.producer.registry import Registry
 
 BANNER_TEXT = "kmemdump banner: test process\nargv: python app.py --serve\n"
 

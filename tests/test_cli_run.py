@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from kmemdump.formats.core import KMD_NOTE_META
-from kmemdump.formats.core import CoreImage
 from kmemdump.formats.dumpmeta import decode_meta
+from kmemdump.formats.elf import KMD_NOTE_META
 from kmemdump.ids import ID
+from kmemdump.memory.core import CoreImage
 
 pytestmark = pytest.mark.slow
 
@@ -146,7 +146,7 @@ def test_demo_prints_the_banner_from_the_dump(dump_dir: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "Banner recovered from 0x" in proc.stdout
-    assert "kmemdump banner:" in proc.stdout and "kmemdump.demo_target" in proc.stdout
+    assert "kmemdump banner:" in proc.stdout and "kmemdump.cli.demo_target" in proc.stdout
     dump = _only_dump(dump_dir)
     with CoreImage.open(dump) as core:
         meta = decode_meta(core.note("KMEMDUMP", KMD_NOTE_META).desc)  # type: ignore[union-attr]

@@ -16,14 +16,14 @@ from elftools.elf.elffile import ELFFile
 
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.dump import dump_target
-from kmemdump.collector.procmem import process_start_time
 from kmemdump.collector.watch import Event
 from kmemdump.collector.watch import Watcher
 from kmemdump.errors import ProcessGoneError
-from kmemdump.formats.core import KMD_NOTE_META
-from kmemdump.formats.core import CoreImage
 from kmemdump.formats.dumpmeta import decode_meta
+from kmemdump.formats.elf import KMD_NOTE_META
 from kmemdump.ids import ID
+from kmemdump.memory.core import CoreImage
+from kmemdump.procinfo import process_start_time
 from tests.conftest import require_tool
 from tests.helpers_child import Child
 from tests.helpers_child import spawn_child
@@ -230,7 +230,7 @@ def test_sigkilled_process_gives_death_dump_and_collector_goes_on(table_dir: Pat
 def test_target_killed_mid_copy_never_leaves_truncated_file(
     table_dir: Path, dump_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kmemdump.collector import procmem
+    from kmemdump.memory import process as procmem
 
     child, info = start_producer(30.0, "feeder")
     with child:
@@ -341,7 +341,7 @@ def test_dump_command_without_table_says_what_to_do(
 
 
 def test_stacks_name_the_deadlocked_function(table_dir: Path, dump_dir: Path) -> None:
-    from kmemdump.formats.core import KMD_NOTE_STACKS
+    from kmemdump.formats.elf import KMD_NOTE_STACKS
     from kmemdump.formats.stacks import decode_stacks
 
     child, info = start_producer(30.0, "deadlock")

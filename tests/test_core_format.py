@@ -23,31 +23,34 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from kmemdump import files
+from kmemdump.collector.corewriter import write_core
 from kmemdump.errors import CollectorError
 from kmemdump.errors import DumpFormatError
 from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import UnreadableMemoryError
-from kmemdump.formats import core
-from kmemdump.formats.core import EM_AARCH64
-from kmemdump.formats.core import EM_X86_64
-from kmemdump.formats.core import KMD_NOTE_META
-from kmemdump.formats.core import KMD_NOTE_STACKS
-from kmemdump.formats.core import NT_PRPSINFO
-from kmemdump.formats.core import NT_PRSTATUS
-from kmemdump.formats.core import OWNER_CORE
-from kmemdump.formats.core import OWNER_KMEMDUMP
-from kmemdump.formats.core import OWNER_PYCOREINFO
-from kmemdump.formats.core import PYCOREINFO_NOTE
-from kmemdump.formats.core import CoreImage
-from kmemdump.formats.core import Note
-from kmemdump.formats.core import Segment
-from kmemdump.formats.core import parse_prpsinfo
-from kmemdump.formats.core import prpsinfo_note
-from kmemdump.formats.core import prstatus_note
-from kmemdump.formats.core import write_core
+from kmemdump.formats import elf
+from kmemdump.formats import zstd
+from kmemdump.formats.elf import EM_AARCH64
+from kmemdump.formats.elf import EM_X86_64
+from kmemdump.formats.elf import KMD_NOTE_META
+from kmemdump.formats.elf import KMD_NOTE_STACKS
+from kmemdump.formats.elf import NT_PRPSINFO
+from kmemdump.formats.elf import NT_PRSTATUS
+from kmemdump.formats.elf import OWNER_CORE
+from kmemdump.formats.elf import OWNER_KMEMDUMP
+from kmemdump.formats.elf import OWNER_PYCOREINFO
+from kmemdump.formats.elf import PYCOREINFO_NOTE
+from kmemdump.formats.elf import Note
+from kmemdump.formats.elf import Segment
+from kmemdump.formats.elf import host_machine
+from kmemdump.formats.elf import parse_prpsinfo
+from kmemdump.formats.elf import prpsinfo_note
+from kmemdump.formats.elf import prstatus_note
 from kmemdump.memory import MemorySource
+from kmemdump.memory.core import CoreImage
 
-ZSTD = core._zstd()
+ZSTD = zstd.module()
 
 
 def require_tool(name: str) -> str:
@@ -95,7 +98,7 @@ def test_round_trip_notes_segments_and_bytes(written: tuple[Path, list[Segment],
         assert isinstance(image, MemorySource)
         assert image.path == path
         assert image.compressed is False
-        assert image.machine == core.host_machine()
+        assert image.machine == elf.host_machine()
         assert image.notes == tuple(notes)
         assert image.note(OWNER_PYCOREINFO, PYCOREINFO_NOTE) == notes[4]
         assert image.note(OWNER_KMEMDUMP, 99) is None
@@ -139,7 +142,7 @@ def test_pyelftools_reads_what_we_wrote(written: tuple[Path, list[Segment], list
     with path.open("rb") as handle:
         elf = ELFFile(handle)
         assert elf["e_type"] == "ET_CORE"
-        assert elf["e_machine"] == {EM_X86_64: "EM_X86_64", EM_AARCH64: "EM_AARCH64"}[core.host_machine()]
+        assert elf["e_machine"] == {EM_X86_64: "EM_X86_64", EM_AARCH64: "EM_AARCH64"}[host_machine()]
         assert elf.num_sections() == 0
         found = list(elf.iter_segments())
         assert found[0]["p_type"] == "PT_NOTE"
@@ -411,15 +414,15 @@ def test_final_step_never_replaces(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_renameat2: bool
 ) -> None:
     if not use_renameat2:
-        monkeypatch.setattr(core, "_renameat2", None)  # the link() + unlink() way
+        monkeypatch.setattr(files, "_renameat2", None)  # the link() + unlink() way
     source, target = tmp_path / "new", tmp_path / "old"
     source.write_bytes(b"new")
     target.write_bytes(b"old")
     with pytest.raises(FileExistsError):
-        core._rename_noreplace(source, target)
+        files.rename_noreplace(source, target)
     assert (source.read_bytes(), target.read_bytes()) == (b"new", b"old")
     target.unlink()
-    core._rename_noreplace(source, target)
+    files.rename_noreplace(source, target)
     assert target.read_bytes() == b"new"
     assert not source.exists()
 
@@ -466,7 +469,8 @@ import json, resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (10000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 from kmemdump.errors import CollectorError
-from kmemdump.formats.core import Segment, write_core
+from kmemdump.formats.elf import Segment
+from kmemdump.collector.corewriter import write_core
 try:
     write_core({str(tmp_path / "c")!r}, [Segment(0x1000, bytes(50000))], [])
 except CollectorError as err:

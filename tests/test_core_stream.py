@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from kmemdump.collector.corewriter import CoreWriter
 from kmemdump.errors import CollectorError
-from kmemdump.formats.core import KMD_NOTE_META
-from kmemdump.formats.core import CoreImage
-from kmemdump.formats.core import CoreWriter
-from kmemdump.formats.core import Note
+from kmemdump.formats.elf import KMD_NOTE_META
+from kmemdump.formats.elf import Note
+from kmemdump.memory.core import CoreImage
 from tests.conftest import require_tool
 
 MiB = 1 << 20

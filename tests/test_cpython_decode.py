@@ -31,7 +31,6 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from kmemdump import pylayout
 from kmemdump.errors import DecodeError
 from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import UnreadableMemoryError
@@ -43,7 +42,9 @@ from kmemdump.inspect.cpython import decode
 from kmemdump.inspect.cpython import decode_buffer
 from kmemdump.inspect.cpython import encode_value
 from kmemdump.inspect.cpython import to_python
-from kmemdump.objgraph import object_regions
+from kmemdump.producer.python import layout as layouts
+from kmemdump.producer.python import live as pylive
+from kmemdump.producer.python.objgraph import object_regions
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PYENV = Path("/root/.pyenv/versions")
@@ -122,14 +123,14 @@ def regions_of(*objects: Any, depth: int = 8) -> list[tuple[int, int]]:
 
 
 @pytest.fixture(scope="module")
-def live() -> pylayout.LiveInfo:
-    result = pylayout.probe()
+def live() -> pylive.LiveInfo:
+    result = pylive.probe()
     assert result.enabled, result.reason
     return result
 
 
 @pytest.fixture(scope="module")
-def info(live: pylayout.LiveInfo) -> PyCoreInfo:
+def info(live: pylive.LiveInfo) -> PyCoreInfo:
     extra = (Widget, StrChild, Colour, collections.OrderedDict, collections.defaultdict, object)
     live.add_types([*extra, Session, Inner, Slotted])
     found = live.info
@@ -331,7 +332,7 @@ def test_type_object_decodes_to_its_name(info: PyCoreInfo) -> None:
     assert decode_live(Widget, info).value == {"$class": f"{__name__}.Widget"}
 
 
-def test_type_outside_the_map_is_read_from_the_dump(live: pylayout.LiveInfo) -> None:
+def test_type_outside_the_map_is_read_from_the_dump(live: pylive.LiveInfo) -> None:
     bare = live.info
     assert bare is not None
     info = dataclasses.replace(
@@ -454,7 +455,7 @@ def test_split_dict_decodes_in_insertion_order(info: PyCoreInfo) -> None:
 def test_split_dict_without_values_layout_is_reported(info: PyCoreInfo) -> None:
     # GIVEN a PYCOREINFO from a producer that predates the values layouts
     attrs = Widget().__dict__
-    old = dataclasses.replace(info, layout=pylayout.without_instances(info.layout))
+    old = dataclasses.replace(info, layout=layouts.without_instances(info.layout))
     decoded = decode(LiveRanges(regions_of(attrs)), id(attrs), old)
     if info.layout.dict_keys_layout == "dk_size":  # 3.10 split tables needed no new field
         assert decoded.value == {"size": 3}
@@ -560,7 +561,7 @@ def test_instance_with_missing_storage_is_reported_not_raised(info: PyCoreInfo) 
     only_object = decode(LiveRanges([(id(session), object.__sizeof__(session))]), id(session), info)
     assert only_object.value["attrs"]["$missing"] == f"0x{id(session):x}"  # type: ignore[index, call-overload]
     assert "not in dump" in only_object.missing[0]
-    old = dataclasses.replace(info, layout=pylayout.without_instances(info.layout))
+    old = dataclasses.replace(info, layout=layouts.without_instances(info.layout))
     decoded = decode(LiveRanges(regions_of(session)), id(session), old)
     assert decoded.value == {"$object": f"0x{id(session):x}", "type": f"{__name__}.Session"}
     assert "no decoder handles" in decoded.missing[0]
@@ -672,14 +673,14 @@ SMALL_WORDS = (0x64, 0xE4, 0x24, 0x28, 0x30, 0xA8, 0xB0, 0x20, 0x1, 0x8, 0xA, 0x
 
 
 # one interpreter version per distinct table layout: 3.10, 3.11, 3.12, 3.13
-LAYOUT_VERSIONS = {layout: version for version, layout in reversed(list(pylayout.TABLE.items()))}
+LAYOUT_VERSIONS = {layout: version for version, layout in reversed(list(layouts.TABLE.items()))}
 
 
 @functools.cache
 def _info_with_layout(version: tuple[int, int]) -> PyCoreInfo:
-    found = pylayout.default().info
+    found = pylive.default().info
     assert found is not None
-    return dataclasses.replace(found, layout=pylayout.TABLE[version])
+    return dataclasses.replace(found, layout=layouts.TABLE[version])
 
 
 @pytest.mark.parametrize(
@@ -757,7 +758,7 @@ def test_corrupted_real_objects_never_crash(data: st.DataObject) -> None:
         size = min(8, len(blocks[index]) - offset)
         blocks[index][offset : offset + size] = word.to_bytes(8, "little")[:size]
     memory = SnapshotMemory(zip(addresses, map(bytes, blocks), strict=True))
-    info = pylayout.default().info
+    info = pylive.default().info
     assert info is not None
     # WHEN decoding THEN it returns (with what went wrong in missing) or raises a typed error
     try:
@@ -773,8 +774,10 @@ def test_corrupted_real_objects_never_crash(data: st.DataObject) -> None:
 PRODUCER = r"""
 import base64, collections, ctypes, enum, json, pickle, sys
 sys.path.insert(0, sys.argv[1])
-from kmemdump import pylayout
-from kmemdump.objgraph import object_regions
+from kmemdump.producer.python import layout as layouts
+from kmemdump.producer.python import live as pylive
+from kmemdump.producer.python import selftest
+from kmemdump.producer.python.objgraph import object_regions
 
 assert "kmemdump.inspect" not in sys.modules
 
@@ -848,7 +851,7 @@ node.me = node
 instances = {"session": session, "opened": opened, "node": node}
 specials.update(instances, slotted=Slotted())
 
-live = pylayout.probe()
+live = pylive.probe()
 if not live.enabled:
     raise SystemExit("disabled: " + live.reason)
 everything = {**values, **specials}
@@ -857,7 +860,7 @@ chunks, objects = {}, []
 for name, obj in everything.items():
     for address, size, label, keep in object_regions(obj, depth=8):
         chunks[address] = ctypes.string_at(address, size)
-    objects.append({"name": name, "address": id(obj), "type": pylayout.type_entry(type(obj)).name})
+    objects.append({"name": name, "address": id(obj), "type": pylive.type_entry(type(obj)).name})
 
 def plain(o):
     if o is None or type(o) in (bool, int, float, str, bytes, bytearray):
@@ -954,7 +957,7 @@ def test_decodes_objects_from_another_interpreter(python: Path, tmp_path: Path) 
     slotted = decode(memory, objects["slotted"]["address"], info)
     assert "no __dict__" in slotted.missing[0] and "attrs" not in slotted.value  # type: ignore[operator]
     # a blob without the instance fields (an older producer) reports them, and decodes the rest
-    old = dataclasses.replace(info, layout=pylayout.without_instances(info.layout))
+    old = dataclasses.replace(info, layout=layouts.without_instances(info.layout))
     session = decode(memory, objects["session"]["address"], old)
     assert session.value == {"$object": f"0x{objects['session']['address']:x}", "type": "__main__.Session"}
     assert "no decoder handles" in session.missing[0]

@@ -56,8 +56,8 @@ def test_all_has_no_duplicates() -> None:
 
 
 def test_api_and_errors_are_reexported() -> None:
-    from kmemdump import api
     from kmemdump import errors
+    from kmemdump.producer import api
 
     assert set(api.__all__) <= set(kmemdump.__all__)
     assert set(errors.__all__) <= set(kmemdump.__all__)
@@ -66,7 +66,7 @@ def test_api_and_errors_are_reexported() -> None:
 
 
 def test_watchdog_names_are_the_heartbeat_functions() -> None:
-    from kmemdump import heartbeat  # the module: nothing in the package shadows its name
+    from kmemdump.producer import heartbeat  # the module: nothing in the package shadows its name
 
     assert kmemdump.feed is heartbeat.feed
     assert kmemdump.watchdog is heartbeat.set_watchdog
@@ -80,7 +80,7 @@ def test_unknown_attribute_raises_attribute_error() -> None:
 
 
 def test_lazy_shared_table_backend() -> None:
-    from kmemdump.backends.table import SharedTableBackend
+    from kmemdump.producer.backends.table import SharedTableBackend
 
     assert kmemdump.SharedTableBackend is SharedTableBackend
 

@@ -1,6 +1,6 @@
 """The heartbeat: ``feed()``, the watchdog timeout, the feeder thread, and what a collector sees.
 
-In-process tests drive ``kmemdump.heartbeat`` against a real table; process tests watch a child's
+In-process tests drive ``kmemdump.producer.heartbeat`` against a real table; process tests watch a child's
 table from outside. "Stops advancing" is always decided across an explicit handshake (the child says
 it stopped feeding; the kernel says every thread is stopped), then confirmed by polling until the
 heartbeat is older than the watchdog timeout, as a collector would judge it.
@@ -20,20 +20,20 @@ from pathlib import Path
 import pytest
 
 from helpers_child import spawn_child
-from kmemdump.backends.base import NoopBackend
-from kmemdump.backends.table import SharedTableBackend
 from kmemdump.formats.table import TableHeader
 from kmemdump.formats.table import TableReader
-from kmemdump.heartbeat import DEFAULT_FEEDER_INTERVAL
-from kmemdump.heartbeat import Feeder
-from kmemdump.heartbeat import attach
-from kmemdump.heartbeat import current
-from kmemdump.heartbeat import detach
-from kmemdump.heartbeat import feed
-from kmemdump.heartbeat import set_watchdog
-from kmemdump.heartbeat import start_feeder
-from kmemdump.heartbeat import stop_feeder
-from kmemdump.heartbeat import watchdog_timeout
+from kmemdump.producer.backends.base import NoopBackend
+from kmemdump.producer.backends.table import SharedTableBackend
+from kmemdump.producer.heartbeat import DEFAULT_FEEDER_INTERVAL
+from kmemdump.producer.heartbeat import Feeder
+from kmemdump.producer.heartbeat import attach
+from kmemdump.producer.heartbeat import current
+from kmemdump.producer.heartbeat import detach
+from kmemdump.producer.heartbeat import feed
+from kmemdump.producer.heartbeat import set_watchdog
+from kmemdump.producer.heartbeat import start_feeder
+from kmemdump.producer.heartbeat import stop_feeder
+from kmemdump.producer.heartbeat import watchdog_timeout
 
 DEADLINE = 10.0
 
@@ -90,7 +90,7 @@ def stale(path: Path | str) -> bool:
 
 def test_feed_is_one_function_for_the_life_of_the_process(backend: SharedTableBackend) -> None:
     # sys.modules: the package re-exports set_watchdog under the name "watchdog"
-    module = sys.modules["kmemdump.heartbeat"]
+    module = sys.modules["kmemdump.producer.heartbeat"]
 
     before = module.feed
     attach(backend)
@@ -191,9 +191,9 @@ def test_feeder_beats_until_stopped(backend: SharedTableBackend) -> None:
 
 MAIN_LOOP_CHILD = r"""
 import threading
-from kmemdump.backends.table import SharedTableBackend
+from kmemdump.producer.backends.table import SharedTableBackend
 from kmemdump.formats.table import read_table
-from kmemdump.heartbeat import attach, feed, set_watchdog
+from kmemdump.producer.heartbeat import attach, feed, set_watchdog
 
 backend = SharedTableBackend(capacity=4)
 attach(backend)
@@ -222,8 +222,8 @@ def test_heartbeat_stops_when_the_main_loop_stops_feeding() -> None:
 
 
 FEEDER_CHILD = r"""
-from kmemdump.backends.table import SharedTableBackend
-from kmemdump.heartbeat import attach, set_watchdog, start_feeder
+from kmemdump.producer.backends.table import SharedTableBackend
+from kmemdump.producer.heartbeat import attach, set_watchdog, start_feeder
 
 backend = SharedTableBackend(capacity=4)
 attach(backend)
@@ -261,8 +261,8 @@ def test_sigstop_stops_a_feeder_thread() -> None:
 
 
 SPINNING_CHILD = r"""
-from kmemdump.backends.table import SharedTableBackend
-from kmemdump.heartbeat import attach, set_watchdog, start_feeder
+from kmemdump.producer.backends.table import SharedTableBackend
+from kmemdump.producer.heartbeat import attach, set_watchdog, start_feeder
 
 backend = SharedTableBackend(capacity=4)
 attach(backend)

@@ -215,8 +215,8 @@ def test_init_publishes_pycoreinfo_with_types_registered_before_and_after() -> N
 def test_init_reports_unavailable_layout_and_goes_on() -> None:
     out = _child(
         """
-        import json, kmemdump, kmemdump.pylayout as pylayout
-        pylayout.default = lambda: pylayout.LiveInfo(None, "layout refused for the test")
+        import json, kmemdump, kmemdump.producer.python.live as pylive
+        pylive.default = lambda: pylive.LiveInfo(None, "layout refused for the test")
         kmemdump.static(bytearray(4), id=kmemdump.ID.USER_START)
         report = kmemdump.init()
         print(json.dumps({
@@ -240,10 +240,10 @@ def test_init_reports_unavailable_layout_and_goes_on() -> None:
 def test_init_survives_a_crashing_layout_builder() -> None:
     out = _child(
         """
-        import json, kmemdump, kmemdump.pylayout as pylayout
+        import json, kmemdump, kmemdump.producer.python.live as pylive
         def boom():
             raise OSError("no /proc here")
-        pylayout.default = boom
+        pylive.default = boom
         report = kmemdump.init()
         print(json.dumps({"failures": report.failures, "banner": report.banner_id}))
         """
@@ -280,7 +280,7 @@ def test_init_with_table_and_watchdog(tmp_path: Path) -> None:
     out = _child(
         """
         import json, os, sys, threading, kmemdump
-        watchdog = sys.modules["kmemdump.heartbeat"]
+        watchdog = sys.modules["kmemdump.producer.heartbeat"]
         report = kmemdump.init(
             table=True, directory=sys.argv[1], watchdog=30.0, feeder=True, pycoreinfo=False
         )

@@ -20,22 +20,22 @@ from typing import Any
 
 import pytest
 
-from kmemdump.collector.arenamem import ArenaMemory
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.dump import dump_target
-from kmemdump.collector.procmem import process_start_time
 from kmemdump.collector.watch import Event
 from kmemdump.collector.watch import Watcher
 from kmemdump.errors import ForeignTableError
 from kmemdump.errors import TableFormatError
 from kmemdump.errors import UnreadableMemoryError
 from kmemdump.formats import arena as afmt
-from kmemdump.formats.core import CoreImage
 from kmemdump.formats.dumpmeta import DumpMeta
 from kmemdump.formats.dumpmeta import RegionRecord
 from kmemdump.formats.dumpmeta import decode_meta
 from kmemdump.formats.dumpmeta import encode_meta
 from kmemdump.formats.table import read_table
+from kmemdump.memory.arena import ArenaMemory
+from kmemdump.memory.core import CoreImage
+from kmemdump.procinfo import process_start_time
 from tests.conftest import require_tool
 from tests.helpers_child import Child
 from tests.helpers_child import spawn_child

@@ -18,16 +18,16 @@ import pytest
 import kmemdump
 from helpers_child import Child
 from helpers_child import spawn_child
-from kmemdump.collector import procmem
-from kmemdump.collector.procmem import ProcessMemory
-from kmemdump.collector.procmem import parse_stat_start_time
-from kmemdump.collector.procmem import process_cmdline
-from kmemdump.collector.procmem import process_exe
-from kmemdump.collector.procmem import process_start_time
 from kmemdump.errors import AccessDeniedError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.errors import UnreadableMemoryError
 from kmemdump.memory import MemorySource
+from kmemdump.memory import process as procmem
+from kmemdump.memory.process import ProcessMemory
+from kmemdump.procinfo import parse_start_time
+from kmemdump.procinfo import process_cmdline
+from kmemdump.procinfo import process_exe
+from kmemdump.procinfo import process_start_time
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -248,7 +248,7 @@ def test_another_users_process_is_access_denied(
     script = f"""
 import json, sys
 sys.path.insert(0, {source!r})
-from kmemdump.collector.procmem import ProcessMemory
+from kmemdump.memory.process import ProcessMemory
 from kmemdump.errors import AccessDeniedError
 try:
     ProcessMemory({child.pid}).read({buffers["page"][0]}, 16)
@@ -302,13 +302,13 @@ def test_start_time_of_a_process_whose_name_holds_parentheses() -> None:
 
 def test_parse_stat_start_time_on_canned_lines() -> None:
     tail = " S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 424242 20 21"
-    assert parse_stat_start_time(f"77 (plain){tail}".encode()) == 424242
-    assert parse_stat_start_time(f"77 (x) ) (y z){tail}".encode()) == 424242
-    assert parse_stat_start_time(f"77 (new\nline)){tail}\n".encode()) == 424242
+    assert parse_start_time(f"77 (plain){tail}".encode()) == 424242
+    assert parse_start_time(f"77 (x) ) (y z){tail}".encode()) == 424242
+    assert parse_start_time(f"77 (new\nline)){tail}\n".encode()) == 424242
     with pytest.raises(ValueError):
-        parse_stat_start_time(b"77 no parenthesis")
+        parse_start_time(b"77 no parenthesis")
     with pytest.raises(ValueError):
-        parse_stat_start_time(b"77 (short) S 1 2")
+        parse_start_time(b"77 (short) S 1 2")
 
 
 def test_start_time_identifies_this_process() -> None:

@@ -17,7 +17,6 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from kmemdump import pylayout
 from kmemdump.errors import DecodeError
 from kmemdump.errors import DumpFormatError
 from kmemdump.formats import pycoreinfo
@@ -26,6 +25,9 @@ from kmemdump.formats.pycoreinfo import MAGIC
 from kmemdump.formats.pycoreinfo import Layout
 from kmemdump.formats.pycoreinfo import PyCoreInfo
 from kmemdump.formats.pycoreinfo import TypeEntry
+from kmemdump.producer.python import layout as layouts
+from kmemdump.producer.python import live as pylive
+from kmemdump.producer.python import selftest
 
 # Instance attribute storage (added later, with defaults): a wrong value disables only attributes.
 _INSTANCE_FIELDS = frozenset(
@@ -34,14 +36,14 @@ _INSTANCE_FIELDS = frozenset(
 
 
 @pytest.fixture(scope="module")
-def live() -> pylayout.LiveInfo:
-    result = pylayout.probe()
+def live() -> pylive.LiveInfo:
+    result = pylive.probe()
     assert result.enabled, result.reason
     return result
 
 
 @pytest.fixture
-def info(live: pylayout.LiveInfo) -> PyCoreInfo:
+def info(live: pylive.LiveInfo) -> PyCoreInfo:
     found = live.info
     assert found is not None
     return found
@@ -228,7 +230,7 @@ def test_random_bytes_raise_only_format_errors(data: bytes) -> None:
 @settings(max_examples=300, deadline=None)
 @given(data=st.data())
 def test_mutated_payloads_raise_only_format_errors(data: st.DataObject) -> None:
-    info = pylayout.default().info
+    info = pylive.default().info
     assert info is not None
     payload = _payload(info)
     # replace a few values anywhere in the tree with arbitrary JSON
@@ -253,7 +255,7 @@ def test_mutated_payloads_raise_only_format_errors(data: st.DataObject) -> None:
 @settings(max_examples=200, deadline=None)
 @given(data=st.data())
 def test_flipped_bytes_raise_only_format_errors(data: st.DataObject) -> None:
-    info = pylayout.default().info
+    info = pylive.default().info
     assert info is not None
     blob = bytearray(info.encode())
     for _ in range(data.draw(st.integers(1, 4))):
@@ -271,27 +273,27 @@ def test_deeply_nested_json_is_a_format_error() -> None:
 # --- the probe and its self-test -----------------------------------------------------------
 
 
-def test_probe_picks_the_expected_source(live: pylayout.LiveInfo) -> None:
+def test_probe_picks_the_expected_source(live: pylive.LiveInfo) -> None:
     info = live.info
     assert info is not None
     expected = "debug_offsets" if sys.version_info >= (3, 13) else "table"
     assert info.source == expected
     if expected == "table":
-        assert info.layout == pylayout.TABLE[sys.version_info[:2]]
+        assert info.layout == layouts.TABLE[sys.version_info[:2]]
 
 
-@pytest.mark.parametrize("version", sorted(pylayout.TABLE), ids=lambda v: f"{v[0]}.{v[1]}")
+@pytest.mark.parametrize("version", sorted(layouts.TABLE), ids=lambda v: f"{v[0]}.{v[1]}")
 def test_only_the_matching_table_passes_the_self_test(version: tuple[int, int]) -> None:
-    layout = pylayout.TABLE[version]
-    matches = layout == pylayout.TABLE.get(sys.version_info[:2])
-    assert (pylayout.self_test(layout) == "") == matches
+    layout = layouts.TABLE[version]
+    matches = layout == layouts.TABLE.get(sys.version_info[:2])
+    assert (selftest.self_test(layout) == "") == matches
 
 
 _UNUSED_IN_310 = ("dk_log2_index_bytes", "dk_kind", "dk_entry_unicode")
 
 
 def _corruptions(instance: bool = False) -> list[Any]:
-    layout = pylayout.TABLE.get(sys.version_info[:2]) or pylayout.TABLE[max(pylayout.TABLE)]
+    layout = layouts.TABLE.get(sys.version_info[:2]) or layouts.TABLE[max(layouts.TABLE)]
     params: list[Any] = []
     for field in dataclasses.fields(Layout):
         value = getattr(layout, field.name)
@@ -322,30 +324,30 @@ def _corruptions(instance: bool = False) -> list[Any]:
 @pytest.mark.parametrize(("field", "wrong"), _corruptions())
 def test_self_test_rejects_a_wrong_offset(field: str, wrong: Any) -> None:
     # GIVEN the right table with one field changed
-    good = pylayout.runtime_layout().layout
+    good = layouts.runtime_layout().layout
     assert good is not None
     bad = dataclasses.replace(good, **{field: wrong})
     # WHEN probing with it THEN decoding is disabled, with a reason, instead of lying
-    result = pylayout.probe(bad)
+    result = pylive.probe(bad)
     assert not result.enabled
     assert result.info is None and result.layout is None and result.encode() is None
     assert result.reason.startswith("self-test failed: ")
     assert result.add_types([collections.OrderedDict]) is False
     with pytest.raises(DecodeError, match="decoding is disabled"):
-        pylayout.probe(bad, strict=True)
+        pylive.probe(bad, strict=True)
 
 
 @pytest.mark.parametrize(("field", "wrong"), _corruptions(instance=True))
 def test_a_wrong_instance_offset_disables_only_attributes(field: str, wrong: Any) -> None:
     # GIVEN the right layout with one of the instance attribute fields changed
-    good = pylayout.runtime_layout().layout
+    good = layouts.runtime_layout().layout
     assert good is not None and good.instance_dict
     bad = dataclasses.replace(good, **{field: wrong})
     # WHEN probing with it THEN the other decoders stay, attribute decoding goes, and the note says why
-    assert pylayout.self_test(bad) != ""
-    result = pylayout.probe(bad)
+    assert selftest.self_test(bad) != ""
+    result = pylive.probe(bad)
     assert result.enabled and result.layout is not None
-    assert result.layout == pylayout.without_instances(good)
+    assert result.layout == layouts.without_instances(good)
     assert "instance attributes disabled: " in result.reason
 
 
@@ -357,12 +359,12 @@ def test_instance_fields_default_to_unsupported_in_older_blobs(info: PyCoreInfo)
     body = json.dumps(payload).encode()
     old = pycoreinfo.decode(MAGIC + struct.pack("<II", FORMAT_VERSION, len(body)) + body)
     # THEN it decodes, with instance support off
-    assert old.layout == pylayout.without_instances(info.layout)
+    assert old.layout == layouts.without_instances(info.layout)
     assert old.layout.instance_dict == "" and old.layout.dict_values_layout == ""
     assert pycoreinfo.decode(info.encode()).layout == info.layout
 
 
-def test_type_map_grows(live: pylayout.LiveInfo) -> None:
+def test_type_map_grows(live: pylive.LiveInfo) -> None:
     class Local(dict):  # type: ignore[type-arg]
         pass
 
@@ -397,30 +399,32 @@ def test_builtins_in_the_type_map(info: PyCoreInfo) -> None:
 
 
 def test_type_entry_names() -> None:
-    assert pylayout.type_entry(collections.OrderedDict).name == "collections.OrderedDict"
-    assert pylayout.type_entry(collections.OrderedDict).base == "dict"
-    assert pylayout.type_entry(type(None)).name == "NoneType"
-    assert pylayout.builtin_base(object) == ""
-    assert pylayout.builtin_base(type(collections)) == ""
+    assert pylive.type_entry(collections.OrderedDict).name == "collections.OrderedDict"
+    assert pylive.type_entry(collections.OrderedDict).base == "dict"
+    assert pylive.type_entry(type(None)).name == "NoneType"
+    assert pylive.builtin_base(object) == ""
+    assert pylive.builtin_base(type(collections)) == ""
 
 
 def test_build_layout_is_the_shared_probe() -> None:
-    assert pylayout.build_layout() is pylayout.default()
+    assert pylive.build_layout() is pylive.default()
 
 
 CORRUPT_EVERY_FIELD = r"""
 import dataclasses, json, sys
 sys.path.insert(0, sys.argv[1])
-from kmemdump import pylayout
+from kmemdump.producer.python import layout as layouts
+from kmemdump.producer.python import live as pylive
+from kmemdump.producer.python import selftest
 from kmemdump.formats.pycoreinfo import Layout
 
 OTHER = {"ob_size": "lv_tag", "lv_tag": "ob_size", "dk_size": "dk_log2", "dk_log2": "dk_size"}
 OTHER.update(dictoffset="inline", managed="dictoffset", tagged="dictoffset", inline="dictoffset")
 OTHER.update(array="header", prefix="header", header="prefix")
 UNUSED_IN_310 = ("dk_log2_index_bytes", "dk_kind", "dk_entry_unicode")
-choice = pylayout.runtime_layout()
+choice = layouts.runtime_layout()
 good = choice.layout
-report = {"source": choice.source, "good": pylayout.self_test(good), "undetected": []}
+report = {"source": choice.source, "good": selftest.self_test(good), "undetected": []}
 for field in dataclasses.fields(Layout):
     value = getattr(good, field.name)
     if field.default is not dataclasses.MISSING and not value:
@@ -436,7 +440,7 @@ for field in dataclasses.fields(Layout):
     else:
         wrong = [value + 8] + ([value - 8] if value >= 8 else [])
     for w in wrong:
-        if not pylayout.self_test(dataclasses.replace(good, **{field.name: w})):
+        if not selftest.self_test(dataclasses.replace(good, **{field.name: w})):
             report["undetected"].append(f"{field.name}={w}")
 print(json.dumps(report))
 """

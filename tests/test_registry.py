@@ -21,11 +21,11 @@ from kmemdump import RegionKind
 from kmemdump import Registry
 from kmemdump import RegistryFullError
 from kmemdump import UnknownRegionError
+from kmemdump.formats.kinds import NAME_MAX
 from kmemdump.ids import DYNAMIC_START
 from kmemdump.ids import MAX_ID
-from kmemdump.region import NAME_MAX
-from kmemdump.registry import DEFAULT_CAPACITY
-from kmemdump.registry import MAX_CAPACITY
+from kmemdump.producer.registry import DEFAULT_CAPACITY
+from kmemdump.producer.registry import MAX_CAPACITY
 from test_backends import RecordingBackend
 
 

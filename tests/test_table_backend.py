@@ -18,22 +18,22 @@ from pathlib import Path
 import pytest
 
 from helpers_child import spawn_child
-from kmemdump.backends import table as table_backend
-from kmemdump.backends.table import SharedTableBackend
 from kmemdump.errors import BackendError
 from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import RegionExistsError
 from kmemdump.errors import RegistryFullError
+from kmemdump.formats.kinds import RegionKind
 from kmemdump.formats.table import TableReader
 from kmemdump.formats.table import TableSnapshot
 from kmemdump.formats.table import TableState
 from kmemdump.formats.table import read_table
 from kmemdump.formats.table import table_size
 from kmemdump.formats.table import write_collector_pid
+from kmemdump.procinfo import process_start_time
 from kmemdump.procinfo import self_start_time
-from kmemdump.procinfo import start_time
-from kmemdump.region import Region
-from kmemdump.region import RegionKind
+from kmemdump.producer.backends import table as table_backend
+from kmemdump.producer.backends.table import SharedTableBackend
+from kmemdump.producer.region import Region
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_private_directory_and_file_whatever_the_umask(tables: Path) -> None:
         assert info.st_size == table_size(8)
         assert os.listdir(tables) == [backend.path.name]  # the temporary name is gone
         header = read_table(backend.path).header
-        assert (header.pid, header.start_time) == (os.getpid(), start_time(os.getpid()))
+        assert (header.pid, header.start_time) == (os.getpid(), process_start_time(os.getpid()))
         assert header.state is TableState.RUNNING
         assert header.capacity == 8
         assert header.created_ns > 0
@@ -279,8 +279,8 @@ def test_the_real_prctl_never_raises() -> None:
 # --- other processes ---------------------------------------------------------------------------------------
 
 ROUND_TRIP_CHILD = r"""
-from kmemdump.backends.table import SharedTableBackend
-from kmemdump.registry import Registry
+from kmemdump.producer.backends.table import SharedTableBackend
+from kmemdump.producer.registry import Registry
 
 def rows(registry):
     return [[r.id, r.name, r.address, r.size, int(r.kind)] for r in registry.regions()]
@@ -308,7 +308,7 @@ def test_round_trip_through_the_registry_of_another_process(tables: Path) -> Non
         snap = read_table(path)
         assert as_rows(snap) == [tuple(row) for row in hello["rows"]]
         assert len(snap.entries) == 3
-        assert (snap.header.pid, snap.header.start_time) == (child.pid, start_time(child.pid))
+        assert (snap.header.pid, snap.header.start_time) == (child.pid, process_start_time(child.pid))
         child.send("drop 20")
         after = child.recv()
         snap = read_table(path)
@@ -317,8 +317,9 @@ def test_round_trip_through_the_registry_of_another_process(tables: Path) -> Non
 
 
 LIFE_CHILD = r"""
-from kmemdump.backends.table import SharedTableBackend
-from kmemdump.region import Region, RegionKind
+from kmemdump.producer.backends.table import SharedTableBackend
+from kmemdump.producer.region import Region
+from kmemdump.formats.kinds import RegionKind
 backend = SharedTableBackend(capacity=4)
 backend.register_region(Region(16, 0x1000, 8, RegionKind.ADDRESS, "x"))
 send(str(backend.path))
@@ -343,10 +344,11 @@ def test_clean_exit_removes_the_table_and_sigkill_leaves_it(tables: Path) -> Non
 
 FORK_CHILD = r"""
 import json, os
-from kmemdump.backends.table import SharedTableBackend
+from kmemdump.producer.backends.table import SharedTableBackend
 from kmemdump.formats.table import read_table
-from kmemdump.region import Region, RegionKind
-from kmemdump.heartbeat import attach, feed
+from kmemdump.producer.region import Region
+from kmemdump.formats.kinds import RegionKind
+from kmemdump.producer.heartbeat import attach, feed
 
 backend = SharedTableBackend(capacity=8)
 backend.register_region(Region(16, 0x1000, 8, RegionKind.ADDRESS, "parent"))
@@ -412,8 +414,9 @@ MODULUS = 12
 WINDOW = 4
 TORTURE_WRITER = rf"""
 import random, threading, time
-from kmemdump.backends.table import SharedTableBackend
-from kmemdump.region import Region, RegionKind
+from kmemdump.producer.backends.table import SharedTableBackend
+from kmemdump.producer.region import Region
+from kmemdump.formats.kinds import RegionKind
 
 THREADS, MODULUS, WINDOW = {THREADS}, {MODULUS}, {WINDOW}
 backend = SharedTableBackend(capacity=THREADS * (WINDOW + 1))
@@ -487,9 +490,10 @@ def test_torn_write_torture(tables: Path) -> None:
 
 BUSY_WRITER = r"""
 import threading
-from kmemdump.backends.table import SharedTableBackend
-from kmemdump.region import Region, RegionKind
-from kmemdump.heartbeat import attach, feed
+from kmemdump.producer.backends.table import SharedTableBackend
+from kmemdump.producer.region import Region
+from kmemdump.formats.kinds import RegionKind
+from kmemdump.producer.heartbeat import attach, feed
 
 backend = SharedTableBackend(capacity=2)
 attach(backend)

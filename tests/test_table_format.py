@@ -28,6 +28,8 @@ from kmemdump.errors import ForeignTableError
 from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import TableFormatError
 from kmemdump.formats import table as fmt
+from kmemdump.formats.kinds import RegionFlags
+from kmemdump.formats.kinds import RegionKind
 from kmemdump.formats.table import ENTRY_SIZE
 from kmemdump.formats.table import HEADER_SIZE
 from kmemdump.formats.table import VALID
@@ -39,8 +41,6 @@ from kmemdump.formats.table import parse_table
 from kmemdump.formats.table import read_table
 from kmemdump.formats.table import table_size
 from kmemdump.formats.table import write_collector_pid
-from kmemdump.region import RegionFlags
-from kmemdump.region import RegionKind
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "formats.md"
 

@@ -451,7 +451,7 @@ def test_registered_bytearray_cannot_be_resized_until_unregistered() -> None:
 
 
 def test_bytearray_resizable_again_after_free() -> None:
-    from kmemdump.alloc import free
+    from kmemdump.producer.alloc import free
 
     buf = bytearray(8)
     registry = Registry()

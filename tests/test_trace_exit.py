@@ -27,15 +27,15 @@ import pytest
 
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.dump import dump_target
-from kmemdump.collector.procmem import process_start_time
 from kmemdump.collector.stacks import find_py_spy
 from kmemdump.collector.tracer import ExitTracer
 from kmemdump.collector.tracer import describe_status
 from kmemdump.errors import KmemdumpError
-from kmemdump.formats.core import KMD_NOTE_META
-from kmemdump.formats.core import CoreImage
 from kmemdump.formats.dumpmeta import DumpMeta
 from kmemdump.formats.dumpmeta import decode_meta
+from kmemdump.formats.elf import KMD_NOTE_META
+from kmemdump.memory.core import CoreImage
+from kmemdump.procinfo import process_start_time
 
 pytestmark = pytest.mark.slow
 

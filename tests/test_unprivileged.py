@@ -21,12 +21,15 @@ from typing import Any
 
 import pytest
 
-import kmemdump.arena
-import kmemdump.backends.table
+import kmemdump.collector.corewriter
 import kmemdump.collector.dump
-import kmemdump.collector.procmem
-import kmemdump.formats.core
-import kmemdump.region
+import kmemdump.files
+import kmemdump.formats.elf
+import kmemdump.formats.kinds
+import kmemdump.memory.process
+import kmemdump.producer.arena
+import kmemdump.producer.backends.table
+import kmemdump.producer.region
 
 NOBODY = 65534
 
@@ -90,7 +93,7 @@ def test_a_user_dumps_its_own_process_without_privileges(public_tmp: Path) -> No
         directory.mkdir(mode=0o700)
         os.chown(directory, NOBODY, NOBODY)
     hold_r, hold_w = os.pipe()
-    kmemdump.region.buffer_address(memoryview(bytearray(1)))  # loads ctypes and its libraries
+    kmemdump.producer.region.buffer_address(memoryview(bytearray(1)))  # loads ctypes and its libraries
 
     def producer(send: Send) -> None:
         import kmemdump
@@ -98,7 +101,7 @@ def test_a_user_dumps_its_own_process_without_privileges(public_tmp: Path) -> No
         # dropping from root to nobody made this process non-dumpable: init says so, and what to do
         report = kmemdump.init(table=True, directory=tables, pycoreinfo=False)
         warned = [why for origin, why in report.failures if origin == "dumpable"]
-        kmemdump.backends.table._prctl()(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE, 1: the remedy it names
+        kmemdump.producer.backends.table._prctl()(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE, 1: the remedy it names
         secret = kmemdump.alloc(16, name="secret")
         secret[:] = b"nobody's secret!"
         send({"table": report.table, "uid": os.getuid(), "warned": warned})
@@ -115,8 +118,8 @@ def test_a_user_dumps_its_own_process_without_privileges(public_tmp: Path) -> No
         def collector(send: Send) -> None:
             from kmemdump.collector.dump import DumpOptions
             from kmemdump.collector.dump import dump_target
-            from kmemdump.collector.procmem import process_start_time
-            from kmemdump.formats.core import CoreImage
+            from kmemdump.memory.core import CoreImage
+            from kmemdump.procinfo import process_start_time
 
             start = process_start_time(producer_pid)
             result = dump_target(

@@ -17,53 +17,53 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from typing import Any
 
-from .api import InitReport
-from .api import alloc
-from .api import alloc_with
-from .api import allocated
-from .api import backend_register
-from .api import backend_unregister
-from .api import current_backend
-from .api import default_registry
-from .api import free
-from .api import init
-from .api import regions
-from .api import register
-from .api import register_object
-from .api import replace
-from .api import static
-from .api import unregister
-from .backends.base import Backend
-from .backends.base import NoopBackend
-from .errors import AccessDeniedError
-from .errors import BackendError
-from .errors import CollectorError
-from .errors import DecodeError
-from .errors import DumpFormatError
-from .errors import ForeignTableError
-from .errors import InvalidRegionError
-from .errors import KmemdumpError
-from .errors import ProcessGoneError
-from .errors import RegionExistsError
-from .errors import RegistryFullError
-from .errors import TableFormatError
-from .errors import UnknownRegionError
-from .errors import UnreadableMemoryError
-from .heartbeat import feed
-from .heartbeat import set_watchdog as watchdog
-from .heartbeat import start_feeder
-from .heartbeat import stop_feeder
-from .ids import ID
-from .ids import NO_ID
-from .region import Region
-from .region import RegionFlags
-from .region import RegionKind
-from .registry import Registry
-from .registry import ReplayFailure
-from .registry import SwapReport
+from kmemdump.errors import AccessDeniedError
+from kmemdump.errors import BackendError
+from kmemdump.errors import CollectorError
+from kmemdump.errors import DecodeError
+from kmemdump.errors import DumpFormatError
+from kmemdump.errors import ForeignTableError
+from kmemdump.errors import InvalidRegionError
+from kmemdump.errors import KmemdumpError
+from kmemdump.errors import ProcessGoneError
+from kmemdump.errors import RegionExistsError
+from kmemdump.errors import RegistryFullError
+from kmemdump.errors import TableFormatError
+from kmemdump.errors import UnknownRegionError
+from kmemdump.errors import UnreadableMemoryError
+from kmemdump.formats.kinds import RegionFlags
+from kmemdump.formats.kinds import RegionKind
+from kmemdump.ids import ID
+from kmemdump.ids import NO_ID
+from kmemdump.producer.api import InitReport
+from kmemdump.producer.api import alloc
+from kmemdump.producer.api import alloc_with
+from kmemdump.producer.api import allocated
+from kmemdump.producer.api import backend_register
+from kmemdump.producer.api import backend_unregister
+from kmemdump.producer.api import current_backend
+from kmemdump.producer.api import default_registry
+from kmemdump.producer.api import free
+from kmemdump.producer.api import init
+from kmemdump.producer.api import regions
+from kmemdump.producer.api import register
+from kmemdump.producer.api import register_object
+from kmemdump.producer.api import replace
+from kmemdump.producer.api import static
+from kmemdump.producer.api import unregister
+from kmemdump.producer.backends.base import Backend
+from kmemdump.producer.backends.base import NoopBackend
+from kmemdump.producer.heartbeat import feed
+from kmemdump.producer.heartbeat import set_watchdog as watchdog
+from kmemdump.producer.heartbeat import start_feeder
+from kmemdump.producer.heartbeat import stop_feeder
+from kmemdump.producer.region import Region
+from kmemdump.producer.registry import Registry
+from kmemdump.producer.registry import ReplayFailure
+from kmemdump.producer.registry import SwapReport
 
 if TYPE_CHECKING:
-    from .backends.table import SharedTableBackend
+    from kmemdump.producer.backends.table import SharedTableBackend
 
 __version__ = "0.1.0"
 
@@ -119,7 +119,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "SharedTableBackend":
-        from .backends.table import SharedTableBackend
+        from kmemdump.producer.backends.table import SharedTableBackend
 
         return SharedTableBackend
     raise AttributeError(f"module 'kmemdump' has no attribute {name!r}")

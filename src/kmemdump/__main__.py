@@ -1,5 +1,5 @@
 """``python -m kmemdump``: the command line."""
 
-from .cli.main import entry
+from kmemdump.cli.main import entry
 
 entry()

@@ -1,5 +1,5 @@
 """``python -m kmemdump.cli``."""
 
-from .main import entry
+from kmemdump.cli.main import entry
 
 entry()

@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
             "then deadlock",
             flush=True,
         )
-        child = subprocess.Popen([sys.executable, "-m", "kmemdump.demo_target", str(args.timeout)], env=env)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "kmemdump.cli.demo_target", str(args.timeout)], env=env
+        )
         dumped: list[Event] = []
 
         def on_event(event: Event) -> None:

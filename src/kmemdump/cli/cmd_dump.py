@@ -9,14 +9,13 @@ import argparse
 import json
 import os
 
+from kmemdump.cli.options import add_dump_options
+from kmemdump.cli.options import dump_options
+from kmemdump.cli.options import table_dirs
 from kmemdump.collector.dump import dump_target
-from kmemdump.collector.procmem import process_start_time
 from kmemdump.errors import CollectorError
 from kmemdump.formats.table import table_path
-
-from .options import add_dump_options
-from .options import dump_options
-from .options import table_dirs
+from kmemdump.procinfo import process_start_time
 
 __all__ = ["prepare", "run"]
 

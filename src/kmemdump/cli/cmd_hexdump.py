@@ -14,12 +14,12 @@ import sys
 
 from kmemdump.cli.cmd_show import add_dump_argument
 from kmemdump.cli.cmd_show import dump_path
+from kmemdump.cli.render import hexdump_lines
+from kmemdump.cli.render import json_text
 from kmemdump.errors import UnreadableMemoryError
 from kmemdump.ids import id_label
 from kmemdump.inspect.dumpfile import Dump
 from kmemdump.inspect.dumpfile import kind_name
-from kmemdump.inspect.render import hexdump_lines
-from kmemdump.inspect.render import json_text
 
 __all__ = ["add_range_options", "prepare", "run", "select_range"]
 

@@ -12,15 +12,15 @@ import sys
 from pathlib import Path
 
 from kmemdump.cli.options import default_dump_dir
+from kmemdump.cli.render import Column
+from kmemdump.cli.render import Output
+from kmemdump.cli.render import format_size
+from kmemdump.cli.render import format_time
+from kmemdump.cli.render import json_text
+from kmemdump.cli.render import progress
 from kmemdump.errors import KmemdumpError
 from kmemdump.inspect.dumpfile import DumpSummary
 from kmemdump.inspect.dumpfile import list_dumps
-from kmemdump.inspect.render import Column
-from kmemdump.inspect.render import Output
-from kmemdump.inspect.render import format_size
-from kmemdump.inspect.render import format_time
-from kmemdump.inspect.render import json_text
-from kmemdump.inspect.render import progress
 
 __all__ = ["prepare", "run"]
 

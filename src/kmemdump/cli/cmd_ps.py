@@ -18,17 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kmemdump.cli.options import table_dirs
-from kmemdump.collector.procmem import process_cmdline
-from kmemdump.collector.procmem import process_start_time
+from kmemdump.cli.render import Column
+from kmemdump.cli.render import Output
+from kmemdump.cli.render import format_duration
+from kmemdump.cli.render import format_size
+from kmemdump.cli.render import json_text
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.formats.table import TABLE_SUFFIX
 from kmemdump.formats.table import TableReader
-from kmemdump.inspect.render import Column
-from kmemdump.inspect.render import Output
-from kmemdump.inspect.render import format_duration
-from kmemdump.inspect.render import format_size
-from kmemdump.inspect.render import json_text
+from kmemdump.procinfo import process_cmdline
+from kmemdump.procinfo import process_start_time
 
 __all__ = ["Producer", "prepare", "producers", "run"]
 

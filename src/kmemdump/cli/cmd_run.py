@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from kmemdump.cli.options import add_dump_options
+from kmemdump.cli.options import dump_options
 from kmemdump.collector.tracer import ExitTracer
 from kmemdump.collector.tracer import tracer_pid
 from kmemdump.collector.watch import AFTER_HANG
@@ -34,9 +36,6 @@ from kmemdump.collector.watch import Event
 from kmemdump.collector.watch import Watcher
 from kmemdump.errors import AccessDeniedError
 from kmemdump.errors import KmemdumpError
-
-from .options import add_dump_options
-from .options import dump_options
 
 __all__ = ["autoinit_env", "prepare", "run"]
 
@@ -83,7 +82,7 @@ def autoinit_env(env: dict[str, str], table_dir: Path, timeout: float | None, fe
     """The environment that makes a Python child start kmemdump by itself."""
     import kmemdump
 
-    hook = str(Path(__file__).resolve().parent.parent / "autoinit")
+    hook = str(Path(__file__).resolve().parent.parent / "producer" / "autoinit")
     source = str(Path(kmemdump.__file__).resolve().parent.parent)
     env = dict(env)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (hook, env.get("PYTHONPATH", "")) if p)

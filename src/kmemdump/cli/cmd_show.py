@@ -18,7 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kmemdump.cli.render import Column
+from kmemdump.cli.render import Output
+from kmemdump.cli.render import format_address
+from kmemdump.cli.render import format_duration
+from kmemdump.cli.render import format_size
+from kmemdump.cli.render import format_time
+from kmemdump.cli.render import hexdump_lines
+from kmemdump.cli.render import json_text
 from kmemdump.formats.dumpmeta import RegionRecord
+from kmemdump.formats.kinds import RegionKind
 from kmemdump.formats.stacks import ThreadStack
 from kmemdump.ids import id_label
 from kmemdump.inspect.cpython import Unresolved
@@ -28,15 +37,6 @@ from kmemdump.inspect.dumpfile import Dump
 from kmemdump.inspect.dumpfile import command_line
 from kmemdump.inspect.dumpfile import kind_name
 from kmemdump.inspect.dumpfile import pycoreinfo_summary
-from kmemdump.inspect.render import Column
-from kmemdump.inspect.render import Output
-from kmemdump.inspect.render import format_address
-from kmemdump.inspect.render import format_duration
-from kmemdump.inspect.render import format_size
-from kmemdump.inspect.render import format_time
-from kmemdump.inspect.render import hexdump_lines
-from kmemdump.inspect.render import json_text
-from kmemdump.region import RegionKind
 
 __all__ = ["add_dump_argument", "dump_path", "prepare", "run"]
 

@@ -15,14 +15,13 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from kmemdump.cli.options import add_dump_options
+from kmemdump.cli.options import dump_options
+from kmemdump.cli.options import table_dirs
 from kmemdump.collector.watch import AFTER_HANG
 from kmemdump.collector.watch import DEFAULT_MAX_DUMPS
 from kmemdump.collector.watch import Event
 from kmemdump.collector.watch import Watcher
-
-from .options import add_dump_options
-from .options import dump_options
-from .options import table_dirs
 
 __all__ = ["prepare", "run", "sd_notify"]
 

@@ -27,37 +27,36 @@ from typing import Protocol
 from typing import TypeVar
 
 from kmemdump import __version__
+from kmemdump.collector.corewriter import CoreWriter
+from kmemdump.collector.corewriter import write_core
+from kmemdump.collector.stacks import StacksUnavailable
+from kmemdump.collector.stacks import take_stacks
 from kmemdump.errors import CollectorError
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.errors import TableFormatError
 from kmemdump.formats.arena import arena_path_of
-from kmemdump.formats.core import KMD_NOTE_META
-from kmemdump.formats.core import KMD_NOTE_STACKS
-from kmemdump.formats.core import PYCOREINFO_NOTE
-from kmemdump.formats.core import CoreWriter
-from kmemdump.formats.core import Note
-from kmemdump.formats.core import Segment
-from kmemdump.formats.core import prpsinfo_note
-from kmemdump.formats.core import prstatus_note
-from kmemdump.formats.core import write_core
 from kmemdump.formats.dumpmeta import DumpMeta
 from kmemdump.formats.dumpmeta import RegionRecord
 from kmemdump.formats.dumpmeta import encode_meta
+from kmemdump.formats.elf import KMD_NOTE_META
+from kmemdump.formats.elf import KMD_NOTE_STACKS
+from kmemdump.formats.elf import PYCOREINFO_NOTE
+from kmemdump.formats.elf import Note
+from kmemdump.formats.elf import Segment
+from kmemdump.formats.elf import prpsinfo_note
+from kmemdump.formats.elf import prstatus_note
 from kmemdump.formats.stacks import encode_stacks
 from kmemdump.formats.table import TableEntry
 from kmemdump.formats.table import TableHeader
 from kmemdump.formats.table import TableSnapshot
 from kmemdump.formats.table import read_table
 from kmemdump.ids import ID
-
-from .arenamem import ArenaMemory
-from .procmem import ProcessMemory
-from .procmem import process_cmdline
-from .procmem import process_exe
-from .procmem import process_start_time
-from .stacks import StacksUnavailable
-from .stacks import take_stacks
+from kmemdump.memory.arena import ArenaMemory
+from kmemdump.memory.process import ProcessMemory
+from kmemdump.procinfo import process_cmdline
+from kmemdump.procinfo import process_exe
+from kmemdump.procinfo import process_start_time
 
 __all__ = ["DumpOptions", "DumpResult", "dump_target"]
 

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 
+from kmemdump.collector.dump import DumpOptions
+from kmemdump.collector.dump import DumpResult
+from kmemdump.collector.dump import dump_target
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.formats.arena import ARENA_SUFFIX
@@ -32,13 +35,9 @@ from kmemdump.formats.arena import arena_path_of
 from kmemdump.formats.table import TableReader
 from kmemdump.formats.table import TableSnapshot
 from kmemdump.formats.table import write_collector_pid
-
-from .dump import DumpOptions
-from .dump import DumpResult
-from .dump import dump_target
-from .procmem import process_cmdline
-from .procmem import process_exe
-from .procmem import process_start_time
+from kmemdump.procinfo import process_cmdline
+from kmemdump.procinfo import process_exe
+from kmemdump.procinfo import process_start_time
 
 __all__ = ["AFTER_HANG", "DEFAULT_MAX_DUMPS", "Event", "Watcher"]
 

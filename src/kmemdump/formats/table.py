@@ -33,9 +33,9 @@ from typing import Final
 from kmemdump.errors import ForeignTableError
 from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import TableFormatError
-from kmemdump.region import NAME_MAX
-from kmemdump.region import RegionFlags
-from kmemdump.region import RegionKind
+from kmemdump.formats.kinds import NAME_MAX
+from kmemdump.formats.kinds import RegionFlags
+from kmemdump.formats.kinds import RegionKind
 
 __all__ = [
     "ENTRY_ADDRESS",
@@ -393,7 +393,7 @@ class TableWriter:
     def feed_binding(self) -> tuple[memoryview, Callable[[], int], Callable[[], object]]:
         """What a feed function needs: the header's u64 view, the counter's ``next`` and the tick hook.
 
-        :mod:`kmemdump.heartbeat` points its own ``feed`` at these, so that feeding through the
+        :mod:`kmemdump.producer.heartbeat` points its own ``feed`` at these, so that feeding through the
         watchdog or through :attr:`feed` advances one counter.
         """
         return self._u64, self._next_beat, self._on_tick
@@ -572,7 +572,7 @@ def make_feed(
     words: memoryview, next_beat: Callable[[], int], on_tick: Callable[[], object]
 ) -> Callable[[], None]:
     """A feed function over a header's u64 view: its closure cells are ``words``, ``next_beat``,
-    ``on_tick`` and ``clock`` (:mod:`kmemdump.heartbeat` repoints the first three)."""
+    ``on_tick`` and ``clock`` (:mod:`kmemdump.producer.heartbeat` repoints the first three)."""
     clock = time.monotonic_ns
 
     def feed() -> None:

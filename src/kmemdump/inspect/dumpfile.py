@@ -30,21 +30,21 @@ from kmemdump.errors import DumpFormatError
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import UnknownRegionError
 from kmemdump.errors import UnreadableMemoryError
-from kmemdump.formats.core import KMD_NOTE_META
-from kmemdump.formats.core import KMD_NOTE_STACKS
-from kmemdump.formats.core import OWNER_KMEMDUMP
-from kmemdump.formats.core import OWNER_PYCOREINFO
-from kmemdump.formats.core import PYCOREINFO_NOTE
-from kmemdump.formats.core import CoreImage
 from kmemdump.formats.dumpmeta import DumpMeta
 from kmemdump.formats.dumpmeta import RegionRecord
 from kmemdump.formats.dumpmeta import decode_meta
+from kmemdump.formats.elf import KMD_NOTE_META
+from kmemdump.formats.elf import KMD_NOTE_STACKS
+from kmemdump.formats.elf import OWNER_KMEMDUMP
+from kmemdump.formats.elf import OWNER_PYCOREINFO
+from kmemdump.formats.elf import PYCOREINFO_NOTE
+from kmemdump.formats.kinds import RegionKind
 from kmemdump.formats.pycoreinfo import PyCoreInfo
 from kmemdump.formats.stacks import Stacks
 from kmemdump.formats.stacks import decode_stacks
 from kmemdump.ids import ID
 from kmemdump.ids import id_label
-from kmemdump.region import RegionKind
+from kmemdump.memory.core import CoreImage
 
 __all__ = [
     "DUMP_SUFFIXES",

@@ -16,24 +16,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .backends.base import Backend
-from .backends.base import NoopBackend
-from .errors import BackendError
-from .errors import InvalidRegionError
-from .errors import KmemdumpError
-from .errors import RegionExistsError
-from .errors import RegistryFullError
-from .errors import UnknownRegionError
-from .ids import DYNAMIC_START
-from .ids import MAX_ID
-from .ids import NO_ID
-from .region import Region
-from .region import RegionFlags
-from .region import RegionKind
-from .region import Resolved
-from .region import clean_name
-from .region import make_region
-from .region import resolve_target
+from kmemdump.errors import BackendError
+from kmemdump.errors import InvalidRegionError
+from kmemdump.errors import KmemdumpError
+from kmemdump.errors import RegionExistsError
+from kmemdump.errors import RegistryFullError
+from kmemdump.errors import UnknownRegionError
+from kmemdump.formats.kinds import RegionFlags
+from kmemdump.formats.kinds import RegionKind
+from kmemdump.ids import DYNAMIC_START
+from kmemdump.ids import MAX_ID
+from kmemdump.ids import NO_ID
+from kmemdump.producer.backends.base import Backend
+from kmemdump.producer.backends.base import NoopBackend
+from kmemdump.producer.region import Region
+from kmemdump.producer.region import Resolved
+from kmemdump.producer.region import clean_name
+from kmemdump.producer.region import make_region
+from kmemdump.producer.region import resolve_target
 
 __all__ = ["DEFAULT_CAPACITY", "MAX_CAPACITY", "Registry", "ReplayFailure", "SwapReport"]
 
@@ -234,12 +234,12 @@ class Registry:
         return rid
 
     def register_object(self, obj: Any, *, id: int = NO_ID, name: str | None = None, depth: int = 0) -> int:
-        """Register ``obj``'s own memory plus what decoding it needs (see :mod:`kmemdump.objgraph`).
+        """Register ``obj``'s own memory plus what decoding it needs (:mod:`.python.objgraph`).
 
         ``depth`` follows container items that many levels. The returned ID is the object's;
         the extra regions get dynamic IDs and are unregistered with it.
         """
-        from .objgraph import object_regions
+        from kmemdump.producer.python.objgraph import object_regions
 
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
             raise InvalidRegionError("depth must be a non-negative int", depth=depth)

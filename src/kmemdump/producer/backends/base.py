@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 from typing import runtime_checkable
 
-from kmemdump.region import Region
+from kmemdump.producer.region import Region
 
 __all__ = ["Backend", "NoopBackend"]
 

@@ -1,6 +1,6 @@
 """Publishing the Python layout description (PYCOREINFO) as the ``ID.PYCOREINFO`` region.
 
-The blob comes from :func:`kmemdump.pylayout.default` (the interpreter's checked layout plus a
+The blob comes from :func:`kmemdump.producer.python.live.default` (the interpreter's checked layout plus a
 type map). It is rebuilt and swapped in whenever an object of a type the map does not know yet is
 registered, so the inspector can name every registered object's type without the binaries.
 """
@@ -11,13 +11,13 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from .errors import DecodeError
-from .ids import ID
-from .region import RegionKind
-from .registry import Registry
+from kmemdump.errors import DecodeError
+from kmemdump.formats.kinds import RegionKind
+from kmemdump.ids import ID
+from kmemdump.producer.registry import Registry
 
 if TYPE_CHECKING:
-    from .pylayout import LiveInfo
+    from kmemdump.producer.python.live import LiveInfo
 
 __all__ = ["PyInfoPublisher", "publisher"]
 
@@ -39,7 +39,7 @@ class PyInfoPublisher:
         Raises :class:`DecodeError` when the layout failed its self-test (decoding is disabled
         on this interpreter); nothing is registered then.
         """
-        from .pylayout import default
+        from kmemdump.producer.python.live import default
 
         info = default()
         if not info.enabled:

@@ -23,11 +23,11 @@ from types import CellType
 from typing import TYPE_CHECKING
 from typing import Any
 
-from .formats.table import HEADER_SIZE
-from .formats.table import make_feed
+from kmemdump.formats.table import HEADER_SIZE
+from kmemdump.formats.table import make_feed
 
 if TYPE_CHECKING:
-    from .formats.table import TableWriter
+    from kmemdump.formats.table import TableWriter
 
 __all__ = [
     "DEFAULT_FEEDER_INTERVAL",
@@ -121,7 +121,7 @@ def _refresh_locked() -> None:
 def attach(backend: Any) -> None:
     """Point :func:`feed` at ``backend``'s table and publish the watchdog timeout in it.
 
-    ``backend`` is a :class:`kmemdump.backends.table.SharedTableBackend`; ``None`` or a backend
+    ``backend`` is a :class:`kmemdump.producer.backends.table.SharedTableBackend`; ``None`` or a backend
     without a table (the no-op backend) detaches. The registry owner calls this when it makes a
     backend current.
     """

@@ -11,16 +11,14 @@ after the death. They do not survive a reboot (tmpfs), and a buffer has a fixed 
 (:class:`FirstFit`); the blocks are ``memoryview`` slices of the mapping. One arena per process,
 created on the first persistent allocation (:func:`ensure`) with the size :func:`configure` set
 (``kmemdump.init(arena_size=...)``, 1 MiB by default). A clean exit removes the file, after the
-table (:mod:`kmemdump.backends.table` imports this module first, so this module's exit hook runs
-after every table's). A forked child leaves the parent's arena alone: it gets its own on its first
-persistent allocation.
+table (:func:`kmemdump.producer.sharedfile.on_exit` runs the tables' hooks first). A forked child
+leaves the parent's arena alone: it gets its own on its first persistent allocation.
 
 Standard library only; ``ctypes`` is imported when the arena is created (to learn its address).
 """
 
 from __future__ import annotations
 
-import atexit
 import bisect
 import logging
 import mmap
@@ -30,21 +28,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import BackendError
-from .errors import InvalidRegionError
-from .errors import RegistryFullError
-from .formats.arena import ALIGNMENT
-from .formats.arena import ARENA_SUFFIX
-from .formats.arena import DEFAULT_ARENA_SIZE
-from .formats.arena import HEADER_SIZE
-from .formats.arena import arena_file_size
-from .formats.arena import check_arena_size
-from .formats.arena import pack_header
-from .sharedfile import link_into_place
-from .sharedfile import live_paths
-from .sharedfile import open_temporary
-from .sharedfile import remove_temporary
-from .sharedfile import temporary_name
+from kmemdump.errors import BackendError
+from kmemdump.errors import InvalidRegionError
+from kmemdump.errors import RegistryFullError
+from kmemdump.formats.arena import ALIGNMENT
+from kmemdump.formats.arena import ARENA_SUFFIX
+from kmemdump.formats.arena import DEFAULT_ARENA_SIZE
+from kmemdump.formats.arena import HEADER_SIZE
+from kmemdump.formats.arena import arena_file_size
+from kmemdump.formats.arena import check_arena_size
+from kmemdump.formats.arena import pack_header
+from kmemdump.producer.sharedfile import ARENAS_STAGE
+from kmemdump.producer.sharedfile import create_mapped
+from kmemdump.producer.sharedfile import live_paths
+from kmemdump.producer.sharedfile import on_exit
+from kmemdump.producer.sharedfile import open_private_dir
 
 __all__ = ["DEFAULT_ARENA_SIZE", "Arena", "Block", "FirstFit", "configure", "current", "ensure"]
 
@@ -167,9 +165,8 @@ class Arena:
     def __init__(
         self, directory: str | os.PathLike[str] | None = None, size: int = DEFAULT_ARENA_SIZE
     ) -> None:
-        from .backends.table import open_private_dir
-        from .formats.table import default_dir
-        from .procinfo import self_start_time
+        from kmemdump.formats.table import default_dir
+        from kmemdump.procinfo import self_start_time
 
         self.size = check_arena_size(size)
         self.directory = Path(directory) if directory is not None else default_dir()
@@ -198,34 +195,20 @@ class Arena:
 
     def _create(self, dir_fd: int) -> tuple[mmap.mmap, int]:
         """Build the arena file under a temporary name, map it, then link it into place."""
-        from .region import buffer_address
+        from kmemdump.producer.region import buffer_address
 
         pid, start = self.owner_pid, self.start_time
-        final = f"{pid}-{start}{ARENA_SUFFIX}"
-        temp = temporary_name(pid, start, "a")
-        total = arena_file_size(self.size)
-        fd = open_temporary(dir_fd, self.directory, temp, "arena")
-        mm: mmap.mmap | None = None
-        linked = False
-        try:
-            os.ftruncate(fd, total)
-            mm = mmap.mmap(fd, total, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+        def fill(mm: mmap.mmap) -> int:
             with memoryview(mm) as whole:
                 base = buffer_address(whole) + HEADER_SIZE
             pack_header(mm, pid=pid, start_time=start, size=self.size, base=base, created_ns=time.time_ns())
-            link_into_place(dir_fd, self.directory, temp, final, "arena")
-            linked = True
-        except OSError as err:
-            raise BackendError(
-                f"cannot create the arena file: {err.strerror}", path=str(self.directory)
-            ) from err
-        finally:
-            os.close(fd)
-            remove_temporary(dir_fd, self.directory, temp, "arena")
-            if not linked and mm is not None:
-                mm.close()
-        assert mm is not None
-        return mm, base
+            return base
+
+        final = f"{pid}-{start}{ARENA_SUFFIX}"
+        return create_mapped(
+            dir_fd, self.directory, final, arena_file_size(self.size), what="arena", fill=fill
+        )
 
     @property
     def inherited(self) -> bool:
@@ -390,5 +373,5 @@ def _after_fork_in_child() -> None:
     live_paths.clear()
 
 
-atexit.register(_at_exit)
+on_exit(ARENAS_STAGE, _at_exit)
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -16,9 +16,9 @@ from dataclasses import field
 from typing import Any
 from typing import TypeVar
 
-from .errors import KmemdumpError
-from .ids import NO_ID
-from .registry import Registry
+from kmemdump.errors import KmemdumpError
+from kmemdump.ids import NO_ID
+from kmemdump.producer.registry import Registry
 
 __all__ = ["ENTRY_POINT_GROUP", "Annotation", "AnnotationSection", "WalkReport", "section"]
 

@@ -8,7 +8,7 @@ and values of dicts and the attribute names and values of instances are followed
 first, each object listed once.
 
 Pointers are read with ``ctypes`` only when the process-wide layout passed its self-test (see
-:mod:`kmemdump.pylayout`); without it, only the objects themselves are listed.
+:mod:`kmemdump.producer.python.layout`); without it, only the objects themselves are listed.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from collections.abc import Callable
 from typing import Any
 from typing import Final
 
-from .errors import DecodeError
-from .errors import InvalidRegionError
-from .formats.pycoreinfo import Layout
-from .pylayout import builtin_base
-from .pylayout import default
+from kmemdump.errors import DecodeError
+from kmemdump.errors import InvalidRegionError
+from kmemdump.formats.pycoreinfo import Layout
+from kmemdump.producer.python.live import builtin_base
+from kmemdump.producer.python.live import default
 
 __all__ = ["MAX_DEPTH", "object_regions"]
 
@@ -61,7 +61,7 @@ def object_regions(
 
     Referents that are ``None``, ``True`` or ``False`` are skipped: the reader recognises them
     by address. ``layout`` defaults to the process-wide checked one; pass one only if it has
-    passed :func:`kmemdump.pylayout.self_test`. ``limit`` caps the number of ranges
+    passed :func:`kmemdump.producer.python.selftest.self_test`. ``limit`` caps the number of ranges
     (:class:`InvalidRegionError` beyond it).
     """
     if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= MAX_DEPTH:

@@ -9,9 +9,6 @@ Results are built in place: each range gets a fresh ``bytes`` object of its full
 without initialising it, as C code does with ``PyBytes_FromStringAndSize(NULL, n)``) and the kernel
 copies straight into it. When that layout check fails (another Python implementation), a
 ``bytearray`` per range is used and copied once into ``bytes``.
-
-The module also reads a process's identity out of ``/proc``: :func:`process_start_time`,
-:func:`process_cmdline` and :func:`process_exe`.
 """
 
 from __future__ import annotations
@@ -31,14 +28,7 @@ from kmemdump.errors import CollectorError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.errors import UnreadableMemoryError
 
-__all__ = [
-    "IOV_MAX",
-    "ProcessMemory",
-    "parse_stat_start_time",
-    "process_cmdline",
-    "process_exe",
-    "process_start_time",
-]
+__all__ = ["IOV_MAX", "ProcessMemory"]
 
 #: Most iovecs one ``process_vm_readv`` call takes (``sysconf(_SC_IOV_MAX)``; 1024 on Linux).
 IOV_MAX = 1024
@@ -435,64 +425,3 @@ def _clamp(address: int, size: int) -> int:
     if address < 0 or size <= 0 or address >= _ADDRESS_END:
         return 0
     return min(size, _ADDRESS_END - address)
-
-
-# --- /proc identity ------------------------------------------------------------------------------
-
-
-def parse_stat_start_time(stat: bytes) -> int:
-    """Field 22 (``starttime``, clock ticks after boot) of a ``/proc/PID/stat`` line.
-
-    The second field is the command name in parentheses and may itself hold spaces and ``)``,
-    so the line is split after its *last* ``)``.
-    """
-    close = stat.rfind(b")")
-    if close < 0:
-        raise ValueError("no ')' closes the command name")
-    fields = stat[close + 1 :].split()
-    # fields[0] is field 3 (state); field 22 is fields[19]
-    if len(fields) < 20:
-        raise ValueError(f"only {len(fields) + 2} fields")
-    return int(fields[19])
-
-
-def _read_proc(pid: int, name: str) -> bytes:
-    path = f"/proc/{pid}/{name}"
-    try:
-        with open(path, "rb", buffering=0) as handle:
-            return handle.read()
-    except (FileNotFoundError, ProcessLookupError) as err:
-        raise ProcessGoneError(f"process {pid} is gone", pid=pid) from err
-    except PermissionError as err:
-        raise AccessDeniedError(f"cannot read {path}", pid=pid) from err
-    except OSError as err:
-        if err.errno == errno.ESRCH:
-            raise ProcessGoneError(f"process {pid} is gone", pid=pid) from err
-        raise CollectorError(f"cannot read {path}: {err.strerror}", pid=pid, errno=err.errno) from err
-
-
-def process_start_time(pid: int) -> int:
-    """The start time of ``pid`` in clock ticks after boot (identifies it with the pid)."""
-    stat = _read_proc(pid, "stat")
-    if not stat:
-        raise ProcessGoneError(f"process {pid} is gone", pid=pid)
-    try:
-        return parse_stat_start_time(stat)
-    except ValueError as err:
-        raise CollectorError(f"cannot parse /proc/{pid}/stat: {err}", pid=pid) from err
-
-
-def process_cmdline(pid: int) -> list[str]:
-    """The arguments of ``pid`` (empty for a zombie or a kernel thread)."""
-    raw = _read_proc(pid, "cmdline")
-    if raw.endswith(b"\0"):
-        raw = raw[:-1]
-    return [os.fsdecode(arg) for arg in raw.split(b"\0")] if raw else []
-
-
-def process_exe(pid: int) -> str | None:
-    """The executable of ``pid``, or ``None`` when it cannot be read."""
-    try:
-        return os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return None

@@ -1,6 +1,6 @@
 """Backends publish the registry's regions somewhere an outside reader can find them."""
 
-from .base import Backend
-from .base import NoopBackend
+from kmemdump.producer.backends.base import Backend
+from kmemdump.producer.backends.base import NoopBackend
 
 __all__ = ["Backend", "NoopBackend"]

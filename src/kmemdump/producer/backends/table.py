@@ -17,13 +17,11 @@ Standard library only; ``ctypes`` is imported on the first ``prctl`` call.
 
 from __future__ import annotations
 
-import atexit
 import errno
 import functools
 import logging
 import mmap
 import os
-import stat
 import sys
 import threading
 import time
@@ -31,29 +29,30 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 
-from kmemdump import arena as _arena  # first: its exit hook must run after every table's close()
 from kmemdump.errors import BackendError
 from kmemdump.errors import RegionExistsError
 from kmemdump.errors import RegistryFullError
+from kmemdump.formats.kinds import RegionFlags
 from kmemdump.formats.table import MAX_CAPACITY
 from kmemdump.formats.table import TABLE_SUFFIX
 from kmemdump.formats.table import TableState
 from kmemdump.formats.table import TableWriter
 from kmemdump.formats.table import default_dir
 from kmemdump.formats.table import table_size
-from kmemdump.heartbeat import current as _watchdog_current
-from kmemdump.heartbeat import detach as _watchdog_detach
-from kmemdump.heartbeat import refresh as _watchdog_refresh
 from kmemdump.procinfo import self_start_time
-from kmemdump.region import Region
-from kmemdump.region import RegionFlags
-from kmemdump.sharedfile import link_into_place
-from kmemdump.sharedfile import live_paths
-from kmemdump.sharedfile import open_temporary
-from kmemdump.sharedfile import remove_temporary
-from kmemdump.sharedfile import temporary_name
+from kmemdump.producer import arena as _arena
+from kmemdump.producer.heartbeat import current as _watchdog_current
+from kmemdump.producer.heartbeat import detach as _watchdog_detach
+from kmemdump.producer.heartbeat import refresh as _watchdog_refresh
+from kmemdump.producer.region import Region
+from kmemdump.producer.sharedfile import TABLES_STAGE
+from kmemdump.producer.sharedfile import cancel_at_exit
+from kmemdump.producer.sharedfile import create_mapped
+from kmemdump.producer.sharedfile import live_paths
+from kmemdump.producer.sharedfile import on_exit
+from kmemdump.producer.sharedfile import open_private_dir
 
-__all__ = ["DEFAULT_CAPACITY", "PR_SET_PTRACER", "SharedTableBackend", "is_dumpable", "open_private_dir"]
+__all__ = ["DEFAULT_CAPACITY", "PR_SET_PTRACER", "SharedTableBackend", "is_dumpable"]
 
 log = logging.getLogger("kmemdump")
 
@@ -61,7 +60,6 @@ DEFAULT_CAPACITY = 201
 PR_SET_PTRACER = 0x59616D61
 """``prctl`` option of the Yama LSM: let one named process ptrace us (``'Yama'`` in ASCII)."""
 
-_DIR_MODE = 0o700
 _PERSISTENT = int(RegionFlags.PERSISTENT)
 
 _backends: weakref.WeakSet[SharedTableBackend] = weakref.WeakSet()
@@ -105,7 +103,7 @@ class SharedTableBackend:
             self._dir_fd = -1
             raise
         _backends.add(self)
-        atexit.register(self.close)
+        on_exit(TABLES_STAGE, self.close)
 
     def __repr__(self) -> str:
         where = self._path if self._path is not None else "unpublished"
@@ -262,16 +260,8 @@ class SharedTableBackend:
         pid = os.getpid()
         start = self_start_time()
         final = f"{pid}-{start}{TABLE_SUFFIX}"
-        temp = temporary_name(pid, start)
-        dir_fd = self._dir_fd
-        size = table_size(self.capacity)
-        fd = open_temporary(dir_fd, self.directory, temp, "table")
-        mm: mmap.mmap | None = None
-        writer: TableWriter | None = None
-        linked = False
-        try:
-            os.ftruncate(fd, size)
-            mm = mmap.mmap(fd, size)  # keeps its own descriptor
+
+        def fill(mm: mmap.mmap) -> TableWriter:
             writer = TableWriter(
                 mm,
                 capacity=self.capacity,
@@ -287,20 +277,17 @@ class SharedTableBackend:
                 flags = self._table_flags(region, writer) if region.flags else 0
                 writer.put(slot, region.id, region.name, region.address, region.size, region.kind, flags)
             writer.set_state(TableState.RUNNING)
-            link_into_place(dir_fd, self.directory, temp, final, "table")
-            linked = True
-        except OSError as err:
-            raise BackendError(
-                f"cannot create the table file: {err.strerror}", path=str(self.directory)
-            ) from err
-        finally:
-            os.close(fd)
-            remove_temporary(dir_fd, self.directory, temp, "table")
-            if not linked:
-                if writer is not None:
-                    writer.release()
-                if mm is not None:
-                    mm.close()
+            return writer
+
+        mm, writer = create_mapped(
+            self._dir_fd,
+            self.directory,
+            final,
+            table_size(self.capacity),
+            what="table",
+            fill=fill,
+            undo=TableWriter.release,
+        )
         self._mm = mm
         self._writer = writer
         self._path = self.directory / final
@@ -345,7 +332,7 @@ class SharedTableBackend:
     # --- closing -------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Mark the table ``EXITING`` and remove it. Registered with :mod:`atexit`; idempotent.
+        """Mark the table ``EXITING`` and remove it. Run at interpreter exit; idempotent.
 
         The mapping itself is left to the garbage collector, so that a feeder thread caught in
         the middle of a beat writes into the unlinked file instead of failing.
@@ -354,7 +341,7 @@ class SharedTableBackend:
             if self._closed:
                 return
             self._closed = True
-            atexit.unregister(self.close)
+            cancel_at_exit(self.close)
             if _watchdog_current() is self:
                 _watchdog_detach()
             writer, path = self._writer, self._path
@@ -386,44 +373,6 @@ def _weak_tick(backend: SharedTableBackend) -> Callable[[], object]:
             target.grant_ptrace()
 
     return tick
-
-
-def open_private_dir(directory: Path) -> int:
-    """Create or check the table directory and return an ``O_DIRECTORY`` descriptor for it."""
-    created = False
-    try:
-        os.mkdir(directory, _DIR_MODE)
-        created = True
-    except FileExistsError:
-        pass
-    except OSError as err:
-        raise BackendError(f"cannot create the table directory: {err.strerror}", path=str(directory)) from err
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as err:
-        if err.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise BackendError(
-                "the table directory is a symbolic link or not a directory", path=str(directory)
-            ) from err
-        raise BackendError(f"cannot open the table directory: {err.strerror}", path=str(directory)) from err
-    try:
-        info = os.fstat(dir_fd)
-        if info.st_uid != os.geteuid():
-            raise BackendError(
-                "the table directory belongs to another user", path=str(directory), uid=info.st_uid
-            )
-        if created:
-            os.fchmod(dir_fd, _DIR_MODE)  # whatever the umask
-        elif info.st_mode & 0o022:
-            raise BackendError(
-                "the table directory is writable by group or others",
-                path=str(directory),
-                mode=oct(stat.S_IMODE(info.st_mode)),
-            )
-    except BaseException:
-        os.close(dir_fd)
-        raise
-    return dir_fd
 
 
 @functools.cache

@@ -15,23 +15,23 @@ from typing import Literal
 from typing import TypeVar
 from typing import overload
 
-from . import alloc as _alloc
-from . import heartbeat as _heartbeat
-from .annotations import Annotation
-from .annotations import caller_origin
-from .annotations import section
-from .backends.base import Backend
-from .banner import make_banner
-from .errors import KmemdumpError
-from .ids import ID
-from .ids import NO_ID
-from .region import Region
-from .region import RegionFlags
-from .registry import Registry
-from .registry import SwapReport
+from kmemdump.errors import KmemdumpError
+from kmemdump.formats.kinds import RegionFlags
+from kmemdump.ids import ID
+from kmemdump.ids import NO_ID
+from kmemdump.producer import alloc as _alloc
+from kmemdump.producer import heartbeat as _heartbeat
+from kmemdump.producer.annotations import Annotation
+from kmemdump.producer.annotations import caller_origin
+from kmemdump.producer.annotations import section
+from kmemdump.producer.backends.base import Backend
+from kmemdump.producer.python.banner import make_banner
+from kmemdump.producer.region import Region
+from kmemdump.producer.registry import Registry
+from kmemdump.producer.registry import SwapReport
 
 if TYPE_CHECKING:
-    from .arena import Arena
+    from kmemdump.producer.arena import Arena
 
 __all__ = [
     "InitReport",
@@ -143,7 +143,7 @@ def alloc(
 
 
 def _ensure_arena() -> Arena:
-    from . import arena as _arena
+    from kmemdump.producer import arena as _arena
 
     arena = _arena.ensure()
     if _registry.persistent_range != (arena.base, arena.size):  # new, or a forked child's own
@@ -281,7 +281,7 @@ def init(
     failures: list[tuple[str, str]] = []
     with _init.lock:
         if arena_size is not None or (table and directory is not None):
-            from . import arena as _arena  # checked first: a bad size changes nothing
+            from kmemdump.producer import arena as _arena  # checked first: a bad size changes nothing
 
             _arena.configure(size=arena_size, directory=directory if table else None)
         first = not _init.done
@@ -306,7 +306,7 @@ def init(
 
 
 def _check_dumpable(failures: list[tuple[str, str]]) -> None:
-    from .backends.table import is_dumpable
+    from kmemdump.producer.backends.table import is_dumpable
 
     if not is_dumpable():
         failures.append(
@@ -342,7 +342,7 @@ def _register_banner() -> int:
 
 
 def _publish_pycoreinfo(failures: list[tuple[str, str]]) -> int | None:
-    from .pyinfo import publisher
+    from kmemdump.producer.python.pyinfo import publisher
 
     try:
         return publisher.start(_registry)
@@ -361,7 +361,7 @@ def _current_table_path() -> str | None:
 
 
 def _ensure_table(directory: str | os.PathLike[str] | None) -> str:
-    from .backends.table import SharedTableBackend
+    from kmemdump.producer.backends.table import SharedTableBackend
 
     current = _registry.current_backend()
     if isinstance(current, SharedTableBackend):

@@ -6,19 +6,17 @@ imported lazily, on the first registration that needs it, to keep ``import kmemd
 
 from __future__ import annotations
 
-import enum
 import sys
 from dataclasses import dataclass
 from typing import Any
 from typing import NamedTuple
 
-from .errors import InvalidRegionError
+from kmemdump.errors import InvalidRegionError
+from kmemdump.formats.kinds import NAME_MAX
+from kmemdump.formats.kinds import RegionKind
 
 __all__ = [
-    "NAME_MAX",
     "Region",
-    "RegionFlags",
-    "RegionKind",
     "Resolved",
     "buffer_address",
     "clean_name",
@@ -26,34 +24,8 @@ __all__ = [
     "resolve_target",
 ]
 
-NAME_MAX = 31
-"""Longest region name in UTF-8 bytes (the shared table stores 32 bytes, NUL-terminated)."""
-
 _ADDRESS_LIMIT = 2**64
 _OBJECT_SIZEOF: Any = object.__sizeof__
-
-
-class RegionKind(enum.IntEnum):
-    """How the region's bytes should be read back. Stored as a u16 in the shared table."""
-
-    BUFFER = 1
-    """Raw bytes of a buffer (bytearray, bytes data, mmap, array, numpy …)."""
-    OBJECT = 2
-    """A whole CPython object, header included, at ``id(obj)``; decodable with PYCOREINFO."""
-    CTYPES = 3
-    """A ctypes instance's storage."""
-    ADDRESS = 4
-    """A raw address and size given by the caller."""
-    PYCOREINFO = 5
-    """The Python layout description (JSON) the inspector decodes objects with."""
-
-
-class RegionFlags(enum.IntFlag):
-    """Facts about a region besides its kind. Stored as a u16 in the shared table's entry."""
-
-    PERSISTENT = 1
-    """The region lies in this process's persistent arena (a shared file that outlives the process),
-    so a collector can still read it after the process died."""
 
 
 @dataclass(frozen=True, slots=True)

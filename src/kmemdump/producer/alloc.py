@@ -2,7 +2,7 @@
 
 These are the seed's "wrappers on top of allocation functions which are given as parameters"
 (the kernel's ``kmemdump_alloc_id_size(id, sz, fn, ...)`` and ``kmemdump_free_id(id, fn, ...)``).
-:func:`alloc_persistent` allocates in the process's persistent arena (:mod:`kmemdump.arena`)
+:func:`alloc_persistent` allocates in the process's persistent arena (:mod:`kmemdump.producer.arena`)
 instead, and :func:`free` returns such a block to it.
 """
 
@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 from typing import Any
 from typing import TypeVar
 
-from .errors import InvalidRegionError
-from .errors import UnknownRegionError
-from .ids import NO_ID
-from .registry import Registry
+from kmemdump.errors import InvalidRegionError
+from kmemdump.errors import UnknownRegionError
+from kmemdump.ids import NO_ID
+from kmemdump.producer.registry import Registry
 
 if TYPE_CHECKING:
-    from .arena import Arena
-    from .arena import Block
+    from kmemdump.producer.arena import Arena
+    from kmemdump.producer.arena import Block
 
 __all__ = ["alloc", "alloc_persistent", "alloc_with", "allocated", "free"]
 

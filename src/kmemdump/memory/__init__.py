@@ -1,0 +1,13 @@
+"""One way to read memory, whatever holds it: :class:`MemorySource` and its implementations.
+
+* :class:`kmemdump.memory.process.ProcessMemory`: a live process (``process_vm_readv``, ``/proc/PID/mem``);
+* :class:`kmemdump.memory.arena.ArenaMemory`: a producer's persistent arena file;
+* :class:`kmemdump.memory.core.CoreImage`: a dump file.
+
+Decoders take a :class:`MemorySource` and never learn which one they hold. The implementations
+are imported from their modules, so this package costs nothing to import.
+"""
+
+from kmemdump.memory.source import MemorySource
+
+__all__ = ["MemorySource"]

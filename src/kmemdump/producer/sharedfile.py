@@ -1,0 +1,222 @@
+"""Creating the producer's shared files (the table, the arena) without trusting the directory.
+
+Both files are built under a temporary name (``O_CREAT|O_EXCL|O_NOFOLLOW``, mode 0600 whatever the
+umask) and then hard-linked to their final name, so a reader never sees a half-built file and a
+symbolic link planted at the final name makes creation fail instead of being followed. A file
+already at the final name is replaced only when it is a stale regular file of ours: same pid and
+start time as ours, so left over from an earlier boot in a directory that survives reboots.
+
+Standard library only: the producer imports this module.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import itertools
+import logging
+import mmap
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from kmemdump.errors import BackendError
+
+__all__ = [
+    "ARENAS_STAGE",
+    "DIR_MODE",
+    "FILE_MODE",
+    "TABLES_STAGE",
+    "cancel_at_exit",
+    "create_mapped",
+    "link_into_place",
+    "live_paths",
+    "on_exit",
+    "open_private_dir",
+    "open_temporary",
+    "remove_temporary",
+    "temporary_name",
+]
+
+log = logging.getLogger("kmemdump")
+T = TypeVar("T")
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+TABLES_STAGE = 0
+ARENAS_STAGE = 1
+"""At exit, tables are closed first, then arenas: a collector never sees a live table whose arena is gone."""
+live_paths: set[str] = set()
+"""Paths of the shared files this process published and still holds (never "stale")."""
+_serial = itertools.count()
+
+
+def temporary_name(pid: int, start_time: int, tag: str = "") -> str:
+    """``.<pid>-<start_time>-<tag><n>.tmp``: readers ignore names that do not end in their suffix."""
+    return f".{pid}-{start_time}-{tag}{next(_serial)}.tmp"
+
+
+def open_temporary(dir_fd: int, directory: Path, temp: str, what: str) -> int:
+    """Create ``temp`` in the directory open as ``dir_fd``, read-write, mode 0600."""
+    try:
+        fd = os.open(
+            temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE, dir_fd=dir_fd
+        )
+    except OSError as err:
+        raise BackendError(
+            f"cannot create the {what} file: {err.strerror}", path=str(directory / temp)
+        ) from err
+    try:
+        os.fchmod(fd, FILE_MODE)  # whatever the umask
+    except OSError as err:
+        os.close(fd)
+        remove_temporary(dir_fd, directory, temp, what)
+        raise BackendError(
+            f"cannot set the {what} file's mode: {err.strerror}", path=str(directory / temp)
+        ) from err
+    return fd
+
+
+def remove_temporary(dir_fd: int, directory: Path, temp: str, what: str) -> None:
+    try:
+        os.unlink(temp, dir_fd=dir_fd)
+    except OSError:
+        log.warning("could not remove the temporary %s %s", what, directory / temp)
+
+
+def link_into_place(dir_fd: int, directory: Path, temp: str, final: str, what: str) -> None:
+    """Give ``temp`` its final name; replace only a stale regular file of ours (never a link)."""
+    try:
+        os.link(temp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        return
+    except FileExistsError:
+        if not _stale(dir_fd, directory, final):
+            raise BackendError(
+                f"refusing to create the {what}: its path exists and is not a stale {what} of ours",
+                path=str(directory / final),
+            ) from None
+    os.unlink(final, dir_fd=dir_fd)
+    try:
+        os.link(temp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except FileExistsError:
+        raise BackendError(
+            f"the {what} path was taken while creating it", path=str(directory / final)
+        ) from None
+
+
+def create_mapped(
+    dir_fd: int,
+    directory: Path,
+    final: str,
+    size: int,
+    *,
+    what: str,
+    fill: Callable[[mmap.mmap], T],
+    undo: Callable[[T], object] = lambda _: None,
+) -> tuple[mmap.mmap, T]:
+    """Create the shared file ``final`` of ``size`` bytes, mapped ``MAP_SHARED``, filled by ``fill``.
+
+    The file is built under a temporary name (:func:`open_temporary`), sized, mapped and filled,
+    and only then linked to ``final`` (:func:`link_into_place`), so a reader never sees it half
+    made. Returns the mapping and what ``fill`` returned. On any failure nothing is left behind:
+    ``undo`` gets what ``fill`` returned, the mapping is closed and the temporary name removed.
+    """
+    pid, _, start = final.partition("-")
+    temp = temporary_name(int(pid), int(start.partition(".")[0]), what[:1])
+    fd = open_temporary(dir_fd, directory, temp, what)
+    mm: mmap.mmap | None = None
+    filled: list[T] = []
+    linked = False
+    try:
+        os.ftruncate(fd, size)
+        mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        filled.append(fill(mm))
+        link_into_place(dir_fd, directory, temp, final, what)
+        linked = True
+    except OSError as err:
+        raise BackendError(f"cannot create the {what} file: {err.strerror}", path=str(directory)) from err
+    finally:
+        os.close(fd)
+        remove_temporary(dir_fd, directory, temp, what)
+        if not linked:
+            for made in filled:
+                undo(made)
+            if mm is not None:
+                mm.close()
+    return mm, filled[0]
+
+
+def _stale(dir_fd: int, directory: Path, final: str) -> bool:
+    if str(directory / final) in live_paths:
+        return False
+    try:
+        info = os.lstat(final, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return True
+    return stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
+
+
+def open_private_dir(directory: Path) -> int:
+    """Create or check the table directory and return an ``O_DIRECTORY`` descriptor for it."""
+    created = False
+    try:
+        os.mkdir(directory, DIR_MODE)
+        created = True
+    except FileExistsError:
+        pass
+    except OSError as err:
+        raise BackendError(f"cannot create the table directory: {err.strerror}", path=str(directory)) from err
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise BackendError(
+                "the table directory is a symbolic link or not a directory", path=str(directory)
+            ) from err
+        raise BackendError(f"cannot open the table directory: {err.strerror}", path=str(directory)) from err
+    try:
+        info = os.fstat(dir_fd)
+        if info.st_uid != os.geteuid():
+            raise BackendError(
+                "the table directory belongs to another user", path=str(directory), uid=info.st_uid
+            )
+        if created:
+            os.fchmod(dir_fd, DIR_MODE)  # whatever the umask
+        elif info.st_mode & 0o022:
+            raise BackendError(
+                "the table directory is writable by group or others",
+                path=str(directory),
+                mode=oct(stat.S_IMODE(info.st_mode)),
+            )
+    except BaseException:
+        os.close(dir_fd)
+        raise
+    return dir_fd
+
+
+_exit_hooks: list[tuple[int, Callable[[], None]]] = []
+
+
+def on_exit(stage: int, hook: Callable[[], None]) -> None:
+    """Run ``hook`` at interpreter exit, after every hook of an earlier ``stage`` (tables, then arenas)."""
+    _exit_hooks.append((stage, hook))
+
+
+def cancel_at_exit(hook: Callable[[], None]) -> None:
+    """Forget ``hook`` (a table closed before the exit)."""
+    _exit_hooks[:] = [(stage, known) for stage, known in _exit_hooks if known != hook]
+
+
+def _run_exit_hooks() -> None:
+    hooks = sorted(_exit_hooks, key=lambda item: item[0])  # stable: registration order within a stage
+    _exit_hooks.clear()
+    for _stage, hook in hooks:
+        try:
+            hook()
+        except Exception:
+            log.exception("kmemdump exit hook %r failed", hook)
+
+
+atexit.register(_run_exit_hooks)
