@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from typing import Any
 
+from kmemdump._version import __version__
 from kmemdump.errors import AccessDeniedError
 from kmemdump.errors import BackendError
 from kmemdump.errors import CollectorError
@@ -64,8 +65,6 @@ from kmemdump.producer.registry import SwapReport
 
 if TYPE_CHECKING:
     from kmemdump.producer.backends.table import SharedTableBackend
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ID",

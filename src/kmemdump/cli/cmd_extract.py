@@ -9,7 +9,6 @@ owner only (mode 0600), as the memory it holds may be private.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import sys
 import tempfile
@@ -17,11 +16,12 @@ from argparse import ArgumentParser
 from argparse import Namespace
 from pathlib import Path
 
-from kmemdump.cli.cmd_hexdump import add_range_options
-from kmemdump.cli.cmd_hexdump import select_range
-from kmemdump.cli.cmd_show import add_dump_argument
-from kmemdump.cli.cmd_show import dump_path
+from kmemdump.cli.options import add_dump_argument
+from kmemdump.cli.options import add_range_options
+from kmemdump.cli.options import dump_path
+from kmemdump.cli.options import select_range
 from kmemdump.errors import KmemdumpError
+from kmemdump.files import rename_noreplace
 from kmemdump.inspect.dumpfile import Dump
 
 __all__ = ["OutputError", "OutputExistsError", "prepare", "run", "write_atomically"]
@@ -83,7 +83,7 @@ def write_atomically(target: Path, data: bytes, *, force: bool = False) -> Path:
         if force:
             os.replace(temporary, target)
         else:
-            _move_without_replacing(Path(temporary), target)
+            rename_noreplace(Path(temporary), target)
     except FileExistsError as err:
         raise OutputExistsError("the output file appeared while writing", path=str(target)) from err
     except OSError as err:
@@ -92,17 +92,3 @@ def write_atomically(target: Path, data: bytes, *, force: bool = False) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
     return target
-
-
-def _move_without_replacing(source: Path, target: Path) -> None:
-    """A hard link fails if ``target`` exists, so no check-then-rename race; fall back where links fail."""
-    try:
-        os.link(source, target)
-    except FileExistsError:
-        raise
-    except OSError as err:
-        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EMLINK, errno.EXDEV):
-            raise
-        if os.path.lexists(target):
-            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target)) from err
-        os.rename(source, target)

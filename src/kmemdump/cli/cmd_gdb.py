@@ -23,13 +23,13 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from kmemdump.cli.cmd_show import add_dump_argument
-from kmemdump.cli.cmd_show import dump_path
+from kmemdump.cli.options import add_dump_argument
+from kmemdump.cli.options import dump_path
 from kmemdump.errors import DumpFormatError
 from kmemdump.errors import KmemdumpError
+from kmemdump.formats import zstd
 from kmemdump.inspect.dumpfile import Dump
 
 __all__ = ["GdbMissingError", "gdb_command", "prepare", "run"]
@@ -150,48 +150,17 @@ def _run_gdb(command: list[str]) -> int:
 @contextlib.contextmanager
 def _plain_core(path: Path, *, keep: bool) -> Iterator[Path]:
     """``path`` itself, or a decompressed temporary copy of a zstd dump (removed unless ``keep``)."""
-    try:
-        with open(path, "rb") as source:
-            compressed = source.read(4) == b"\x28\xb5\x2f\xfd"
-    except OSError as err:
-        raise DumpFormatError(f"cannot open the dump: {err.strerror or err}", path=str(path)) from err
-    if not compressed:
+    if not zstd.is_compressed(path):
         yield path
         return
     directory = Path(tempfile.mkdtemp(prefix="kmemdump-gdb-"))
     name = path.name[: -len(".zst")] if path.name.endswith(".zst") else path.name + ".core"
     target = directory / name
     try:
-        _decompress(path, target)
+        zstd.decompress_to(path, target)
         yield target
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
     if not keep:
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def _zstd() -> ModuleType:
-    if sys.version_info >= (3, 14):
-        import compression.zstd as module
-    else:
-        import backports.zstd as module
-    return module
-
-
-def _decompress(source: Path, target: Path) -> None:
-    try:
-        module = _zstd()
-    except ImportError as err:
-        raise DumpFormatError(
-            "the dump is zstd-compressed; reading it needs the backports.zstd package on Python < 3.14",
-            path=str(source),
-        ) from err
-    try:
-        with module.ZstdFile(source, "rb") as stream, open(target, "xb") as out:
-            os.fchmod(out.fileno(), 0o600)
-            shutil.copyfileobj(stream, out, _CHUNK)
-    except (module.ZstdError, EOFError) as err:
-        raise DumpFormatError(f"corrupt or truncated zstd data: {err}", path=str(source)) from err
-    except OSError as err:
-        raise DumpFormatError(f"cannot decompress the dump: {err.strerror or err}", path=str(source)) from err

@@ -12,52 +12,17 @@ import argparse
 import dataclasses
 import sys
 
-from kmemdump.cli.cmd_show import add_dump_argument
-from kmemdump.cli.cmd_show import dump_path
+from kmemdump.cli.options import add_dump_argument
+from kmemdump.cli.options import add_range_options
+from kmemdump.cli.options import dump_path
+from kmemdump.cli.options import select_range
 from kmemdump.cli.render import hexdump_lines
 from kmemdump.cli.render import json_text
-from kmemdump.errors import UnreadableMemoryError
 from kmemdump.ids import id_label
 from kmemdump.inspect.dumpfile import Dump
 from kmemdump.inspect.dumpfile import kind_name
 
-__all__ = ["add_range_options", "prepare", "run", "select_range"]
-
-
-def add_range_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--offset",
-        type=_count,
-        default=0,
-        metavar="N",
-        help="start N bytes into the region (decimal or 0x hex)",
-    )
-    parser.add_argument(
-        "--length",
-        type=_count,
-        default=None,
-        metavar="N",
-        help="at most N bytes (default: to the end of what was stored)",
-    )
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a byte count: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
-    return value
-
-
-def select_range(data: bytes, offset: int, length: int | None, region_id: int) -> bytes:
-    """``data[offset:offset+length]``; an offset past the stored bytes is an error, not nothing."""
-    if offset and offset >= len(data):
-        raise UnreadableMemoryError(
-            f"offset {offset} is past the {len(data)} bytes stored for the region", id=region_id, readable=0
-        )
-    return data[offset:] if length is None else data[offset : offset + length]
+__all__ = ["prepare", "run"]
 
 
 def prepare(parser: argparse.ArgumentParser) -> None:

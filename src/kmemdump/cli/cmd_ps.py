@@ -24,9 +24,9 @@ from kmemdump.cli.render import format_duration
 from kmemdump.cli.render import format_size
 from kmemdump.cli.render import json_text
 from kmemdump.errors import KmemdumpError
-from kmemdump.errors import ProcessGoneError
 from kmemdump.formats.table import TABLE_SUFFIX
 from kmemdump.formats.table import TableReader
+from kmemdump.formats.table import parse_file_name
 from kmemdump.procinfo import process_cmdline
 from kmemdump.procinfo import process_start_time
 
@@ -87,13 +87,10 @@ def producers(directories: list[Path]) -> list[Producer]:
 
 
 def _read(path: Path) -> Producer:
-    stem = path.name[: -len(TABLE_SUFFIX)]
-    pid_text, _, start_text = stem.partition("-")
-    pid = int(pid_text) if pid_text.isdigit() else 0
+    ident = parse_file_name(path.name)
+    pid = ident[0] if ident else 0
     try:
-        alive = process_start_time(pid) == int(start_text)
-    except (ProcessGoneError, ValueError):
-        alive = False
+        alive = ident is not None and process_start_time(pid) == ident[1]
     except KmemdumpError:
         alive = False
     command = " ".join(process_cmdline(pid)) if alive else ""
@@ -103,14 +100,15 @@ def _read(path: Path) -> Producer:
     except (KmemdumpError, OSError) as err:
         return Producer(str(path), pid, "unreadable", None, None, 0, 0, 0, command, str(err))
     header = snapshot.header
-    fed = (time.monotonic_ns() - header.last_feed_ns) / 1e9 if header.heartbeat else None
+    now = time.monotonic_ns()
+    fed = (now - header.last_feed_ns) / 1e9 if header.heartbeat else None
     timeout = header.watchdog_timeout_ns / 1e9 if header.watchdog_timeout_ns else None
     if not alive:
         state = "stale"
-    elif timeout is None or fed is None:
+    elif header.deadline_ns is None:
         state = "no watchdog"
     else:
-        state = "HUNG" if fed > timeout else "ok"
+        state = "HUNG" if header.hung(now) else "ok"
     total = sum(entry.size for entry in snapshot.entries)
     return Producer(
         str(path), pid, state, fed, timeout, len(snapshot.entries), total, header.arena_size, command

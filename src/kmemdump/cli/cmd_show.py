@@ -15,9 +15,10 @@ import argparse
 import dataclasses
 import pprint
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from kmemdump.cli.options import add_dump_argument
+from kmemdump.cli.options import dump_path
 from kmemdump.cli.render import Column
 from kmemdump.cli.render import Output
 from kmemdump.cli.render import format_address
@@ -38,7 +39,7 @@ from kmemdump.inspect.dumpfile import command_line
 from kmemdump.inspect.dumpfile import kind_name
 from kmemdump.inspect.dumpfile import pycoreinfo_summary
 
-__all__ = ["add_dump_argument", "dump_path", "prepare", "run"]
+__all__ = ["document", "prepare", "run"]
 
 MAX_VALUE_LINES = 40
 """Text output shows at most this many lines of one decoded value (--json has everything)."""
@@ -61,26 +62,6 @@ _REASONS = {
     "death": "death: the process exited or was killed",
     "request": "request: a dump was asked for while the process ran",
 }
-
-
-def add_dump_argument(parser: argparse.ArgumentParser) -> None:
-    """The DUMP positional every inspector command takes."""
-    parser.add_argument(
-        "dump",
-        type=Path,
-        metavar="DUMP",
-        help="a dump file (.core or .core.zst); a bare name is also looked up in the default dump directory",
-    )
-
-
-def dump_path(given: Path) -> Path:
-    """``given``, or the file of that name in the default dump directory when only that exists."""
-    if given.exists() or given.parent != Path("."):
-        return given
-    from kmemdump.cli.options import default_dump_dir
-
-    candidate = default_dump_dir() / given
-    return candidate if candidate.is_file() else given
 
 
 def prepare(parser: argparse.ArgumentParser) -> None:

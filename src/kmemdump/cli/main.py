@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Protocol
 from typing import cast
 
-from kmemdump import __version__
+from kmemdump._version import __version__
 from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError

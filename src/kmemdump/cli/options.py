@@ -5,16 +5,24 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kmemdump.collector.dump import DumpOptions
+if TYPE_CHECKING:
+    from kmemdump.collector.dump import DumpOptions
+
 from kmemdump.errors import CollectorError
+from kmemdump.errors import UnreadableMemoryError
 
 __all__ = [
     "DEFAULT_BUDGET",
+    "add_dump_argument",
     "add_dump_options",
+    "add_range_options",
     "default_dump_dir",
     "dump_options",
+    "dump_path",
     "parse_size",
+    "select_range",
     "table_dirs",
 ]
 
@@ -106,6 +114,8 @@ def add_dump_options(parser: argparse.ArgumentParser) -> None:
 
 
 def dump_options(args: argparse.Namespace) -> DumpOptions:
+    from kmemdump.collector.dump import DumpOptions
+
     directory = args.dir or default_dump_dir()
     try:
         directory.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -121,3 +131,60 @@ def dump_options(args: argparse.Namespace) -> DumpOptions:
     return DumpOptions(
         directory, budget=budget, compress=args.compress, stop=args.stop, stacks=args.stacks, **kwargs
     )
+
+
+# --- the inspector commands: which dump, which bytes of a region ------------------------------
+
+
+def add_dump_argument(parser: argparse.ArgumentParser) -> None:
+    """The DUMP positional every inspector command takes."""
+    parser.add_argument(
+        "dump",
+        type=Path,
+        metavar="DUMP",
+        help="a dump file (.core or .core.zst); a bare name is also looked up in the default dump directory",
+    )
+
+
+def dump_path(given: Path) -> Path:
+    """``given``, or the file of that name in the default dump directory when only that exists."""
+    if given.exists() or given.parent != Path("."):
+        return given
+    candidate = default_dump_dir() / given
+    return candidate if candidate.is_file() else given
+
+
+def add_range_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--offset",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="start N bytes into the region (decimal or 0x hex)",
+    )
+    parser.add_argument(
+        "--length",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="at most N bytes (default: to the end of what was stored)",
+    )
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte count: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def select_range(data: bytes, offset: int, length: int | None, region_id: int) -> bytes:
+    """``data[offset:offset+length]``; an offset past the stored bytes is an error, not nothing."""
+    if offset and offset >= len(data):
+        raise UnreadableMemoryError(
+            f"offset {offset} is past the {len(data)} bytes stored for the region", id=region_id, readable=0
+        )
+    return data[offset:] if length is None else data[offset : offset + length]

@@ -26,7 +26,7 @@ from typing import Any
 from typing import Protocol
 from typing import TypeVar
 
-from kmemdump import __version__
+from kmemdump._version import __version__
 from kmemdump.collector.corewriter import CoreWriter
 from kmemdump.collector.corewriter import write_core
 from kmemdump.collector.stacks import StacksUnavailable

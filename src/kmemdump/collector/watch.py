@@ -34,6 +34,7 @@ from kmemdump.formats.arena import ARENA_SUFFIX
 from kmemdump.formats.arena import arena_path_of
 from kmemdump.formats.table import TableReader
 from kmemdump.formats.table import TableSnapshot
+from kmemdump.formats.table import parse_file_name
 from kmemdump.formats.table import write_collector_pid
 from kmemdump.procinfo import process_cmdline
 from kmemdump.procinfo import process_exe
@@ -91,16 +92,6 @@ class _Target:
     dumps: list[DumpResult] = field(default_factory=list)
 
 
-def _parse_name(path: Path, suffix: str = ".table") -> tuple[int, int] | None:
-    stem = path.name.removesuffix(suffix)
-    if stem == path.name:
-        return None
-    pid_text, _, start_text = stem.partition("-")
-    if not (pid_text.isdigit() and start_text.isdigit()):
-        return None
-    return int(pid_text), int(start_text)
-
-
 class Watcher:
     """The collector's loop over every table in ``directories``."""
 
@@ -151,9 +142,9 @@ class Watcher:
             arenas: list[tuple[tuple[int, int], Path]] = []
             for entry in entries:
                 path = Path(entry.path)
-                ident = _parse_name(path)
+                ident = parse_file_name(path.name)
                 if ident is None:
-                    arena = _parse_name(path, ARENA_SUFFIX)
+                    arena = parse_file_name(path.name, ARENA_SUFFIX)
                     if arena is not None and (self.only_pid is None or arena[0] == self.only_pid):
                         arenas.append((arena, path))
                     continue
@@ -298,12 +289,8 @@ class Watcher:
             # keep the latest consistent picture, for a process that dies or freezes mid-update
             with contextlib.suppress(KmemdumpError, OSError):
                 target.snapshot = target.reader.snapshot(retries=3)
-        if not header.watchdog_timeout_ns or not header.heartbeat:
-            target.deadline_ns = None
-            return
-        deadline = header.last_feed_ns + header.watchdog_timeout_ns
-        if now < deadline:
-            target.deadline_ns = deadline
+        if not header.hung(now):
+            target.deadline_ns = header.deadline_ns
             return
         target.deadline_ns = None
         if target.dumped_at_beat == header.heartbeat:

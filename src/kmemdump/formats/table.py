@@ -88,6 +88,7 @@ __all__ = [
     "default_dir",
     "make_feed",
     "open_owned_file",
+    "parse_file_name",
     "parse_header",
     "parse_table",
     "read_table",
@@ -236,6 +237,18 @@ class TableHeader:
         """Bytes the whole table occupies: the header plus ``capacity`` entries."""
         return table_size(self.capacity)
 
+    @property
+    def deadline_ns(self) -> int | None:
+        """The monotonic time (ns) by which the next feed is due; None without a watchdog or a feed."""
+        if not self.watchdog_timeout_ns or not self.heartbeat:
+            return None
+        return self.last_feed_ns + self.watchdog_timeout_ns
+
+    def hung(self, now_ns: int) -> bool:
+        """The hang rule: a watchdog is armed and no feed came within its timeout before ``now_ns``."""
+        deadline = self.deadline_ns
+        return deadline is not None and now_ns >= deadline
+
 
 @dataclass(frozen=True, slots=True)
 class TableEntry:
@@ -280,6 +293,31 @@ def table_size(capacity: int) -> int:
 def table_path(directory: str | os.PathLike[str], pid: int, start_time: int) -> Path:
     """Where the process ``(pid, start_time)`` publishes its table inside ``directory``."""
     return Path(directory) / f"{pid}-{start_time}{TABLE_SUFFIX}"
+
+
+def parse_file_name(name: str, suffix: str = TABLE_SUFFIX) -> tuple[int, int] | None:
+    """``(pid, start_time)`` of a ``<pid>-<start_time><suffix>`` file name; None for any other name.
+
+    Only ASCII digits count (``str.isdigit`` also accepts ``²`` and other scripts' digits, which
+    ``int`` refuses or reads as another number), without a sign, a leading zero or an absurd length.
+    """
+    stem = name.removesuffix(suffix)
+    if stem == name:
+        return None
+    pid_text, sep, start_text = stem.partition("-")
+    if not (sep and _decimal(pid_text, 10) and _decimal(start_text, 20)):
+        return None
+    pid = int(pid_text)
+    return (pid, int(start_text)) if 0 < pid < 2**31 else None
+
+
+def _decimal(text: str, longest: int) -> bool:
+    return (
+        0 < len(text) <= longest
+        and text.isascii()
+        and text.isdigit()
+        and (text == "0" or not text.startswith("0"))
+    )
 
 
 def default_dir() -> Path:

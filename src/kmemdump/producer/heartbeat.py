@@ -21,7 +21,8 @@ import threading
 from collections.abc import Callable
 from types import CellType
 from typing import TYPE_CHECKING
-from typing import Any
+from typing import Protocol
+from typing import cast
 
 from kmemdump.formats.table import HEADER_SIZE
 from kmemdump.formats.table import make_feed
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_FEEDER_INTERVAL",
+    "Beating",
     "Feeder",
     "attach",
     "current",
@@ -73,6 +75,20 @@ system call beyond reading the monotonic clock.
 """
 
 
+class Beating(Protocol):
+    """A backend whose table carries the heartbeat (the shared-table backend)."""
+
+    @property
+    def published(self) -> bool:
+        """True while the backend has a table it keeps current."""
+        ...
+
+    @property
+    def writer(self) -> TableWriter:
+        """The table's writer (only asked for while :attr:`published`)."""
+        ...
+
+
 class _State:
     """What the module remembers; one instance, replaced parts only under ``lock``."""
 
@@ -80,7 +96,7 @@ class _State:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.backend: Any = None
+        self.backend: Beating | None = None
         self.timeout_ns = 0
         self.feeder: Feeder | None = None
 
@@ -100,11 +116,10 @@ def _point_nowhere() -> None:
     _point(_scratch_words(), itertools.count(1).__next__, _nothing)
 
 
-def _writer_of(backend: Any) -> TableWriter | None:
-    if backend is None or not getattr(backend, "published", False):
+def _writer_of(backend: Beating | None) -> TableWriter | None:
+    if backend is None or not backend.published:
         return None
-    writer: TableWriter = backend.writer
-    return writer
+    return backend.writer
 
 
 def _refresh_locked() -> None:
@@ -118,15 +133,25 @@ def _refresh_locked() -> None:
         feed()  # arming counts as a beat: the deadline starts now, not at some old feed
 
 
-def attach(backend: Any) -> None:
+def _as_beating(backend: object) -> Beating | None:
+    # looked up on the type: reading the properties of an unpublished backend would raise
+    kind = type(backend)
+    if isinstance(getattr(kind, "writer", None), property) and isinstance(
+        getattr(kind, "published", None), property
+    ):
+        return cast(Beating, backend)
+    return None
+
+
+def attach(backend: object) -> None:
     """Point :func:`feed` at ``backend``'s table and publish the watchdog timeout in it.
 
-    ``backend`` is a :class:`kmemdump.producer.backends.table.SharedTableBackend`; ``None`` or a backend
+    ``backend`` is a :class:`Beating` backend (the shared-table backend); ``None`` or a backend
     without a table (the no-op backend) detaches. The registry owner calls this when it makes a
     backend current.
     """
     with _state.lock:
-        _state.backend = backend if hasattr(type(backend), "writer") else None
+        _state.backend = _as_beating(backend)
         _refresh_locked()
 
 
@@ -141,7 +166,7 @@ def refresh() -> None:
         _refresh_locked()
 
 
-def current() -> Any:
+def current() -> Beating | None:
     """The backend :func:`feed` is attached to, or ``None``."""
     return _state.backend
 

@@ -1,0 +1,176 @@
+"""Supervising one command: start it, watch its table, dump it when it hangs or dies, return its status.
+
+The command runs as this process's child with a private table directory. A Python program needs no
+change: kmemdump starts inside it through a sitecustomize hook (:func:`autoinit_env`). With
+``trace_exit`` this process also becomes the child's ptrace tracer (:mod:`kmemdump.collector.tracer`):
+the child stops at its exit with its memory still mapped, whatever ends it (SIGKILL included), and
+its death dump is read from that memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from kmemdump.collector.dump import DumpOptions
+from kmemdump.collector.tracer import ExitTracer
+from kmemdump.collector.tracer import tracer_pid
+from kmemdump.collector.watch import Event
+from kmemdump.collector.watch import Watcher
+from kmemdump.errors import AccessDeniedError
+from kmemdump.errors import KmemdumpError
+
+__all__ = ["SuperviseOptions", "autoinit_env", "supervise"]
+
+
+@dataclass(frozen=True, slots=True)
+class SuperviseOptions:
+    """How to supervise: the watchdog, what to do after a hang, how kmemdump gets into the command."""
+
+    dump: DumpOptions
+    timeout: float | None = 5.0
+    after_hang: str = "leave"
+    autoinit: bool = True
+    feeder: bool = True
+    trace_exit: bool = False
+
+
+def autoinit_env(env: dict[str, str], table_dir: Path, timeout: float | None, feeder: bool) -> dict[str, str]:
+    """The environment that makes a Python child start kmemdump by itself."""
+    import kmemdump
+
+    hook = str(Path(__file__).resolve().parent.parent / "producer" / "autoinit")
+    source = str(Path(kmemdump.__file__).resolve().parent.parent)
+    env = dict(env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (hook, env.get("PYTHONPATH", "")) if p)
+    env["KMEMDUMP_AUTOINIT"] = "1"
+    env["KMEMDUMP_SRC"] = source
+    env["KMEMDUMP_DIR"] = str(table_dir)
+    if timeout and feeder:
+        env["KMEMDUMP_WATCHDOG"] = repr(timeout)
+    return env
+
+
+def _exited(pid: int) -> bool:
+    """Whether the child has ended, without reaping it (its pid and /proc entry stay valid)."""
+    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    return info is not None
+
+
+def _start_tracer(pid: int, warn: Callable[[str], None]) -> ExitTracer | None:
+    """Trace the child, or say in one line why not (and go on without)."""
+    tracer = ExitTracer(pid)
+    try:
+        tracer.start()
+    except KmemdumpError as err:
+        if not _exited(pid):  # a command that ended at once needs no explanation
+            hint = " (Yama ptrace_scope, a seccomp filter or a missing CAP_SYS_PTRACE)"
+            why = f"{err}{hint if isinstance(err, AccessDeniedError) else ''}"
+            warn(f"--trace-exit unavailable: {why}; supervising without it")
+        return None
+    return tracer
+
+
+def _signal_sender(child: subprocess.Popen[bytes]) -> Callable[[int], None]:
+    """Send signals through a pidfd: ``Popen.send_signal`` waits for the child first, and a wait
+    from this thread would take the tracer's stop reports. The pidfd stays open as long as the
+    signal handlers that use it (for the rest of the process)."""
+    pidfd = os.pidfd_open(child.pid)
+
+    def send(signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signum)
+
+    return send
+
+
+def _supervise_traced(watcher: Watcher, tracer: ExitTracer) -> int | None:
+    """Watch the traced child until the tracer reaps it; its wait status, or None if the tracer gave up."""
+    while True:
+        stop = tracer.poll_exit()
+        if stop is not None:
+            try:
+                watcher.dump_held(stop.pid, f"process exiting ({stop.describe()}); read at its exit stop")
+            finally:
+                tracer.resume()
+        if tracer.done:
+            return tracer.status
+        watcher.step()
+
+
+def _until_untraced(pid: int, timeout: float = 5.0) -> None:
+    """After the tracer thread ended, wait (bounded) until the kernel shows the child detached: a
+    wait for a child still traced by this process would report tracing stops, not its exit."""
+    deadline = time.monotonic() + timeout
+    while tracer_pid(pid) not in (0, None) and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+def supervise(
+    cmd: Sequence[str],
+    options: SuperviseOptions,
+    *,
+    on_event: Callable[[Event], None],
+    warn: Callable[[str], None],
+) -> int:
+    """Run ``cmd`` under a collector until it ends; its exit code (128 + N for a signal N).
+
+    Raises ``OSError`` when the command cannot be started. SIGINT, SIGTERM and SIGHUP received
+    meanwhile are passed on to the command.
+    """
+    with tempfile.TemporaryDirectory(prefix="kmemdump-run-") as tables:
+        table_dir = Path(tables)
+        table_dir.chmod(0o700)
+        env = dict(os.environ)
+        env["KMEMDUMP_DIR"] = str(table_dir)
+        if options.autoinit:
+            env = autoinit_env(env, table_dir, options.timeout, options.feeder)
+        child = subprocess.Popen(list(cmd), env=env)
+        tracer = _start_tracer(child.pid, warn) if options.trace_exit else None
+        send = _signal_sender(child) if tracer is not None else child.send_signal
+
+        def forward(signum: int, frame: FrameType | None) -> None:
+            send(signum)
+
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, forward)
+
+        watcher = Watcher(
+            [table_dir],
+            options.dump,
+            after_hang=options.after_hang,
+            on_event=on_event,
+            only_pid=child.pid,
+            max_sleep=0.05,
+        )
+        traced_status: int | None = None
+        try:
+            watcher.scan()
+            if tracer is not None:
+                traced_status = _supervise_traced(watcher, tracer)
+                if traced_status is None:
+                    warn(f"--trace-exit stopped ({tracer.failure}); supervising without it")
+                    _until_untraced(child.pid)
+            if traced_status is None:
+                while not _exited(child.pid):
+                    watcher.step()
+            watcher.scan()  # a table published just before the end is still seen (the child is a zombie)
+            while watcher.targets:
+                watcher.step()
+        finally:
+            if tracer is not None:
+                tracer.close()
+            watcher.close()
+        if traced_status is not None:
+            child.returncode = os.waitstatus_to_exitcode(traced_status)  # the tracer reaped it
+        status = child.wait()
+    return status if status >= 0 else 128 - status
