@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import settings
+
+from budget import FULL
+
+settings.register_profile("ci", deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None, max_examples=20)
+settings.load_profile("ci" if FULL else "dev")
+
+_STRESS: list[str] = []
 
 
 @pytest.fixture
@@ -31,3 +42,21 @@ def require_tool(name: str) -> str:
     if found is None:
         pytest.skip(f"{name} is not installed on this machine (used as an independent oracle)")
     return found
+
+
+@pytest.fixture
+def stress_report(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """``report("N snapshots checked in S s")``: printed in the terminal summary, with the test's name."""
+
+    def report(line: str) -> None:
+        _STRESS.append(f"{request.node.nodeid}: {line}")
+
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _STRESS:
+        profile = "ci (full budget)" if FULL else "quick (set KMEMDUMP_TEST_PROFILE=ci for the full budget)"
+        terminalreporter.section(f"what the stress tests covered, profile {profile}")
+        for line in _STRESS:
+            terminalreporter.write_line(line)

@@ -35,6 +35,8 @@ from hypothesis.stateful import invariant
 from hypothesis.stateful import precondition
 from hypothesis.stateful import rule
 
+from budget import examples
+from helpers_child import spawn_child
 from kmemdump import BackendError
 from kmemdump import InvalidRegionError
 from kmemdump import RegionFlags
@@ -50,7 +52,6 @@ from kmemdump.producer.alloc import free
 from kmemdump.producer.arena import Arena
 from kmemdump.producer.arena import FirstFit
 from kmemdump.producer.backends.table import SharedTableBackend
-from tests.helpers_child import spawn_child
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "formats.md"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -131,7 +132,7 @@ class FirstFitMachine(RuleBasedStateMachine):
 
 
 TestFirstFit = FirstFitMachine.TestCase
-TestFirstFit.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+TestFirstFit.settings = settings(max_examples=examples(300), stateful_step_count=40, deadline=None)
 
 
 def test_first_fit_sizes_must_be_aligned() -> None:

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require_tool
 from kmemdump.cli.main import main
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.watch import Watcher
 from kmemdump.formats.table import read_table
 from kmemdump.ids import ID
 from kmemdump.memory.core import CoreImage
-from tests.conftest import require_tool
 
 pytestmark = pytest.mark.slow
 

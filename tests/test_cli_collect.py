@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from helpers_child import spawn_child
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.dump import dump_target
 from kmemdump.formats.dumpmeta import decode_meta
 from kmemdump.formats.elf import KMD_NOTE_META
 from kmemdump.memory.core import CoreImage
 from kmemdump.procinfo import process_start_time
-from tests.helpers_child import spawn_child
 
 pytestmark = pytest.mark.slow
 

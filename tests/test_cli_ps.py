@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers_child import spawn_child
 from kmemdump.cli.main import main
-from tests.helpers_child import spawn_child
 
 PRODUCER = r"""
 import kmemdump

@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from conftest import require_tool
+from helpers_child import Child
+from helpers_child import spawn_child
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.dump import dump_target
 from kmemdump.collector.watch import Event
@@ -24,9 +27,6 @@ from kmemdump.formats.elf import KMD_NOTE_META
 from kmemdump.ids import ID
 from kmemdump.memory.core import CoreImage
 from kmemdump.procinfo import process_start_time
-from tests.conftest import require_tool
-from tests.helpers_child import Child
-from tests.helpers_child import spawn_child
 
 pytestmark = pytest.mark.slow
 

@@ -23,6 +23,7 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from budget import examples
 from kmemdump import files
 from kmemdump.collector.corewriter import write_core
 from kmemdump.errors import CollectorError
@@ -577,7 +578,7 @@ _VALID_BYTES = _valid_image(compress=False)
 _VALID_ZST = _valid_image(compress=True)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     cut=st.integers(min_value=0, max_value=len(_VALID_BYTES)),
     flips=st.lists(st.tuples(st.integers(0, len(_VALID_BYTES) - 1), st.integers(1, 255)), max_size=8),
@@ -602,7 +603,7 @@ def test_damaged_plain_cores_give_only_typed_errors(
         _exercise(path)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(
     cut=st.integers(min_value=0, max_value=len(_VALID_ZST)),
     flips=st.lists(st.tuples(st.integers(0, len(_VALID_ZST) - 1), st.integers(1, 255)), max_size=4),

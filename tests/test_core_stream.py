@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from conftest import require_tool
 from kmemdump.collector.corewriter import CoreWriter
 from kmemdump.errors import CollectorError
 from kmemdump.formats.elf import KMD_NOTE_META
 from kmemdump.formats.elf import Note
 from kmemdump.memory.core import CoreImage
-from tests.conftest import require_tool
 
 MiB = 1 << 20
 # sizes chosen to start, cross and end exactly on the 4 MiB staging boundary

@@ -31,6 +31,7 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from budget import examples
 from kmemdump.errors import DecodeError
 from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import UnreadableMemoryError
@@ -686,7 +687,7 @@ def _info_with_layout(version: tuple[int, int]) -> PyCoreInfo:
 @pytest.mark.parametrize(
     "version", [pytest.param(v, id=f"layout={v[0]}.{v[1]}") for v in LAYOUT_VERSIONS.values()]
 )
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_random_memory_never_crashes(version: tuple[int, int], data: st.DataObject) -> None:
     info = _info_with_layout(version)
@@ -738,7 +739,7 @@ def _real_snapshot() -> tuple[int, tuple[tuple[int, bytes], ...]]:
 _KEEP: list[Any] = []
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_corrupted_real_objects_never_crash(data: st.DataObject) -> None:
     # GIVEN a copy of real objects of every kind, with a few words overwritten

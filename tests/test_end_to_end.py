@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers_child import spawn_child
+from helpers_interpreters import EACH_INTERPRETER
+from helpers_interpreters import producer_env
+from helpers_interpreters import request_dump
 from kmemdump.cli.main import main
 from kmemdump.inspect.cpython import encode_value
-from tests.helpers_child import spawn_child
-from tests.helpers_interpreters import EACH_INTERPRETER
-from tests.helpers_interpreters import producer_env
-from tests.helpers_interpreters import request_dump
 
 pytestmark = pytest.mark.slow
 

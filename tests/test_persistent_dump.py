@@ -20,6 +20,9 @@ from typing import Any
 
 import pytest
 
+from conftest import require_tool
+from helpers_child import Child
+from helpers_child import spawn_child
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.dump import dump_target
 from kmemdump.collector.watch import Event
@@ -36,9 +39,6 @@ from kmemdump.formats.table import read_table
 from kmemdump.memory.arena import ArenaMemory
 from kmemdump.memory.core import CoreImage
 from kmemdump.procinfo import process_start_time
-from tests.conftest import require_tool
-from tests.helpers_child import Child
-from tests.helpers_child import spawn_child
 
 pytestmark = pytest.mark.slow
 

@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from budget import examples
 from kmemdump.errors import DecodeError
 from kmemdump.errors import DumpFormatError
 from kmemdump.formats import pycoreinfo
@@ -219,7 +220,7 @@ JSON = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(data=st.binary(max_size=200))
 def test_random_bytes_raise_only_format_errors(data: bytes) -> None:
     for blob in (data, MAGIC + data, struct.pack("<12sII", MAGIC, 1, len(data)) + data):
@@ -227,7 +228,7 @@ def test_random_bytes_raise_only_format_errors(data: bytes) -> None:
             pycoreinfo.decode(blob)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(data=st.data())
 def test_mutated_payloads_raise_only_format_errors(data: st.DataObject) -> None:
     info = pylive.default().info
@@ -252,7 +253,7 @@ def test_mutated_payloads_raise_only_format_errors(data: st.DataObject) -> None:
     assert isinstance(decoded, PyCoreInfo)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(data=st.data())
 def test_flipped_bytes_raise_only_format_errors(data: st.DataObject) -> None:
     info = pylive.default().info

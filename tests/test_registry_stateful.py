@@ -17,6 +17,7 @@ from hypothesis.stateful import invariant
 from hypothesis.stateful import precondition
 from hypothesis.stateful import rule
 
+from budget import examples
 from kmemdump import NO_ID
 from kmemdump import BackendError
 from kmemdump import InvalidRegionError
@@ -171,5 +172,7 @@ class RegistryMachine(RuleBasedStateMachine):
             assert old.violations == []
 
 
-RegistryMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+RegistryMachine.TestCase.settings = settings(
+    max_examples=examples(150), stateful_step_count=40, deadline=None
+)
 test_registry_state_machine = pytest.mark.timeout(300)(RegistryMachine.TestCase)

@@ -12,11 +12,13 @@ import stat
 import struct
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from budget import seconds
 from helpers_child import spawn_child
 from kmemdump.errors import BackendError
 from kmemdump.errors import InvalidRegionError
@@ -471,20 +473,23 @@ def _real_state(snapshot: TableSnapshot) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(60)
-def test_torn_write_torture(tables: Path) -> None:
-    snapshots = 100_000
+def test_torn_write_torture(tables: Path, stress_report: Callable[[str], None]) -> None:
+    budget = seconds(30.0)
     generations: set[int] = set()
+    checked = 0
     with spawn_child(TORTURE_WRITER) as writer:
         path = Path(writer.recv())
-        for _ in range(snapshots):
+        deadline = time.monotonic() + budget
+        while time.monotonic() < deadline:
             snap = read_table(path, retries=1000)  # every one validated by parse_table
             _real_state(snap)
             generations.add(snap.header.generation)
+            checked += 1
         writer.release()
         final_generation = writer.recv()
+    stress_report(f"{checked} snapshots checked, {len(generations)} distinct generations, in {budget:g} s")
     # The reader really ran against a moving table: many distinct states, all of them real.
-    assert len(generations) > 1000
+    assert len(generations) > 10
     assert final_generation >= max(generations)
 
 

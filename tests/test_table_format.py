@@ -24,6 +24,7 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from budget import examples
 from kmemdump.errors import ForeignTableError
 from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import TableFormatError
@@ -431,7 +432,7 @@ def _check_consistent(snapshot: fmt.TableSnapshot, length: int) -> None:
             assert header.arena_base <= entry.address and entry.end <= header.arena_end
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(1500), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     changes=st.lists(mutations, min_size=1, max_size=4),
     cut=st.one_of(st.none(), st.integers(0, table_size(8) + 64)),
@@ -456,7 +457,7 @@ def test_hostile_tables_raise_only_table_format_error(
     _check_consistent(snapshot, len(data))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(data=st.binary(max_size=400))
 def test_random_bytes_raise_only_table_format_error(data: bytes) -> None:
     for candidate in (data, b"KMDTABLE" + data):
@@ -464,7 +465,9 @@ def test_random_bytes_raise_only_table_format_error(data: bytes) -> None:
             _check_consistent(parse_table(candidate), len(candidate))
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     changes=st.lists(st.tuples(st.just("field"), field_writes()), min_size=1, max_size=3),
     end=st.integers(0, 700),

@@ -34,6 +34,10 @@ class KmemdumpError(Exception):
     """
 
     help: str = ""
+    # the context keys programs read most, typed; any other key is an attribute too
+    pid: int | None = None
+    path: str | None = None
+    errno: int | None = None
 
     def __init__(self, message: str, **context: Any) -> None:
         super().__init__(message)
@@ -140,6 +144,9 @@ class UnreadableMemoryError(KmemdumpError):
 
     ``readable`` is how many bytes from ``address`` on could be read (0 when none).
     """
+
+    readable: int = 0
+    address: int | None = None
 
 
 class DecodeError(KmemdumpError):

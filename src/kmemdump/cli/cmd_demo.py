@@ -1,4 +1,4 @@
-"""The seed's scenario end to end, in a few seconds.
+"""The banner scenario of the Linux kernel's kmemdump design, end to end, in a few seconds.
 
 A producer process registers a banner and a few regions, publishes its table, feeds its watchdog
 and then deadlocks. The collector (this command) notices the missed heartbeat, copies only the

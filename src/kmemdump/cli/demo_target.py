@@ -1,9 +1,9 @@
 """The demo's producer: registers a banner and a few regions, feeds its watchdog, then deadlocks.
 
-Run by ``kmemdump demo`` (``python -m kmemdump.cli.demo_target``). It mirrors the seed's scenario:
-the banner is registered at start-up, a backend publishes the table, the main loop feeds the
-watchdog, and then the process freezes — here, two threads each holding the lock the other wants.
-"""
+Run by ``kmemdump demo`` (``python -m kmemdump.cli.demo_target``). It mirrors the banner scenario of
+the Linux kernel's kmemdump design: the banner is registered at start-up, a backend publishes the
+table, the main loop feeds the watchdog, and then the process freezes — here, two threads each
+holding the lock the other wants."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from kmemdump.errors import ProcessGoneError
 __all__ = ["COMMANDS", "build_parser", "entry", "main"]
 
 COMMANDS: dict[str, str] = {
-    "demo": "the seed's banner scenario end to end: register, freeze, dump, show the banner",
+    "demo": "see it work: a process registers its banner, deadlocks, is dumped, and the dump is shown",
     "watch": "collect dumps for every process publishing a kmemdump table",
     "run": "run a command under a collector; dump it when it hangs or dies",
     "dump": "dump a process's registered regions now",

@@ -1,6 +1,8 @@
-"""The collector (the seed's "upper level firmware"): detection, memory copying, dump writing.
+"""The collector: detection, memory copying, dump writing.
 
-Not imported by producers; it needs the ``collector`` extra (pyelftools, backports.zstd, py-spy).
+It plays the "upper level firmware" of the Linux kernel's kmemdump design.
+
+Not imported by producers. Compressed dumps need backports.zstd before Python 3.14, stacks need py-spy.
 """
 
 __all__: list[str] = []

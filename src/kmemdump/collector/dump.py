@@ -1,8 +1,8 @@
 """Copying a target's registered regions out and writing them as an ELF core image.
 
-This is the seed's "upper level firmware" step: read the shared table, find each entry's
-start and size, copy it. The target is identified by (pid, start time), held with SIGSTOP while
-its memory is copied (unless told not to), and released afterwards.
+This is the "upper level firmware" step of the Linux kernel's kmemdump design: read the shared
+table, find each entry's start and size, copy it. The target is identified by (pid, start time),
+held with SIGSTOP while its memory is copied (unless told not to), and released afterwards.
 
 A live process's regions are read from its memory. Once it is gone (a death dump), regions the
 table flags PERSISTENT are read from its arena file instead (:class:`ArenaMemory`); the others are
@@ -37,7 +37,11 @@ from kmemdump.errors import ProcessGoneError
 from kmemdump.errors import TableFormatError
 from kmemdump.formats.arena import arena_path_of
 from kmemdump.formats.dumpmeta import DumpMeta
+from kmemdump.formats.dumpmeta import Held
+from kmemdump.formats.dumpmeta import Reason
 from kmemdump.formats.dumpmeta import RegionRecord
+from kmemdump.formats.dumpmeta import Source
+from kmemdump.formats.dumpmeta import Status
 from kmemdump.formats.dumpmeta import encode_meta
 from kmemdump.formats.elf import KMD_NOTE_META
 from kmemdump.formats.elf import KMD_NOTE_STACKS
@@ -57,6 +61,7 @@ from kmemdump.memory.process import ProcessMemory
 from kmemdump.procinfo import process_cmdline
 from kmemdump.procinfo import process_exe
 from kmemdump.procinfo import process_start_time
+from kmemdump.procinfo import thread_state
 
 __all__ = ["DumpOptions", "DumpResult", "dump_target"]
 
@@ -90,11 +95,7 @@ class DumpResult:
 
 
 def _identify(pid: int, start_time: int) -> None:
-    try:
-        current = process_start_time(pid)
-    except ProcessGoneError:
-        raise
-    if current != start_time:
+    if process_start_time(pid) != start_time:
         raise ProcessGoneError("pid now belongs to another process", pid=pid, start_time=start_time)
 
 
@@ -114,12 +115,12 @@ def dump_target(
     start_time: int,
     table: Path,
     *,
-    reason: str,
+    reason: Reason,
     options: DumpOptions,
     snapshot: TableSnapshot | None = None,
     argv: list[str] | None = None,
     exe: str | None = None,
-    held: str = "",
+    held: Held = "",
 ) -> DumpResult:
     """Dump the regions of the process ``(pid, start_time)`` published in ``table``.
 
@@ -154,12 +155,12 @@ class _Job:
     pid: int
     start_time: int
     table: Path
-    reason: str
+    reason: Reason
     argv: tuple[str, ...]
     exe: str | None
     gone: bool
     captured_ns: int
-    held: str
+    held: Held
 
 
 def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnapshot | None) -> DumpResult:
@@ -169,7 +170,7 @@ def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnap
     table_torn = False
     if not gone and options.stop and not job.held:
         stopped_by_us = _stop(pid)
-    held = job.held or ("SIGSTOP" if stopped_by_us else "")
+    held: Held = job.held or ("SIGSTOP" if stopped_by_us else "")
     try:
         try:
             snapshot = _snapshot(table, pid, start_time)
@@ -377,7 +378,7 @@ def _copy_from_arena(
     return [_record(entry, 0, "unreadable", why, "arena") for entry, _ in planned], why
 
 
-def _source(entry: TableEntry, gone: bool) -> str:
+def _source(entry: TableEntry, gone: bool) -> Source:
     """Where the entry's bytes come from: the arena once the process is gone, if persistent."""
     return "arena" if gone and entry.persistent else "process"
 
@@ -411,14 +412,14 @@ def _copy_large(mem: _ChunkSource, address: int, size: int, buffer: bytearray, s
 
 
 def _record(
-    entry: TableEntry, stored: int, status: str, error: str = "", source: str = "process"
+    entry: TableEntry, stored: int, status: Status, error: str = "", source: Source = "process"
 ) -> RegionRecord:
     return RegionRecord(
         entry.id, entry.name, entry.kind, entry.address, entry.size, stored, status, error, source
     )
 
 
-def _status(stored: int, size: int) -> str:
+def _status(stored: int, size: int) -> Status:
     if stored == 0:
         return "unreadable"
     return "ok" if stored >= size else "partial"
@@ -460,17 +461,7 @@ def _all_stopped(pid: int) -> bool | None:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return None
-    return all(_state(f"/proc/{pid}/task/{tid}/stat") in ("T", "t", "Z", "X", None) for tid in tids)
-
-
-def _state(stat_path: str) -> str | None:
-    try:
-        with open(stat_path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    end = data.rfind(b")")
-    return data[end + 2 : end + 3].decode() if end > 0 else None
+    return all(thread_state(pid, int(tid)) in ("T", "t", "Z", "X", None) for tid in tids)
 
 
 def _owner(table: Path) -> int:

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
+from typing import Literal
 
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.dump import DumpResult
@@ -32,6 +33,7 @@ from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.formats.arena import ARENA_SUFFIX
 from kmemdump.formats.arena import arena_path_of
+from kmemdump.formats.dumpmeta import Held
 from kmemdump.formats.table import TableReader
 from kmemdump.formats.table import TableSnapshot
 from kmemdump.formats.table import parse_file_name
@@ -40,7 +42,7 @@ from kmemdump.procinfo import process_cmdline
 from kmemdump.procinfo import process_exe
 from kmemdump.procinfo import process_start_time
 
-__all__ = ["AFTER_HANG", "DEFAULT_MAX_DUMPS", "Event", "Watcher"]
+__all__ = ["AFTER_HANG", "DEFAULT_MAX_DUMPS", "Event", "EventKind", "Watcher"]
 
 log = logging.getLogger("kmemdump.collector")
 
@@ -50,12 +52,15 @@ DEFAULT_MAX_DUMPS = 10
 _RESCAN_S = 0.25
 
 
+EventKind = Literal["watch", "hang", "death", "exit", "error", "skip"]
+"""A new table adopted; a hang dumped; a death dumped; a clean exit; a failure; something left alone."""
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """Something the collector noticed or did; one log line each."""
 
-    kind: str
-    """"watch", "hang", "death", "exit", "error", "skip"."""
+    kind: EventKind
     pid: int
     message: str
     dump: DumpResult | None = None
@@ -349,7 +354,7 @@ class Watcher:
         self._forget(ident)
         return event
 
-    def _dump(self, target: _Target, reason: str, why: str, held: str = "") -> Event:
+    def _dump(self, target: _Target, reason: Literal["hang", "death"], why: str, held: Held = "") -> Event:
         hangs = sum(1 for d in target.dumps if d.meta.reason == "hang")
         if reason == "hang" and self.max_dumps is not None and hangs >= self.max_dumps:
             # a process that stalls again and again: its first dumps tell the story, and the disk stays free

@@ -11,6 +11,8 @@ from dataclasses import asdict
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
+from typing import Literal
+from typing import get_args
 
 from kmemdump.errors import DumpFormatError
 
@@ -21,20 +23,30 @@ __all__ = [
     "SOURCES",
     "STATUSES",
     "DumpMeta",
+    "Held",
+    "Reason",
     "RegionRecord",
+    "Source",
+    "Status",
     "decode_meta",
     "encode_meta",
 ]
 
 FORMAT_NAME = "kmemdump-dump"
 FORMAT_VERSION = 1
-REASONS = ("hang", "death", "request")
-STATUSES = ("ok", "partial", "unreadable", "skipped", "gone")
+Reason = Literal["hang", "death", "request"]
+"""Why the dump was taken: a missed heartbeat, the end of the process, or someone asked."""
+Status = Literal["ok", "partial", "unreadable", "skipped", "gone"]
 """Per region: all bytes stored; a readable prefix stored; nothing readable; left out by the byte
 budget; the process vanished before the region could be read."""
-SOURCES = ("process", "arena")
+Source = Literal["process", "arena"]
 """Where a region's bytes were (or would have been) read: the live process's memory, or the
 persistent arena file it left behind."""
+Held = Literal["", "SIGSTOP", "exit stop"]
+"""How the target was held while it was copied: not at all, by SIGSTOP, or at its ptrace exit stop."""
+REASONS: tuple[Reason, ...] = get_args(Reason)
+STATUSES: tuple[Status, ...] = get_args(Status)
+SOURCES: tuple[Source, ...] = get_args(Source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +59,9 @@ class RegionRecord:
     address: int
     size: int
     stored: int
-    status: str
+    status: Status
     error: str = ""
-    source: str = "process"
+    source: Source = "process"
     """One of :data:`SOURCES`; dumps written before persistent regions existed say nothing (process)."""
 
 
@@ -57,7 +69,7 @@ class RegionRecord:
 class DumpMeta:
     """Everything the dump says about itself besides the memory."""
 
-    reason: str
+    reason: Reason
     pid: int
     start_time: int
     captured_ns: int
@@ -71,7 +83,7 @@ class DumpMeta:
     partial: bool
     stopped: bool
     """The target was held still while its memory was copied (see ``held``)."""
-    held: str = ""
+    held: Held = ""
     """How it was held: "SIGSTOP", "exit stop" (a ptrace exit stop, under ``run --trace-exit``), or ""."""
     heartbeat: int = 0
     heartbeat_age_s: float | None = None
@@ -171,6 +183,8 @@ def decode_meta(data: bytes) -> DumpMeta:
             values[key] = _field(body, key, kind)
     if values["reason"] not in REASONS:
         raise DumpFormatError("unknown dump reason", reason=values["reason"])
+    if values.get("held", "") not in get_args(Held):
+        raise DumpFormatError("unknown way of holding the process", held=values["held"])
     values["argv"] = tuple(str(a) for a in values["argv"])
     values["regions"] = tuple(_region(r, i) for i, r in enumerate(values["regions"]))
     return DumpMeta(**values)

@@ -541,10 +541,22 @@ class TableWriter:
             and 0 <= slot < self._capacity
         ):
             raise self._refusal(slot, id, name, address, size, kind, flags)
+        return self.put_trusted(slot, id, raw, address, size, kind, flags)
+
+    def put_trusted(  # noqa: PLR0917 - as put()
+        self, slot: int, id: int, raw_name: bytes, address: int, size: int, kind: int, flags: int
+    ) -> int:
+        """:meth:`put` for a caller that has checked every field already (a registry's table).
+
+        ``raw_name`` is the UTF-8 name. Nothing is checked here: a field :meth:`put` would refuse
+        makes a table every reader rejects as corrupt.
+        """
         words = self._u64
         gen = self._gen + 1
         words[_W_GENERATION] = gen
-        _pack_entry(self._buf, HEADER_SIZE + slot * ENTRY_SIZE, raw, id, VALID, address, size, kind, flags, 0)
+        _pack_entry(
+            self._buf, HEADER_SIZE + slot * ENTRY_SIZE, raw_name, id, VALID, address, size, kind, flags, 0
+        )
         live = self._live
         if not live[slot]:
             live[slot] = 1

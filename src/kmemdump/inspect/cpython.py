@@ -142,7 +142,7 @@ class _Decoder:
         try:
             data = self.mem.read(address, size)
         except UnreadableMemoryError as err:
-            readable = err.context.get("readable", 0)
+            readable = err.readable
             raise _Problem(
                 f"{what} at 0x{address:x}: not in dump ({readable} of {size} bytes readable)"
             ) from None
@@ -164,7 +164,7 @@ class _Decoder:
         try:
             data = self.mem.read(address, size)
         except UnreadableMemoryError as err:
-            size = min(int(err.context.get("readable", 0)), size)
+            size = min(err.readable, size)
             data = self.read(address, size, "type name") if size > 0 else b""
         end = data.find(b"\0")
         if end < 0:

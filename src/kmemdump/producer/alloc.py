@@ -1,6 +1,6 @@
 """Allocation wrappers: allocate and register in one call, unregister and release in another.
 
-These are the seed's "wrappers on top of allocation functions which are given as parameters"
+These are the kernel design's "wrappers on top of allocation functions which are given as parameters"
 (the kernel's ``kmemdump_alloc_id_size(id, sz, fn, ...)`` and ``kmemdump_free_id(id, fn, ...)``).
 :func:`alloc_persistent` allocates in the process's persistent arena (:mod:`kmemdump.producer.arena`)
 instead, and :func:`free` returns such a block to it.

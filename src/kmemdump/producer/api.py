@@ -25,7 +25,6 @@ from kmemdump.producer.annotations import Annotation
 from kmemdump.producer.annotations import caller_origin
 from kmemdump.producer.annotations import section
 from kmemdump.producer.backends.base import Backend
-from kmemdump.producer.python.banner import make_banner
 from kmemdump.producer.region import Region
 from kmemdump.producer.registry import Registry
 from kmemdump.producer.registry import SwapReport
@@ -323,6 +322,8 @@ def _persist_banner(failures: list[tuple[str, str]]) -> None:
     """Move the banner into the persistent arena, so that even a death dump says who died."""
     if _registry.get(ID.BANNER).flags & RegionFlags.PERSISTENT:
         return
+    from kmemdump.producer.python.banner import make_banner
+
     data = make_banner()
     try:
         view = alloc(len(data), id=ID.BANNER, name="banner", replace=True, persistent=True)
@@ -338,6 +339,8 @@ def _existing(region_id: int) -> int | None:
 
 
 def _register_banner() -> int:
+    from kmemdump.producer.python.banner import make_banner
+
     return _registry.replace(ID.BANNER, make_banner(), name="banner")
 
 

@@ -1,8 +1,8 @@
 """The heartbeat: :func:`feed` from the main loop, the watchdog timeout, an optional feeder thread.
 
-The seed's kernel "stops feeding the watchdog when it freezes"; here the process bumps a counter
-and a monotonic timestamp in its shared table, and the collector dumps it when the timestamp is
-older than the published timeout.
+In the kernel's kmemdump design the kernel "stops feeding the watchdog when it freezes"; here the
+process bumps a counter and a monotonic timestamp in its shared table, and the collector dumps it
+when the timestamp is older than the published timeout.
 
 :func:`feed` is one function object for the life of the process (``from kmemdump import feed``
 keeps working), yet costs one Python call: it is a closure whose cells :func:`attach` points at

@@ -8,13 +8,13 @@ IDs; nothing scans the table.
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from typing import Final
 
 from kmemdump.errors import BackendError
 from kmemdump.errors import InvalidRegionError
@@ -29,6 +29,7 @@ from kmemdump.ids import MAX_ID
 from kmemdump.ids import NO_ID
 from kmemdump.producer.backends.base import Backend
 from kmemdump.producer.backends.base import NoopBackend
+from kmemdump.producer.backends.base import SlotSink
 from kmemdump.producer.region import Region
 from kmemdump.producer.region import Resolved
 from kmemdump.producer.region import clean_name
@@ -44,6 +45,7 @@ DEFAULT_CAPACITY = 201
 MAX_CAPACITY = 65536
 _ADDRESS_LIMIT = 2**64
 _PERSISTENT = int(RegionFlags.PERSISTENT)
+_ADDRESS_KIND = RegionKind.ADDRESS
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,20 +69,32 @@ class SwapReport:
         return not self.failures
 
 
-class _Entry:
-    __slots__ = ("children", "keepalive", "owner", "parent", "published", "region", "slot")
+# One registered region, as a tuple: built in a fraction of an object's time on the hot path.
+# (slot, id, address, size, kind, name, type_name, flags, keepalive, owner, parent)
+_Entry = tuple[int, int, int, int, RegionKind, str, str, int, Any, Any, "int | None"]
+_SLOT: Final = 0
+_ID: Final = 1
+_ADDRESS: Final = 2
+_SIZE: Final = 3
+_KIND: Final = 4
+_NAME: Final = 5
+_TYPE_NAME: Final = 6
+_FLAGS: Final = 7
+_KEEPALIVE: Final = 8
+_OWNER: Final = 9
+_PARENT: Final = 10
+"""``keepalive`` pins the target's memory; ``owner`` is what the caller registered (None for raw
+addresses and object-graph parts); ``parent`` the ID of the object-graph root a part belongs to."""
 
-    def __init__(self, region: Region, keepalive: Any, slot: int, owner: Any, parent: int | None) -> None:
-        self.region = region
-        self.keepalive = keepalive
-        self.slot = slot
-        self.owner = owner
-        """The object the caller registered (None for raw addresses and object-graph parts)."""
-        self.parent = parent
-        """The ID of the object-graph root this part was registered with, or None."""
-        self.children: tuple[int, ...] = ()
-        self.published = True
-        """Whether the current backend holds the region (False after it refused it on replay)."""
+
+def _region(entry: _Entry) -> Region:
+    _slot, rid, address, size, kind, name, type_name, flags, _keepalive, _owner, _parent = entry
+    return make_region(rid, address, size, kind, name, type_name, flags)
+
+
+def _put(sink: SlotSink, entry: _Entry) -> None:
+    slot, rid, address, size, kind, name, _type_name, flags, _keepalive, _owner, _parent = entry
+    sink.put(slot, rid, name, address, size, kind, flags)
 
 
 def _release(keepalive: Any) -> None:
@@ -93,12 +107,27 @@ TypeListener = Callable[[set[type]], None]
 
 
 class Registry:
-    """A fixed-size, thread-safe table of regions and the backend that publishes them."""
+    """A fixed-size, thread-safe table of regions and the backend that publishes them.
+
+    The current backend hears of every change through its two callbacks, each given a
+    :class:`Region`. A backend that offers ``bind`` (a :class:`~.backends.base.SlotBackend`, as the
+    shared table is) is driven through the slot functions it returns instead, under this
+    registry's lock and with this registry's slot numbers: no :class:`Region` object is built on
+    the hot path and no second lock is taken. Regions are built when someone asks for them.
+    """
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self._lock = threading.Lock()
-        self._backend: Backend = NoopBackend()
+        noop = NoopBackend()
+        self._backend: Backend = noop
+        self._sink: SlotSink | None = noop.bind(self._lock, capacity)
         self._by_id: dict[int, _Entry] = {}
+        self._children: dict[int, tuple[int, ...]] = {}
+        """The object-graph parts registered with a root, by the root's ID."""
+        self._unpublished: set[int] = set()
+        """IDs the current backend refused on replay: it is not asked to forget them."""
+        self._regions: dict[int, Region] = {}
+        """Regions built for readers, by ID; dropped when the entry changes."""
         self._dyn_heap: list[int] = []
         self._dyn_next = DYNAMIC_START
         self._type_listener: TypeListener | None = None
@@ -164,11 +193,27 @@ class Registry:
             lo, hi = base, base + size
         with self._lock:
             self._persistent_lo, self._persistent_hi = lo, hi
-            for entry in self._by_id.values():
-                region = entry.region
-                flags = _PERSISTENT if lo <= region.address and region.end <= hi else 0
-                if flags != region.flags & _PERSISTENT:
-                    entry.region = dataclasses.replace(region, flags=(region.flags & ~_PERSISTENT) | flags)
+            for rid, entry in list(self._by_id.items()):
+                address, flags = entry[_ADDRESS], entry[_FLAGS]
+                wanted = _PERSISTENT if lo <= address and address + entry[_SIZE] <= hi else 0
+                if wanted != flags & _PERSISTENT:
+                    slot, _, _, size, kind, name, type_name, _, keepalive, owner, parent = entry
+                    new_flags = (flags & ~_PERSISTENT) | wanted
+                    changed = (
+                        slot,
+                        rid,
+                        address,
+                        size,
+                        kind,
+                        name,
+                        type_name,
+                        new_flags,
+                        keepalive,
+                        owner,
+                        parent,
+                    )
+                    self._by_id[rid] = self._slots[entry[_SLOT]] = changed
+                    self._regions.pop(rid, None)
 
     # --- IDs -----------------------------------------------------------------------------
 
@@ -223,8 +268,12 @@ class Registry:
             and target + size <= _ADDRESS_LIMIT
         ):
             label = clean_name(name) if name else ""
-            with self._lock:
-                return self._register_locked(target, size, RegionKind.ADDRESS, "", None, id, label, None)
+            lock = self._lock
+            lock.acquire()  # not "with": on this path acquire/release costs half as much
+            try:
+                return self._register_locked(target, size, _ADDRESS_KIND, "", None, id, label, None)
+            finally:
+                lock.release()
         if depth is not None:
             return self.register_object(target, id=id, name=name, depth=depth)
         resolved = resolve_target(target, size)
@@ -273,7 +322,8 @@ class Registry:
                     self._unregister_locked(child)
                 self._unregister_locked(rid)
                 raise
-            self._by_id[rid].children = tuple(children)
+            if children:
+                self._children[rid] = tuple(children)
         types = {type(obj)} | {type(p[3]) for p in parts if p[3] is not None}
         self._notify_types(types)
         return rid
@@ -296,70 +346,97 @@ class Registry:
         parent: int | None = None,
     ) -> int:
         """Take an ID and a slot and tell the backend; on any failure nothing stays taken."""
-        try:
-            rid = self._take_id(wanted)
-        except KmemdumpError:
-            _release(keepalive)  # a refused bytearray must be resizable again at once
-            raise
+        by_id = self._by_id
+        rid = 0
+        if wanted == NO_ID and type(wanted) is int:  # _take_id's common cases, inlined: the hot path
+            heap = self._dyn_heap
+            if heap:
+                rid = heapq.heappop(heap)
+                if rid in by_id:  # taken explicitly meanwhile: let _take_id look further
+                    rid = 0
+            elif self._dyn_next not in by_id and self._dyn_next <= MAX_ID:
+                rid = self._dyn_next
+                self._dyn_next = rid + 1
+        if not rid:
+            try:
+                rid = self._take_id(wanted)
+            except KmemdumpError:
+                _release(keepalive)  # a refused bytearray must be resizable again at once
+                raise
         free = self._free
         if not free:
             self._give_back_id(rid)
             _release(keepalive)
             raise RegistryFullError("no free slot", capacity=len(self._slots))
-        if address + size <= self._persistent_hi and self._persistent_lo <= address:  # hi is 0: no arena
-            region = make_region(rid, address, size, kind, name, type_name, _PERSISTENT)
-        else:
-            region = make_region(rid, address, size, kind, name, type_name)
+        # hi is 0 when there is no arena
+        flags = _PERSISTENT if address + size <= self._persistent_hi and self._persistent_lo <= address else 0
+        slot = free[-1]
+        sink = self._sink
         try:
-            self._backend.register_region(region)
+            if sink is not None:
+                sink.put(slot, rid, name, address, size, kind, flags)
+            else:
+                self._backend.register_region(make_region(rid, address, size, kind, name, type_name, flags))
         except Exception as err:
             self._give_back_id(rid)
             _release(keepalive)
             raise BackendError(
                 f"backend {_backend_name(self._backend)!r} refused the region: {err}", id=rid
             ) from err
-        slot = free.pop()
-        entry = _Entry(region, keepalive, slot, owner, parent)
-        self._slots[slot] = entry
-        self._by_id[rid] = entry
+        free.pop()
+        by_id[rid] = self._slots[slot] = (
+            slot, rid, address, size, kind, name, type_name, flags, keepalive, owner, parent
+        )  # fmt: skip
         return rid
 
     def unregister(self, region_id: int) -> None:
         """Remove a region (and the extra regions an object graph brought with it)."""
-        with self._lock:
-            entry = self._by_id.get(region_id)
-            if entry is None:
+        lock = self._lock
+        lock.acquire()
+        try:
+            if region_id not in self._by_id:
                 raise UnknownRegionError("no region with this ID", id=region_id)
-            if entry.children:
+            if self._children and region_id in self._children:
                 self._unregister_tree_locked(region_id)
             else:
                 self._unregister_locked(region_id)
+        finally:
+            lock.release()
 
     def _unregister_tree_locked(self, region_id: int) -> None:
         """Unregister a region and the object-graph parts still registered with it."""
-        for child in self._by_id[region_id].children:
+        for child in self._children.pop(region_id, ()):
             part = self._by_id.get(child)
             # a part unregistered on its own may have had its ID reused by an unrelated region
-            if part is not None and part.parent == region_id:
+            if part is not None and part[_PARENT] == region_id:
                 self._unregister_locked(child)
         self._unregister_locked(region_id)
 
     def _unregister_locked(self, region_id: int) -> None:
         entry = self._by_id.pop(region_id)
-        try:
-            if entry.published:  # a region the backend refused on replay is not its to forget
-                self._backend.unregister_region(entry.region)
-        except Exception:
-            log.exception(
-                "backend %r failed to unregister region %d", _backend_name(self._backend), region_id
-            )
-        slot = entry.slot
+        slot = entry[_SLOT]
+        if self._regions:
+            self._regions.pop(region_id, None)
+        if self._unpublished and region_id in self._unpublished:
+            self._unpublished.discard(region_id)  # refused on replay: not the backend's to forget
+        else:
+            sink = self._sink
+            try:
+                if sink is not None:
+                    sink.clear(slot)
+                else:
+                    self._backend.unregister_region(_region(entry))
+            except Exception:
+                log.exception(
+                    "backend %r failed to unregister region %d", _backend_name(self._backend), region_id
+                )
         self._slots[slot] = None
         self._free.append(slot)
         if DYNAMIC_START <= region_id < self._dyn_next:  # _give_back_id, inlined: the hot path
             heapq.heappush(self._dyn_heap, region_id)
-        if entry.keepalive is not None:
-            _release(entry.keepalive)
+        keepalive = entry[_KEEPALIVE]
+        if keepalive is not None:
+            _release(keepalive)
 
     def replace(
         self,
@@ -388,18 +465,24 @@ class Registry:
 
     # --- lookups ---------------------------------------------------------------------------
 
+    def _region_locked(self, region_id: int, entry: _Entry) -> Region:
+        region = self._regions.get(region_id)
+        if region is None:
+            region = self._regions[region_id] = _region(entry)
+        return region
+
     def regions(self) -> tuple[Region, ...]:
         """A consistent snapshot of every region, in ID order."""
         with self._lock:
-            found = [entry.region for entry in self._by_id.values()]
+            found = [self._region_locked(rid, entry) for rid, entry in self._by_id.items()]
         return tuple(sorted(found, key=lambda r: r.id))
 
     def get(self, region_id: int) -> Region:
         with self._lock:
             entry = self._by_id.get(region_id)
-        if entry is None:
-            raise UnknownRegionError("no region with this ID", id=region_id)
-        return entry.region
+            if entry is not None:
+                return self._region_locked(region_id, entry)
+        raise UnknownRegionError("no region with this ID", id=region_id)
 
     def __contains__(self, region_id: object) -> bool:
         return region_id in self._by_id
@@ -410,12 +493,12 @@ class Registry:
         Object-graph parts are not listed (their root is); nor are raw addresses.
         """
         with self._lock:
-            return sorted(rid for rid, e in self._by_id.items() if e.parent is None and _targets(e, obj))
+            return sorted(rid for rid, e in self._by_id.items() if e[_PARENT] is None and _targets(e, obj))
 
     def object_types(self) -> set[type]:
         """The types of the Python objects registered now (roots and object-graph parts)."""
         with self._lock:
-            return {type(e.keepalive) for e in self._by_id.values() if e.region.kind is RegionKind.OBJECT}
+            return {type(e[_KEEPALIVE]) for e in self._by_id.values() if e[_KIND] is RegionKind.OBJECT}
 
     # --- backends ----------------------------------------------------------------------------
 
@@ -432,17 +515,21 @@ class Registry:
         """
         _check_backend(backend)
         with self._lock:
-            live = sorted(self._by_id.values(), key=lambda e: e.region.id)
+            live = sorted(self._by_id.values(), key=lambda e: e[_ID])
             self._deregister_all_locked(live)
             self._backend = backend
+            bind = getattr(backend, "bind", None)
+            self._sink = bind(self._lock, len(self._slots)) if callable(bind) else None
             failures = []
             for entry in live:
                 try:
-                    backend.register_region(entry.region)
+                    if self._sink is not None:
+                        _put(self._sink, entry)
+                    else:
+                        backend.register_region(_region(entry))
                 except Exception as err:  # reported, not dropped
-                    failures.append(ReplayFailure(entry.region, f"{type(err).__name__}: {err}"))
-                else:
-                    entry.published = True
+                    failures.append(ReplayFailure(_region(entry), f"{type(err).__name__}: {err}"))
+                    self._unpublished.add(entry[_ID])
         name = _backend_name(backend)
         for failure in failures:
             log.warning("backend %r refused region %d on replay: %s", name, failure.region.id, failure.error)
@@ -456,26 +543,29 @@ class Registry:
         with self._lock:
             if backend is not self._backend:
                 return False
-            live = sorted(self._by_id.values(), key=lambda e: e.region.id)
+            live = sorted(self._by_id.values(), key=lambda e: e[_ID])
             self._deregister_all_locked(live)
-            self._backend = NoopBackend()
-            for entry in live:
-                entry.published = True  # the no-op backend takes everything
+            noop = NoopBackend()  # which takes everything
+            self._backend, self._sink = noop, noop.bind(self._lock, len(self._slots))
             return True
 
     def _deregister_all_locked(self, entries: list[_Entry]) -> None:
         """Tell the current backend to forget every region it holds; failures are logged."""
-        backend = self._backend
+        backend, sink, refused = self._backend, self._sink, self._unpublished
         for entry in entries:
-            if not entry.published:
+            if entry[_ID] in refused:
                 continue
-            entry.published = False
             try:
-                backend.unregister_region(entry.region)
+                if sink is not None:
+                    sink.clear(entry[_SLOT])
+                else:
+                    backend.unregister_region(_region(entry))
             except Exception:
-                log.exception(
-                    "backend %r failed to unregister region %d", _backend_name(backend), entry.region.id
-                )
+                log.exception("backend %r failed to unregister region %d", _backend_name(backend), entry[_ID])
+        refused.clear()
+        if sink is not None:
+            self._sink = None
+            sink.unbind()
 
     # --- types of registered objects (for the PYCOREINFO type map) -------------------------------
 
@@ -495,16 +585,17 @@ def _owner(resolved: Resolved, target: Any) -> Any:
 
 
 def _address(obj: Any) -> int:
-    """``id(obj)``, for methods whose ``id`` parameter (the seed's name) hides the builtin."""
+    """``id(obj)``, for methods whose ``id`` parameter (the kernel's name) hides the builtin."""
     return id(obj)
 
 
 def _targets(entry: _Entry, obj: Any) -> bool:
-    if entry.owner is None:
+    owner = entry[_OWNER]
+    if owner is None:
         return False
-    if entry.owner is obj:
+    if owner is obj:
         return True
-    view = entry.keepalive
+    view = entry[_KEEPALIVE]
     return isinstance(view, memoryview) and not _released(view) and view.obj is obj
 
 

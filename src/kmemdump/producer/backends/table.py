@@ -1,6 +1,6 @@
 """``SharedTableBackend``: publishes the registry's regions in this process's shared table file.
 
-The seed's backend "notes the address and size in a table written to shared memory that
+The kernel design's backend "notes the address and size in a table written to shared memory that
 firmware can read". Here the table is a file ``<pid>-<start_time>.table`` in a private directory
 on tmpfs (``$KMEMDUMP_DIR`` or ``/dev/shm/kmemdump-<uid>``), mmapped and laid out as described in
 :mod:`kmemdump.formats.table`. The collector finds it there, reads it with ``pread`` and copies
@@ -41,6 +41,7 @@ from kmemdump.formats.table import default_dir
 from kmemdump.formats.table import table_size
 from kmemdump.procinfo import self_start_time
 from kmemdump.producer import arena as _arena
+from kmemdump.producer.backends.base import SlotSink
 from kmemdump.producer.heartbeat import current as _watchdog_current
 from kmemdump.producer.heartbeat import detach as _watchdog_detach
 from kmemdump.producer.heartbeat import refresh as _watchdog_refresh
@@ -63,6 +64,8 @@ PR_SET_PTRACER = 0x59616D61
 _PERSISTENT = int(RegionFlags.PERSISTENT)
 
 _backends: weakref.WeakSet[SharedTableBackend] = weakref.WeakSet()
+_Fields = tuple[int, str, int, int, int, int]
+"""A region as the table stores it: (id, name, address, size, kind, flags)."""
 
 
 class SharedTableBackend:
@@ -84,8 +87,13 @@ class SharedTableBackend:
         self.directory = Path(directory) if directory is not None else default_dir()
         self.capacity = capacity
         self._lock = threading.Lock()
-        self._entries: dict[int, tuple[int, Region]] = {}  # id -> (slot, region)
+        self._own_lock = self._lock
+        self._entries: dict[int, _Fields] = {}
+        """What each used slot holds, by slot: (id, name, address, size, kind, flags)."""
+        self._slot_of: dict[int, int] = {}
+        """Slot by region ID, for the callbacks (a binding registry names slots itself)."""
         self._free = list(range(capacity - 1, -1, -1))  # pop() gives the lowest slot
+        self._bound = False
         self._writer: TableWriter | None = None
         self._mm: mmap.mmap | None = None
         self._path: Path | None = None
@@ -143,58 +151,101 @@ class SharedTableBackend:
 
     def register_region(self, region: Region) -> None:
         """Publish ``region`` in a free slot; raises (refusing it) when the table cannot hold it."""
-        lock = self._lock
-        lock.acquire()  # not "with": this is the hot path, and acquire/release is half the cost
-        try:
-            if self._closed:
-                raise BackendError("the shared table is closed", id=region.id)
+        with self._lock:
+            self._check_unbound()
             region_id = region.id
-            if region_id in self._entries:
+            if region_id in self._slot_of:
                 raise RegionExistsError("ID already in the shared table", id=region_id)
             free = self._free
             if not free:
                 raise RegistryFullError("the shared table is full", capacity=self.capacity)
-            slot = free.pop()
-            writer = self._writer
-            if writer is not None:
-                flags = region.flags
-                if flags:
-                    flags = self._table_flags(region, writer)
-                try:
-                    collector = writer.put(
-                        slot, region_id, region.name, region.address, region.size, region.kind, flags
-                    )
-                except BaseException:
-                    free.append(slot)
-                    raise
-                if collector and collector != self._granted:
-                    self._grant(collector)
-            self._entries[region_id] = (slot, region)
-        finally:
-            lock.release()
+            slot = free[-1]
+            self._put_checked(
+                slot, region_id, region.name, region.address, region.size, region.kind, region.flags
+            )
+            free.pop()
+            self._slot_of[region_id] = slot
 
     def unregister_region(self, region: Region) -> None:
         """Remove ``region`` from the table; an ID the table does not hold is ignored."""
-        lock = self._lock
-        lock.acquire()
-        try:
-            found = self._entries.pop(region.id, None)
-            if found is None:
-                return
-            slot = found[0]
-            writer = self._writer
-            if writer is not None:
-                collector = writer.clear(slot)
-                if collector and collector != self._granted:
-                    self._grant(collector)
-            self._free.append(slot)
-        finally:
-            lock.release()
+        with self._lock:
+            self._check_unbound()
+            slot = self._slot_of.pop(region.id, None)
+            if slot is not None:
+                self.clear(slot)
+                self._free.append(slot)
+
+    def _check_unbound(self) -> None:
+        if self._bound:
+            raise BackendError("this table is driven by the registry it was registered with", id=None)
+
+    # --- driven by slot, by the registry that holds this backend ------------------------------------
+
+    def bind(self, lock: threading.Lock, capacity: int) -> SlotSink | None:
+        """Let the registry drive this table by slot under ``lock`` (see :class:`SlotBackend`).
+
+        Refused (None) while the table holds regions or has fewer slots than the registry.
+        """
+        with self._lock:
+            if self._entries or capacity > self.capacity or self._bound:
+                return None
+            self._bound = True
+            self._lock = lock
+        return self
+
+    def unbind(self) -> None:
+        """The registry let go (it has cleared every slot it used); back to this table's own lock."""
+        self._bound = False
+        self._slot_of = {fields[0]: slot for slot, fields in self._entries.items()}
+        self._free = sorted(set(range(self.capacity)) - set(self._entries), reverse=True)
+        self._lock = self._own_lock
+
+    def put(  # noqa: PLR0917 - the entry's fields, as the format has them
+        self, slot: int, id: int, name: str, address: int, size: int, kind: int, flags: int
+    ) -> None:
+        """:class:`SlotSink`: publish a region in ``slot`` (the caller holds the lock).
+
+        The binding registry has checked every field (IDs, the address range, a clean name, a
+        known kind), so the entry is written unchecked.
+        """
+        if self._closed:
+            raise BackendError("the shared table is closed", id=id)
+        writer = self._writer
+        if writer is not None:
+            table_flags = self._table_flags(address, size, writer) if flags else 0
+            collector = writer.put_trusted(slot, id, name.encode(), address, size, kind, table_flags)
+            if collector and collector != self._granted:
+                self._grant(collector)
+        self._entries[slot] = (id, name, address, size, kind, flags)
+
+    def _put_checked(  # noqa: PLR0917 - as put()
+        self, slot: int, id: int, name: str, address: int, size: int, kind: int, flags: int
+    ) -> None:
+        if self._closed:
+            raise BackendError("the shared table is closed", id=id)
+        writer = self._writer
+        if writer is not None:
+            table_flags = self._table_flags(address, size, writer) if flags else 0
+            collector = writer.put(slot, id, name, address, size, kind, table_flags)
+            if collector and collector != self._granted:
+                self._grant(collector)
+        self._entries[slot] = (id, name, address, size, kind, flags)
+
+    def clear(self, slot: int) -> None:
+        """:class:`SlotSink`: free ``slot`` (the caller holds the lock)."""
+        if self._entries.pop(slot, None) is None:
+            return
+        writer = self._writer
+        if writer is not None:
+            collector = writer.clear(slot)
+            if collector and collector != self._granted:
+                self._grant(collector)
 
     # --- the persistent arena ---------------------------------------------------------------------
 
-    def _table_flags(self, region: Region, writer: TableWriter) -> int:
-        """The entry flags for ``region``: PERSISTENT only when it lies in the arena this table names.
+    def _table_flags(self, address: int, size: int, writer: TableWriter) -> int:
+        """The entry flags of a persistent region: PERSISTENT only when it lies in the arena this
+        table names.
 
         The first persistent region publishes the process's arena in the header. A region flagged
         persistent outside that arena (a forked child's inherited buffer, an arena in another
@@ -203,7 +254,7 @@ class SharedTableBackend:
         if self._arena_range is None:
             self._publish_arena(writer)
         span = self._arena_range
-        if span is not None and span[0] <= region.address and region.address + region.size <= span[1]:
+        if span is not None and span[0] <= address and address + size <= span[1]:
             return _PERSISTENT
         return 0
 
@@ -273,9 +324,10 @@ class SharedTableBackend:
             )
             self._arena_range = None
             self._publish_arena(writer)
-            for slot, region in self._entries.values():  # a reopened table starts with every region
-                flags = self._table_flags(region, writer) if region.flags else 0
-                writer.put(slot, region.id, region.name, region.address, region.size, region.kind, flags)
+            for slot, (rid, name, address, size, kind, flags) in self._entries.items():
+                # a reopened table starts with every region
+                table_flags = self._table_flags(address, size, writer) if flags else 0
+                writer.put(slot, rid, name, address, size, kind, table_flags)
             writer.set_state(TableState.RUNNING)
             return writer
 
@@ -316,7 +368,9 @@ class SharedTableBackend:
 
     def _detach_after_fork(self) -> None:
         """In a forked child: drop the parent's table without touching it."""
-        self._lock = threading.Lock()  # another thread may have held it at fork time
+        self._own_lock = threading.Lock()  # another thread may have held it at fork time
+        if not self._bound:  # a bound table keeps its registry's lock (the registry calls under it)
+            self._lock = self._own_lock
         mm, self._mm = self._mm, None
         writer, self._writer = self._writer, None
         self._path = None
