@@ -17,6 +17,7 @@ from dataclasses import asdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from kmemdump.cli.options import add_tables_option
 from kmemdump.cli.options import table_dirs
 from kmemdump.cli.render import Column
 from kmemdump.cli.render import Output
@@ -62,14 +63,7 @@ class Producer:
 
 
 def prepare(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--tables",
-        type=Path,
-        action="append",
-        default=None,
-        metavar="DIR",
-        help="table directory to read (repeatable; default: as 'kmemdump watch')",
-    )
+    add_tables_option(parser, "read")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     parser.add_argument("--plain", action="store_true", help="plain text even on a terminal")
 

@@ -12,10 +12,10 @@ import os
 import signal
 import socket
 import sys
-from pathlib import Path
 from types import FrameType
 
 from kmemdump.cli.options import add_dump_options
+from kmemdump.cli.options import add_tables_option
 from kmemdump.cli.options import dump_options
 from kmemdump.cli.options import table_dirs
 from kmemdump.collector.watch import AFTER_HANG
@@ -30,15 +30,7 @@ log = logging.getLogger("kmemdump.collector")
 
 def prepare(parser: argparse.ArgumentParser) -> None:
     add_dump_options(parser)
-    parser.add_argument(
-        "--tables",
-        type=Path,
-        action="append",
-        default=None,
-        metavar="DIR",
-        help="table directory to watch (repeatable; default: $KMEMDUMP_DIR or "
-        "/dev/shm/kmemdump-<uid>, and every user's when root)",
-    )
+    add_tables_option(parser, "watch")
     parser.add_argument(
         "--after-hang",
         choices=AFTER_HANG,

@@ -18,6 +18,7 @@ __all__ = [
     "add_dump_argument",
     "add_dump_options",
     "add_range_options",
+    "add_tables_option",
     "default_dump_dir",
     "dump_options",
     "dump_path",
@@ -61,6 +62,19 @@ def table_dirs(all_users: bool) -> list[Path]:
     if all_users:
         dirs.extend(p for p in Path("/dev/shm").glob("kmemdump-*") if p not in dirs)
     return dirs
+
+
+def add_tables_option(parser: argparse.ArgumentParser, verb: str) -> None:
+    """``--tables DIR`` (repeatable): where to look for tables instead of the default places."""
+    parser.add_argument(
+        "--tables",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="DIR",
+        help=f"table directory to {verb} (repeatable; default: $KMEMDUMP_DIR or "
+        "/dev/shm/kmemdump-<uid>, and every user's when root)",
+    )
 
 
 def parse_size(text: str) -> int:

@@ -47,7 +47,7 @@ class SuperviseOptions:
 def autoinit_env(env: dict[str, str], table_dir: Path, timeout: float | None, feeder: bool) -> dict[str, str]:
     """The environment that makes a Python child start kmemdump by itself."""
     package = Path(__file__).resolve().parent.parent
-    hook = str(package / "producer" / "autoinit")
+    hook = str(package / "autoinit")
     source = str(package.parent)
     env = dict(env)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (hook, env.get("PYTHONPATH", "")) if p)

@@ -12,6 +12,10 @@ even, unchanged generation. Header words that change while readers look are stor
 which x86-64 (TSO) guarantees; see the format notes for writers on weakly ordered CPUs.
 
 Standard library only: the producer imports this module.
+
+Why one module of this size: the layout, the writer and the reader must agree byte for byte, and
+the offsets they share are module constants; kept together, a change to one is seen beside the
+other two (as pyelftools keeps one format's structs, writer-side helpers and parser together).
 """
 
 from __future__ import annotations

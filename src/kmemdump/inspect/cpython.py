@@ -28,6 +28,9 @@ Values (what :attr:`Decoded.value` holds)
     Truncated strings, bytes and containers keep their leading part; the truncation is
     reported in ``missing``. :func:`to_python` turns a value back into Python objects and
     :func:`encode_value` does the reverse.
+
+Why one module of this size: one decoder per CPython type over one value model and one set of
+bounds; split, every part would need the whole model and the bounds again.
 """
 
 from __future__ import annotations

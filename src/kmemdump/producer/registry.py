@@ -4,6 +4,10 @@ It mirrors the kernel's ``kmemdump_zones[MAX_ZONES]`` and ``kmemdump_lock``: reg
 free slot, unregistration frees it, and the current backend is told about each change. Register
 and unregister are O(1): a stack of free slots, a dict from ID to slot and a heap of freed dynamic
 IDs; nothing scans the table.
+
+Why one module of this size: the registration hot path (register, unregister, the backend's slot
+functions) is written out inline for speed, and every operation must hold the same lock over the
+same structures; it reads best in one place.
 """
 
 from __future__ import annotations
