@@ -275,6 +275,37 @@ class Registry:
             lock = self._lock
             lock.acquire()  # not "with": on this path acquire/release costs half as much
             try:
+                sink, free, by_id, heap = self._sink, self._free, self._by_id, self._dyn_heap
+                rid = heap[0] if heap else self._dyn_next  # the lowest free dynamic ID, unless taken
+                if (  # the commonest case, written out: a dynamic ID, a free slot, a slot backend
+                    id == NO_ID
+                    and type(id) is int
+                    and rid not in by_id
+                    and rid <= MAX_ID
+                    and free
+                    and sink is not None
+                ):
+                    slot = free[-1]
+                    flags = (
+                        _PERSISTENT
+                        if target + size <= self._persistent_hi and self._persistent_lo <= target
+                        else 0
+                    )
+                    try:
+                        sink.put(slot, rid, label, target, size, _ADDRESS_KIND, flags)
+                    except Exception as err:
+                        raise BackendError(
+                            f"backend {_backend_name(self._backend)!r} refused the region: {err}", id=rid
+                        ) from err
+                    if heap:
+                        heapq.heappop(heap)
+                    else:
+                        self._dyn_next = rid + 1
+                    free.pop()
+                    by_id[rid] = self._slots[slot] = (
+                        slot, rid, target, size, _ADDRESS_KIND, label, "", flags, None, None, None
+                    )  # fmt: skip
+                    return rid
                 return self._register_locked(target, size, _ADDRESS_KIND, "", None, id, label, None)
             finally:
                 lock.release()
@@ -398,12 +429,35 @@ class Registry:
         lock = self._lock
         lock.acquire()
         try:
-            if region_id not in self._by_id:
+            entry = self._by_id.get(region_id)
+            if entry is None:
                 raise UnknownRegionError("no region with this ID", id=region_id)
-            if self._children and region_id in self._children:
-                self._unregister_tree_locked(region_id)
-            else:
-                self._unregister_locked(region_id)
+            sink = self._sink
+            if (  # the commonest case, written out: no graph, no cached Region, no pin, a slot backend
+                sink is None
+                or entry[_KEEPALIVE] is not None
+                or self._children
+                or self._unpublished
+                or self._regions
+                or region_id < DYNAMIC_START
+            ):
+                if self._children and region_id in self._children:
+                    self._unregister_tree_locked(region_id)
+                else:
+                    self._unregister_locked(region_id)
+                return
+            del self._by_id[region_id]
+            slot = entry[_SLOT]
+            try:
+                sink.clear(slot)
+            except Exception:
+                log.exception(
+                    "backend %r failed to unregister region %d", _backend_name(self._backend), region_id
+                )
+            self._slots[slot] = None
+            self._free.append(slot)
+            if region_id < self._dyn_next:
+                heapq.heappush(self._dyn_heap, region_id)
         finally:
             lock.release()
 

@@ -208,14 +208,21 @@ class SharedTableBackend:
         The binding registry has checked every field (IDs, the address range, a clean name, a
         known kind), so the entry is written unchecked.
         """
-        if self._closed:
-            raise BackendError("the shared table is closed", id=id)
-        writer = self._writer
+        writer = self._writer  # None once closed (or in a forked child until it publishes)
         if writer is not None:
-            table_flags = self._table_flags(address, size, writer) if flags else 0
-            collector = writer.put_trusted(slot, id, name.encode(), address, size, kind, table_flags)
+            collector = writer.put_trusted(
+                slot,
+                id,
+                name.encode() if name else b"",
+                address,
+                size,
+                kind,
+                self._table_flags(address, size, writer) if flags else 0,
+            )
             if collector and collector != self._granted:
                 self._grant(collector)
+        elif self._closed:
+            raise BackendError("the shared table is closed", id=id)
         self._entries[slot] = (id, name, address, size, kind, flags)
 
     def _put_checked(  # noqa: PLR0917 - as put()
