@@ -152,3 +152,45 @@ def test_demo_prints_the_banner_from_the_dump(dump_dir: Path) -> None:
         meta = decode_meta(core.note("KMEMDUMP", KMD_NOTE_META).desc)  # type: ignore[union-attr]
     assert meta.reason == "hang"
     assert {r.name for r in meta.regions} >= {"banner", "orders", "session", "greeting", "counters"}
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_run_forwards_sigterm_to_a_command_that_already_ended(tmp_path: Path, dump_dir: Path) -> None:
+    """SIGTERM to a whole process group reaches the command and `run` together; when the command has
+    already ended, forwarding must not reap it behind the supervisor's back (no ChildProcessError)."""
+    ready, never = _fifo(tmp_path / "ready"), _fifo(tmp_path / "never")
+    run = subprocess.Popen(
+        [
+            *KMEMDUMP,
+            "run",
+            "-q",
+            "--dir",
+            str(dump_dir),
+            "--",
+            sys.executable,
+            "-c",
+            UNMODIFIED,
+            *[str(ready), str(never)],
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        pid = _read_pid(ready)
+        os.kill(run.pid, signal.SIGSTOP)  # the supervisor cannot notice the end before the signal
+        os.kill(pid, signal.SIGTERM)
+        while _state(pid) != "Z":  # the command has ended and waits to be reaped
+            os.sched_yield()
+        os.kill(run.pid, signal.SIGTERM)  # pending until the supervisor runs again
+        os.kill(run.pid, signal.SIGCONT)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert "Traceback" not in err, err
+    assert run.returncode == 128 + signal.SIGTERM, err

@@ -97,13 +97,15 @@ def test_every_import_goes_down_the_layers() -> None:
     assert wrong == []
 
 
+_PRODUCER_FORMATS = ("kmemdump", "kmemdump.formats.table", "kmemdump.formats.arena", "kmemdump.formats.kinds")
+
+
 def test_the_producer_imports_only_the_standard_library() -> None:
     stdlib = sys.stdlib_module_names
     foreign = [
         f"{module} imports {target}"
         for module, targets in _imports().items()
-        if _part(module) in ("producer", "vocabulary")
-        or module in ("kmemdump", "kmemdump.formats.table", "kmemdump.formats.arena", "kmemdump.formats.kinds")
+        if _part(module) in ("producer", "vocabulary") or module in _PRODUCER_FORMATS
         for target in targets
         if not _internal(target) and target.split(".")[0] not in stdlib and target != "__future__"
     ]

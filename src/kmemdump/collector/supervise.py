@@ -80,9 +80,10 @@ def _start_tracer(pid: int, warn: Callable[[str], None]) -> ExitTracer | None:
 
 
 def _signal_sender(child: subprocess.Popen[bytes]) -> Callable[[int], None]:
-    """Send signals through a pidfd: ``Popen.send_signal`` waits for the child first, and a wait
-    from this thread would take the tracer's stop reports. The pidfd stays open as long as the
-    signal handlers that use it (for the rest of the process)."""
+    """Send signals through a pidfd, never ``Popen.send_signal``: that polls the child first, which
+    reaps a child that just ended (the supervisor's own ``waitid`` then finds no child), and with a
+    tracer, a wait from this thread would take the tracer's stop reports. The pidfd stays open as
+    long as the signal handlers that use it (for the rest of the process)."""
     pidfd = os.pidfd_open(child.pid)
 
     def send(signum: int) -> None:
@@ -135,7 +136,7 @@ def supervise(
             env = autoinit_env(env, table_dir, options.timeout, options.feeder)
         child = subprocess.Popen(list(cmd), env=env)
         tracer = _start_tracer(child.pid, warn) if options.trace_exit else None
-        send = _signal_sender(child) if tracer is not None else child.send_signal
+        send = _signal_sender(child)
 
         def forward(signum: int, frame: FrameType | None) -> None:
             send(signum)
