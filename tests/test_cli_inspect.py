@@ -43,6 +43,7 @@ from kmemdump.formats.dumpmeta import RegionRecord
 from kmemdump.formats.dumpmeta import encode_meta
 from kmemdump.formats.elf import KMD_NOTE_META
 from kmemdump.formats.elf import KMD_NOTE_STACKS
+from kmemdump.formats.elf import LEGACY_NOTE_TYPES
 from kmemdump.formats.elf import PYCOREINFO_NOTE
 from kmemdump.formats.elf import Note
 from kmemdump.formats.elf import Segment
@@ -414,6 +415,26 @@ def test_show_damaged_optional_notes_degrade(tmp_path: Path, capsys: pytest.Capt
     assert doc["pycoreinfo"] is None
     assert doc["pycoreinfo_error"].startswith("the PYCOREINFO note is invalid")
     assert doc["regions"][0]["decoded"]["value"]["text"] == "still readable"
+
+
+def test_dumps_with_the_first_note_type_numbers_still_open(
+    built: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN the same dump with its own notes under the types 0.1.0's development versions wrote
+    path = tmp_path / "legacy.core"
+    with CoreImage.open(built.path) as core:
+        segments = [Segment(s.address, core.segment_data(s)) for s in core.segments]
+        notes = [Note(n.owner, LEGACY_NOTE_TYPES.get((n.owner, n.type), n.type), n.desc) for n in core.notes]
+    assert sorted(n.type for n in notes if n.owner != "CORE") == [1, 1, 2]
+    write_core(path, segments, notes)
+    # WHEN
+    code, out, err = run_cli(capsys, "show", str(path), "--json")
+    # THEN metadata, stacks and layout are all found
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["stacks"]["state"] == "ok"
+    assert doc["stacks"]["source"] == "py-spy 0.4.2"
+    assert doc["pycoreinfo"]["python"] == ".".join(map(str, sys.version_info[:3]))
 
 
 def test_show_reports_metadata_the_image_does_not_back(

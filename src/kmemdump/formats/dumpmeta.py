@@ -1,4 +1,4 @@
-"""The dump's metadata: the JSON carried by the ``KMEMDUMP`` note (type 1), format v1.
+"""The dump's metadata: the JSON carried by the ``KMEMDUMP`` note (type ``0x4B4D0001``), format v1.
 
 Written by the collector, read by the inspector; both go through this module. The note is plain
 UTF-8 JSON so ``readelf -n`` users and other languages can read it; see ``docs/dump-format.md``.

@@ -30,6 +30,7 @@ __all__ = [
     "EM_X86_64",
     "KMD_NOTE_META",
     "KMD_NOTE_STACKS",
+    "LEGACY_NOTE_TYPES",
     "NT_PRPSINFO",
     "NT_PRSTATUS",
     "OWNER_CORE",
@@ -44,6 +45,7 @@ __all__ = [
     "Segment",
     "check_machine",
     "elf_header",
+    "find_note",
     "host_machine",
     "parse_core",
     "parse_prpsinfo",
@@ -74,9 +76,24 @@ NT_PRPSINFO = 3
 OWNER_CORE = "CORE"
 OWNER_KMEMDUMP = "KMEMDUMP"
 OWNER_PYCOREINFO = "PYCOREINFO"
-KMD_NOTE_META = 1
-KMD_NOTE_STACKS = 2
-PYCOREINFO_NOTE = 1
+
+# Our own notes. Readers of core files (BFD in gdb and binutils, elfutils, pyelftools) pick the
+# meaning of a core note by its type number whatever its owner: a type 1 of 336 bytes becomes a
+# phantom thread in gdb, a type 2 an FPU register set it warns about. So ours take numbers in a
+# range none of them interprets: 0x4B4D ("KM") in the upper half, listed as unknown vendor notes.
+KMD_NOTE_META = 0x4B4D0001
+"""``KMEMDUMP``: the dump's metadata, JSON (:mod:`kmemdump.formats.dumpmeta`)."""
+KMD_NOTE_STACKS = 0x4B4D0002
+"""``KMEMDUMP``: the Python stacks taken by py-spy, JSON (:mod:`kmemdump.formats.stacks`)."""
+PYCOREINFO_NOTE = 0x4B4D0101
+"""``PYCOREINFO``: the Python layout facts (:mod:`kmemdump.formats.pycoreinfo`)."""
+LEGACY_NOTE_TYPES = {
+    (OWNER_KMEMDUMP, KMD_NOTE_META): 1,
+    (OWNER_KMEMDUMP, KMD_NOTE_STACKS): 2,
+    (OWNER_PYCOREINFO, PYCOREINFO_NOTE): 1,
+}
+"""The type numbers the first development versions wrote (they collide with ``NT_PRSTATUS`` and
+``NT_FPREGSET``); readers still accept them (see :func:`find_note`)."""
 
 _EHDR = struct.Struct("<4sBBBBB7xHHIQQQIHHHHHH")  # Elf64_Ehdr, 64 bytes
 _PHDR = struct.Struct("<IIQQQQQQ")  # Elf64_Phdr, 56 bytes
@@ -260,6 +277,21 @@ def parse_prpsinfo(desc: bytes) -> PsInfo:
         fname=fname.split(b"\0", 1)[0].decode(errors="replace"),
         psargs=psargs.split(b"\0", 1)[0].decode(errors="replace"),
     )
+
+
+def find_note(notes: Sequence[Note], owner: str, type: int) -> Note | None:
+    """The first note with this owner and type; for our own notes, else one with the type number
+    that dumps of the first development versions used (:data:`LEGACY_NOTE_TYPES`)."""
+    legacy = LEGACY_NOTE_TYPES.get((owner, type))
+    fallback: Note | None = None
+    for note in notes:
+        if note.owner != owner:
+            continue
+        if note.type == type:
+            return note
+        if fallback is None and note.type == legacy:
+            fallback = note
+    return fallback
 
 
 # --- headers, for the writer ---------------------------------------------------------------------

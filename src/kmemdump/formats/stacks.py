@@ -1,4 +1,4 @@
-"""The Python stacks note: ``KMEMDUMP`` note type 2, UTF-8 JSON, format v1.
+"""The Python stacks note: ``KMEMDUMP`` note type ``0x4B4D0002``, UTF-8 JSON, format v1.
 
 Taken by the collector out of process while the target is held, read by the inspector.
 """

@@ -23,6 +23,7 @@ from kmemdump.errors import UnreadableMemoryError
 from kmemdump.formats import zstd
 from kmemdump.formats.elf import LoadSegment
 from kmemdump.formats.elf import Note
+from kmemdump.formats.elf import find_note
 from kmemdump.formats.elf import parse_core
 
 __all__ = ["CoreImage"]
@@ -109,11 +110,9 @@ class CoreImage:
     # -- notes --
 
     def note(self, owner: str, type: int) -> Note | None:
-        """The first note with this owner and type, if any."""
-        for note in self.notes:
-            if note.owner == owner and note.type == type:
-                return note
-        return None
+        """The first note with this owner and type, if any (our own notes also under the type
+        numbers of older dumps: :func:`~kmemdump.formats.elf.find_note`)."""
+        return find_note(self.notes, owner, type)
 
     # -- memory --
 
