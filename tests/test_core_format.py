@@ -38,6 +38,7 @@ from kmemdump.formats.elf import KMD_NOTE_META
 from kmemdump.formats.elf import KMD_NOTE_STACKS
 from kmemdump.formats.elf import NT_PRPSINFO
 from kmemdump.formats.elf import NT_PRSTATUS
+from kmemdump.formats.elf import NT_SIGINFO
 from kmemdump.formats.elf import OWNER_CORE
 from kmemdump.formats.elf import OWNER_KMEMDUMP
 from kmemdump.formats.elf import OWNER_PYCOREINFO
@@ -48,6 +49,7 @@ from kmemdump.formats.elf import host_machine
 from kmemdump.formats.elf import parse_prpsinfo
 from kmemdump.formats.elf import prpsinfo_note
 from kmemdump.formats.elf import prstatus_note
+from kmemdump.formats.elf import siginfo_note
 from kmemdump.memory import MemorySource
 from kmemdump.memory.core import CoreImage
 
@@ -290,6 +292,60 @@ def test_prstatus_layout(machine: int, size: int) -> None:
     assert struct.unpack_from("<i", note.desc, 32)[0] == 98765
     assert note.desc[:32] == bytes(32)  # siginfo, cursig, sigpend, sighold
     assert note.desc[36:] == bytes(size - 36)  # ppid ... registers, fpvalid
+
+
+def test_prstatus_carries_the_fatal_signal() -> None:
+    note = prstatus_note(42, cursig=11)
+    si_signo, si_code, si_errno, cursig = struct.unpack_from("<iiih", note.desc)
+    assert (si_signo, si_code, si_errno, cursig) == (11, 0, 0, 11)
+    assert struct.unpack_from("<i", note.desc, 32)[0] == 42
+    with pytest.raises(DumpFormatError):
+        prstatus_note(1, cursig=1 << 16)
+
+
+def test_siginfo_layout_fault_and_sender() -> None:
+    fault = siginfo_note(11, 1, 0, 0xDEADBEEF)
+    assert (fault.owner, fault.type, len(fault.desc)) == (OWNER_CORE, NT_SIGINFO, 128)
+    assert struct.unpack_from("<iii", fault.desc) == (11, 0, 1)  # signo, errno, code
+    assert struct.unpack_from("<Q", fault.desc, 16)[0] == 0xDEADBEEF
+    assert fault.desc[24:] == bytes(104)
+    sent = siginfo_note(15, 0, sender_pid=1234, sender_uid=1000)
+    assert struct.unpack_from("<iiiiiI", sent.desc) == (15, 0, 0, 0, 1234, 1000)
+    assert siginfo_note(9).desc == struct.pack("<i", 9) + bytes(124)  # SIGKILL: nothing more is known
+    with pytest.raises(DumpFormatError):
+        siginfo_note(11, address=-1)
+
+
+def test_gdb_and_eu_readelf_name_the_signal(tmp_path: Path) -> None:
+    """gdb's "Program terminated with signal" comes from pr_cursig; $_siginfo from NT_SIGINFO."""
+    notes = [
+        prpsinfo_note(77, "python3", "python3 crash.py"),
+        prstatus_note(77, cursig=11),
+        siginfo_note(11, 1, 0, 0xDEADBEEF),
+    ]
+    path = write_core(tmp_path / "segv.core", [Segment(0x7F00_0000_0000, b"x" * 16)], notes)
+    out = subprocess.run(
+        [
+            require_tool("gdb"),
+            "-nx",
+            "-batch",
+            "-c",
+            str(path),
+            "-ex",
+            "p $_siginfo._sifields._sigfault.si_addr",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "Program terminated with signal SIGSEGV, Segmentation fault." in out.stdout
+    assert "0xdeadbeef" in out.stdout
+    eu = subprocess.run(
+        [require_tool("eu-readelf"), "-n", str(path)], capture_output=True, text=True, check=True
+    )
+    assert "si_signo: 11" in eu.stdout
+    assert "fault address: 0xdeadbeef" in eu.stdout
 
 
 def test_prpsinfo_cuts_names_like_the_kernel_without_splitting_characters() -> None:

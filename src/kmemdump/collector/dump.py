@@ -36,6 +36,7 @@ from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.errors import TableFormatError
 from kmemdump.formats.arena import arena_path_of
+from kmemdump.formats.dumpmeta import Death
 from kmemdump.formats.dumpmeta import DumpMeta
 from kmemdump.formats.dumpmeta import Held
 from kmemdump.formats.dumpmeta import Reason
@@ -50,6 +51,7 @@ from kmemdump.formats.elf import Note
 from kmemdump.formats.elf import Segment
 from kmemdump.formats.elf import prpsinfo_note
 from kmemdump.formats.elf import prstatus_note
+from kmemdump.formats.elf import siginfo_note
 from kmemdump.formats.stacks import encode_stacks
 from kmemdump.formats.table import TableEntry
 from kmemdump.formats.table import TableHeader
@@ -121,13 +123,16 @@ def dump_target(
     argv: list[str] | None = None,
     exe: str | None = None,
     held: Held = "",
+    death: Death | None = None,
 ) -> DumpResult:
     """Dump the regions of the process ``(pid, start_time)`` published in ``table``.
 
     ``snapshot`` is a consistent table read taken earlier (the watcher keeps one): it is used when
     the process froze in the middle of a table update, or died. ``argv``/``exe`` likewise fill in
     for a process that is already gone. ``held`` says that something else already holds the process
-    still (``"exit stop"``: a ptrace exit stop); it is then not SIGSTOPped.
+    still (``"exit stop"``: a ptrace exit stop); it is then not SIGSTOPped. ``death`` says how the
+    process ended, for a death dump: it goes into the metadata, ``NT_PRSTATUS.pr_cursig`` and an
+    ``NT_SIGINFO`` note.
     """
     captured_ns = time.time_ns()
     gone = False
@@ -141,7 +146,9 @@ def dump_target(
         if reason != "death":
             raise
         gone = True
-    job = _Job(pid, start_time, table, reason, tuple(argv or ()), exe, gone, captured_ns, held)
+    if reason == "death" and death is None:
+        death = Death.unknown("the collector learnt nothing of how the process ended")
+    job = _Job(pid, start_time, table, reason, tuple(argv or ()), exe, gone, captured_ns, held, death)
     path = options.directory / _file_name(pid, start_time, reason, captured_ns)
     sink: _Sink = _BufferedCore(path) if options.compress else CoreWriter(path)
     with sink:
@@ -161,6 +168,7 @@ class _Job:
     gone: bool
     captured_ns: int
     held: Held
+    death: Death | None
 
 
 def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnapshot | None) -> DumpResult:
@@ -216,10 +224,11 @@ def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnap
         copy_ms=round(copy_ms, 3),
         collector={"version": __version__, "pid": os.getpid()},
         arena=arena_state,
+        death=job.death,
     )
     notes = [
         prpsinfo_note(pid, Path(exe or (argv or ("?",))[0]).name, " ".join(argv), "T" if held else "R"),
-        prstatus_note(pid),
+        *_death_notes(pid, job.death),
         Note("KMEMDUMP", KMD_NOTE_META, encode_meta(meta)),
     ]
     if pycoreinfo is not None:
@@ -227,6 +236,25 @@ def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnap
     if stacks_note is not None:
         notes.append(Note("KMEMDUMP", KMD_NOTE_STACKS, stacks_note))
     return DumpResult(sink.finish(notes), meta)
+
+
+def _death_notes(pid: int, death: Death | None) -> list[Note]:
+    """The thread's ``NT_PRSTATUS`` (``pr_cursig`` = the fatal signal), then ``NT_SIGINFO`` when a
+    signal ended the process: gdb then prints "Program terminated with signal SIGSEGV"."""
+    signo = death.signal if death is not None and death.signal is not None else 0
+    notes = [prstatus_note(pid, cursig=signo)]
+    if death is not None and signo:
+        notes.append(
+            siginfo_note(
+                signo,
+                death.si_code or 0,
+                death.si_errno,
+                death.address or 0,
+                sender_pid=death.sender_pid,
+                sender_uid=death.sender_uid or 0,
+            )
+        )
+    return notes
 
 
 class _Sink(Protocol):

@@ -7,6 +7,7 @@ UTF-8 JSON so ``readelf -n`` users and other languages can read it; see ``docs/d
 from __future__ import annotations
 
 import json
+import signal
 from dataclasses import asdict
 from dataclasses import dataclass
 from dataclasses import field
@@ -17,11 +18,14 @@ from typing import get_args
 from kmemdump.errors import DumpFormatError
 
 __all__ = [
+    "DEATH_SOURCES",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "REASONS",
     "SOURCES",
     "STATUSES",
+    "Death",
+    "DeathSource",
     "DumpMeta",
     "Held",
     "Reason",
@@ -30,6 +34,7 @@ __all__ = [
     "Status",
     "decode_meta",
     "encode_meta",
+    "signal_name",
 ]
 
 FORMAT_NAME = "kmemdump-dump"
@@ -44,7 +49,12 @@ Source = Literal["process", "arena"]
 persistent arena file it left behind."""
 Held = Literal["", "SIGSTOP", "exit stop"]
 """How the target was held while it was copied: not at all, by SIGSTOP, or at its ptrace exit stop."""
+DeathSource = Literal["exit stop", "wait status", "proc stat", "proc connector", ""]
+"""Where the collector learnt how the process ended: its ptrace exit stop (``run --trace-exit``), the
+wait status its parent got (``run``), ``/proc/PID/stat`` of the zombie, the kernel's process-events
+connector (a root ``watch``), or nowhere (""; the cause is unknown)."""
 REASONS: tuple[Reason, ...] = get_args(Reason)
+DEATH_SOURCES: tuple[DeathSource, ...] = get_args(DeathSource)
 STATUSES: tuple[Status, ...] = get_args(Status)
 SOURCES: tuple[Source, ...] = get_args(Source)
 
@@ -63,6 +73,95 @@ class RegionRecord:
     error: str = ""
     source: Source = "process"
     """One of :data:`SOURCES`; dumps written before persistent regions existed say nothing (process)."""
+
+
+# si_code values worth a word (<asm-generic/siginfo.h>): who sent a signal, or what fault raised it
+_SENDERS: dict[int, str] = {0: "kill()", -1: "sigqueue()", -6: "tkill()/tgkill()"}
+_SI_KERNEL = 0x80
+_FAULTS: dict[int, dict[int, str]] = {
+    int(signal.SIGSEGV): {1: "SEGV_MAPERR: address not mapped", 2: "SEGV_ACCERR: no permission"},
+    int(signal.SIGBUS): {1: "BUS_ADRALN: misaligned", 2: "BUS_ADRERR: no such address", 3: "BUS_OBJERR"},
+    int(signal.SIGFPE): {1: "FPE_INTDIV: integer divide by zero", 2: "FPE_INTOVF", 3: "FPE_FLTDIV"},
+    int(signal.SIGILL): {1: "ILL_ILLOPC: illegal opcode", 2: "ILL_ILLOPN", 4: "ILL_ILLTRP"},
+}
+
+
+def signal_name(number: int) -> str:
+    """``SIGSEGV`` for 11; ``SIGRTMIN+3`` and ``signal 70`` for the others."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        low, high = int(signal.SIGRTMIN), int(signal.SIGRTMAX)
+        if low <= number <= high:
+            return f"SIGRTMIN+{number - low}"
+        return f"signal {number}"
+
+
+@dataclass(frozen=True, slots=True)
+class Death:
+    """How the process ended, as far as the collector could learn it.
+
+    Exactly one of ``exit_code`` and ``signal`` is set when the cause is known; neither when it is
+    not (``source`` is then "" and ``detail`` says why). ``si_code``, ``address`` and the sender are
+    the ``siginfo`` of the fatal signal, where the kernel gave it (the exit stop under ``run
+    --trace-exit``, for a signal that was delivered: SIGKILL never is).
+    """
+
+    exit_code: int | None = None
+    signal: int | None = None
+    signal_name: str = ""
+    core_dumped: bool = False
+    si_code: int | None = None
+    si_errno: int = 0
+    address: int | None = None
+    """The fault address (``si_addr``) of SIGSEGV, SIGBUS, SIGILL or SIGFPE."""
+    sender_pid: int | None = None
+    """Who sent the signal (``si_pid``), when it was sent with kill/tkill/sigqueue."""
+    sender_uid: int | None = None
+    source: DeathSource = ""
+    detail: str = ""
+
+    @property
+    def known(self) -> bool:
+        return self.exit_code is not None or self.signal is not None
+
+    @classmethod
+    def from_wait_status(cls, status: int, source: DeathSource, **siginfo: Any) -> Death:
+        """From a wait status (``os.waitpid`` form, or ``/proc/PID/stat``'s ``exit_code``)."""
+        if (status & 0x7F) == 0:
+            return cls(exit_code=(status >> 8) & 0xFF, source=source)
+        number = status & 0x7F
+        core = bool(status & 0x80)
+        return cls(signal=number, signal_name=signal_name(number), core_dumped=core, source=source, **siginfo)
+
+    @classmethod
+    def unknown(cls, detail: str) -> Death:
+        return cls(detail=detail)
+
+    def describe(self) -> str:
+        """``exit code 3``, ``killed by SIGSEGV (SEGV_MAPERR: address not mapped, at 0x0)``,
+        ``killed by SIGTERM (sent by pid 42, uid 0, with kill())`` or ``unknown (why)``."""
+        if self.exit_code is not None:
+            return f"exit code {self.exit_code}"
+        if self.signal is None:
+            return f"unknown ({self.detail})" if self.detail else "unknown"
+        facts = []
+        code = self.si_code
+        if code is not None and code > 0 and code != _SI_KERNEL:
+            fault = _FAULTS.get(self.signal, {}).get(code)
+            if fault is not None:
+                facts.append(fault)
+        if self.address is not None:
+            facts.append(f"at 0x{self.address:x}")
+        if self.sender_pid is not None:
+            uid = f", uid {self.sender_uid}" if self.sender_uid is not None else ""
+            facts.append(f"sent by pid {self.sender_pid}{uid}, with {_SENDERS.get(code or 0, 'a signal')}")
+        elif code == _SI_KERNEL:
+            facts.append("sent by the kernel")
+        if self.core_dumped:
+            facts.append("core dumped")
+        name = self.signal_name or signal_name(self.signal)
+        return f"killed by {name}" + (f" ({', '.join(facts)})" if facts else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +198,8 @@ class DumpMeta:
     arena: str = "none"
     """The persistent arena: "none" (the table names none), "unused" (the live process was read),
     "ok" (persistent regions were read from it), or why it could not be read."""
+    death: Death | None = None
+    """How the process ended, in a death dump (None in others, and in dumps of older versions)."""
 
     @property
     def stored_bytes(self) -> int:
@@ -116,6 +217,8 @@ def encode_meta(meta: DumpMeta) -> bytes:
     body = asdict(meta)
     body["argv"] = list(meta.argv)
     body["regions"] = [asdict(r) for r in meta.regions]
+    if meta.death is None:
+        del body["death"]
     return json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION, **body}, sort_keys=True).encode()
 
 
@@ -145,6 +248,7 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "copy_ms": (int, float),
     "collector": dict,
     "arena": str,
+    "death": dict,
 }
 _REGION_FIELDS: dict[str, type] = {
     "id": int,
@@ -187,6 +291,8 @@ def decode_meta(data: bytes) -> DumpMeta:
         raise DumpFormatError("unknown way of holding the process", held=values["held"])
     values["argv"] = tuple(str(a) for a in values["argv"])
     values["regions"] = tuple(_region(r, i) for i, r in enumerate(values["regions"]))
+    if "death" in values:
+        values["death"] = _death(values["death"])
     return DumpMeta(**values)
 
 
@@ -216,3 +322,39 @@ def _region(raw: Any, index: int) -> RegionRecord:
     if values["stored"] < 0 or values["stored"] > values["size"]:
         raise DumpFormatError("region record stores more than its size", index=index)
     return RegionRecord(**values)
+
+
+_INT_OR_NULL = (int, type(None))
+_DEATH_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "exit_code": _INT_OR_NULL,
+    "signal": _INT_OR_NULL,
+    "signal_name": str,
+    "core_dumped": bool,
+    "si_code": _INT_OR_NULL,
+    "si_errno": int,
+    "address": _INT_OR_NULL,
+    "sender_pid": _INT_OR_NULL,
+    "sender_uid": _INT_OR_NULL,
+    "source": str,
+    "detail": str,
+}
+
+
+def _death(raw: dict[str, Any]) -> Death:
+    values: dict[str, Any] = {}
+    for key, kind in _DEATH_FIELDS.items():
+        if key not in raw:
+            continue  # every field has a default: later versions may leave some out
+        value = raw[key]
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise DumpFormatError("death record field of the wrong type", field=key)
+        values[key] = value
+    if values.get("source", "") not in DEATH_SOURCES:
+        raise DumpFormatError("unknown source of the death record", source=values["source"])
+    if values.get("exit_code") is not None and values.get("signal") is not None:
+        raise DumpFormatError("death record names both an exit code and a signal")
+    for key, low, high in (("exit_code", 0, 255), ("signal", 1, 127)):
+        value = values.get(key)
+        if value is not None and not low <= value <= high:
+            raise DumpFormatError("death record field out of range", field=key, value=value)
+    return Death(**values)

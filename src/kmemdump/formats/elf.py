@@ -33,6 +33,7 @@ __all__ = [
     "LEGACY_NOTE_TYPES",
     "NT_PRPSINFO",
     "NT_PRSTATUS",
+    "NT_SIGINFO",
     "OWNER_CORE",
     "OWNER_KMEMDUMP",
     "OWNER_PYCOREINFO",
@@ -52,6 +53,7 @@ __all__ = [
     "program_headers",
     "prpsinfo_note",
     "prstatus_note",
+    "siginfo_note",
     "table_size",
 ]
 
@@ -73,6 +75,7 @@ PN_XNUM = 0xFFFF  # e_phnum value meaning "the count is in section header 0's sh
 
 NT_PRSTATUS = 1
 NT_PRPSINFO = 3
+NT_SIGINFO = 0x53494749  # "SIGI": the siginfo_t of the signal that ended the process
 OWNER_CORE = "CORE"
 OWNER_KMEMDUMP = "KMEMDUMP"
 OWNER_PYCOREINFO = "PYCOREINFO"
@@ -102,8 +105,17 @@ _NHDR = struct.Struct("<III")  # Elf64_Nhdr: namesz, descsz, type
 # struct elf_prpsinfo (x86_64 and aarch64 alike): state, sname, zomb, nice, 4 pad, flag,
 # uid, gid, pid, ppid, pgrp, sid, fname[16], psargs[80]
 _PRPSINFO = struct.Struct("<bcbb4xQIIiiii16s80s")
-# struct elf_prstatus: pr_pid after elf_siginfo (12), pr_cursig (2 + 2 pad), sigpend, sighold
+# struct elf_prstatus: elf_siginfo pr_info (si_signo, si_code, si_errno: 3 ints), pr_cursig (short,
+# then 2 pad), pr_sigpend, pr_sighold (8 each), then pr_pid at 32
+_PRSTATUS_SIGNO_OFFSET = 0
+_PRSTATUS_CURSIG_OFFSET = 12
 _PRSTATUS_PID_OFFSET = 32
+# siginfo_t (x86_64 and aarch64 alike): si_signo, si_errno, si_code (errno before code, unlike
+# elf_siginfo), 4 pad, then the union at 16; 128 bytes in all
+_SIGINFO = struct.Struct("<iii4x")
+_SIGINFO_SIZE = 128
+_SIGINFO_UNION = 16
+_FAULT_SIGNALS = frozenset({4, 7, 8, 11})  # SIGILL, SIGBUS, SIGFPE, SIGSEGV: the union holds si_addr
 _PRSTATUS_SIZE = {EM_X86_64: 336, EM_AARCH64: 392}  # 112 common + 27 or 34 registers + fpvalid
 _MACHINES = {"x86_64": EM_X86_64, "amd64": EM_X86_64, "aarch64": EM_AARCH64, "arm64": EM_AARCH64}
 _U32 = 1 << 32
@@ -240,12 +252,50 @@ def _cut(text: str, limit: int) -> bytes:
     return raw[:cut]
 
 
-def prstatus_note(pid: int, *, machine: int | None = None) -> Note:
+def prstatus_note(pid: int, *, machine: int | None = None, cursig: int = 0) -> Note:
     """A ``CORE/NT_PRSTATUS`` note with zeroed registers and ``pr_pid`` set (336 bytes on x86_64,
-    392 on aarch64), so gdb finds one thread and does not warn about missing registers."""
+    392 on aarch64), so gdb finds one thread and does not warn about missing registers.
+
+    ``cursig`` is the signal that ended the process (0: none), written to ``pr_cursig`` and
+    ``pr_info.si_signo`` as the kernel does. gdb takes the signal of the *last* PRSTATUS note it
+    reads ("Program terminated with signal ..."), so every thread's note must carry it.
+    """
+    if not 0 <= cursig < 1 << 15:
+        raise DumpFormatError(f"signal number {cursig} does not fit pr_cursig")
     desc = bytearray(_PRSTATUS_SIZE[check_machine(machine)])
+    struct.pack_into("<i", desc, _PRSTATUS_SIGNO_OFFSET, cursig)
+    struct.pack_into("<h", desc, _PRSTATUS_CURSIG_OFFSET, cursig)
     struct.pack_into("<i", desc, _PRSTATUS_PID_OFFSET, pid)
     return Note(OWNER_CORE, NT_PRSTATUS, bytes(desc))
+
+
+def siginfo_note(
+    signo: int,
+    code: int = 0,
+    errno: int = 0,
+    address: int = 0,
+    *,
+    sender_pid: int | None = None,
+    sender_uid: int = 0,
+) -> Note:
+    """A ``CORE/NT_SIGINFO`` note: the 128-byte ``siginfo_t`` of the signal that ended the process.
+
+    The union at offset 16 holds ``si_addr`` (``address``) for SIGSEGV, SIGBUS, SIGILL and SIGFPE,
+    or ``si_pid``/``si_uid`` when ``sender_pid`` is given (a signal sent with ``kill``/``tgkill``).
+    gdb shows it as ``$_siginfo``; eu-readelf and pystack print the fault address from it.
+    """
+    for name, value in (("signo", signo), ("code", code), ("errno", errno)):
+        if not -(1 << 31) <= value < 1 << 31:
+            raise DumpFormatError(f"siginfo {name} {value} does not fit 32 bits")
+    if not 0 <= address < ADDRESS_END:
+        raise DumpFormatError(f"siginfo address {address:#x} does not fit 64 bits")
+    desc = bytearray(_SIGINFO_SIZE)
+    _SIGINFO.pack_into(desc, 0, signo, errno, code)
+    if signo in _FAULT_SIGNALS and sender_pid is None:
+        struct.pack_into("<Q", desc, _SIGINFO_UNION, address)
+    elif sender_pid is not None:
+        struct.pack_into("<iI", desc, _SIGINFO_UNION, sender_pid, sender_uid & 0xFFFFFFFF)
+    return Note(OWNER_CORE, NT_SIGINFO, bytes(desc))
 
 
 @dataclass(frozen=True, slots=True)
