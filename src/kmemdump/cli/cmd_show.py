@@ -27,6 +27,7 @@ from kmemdump.cli.render import format_size
 from kmemdump.cli.render import format_time
 from kmemdump.cli.render import hexdump_lines
 from kmemdump.cli.render import json_text
+from kmemdump.formats.dumpmeta import DumpMeta
 from kmemdump.formats.dumpmeta import RegionRecord
 from kmemdump.formats.kinds import RegionKind
 from kmemdump.formats.stacks import ThreadStack
@@ -94,6 +95,8 @@ def document(dump: Dump, decoded: dict[int, DecodedRegion] | None) -> dict[str, 
     meta = dump.meta
     about = {f.name: getattr(meta, f.name) for f in dataclasses.fields(meta) if f.name != "regions"}
     about["argv"] = list(meta.argv)
+    if meta.death is not None:
+        about["death"] = {**dataclasses.asdict(meta.death), "description": meta.death.describe()}
     about["python_version"] = meta.python_version
     about["stored_bytes"] = meta.stored_bytes
     info = dump.pycoreinfo
@@ -154,7 +157,7 @@ def _about(dump: Dump) -> list[tuple[str, str]]:
     rows = [
         ("Dump", str(dump.path)),
         ("File", size),
-        ("Reason", _REASONS.get(meta.reason, meta.reason)),
+        ("Reason", _reason_line(meta)),
         ("Captured", format_time(meta.captured_ns)),
         ("Host", meta.host or "?"),
         ("Process", f"pid {meta.pid} (start time {meta.start_time}), uid {meta.uid}"),
@@ -188,6 +191,13 @@ def _about(dump: Dump) -> list[tuple[str, str]]:
         rows.append(("Arena", _arena_line(meta.arena)))
     rows.append(("Stacks", _stacks_line(dump)))
     return rows
+
+
+def _reason_line(meta: DumpMeta) -> str:
+    """Why the dump was taken; for a death, how the process ended (or that nobody could tell)."""
+    if meta.reason == "death" and meta.death is not None:
+        return f"death: {meta.death.describe()}"
+    return _REASONS.get(meta.reason, meta.reason)
 
 
 def _arena_line(state: str) -> str:
