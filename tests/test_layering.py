@@ -2,7 +2,8 @@
 
 The package is layered, bottom up: the shared vocabulary (``errors``, ``ids``, ``_version``,
 ``procinfo``, ``files``), ``formats`` (the bytes), ``producer`` (what ``import kmemdump`` runs),
-``memory`` (the sources behind one ``read``), ``inspect`` (decoding), ``collector``, ``cli``. An
+``memory`` (the sources behind one ``read``), ``inspect`` (decoding), ``fleet`` (object storage: shipping,
+remote listing, triage), ``collector``, ``cli``. An
 import may only go down. The producer imports nothing but the standard library and the layers
 below it. Imports are read with ``ast`` (those inside functions too), so a lazy import that breaks
 a rule is caught as well.
@@ -26,8 +27,9 @@ ALLOWED: dict[str, set[str]] = {
     "producer": {"vocabulary", "formats"},
     "memory": {"vocabulary", "formats"},
     "inspect": {"vocabulary", "formats", "memory"},
-    "collector": {"vocabulary", "formats", "memory", "inspect"},
-    "cli": {"vocabulary", "formats", "memory", "inspect", "collector"},
+    "fleet": {"vocabulary", "formats", "memory", "inspect"},
+    "collector": {"vocabulary", "formats", "memory", "inspect", "fleet"},
+    "cli": {"vocabulary", "formats", "memory", "inspect", "fleet", "collector"},
     "facade": {"vocabulary", "formats", "producer"},
 }
 PROGRAMS = {"kmemdump.cli.demo_target"}
