@@ -26,12 +26,14 @@ from kmemdump.errors import DumpFormatError
 from kmemdump.errors import ForeignTableError
 from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import KmemdumpError
+from kmemdump.errors import MissingExtraError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.errors import RegionExistsError
 from kmemdump.errors import RegistryFullError
 from kmemdump.errors import TableFormatError
 from kmemdump.errors import UnknownRegionError
 from kmemdump.errors import UnreadableMemoryError
+from kmemdump.errors import UsageError
 from kmemdump.formats.kinds import RegionFlags
 from kmemdump.formats.kinds import RegionKind
 from kmemdump.ids import ID
@@ -79,6 +81,7 @@ __all__ = [
     "InitReport",
     "InvalidRegionError",
     "KmemdumpError",
+    "MissingExtraError",
     "NoopBackend",
     "ProcessGoneError",
     "Region",
@@ -93,6 +96,7 @@ __all__ = [
     "TableFormatError",
     "UnknownRegionError",
     "UnreadableMemoryError",
+    "UsageError",
     "__version__",
     "alloc",
     "alloc_with",

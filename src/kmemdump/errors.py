@@ -6,7 +6,9 @@ remedy; only the command line prints it (see :mod:`kmemdump.cli.main`).
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing costs milliseconds to import; annotations only need it for mypy
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "AccessDeniedError",
@@ -17,12 +19,14 @@ __all__ = [
     "ForeignTableError",
     "InvalidRegionError",
     "KmemdumpError",
+    "MissingExtraError",
     "ProcessGoneError",
     "RegionExistsError",
     "RegistryFullError",
     "TableFormatError",
     "UnknownRegionError",
     "UnreadableMemoryError",
+    "UsageError",
 ]
 
 
@@ -58,6 +62,20 @@ class KmemdumpError(Exception):
 
 def _rebuild(cls: type[KmemdumpError], message: str, context: dict[str, Any]) -> KmemdumpError:
     return cls(message, **context)
+
+
+class UsageError(KmemdumpError, ValueError):
+    """The request itself is wrong (an option's value, a file where a directory is needed): the
+    command line prints the command's usage and exits with status 2."""
+
+
+class MissingExtraError(KmemdumpError):
+    """An optional part of kmemdump is not installed; the message names the extra that brings it."""
+
+    @classmethod
+    def needs(cls, what: str, extra: str, **context: Any) -> MissingExtraError:
+        """``what`` needs a package that is not installed: one line saying which extra brings it."""
+        return cls(f"{what}; install it with: pip install 'kmemdump[{extra}]'", **context)
 
 
 # --- the registry (the kernel's -EINVAL, -EALREADY, -ENOSPC) ---------------------------

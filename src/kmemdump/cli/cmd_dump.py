@@ -1,6 +1,9 @@
 """Dump a process's registered regions now (reason "request").
 
-The process must publish a kmemdump table (kmemdump.init(table=True), or run under 'kmemdump run').
+The process must publish a kmemdump table: it called kmemdump.init(table=True), or it runs under
+'kmemdump run'. Prints one line: the dump's path, its regions and bytes, and "complete", "partial"
+(some regions were not stored whole), or what is missing (the Python stacks when py-spy is not
+installed).
 """
 
 from __future__ import annotations
@@ -11,23 +14,37 @@ import os
 
 from kmemdump.cli.options import add_dump_options
 from kmemdump.cli.options import dump_options
+from kmemdump.cli.options import pid_number
 from kmemdump.cli.options import table_dirs
+from kmemdump.cli.render import format_size
 from kmemdump.collector.dump import dump_target
 from kmemdump.errors import CollectorError
+from kmemdump.errors import ProcessGoneError
+from kmemdump.formats.dumpmeta import DumpMeta
 from kmemdump.formats.table import table_path
 from kmemdump.procinfo import process_start_time
 
-__all__ = ["prepare", "run"]
+__all__ = ["EPILOG", "prepare", "run"]
+
+EPILOG = """\
+exit status: 0 dumped; 1 the dump failed (no table, no access, no space); 2 bad usage or no such process
+
+--json prints {"path", "pid", "regions", "stored_bytes", "partial", "stacks"}; "stacks" is "ok" or why
+the dump has none.
+"""
 
 
 def prepare(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pid", type=int, help="the process to dump")
+    parser.add_argument("pid", type=pid_number, metavar="PID", help="the process to dump")
     add_dump_options(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
+    if not os.path.exists(f"/proc/{args.pid}"):
+        raise ProcessGoneError(f"no process with pid {args.pid}")
     start_time = process_start_time(args.pid)
+    options = dump_options(args)
     dirs = table_dirs(all_users=os.geteuid() == 0)
     for directory in dirs:
         path = table_path(directory, args.pid, start_time)
@@ -40,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             pid=args.pid,
             looked_in=", ".join(str(d) for d in dirs),
         )
-    result = dump_target(args.pid, start_time, path, reason="request", options=dump_options(args))
+    result = dump_target(args.pid, start_time, path, reason="request", options=options)
     meta = result.meta
     if args.json:
         print(
@@ -56,6 +73,14 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     else:
-        state = "partial" if meta.partial else "complete"
-        print(f"{result.path}: {len(meta.regions)} regions, {meta.stored_bytes} bytes, {state}")
+        stored = format_size(meta.stored_bytes)
+        print(f"{result.path}: {len(meta.regions)} regions, {stored}, {_state(args, meta)}")
     return 0
+
+
+def _state(args: argparse.Namespace, meta: DumpMeta) -> str:
+    """ "complete" only when nothing asked for is missing."""
+    state = "partial" if meta.partial else "complete"
+    if args.stacks and meta.stacks != "ok":
+        return f"{'partial, ' if meta.partial else ''}without Python stacks: {meta.stacks}"
+    return state

@@ -1,26 +1,35 @@
 """``kmemdump`` command line: one module per subcommand, each with ``prepare(parser)`` and ``run(args)``.
 
-Exit codes: 0 success, 1 a kmemdump error, 2 bad usage or an invalid target; ``run`` passes its
-command's exit code through.
+The parser is built lazily: the top level knows every subcommand by name and one line of help
+(:data:`COMMANDS`), and only the subcommand being run (or asked for ``--help``) is imported and
+given its options. ``kmemdump --version`` imports no subcommand at all; :func:`build_parser` with
+no argument builds the whole parser (for the man page and shell completion).
+
+Exit codes: 0 success, 1 a kmemdump error, 2 bad usage or an invalid target; ``run`` and ``gdb``
+pass their program's exit code through; 130 after Ctrl-C.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import logging
-import os
 import sys
-from collections.abc import Sequence
-from typing import Protocol
-from typing import cast
 
 from kmemdump._version import __version__
 from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
+from kmemdump.errors import UsageError
 
-__all__ = ["COMMANDS", "build_parser", "entry", "main"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterable
+    from collections.abc import Sequence
+
+__all__ = ["COMMANDS", "DESCRIPTION", "build_parser", "entry", "main"]
+
+DESCRIPTION = """\
+Selective, out-of-process memory dumps: a process registers the memory that matters, and when
+it hangs, dies or is asked to, kmemdump copies just those regions into a small ELF core file."""
 
 COMMANDS: dict[str, str] = {
     "demo": "see it work: a process registers its banner, deadlocks, is dumped, and the dump is shown",
@@ -28,59 +37,82 @@ COMMANDS: dict[str, str] = {
     "run": "run a command under a collector; dump it when it hangs or dies",
     "dump": "dump a process's registered regions now",
     "ps": "list the processes that publish a table, with their heartbeat",
-    "ls": "list dumps",
-    "show": "show a dump: header, regions decoded, Python stacks",
+    "ls": "list dumps, newest last",
+    "show": "show a dump: what happened, its banner, its regions decoded, the Python stacks",
     "hexdump": "hex dump of one region of a dump",
     "extract": "write one region's bytes to a file",
     "gdb": "open gdb on a dump",
 }
+"""Every subcommand and its one line of help; its module is ``kmemdump.cli.cmd_<name>``."""
+
+_EPILOG = "Run 'kmemdump COMMAND --help' for a command's options. Documentation: docs/cli.md, man kmemdump."
 
 
-class Command(Protocol):
-    def prepare(self, parser: argparse.ArgumentParser) -> None: ...
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    import argparse
 
-    def run(self, args: argparse.Namespace) -> int: ...
-
-
-def _command(name: str) -> Command:
-    module = importlib.import_module(f"kmemdump.cli.cmd_{name}")
-    return cast(Command, module)
+    # Descriptions are written as paragraphs and examples: keep their line breaks.
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=30)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the subcommands in ``commands`` (default: all) are imported and given options."""
+    import argparse
+    import importlib
+
+    chosen = set(COMMANDS if commands is None else commands)
     parser = argparse.ArgumentParser(
-        prog="kmemdump",
-        description="Selective, out-of-process memory dumps of the regions a process registered.",
+        prog="kmemdump", description=DESCRIPTION, epilog=_EPILOG, formatter_class=_formatter
     )
     parser.add_argument("--version", action="version", version=f"kmemdump {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail to stderr")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", required=True)
     for name, summary in COMMANDS.items():
-        command = _command(name)
-        child = sub.add_parser(name, help=summary, description=(command.__doc__ or summary).strip())
-        command.prepare(child)
-        child.set_defaults(_run=command.run)
+        if name not in chosen:
+            sub.add_parser(name, help=summary, add_help=False)
+            continue
+        module = importlib.import_module(f"kmemdump.cli.cmd_{name}")
+        child = sub.add_parser(
+            name,
+            help=summary,
+            description=(module.__doc__ or summary).strip(),
+            epilog=getattr(module, "EPILOG", None),
+            formatter_class=_formatter,
+        )
+        module.prepare(child)
+        child.set_defaults(_run=module.run, _parser=child)
     return parser
 
 
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names: its first word that is not a global option."""
+    for word in argv:
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        parser = build_parser()
-    except ModuleNotFoundError as err:  # the producer needs nothing; the CLI needs the extra
-        print(
-            f"kmemdump: the command line needs packages that are not installed (missing: {err.name}).\n"
-            "Install them with: pip install 'kmemdump[collector]'",
-            file=sys.stderr,
-        )
-        return 2
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(message)s",
-        stream=sys.stderr,
-    )
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words == ["--version"]:  # the commonest question, answered without building a parser
+        print(f"kmemdump {__version__}")
+        return 0
+    chosen = _chosen(words)
+    parser = build_parser([chosen] if chosen else [])
+    args, extra = parser.parse_known_args(words)
+    command_parser: argparse.ArgumentParser = args._parser
+    if extra:  # an unknown option of the subcommand: its own usage, not the top level's
+        command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.verbose:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, format="%(message)s", stream=sys.stderr)
     try:
         return int(args._run(args))
+    except UsageError as err:
+        command_parser.error(str(err))  # exits 2 with the command's usage
     except (ProcessGoneError, InvalidRegionError) as err:
         _report(err)
         return 2
@@ -90,16 +122,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        # the reader went away (kmemdump ls | head); keep the exit quiet
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _quiet_stdout()  # the reader went away (kmemdump ls | head)
         return 1
+    except OSError as err:  # a system error no command foresaw: one line, not a traceback
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"kmemdump: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
+    except Exception as err:  # a bug: one line, the traceback only when asked for
+        if args.verbose:
+            raise
+        print(
+            f"kmemdump: internal error: {type(err).__name__}: {err} "
+            "(run with -v for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 70
 
 
 def _report(err: KmemdumpError) -> None:
     print(f"kmemdump: error: {err}", file=sys.stderr)
     if err.help:
         print(f"\n{err.help}", file=sys.stderr)
+
+
+def _quiet_stdout() -> None:
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def entry() -> None:

@@ -23,6 +23,8 @@ __all__ = [
     "dump_options",
     "dump_path",
     "parse_size",
+    "pid_number",
+    "seconds",
     "select_range",
     "table_dirs",
 ]
@@ -93,6 +95,28 @@ def parse_size(text: str) -> int:
     return int(value * _UNITS[unit])
 
 
+def pid_number(text: str) -> int:
+    """A process id: a positive decimal number."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a process id: {text!r}") from None
+    if value <= 0 or value >= 2**31:
+        raise argparse.ArgumentTypeError(f"not a process id: {text!r} (a pid is a positive number)")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A duration in seconds: a positive, finite number (``0.5``, ``5``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
 def add_dump_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dir",
@@ -130,6 +154,13 @@ def add_dump_options(parser: argparse.ArgumentParser) -> None:
 def dump_options(args: argparse.Namespace) -> DumpOptions:
     from kmemdump.collector.dump import DumpOptions
 
+    if args.compress:
+        from kmemdump.formats import zstd
+
+        try:
+            zstd.module()
+        except ImportError:
+            raise zstd.missing("--compress") from None
     directory = args.dir or default_dump_dir()
     try:
         directory.mkdir(parents=True, exist_ok=True, mode=0o750)

@@ -1,8 +1,9 @@
 """Putting inspector output on the screen: rich tables on a terminal, plain aligned text otherwise.
 
 Plain text is used when the stream is not a terminal, when ``NO_COLOR`` is set (https://no-color.org),
-when ``TERM=dumb``, or when the command was given ``--plain``. ``rich`` is imported only when it is
-actually used, so piping ``kmemdump ls`` into ``grep`` never pays for it.
+when ``TERM=dumb``, when ``rich`` (the ``pretty`` extra) is not installed, or when the command was
+given ``--plain``. ``rich`` is imported only when it is actually used, so piping ``kmemdump ls`` into
+``grep`` never pays for it. On a terminal, tables are fitted to its width.
 
 Also here: the small formatters every command shares (sizes, times, addresses), the classic
 16-bytes-a-line hex dump, and a progress wrapper that draws a bar only for long work on a terminal.
@@ -10,23 +11,28 @@ Also here: the small formatters every command shares (sizes, times, addresses), 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from collections.abc import Iterable
-from collections.abc import Iterator
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from datetime import timezone
-from typing import IO
-from typing import Any
-from typing import TypeVar
+
+TYPE_CHECKING = False  # typing is imported for mypy only: the command line starts faster without it
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from collections.abc import Iterator
+    from collections.abc import Sequence
+    from typing import IO
+    from typing import Any
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 __all__ = [
     "PROGRESS_THRESHOLD",
+    "SEPARATOR",
     "Column",
     "Output",
+    "clip",
+    "fit_columns",
     "format_address",
     "format_duration",
     "format_size",
@@ -34,10 +40,10 @@ __all__ = [
     "hexdump_lines",
     "json_text",
     "progress",
+    "rich_installed",
+    "terminal_width",
     "wants_rich",
 ]
-
-T = TypeVar("T")
 
 PROGRESS_THRESHOLD = 32
 """Fewer items than this finish before a bar would be worth drawing."""
@@ -70,6 +76,9 @@ def format_size(n: int) -> str:
 
 def format_time(ns: int) -> str:
     """A wall-clock time in UTC, to the millisecond (dump file names use UTC as well)."""
+    from datetime import datetime
+    from datetime import timezone
+
     moment = datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
     return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d} UTC"
 
@@ -90,6 +99,8 @@ def format_address(address: int) -> str:
 
 def json_text(document: Any) -> str:
     """Indented, ASCII-only JSON (safe whatever the locale); stray bytes become hex, not a crash."""
+    import json
+
     return json.dumps(document, indent=2, default=_json_default)
 
 
@@ -134,7 +145,7 @@ def hexdump_lines(data: bytes, address: int, *, squeeze: bool = True) -> Iterato
 def progress(items: Sequence[T], description: str, *, stream: IO[str] | None = None) -> Iterator[T]:
     """Iterate over ``items``, with a transient progress bar on a terminal when there are many."""
     target = sys.stderr if stream is None else stream
-    if len(items) < PROGRESS_THRESHOLD or not wants_rich(target):
+    if len(items) < PROGRESS_THRESHOLD or not wants_rich(target) or not rich_installed():
         yield from items
         return
     from rich.console import Console
@@ -147,30 +158,119 @@ def progress(items: Sequence[T], description: str, *, stream: IO[str] | None = N
             bar.advance(task)
 
 
-# --- output ----------------------------------------------------------------------------------
+# --- tables that fit the terminal ------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Column:
-    """One table column: its header, and whether numbers line up on the right."""
+    """One table column: its header, how it lines up, and what may happen to it on a narrow terminal.
+
+    ``wrap`` columns (free text: names, commands, reasons) are cut to fit, with an ellipsis, down to
+    ``min_width``; the others (numbers, addresses, times) keep their width. When even that is too
+    wide, the columns with a ``drop`` rank are left out, the highest rank first; a column without one
+    is always shown.
+    """
 
     header: str
     right: bool = False
     wrap: bool = True
-    """False for cells that must stay whole on a narrow terminal (addresses, numbers)."""
+    drop: int = 0
+    min_width: int = 8
+
+
+SEPARATOR = 2
+"""Spaces between two columns, in plain text and (as padding) in rich tables."""
+
+
+def fit_columns(
+    columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int
+) -> list[tuple[int, int]]:
+    """Which columns to show within ``width`` characters, and how wide: ``[(index, width), ...]``.
+
+    Droppable columns go first, then free-text columns are cut (the widest first). A table that
+    cannot fit even so keeps its essential columns at their narrowest and overflows.
+    """
+    natural = _natural_widths(columns, rows)
+    narrowest = [
+        min(natural[i], max(c.min_width, len(c.header))) if c.wrap else natural[i]
+        for i, c in enumerate(columns)
+    ]
+    shown = list(range(len(columns)))
+
+    def total(widths: Sequence[int], indices: Sequence[int]) -> int:
+        return sum(widths[i] for i in indices) + SEPARATOR * (len(indices) - 1)
+
+    droppable = sorted((c.drop, i) for i, c in enumerate(columns) if c.drop)
+    while total(narrowest, shown) > width and droppable:
+        shown.remove(droppable.pop()[1])
+    widths = {i: natural[i] for i in shown}
+    excess = total(natural, shown) - width
+    while excess > 0:
+        cuttable = [i for i in shown if columns[i].wrap and widths[i] > narrowest[i]]
+        if not cuttable:
+            break
+        widest = max(cuttable, key=lambda i: widths[i])
+        widths[widest] -= 1
+        excess -= 1
+    return [(i, widths[i]) for i in shown]
+
+
+def _natural_widths(columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> list[int]:
+    return [max([len(c.header), *(len(row[i]) for row in rows)]) for i, c in enumerate(columns)]
+
+
+def clip(text: str, width: int, ellipsis: str = "…") -> str:
+    """``text`` cut to ``width`` characters, the last one an ellipsis when something was cut."""
+    if len(text) <= width:
+        return text
+    return text[: max(width - len(ellipsis), 0)] + ellipsis if width > len(ellipsis) else text[:width]
+
+
+def terminal_width(stream: IO[str]) -> int | None:
+    """The width of the terminal ``stream`` writes to ($COLUMNS wins), or None when it is no terminal."""
+    try:
+        if not stream.isatty():
+            return None
+    except (AttributeError, ValueError):
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def rich_installed() -> bool:
+    """Whether ``rich`` (the ``pretty`` extra) can be imported."""
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# --- output ----------------------------------------------------------------------------------
 
 
 class Output:
     """Where a command writes: headings, lines, key/value blocks and tables.
 
-    With ``fancy`` the output goes through ``rich`` (bold headings, boxed tables); without it,
-    everything is plain text with columns aligned by spaces, suitable for ``grep`` and ``awk``.
-    User-supplied text is never interpreted as rich markup.
+    With ``fancy`` (a terminal, no ``NO_COLOR``, rich installed) the output goes through ``rich``
+    (bold headings, styled tables); without it, everything is plain text with columns aligned by
+    spaces, suitable for ``grep`` and ``awk``. On a terminal tables are fitted to its width (free
+    text cut with an ellipsis, the least needed columns left out); ``--plain`` and pipes get every
+    column whole. User-supplied text is never interpreted as rich markup.
     """
 
     def __init__(self, stream: IO[str] | None = None, *, plain: bool = False) -> None:
         self.stream = sys.stdout if stream is None else stream
-        self.fancy = wants_rich(self.stream, plain)
+        self.fancy = wants_rich(self.stream, plain) and rich_installed()
+        self.width = None if plain else terminal_width(self.stream)
+        """The terminal's width that tables fit in; None: print them whole."""
+        encoding = (getattr(self.stream, "encoding", None) or "").lower().replace("-", "")
+        self.ellipsis = "…" if encoding in ("utf8", "utf_8") else "~"
         self._console: Any = None
 
     @property
@@ -178,7 +278,9 @@ class Output:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(file=self.stream, highlight=False, markup=False, emoji=False)
+            self._console = Console(
+                file=self.stream, highlight=False, markup=False, emoji=False, width=self.width
+            )
         return self._console
 
     def line(self, text: str = "") -> None:
@@ -214,38 +316,49 @@ class Output:
     def table(
         self, columns: Sequence[Column], rows: Sequence[Sequence[str]], *, title: str | None = None
     ) -> None:
+        if self.width is None:
+            layout = list(enumerate(_natural_widths(columns, rows)))
+        else:
+            layout = fit_columns(columns, rows, self.width)
+        shown = [columns[i] for i, _ in layout]
+        cells = [[clip(row[i], w, self.ellipsis) for i, w in layout] for row in rows]
         if self.fancy:
-            self._rich_table(columns, rows, title)
+            self._rich_table(shown, [w for _, w in layout], cells, title)
             return
         if title:
             self.heading(title)
-        widths = [len(c.header) for c in columns]
-        for row in rows:
-            for i, cell in enumerate(row):
-                widths[i] = max(widths[i], len(cell))
-        for row in [[c.header for c in columns], *rows]:
-            cells = [
-                f"{cell:>{widths[i]}}" if columns[i].right else f"{cell:<{widths[i]}}"
-                for i, cell in enumerate(row)
+        for row in [[c.header for c in shown], *cells]:
+            text = [
+                f"{cell:>{w}}" if column.right else f"{cell:<{w}}"
+                for column, cell, (_, w) in zip(shown, row, layout, strict=True)
             ]
-            print("  ".join(cells).rstrip(), file=self.stream)
+            print((" " * SEPARATOR).join(text).rstrip(), file=self.stream)
 
     def _rich_table(
-        self, columns: Sequence[Column], rows: Sequence[Sequence[str]], title: str | None
+        self,
+        columns: Sequence[Column],
+        widths: Sequence[int],
+        rows: Sequence[Sequence[str]],
+        title: str | None,
     ) -> None:
+        from rich import box
         from rich.table import Table
         from rich.text import Text
 
         if title:
             self.console.print()
-        table = Table(title=title, title_justify="left", title_style="bold underline")
-        for index, column in enumerate(columns):
-            width = None if column.wrap else max([len(column.header), *(len(row[index]) for row in rows)])
+        table = Table(
+            title=title,
+            title_justify="left",
+            title_style="bold underline",
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            pad_edge=False,
+            padding=(0, SEPARATOR - 1, 0, 0),
+        )
+        for column, width in zip(columns, widths, strict=True):
             table.add_column(
-                column.header,
-                justify="right" if column.right else "left",
-                no_wrap=not column.wrap,
-                min_width=width,
+                column.header, justify="right" if column.right else "left", no_wrap=True, width=width
             )
         for row in rows:
             table.add_row(*(Text(cell) for cell in row))

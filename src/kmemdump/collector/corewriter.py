@@ -151,7 +151,7 @@ def _compressor(level: int, final: Path) -> Any:
     try:
         return zstd.compressor(level)
     except ImportError as err:
-        raise CollectorError(f"compressing the dump: {zstd.MISSING}", path=str(final)) from err
+        raise zstd.missing("compressing a dump", path=str(final)) from err
     except ValueError as err:
         raise CollectorError(f"invalid zstd level {level}: {err}", path=str(final)) from err
 

@@ -21,7 +21,10 @@ from kmemdump.formats.stacks import Frame
 from kmemdump.formats.stacks import Stacks
 from kmemdump.formats.stacks import ThreadStack
 
-__all__ = ["StacksUnavailable", "find_py_spy", "take_stacks"]
+__all__ = ["STACKS_EXTRA", "StacksUnavailable", "find_py_spy", "take_stacks"]
+
+STACKS_EXTRA = "kmemdump[stacks]"
+"""What to install for the stacks: py-spy, by way of the extra that names it."""
 
 
 class StacksUnavailable(Exception):
@@ -43,7 +46,7 @@ def take_stacks(pid: int, *, timeout: float = 10.0) -> Stacks:
     """The stacks of every Python thread of ``pid``; raises :class:`StacksUnavailable`."""
     exe = find_py_spy()
     if exe is None:
-        raise StacksUnavailable("py-spy is not installed (pip install py-spy)")
+        raise StacksUnavailable(f"py-spy is not installed (pip install '{STACKS_EXTRA}')")
     try:
         proc = subprocess.run(
             [exe, "dump", "--pid", str(pid), "--json", "--nonblocking"],

@@ -2,8 +2,8 @@
 
 ``compression.zstd`` on Python 3.14, its backport ``backports.zstd`` before (the ``inspect``
 extra). Compressing is the collector's job and decompressing the reader's; both find the module
-here, and a missing module is a :class:`~kmemdump.errors.KmemdumpError` of the caller's choosing
-that names the package to install.
+here, and a missing module is a :class:`~kmemdump.errors.MissingExtraError` that names the extra
+to install.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import IO
 from typing import Any
 
 from kmemdump.errors import DumpFormatError
+from kmemdump.errors import MissingExtraError
 
 __all__ = [
     "MAGIC",
@@ -26,6 +27,7 @@ __all__ = [
     "decompress",
     "decompress_to",
     "is_compressed",
+    "missing",
     "module",
 ]
 
@@ -33,8 +35,13 @@ MAGIC = b"\x28\xb5\x2f\xfd"
 """The first four bytes of a zstd frame."""
 SUFFIX = ".zst"
 _CHUNK = 8 << 20
-MISSING = "zstd needs the backports.zstd package on Python < 3.14 (pip install 'kmemdump[inspect]')"
-"""What to say when :func:`module` raises ``ImportError``."""
+MISSING = "the zstd module" + (" (backports.zstd before Python 3.14)" if sys.version_info < (3, 14) else "")
+"""What :func:`module` needs."""
+
+
+def missing(doing: str, **context: Any) -> MissingExtraError:
+    """The one-line error for ``doing`` (e.g. "reading a compressed dump") without the zstd module."""
+    return MissingExtraError.needs(f"{doing} needs {MISSING}", "inspect", **context)
 
 
 def module() -> ModuleType:
@@ -72,7 +79,7 @@ def decompress(source: IO[bytes], out: IO[bytes], where: Path) -> None:
     try:
         zstd = module()
     except ImportError as err:
-        raise DumpFormatError(f"the dump is zstd-compressed and {MISSING}", path=str(where)) from err
+        raise missing("reading a compressed dump", path=str(where)) from err
     try:
         with zstd.ZstdFile(source, "rb") as stream:
             shutil.copyfileobj(stream, out, _CHUNK)

@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import IO
 
 from kmemdump.errors import DumpFormatError
+from kmemdump.errors import KmemdumpError
 from kmemdump.errors import UnreadableMemoryError
 from kmemdump.formats import zstd
 from kmemdump.formats.elf import LoadSegment
@@ -91,7 +92,7 @@ class CoreImage:
             if size == 0:
                 raise DumpFormatError("not an ELF file: the file is empty", path=str(where))
             data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        except DumpFormatError:
+        except KmemdumpError:  # a damaged file, or the zstd module missing
             handle.close()
             raise
         except (OSError, ValueError) as err:
