@@ -29,6 +29,7 @@ from kmemdump.cli.render import hexdump_lines
 from kmemdump.cli.render import json_text
 from kmemdump.formats.dumpmeta import DumpMeta
 from kmemdump.formats.dumpmeta import RegionRecord
+from kmemdump.formats.dumpmeta import ThreadState
 from kmemdump.formats.kinds import RegionKind
 from kmemdump.formats.stacks import ThreadStack
 from kmemdump.ids import id_label
@@ -97,6 +98,7 @@ def document(dump: Dump, decoded: dict[int, DecodedRegion] | None) -> dict[str, 
     about["argv"] = list(meta.argv)
     if meta.death is not None:
         about["death"] = {**dataclasses.asdict(meta.death), "description": meta.death.describe()}
+    about["threads"] = [{**dataclasses.asdict(t), "description": t.describe()} for t in meta.threads]
     about["python_version"] = meta.python_version
     about["stored_bytes"] = meta.stored_bytes
     info = dump.pycoreinfo
@@ -332,26 +334,40 @@ def _pycoreinfo_line(value: Any) -> str:
 
 def _show_stacks(dump: Dump, out: Output) -> None:
     out.heading("Python stacks (most recent call last)")
+    states = {t.tid: t for t in dump.meta.threads}
+    taken = dump.meta.threads_taken
     stacks = dump.stacks
     if stacks is None:
         out.line(f"(no stacks: {dump.stacks_state})")
-        return
-    if not stacks.threads:
+    elif not stacks.threads:
         out.line(f"(no Python threads; taken by {stacks.source})")
-    for number, thread in enumerate(stacks.threads):
+    shown: set[int] = set()
+    for number, thread in enumerate(stacks.threads if stacks is not None else ()):
         if number:
             out.line()
-        out.line(_thread_title(thread))
+        state = states.get(thread.native_id) if thread.native_id is not None else None
+        if state is not None:
+            shown.add(state.tid)
+        out.line(_thread_title(thread, state))
+        if state is not None:
+            out.line(f"  {taken}: {state.describe()}")
         if not thread.frames:
             out.line("  (no Python frames)")
         for frame in reversed(thread.frames):
             out.line(f'  File "{frame.filename}", line {frame.line}, in {frame.function}')
+    others = [t for t in dump.meta.threads if t.tid not in shown]
+    if others:
+        out.heading(f"Threads {taken}" if stacks is None else f"Other threads ({taken}, no Python stack)")
+        for state in others:
+            out.line(f'Thread {state.tid} "{state.name}": {state.describe()}')
 
 
-def _thread_title(thread: ThreadStack) -> str:
+def _thread_title(thread: ThreadStack, state: ThreadState | None) -> str:
+    """The thread's name and ids; py-spy's "active"/"idle" guess only when the dump has no scheduler
+    state from before the hold (a held process looks idle everywhere)."""
     name = f' "{thread.name}"' if thread.name else ""
     native = f", native id {thread.native_id}" if thread.native_id is not None else ""
-    state = ["active" if thread.active else "idle"]
+    doing = [] if state is not None else ["active" if thread.active else "idle"]
     if thread.owns_gil:
-        state.append("holds the GIL")
-    return f"Thread 0x{thread.thread_id:x}{name}{native} ({', '.join(state)}):"
+        doing.append("holds the GIL")
+    return f"Thread 0x{thread.thread_id:x}{name}{native}" + (f" ({', '.join(doing)})" if doing else "") + ":"

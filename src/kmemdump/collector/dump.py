@@ -31,6 +31,7 @@ from kmemdump.collector.corewriter import CoreWriter
 from kmemdump.collector.corewriter import write_core
 from kmemdump.collector.stacks import StacksUnavailable
 from kmemdump.collector.stacks import take_stacks
+from kmemdump.collector.threads import thread_states
 from kmemdump.errors import CollectorError
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
@@ -43,6 +44,7 @@ from kmemdump.formats.dumpmeta import Reason
 from kmemdump.formats.dumpmeta import RegionRecord
 from kmemdump.formats.dumpmeta import Source
 from kmemdump.formats.dumpmeta import Status
+from kmemdump.formats.dumpmeta import ThreadState
 from kmemdump.formats.dumpmeta import encode_meta
 from kmemdump.formats.elf import KMD_NOTE_META
 from kmemdump.formats.elf import KMD_NOTE_STACKS
@@ -84,6 +86,9 @@ class DumpOptions:
     stop: bool = True
     """Hold the target with SIGSTOP while copying, so the regions are one consistent picture."""
     stacks: bool = True
+    threads: float = 0.02
+    """Read each thread's scheduler state before the hold, measuring CPU use over this many seconds
+    (0: read the states without measuring; negative: do not read them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +181,7 @@ def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnap
     argv, exe, gone, captured_ns = job.argv, job.exe, job.gone, job.captured_ns
     stopped_by_us = False
     table_torn = False
+    threads, threads_taken = _threads(job, options)  # before the hold: a held thread looks idle
     if not gone and options.stop and not job.held:
         stopped_by_us = _stop(pid)
     held: Held = job.held or ("SIGSTOP" if stopped_by_us else "")
@@ -225,6 +231,8 @@ def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnap
         collector={"version": __version__, "pid": os.getpid()},
         arena=arena_state,
         death=job.death,
+        threads=threads,
+        threads_taken=threads_taken,
     )
     notes = [
         prpsinfo_note(pid, Path(exe or (argv or ("?",))[0]).name, " ".join(argv), "T" if held else "R"),
@@ -451,6 +459,20 @@ def _status(stored: int, size: int) -> Status:
     if stored == 0:
         return "unreadable"
     return "ok" if stored >= size else "partial"
+
+
+def _threads(job: _Job, options: DumpOptions) -> tuple[tuple[ThreadState, ...], str]:
+    """Every thread's scheduler state, read before anything holds the process, and when."""
+    if options.threads < 0:
+        return (), "not requested"
+    if job.gone:
+        return (), "process gone"
+    if job.held:
+        return (), f"the process was already held ({job.held}) when the collector came"
+    states = thread_states(job.pid, window=options.threads)
+    if not states:
+        return (), "the threads could not be read"
+    return states, "before the hold" if options.stop else "while the process ran"
 
 
 def _stacks(pid: int, options: DumpOptions, gone: bool) -> tuple[bytes | None, str]:

@@ -32,6 +32,7 @@ __all__ = [
     "RegionRecord",
     "Source",
     "Status",
+    "ThreadState",
     "decode_meta",
     "encode_meta",
     "signal_name",
@@ -164,6 +165,104 @@ class Death:
         return f"killed by {name}" + (f" ({', '.join(facts)})" if facts else "")
 
 
+_FUTEX_WAITS = frozenset({0, 9, 11})  # FUTEX_WAIT, FUTEX_WAIT_BITSET, FUTEX_WAIT_REQUEUE_PI
+_FUTEX_LOCK_PI = frozenset({6, 13})  # FUTEX_LOCK_PI, FUTEX_LOCK_PI2
+_WAITS = {
+    "futex": "waiting on a lock, a condition or a thread join",
+    "futex_waitv": "waiting on a lock, a condition or a thread join",
+    "poll": "waiting for I/O",
+    "ppoll": "waiting for I/O",
+    "select": "waiting for I/O",
+    "pselect6": "waiting for I/O",
+    "epoll_wait": "waiting for I/O",
+    "epoll_pwait": "waiting for I/O",
+    "epoll_pwait2": "waiting for I/O",
+    "read": "reading",
+    "recvfrom": "waiting for data",
+    "recvmsg": "waiting for data",
+    "accept": "waiting for a connection",
+    "accept4": "waiting for a connection",
+    "connect": "connecting",
+    "nanosleep": "sleeping (time.sleep)",
+    "clock_nanosleep": "sleeping (time.sleep)",
+    "wait4": "waiting for a child process",
+    "waitid": "waiting for a child process",
+    "flock": "waiting for a file lock",
+    "fcntl": "waiting for a file lock",
+}
+_STATES = {
+    "R": "running",
+    "S": "sleeping",
+    "D": "in uninterruptible wait",
+    "T": "stopped",
+    "t": "stopped by a tracer",
+    "Z": "a zombie",
+    "X": "dead",
+    "I": "idle",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadState:
+    """One thread as the collector saw it just before it held the process (``/proc/PID/task/TID``)."""
+
+    tid: int
+    name: str
+    """The thread's ``comm`` (what ``ps -L`` shows; Python names threads there only from 3.14)."""
+    state: str
+    """The state letter: R running, S sleeping, D uninterruptible, T stopped …"""
+    wchan: str = ""
+    """The kernel function the thread sleeps in ("" when running or unknown)."""
+    syscall: int | None = None
+    """The system call it is blocked in; -1 blocked outside one; None running in user space (or unknown)."""
+    syscall_name: str = ""
+    syscall_args: tuple[int, ...] = ()
+    cpu_ms: float | None = None
+    """Milliseconds on a CPU during the sampling window, when measured."""
+    window_ms: float | None = None
+
+    def with_cpu(self, cpu_ms: float, window_ms: float) -> ThreadState:
+        return ThreadState(
+            self.tid,
+            self.name,
+            self.state,
+            self.wchan,
+            self.syscall,
+            self.syscall_name,
+            self.syscall_args,
+            round(cpu_ms, 3),
+            round(window_ms, 3),
+        )
+
+    @property
+    def busy(self) -> bool:
+        """On a CPU most of the window (a thread spinning in a loop), or running when not measured."""
+        if self.cpu_ms is not None and self.window_ms:
+            return self.cpu_ms >= 0.5 * self.window_ms
+        return self.state == "R"
+
+    def describe(self) -> str:
+        """``running, 19.8 of 20 ms on a CPU`` or ``sleeping in futex: waiting on a lock, … (wchan …)``."""
+        cpu = ""
+        if self.cpu_ms is not None and self.window_ms:
+            cpu = f"{self.cpu_ms:.3g} of {self.window_ms:.3g} ms on a CPU"
+        state = _STATES.get(self.state, f"state {self.state}")
+        if self.syscall is not None and self.syscall >= 0:
+            name = self.syscall_name or f"syscall {self.syscall}"
+            what = _WAITS.get(name)
+            if name == "futex" and len(self.syscall_args) > 1:
+                op = self.syscall_args[1] & 0x7F
+                if op in _FUTEX_LOCK_PI:
+                    what = "waiting on a lock (priority-inheriting mutex)"
+                elif op not in _FUTEX_WAITS:
+                    what = None
+            text = f"{state} in {name}" + (f": {what}" if what else "")
+        else:
+            text = state
+        extras = [part for part in (f"wchan {self.wchan}" if self.wchan else "", cpu) if part]
+        return text + (f" ({', '.join(extras)})" if extras else "")
+
+
 @dataclass(frozen=True, slots=True)
 class DumpMeta:
     """Everything the dump says about itself besides the memory."""
@@ -200,6 +299,10 @@ class DumpMeta:
     "ok" (persistent regions were read from it), or why it could not be read."""
     death: Death | None = None
     """How the process ended, in a death dump (None in others, and in dumps of older versions)."""
+    threads: tuple[ThreadState, ...] = ()
+    """Each thread's scheduler state, read just before the process was held (see ``threads_taken``)."""
+    threads_taken: str = ""
+    """When ``threads`` were read: "before the hold", or why there are none ("process gone" …)."""
 
     @property
     def stored_bytes(self) -> int:
@@ -219,6 +322,7 @@ def encode_meta(meta: DumpMeta) -> bytes:
     body["regions"] = [asdict(r) for r in meta.regions]
     if meta.death is None:
         del body["death"]
+    body["threads"] = [asdict(t) for t in meta.threads]
     return json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION, **body}, sort_keys=True).encode()
 
 
@@ -249,6 +353,8 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "collector": dict,
     "arena": str,
     "death": dict,
+    "threads": list,
+    "threads_taken": str,
 }
 _REGION_FIELDS: dict[str, type] = {
     "id": int,
@@ -293,6 +399,8 @@ def decode_meta(data: bytes) -> DumpMeta:
     values["regions"] = tuple(_region(r, i) for i, r in enumerate(values["regions"]))
     if "death" in values:
         values["death"] = _death(values["death"])
+    if "threads" in values:
+        values["threads"] = tuple(_thread(t, i) for i, t in enumerate(values["threads"][:65536]))
     return DumpMeta(**values)
 
 
@@ -358,3 +466,36 @@ def _death(raw: dict[str, Any]) -> Death:
         if value is not None and not low <= value <= high:
             raise DumpFormatError("death record field out of range", field=key, value=value)
     return Death(**values)
+
+
+_THREAD_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "tid": int,
+    "name": str,
+    "state": str,
+    "wchan": str,
+    "syscall": _INT_OR_NULL,
+    "syscall_name": str,
+    "syscall_args": list,
+    "cpu_ms": (int, float, type(None)),
+    "window_ms": (int, float, type(None)),
+}
+
+
+def _thread(raw: Any, index: int) -> ThreadState:
+    if not isinstance(raw, dict):
+        raise DumpFormatError("thread record is not an object", index=index)
+    values: dict[str, Any] = {}
+    for key, kind in _THREAD_FIELDS.items():
+        if key not in raw:
+            if key in ("tid", "name", "state"):
+                raise DumpFormatError("thread record lacks a field", index=index, field=key)
+            continue
+        value = raw[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise DumpFormatError("thread record field of the wrong type", index=index, field=key)
+        values[key] = value
+    args = values.get("syscall_args", [])
+    if len(args) > 6 or not all(isinstance(a, int) and not isinstance(a, bool) for a in args):
+        raise DumpFormatError("thread record has malformed system call arguments", index=index)
+    values["syscall_args"] = tuple(args)
+    return ThreadState(**values)

@@ -1,0 +1,115 @@
+"""Each thread's scheduler state is read before the hold: a spinning thread is told from a blocked one."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from helpers_child import spawn_child
+from helpers_interpreters import request_dump
+from kmemdump.collector.threads import syscall_name
+from kmemdump.collector.threads import thread_states
+from kmemdump.formats.dumpmeta import ThreadState
+
+pytestmark = pytest.mark.slow
+
+# A spinning thread beside one blocked on a lock the main thread holds; the main thread says where
+# both are once the blocked one sits in lock.acquire() and the spinner has turned its loop.
+SPIN_AND_BLOCK = r"""
+import os, sys, threading, time
+import kmemdump
+report = kmemdump.init(table=True)
+lock = threading.Lock()
+lock.acquire()
+spinning = threading.Event()
+at = {}
+def spin():
+    turns = 0
+    while True:
+        turns += 1
+        if turns == 100_000:
+            spinning.set()
+def blocked():
+    at["line"] = sys._getframe().f_lineno + 1
+    lock.acquire()
+spinner = threading.Thread(target=spin, name="spinner", daemon=True)
+waiter = threading.Thread(target=blocked, name="waiter", daemon=True)
+spinner.start(); waiter.start()
+spinning.wait()
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    frame = sys._current_frames().get(waiter.ident)
+    if "line" in at and frame is not None and frame.f_lineno == at["line"]:
+        break
+    time.sleep(0.001)
+send({"table": report.table, "spinner": spinner.native_id, "waiter": waiter.native_id})
+block()
+"""
+
+
+def test_the_dump_tells_a_spinning_thread_from_a_blocked_one(
+    table_dir: Path, dump_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kmemdump.cli.main import main
+
+    with spawn_child(SPIN_AND_BLOCK) as child:
+        ready = child.recv()
+        result = request_dump(child.pid, ready["table"], dump_dir)
+    meta = result.meta
+    assert meta.threads_taken == "before the hold"
+    by_tid = {t.tid: t for t in meta.threads}
+    spinner, waiter = by_tid[ready["spinner"]], by_tid[ready["waiter"]]
+    # the spinner runs in user space: state R and no system call; the waiter sleeps in futex
+    assert spinner.state == "R" and spinner.syscall is None, spinner
+    assert waiter.state == "S" and waiter.syscall_name == "futex", waiter
+    assert waiter.cpu_ms is not None and waiter.window_ms is not None and waiter.cpu_ms < waiter.window_ms / 2
+    assert spinner.describe().startswith("running")
+    assert "waiting on a lock" in waiter.describe()
+
+    assert main(["show", str(result.path), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    states = {t["tid"]: t for t in document["dump"]["threads"]}
+    assert states[ready["spinner"]]["state"] == "R"
+    assert states[ready["waiter"]]["syscall_name"] == "futex"
+    assert main(["show", str(result.path), "--plain"]) == 0
+    text = capsys.readouterr().out
+    stacks = text.split("Python stacks (most recent call last)", 1)[1]
+    if document["stacks"]["state"] == "ok":  # py-spy installed: the states sit under each stack
+        spin_block = stacks.split('"spinner"', 1)[1].split("\nThread ", 1)[0]
+        wait_block = stacks.split('"waiter"', 1)[1].split("\nThread ", 1)[0]
+        assert "before the hold: running" in spin_block and "idle" not in spin_block.splitlines()[0]
+        assert "before the hold: sleeping in futex" in wait_block
+    else:
+        assert f"Thread {ready['spinner']} " in stacks and "running" in stacks
+
+
+def test_thread_states_of_this_process_and_of_a_gone_one() -> None:
+    stop = threading.Event()
+    sleeper = threading.Thread(target=stop.wait, name="sleeper")
+    sleeper.start()
+    try:
+        states = {t.tid: t for t in thread_states(__import__("os").getpid(), window=0)}
+    finally:
+        stop.set()
+        sleeper.join()
+    assert sleeper.native_id in states
+    assert states[sleeper.native_id].syscall_name == "futex"
+    assert states[sleeper.native_id].cpu_ms is None  # no window: not measured
+    assert thread_states(2**22 + 12345) == ()  # no such process
+
+
+def test_syscall_names_and_descriptions() -> None:
+    assert syscall_name(202, "x86_64") == "futex"
+    assert syscall_name(98, "aarch64") == "futex"
+    assert syscall_name(9999, "x86_64") == "syscall 9999"
+    sleeping = ThreadState(1, "t", "S", "hrtimer_nanosleep", 230, "clock_nanosleep", (1, 1, 0, 0, 0, 0))
+    assert (
+        sleeping.describe() == "sleeping in clock_nanosleep: sleeping (time.sleep) (wchan hrtimer_nanosleep)"
+    )
+    wake = ThreadState(2, "t", "S", "", 202, "futex", (0x1000, 1, 0, 0, 0, 0))  # FUTEX_WAKE: not a wait
+    assert wake.describe() == "sleeping in futex"
+    busy = ThreadState(3, "t", "R").with_cpu(19.5, 20.0)
+    assert busy.busy and busy.describe() == "running (19.5 of 20 ms on a CPU)"
