@@ -18,6 +18,8 @@ from kmemdump.cli.options import add_dump_options
 from kmemdump.cli.options import add_tables_option
 from kmemdump.cli.options import dump_options
 from kmemdump.cli.options import table_dirs
+from kmemdump.cli.ship import add_ship_options
+from kmemdump.cli.ship import start_shipper
 from kmemdump.collector.watch import AFTER_HANG
 from kmemdump.collector.watch import DEFAULT_MAX_DUMPS
 from kmemdump.collector.watch import Event
@@ -44,6 +46,7 @@ def prepare(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="hang dumps of one process before its later stalls are only logged (default: %(default)s)",
     )
+    add_ship_options(parser)
 
 
 def sd_notify(message: str) -> bool:
@@ -73,12 +76,18 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
+    def log_line(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
     def on_event(event: Event) -> None:
-        print(event.line(), file=sys.stderr, flush=True)
+        log_line(event.line())
+        if shipper is not None and event.dump is not None:
+            shipper.submit(event.dump.path)
 
     if args.max_dumps < 1:
         print("kmemdump watch: --max-dumps must be at least 1", file=sys.stderr)
         return 2
+    shipper = start_shipper(args, options.directory, log_line)
     watcher = Watcher(dirs, options, after_hang=args.after_hang, on_event=on_event, max_dumps=args.max_dumps)
     print(
         f"watching {', '.join(str(d) for d in dirs)}; dumps go to {options.directory}",
@@ -91,4 +100,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         sd_notify("STOPPING=1")
         watcher.close()
+        if shipper is not None:
+            shipper.stop()
     return 0
