@@ -7,6 +7,7 @@ every kind (credentials get fixed, buckets get created), but says which one it m
 from __future__ import annotations
 
 from kmemdump.errors import KmemdumpError
+from kmemdump.errors import MissingExtraError
 
 __all__ = [
     "ShipExtraMissingError",
@@ -23,10 +24,8 @@ class StoreError(KmemdumpError):
     """An object-store operation failed."""
 
 
-class ShipExtraMissingError(StoreError):
-    """The S3 client (obstore) is not installed."""
-
-    help = "Install it with: pip install 'kmemdump[ship]'"
+class ShipExtraMissingError(MissingExtraError, StoreError):
+    """The S3 client (obstore, the ``ship`` extra) is not installed."""
 
 
 class StoreURLError(StoreError, ValueError):

@@ -52,7 +52,8 @@ def require_client() -> Any:
         import obstore
     except ImportError as err:
         raise ShipExtraMissingError(
-            "object storage needs the 'ship' extra (obstore), which is not installed"
+            "object storage (s3://) needs obstore, which is not installed; "
+            "install it with: pip install 'kmemdump[ship]'"
         ) from err
     return obstore
 
