@@ -487,18 +487,19 @@ def test_ls_lists_newest_last_and_skips_bad_files(tmp_path: Path, capsys: pytest
     # THEN
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split()[:4] == ["TIME", "(UTC)", "PID", "REASON"]
+    assert lines[0].split()[:5] == ["#", "TIME", "(UTC)", "PID", "REASON"]
     assert [line.split()[-1] for line in lines[1:]] == ["b-older.core.zst", "a-newer.core"]
-    old = lines[1].split()
-    assert old[:2] == ["2027-01-15", "08:00:00.000"]
+    old = lines[1].split()[1:]
+    assert lines[1].split()[0] == "1" and lines[2].split()[0] == "2"  # the numbers other commands accept
+    assert old[:2] == ["2027-01-15", "08:00:00"]
     assert old[2:4] == ["111", "hang"]
     assert old[4] == str(len(older.meta.regions))
     assert " ".join(old[5:7]) == format_size(older.meta.stored_bytes)
     assert " ".join(old[7:10]) == format_size(older.path.stat().st_size) + " zst"
     assert old[10] == "partial"
     assert "python app.py --serve 'two words'" in lines[1]
-    assert lines[2].split()[2] == "222"
-    assert lines[2].split()[4] == str(len(newer.meta.regions))
+    assert lines[2].split()[3] == "222"
+    assert lines[2].split()[5] == str(len(newer.meta.regions))
     assert err.startswith(f"kmemdump: skipped {tmp_path / 'broken.core'}: ")
     assert "Traceback" not in err
 
@@ -513,6 +514,7 @@ def test_ls_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert doc["directory"] == str(tmp_path)
     (entry,) = doc["dumps"]
     assert entry == {
+        "index": 1,
         "path": str(built.path),
         "file_size": built.path.stat().st_size,
         "compressed": False,
@@ -823,7 +825,7 @@ def test_malformed_dumps_fail_cleanly(
 def test_missing_file_and_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(capsys, "show", str(tmp_path / "nope.core"))
     assert code == 1
-    assert err.startswith("kmemdump: error: cannot open")
+    assert err.startswith(f"kmemdump: error: no such dump: {tmp_path / 'nope.core'} does not exist")
     code, _, err = run_cli(capsys, "show", str(tmp_path))
     assert code == 1
     assert "this is a directory, not a dump" in err

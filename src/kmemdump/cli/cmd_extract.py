@@ -48,7 +48,7 @@ def prepare(parser: ArgumentParser) -> None:
 
 
 def run(args: Namespace) -> int:
-    with Dump.open(dump_path(args.dump)) as dump:
+    with Dump.open(dump_path(args.dump, args.dir)) as dump:
         record = dump.region(args.region)
         data = select_range(dump.region_bytes(record), args.offset, args.length, record.id)
     if args.output == "-":

@@ -25,7 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kmemdump.cli.options import add_dump_argument
+from kmemdump.cli.options import DUMP_HELP
+from kmemdump.cli.options import add_dump_dir_option
 from kmemdump.cli.options import dump_path
 from kmemdump.errors import DumpFormatError
 from kmemdump.errors import KmemdumpError
@@ -44,6 +45,7 @@ class GdbMissingError(KmemdumpError):
 
 
 def _add_options(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    add_dump_dir_option(parser, default)
     parser.add_argument(
         "--gdb",
         default="gdb" if default is None else default,
@@ -65,7 +67,7 @@ def _add_options(parser: argparse.ArgumentParser, default: Any = None) -> None:
 
 
 def prepare(parser: argparse.ArgumentParser) -> None:
-    add_dump_argument(parser)
+    parser.add_argument("dump", metavar="DUMP", help=DUMP_HELP)
     _add_options(parser)
     parser.add_argument(
         "gdb_args",
@@ -98,7 +100,7 @@ def gdb_command(gdb: str, core: Path, exe: str | None, extra: list[str]) -> list
 
 def run(args: argparse.Namespace) -> int:
     args, extra = _split_arguments(args)
-    path = dump_path(args.dump)
+    path = dump_path(args.dump, args.dir)
     gdb = args.gdb
     if not args.print_command:
         found = shutil.which(gdb)

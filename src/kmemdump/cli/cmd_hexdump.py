@@ -36,7 +36,7 @@ def prepare(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with Dump.open(dump_path(args.dump)) as dump:
+    with Dump.open(dump_path(args.dump, args.dir)) as dump:
         record = dump.region(args.region)
         data = select_range(dump.region_bytes(record), args.offset, args.length, record.id)
     start = record.address + args.offset

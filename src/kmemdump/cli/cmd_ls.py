@@ -1,17 +1,28 @@
-"""List the dumps in a directory, oldest first and newest last.
+"""List dumps, oldest first and newest last (the latest right above the prompt), numbered.
 
-One line per dump: capture time (UTC), pid, reason, regions, bytes of memory stored, file size,
-whether it is partial, and the command line. Files that are not readable dumps are skipped with a
-warning on stderr. DIR defaults to $KMEMDUMP_DUMPS, else ~/.local/state/kmemdump/dumps.
+One line per dump: its number, capture time (UTC), pid, reason, regions, bytes of memory stored,
+file size, whether it is complete, the command line and the file name. The number (the # column),
+'latest' and pid:PID name a dump in every other command:
+
+    kmemdump show latest        kmemdump show 3        kmemdump hexdump pid:4242 BANNER
+
+Numbers count from the oldest dump of the directory, whatever the filters show, so they stay the
+same until a dump is added before them or removed. On a terminal the table is fitted to its width
+(the file name is left out first: the number stands for it); piped or with --plain every column is
+printed whole. Files that are not readable dumps are reported on stderr and left out. DIR defaults
+to $KMEMDUMP_DUMPS, else ~/.local/state/kmemdump/dumps; it may also be a single dump file.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from pathlib import Path
 
 from kmemdump.cli.options import default_dump_dir
+from kmemdump.cli.options import pid_number
 from kmemdump.cli.render import Column
 from kmemdump.cli.render import Output
 from kmemdump.cli.render import format_size
@@ -19,22 +30,72 @@ from kmemdump.cli.render import format_time
 from kmemdump.cli.render import json_text
 from kmemdump.cli.render import progress
 from kmemdump.errors import KmemdumpError
+from kmemdump.inspect.dumpfile import CatalogEntry
 from kmemdump.inspect.dumpfile import DumpSummary
-from kmemdump.inspect.dumpfile import list_dumps
+from kmemdump.inspect.dumpfile import catalog
+from kmemdump.inspect.dumpfile import summarize
 
-__all__ = ["prepare", "run"]
+__all__ = ["EPILOG", "parse_when", "prepare", "run"]
+
+EPILOG = """\
+WHEN is a UTC date or time as ls prints it ('2026-11-27', '2026-11-27 09:49', '2026-11-27T09:49:45'),
+'today', 'yesterday', or a time ago: '30s', '15m', '2h', '3d', '1w'.
+
+exit status: 0 (also when there are no dumps, or some files are not dumps); 1 the directory cannot be read;
+2 bad usage
+
+--json prints {"directory", "dumps": [{"index", "path", "file_size", "compressed", "captured_ns", "reason",
+"pid", "start_time", "command", "exe", "regions", "stored_bytes", "partial", "stacks"}], "skipped":
+[{"path", "error"}]}.
+"""
 
 _COLUMNS = (
+    Column("#", right=True, wrap=False),
     Column("TIME (UTC)", wrap=False),
     Column("PID", right=True, wrap=False),
-    Column("REASON"),
-    Column("REGIONS", right=True, wrap=False),
-    Column("STORED", right=True, wrap=False),
-    Column("FILE", right=True, wrap=False),
-    Column("STATE"),
-    Column("COMMAND"),
-    Column("DUMP"),
+    Column("REASON", wrap=False),
+    Column("REGIONS", right=True, wrap=False, drop=3),
+    Column("STORED", right=True, wrap=False, drop=4),
+    Column("FILE", right=True, wrap=False, drop=2),
+    Column("STATE", wrap=False),
+    Column("COMMAND", min_width=20),
+    Column("DUMP", wrap=False, drop=1),
 )
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_when(text: str, now: float | None = None) -> int:
+    """A moment as wall-clock nanoseconds: a UTC date/time, 'today', 'yesterday', or '2h' (ago)."""
+    from datetime import datetime
+    from datetime import timedelta
+    from datetime import timezone
+
+    raw = text.strip().lower()
+    current = time.time() if now is None else now
+    if raw[:-1].replace(".", "", 1).isdigit() and raw[-1:] in _UNITS:
+        return int((current - float(raw[:-1]) * _UNITS[raw[-1]]) * 1e9)
+    midnight = datetime.fromtimestamp(current, tz=timezone.utc).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    if raw in ("today", "yesterday"):
+        moment = midnight - timedelta(days=1 if raw == "yesterday" else 0)
+        return int(moment.timestamp()) * 1_000_000_000
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace(" UTC", "").removesuffix("Z"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (e.g. '2026-11-27 09:49', 'today', '2h')"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)  # ls prints UTC
+    return int(parsed.timestamp() * 1e9)
+
+
+def _count(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
+    return int(text)
 
 
 def prepare(parser: argparse.ArgumentParser) -> None:
@@ -47,8 +108,37 @@ def prepare(parser: argparse.ArgumentParser) -> None:
         help="directory of dumps, or one dump file (default: $KMEMDUMP_DUMPS or "
         "~/.local/state/kmemdump/dumps)",
     )
+    parser.add_argument(
+        "--pid", type=pid_number, action="append", metavar="PID", help="only this process's dumps"
+    )
+    parser.add_argument(
+        "--reason",
+        action="append",
+        metavar="REASON",
+        help="only dumps taken for this reason: hang, death or request (repeatable)",
+    )
+    parser.add_argument(
+        "--since", type=parse_when, metavar="WHEN", help="only dumps captured at or after WHEN"
+    )
+    parser.add_argument("--until", type=parse_when, metavar="WHEN", help="only dumps captured before WHEN")
+    parser.add_argument(
+        "-n", "--last", type=_count, metavar="N", help="only the N most recent dumps (after the filters)"
+    )
+    parser.add_argument("-r", "--reverse", action="store_true", help="newest first")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
-    parser.add_argument("--plain", action="store_true", help="plain text even on a terminal")
+    parser.add_argument(
+        "--plain", action="store_true", help="plain text, every column whole, even on a terminal"
+    )
+
+
+def _wanted(entry: CatalogEntry, args: argparse.Namespace) -> bool:
+    if args.pid and entry.pid not in args.pid:
+        return False
+    if args.reason and entry.reason not in args.reason:
+        return False
+    if args.since is not None and entry.captured_ns < args.since:
+        return False
+    return args.until is None or entry.captured_ns < args.until
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,35 +150,52 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"kmemdump: skipped {path}: {err}", file=sys.stderr)
 
-    dumps = list_dumps(directory, on_error=on_error, iterate=lambda files: progress(files, "reading dumps"))
+    entries = [entry for entry in catalog(directory, on_error=on_error) if _wanted(entry, args)]
+    if args.last:
+        entries = entries[-args.last :]
+    listed: list[tuple[int, DumpSummary]] = []
+    for entry in progress(entries, "reading dumps"):
+        try:
+            listed.append((entry.index, summarize(entry.path)))
+        except KmemdumpError as err:
+            on_error(entry.path, err)
+    if args.reverse:
+        listed.reverse()
     if args.json:
-        print(
-            json_text(
-                {
-                    "directory": str(directory),
-                    "dumps": [summary.to_json() for summary in dumps],
-                    "skipped": [{"path": str(path), "error": str(err)} for path, err in skipped],
-                }
-            )
-        )
+        document = {
+            "directory": str(directory),
+            "dumps": [{"index": index, **summary.to_json()} for index, summary in listed],
+            "skipped": [{"path": str(path), "error": str(err)} for path, err in skipped],
+        }
+        print(json_text(document))
         return 0
-    if not dumps:
-        where = "" if directory.exists() else " (it does not exist)"
-        print(f"no dumps in {directory}{where}", file=sys.stderr)
+    if not listed:
+        filtered = " matching the filters" if any((args.pid, args.reason, args.since, args.until)) else ""
+        where = "" if os.path.exists(directory) else " (it does not exist)"
+        print(f"no dumps{filtered} in {directory}{where}", file=sys.stderr)
         return 0
-    Output(plain=args.plain).table(_COLUMNS, [_row(summary) for summary in dumps])
+    Output(plain=args.plain).table(_COLUMNS, [_row(index, summary) for index, summary in listed])
     return 0
 
 
-def _row(summary: DumpSummary) -> list[str]:
+def _row(index: int, summary: DumpSummary) -> list[str]:
     return [
-        format_time(summary.captured_ns)[:-4],  # the table header says UTC
+        str(index),
+        format_time(summary.captured_ns)[:-8],  # to the second; the header says UTC
         str(summary.pid),
         summary.reason,
         str(summary.regions),
         format_size(summary.stored_bytes),
         format_size(summary.file_size) + (" zst" if summary.compressed else ""),
         "partial" if summary.partial else "complete",
-        summary.command,
+        _short_command(summary.command),
         summary.path.name,
     ]
+
+
+def _short_command(command: str) -> str:
+    """The command line with its program's directory left out (``python3 app.py``, as ps shows it)."""
+    program, space, rest = command.partition(" ")
+    if "/" in program and not program.startswith(("'", '"')):
+        program = program.rsplit("/", 1)[1] or program
+    return program + space + rest

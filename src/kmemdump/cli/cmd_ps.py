@@ -40,8 +40,8 @@ _COLUMNS = (
     Column("TIMEOUT", right=True, wrap=False),
     Column("REGIONS", right=True, wrap=False),
     Column("BYTES", right=True, wrap=False),
-    Column("ARENA", right=True, wrap=False),
-    Column("COMMAND"),
+    Column("ARENA", right=True, wrap=False, drop=1),
+    Column("COMMAND", min_width=12),
 )
 
 

@@ -47,16 +47,16 @@ MAX_VALUE_LINES = 40
 """Text output shows at most this many lines of one decoded value (--json has everything)."""
 MAX_MISSING = 8
 
-_REGION_COLUMNS = (
+_REGION_COLUMNS = (  # on a narrow terminal SOURCE, then SIZE, then ADDRESS make way
     Column("ID", right=True, wrap=False),
-    Column("LABEL"),
-    Column("NAME"),
-    Column("KIND"),
-    Column("ADDRESS", wrap=False),
-    Column("SIZE", right=True, wrap=False),
+    Column("LABEL", wrap=False),
+    Column("NAME", min_width=10),
+    Column("KIND", wrap=False),
+    Column("ADDRESS", wrap=False, drop=3),
+    Column("SIZE", right=True, wrap=False, drop=2),
     Column("STORED", right=True, wrap=False),
-    Column("SOURCE", wrap=False),
-    Column("STATUS"),
+    Column("SOURCE", wrap=False, drop=1),
+    Column("STATUS", min_width=10),
 )
 
 _REASONS = {
@@ -79,7 +79,7 @@ def prepare(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with Dump.open(dump_path(args.dump)) as dump:
+    with Dump.open(dump_path(args.dump, args.dir)) as dump:
         decoded = {r.id: dump.decode_region(r) for r in dump.meta.regions} if args.decode else {}
         if args.json:
             print(json_text(document(dump, decoded if args.decode else None)))

@@ -11,11 +11,15 @@ if TYPE_CHECKING:
     from kmemdump.collector.dump import DumpOptions
 
 from kmemdump.errors import CollectorError
+from kmemdump.errors import KmemdumpError
 from kmemdump.errors import UnreadableMemoryError
 
 __all__ = [
     "DEFAULT_BUDGET",
+    "DUMP_HELP",
+    "NoSuchDumpError",
     "add_dump_argument",
+    "add_dump_dir_option",
     "add_dump_options",
     "add_range_options",
     "add_tables_option",
@@ -181,22 +185,95 @@ def dump_options(args: argparse.Namespace) -> DumpOptions:
 # --- the inspector commands: which dump, which bytes of a region ------------------------------
 
 
-def add_dump_argument(parser: argparse.ArgumentParser) -> None:
-    """The DUMP positional every inspector command takes."""
-    parser.add_argument(
-        "dump",
-        type=Path,
-        metavar="DUMP",
-        help="a dump file (.core or .core.zst); a bare name is also looked up in the default dump directory",
+class NoSuchDumpError(KmemdumpError):
+    """A DUMP argument names no dump: no such file, no such number, no dump of that pid."""
+
+    help = (
+        "DUMP is a path, a file name in the dump directory, 'latest', a number from the # column of\n"
+        "'kmemdump ls', or pid:PID (that process's latest dump). 'kmemdump ls' lists the dumps."
     )
 
 
-def dump_path(given: Path) -> Path:
-    """``given``, or the file of that name in the default dump directory when only that exists."""
-    if given.exists() or given.parent != Path("."):
-        return given
-    candidate = default_dump_dir() / given
-    return candidate if candidate.is_file() else given
+DUMP_HELP = (
+    "a dump: a path, a file name in the dump directory, 'latest', the number 'kmemdump ls' shows, "
+    "or pid:PID (that process's latest dump)"
+)
+
+
+def add_dump_argument(parser: argparse.ArgumentParser) -> None:
+    """The DUMP positional every inspector command takes, and --dir for where names and numbers point."""
+    parser.add_argument("dump", metavar="DUMP", help=DUMP_HELP)
+    add_dump_dir_option(parser)
+
+
+def add_dump_dir_option(parser: argparse.ArgumentParser, default: object = None) -> None:
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=default,
+        metavar="DIR",
+        help="the dump directory that names, numbers, 'latest' and pid:PID refer to "
+        "(default: $KMEMDUMP_DUMPS or ~/.local/state/kmemdump/dumps)",
+    )
+
+
+def dump_path(given: str | os.PathLike[str], directory: Path | None = None) -> Path:
+    """The dump file a DUMP argument means (see :data:`DUMP_HELP`); :class:`NoSuchDumpError` if none.
+
+    An existing file wins; then the handles ``latest``, ``N`` and ``pid:PID``; then a bare name in
+    the dump directory. A path in a directory this user cannot enter is a clear error, not a crash.
+    """
+    text = os.fspath(given)
+    path = Path(text)
+    try:
+        os.stat(path)
+        return path
+    except PermissionError as err:
+        raise NoSuchDumpError(
+            f"permission denied: this user cannot enter the directory holding {path.name} "
+            "(ask for read access to it, e.g. through its group, or run as its owner)",
+            path=text,
+        ) from err
+    except (OSError, ValueError):  # not there (or not a valid path): maybe a handle or a bare name
+        pass
+    where = directory if directory is not None else default_dump_dir()
+    if text in ("latest", "last") or (text.isascii() and text.isdigit()) or text.startswith("pid:"):
+        return _handle(text, where)
+    if os.sep not in text:
+        candidate = where / text
+        try:
+            os.stat(candidate)
+            return candidate
+        except OSError:
+            pass
+        raise NoSuchDumpError(f"no such dump: {text} is neither a file here nor one in {where}", path=text)
+    raise NoSuchDumpError(f"no such dump: {text} does not exist", path=text)
+
+
+def _handle(text: str, where: Path) -> Path:
+    from kmemdump.inspect.dumpfile import catalog
+
+    entries = catalog(where, on_error=lambda path, err: None)
+    if not entries:
+        raise NoSuchDumpError(f"there are no dumps in {where}", path=str(where))
+    if text in ("latest", "last"):
+        return entries[-1].path
+    if text.isascii() and text.isdigit():
+        number = int(text)
+        if not 1 <= number <= len(entries):
+            raise NoSuchDumpError(
+                f"no dump number {number}: 'kmemdump ls' numbers the {len(entries)} dumps of {where} "
+                f"1 to {len(entries)}",
+                path=str(where),
+            )
+        return entries[number - 1].path
+    pid = text.removeprefix("pid:")
+    if not (pid.isascii() and pid.isdigit()):
+        raise NoSuchDumpError(f"not a pid: {text!r} (pid:PID, e.g. pid:4242)")
+    mine = [entry for entry in entries if entry.pid == int(pid)]
+    if not mine:
+        raise NoSuchDumpError(f"no dump of pid {pid} in {where}", path=str(where))
+    return mine[-1].path
 
 
 def add_range_options(parser: argparse.ArgumentParser) -> None:

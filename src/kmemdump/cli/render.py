@@ -39,6 +39,7 @@ __all__ = [
     "format_time",
     "hexdump_lines",
     "json_text",
+    "printable",
     "progress",
     "rich_installed",
     "terminal_width",
@@ -47,6 +48,18 @@ __all__ = [
 
 PROGRESS_THRESHOLD = 32
 """Fewer items than this finish before a bar would be worth drawing."""
+
+
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_CONTROLS.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"})
+_CONTROLS_BUT_NEWLINE = {c: text for c, text in _CONTROLS.items() if c != 0x0A}
+
+
+def printable(text: str, *, newlines: bool = False) -> str:
+    """``text`` with control characters (escape sequences, carriage returns, and newlines unless
+    ``newlines``) written as backslash escapes: what a process or a dump holds never drives the
+    terminal nor breaks a table's lines."""
+    return text.translate(_CONTROLS_BUT_NEWLINE if newlines else _CONTROLS)
 
 
 def wants_rich(stream: IO[str], plain: bool = False) -> bool:
@@ -167,8 +180,8 @@ class Column:
 
     ``wrap`` columns (free text: names, commands, reasons) are cut to fit, with an ellipsis, down to
     ``min_width``; the others (numbers, addresses, times) keep their width. When even that is too
-    wide, the columns with a ``drop`` rank are left out, the highest rank first; a column without one
-    is always shown.
+    wide, the columns with a ``drop`` rank are left out, rank 1 first; a column without one is always
+    shown.
     """
 
     header: str
@@ -200,7 +213,7 @@ def fit_columns(
     def total(widths: Sequence[int], indices: Sequence[int]) -> int:
         return sum(widths[i] for i in indices) + SEPARATOR * (len(indices) - 1)
 
-    droppable = sorted((c.drop, i) for i, c in enumerate(columns) if c.drop)
+    droppable = sorted(((c.drop, i) for i, c in enumerate(columns) if c.drop), reverse=True)
     while total(narrowest, shown) > width and droppable:
         shown.remove(droppable.pop()[1])
     widths = {i: natural[i] for i in shown}
@@ -284,6 +297,7 @@ class Output:
         return self._console
 
     def line(self, text: str = "") -> None:
+        text = printable(text, newlines=True)
         if self.fancy:
             self.console.print(text, soft_wrap=True)
         else:
@@ -304,8 +318,9 @@ class Output:
         if not rows:
             return
         width = max(len(label) for label, _ in rows) + 1
-        for label, value in rows:
+        for label, raw in rows:
             head = f"{label + ':':<{width}}"
+            value = printable(raw)
             if self.fancy:
                 from rich.text import Text
 
@@ -316,6 +331,7 @@ class Output:
     def table(
         self, columns: Sequence[Column], rows: Sequence[Sequence[str]], *, title: str | None = None
     ) -> None:
+        rows = [[printable(cell) for cell in row] for row in rows]
         if self.width is None:
             layout = list(enumerate(_natural_widths(columns, rows)))
         else:
@@ -362,4 +378,6 @@ class Output:
             )
         for row in rows:
             table.add_row(*(Text(cell) for cell in row))
-        self.console.print(table)
+        # a table wider than the terminal (its essential columns alone) overflows rather than being squeezed
+        needed = sum(widths) + SEPARATOR * (len(widths) - 1)
+        self.console.print(table, width=max(needed, self.width or 0) if self.width else None)

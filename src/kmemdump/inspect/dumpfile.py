@@ -6,8 +6,9 @@ core image carrying a valid ``KMEMDUMP`` metadata note) and raises
 (the PYCOREINFO layout, the stacks note, a region's bytes) do not stop the inspection: the dump
 records why they are unavailable, and the commands say so.
 
-:func:`list_dumps` summarises every dump of a directory, reporting (not raising on) files it
-cannot read.
+:func:`catalog` numbers the dumps of a directory, oldest first, from their file names alone (the
+numbers ``kmemdump ls`` shows and the other commands accept); :func:`list_dumps` summarises them,
+reporting (not raising on) files it cannot read.
 """
 
 from __future__ import annotations
@@ -48,12 +49,15 @@ from kmemdump.memory.core import CoreImage
 
 __all__ = [
     "DUMP_SUFFIXES",
+    "CatalogEntry",
     "DecodedRegion",
     "Dump",
     "DumpSummary",
+    "catalog",
     "dump_files",
     "kind_name",
     "list_dumps",
+    "parse_dump_name",
     "summarize",
 ]
 
@@ -417,20 +421,99 @@ def dump_files(directory: str | os.PathLike[str]) -> list[Path]:
     A path to a single file is returned as it is. A missing directory holds no dumps.
     """
     where = Path(directory)
-    if where.is_file():
-        return [where]
     try:
+        if where.is_file():
+            return [where]
         entries = list(os.scandir(where))
     except FileNotFoundError:
         return []
     except OSError as err:
         raise DumpFormatError(f"cannot list the dump directory: {err.strerror}", path=str(where)) from err
-    found = [
-        Path(entry.path)
-        for entry in entries
-        if not entry.name.startswith(".") and entry.name.endswith(DUMP_SUFFIXES) and entry.is_file()
-    ]
+    found = []
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.name.endswith(DUMP_SUFFIXES):
+            continue
+        try:
+            if entry.is_file():
+                found.append(Path(entry.path))
+        except OSError:
+            continue
     return sorted(found)
+
+
+def parse_dump_name(name: str) -> tuple[int, int, str] | None:
+    """``(pid, captured_ns, reason)`` from a name kmemdump writes
+    (``kmemdump-PID-STARTTIME-REASON-YYYYmmddTHHMMSS.ffffffZ.core[.zst]``); None for any other name."""
+    stem = name.removesuffix(".zst").removesuffix(".core")
+    parts = stem.split("-")
+    if len(parts) != 5 or parts[0] != "kmemdump" or stem == name:
+        return None
+    _, pid, start, reason, stamp = parts
+    if not (pid.isascii() and pid.isdigit() and start.isascii() and start.isdigit() and reason.isalpha()):
+        return None
+    if len(stamp) != 23 or stamp[8] != "T" or stamp[15] != "." or stamp[-1] != "Z":
+        return None
+    digits = stamp[:8] + stamp[9:15] + stamp[16:22]
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    import calendar
+
+    try:
+        moment = (int(stamp[0:4]), int(stamp[4:6]), int(stamp[6:8]), int(stamp[9:11]), int(stamp[11:13]))
+        seconds = int(stamp[13:15])
+        if not (1 <= moment[1] <= 12 and 1 <= moment[2] <= 31 and moment[3] < 24 and moment[4] < 60):
+            return None
+        if seconds > 60:
+            return None
+        epoch = calendar.timegm((*moment, seconds, 0, 0, 0))
+    except (ValueError, OverflowError):
+        return None
+    return int(pid), epoch * 1_000_000_000 + int(stamp[16:22]) * 1000, reason
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    """One dump of a directory, as far as its name (or, for another name, its metadata) tells."""
+
+    index: int
+    """1 for the oldest capture; the number ``kmemdump ls`` shows and every DUMP argument accepts."""
+    path: Path
+    captured_ns: int
+    pid: int
+    reason: str
+
+
+def catalog(
+    directory: str | os.PathLike[str],
+    *,
+    on_error: Callable[[Path, KmemdumpError], None] | None = None,
+) -> list[CatalogEntry]:
+    """The dumps of ``directory``, oldest capture first, numbered from 1.
+
+    Names kmemdump writes carry the pid, reason and capture time, so listing a directory opens no
+    dump; a file of another name is opened for its metadata (and passed to ``on_error``, or logged,
+    when it cannot be read: it gets no number).
+    """
+    known: list[tuple[int, str, Path, int, str]] = []
+    for path in dump_files(directory):
+        parsed = parse_dump_name(path.name)
+        if parsed is None:
+            try:
+                summary = summarize(path)
+            except KmemdumpError as err:
+                if on_error is None:
+                    log.warning("skipped %s: %s", path, err)
+                else:
+                    on_error(path, err)
+                continue
+            parsed = (summary.pid, summary.captured_ns, summary.reason)
+        pid, captured_ns, reason = parsed
+        known.append((captured_ns, path.name, path, pid, reason))
+    known.sort(key=lambda item: (item[0], item[1]))
+    return [
+        CatalogEntry(index, path, captured_ns, pid, reason)
+        for index, (captured_ns, _, path, pid, reason) in enumerate(known, start=1)
+    ]
 
 
 def summarize(path: str | os.PathLike[str]) -> DumpSummary:
@@ -445,12 +528,12 @@ def list_dumps(
     on_error: Callable[[Path, KmemdumpError], None] | None = None,
     iterate: Callable[[Sequence[Path]], Iterable[Path]] | None = None,
 ) -> list[DumpSummary]:
-    """Summaries of the dumps in ``directory``, oldest capture first.
+    """Summaries of the dumps in ``directory``, oldest capture first (the order of :func:`catalog`).
 
     Files that cannot be read as dumps are left out and passed to ``on_error`` (logged as warnings
     when it is None). ``iterate`` wraps the file list, e.g. with a progress bar.
     """
-    files = dump_files(directory)
+    files = [entry.path for entry in catalog(directory, on_error=on_error)]
     summaries: list[DumpSummary] = []
     for path in iterate(files) if iterate is not None else files:
         try:
@@ -460,5 +543,4 @@ def list_dumps(
                 log.warning("skipped %s: %s", path, err)
             else:
                 on_error(path, err)
-    summaries.sort(key=lambda s: (s.captured_ns, s.path.name))
     return summaries
