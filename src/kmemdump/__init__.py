@@ -52,6 +52,7 @@ from kmemdump.producer.api import regions
 from kmemdump.producer.api import register
 from kmemdump.producer.api import register_object
 from kmemdump.producer.api import replace
+from kmemdump.producer.api import shutdown
 from kmemdump.producer.api import static
 from kmemdump.producer.api import unregister
 from kmemdump.producer.backends.base import Backend
@@ -112,6 +113,7 @@ __all__ = [
     "register",
     "register_object",
     "replace",
+    "shutdown",
     "start_feeder",
     "static",
     "stop_feeder",

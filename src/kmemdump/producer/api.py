@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ from kmemdump.producer.annotations import Annotation
 from kmemdump.producer.annotations import caller_origin
 from kmemdump.producer.annotations import section
 from kmemdump.producer.backends.base import Backend
+from kmemdump.producer.forksafe import fork_safe_lock
+from kmemdump.producer.heartbeat import stop_feeder
 from kmemdump.producer.region import Region
 from kmemdump.producer.registry import Registry
 from kmemdump.producer.registry import SwapReport
@@ -47,6 +48,7 @@ __all__ = [
     "register",
     "register_object",
     "replace",
+    "shutdown",
     "static",
     "unregister",
 ]
@@ -242,11 +244,13 @@ class InitReport:
 
 
 class _InitState:
-    """Whether the first :func:`init` has run, and the lock that makes it run once."""
+    """Whether the first :func:`init` has run, in which process, and the lock that makes it run once."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = fork_safe_lock()
         self.done = False
+        self.pid = 0
+        """The process the banner was made for (a forked child re-arms: its own pid, its own argv)."""
 
 
 _init = _InitState()
@@ -263,6 +267,7 @@ def init(
     banner: bool = True,
     pycoreinfo: bool = True,
     entry_points: bool = True,
+    stop_signals: bool = True,
 ) -> InitReport:
     """Set kmemdump up for this process. Safe to call more than once.
 
@@ -275,7 +280,16 @@ def init(
     table on the first ``alloc(..., persistent=True)``, or by ``table=True``, which moves the banner
     into it so that even the dump of a killed process says which process it was; it can be set
     until the arena exists.
+    With ``table=True`` a graceful stop is not taken for a death: where SIGTERM and SIGINT still
+    have their default disposition, a handler removes the table and the arena, then lets the
+    signal end the process as before (``stop_signals=False`` leaves the signals alone; see
+    :mod:`kmemdump.producer.stopping`).
     Later calls only add what earlier ones did not enable.
+
+    In a forked child (``os.fork``, a ``multiprocessing`` or gunicorn worker) the parent's table,
+    watchdog and feeder are not inherited; the child's first call re-arms it: a banner with the
+    child's own pid and argv, and its own table and watchdog when asked for. A child that does not
+    call it publishes nothing.
     """
     failures: list[tuple[str, str]] = []
     with _init.lock:
@@ -283,6 +297,9 @@ def init(
             from kmemdump.producer import arena as _arena  # checked first: a bad size changes nothing
 
             _arena.configure(size=arena_size, directory=directory if table else None)
+        if _init.done and _init.pid != os.getpid() and banner and ID.BANNER in _registry:
+            _register_banner()  # a forked child: its own pid and argv (moved to its own arena below)
+        _init.pid = os.getpid()
         first = not _init.done
         if first and capacity is not None:
             _registry.set_capacity(capacity)
@@ -295,6 +312,7 @@ def init(
             _persist_banner(failures)
         if table:
             _check_dumpable(failures)
+            _on_stop_and_end(stop_signals)
         if watchdog is not None:
             _heartbeat.set_watchdog(watchdog)
         if feeder:
@@ -302,6 +320,44 @@ def init(
     if walked is not None:
         failures.extend(walked.failed)
     return InitReport(banner_id, info_id, walked.registered if walked else (), tuple(failures), table_path)
+
+
+def shutdown() -> None:
+    """Remove this process's table and persistent arena now, as a clean exit would.
+
+    What follows is not a death for a collector: call it before ``os._exit`` (which skips the
+    ``atexit`` hook that does this on a normal exit). ``multiprocessing`` children are taken care
+    of without it. Registration goes on working (into no table); ``init(table=True)`` publishes a
+    new table.
+    """
+    stop_feeder()
+    backend = _registry.current_backend()
+    from kmemdump.producer.backends.table import SharedTableBackend
+
+    if isinstance(backend, SharedTableBackend):
+        backend.close()
+    arena = _current_arena()
+    if arena is not None:
+        arena.remove_file()
+
+
+def _remove_for_stop() -> None:
+    """A stop signal's cleanup: no lock taken (the interrupted code may hold one), the process ends next."""
+    backend = _registry.current_backend()
+    remove = getattr(backend, "remove_for_stop", None)
+    if callable(remove):
+        remove()
+    arena = _current_arena()
+    if arena is not None:
+        arena.remove_file()
+
+
+def _on_stop_and_end(stop_signals: bool) -> None:
+    from kmemdump.producer import stopping
+
+    if stop_signals:
+        stopping.install(_remove_for_stop)
+    stopping.at_process_end(shutdown)
 
 
 def _check_dumpable(failures: list[tuple[str, str]]) -> None:
@@ -367,7 +423,9 @@ def _ensure_table(directory: str | os.PathLike[str] | None) -> str:
     from kmemdump.producer.backends.table import SharedTableBackend
 
     current = _registry.current_backend()
-    if isinstance(current, SharedTableBackend):
+    if isinstance(current, SharedTableBackend) and not current.closed:
+        if not current.published:  # a forked child: the parent's table was left to the parent
+            return str(current.reopen_for_child())
         return str(current.path)
     backend = SharedTableBackend(directory, capacity=_registry.capacity)
     report = backend_register(backend)

@@ -38,6 +38,7 @@ from kmemdump.formats.arena import HEADER_SIZE
 from kmemdump.formats.arena import arena_file_size
 from kmemdump.formats.arena import check_arena_size
 from kmemdump.formats.arena import pack_header
+from kmemdump.producer.forksafe import fork_safe_lock
 from kmemdump.producer.sharedfile import ARENAS_STAGE
 from kmemdump.producer.sharedfile import create_mapped
 from kmemdump.producer.sharedfile import live_paths
@@ -170,7 +171,7 @@ class Arena:
 
         self.size = check_arena_size(size)
         self.directory = Path(directory) if directory is not None else default_dir()
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock()
         self._alloc = FirstFit(self.size)
         self._blocks: dict[int, Block] = {}  # offset -> block
         self._by_view: dict[int, int] = {}  # id(view) -> offset
@@ -313,7 +314,7 @@ class _State:
     __slots__ = ("arena", "directory", "lock", "size")
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = fork_safe_lock()
         self.size = DEFAULT_ARENA_SIZE
         self.directory: Path | None = None
         self.arena: Arena | None = None
@@ -368,7 +369,6 @@ def _at_exit() -> None:
 def _after_fork_in_child() -> None:
     # The inherited arena maps the parent's file: the child must neither allocate in it nor remove
     # it. Its first persistent allocation creates an arena of its own.
-    _state.lock = threading.Lock()
     _state.arena = None
     live_paths.clear()
 

@@ -26,6 +26,7 @@ from typing import cast
 
 from kmemdump.formats.table import HEADER_SIZE
 from kmemdump.formats.table import make_feed
+from kmemdump.producer.forksafe import fork_safe_lock
 
 if TYPE_CHECKING:
     from kmemdump.formats.table import TableWriter
@@ -95,7 +96,7 @@ class _State:
     __slots__ = ("backend", "feeder", "lock", "timeout_ns")
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = fork_safe_lock()
         self.backend: Beating | None = None
         self.timeout_ns = 0
         self.feeder: Feeder | None = None
@@ -276,9 +277,11 @@ def stop_feeder() -> None:
 
 def _after_fork_in_child() -> None:
     # The child has no feeder thread, and its inherited mapping is the parent's table: feeding
-    # it would beat the parent's heart. The owner re-attaches once it publishes a table.
-    _state.lock = threading.Lock()
+    # it would beat the parent's heart. The owner re-attaches once it publishes a table. Nor does
+    # it inherit the watchdog: nothing in the child feeds it yet, and a table it publishes later
+    # must not look hung the moment it appears (kmemdump.init(watchdog=S) in the child arms one).
     _state.feeder = None
+    _state.timeout_ns = 0
     _point_nowhere()
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,8 @@ from kmemdump.ids import NO_ID
 from kmemdump.producer.backends.base import Backend
 from kmemdump.producer.backends.base import NoopBackend
 from kmemdump.producer.backends.base import SlotSink
+from kmemdump.producer.forksafe import fork_safe_lock
+from kmemdump.producer.forksafe import hold_across_fork
 from kmemdump.producer.region import Region
 from kmemdump.producer.region import Resolved
 from kmemdump.producer.region import clean_name
@@ -121,7 +122,8 @@ class Registry:
     """
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock()
+        hold_across_fork(self._lock)  # a child starts from a registry no thread was changing
         noop = NoopBackend()
         self._backend: Backend = noop
         self._sink: SlotSink | None = noop.bind(self._lock, capacity)

@@ -42,6 +42,7 @@ from kmemdump.formats.table import table_size
 from kmemdump.procinfo import self_start_time
 from kmemdump.producer import arena as _arena
 from kmemdump.producer.backends.base import SlotSink
+from kmemdump.producer.forksafe import fork_safe_lock
 from kmemdump.producer.heartbeat import current as _watchdog_current
 from kmemdump.producer.heartbeat import detach as _watchdog_detach
 from kmemdump.producer.heartbeat import refresh as _watchdog_refresh
@@ -86,7 +87,7 @@ class SharedTableBackend:
             raise BackendError(f"capacity must be an int in 1..{MAX_CAPACITY}", capacity=capacity)
         self.directory = Path(directory) if directory is not None else default_dir()
         self.capacity = capacity
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock()
         self._own_lock = self._lock
         self._entries: dict[int, _Fields] = {}
         """What each used slot holds, by slot: (id, name, address, size, kind, flags)."""
@@ -126,6 +127,11 @@ class SharedTableBackend:
     def published(self) -> bool:
         """True while this process has a table it keeps current."""
         return self._writer is not None
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran: this backend publishes nothing any more."""
+        return self._closed
 
     @property
     def path(self) -> Path:
@@ -358,9 +364,9 @@ class SharedTableBackend:
     def reopen_for_child(self) -> Path:
         """In a forked child: publish a fresh table for this pid holding every current region.
 
-        The registry owner decides whether a child publishes; until this is called the child's
-        backend only keeps its bookkeeping. If the watchdog was attached to this backend, it
-        follows the new table.
+        The registry owner decides whether a child publishes (``kmemdump.init(table=True)`` in the
+        child calls this); until then the child's backend only keeps its bookkeeping. If the
+        watchdog was attached to this backend, it follows the new table.
         """
         with self._lock:
             if self._closed:
@@ -375,9 +381,7 @@ class SharedTableBackend:
 
     def _detach_after_fork(self) -> None:
         """In a forked child: drop the parent's table without touching it."""
-        self._own_lock = threading.Lock()  # another thread may have held it at fork time
-        if not self._bound:  # a bound table keeps its registry's lock (the registry calls under it)
-            self._lock = self._own_lock
+        # its locks were made free again in place (forksafe); a bound table keeps its registry's
         mm, self._mm = self._mm, None
         writer, self._writer = self._writer, None
         self._path = None
@@ -414,6 +418,22 @@ class SharedTableBackend:
             if self._dir_fd >= 0:
                 os.close(self._dir_fd)
                 self._dir_fd = -1
+
+    def remove_for_stop(self) -> None:
+        """Mark the table ``EXITING`` and remove it, taking no lock: for a process that ends next.
+
+        A stop signal's handler runs between two bytecodes of the main thread, which may hold the
+        lock itself; the process dies right after, so nothing can change the table any more.
+        """
+        writer, path = self._writer, self._path
+        if writer is None or path is None or self._owner_pid != os.getpid() or self._dir_fd < 0:
+            return
+        try:
+            writer.set_state(TableState.EXITING)
+        except ValueError:  # released meanwhile
+            return
+        self._unlink(path)
+        live_paths.discard(str(path))
 
     def _unlink(self, path: Path) -> None:
         try:

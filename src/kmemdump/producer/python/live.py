@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import struct
 import sys
-import threading
 from collections.abc import Iterable
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -20,6 +19,7 @@ from kmemdump.errors import DecodeError
 from kmemdump.formats.pycoreinfo import Layout
 from kmemdump.formats.pycoreinfo import PyCoreInfo
 from kmemdump.formats.pycoreinfo import TypeEntry
+from kmemdump.producer.forksafe import fork_safe_lock
 from kmemdump.producer.python.layout import free_threaded
 from kmemdump.producer.python.layout import runtime_layout
 from kmemdump.producer.python.layout import without_instances
@@ -79,7 +79,7 @@ class LiveInfo:
     def __init__(self, base: PyCoreInfo | None, reason: str) -> None:
         self._base = base
         self._reason = reason
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock()
         self._types: dict[int, type] = {}
         self._entries: dict[int, TypeEntry] = {}
         self._current: PyCoreInfo | None = base
@@ -192,7 +192,7 @@ def build_layout() -> LiveInfo:
     return live
 
 
-_default_lock = threading.Lock()
+_default_lock = fork_safe_lock()
 _default: list[LiveInfo] = []
 
 

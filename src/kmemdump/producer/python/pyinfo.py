@@ -8,12 +8,12 @@ registered, so the inspector can name every registered object's type without the
 from __future__ import annotations
 
 import logging
-import threading
 from typing import TYPE_CHECKING
 
 from kmemdump.errors import DecodeError
 from kmemdump.formats.kinds import RegionKind
 from kmemdump.ids import ID
+from kmemdump.producer.forksafe import fork_safe_lock
 from kmemdump.producer.registry import Registry
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ class PyInfoPublisher:
     """Keeps the registered PYCOREINFO blob in step with the types of registered objects."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock()
         self._info: LiveInfo | None = None
         self._registry: Registry | None = None
         self._blob: bytearray | None = None

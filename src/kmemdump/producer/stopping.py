@@ -1,0 +1,119 @@
+"""A graceful stop is not a death: removing the table when the process is asked to stop.
+
+systemd, Kubernetes, gunicorn's arbiter and ``multiprocessing.Pool.terminate()`` stop a process with
+SIGTERM. Under the default disposition the kernel ends it at once: no ``atexit`` hook runs, the
+table stays, and a collector would take the stop for a death. So when a process publishes a table,
+:func:`install` puts a handler on SIGTERM and SIGINT, but only where the disposition is still the
+default (``SIG_DFL``): a handler the application installed (before or after) is left alone, and an
+application that handles the signal itself exits through ``atexit`` anyway. The handler removes
+the table and the arena, restores ``SIG_DFL`` and raises the signal again, so the process ends as
+before, "killed by SIGTERM" (status 143 in a shell), only without leaving a table behind.
+
+A crash is still a death: SIGKILL, SIGSEGV, SIGABRT … are not touched.
+
+Ending a process with ``os._exit`` skips ``atexit`` too. A ``multiprocessing`` child (the workers of
+a ``Pool`` and a ``ProcessPoolExecutor``, with the fork and the spawn start methods alike) always
+ends that way; :func:`at_process_end` hooks the cleanup into the end of such a child. Any other
+program calls :func:`kmemdump.shutdown` before ``os._exit``.
+
+Standard library only: the producer imports this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+__all__ = ["STOP_SIGNALS", "at_process_end", "install", "installed"]
+
+log = logging.getLogger("kmemdump")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+_cleanup: list[Callable[[], None]] = []
+_installed: set[int] = set()
+_mp_hooked: set[int] = set()
+"""Pids in which :func:`at_process_end` hooked the cleanup already."""
+
+
+def installed() -> tuple[signal.Signals, ...]:
+    """The stop signals whose handler is ours right now."""
+    return tuple(
+        signal.Signals(signum) for signum in sorted(_installed) if signal.getsignal(signum) is _on_stop
+    )
+
+
+def install(cleanup: Callable[[], None]) -> tuple[signal.Signals, ...]:
+    """Handle SIGTERM and SIGINT where their disposition is ``SIG_DFL``; returns those handled now.
+
+    Only the main thread may set signal handlers: called from another thread, it does nothing
+    (the stop then goes on being a death, as without kmemdump).
+    """
+    _cleanup[:] = [cleanup]
+    if threading.current_thread() is not threading.main_thread():
+        log.debug("kmemdump.init() ran outside the main thread: no SIGTERM/SIGINT handler installed")
+        return installed()
+    for signum in STOP_SIGNALS:
+        try:
+            if signal.getsignal(signum) is signal.SIG_DFL:
+                signal.signal(signum, _on_stop)
+                _installed.add(int(signum))
+        except (OSError, ValueError, RuntimeError) as err:
+            log.debug("no handler for %s: %s", signum, err)
+    return installed()
+
+
+def _on_stop(signum: int, frame: FrameType | None) -> None:
+    """Remove the table and the arena, then die of the same signal under its default disposition."""
+    try:
+        for cleanup in _cleanup:
+            cleanup()
+    except BaseException:
+        log.debug("cleanup on signal %d failed", signum, exc_info=True)
+    finally:
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+        # still here: the application blocks the signal in this thread; end all the same
+        os._exit(128 + signum)
+
+
+def at_process_end(cleanup: Callable[[], None]) -> bool:
+    """In a ``multiprocessing`` child, run ``cleanup`` when the child's work is done.
+
+    Such a child ends with ``os._exit`` after its target returns, so ``atexit`` hooks never run;
+    ``threading``'s exit hooks do (``multiprocessing`` runs them just before ``os._exit``, with the
+    fork and the spawn start methods). Returns True when the hook is (already) in place here.
+    Nothing is done in other processes, whose clean exit runs ``atexit``.
+    """
+    pid = os.getpid()
+    if pid in _mp_hooked:
+        return True
+    if not _in_multiprocessing_child():
+        return False
+    register = getattr(threading, "_register_atexit", None)
+    if not callable(register):
+        return False
+    try:
+        register(cleanup)
+    except RuntimeError:  # the interpreter is shutting down already
+        return False
+    _mp_hooked.add(pid)
+    return True
+
+
+def _in_multiprocessing_child() -> bool:
+    process = sys.modules.get("multiprocessing.process")
+    if process is None:
+        return False
+    try:
+        if process.parent_process() is not None:
+            return True
+        # a spawned child importing the main module has no parent_process() yet
+        return bool(getattr(process.current_process(), "_inheriting", False))
+    except Exception:
+        return False

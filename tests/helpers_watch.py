@@ -1,0 +1,100 @@
+"""A real `kmemdump watch` for tests: started as a user starts it, its event lines read as they come.
+
+    with WatchProcess(table_dir, dump_dir) as watch:
+        ...
+        watch.wait_for(f"watch pid={pid} ")      # explicit readiness: the collector adopted the table
+    watch.lines                                  # every event line it printed, once stopped
+
+Lines are read by a thread into a queue, so waiting for one is bounded and never polls the disk.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["KMEMDUMP", "WatchProcess"]
+
+KMEMDUMP = [sys.executable, "-m", "kmemdump.cli"]
+
+
+class WatchProcess:
+    """``kmemdump watch --tables DIR --dir DUMPS`` running beside the test."""
+
+    def __init__(self, tables: Path | Sequence[Path], dumps: Path, *extra: str) -> None:
+        dirs = [tables] if isinstance(tables, Path) else list(tables)
+        args = [arg for d in dirs for arg in ("--tables", str(d))]
+        self.popen = subprocess.Popen(
+            [*KMEMDUMP, "watch", *args, "--dir", str(dumps), *extra],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.wait_for("watching ")  # it printed its start line: it is scanning
+
+    def _read(self) -> None:
+        assert self.popen.stderr is not None
+        for line in self.popen.stderr:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, wanted: str | Callable[[str], bool], timeout: float = 60.0) -> str:
+        """The first line (from now on, or already seen) containing ``wanted`` or matching it."""
+        match = wanted if callable(wanted) else (lambda line: wanted in line)
+        for line in self.lines:
+            if match(line):
+                return line
+        while True:
+            try:
+                line = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(
+                    f"no {wanted!r} from the collector in {timeout}s: {self.lines}"
+                ) from None
+            if line is None:
+                raise AssertionError(f"the collector exited before printing {wanted!r}: {self.lines}")
+            self.lines.append(line)
+            if match(line):
+                return line
+
+    def stop(self) -> list[str]:
+        """SIGTERM it, wait for it, and return every line it printed."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=60)
+        finally:
+            if self.popen.poll() is None:
+                self.popen.kill()
+                self.popen.wait()
+        self._reader.join(timeout=10)
+        if self.popen.stderr is not None:
+            self.popen.stderr.close()
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self.lines.append(line)
+        return self.lines
+
+    def __enter__(self) -> WatchProcess:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

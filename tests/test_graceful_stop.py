@@ -1,0 +1,107 @@
+"""A graceful stop is not a death: SIGTERM and SIGINT leave no table and no dump; a crash still does.
+
+Each producer runs beside a real `kmemdump watch`; the test waits until the collector adopted the
+producer's table (its "watch" line) before it signals the producer, so "no dump" means the collector
+saw the process go and chose not to dump it.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from helpers_child import spawn_child
+from helpers_watch import WatchProcess
+
+pytestmark = pytest.mark.slow
+
+PRODUCER = r"""
+import os, signal, sys, time
+import kmemdump
+mode = sys.argv[1]
+if mode == "app-handler":
+    def on_term(signum, frame):
+        print("the application's handler ran", flush=True)
+        sys.exit(3)
+    signal.signal(signal.SIGTERM, on_term)
+if mode == "sigint-dfl":
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+report = kmemdump.init(table=True, watchdog=60.0)
+journal = kmemdump.alloc(64, name="journal", persistent=True)
+journal[:5] = b"hello"
+send({"table": report.table, "term": repr(signal.getsignal(signal.SIGTERM)),
+      "int": repr(signal.getsignal(signal.SIGINT))})
+while True:
+    time.sleep(0.05)
+    kmemdump.feed()
+"""
+
+
+def _files(table_dir: Path, pid: int) -> list[str]:
+    return sorted(p.name for p in table_dir.iterdir() if p.name.startswith(f"{pid}-"))
+
+
+@pytest.mark.parametrize(
+    ("mode", "signum", "status"),
+    [
+        ("default", signal.SIGTERM, -signal.SIGTERM),  # killed by SIGTERM, as without kmemdump
+        ("sigint-dfl", signal.SIGINT, -signal.SIGINT),
+        # Python's own KeyboardInterrupt: atexit runs, then the interpreter dies of SIGINT as before
+        ("default", signal.SIGINT, -signal.SIGINT),
+        ("app-handler", signal.SIGTERM, 3),  # the application's handler ran, and chose the status
+    ],
+)
+def test_a_graceful_stop_leaves_no_table_and_no_dump(
+    table_dir: Path, dump_dir: Path, mode: str, signum: int, status: int
+) -> None:
+    with WatchProcess(table_dir, dump_dir) as watch, spawn_child(PRODUCER, args=[mode]) as child:
+        info = child.recv()
+        assert len(_files(table_dir, child.pid)) == 2  # table and arena
+        watch.wait_for(f"watch pid={child.pid} ")
+        child.popen.send_signal(signum)
+        assert child.wait() == status
+        watch.wait_for(f"exit pid={child.pid} ")
+        assert _files(table_dir, child.pid) == []
+        output = child.stderr_text()
+    assert list(dump_dir.iterdir()) == [], watch.lines
+    if mode == "app-handler":
+        assert "on_term" in info["term"]  # kmemdump did not replace it
+        assert "the application's handler ran" in output
+    if mode == "default":
+        assert "_on_stop" in info["term"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGABRT, signal.SIGSEGV])
+def test_a_crash_is_still_dumped(table_dir: Path, dump_dir: Path, signum: int) -> None:
+    with WatchProcess(table_dir, dump_dir) as watch, spawn_child(PRODUCER, args=["default"]) as child:
+        child.recv()
+        watch.wait_for(f"watch pid={child.pid} ")
+        child.popen.send_signal(signum)
+        assert child.wait() == -signum
+        line = watch.wait_for(f"death pid={child.pid} ")
+    assert "dump=" in line
+    (dump,) = dump_dir.iterdir()
+    assert f"kmemdump-{child.pid}-" in dump.name and "-death-" in dump.name
+
+
+def test_stop_signals_false_leaves_the_signals_alone(table_dir: Path) -> None:
+    code = r"""
+import signal, kmemdump
+kmemdump.init(table=True, stop_signals=False)
+send({"term": signal.getsignal(signal.SIGTERM) is signal.SIG_DFL})
+"""
+    with spawn_child(code) as child:
+        assert child.recv() == {"term": True}
+
+
+def test_init_from_another_thread_installs_no_handler(table_dir: Path) -> None:
+    code = r"""
+import signal, threading, kmemdump
+thread = threading.Thread(target=lambda: kmemdump.init(table=True))
+thread.start(); thread.join()
+send({"term": signal.getsignal(signal.SIGTERM) is signal.SIG_DFL})
+"""
+    with spawn_child(code) as child:
+        assert child.recv() == {"term": True}
