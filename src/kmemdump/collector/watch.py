@@ -187,6 +187,8 @@ class Watcher:
             self._bad[path] = mtime
             self._on_stale(pid, start_time, path)
             return
+        except FileNotFoundError:
+            return  # removed between the listing and the open: a clean exit
         except (KmemdumpError, OSError) as err:
             self._bad[path] = mtime
             self._emit(Event("error", pid, f"skipping table {path}: {err}"))
