@@ -31,9 +31,14 @@ from kmemdump.collector.stacks import find_py_spy
 from kmemdump.collector.tracer import ExitTracer
 from kmemdump.collector.tracer import describe_status
 from kmemdump.errors import KmemdumpError
+from kmemdump.formats.corenotes import REGISTER_NAMES
+from kmemdump.formats.corenotes import pc_and_sp
 from kmemdump.formats.dumpmeta import DumpMeta
 from kmemdump.formats.dumpmeta import decode_meta
+from kmemdump.formats.elf import EM_X86_64
 from kmemdump.formats.elf import KMD_NOTE_META
+from kmemdump.formats.elf import NT_PRSTATUS
+from kmemdump.formats.elf import parse_prstatus
 from kmemdump.memory.core import CoreImage
 from kmemdump.procinfo import process_start_time
 
@@ -289,6 +294,15 @@ def test_sigkill_is_dumped_from_the_live_memory(start: Callable[..., Run]) -> No
     _assert_full_death_dump(meta, data, int(pid))
     assert f"death pid={pid} process exiting (killed by SIGKILL)" in run.log()
     assert b"program.py" in data["banner"]
+    # the main thread's registers, every one of them, read by the tracer at the exit stop
+    with CoreImage.open(run.dumps()[0]) as core:
+        statuses = [parse_prstatus(n.desc, core.machine) for n in core.notes if n.type == NT_PRSTATUS]
+        registers = dict(zip(REGISTER_NAMES[core.machine], statuses[0].registers, strict=True))
+    assert statuses[0].pid == int(pid)
+    pc, sp = pc_and_sp(core.machine, statuses[0].registers)
+    assert pc and sp
+    if core.machine == EM_X86_64:  # not in /proc/PID/task/TID/syscall: only ptrace gives it
+        assert registers["fs_base"] and registers["cs"]
 
 
 @pytest.mark.timeout(60)

@@ -21,6 +21,7 @@ __all__ = [
     "process_start_time",
     "read_proc",
     "self_start_time",
+    "stat_fields",
     "thread_state",
 ]
 
@@ -31,7 +32,7 @@ _INDEX_AFTER_COMM = _START_TIME_FIELD - 3
 _cache: dict[int, int] = {}  # pid -> start time, for this process only
 
 
-def _fields(stat: bytes) -> list[bytes]:
+def stat_fields(stat: bytes) -> list[bytes]:
     """The fields of a ``/proc/PID/stat`` line from field 3 (state) on.
 
     The command name (field 2) may hold spaces and parentheses, so the line is split after its
@@ -45,7 +46,7 @@ def _fields(stat: bytes) -> list[bytes]:
 
 def parse_start_time(stat: bytes) -> int:
     """Field 22 (``starttime``) of a ``/proc/PID/stat`` line; ``ValueError`` if it is not one."""
-    fields = _fields(stat)
+    fields = stat_fields(stat)
     if len(fields) <= _INDEX_AFTER_COMM:
         raise ValueError(f"only {len(fields) + 2} fields")
     text = fields[_INDEX_AFTER_COMM]
@@ -56,7 +57,7 @@ def parse_start_time(stat: bytes) -> int:
 
 def parse_state(stat: bytes) -> str:
     """Field 3 (the one-letter state: R, S, D, T, t, Z, X …) of a ``/proc/PID/stat`` line."""
-    fields = _fields(stat)
+    fields = stat_fields(stat)
     if not fields:
         raise ValueError("no state field")
     return fields[0][:1].decode("ascii", "replace")

@@ -17,6 +17,7 @@ import platform
 import signal
 import time
 from collections.abc import Callable
+from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,8 +28,12 @@ from typing import Protocol
 from typing import TypeVar
 
 from kmemdump._version import __version__
+from kmemdump.collector.coreshape import ProcessShape
+from kmemdump.collector.coreshape import observe
+from kmemdump.collector.coreshape import process_notes
 from kmemdump.collector.corewriter import CoreWriter
 from kmemdump.collector.corewriter import write_core
+from kmemdump.collector.registers import ThreadRegisters
 from kmemdump.collector.stacks import StacksUnavailable
 from kmemdump.collector.stacks import take_stacks
 from kmemdump.collector.threads import thread_states
@@ -48,6 +53,8 @@ from kmemdump.formats.dumpmeta import ThreadState
 from kmemdump.formats.dumpmeta import encode_meta
 from kmemdump.formats.elf import KMD_NOTE_META
 from kmemdump.formats.elf import KMD_NOTE_STACKS
+from kmemdump.formats.elf import OWNER_KMEMDUMP
+from kmemdump.formats.elf import OWNER_PYCOREINFO
 from kmemdump.formats.elf import PYCOREINFO_NOTE
 from kmemdump.formats.elf import Note
 from kmemdump.formats.elf import Segment
@@ -129,6 +136,7 @@ def dump_target(
     exe: str | None = None,
     held: Held = "",
     death: Death | None = None,
+    registers: Mapping[int, ThreadRegisters] | None = None,
 ) -> DumpResult:
     """Dump the regions of the process ``(pid, start_time)`` published in ``table``.
 
@@ -137,7 +145,8 @@ def dump_target(
     for a process that is already gone. ``held`` says that something else already holds the process
     still (``"exit stop"``: a ptrace exit stop); it is then not SIGSTOPped. ``death`` says how the
     process ended, for a death dump: it goes into the metadata, ``NT_PRSTATUS.pr_cursig`` and an
-    ``NT_SIGINFO`` note.
+    ``NT_SIGINFO`` note. ``registers`` are threads' registers read by whoever holds them (a ptrace
+    tracer); the others' are read here.
     """
     captured_ns = time.time_ns()
     gone = False
@@ -153,7 +162,9 @@ def dump_target(
         gone = True
     if reason == "death" and death is None:
         death = Death.unknown("the collector learnt nothing of how the process ended")
-    job = _Job(pid, start_time, table, reason, tuple(argv or ()), exe, gone, captured_ns, held, death)
+    job = _Job(
+        pid, start_time, table, reason, tuple(argv or ()), exe, gone, captured_ns, held, death, registers
+    )
     path = options.directory / _file_name(pid, start_time, reason, captured_ns)
     sink: _Sink = _BufferedCore(path) if options.compress else CoreWriter(path)
     with sink:
@@ -174,6 +185,7 @@ class _Job:
     captured_ns: int
     held: Held
     death: Death | None
+    registers: Mapping[int, ThreadRegisters] | None = None
 
 
 def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnapshot | None) -> DumpResult:
@@ -197,6 +209,7 @@ def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnap
                 raise CollectorError("the process published no table", pid=pid, path=str(table)) from None
         assert snapshot is not None
         t0 = time.perf_counter()
+        shape = None if gone else _observe(job, sink)
         records, pycoreinfo, arena_state = _copy(job, snapshot, options, sink)
         copy_ms = (time.perf_counter() - t0) * 1000
         stacks_note, stacks_state = _stacks(pid, options, gone or any(r.status == "gone" for r in records))
@@ -234,35 +247,56 @@ def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnap
         threads=threads,
         threads_taken=threads_taken,
     )
-    notes = [
-        prpsinfo_note(pid, Path(exe or (argv or ("?",))[0]).name, " ".join(argv), "T" if held else "R"),
-        *_death_notes(pid, job.death),
-        Note("KMEMDUMP", KMD_NOTE_META, encode_meta(meta)),
-    ]
+    if shape is not None:
+        notes = process_notes(shape, cursig=_cursig(job.death), siginfo=_siginfo(job.death))
+    else:  # gone: what the table and the watcher knew of it
+        signo = _cursig(job.death)
+        siginfo = _siginfo(job.death)
+        notes = [
+            prstatus_note(pid, cursig=signo),
+            prpsinfo_note(pid, Path(exe or (argv or ("?",))[0]).name, " ".join(argv), "X", uid=_owner(table)),
+            *([siginfo] if siginfo is not None else []),
+        ]
+    notes.append(Note(OWNER_KMEMDUMP, KMD_NOTE_META, encode_meta(meta)))
     if pycoreinfo is not None:
-        notes.append(Note("PYCOREINFO", PYCOREINFO_NOTE, pycoreinfo))
+        notes.append(Note(OWNER_PYCOREINFO, PYCOREINFO_NOTE, pycoreinfo))
     if stacks_note is not None:
-        notes.append(Note("KMEMDUMP", KMD_NOTE_STACKS, stacks_note))
+        notes.append(Note(OWNER_KMEMDUMP, KMD_NOTE_STACKS, stacks_note))
     return DumpResult(sink.finish(notes), meta)
 
 
-def _death_notes(pid: int, death: Death | None) -> list[Note]:
-    """The thread's ``NT_PRSTATUS`` (``pr_cursig`` = the fatal signal), then ``NT_SIGINFO`` when a
-    signal ended the process: gdb then prints "Program terminated with signal SIGSEGV"."""
-    signo = death.signal if death is not None and death.signal is not None else 0
-    notes = [prstatus_note(pid, cursig=signo)]
-    if death is not None and signo:
-        notes.append(
-            siginfo_note(
-                signo,
-                death.si_code or 0,
-                death.si_errno,
-                death.address or 0,
-                sender_pid=death.sender_pid,
-                sender_uid=death.sender_uid or 0,
-            )
-        )
-    return notes
+def _cursig(death: Death | None) -> int:
+    """The signal that ended the process, for every thread's ``NT_PRSTATUS.pr_cursig`` (0: none)."""
+    return death.signal if death is not None and death.signal is not None else 0
+
+
+def _siginfo(death: Death | None) -> Note | None:
+    """``NT_SIGINFO`` when a signal ended the process: gdb then prints "Program terminated with
+    signal SIGSEGV" and shows it as ``$_siginfo``."""
+    signo = _cursig(death)
+    if death is None or not signo:
+        return None
+    return siginfo_note(
+        signo,
+        death.si_code or 0,
+        death.si_errno,
+        death.address or 0,
+        sender_pid=death.sender_pid,
+        sender_uid=death.sender_uid or 0,
+    )
+
+
+def _observe(job: _Job, sink: _Sink) -> ProcessShape | None:
+    """The target's threads, registers, mappings and modules (see :mod:`.coreshape`), with the
+    modules' ELF headers stored; None when the process cannot be looked at (gone, refused)."""
+    try:
+        with ProcessMemory(job.pid) as mem:
+            shape = observe(job.pid, mem, registers=job.registers)
+    except KmemdumpError:
+        return None
+    for address, data in shape.headers:
+        sink.add(address, data)
+    return shape
 
 
 class _Sink(Protocol):

@@ -99,7 +99,8 @@ def _supervise_traced(watcher: Watcher, tracer: ExitTracer) -> int | None:
         stop = tracer.poll_exit()
         if stop is not None:
             try:
-                watcher.dump_held(stop.pid, f"process exiting ({stop.describe()}); read at its exit stop")
+                why = f"process exiting ({stop.describe()}); read at its exit stop"
+                watcher.dump_held(stop.pid, why, stop.registers)
             finally:
                 tracer.resume()
         if tracer.done:

@@ -54,9 +54,13 @@ import queue
 import signal
 import threading
 from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 
+from kmemdump.collector.registers import ThreadRegisters
+from kmemdump.collector.registers import read_registers
 from kmemdump.errors import AccessDeniedError
 from kmemdump.errors import CollectorError
 from kmemdump.errors import ProcessGoneError
@@ -183,6 +187,8 @@ class ExitStop:
     pid: int
     status: int
     """The exit status it is about to report, in :func:`os.waitpid` form (see :func:`describe_status`)."""
+    registers: Mapping[int, ThreadRegisters] = field(default_factory=dict)
+    """The registers of the threads held at their exit stop, read by the tracer (only it can)."""
 
     def describe(self) -> str:
         return describe_status(self.status)
@@ -358,6 +364,7 @@ class ExitTracer:
         except ProcessLookupError:
             return  # SIGKILLed out of the stop already: nothing left to hold
         self._go.clear()
-        self._exits.put(ExitStop(self.pid, code))
+        registers = read_registers(self.pid, [tid], ptrace_stopped=[tid])
+        self._exits.put(ExitStop(self.pid, code, registers))
         if not self._closed:  # nobody would resume it
             self._go.wait()

@@ -21,6 +21,7 @@ import signal
 import time
 from collections.abc import Callable
 from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Literal
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.dump import DumpResult
 from kmemdump.collector.dump import dump_target
+from kmemdump.collector.registers import ThreadRegisters
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.formats.arena import ARENA_SUFFIX
@@ -336,7 +338,9 @@ class Watcher:
             _remove(target.table, arena_path_of(target.table))
         self._forget(ident)
 
-    def dump_held(self, pid: int, why: str) -> Event | None:
+    def dump_held(
+        self, pid: int, why: str, registers: Mapping[int, ThreadRegisters] | None = None
+    ) -> Event | None:
         """Dump ``pid`` as a death now, while something holds it at its exit with its memory mapped
         (a ptrace exit stop, under ``kmemdump run --trace-exit``); then forget it, so that its pidfd's
         report of the exit brings no second dump.
@@ -349,14 +353,21 @@ class Watcher:
         if ident is None or self.targets[ident].ended_by_us:
             return None
         target = self.targets[ident]
-        event = self._dump(target, "death", why, held="exit stop")
+        event = self._dump(target, "death", why, held="exit stop", registers=registers)
         if event.dump is not None:
             self._report_arena(pid, event.dump)
         _remove(target.table, arena_path_of(target.table))  # the producer cannot remove them now
         self._forget(ident)
         return event
 
-    def _dump(self, target: _Target, reason: Literal["hang", "death"], why: str, held: Held = "") -> Event:
+    def _dump(
+        self,
+        target: _Target,
+        reason: Literal["hang", "death"],
+        why: str,
+        held: Held = "",
+        registers: Mapping[int, ThreadRegisters] | None = None,
+    ) -> Event:
         hangs = sum(1 for d in target.dumps if d.meta.reason == "hang")
         if reason == "hang" and self.max_dumps is not None and hangs >= self.max_dumps:
             # a process that stalls again and again: its first dumps tell the story, and the disk stays free
@@ -376,6 +387,7 @@ class Watcher:
                 argv=target.argv,
                 exe=target.exe,
                 held=held,
+                registers=registers,
             )
         except KmemdumpError as err:
             return self._emit(Event("error", target.pid, f"{reason} dump failed: {err}"))

@@ -1,0 +1,311 @@
+"""What a debugger needs besides memory to read a core: the target's threads, mappings and modules.
+
+:func:`observe` looks at a live target while it is held: every thread's registers and state
+(``NT_PRSTATUS``), the process's identity (``NT_PRPSINFO``), its auxiliary vector (``NT_AUXV``), its
+file mappings (``NT_FILE``), and the ELF header of each mapped file (its program headers and GNU
+build-id note, a few hundred bytes each). elfutils (``eu-unstrip``, ``eu-stack``, pystack) finds a
+core's modules by those headers in the core's memory, and gdb and ``kmemdump gdb`` check the files
+they load against the build-ids. :func:`process_notes` turns the observation into notes, in the
+kernel's order. Everything read from the target is bounded; a part that cannot be read is left out
+and the rest still written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kmemdump.collector.registers import ThreadRegisters
+from kmemdump.collector.registers import read_registers
+from kmemdump.collector.registers import thread_ids
+from kmemdump.errors import KmemdumpError
+from kmemdump.formats.corenotes import AT_PHDR
+from kmemdump.formats.corenotes import FileMapping
+from kmemdump.formats.corenotes import Module
+from kmemdump.formats.corenotes import auxv_note
+from kmemdump.formats.corenotes import file_note
+from kmemdump.formats.corenotes import modules_note
+from kmemdump.formats.corenotes import parse_auxv
+from kmemdump.formats.elf import Note
+from kmemdump.formats.elf import check_machine
+from kmemdump.formats.elf import prpsinfo_note
+from kmemdump.formats.elf import prstatus_note
+from kmemdump.formats.elfimage import ElfImageError
+from kmemdump.formats.elfimage import ImageHeader
+from kmemdump.formats.elfimage import build_id_from_notes
+from kmemdump.formats.elfimage import parse_image_header
+from kmemdump.memory.process import ProcessMemory
+from kmemdump.procinfo import read_proc
+from kmemdump.procinfo import stat_fields
+
+__all__ = ["MapEntry", "ProcessShape", "ThreadInfo", "observe", "parse_maps", "process_notes"]
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_MAX_MAPS = 1 << 16
+_MAX_MODULES = 1024
+_MAX_THREADS = 1 << 14
+_LIBPYTHON = re.compile(r"/libpython3\.\d+[^/]*\.so[^/]*$")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class MapEntry:
+    """One line of ``/proc/PID/maps``."""
+
+    start: int
+    end: int
+    perms: str
+    offset: int
+    inode: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadInfo:
+    """One thread: its registers and what ``/proc/PID/task/TID`` says of it."""
+
+    registers: ThreadRegisters
+    utime_us: int = 0
+    stime_us: int = 0
+    sigpend: int = 0
+    sighold: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessShape:
+    """A held target as a debugger sees it (see :func:`observe`)."""
+
+    pid: int
+    machine: int
+    threads: tuple[ThreadInfo, ...]
+    comm: str
+    psargs: str
+    state: str
+    ppid: int
+    pgrp: int
+    sid: int
+    nice: int
+    flags: int
+    uid: int
+    gid: int
+    auxv: bytes
+    maps: tuple[MapEntry, ...]
+    modules: tuple[Module, ...]
+    headers: tuple[tuple[int, bytes], ...]
+    """``(address, bytes)`` of each module's ELF header, program headers and notes, to store."""
+    images: tuple[ImageHeader, ...]
+
+    @property
+    def auxv_values(self) -> dict[int, int]:
+        return parse_auxv(self.auxv)
+
+    def module(self, role: str) -> Module | None:
+        return next((m for m in self.modules if m.role == role), None)
+
+    def image_of(self, module: Module) -> ImageHeader | None:
+        return next((i for i in self.images if i.base == module.base), None)
+
+
+def parse_maps(text: bytes) -> list[MapEntry]:
+    """The lines of a ``/proc/PID/maps`` (at most 65,536; a malformed line is skipped)."""
+    out: list[MapEntry] = []
+    for line in text.split(b"\n")[:_MAX_MAPS]:
+        parts = line.split(maxsplit=5)
+        if len(parts) < 5:
+            continue
+        try:
+            low, _, high = parts[0].partition(b"-")
+            start, end, offset, inode = int(low, 16), int(high, 16), int(parts[2], 16), int(parts[4])
+        except ValueError:
+            continue
+        path = os.fsdecode(parts[5]) if len(parts) > 5 else ""
+        out.append(MapEntry(start, end, parts[1].decode("ascii", "replace"), offset, inode, path))
+    return out
+
+
+def _status_value(status: bytes, key: bytes) -> bytes:
+    for line in status.split(b"\n"):
+        if line.startswith(key):
+            return line[len(key) :].strip()
+    return b""
+
+
+def _thread_info(pid: int, registers: ThreadRegisters) -> ThreadInfo:
+    tid = registers.tid
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat", "rb") as handle:
+            fields = stat_fields(handle.read())
+        with open(f"/proc/{pid}/task/{tid}/status", "rb") as handle:
+            status = handle.read()
+        tick_us = 1_000_000 // _CLOCK_TICKS
+        return ThreadInfo(
+            registers,
+            utime_us=int(fields[11]) * tick_us,
+            stime_us=int(fields[12]) * tick_us,
+            sigpend=int(_status_value(status, b"SigPnd:") or b"0", 16),
+            sighold=int(_status_value(status, b"SigBlk:") or b"0", 16),
+        )
+    except (OSError, ValueError, IndexError):
+        return ThreadInfo(registers)
+
+
+def observe(
+    pid: int,
+    mem: ProcessMemory,
+    *,
+    registers: Mapping[int, ThreadRegisters] | None = None,
+    machine: int | None = None,
+) -> ProcessShape:
+    """Look at the held process ``pid``: threads and registers (``registers`` when the caller has
+    them already, e.g. from ptrace), identity, auxiliary vector, mappings and modules.
+
+    Raises :class:`~kmemdump.errors.ProcessGoneError` when the process is gone, and
+    :class:`~kmemdump.errors.AccessDeniedError` when its ``/proc`` files are refused.
+    """
+    machine = check_machine(machine)
+    stat = read_proc(pid, "stat")
+    fields = stat_fields(stat)
+    comm = os.fsdecode(stat[stat.find(b"(") + 1 : stat.rfind(b")")])
+    status = read_proc(pid, "status")
+    cmdline = read_proc(pid, "cmdline").rstrip(b"\0").replace(b"\0", b" ")
+    auxv = b""
+    with contextlib.suppress(KmemdumpError):
+        auxv = read_proc(pid, "auxv")
+    maps = parse_maps(read_proc(pid, "maps"))
+    tids = thread_ids(pid)[:_MAX_THREADS]
+    found = dict(registers or {})
+    missing = [tid for tid in tids if tid not in found]
+    found.update(read_registers(pid, missing, machine=machine))
+    order = [tid for tid in tids if tid in found] + [tid for tid in found if tid not in tids]
+    threads = tuple(_thread_info(pid, found[tid]) for tid in order)
+    modules, headers, images = _modules(mem, maps, parse_auxv(auxv))
+
+    def number(index: int) -> int:
+        try:
+            return int(fields[index])
+        except (IndexError, ValueError):
+            return 0
+
+    ids = _status_value(status, b"Uid:").split()
+    gids = _status_value(status, b"Gid:").split()
+    return ProcessShape(
+        pid=pid,
+        machine=machine,
+        threads=threads,
+        comm=comm,
+        psargs=os.fsdecode(cmdline),
+        state=fields[0][:1].decode("ascii", "replace") if fields else "R",
+        ppid=number(1),
+        pgrp=number(2),
+        sid=number(3),
+        nice=number(16),
+        flags=number(6),
+        uid=int(ids[0]) if ids and ids[0].isdigit() else 0,
+        gid=int(gids[0]) if gids and gids[0].isdigit() else 0,
+        auxv=auxv,
+        maps=tuple(maps),
+        modules=modules,
+        headers=headers,
+        images=images,
+    )
+
+
+def _modules(
+    mem: ProcessMemory, maps: Sequence[MapEntry], auxv: Mapping[int, int]
+) -> tuple[tuple[Module, ...], tuple[tuple[int, bytes], ...], tuple[ImageHeader, ...]]:
+    """Every mapped ELF file: its extent, build-id and role, and the bytes of its headers to store."""
+    firsts = [m for m in maps if m.offset == 0 and m.path.startswith("/") and "r" in m.perms][:_MAX_MODULES]
+    pages = mem.read_many([(m.start, min(PAGE_SIZE, m.end - m.start)) for m in firsts])
+    phdr = auxv.get(AT_PHDR, 0)
+    modules: list[Module] = []
+    headers: list[tuple[int, bytes]] = []
+    images: list[ImageHeader] = []
+    for first, page in zip(firsts, pages, strict=True):
+        try:
+            image = parse_image_header(first.start, page)
+        except ElfImageError:
+            continue  # not an ELF file (a locale archive, a font, a data file)
+        end = max((m.end for m in maps if m.path == first.path and m.start >= first.start), default=first.end)
+        keep = image.header_end
+        build_id = None
+        for address, size in image.notes():
+            offset = address - first.start
+            if offset >= 0 and offset + size <= len(page):
+                keep = max(keep, offset + size)
+                build_id = build_id or build_id_from_notes(page[offset : offset + size])
+            elif size <= 4096:
+                build_id = build_id or build_id_from_notes(mem.read_upto(address, size))
+        if first.start <= phdr < end:
+            role = "exe"
+        elif _LIBPYTHON.search(first.path):
+            role = "libpython"
+        else:
+            role = ""
+        modules.append(Module(first.path, first.start, end, build_id, role))
+        headers.append((first.start, page[:keep]))
+        images.append(image)
+    return tuple(modules), tuple(headers), tuple(images)
+
+
+def process_notes(
+    shape: ProcessShape, *, cursig: int = 0, siginfo: Note | None = None, first_tid: int | None = None
+) -> list[Note]:
+    """The core notes of ``shape`` in the kernel's order: the first thread's ``NT_PRSTATUS``,
+    ``NT_PRPSINFO``, ``siginfo`` (the ``NT_SIGINFO`` of the signal that ended the process), ``NT_AUXV``,
+    ``NT_FILE``, the other threads' ``NT_PRSTATUS``, then our modules note. ``first_tid`` is the
+    thread a debugger should start in (the leader by default); ``cursig`` the signal that ended the
+    process, written into every thread's note."""
+    threads = list(shape.threads)
+    lead = next((i for i, t in enumerate(threads) if t.registers.tid == (first_tid or shape.pid)), 0)
+    if threads:
+        threads.insert(0, threads.pop(lead))
+    statuses = [
+        prstatus_note(
+            t.registers.tid,
+            machine=shape.machine,
+            registers=t.registers.words,
+            cursig=cursig,
+            ppid=shape.ppid,
+            pgrp=shape.pgrp,
+            sid=shape.sid,
+            sigpend=t.sigpend,
+            sighold=t.sighold,
+            utime_us=t.utime_us,
+            stime_us=t.stime_us,
+        )
+        for t in threads
+    ]
+    psinfo = prpsinfo_note(
+        shape.pid,
+        shape.comm,
+        shape.psargs,
+        shape.state,
+        ppid=shape.ppid,
+        uid=shape.uid,
+        gid=shape.gid,
+        pgrp=shape.pgrp,
+        sid=shape.sid,
+        nice=shape.nice,
+        flag=shape.flags,
+    )
+    notes = [*statuses[:1], psinfo]
+    if siginfo is not None:
+        notes.append(siginfo)
+    if shape.auxv:
+        notes.append(auxv_note(shape.auxv))
+    # The mappings of the ELF files only (the kernel lists every mapped file): a debugger opens
+    # every file NT_FILE names, and warns for each it cannot open, such as a deleted temporary file.
+    elf_files = {m.path for m in shape.modules}
+    files = [
+        FileMapping(m.start, m.end, m.offset, m.path) for m in shape.maps if m.inode and m.path in elf_files
+    ]
+    note = file_note(files, PAGE_SIZE)
+    if note is not None:
+        notes.append(note)
+    notes.extend(statuses[1:])
+    notes.append(modules_note(shape.modules))
+    return notes

@@ -1,0 +1,164 @@
+"""Each thread's registers, read while the target is held, for the core's ``NT_PRSTATUS`` notes.
+
+Two ways, best first:
+
+* a thread in a ptrace stop of *this* thread (``kmemdump run --trace-exit`` holds its child at its
+  exit stop; a seize-and-interrupt hold does the same for any target) gives every general
+  register with ``PTRACE_GETREGSET`` (``NT_PRSTATUS``). The kernel only answers the thread that
+  traces it, so call :func:`read_registers` from that thread;
+* any other thread that is not running (stopped by SIGSTOP, or blocked) gives its stack pointer
+  and program counter, and the system call it is in with its arguments, in
+  ``/proc/PID/task/TID/syscall``, with no ptrace at all. That is all a debugger needs to unwind a
+  blocked thread's stack: the frames above come from the stack memory and the unwind tables.
+
+A thread that is running when asked (the target was not held) or gone gives nothing, and its note
+says so with zero registers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from collections.abc import Callable
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from kmemdump.formats.corenotes import REGISTER_NAMES
+from kmemdump.formats.corenotes import SYSCALL_REGISTERS
+from kmemdump.formats.corenotes import pc_and_sp
+from kmemdump.formats.corenotes import registers_from
+from kmemdump.formats.elf import check_machine
+
+__all__ = ["RegisterSource", "ThreadRegisters", "parse_syscall_file", "read_registers", "thread_ids"]
+
+PTRACE_GETREGSET = 0x4204
+NT_PRSTATUS = 1
+
+RegisterSource = Literal["ptrace", "syscall", "none"]
+"""Where a thread's registers came from: all of them by ptrace, stack pointer and program counter
+from ``/proc/PID/task/TID/syscall``, or nowhere (running, gone, refused)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadRegisters:
+    """One thread's general registers as ``pr_reg`` words (zeros where unknown)."""
+
+    tid: int
+    words: tuple[int, ...]
+    source: RegisterSource
+    machine: int
+
+    @property
+    def pc(self) -> int:
+        return pc_and_sp(self.machine, self.words)[0]
+
+    @property
+    def sp(self) -> int:
+        return pc_and_sp(self.machine, self.words)[1]
+
+    def value(self, name: str) -> int:
+        return self.words[REGISTER_NAMES[self.machine].index(name)]
+
+
+_GetRegset = Callable[[int, int, int | None, int | None], int]
+
+
+def _load_ptrace() -> _GetRegset | None:
+    try:
+        func = ctypes.CDLL(None, use_errno=True).ptrace
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    func.restype = ctypes.c_long
+    call: _GetRegset = func
+    return call
+
+
+_ptrace = _load_ptrace()
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = (("base", ctypes.c_void_p), ("length", ctypes.c_size_t))
+
+
+def _getregset(tid: int, machine: int) -> tuple[int, ...] | None:
+    """Every general register of a thread in a ptrace stop of this thread, or None if refused."""
+    if _ptrace is None:
+        return None
+    count = len(REGISTER_NAMES[machine])
+    words = (ctypes.c_uint64 * count)()
+    vector = _Iovec(ctypes.addressof(words), ctypes.sizeof(words))
+    if _ptrace(PTRACE_GETREGSET, tid, NT_PRSTATUS, ctypes.addressof(vector)) == -1:
+        return None
+    if vector.length != ctypes.sizeof(words):
+        return None
+    return tuple(words)
+
+
+def parse_syscall_file(text: str, machine: int) -> tuple[int, ...] | None:
+    """The registers ``/proc/PID/task/TID/syscall`` gives: ``NR ARG1..ARG6 SP PC`` for a thread in a
+    system call, ``-1 SP PC`` for one blocked outside any; None for ``running`` or anything else."""
+    fields = text.split()
+    try:
+        numbers = [int(field, 0) for field in fields]
+    except ValueError:
+        return None
+    pc_name, sp_name = ("rip", "rsp") if machine == 62 else ("pc", "sp")
+    if len(numbers) == 3 and numbers[0] == -1:
+        return registers_from(machine, {sp_name: numbers[1], pc_name: numbers[2]})
+    if len(numbers) == 9 and numbers[0] >= 0:
+        values = dict(zip(SYSCALL_REGISTERS[machine], numbers[:7], strict=True))
+        values[sp_name], values[pc_name] = numbers[7], numbers[8]
+        return registers_from(machine, values)
+    return None
+
+
+def _from_procfs(pid: int, tid: int, machine: int) -> tuple[int, ...] | None:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/syscall", "rb") as handle:
+            text = handle.read(512).decode("ascii", "replace")
+    except OSError:
+        return None
+    return parse_syscall_file(text, machine)
+
+
+def read_registers(
+    pid: int, tids: Iterable[int], *, ptrace_stopped: Iterable[int] = (), machine: int | None = None
+) -> dict[int, ThreadRegisters]:
+    """The registers of each thread ``tids`` of ``pid``, in the order given.
+
+    Threads in ``ptrace_stopped`` are in a ptrace stop whose tracer is the calling thread; the
+    others are read through ``/proc`` (which works for a thread that is not running).
+    """
+    machine = check_machine(machine)
+    traced = set(ptrace_stopped)
+    out: dict[int, ThreadRegisters] = {}
+    for tid in tids:
+        words: tuple[int, ...] | None = None
+        source: RegisterSource = "none"
+        if tid in traced:
+            words = _getregset(tid, machine)
+            source = "ptrace"
+        if words is None:
+            words = _from_procfs(pid, tid, machine)
+            source = "syscall"
+        if words is None:
+            words, source = (0,) * len(REGISTER_NAMES[machine]), "none"
+        out[tid] = ThreadRegisters(tid, words, source, machine)
+    return out
+
+
+def thread_ids(pid: int) -> list[int]:
+    """The threads of ``pid``, the leader first; empty when it is gone."""
+    try:
+        tids = sorted(int(name) for name in os.listdir(f"/proc/{pid}/task") if name.isdigit())
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ESRCH):
+            return []
+        raise
+    if pid in tids:
+        tids.remove(pid)
+        tids.insert(0, pid)
+    return tids
