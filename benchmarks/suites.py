@@ -172,6 +172,65 @@ def feeding() -> list[Row]:
     return [Row("feed()", ours, "ns", base, "time.monotonic_ns() call", ours / base, "≤ 150 ns", ours <= 150)]
 
 
+LOGGING = r"""
+import gc, json, logging, os, sys, time
+import kmemdump
+from kmemdump.logging import RingHandler
+kmemdump.init(table=True, pycoreinfo=False)
+n, rounds = int(sys.argv[1]), int(sys.argv[2])
+formats = {"full": "%(asctime)s %(levelname)s %(name)s: %(message)s", "plain": "%(message)s"}
+loggers = {}
+for style, fmt in formats.items():
+    for name, handler in (
+        ("ring", RingHandler(capacity=1000, record_size=256)),
+        ("stream", logging.StreamHandler(open(os.devnull, "w"))),
+    ):
+        handler.setFormatter(logging.Formatter(fmt))
+        loggers[f"{name} {style}"] = logging.Logger("bench")
+        loggers[f"{name} {style}"].addHandler(handler)
+
+
+def per_record(log):
+    t0 = time.perf_counter_ns()
+    for i in range(n):
+        log.info("request %d served in %.3f ms", i, 1.5)
+    return (time.perf_counter_ns() - t0) / n
+
+
+best = {name: float("inf") for name in loggers}
+gc.disable()
+for r in range(rounds):  # short rounds, interleaved in alternating order; the best of each side
+    for name in sorted(loggers, reverse=bool(r % 2)):
+        best[name] = min(best[name], per_record(loggers[name]))
+print(json.dumps(best))
+"""
+
+
+def logging_handler() -> list[Row]:
+    with _tmpdir("kmd-bench-") as tables:
+        env = dict(os.environ, KMEMDUMP_DIR=str(tables))
+        out = subprocess.run(
+            [sys.executable, "-c", LOGGING, "2000", "40"], capture_output=True, text=True, env=env, check=True
+        ).stdout
+    best = json.loads(out)
+    rows = []
+    for style, what in (("full", "asctime, level, name, message"), ("plain", "message only")):
+        ours, base = best[f"ring {style}"], best[f"stream {style}"]
+        rows.append(
+            Row(
+                f"RingHandler, one record ({what})",
+                ours,
+                "ns",
+                base,
+                "StreamHandler to /dev/null",
+                ours / base,
+                "≤ 1x the StreamHandler",
+                ours <= base,
+            )
+        )
+    return rows
+
+
 # --- the collector ------------------------------------------------------------------------------
 
 PRODUCER = r"""
@@ -503,6 +562,7 @@ def idle_collector() -> list[Row]:
 SUITES: dict[str, tuple[Callable[[], list[Row]], bool]] = {
     "registration": (registration, False),
     "feed": (feeding, False),
+    "logging": (logging_handler, False),
     "throughput": (throughput, False),
     "detection": (detection, False),
     "gcore": (gcore, True),

@@ -17,6 +17,7 @@ import pprint
 from dataclasses import dataclass
 from typing import Any
 
+from kmemdump.cli import records
 from kmemdump.cli.options import add_dump_argument
 from kmemdump.cli.options import dump_path
 from kmemdump.cli.render import Column
@@ -150,7 +151,9 @@ def _show(dump: Dump, decoded: dict[int, DecodedRegion], out: Output) -> None:
         out.heading("Decoded")
         for record in dump.meta.regions:
             _show_decoded(record, decoded[record.id], out)
+    _show_rings(dump, decoded, ("exceptions", "asyncio"), out)
     _show_stacks(dump, out)
+    _show_rings(dump, decoded, ("log",), out)
 
 
 def _about(dump: Dump) -> list[tuple[str, str]]:
@@ -259,6 +262,8 @@ def _show_decoded(record: RegionRecord, decoded: DecodedRegion, out: Output) -> 
         lines = _value_lines(decoded.value)
     elif record.kind == RegionKind.PYCOREINFO:
         lines = [_pycoreinfo_line(decoded.value)]
+    elif record.kind == RegionKind.RING and isinstance(decoded.value, dict):
+        lines = [records.ring_summary(decoded.value) + _ring_where(decoded.value)]
     else:
         lines = _buffer_lines(decoded.value, record)
     for text in lines[:MAX_VALUE_LINES]:
@@ -330,6 +335,38 @@ def _pycoreinfo_line(value: Any) -> str:
         f"{value.get('implementation')} {value.get('python')}, {value.get('pointer_size')}-byte pointers, "
         f"offsets from {value.get('source')}, {value.get('types')} types named"
     )
+
+
+_RING_TITLES = {
+    "exceptions": "Uncaught exceptions",
+    "asyncio": "Event loop",
+    "log": "Log records (oldest first, UTC)",
+}
+_RING_LINES = {
+    "exceptions": records.exception_lines,
+    "asyncio": records.asyncio_lines,
+    "log": records.log_lines,
+}
+
+
+def _ring_where(value: dict[str, Any]) -> str:
+    title = _RING_TITLES.get(str(value.get("role")))
+    return f"; shown under {title!r}" if title else ""
+
+
+def _show_rings(dump: Dump, decoded: dict[int, DecodedRegion], roles: tuple[str, ...], out: Output) -> None:
+    """One section per ring of these roles (log records, uncaught exceptions, event loops)."""
+    for record in dump.meta.regions:
+        found = decoded.get(record.id)
+        if record.kind != RegionKind.RING or found is None or not isinstance(found.value, dict):
+            continue
+        role = str(found.value.get("role"))
+        if role not in roles:
+            continue
+        out.heading(f"{_RING_TITLES[role]} — [{record.id}] {records.clean(record.name)}")
+        lines = _RING_LINES[role](found.value)
+        for text in lines or ["(none)"]:
+            out.line(text)
 
 
 def _show_stacks(dump: Dump, out: Output) -> None:

@@ -27,6 +27,9 @@ class RegionKind(enum.IntEnum):
     """A raw address and size given by the caller."""
     PYCOREINFO = 5
     """The Python layout description (JSON) the inspector decodes objects with."""
+    RING = 6
+    """A ring of records (:mod:`kmemdump.formats.ring`): log records, uncaught exceptions, event-loop
+    snapshots; whole records are told from torn ones without a lock."""
 
 
 class RegionFlags(enum.IntFlag):

@@ -41,6 +41,9 @@ from kmemdump.formats.elf import OWNER_PYCOREINFO
 from kmemdump.formats.elf import PYCOREINFO_NOTE
 from kmemdump.formats.kinds import RegionKind
 from kmemdump.formats.pycoreinfo import PyCoreInfo
+from kmemdump.formats.ring import Ring
+from kmemdump.formats.ring import RingRole
+from kmemdump.formats.ring import parse_ring
 from kmemdump.formats.stacks import Stacks
 from kmemdump.formats.stacks import decode_stacks
 from kmemdump.ids import ID
@@ -58,6 +61,7 @@ __all__ = [
     "kind_name",
     "list_dumps",
     "parse_dump_name",
+    "ring_json",
     "summarize",
 ]
 
@@ -335,6 +339,8 @@ class Dump:
                 return self._decode_object(record)
             if record.kind == RegionKind.PYCOREINFO:
                 return self._decode_pycoreinfo(record)
+            if record.kind == RegionKind.RING:
+                return self._decode_ring(record)
             from kmemdump.inspect.cpython import decode_buffer
 
             value = decode_buffer(self.region_bytes(record))
@@ -351,6 +357,11 @@ class Dump:
 
         decoded = decode(self.core, record.address, self.pycoreinfo)
         return DecodedRegion(decoded.type_name, decoded.value, decoded.complete, tuple(decoded.missing))
+
+    def _decode_ring(self, record: RegionRecord) -> DecodedRegion:
+        ring = parse_ring(self.region_bytes(record))
+        whole = record.status == "ok" and not ring.missing_slots
+        return DecodedRegion(f"ring:{ring.role_name}", ring_json(ring), whole)
 
     def _decode_pycoreinfo(self, record: RegionRecord) -> DecodedRegion:
         info = PyCoreInfo.decode(self.region_bytes(record))
@@ -378,6 +389,49 @@ class Dump:
 
     def __repr__(self) -> str:
         return f"Dump({str(self.path)!r}, pid={self.meta.pid}, reason={self.meta.reason!r})"
+
+
+def ring_json(ring: Ring) -> dict[str, Any]:
+    """A record ring as JSON: its geometry, its whole records oldest first, and what was lost.
+
+    A record of an ``asyncio`` ring is a JSON snapshot: it is decoded into ``snapshot`` (``None``
+    when the text is not valid JSON, e.g. a record that was cut).
+    """
+    records = []
+    for item in ring.records:
+        entry: dict[str, Any] = {
+            "seq": item.seq,
+            "time": item.time,
+            "level": item.level,
+            "level_name": item.level_name,
+            "text": item.text,
+            "cut": item.cut,
+            "full_length": item.full_length,
+        }
+        if ring.role == RingRole.ASYNCIO:
+            entry["snapshot"] = _json_or_none(item.text)
+        records.append(entry)
+    return {
+        "role": ring.role_name,
+        "capacity": ring.capacity,
+        "record_size": ring.slot_size,
+        "created_ns": ring.created_ns,
+        "written": ring.last_seq,
+        "overwritten": ring.overwritten,
+        "torn": ring.torn,
+        "invalid": ring.invalid,
+        "missing_slots": ring.missing_slots,
+        "records": records,
+    }
+
+
+def _json_or_none(text: str) -> Any:
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def pycoreinfo_summary(info: PyCoreInfo) -> dict[str, Any]:

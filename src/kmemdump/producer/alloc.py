@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import UnknownRegionError
+from kmemdump.formats.kinds import RegionKind
 from kmemdump.ids import NO_ID
 from kmemdump.producer.registry import Registry
 
@@ -51,17 +52,27 @@ def alloc(
 
 
 def alloc_persistent(
-    registry: Registry, arena: Arena, size: int, *, id: int = NO_ID, name: str | None = None
+    registry: Registry,
+    arena: Arena,
+    size: int,
+    *,
+    id: int = NO_ID,
+    name: str | None = None,
+    kind: RegionKind | None = None,
 ) -> memoryview:
     """A zeroed, registered ``memoryview`` of exactly ``size`` bytes inside ``arena``.
 
     The registry must flag ``arena``'s range as persistent (:meth:`Registry.set_persistent_range`)
-    for the region to be published as PERSISTENT. If registration fails the block goes back to the
-    arena and the error propagates.
+    for the region to be published as PERSISTENT. ``kind`` records the region as that kind instead
+    of a plain buffer (one of our formats). If registration fails the block goes back to the arena
+    and the error propagates.
     """
     block = arena.allocate(size)
     try:
-        registry.register(block.view, id=id, name=name)
+        if kind is None:
+            registry.register(block.view, id=id, name=name)
+        else:
+            registry.register_kind(block.view, kind, id=id, name=name)
     except BaseException:
         arena.release(block)
         raise

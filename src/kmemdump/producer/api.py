@@ -16,6 +16,7 @@ from typing import overload
 
 from kmemdump.errors import KmemdumpError
 from kmemdump.formats.kinds import RegionFlags
+from kmemdump.formats.kinds import RegionKind
 from kmemdump.ids import ID
 from kmemdump.ids import NO_ID
 from kmemdump.producer import alloc as _alloc
@@ -141,6 +142,14 @@ def alloc(
     if replace and id != NO_ID and id in _registry:
         _alloc.free(_registry, id, arena=arena)
     return _alloc.alloc_persistent(_registry, arena, size, id=id, name=name)
+
+
+def persistent_buffer(size: int, *, kind: RegionKind, name: str) -> memoryview:
+    """A zeroed persistent buffer registered as ``kind`` (one of our formats, such as a record ring).
+
+    For kmemdump's own integrations (:mod:`kmemdump.logging` …); give it back with :func:`free`.
+    """
+    return _alloc.alloc_persistent(_registry, _ensure_arena(), size, name=name, kind=kind)
 
 
 def _ensure_arena() -> Arena:

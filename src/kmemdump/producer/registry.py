@@ -365,6 +365,14 @@ class Registry:
         self._notify_types(types)
         return rid
 
+    def register_kind(
+        self, target: Any, kind: RegionKind, *, id: int = NO_ID, name: str | None = None
+    ) -> int:
+        """Register the buffer ``target`` as a region of ``kind``: bytes laid out in one of our formats
+        (a :data:`RegionKind.RING` of records, say), which the inspector decodes by that kind."""
+        resolved = resolve_target(target)._replace(kind=RegionKind(kind))
+        return self._register_resolved(resolved, id, name, _owner(resolved, target))
+
     def _register_resolved(self, resolved: Resolved, wanted: int, name: str | None, owner: Any) -> int:
         label = clean_name(name) if name else resolved.type_name
         with self._lock:

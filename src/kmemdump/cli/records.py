@@ -1,0 +1,138 @@
+"""Text for what a process wrote about itself: log records, uncaught exceptions, event-loop snapshots.
+
+These come from rings (:mod:`kmemdump.formats.ring`, decoded by :func:`kmemdump.inspect.dumpfile.ring_json`)
+and from faulthandler's file; all of it is text the target wrote, so it is treated as hostile:
+control characters are shown escaped (a terminal never receives an escape sequence from a dump)
+and nothing is trusted to be well formed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import datetime
+from datetime import timezone
+from typing import Any
+
+__all__ = ["asyncio_lines", "clean", "exception_lines", "log_lines", "ring_summary", "text_lines"]
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: str) -> str:
+    """``text`` with control characters (escape sequences, bidi overrides …) shown escaped."""
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 256 else f"\\u{code:04x}"
+
+
+def text_lines(text: str, indent: str = "    ") -> list[str]:
+    """``text`` cleaned, one indented line per line (tabs kept)."""
+    return [indent + clean(line) for line in text.splitlines()] or [indent]
+
+
+def _stamp(seconds: Any) -> str:
+    try:
+        moment = datetime.fromtimestamp(float(seconds), tz=timezone.utc)
+    except (OverflowError, OSError, ValueError, TypeError):
+        return f"(time {seconds!r})"
+    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+
+
+def ring_summary(value: dict[str, Any]) -> str:
+    """One line about a ring: what it holds, how many records were written and kept, what was lost."""
+    records = value.get("records") or []
+    written = int(value.get("written") or 0)
+    line = (
+        f"ring of {value.get('role')} records, {value.get('capacity')} slots of {value.get('record_size')} "
+        f"bytes; {len(records)} kept"
+    )
+    if written:
+        line += f" of {written} written"
+    losses = [
+        f"{value[key]} {label}"
+        for key, label in (("torn", "torn"), ("invalid", "invalid"), ("missing_slots", "slots not stored"))
+        if value.get(key)
+    ]
+    return line + (f" ({', '.join(losses)})" if losses else "")
+
+
+def _cut_note(record: dict[str, Any]) -> str:
+    if not record.get("cut"):
+        return ""
+    return f" [cut: {len(str(record.get('text', '')).encode())} of {record.get('full_length')} bytes kept]"
+
+
+def log_lines(value: dict[str, Any]) -> list[str]:
+    """Every record of a log ring, oldest first: time (UTC), level, text; continuation lines indented."""
+    lines: list[str] = []
+    for record in value.get("records") or []:
+        text = str(record.get("text", ""))
+        first, *rest = text.splitlines() or [""]
+        head = f"{_stamp(record.get('time'))} {record.get('level_name', '')!s:<8} "
+        lines.append(head + clean(first) + _cut_note(record))
+        lines.extend(" " * len(head) + clean(line) for line in rest)
+    return lines
+
+
+def exception_lines(value: dict[str, Any]) -> list[str]:
+    """Every uncaught exception of an exceptions ring, oldest first, as Python printed it."""
+    lines: list[str] = []
+    for number, record in enumerate(value.get("records") or []):
+        if number:
+            lines.append("")
+        lines.append(f"at {_stamp(record.get('time'))} UTC{_cut_note(record)}:")
+        lines.extend(text_lines(str(record.get("text", ""))))
+    return lines
+
+
+def asyncio_lines(value: dict[str, Any]) -> list[str]:
+    """The newest event-loop snapshot of an asyncio ring: the blocking task, then every task."""
+    records = value.get("records") or []
+    snapshot = next(
+        (r.get("snapshot") for r in reversed(records) if isinstance(r.get("snapshot"), dict)), None
+    )
+    if snapshot is None:
+        return ["(no readable snapshot of the event loop)"]
+    state = "blocked" if snapshot.get("blocked") else "running"
+    lines = [
+        f"snapshot at {_stamp(snapshot.get('time'))} UTC: loop {state}, last turn "
+        f"{_seconds(snapshot.get('loop_age_s'))} before, {snapshot.get('task_count', '?')} tasks"
+    ]
+    current = snapshot.get("current")
+    if isinstance(current, dict):
+        lines.append(f"blocking the loop: {_task_line(current)}")
+        lines.extend(_frame_lines(current.get("stack"), "    "))
+    for task in _dicts(snapshot.get("tasks")):
+        lines.append(f"  {_task_line(task)}")
+        lines.extend(_frame_lines(task.get("awaiting"), "      "))
+    omitted = snapshot.get("omitted")
+    if omitted:
+        lines.append(f"  … {omitted} more tasks not recorded")
+    return lines
+
+
+def _dicts(items: Any) -> Iterable[dict[str, Any]]:
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
+
+def _seconds(value: Any) -> str:
+    return f"{value:.3f} s" if isinstance(value, (int, float)) else "?"
+
+
+def _task_line(task: dict[str, Any]) -> str:
+    name = clean(str(task.get("name", "?")))
+    coro = clean(str(task.get("coro", "?")))
+    state = clean(str(task.get("state", "")))
+    return f"task {name!s}: coroutine {coro}" + (f" ({state})" if state else "")
+
+
+def _frame_lines(frames: Any, indent: str) -> list[str]:
+    lines = []
+    for frame in _dicts(frames):
+        where, function = clean(str(frame.get("file", "?"))), clean(str(frame.get("function", "?")))
+        lines.append(f'{indent}File "{where}", line {frame.get("line", "?")}, in {function}')
+    return lines

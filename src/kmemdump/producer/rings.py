@@ -1,0 +1,125 @@
+"""Record rings in the persistent arena: the producer's side of :mod:`kmemdump.formats.ring`.
+
+A :class:`PersistentRing` is one region of kind ``RING`` in this process's arena file, so its
+records outlive the process (SIGKILL included) and the collector reads them from the file after a
+death. :mod:`kmemdump.producer.ringlog` (the logging handler), :mod:`kmemdump.producer.faults`
+(uncaught exceptions) and :mod:`kmemdump.producer.aiowatch` (event loops) each keep one.
+
+Fork: a child inherits the mapping of its parent's arena file, so a record appended there would
+land in the parent's ring. After a fork every ring of the child forgets its parent's region and
+opens a new one in the child's own arena on its next record.
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import weakref
+
+from kmemdump.errors import KmemdumpError
+from kmemdump.formats.kinds import RegionKind
+from kmemdump.formats.ring import Appender
+from kmemdump.formats.ring import RingRole
+from kmemdump.formats.ring import make_appender
+from kmemdump.formats.ring import pack_header
+from kmemdump.formats.ring import ring_size
+
+__all__ = ["PersistentRing"]
+
+_rings: weakref.WeakSet[PersistentRing] = weakref.WeakSet()
+
+
+def _dropped(text: str, level: int, when: float) -> int:
+    return 0
+
+
+class PersistentRing:
+    """A ring of ``capacity`` records of at most ``record_size`` bytes each, in the persistent arena.
+
+    :attr:`append` (``append(text, level, time) -> seq``) writes one record; callers that may run
+    concurrently use :meth:`write`, which takes the ring's lock. :meth:`free` gives the memory
+    back. Creating one needs the arena: call ``kmemdump.init(table=True)`` first, so that the
+    arena sits beside the table the collector reads.
+    """
+
+    def __init__(self, capacity: int, record_size: int, role: RingRole, name: str) -> None:
+        self.size = ring_size(capacity, record_size)
+        self.capacity = capacity
+        self.record_size = record_size
+        self.role = role
+        self.name = name
+        self.lock = threading.Lock()
+        self.view: memoryview | None = None
+        self.region_id = 0
+        self.append: Appender = _dropped
+        self._open()
+        _rings.add(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"PersistentRing({self.name!r}, capacity={self.capacity}, record_size={self.record_size}, "
+            f"region={self.region_id})"
+        )
+
+    def _open(self) -> None:
+        from kmemdump.producer import api
+
+        view = api.persistent_buffer(self.size, kind=RegionKind.RING, name=self.name)
+        pack_header(
+            view,
+            capacity=self.capacity,
+            slot_size=self.record_size,
+            role=self.role,
+            created_ns=time.time_ns(),
+        )
+        self.view = view
+        self.region_id = api.default_registry().ids_of(view)[0]
+        self.append = make_appender(view, self.capacity, self.record_size)
+
+    def write(self, text: str, level: int = 0, when: float | None = None) -> int:
+        """Append one record under the ring's lock; its sequence number (0 once freed)."""
+        with self.lock:
+            return self.append(text, level, time.time() if when is None else when)
+
+    def free(self) -> None:
+        """Unregister the ring and give its memory back to the arena; later records are dropped."""
+        with self.lock:
+            view, self.view = self.view, None
+            self.append = _dropped
+            if view is None:
+                return
+            from kmemdump.producer import api
+
+            with contextlib.suppress(KmemdumpError, ValueError):
+                api.free(view)
+
+    def _append_after_fork(self, text: str, level: int, when: float) -> int:
+        """A forked child's first record: open a ring of the child's own, then append to it."""
+        from kmemdump.producer import api
+
+        old, self.view = self.region_id, None
+        with contextlib.suppress(KmemdumpError):
+            api.unregister(old)  # the child's record of the parent's ring, not the parent's table
+        try:
+            self._open()
+        except KmemdumpError:
+            self.append = _dropped  # no arena for the child: records are dropped, never misplaced
+            return 0
+        return self.append(text, level, when)
+
+    def _after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()
+        if self.view is not None:
+            self.append = self._append_after_fork
+
+
+def _after_fork_in_child() -> None:
+    for ring in list(_rings):
+        ring._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
