@@ -1,4 +1,4 @@
-"""Every ``python`` block of ``docs/integrations.md`` runs, as a program of its own, and leaves nothing behind.
+"""Every ``python`` block of ``docs/integrations.md`` runs as a program of its own and leaves nothing behind.
 
 Each block runs in a fresh interpreter with a private table directory; it must exit 0 without
 writing a traceback, and a clean exit removes every file it published there.
