@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["HUNG_PRODUCER", "KMEMDUMP", "Collector", "dump_files"]
+__all__ = ["HUNG_PRODUCER", "KMEMDUMP", "Collector", "dump_files", "write_dump"]
 
 KMEMDUMP = [sys.executable, "-m", "kmemdump.cli"]
 
@@ -106,3 +106,79 @@ class Collector:
 
 def dump_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.name.endswith((".core", ".core.zst")))
+
+
+def write_dump(
+    directory: Path,
+    *,
+    host: str,
+    pid: int,
+    reason: str,
+    captured_ns: int,
+    threads: Sequence[tuple[str | None, bool, Sequence[tuple[str, str, int]]]] = (),
+    death_signal: int | None = None,
+    argv: Sequence[str] = ("/usr/bin/python3", "/srv/app/worker.py"),
+) -> Path:
+    """A dump written with the collector's own writer, as a host named ``host`` would have taken it.
+
+    ``threads``: (name, owns_gil, frames innermost first as (function, file, line)); the first thread
+    is the main one (its native id is the pid). No threads: a dump without stacks.
+    """
+    from datetime import datetime
+    from datetime import timezone
+
+    from kmemdump.collector.corewriter import write_core
+    from kmemdump.formats.dumpmeta import Death
+    from kmemdump.formats.dumpmeta import DumpMeta
+    from kmemdump.formats.dumpmeta import RegionRecord
+    from kmemdump.formats.dumpmeta import encode_meta
+    from kmemdump.formats.elf import KMD_NOTE_META
+    from kmemdump.formats.elf import KMD_NOTE_STACKS
+    from kmemdump.formats.elf import Note
+    from kmemdump.formats.elf import Segment
+    from kmemdump.formats.stacks import Frame
+    from kmemdump.formats.stacks import Stacks
+    from kmemdump.formats.stacks import ThreadStack
+    from kmemdump.formats.stacks import encode_stacks
+
+    data = f"state of {host} pid {pid}".encode()
+    address = 0x7F0000001000 + pid * 0x1000
+    death = None
+    if death_signal is not None:
+        death = Death.from_wait_status(death_signal, "wait status")
+    meta = DumpMeta(
+        reason=reason,  # type: ignore[arg-type]
+        pid=pid,
+        start_time=pid * 7,
+        captured_ns=captured_ns,
+        host=host,
+        argv=tuple(argv),
+        exe="/usr/bin/python3.11",
+        uid=1000,
+        py_hexversion=0x030B07F0,
+        regions=(RegionRecord(16, "state", 0, address, len(data), len(data), "ok"),),
+        partial=reason == "death",
+        stopped=reason != "death",
+        stacks="ok" if threads else "process gone",
+        death=death,
+    )
+    notes = [Note("KMEMDUMP", KMD_NOTE_META, encode_meta(meta))]
+    if threads:
+        stacks = Stacks(
+            "test",
+            tuple(
+                ThreadStack(
+                    1000 + i,
+                    name,
+                    pid if i == 0 else pid + i,
+                    False,
+                    gil,
+                    tuple(Frame(f, file, line) for f, file, line in frames),
+                )
+                for i, (name, gil, frames) in enumerate(threads)
+            ),
+        )
+        notes.append(Note("KMEMDUMP", KMD_NOTE_STACKS, encode_stacks(stacks)))
+    stamp = datetime.fromtimestamp(captured_ns / 1e9, tz=timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    path = directory / f"kmemdump-{pid}-{pid * 7}-{reason}-{stamp}.core"
+    return write_core(path, [Segment(address, data)], notes)

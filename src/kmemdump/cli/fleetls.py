@@ -1,0 +1,217 @@
+"""``kmemdump ls`` for a fleet: the dumps of a bucket (``ls s3://BUCKET/PREFIX``), and ``--group``,
+which folds dumps (a bucket's or a directory's) into problems by signature.
+
+A bucket is listed from its index objects alone; the dumps themselves are never downloaded. The
+DUMP column holds each dump's ``s3://`` URL, which ``show``, ``hexdump``, ``extract`` and ``gdb``
+accept as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from kmemdump.cli.render import Column
+from kmemdump.cli.render import Output
+from kmemdump.cli.render import format_size
+from kmemdump.cli.render import format_time
+from kmemdump.cli.render import json_text
+from kmemdump.cli.render import progress
+from kmemdump.errors import KmemdumpError
+from kmemdump.formats.dumpindex import DumpIndex
+from kmemdump.inspect.filters import DumpFilter
+from kmemdump.inspect.triage import Problem
+from kmemdump.inspect.triage import TriageRecord
+from kmemdump.inspect.triage import fold
+
+__all__ = ["add_fleet_options", "dir_or_url", "local_records", "print_problems", "run_remote"]
+
+_DUMP_COLUMNS = (
+    Column("TIME (UTC)", wrap=False),
+    Column("HOST", min_width=8),
+    Column("PID", right=True, wrap=False),
+    Column("REASON", wrap=False),
+    Column("SIZE", right=True, wrap=False, drop=3),
+    Column("STATE", wrap=False, drop=4),
+    Column("SIGNATURE", min_width=16, drop=2),
+    Column("COMMAND", min_width=12, drop=5),
+    Column("DUMP", wrap=False, drop=1),
+)
+_PROBLEM_COLUMNS = (
+    Column("COUNT", right=True, wrap=False),
+    Column("FIRST SEEN (UTC)", wrap=False, drop=3),
+    Column("LAST SEEN (UTC)", wrap=False),
+    Column("HOSTS", min_width=10),
+    Column("REASON", wrap=False),
+    Column("SIGNATURE", min_width=20),
+    Column("ID", wrap=False, drop=2),
+    Column("LATEST", wrap=False, drop=1),
+)
+
+
+def dir_or_url(text: str) -> str | Path:
+    """ls's DIR argument: an ``s3://`` URL stays text (a path would fold its ``//``)."""
+    from kmemdump.fleet.url import is_remote
+
+    return text if is_remote(text) else Path(text)
+
+
+def add_fleet_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--host",
+        action="append",
+        metavar="HOST",
+        help="only dumps from this host (repeatable; a bucket's dumps, or local ones)",
+    )
+    parser.add_argument(
+        "--group",
+        action="store_true",
+        help="fold the dumps into problems by signature: count, first and last seen, hosts",
+    )
+
+
+def run_remote(args: argparse.Namespace, wanted: DumpFilter) -> int:
+    """``ls s3://BUCKET/PREFIX`` with ``args``' filters and output options."""
+    from kmemdump.fleet.remote import list_indexes
+    from kmemdump.fleet.s3 import ObjectStore
+    from kmemdump.fleet.url import parse_url
+
+    url = parse_url(str(args.dir))
+    skipped: list[tuple[str, KmemdumpError]] = []
+
+    def on_error(key: str, err: KmemdumpError) -> None:
+        skipped.append((key, err))
+        if not args.json:
+            print(f"kmemdump: skipped s3://{url.bucket}/{key}: {err}", file=sys.stderr)
+
+    indexes = list_indexes(ObjectStore(url, timeout=60.0), url, wanted, on_error=on_error)
+    last = getattr(args, "last", None)
+    if last:
+        indexes = indexes[-last:]
+    where = f"s3://{url.bucket}/"
+    if args.group:
+        return print_problems(args, [_record(i, where) for i in indexes], str(url), len(skipped))
+    if getattr(args, "reverse", False):
+        indexes.reverse()
+    if args.json:
+        document = {
+            "url": str(url),
+            "dumps": [{**i.to_json(), "url": where + i.key} for i in indexes],
+            "skipped": [{"key": key, "error": str(err)} for key, err in skipped],
+        }
+        print(json_text(document))
+        return 0
+    if not indexes:
+        filtered = " matching the filters" if wanted.active else ""
+        print(f"no dumps{filtered} in {url}", file=sys.stderr)
+        return 0
+    Output(plain=args.plain).table(_DUMP_COLUMNS, [_row(i, where) for i in indexes])
+    return 0
+
+
+def _row(index: DumpIndex, where: str) -> list[str]:
+    return [
+        format_time(index.captured_ns)[:-8],
+        index.host,
+        str(index.pid),
+        index.reason if index.death is None else f"{index.reason} ({index.death})",
+        format_size(index.size) + (" zst" if index.compressed else ""),
+        "partial" if index.partial else "complete",
+        index.title,
+        index.command,
+        where + index.key,
+    ]
+
+
+def _record(index: DumpIndex, where: str) -> TriageRecord:
+    return TriageRecord(
+        index.signature,
+        index.reason,
+        index.frames,
+        index.signature_basis,
+        index.host,
+        index.pid,
+        index.captured_ns,
+        where + index.key,
+        index.command,
+        index.death,
+    )
+
+
+def local_records(paths: Iterable[Path], on_error: object = None) -> list[TriageRecord]:
+    """Triage records for local dump files (their signatures computed now)."""
+    from kmemdump.inspect.dumpfile import Dump
+    from kmemdump.inspect.dumpfile import command_line
+    from kmemdump.inspect.signature import compute_signature
+
+    records = []
+    for path in progress(list(paths), "reading dumps"):
+        try:
+            with Dump.open(path) as dump:
+                meta = dump.meta
+                signature = compute_signature(meta, dump.stacks)
+        except KmemdumpError as err:
+            if callable(on_error):
+                on_error(path, err)
+            continue
+        records.append(
+            TriageRecord(
+                signature.id,
+                meta.reason,
+                signature.frames,
+                signature.basis,
+                meta.host,
+                meta.pid,
+                meta.captured_ns,
+                str(path),
+                command_line(meta),
+                meta.death.describe() if meta.death is not None else None,
+            )
+        )
+    return records
+
+
+def _hosts(problem: Problem, limit: int = 3) -> str:
+    named = ", ".join(problem.hosts[:limit])
+    more = f" +{len(problem.hosts) - limit}" if len(problem.hosts) > limit else ""
+    return f"{len(problem.hosts)}: {named}{more}"
+
+
+def print_problems(
+    args: argparse.Namespace, records: list[TriageRecord], source: str, skipped: int = 0
+) -> int:
+    """The ``--group`` view of ``records``: one row per problem, the most frequent first."""
+    problems = fold(records)
+    if args.json:
+        document = {
+            "source": source,
+            "dumps": len(records),
+            "skipped": skipped,
+            "problems": [p.to_json() for p in problems],
+        }
+        print(json_text(document))
+        return 0
+    if not problems:
+        print(f"no dumps in {source}", file=sys.stderr)
+        return 0
+    rows = [
+        [
+            str(p.count),
+            format_time(p.first_ns)[:-8],
+            format_time(p.last_ns)[:-8],
+            _hosts(p),
+            p.reason,
+            " < ".join(p.frames[:3]) if p.frames else p.basis,
+            p.signature,
+            p.latest,
+        ]
+        for p in problems
+    ]
+    Output(plain=args.plain).table(_PROBLEM_COLUMNS, rows)
+    print(
+        f"{len(records)} dumps, {len(problems)} problems; 'kmemdump show' on a LATEST opens that dump",
+        file=sys.stderr,
+    )
+    return 0
