@@ -528,6 +528,7 @@ def test_ls_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         "stored_bytes": built.meta.stored_bytes,
         "partial": True,
         "stacks": "ok",
+        "host": built.meta.host,
     }
     assert doc["skipped"][0]["path"] == str(tmp_path / "zz.core")
     assert "not an ELF file" in doc["skipped"][0]["error"]

@@ -4,7 +4,9 @@ the tests kill and restart, and a collector killed with uploads still in its spo
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from conftest import STORE_BUCKET
 from conftest import require_weed
 from helpers_child import spawn_child
 from helpers_fleet import HUNG_PRODUCER
+from helpers_fleet import KMEMDUMP
 from helpers_fleet import Collector
 from helpers_fleet import dump_files
 from helpers_seaweed import SeaweedFS
@@ -70,6 +73,26 @@ def test_a_hung_producer_lands_in_the_bucket_with_its_index(
     # nothing secret in the log
     assert not any(os.environ["AWS_SECRET_ACCESS_KEY"] in line for line in collector.lines)
     assert not list((dump_dir / ".ship-spool").iterdir())
+    # AND ls s3:// lists it from its index object, and show s3:// decodes it
+    listing = _kmemdump("ls", store_url, "--plain")
+    assert listing.returncode == 0, listing.stderr
+    (row,) = [line for line in listing.stdout.splitlines() if f"s3://{STORE_BUCKET}/" in line]
+    assert str(child.pid) in row and "hang" in row and "wait_for_work (<child>)" in row
+    assert row.split()[-1] == f"s3://{STORE_BUCKET}/{dumps[0]}"
+    listed = json.loads(_kmemdump("ls", store_url, "--json").stdout)
+    assert [d["url"] for d in listed["dumps"]] == [f"s3://{STORE_BUCKET}/{dumps[0]}"]
+    shown = _kmemdump("show", f"s3://{STORE_BUCKET}/{dumps[0]}", "--plain")
+    assert shown.returncode == 0, shown.stderr
+    assert "order#1001 paid;" in shown.stdout and f"pid {child.pid}" in shown.stdout.replace("pid:", "pid")
+    assert "wait_for_work" in shown.stdout
+    extracted = _kmemdump("extract", f"s3://{STORE_BUCKET}/{indexes[0]}", "orders", "-o", "-")
+    assert extracted.returncode == 0 and extracted.stdout.startswith("order#1001 paid;")
+    hexdump = _kmemdump("hexdump", f"s3://{STORE_BUCKET}/{dumps[0]}", "orders")
+    assert hexdump.returncode == 0 and "|order#1001 paid;|" in hexdump.stdout
+
+
+def _kmemdump(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*KMEMDUMP, *args], capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.fixture

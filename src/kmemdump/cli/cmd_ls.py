@@ -21,6 +21,11 @@ import sys
 import time
 from pathlib import Path
 
+from kmemdump.cli.fleetls import add_fleet_options
+from kmemdump.cli.fleetls import dir_or_url
+from kmemdump.cli.fleetls import local_records
+from kmemdump.cli.fleetls import print_problems
+from kmemdump.cli.fleetls import run_remote
 from kmemdump.cli.options import default_dump_dir
 from kmemdump.cli.options import pid_number
 from kmemdump.cli.render import Column
@@ -30,10 +35,11 @@ from kmemdump.cli.render import format_time
 from kmemdump.cli.render import json_text
 from kmemdump.cli.render import progress
 from kmemdump.errors import KmemdumpError
-from kmemdump.inspect.dumpfile import CatalogEntry
+from kmemdump.fleet.url import is_remote
 from kmemdump.inspect.dumpfile import DumpSummary
 from kmemdump.inspect.dumpfile import catalog
 from kmemdump.inspect.dumpfile import summarize
+from kmemdump.inspect.filters import DumpFilter
 
 __all__ = ["EPILOG", "parse_when", "prepare", "run"]
 
@@ -45,8 +51,12 @@ exit status: 0 (also when there are no dumps, or some files are not dumps); 1 th
 2 bad usage
 
 --json prints {"directory", "dumps": [{"index", "path", "file_size", "compressed", "captured_ns", "reason",
-"pid", "start_time", "command", "exe", "regions", "stored_bytes", "partial", "stacks"}], "skipped":
+"pid", "start_time", "command", "exe", "regions", "stored_bytes", "partial", "stacks", "host"}], "skipped":
 [{"path", "error"}]}.
+
+s3://BUCKET/PREFIX lists a fleet's dumps from their index objects (the 'ship' extra; docs/fleet.md); the
+DUMP column is each dump's s3:// URL, which show, hexdump, extract and gdb accept. --group folds dumps
+(local or in a bucket) into problems by signature: count, first and last seen, hosts.
 """
 
 _COLUMNS = (
@@ -102,11 +112,11 @@ def prepare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "dir",
         nargs="?",
-        type=Path,
+        type=dir_or_url,
         default=None,
         metavar="DIR",
         help="directory of dumps, or one dump file (default: $KMEMDUMP_DUMPS or "
-        "~/.local/state/kmemdump/dumps)",
+        "~/.local/state/kmemdump/dumps), or s3://BUCKET/PREFIX: a fleet's dumps, from their index objects",
     )
     parser.add_argument(
         "--pid", type=pid_number, action="append", metavar="PID", help="only this process's dumps"
@@ -125,23 +135,17 @@ def prepare(parser: argparse.ArgumentParser) -> None:
         "-n", "--last", type=_count, metavar="N", help="only the N most recent dumps (after the filters)"
     )
     parser.add_argument("-r", "--reverse", action="store_true", help="newest first")
+    add_fleet_options(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     parser.add_argument(
         "--plain", action="store_true", help="plain text, every column whole, even on a terminal"
     )
 
 
-def _wanted(entry: CatalogEntry, args: argparse.Namespace) -> bool:
-    if args.pid and entry.pid not in args.pid:
-        return False
-    if args.reason and entry.reason not in args.reason:
-        return False
-    if args.since is not None and entry.captured_ns < args.since:
-        return False
-    return args.until is None or entry.captured_ns < args.until
-
-
 def run(args: argparse.Namespace) -> int:
+    wanted = DumpFilter.from_args(args)
+    if is_remote(args.dir):
+        return run_remote(args, wanted)
     directory: Path = args.dir if args.dir is not None else default_dump_dir()
     skipped: list[tuple[Path, KmemdumpError]] = []
 
@@ -150,15 +154,33 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"kmemdump: skipped {path}: {err}", file=sys.stderr)
 
-    entries = [entry for entry in catalog(directory, on_error=on_error) if _wanted(entry, args)]
-    if args.last:
+    entries = [
+        entry
+        for entry in catalog(directory, on_error=on_error)
+        if wanted.matches(pid=entry.pid, reason=entry.reason, captured_ns=entry.captured_ns)
+    ]
+    if args.group:
+        records = [
+            r
+            for r in local_records([e.path for e in entries], on_error)
+            if wanted.matches(pid=r.pid, reason=r.reason, captured_ns=r.captured_ns, host=r.host)
+        ]
+        return print_problems(
+            args, records[-args.last :] if args.last else records, str(directory), len(skipped)
+        )
+    if args.last and not wanted.hosts:
         entries = entries[-args.last :]
     listed: list[tuple[int, DumpSummary]] = []
     for entry in progress(entries, "reading dumps"):
         try:
-            listed.append((entry.index, summarize(entry.path)))
+            summary = summarize(entry.path)
         except KmemdumpError as err:
             on_error(entry.path, err)
+            continue
+        if not wanted.hosts or summary.host in wanted.hosts:
+            listed.append((entry.index, summary))
+    if args.last and wanted.hosts:
+        listed = listed[-args.last :]
     if args.reverse:
         listed.reverse()
     if args.json:
@@ -170,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         print(json_text(document))
         return 0
     if not listed:
-        filtered = " matching the filters" if any((args.pid, args.reason, args.since, args.until)) else ""
+        filtered = " matching the filters" if wanted.active else ""
         where = "" if os.path.exists(directory) else " (it does not exist)"
         print(f"no dumps{filtered} in {directory}{where}", file=sys.stderr)
         return 0

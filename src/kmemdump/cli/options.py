@@ -196,7 +196,7 @@ class NoSuchDumpError(KmemdumpError):
 
 DUMP_HELP = (
     "a dump: a path, a file name in the dump directory, 'latest', the number 'kmemdump ls' shows, "
-    "or pid:PID (that process's latest dump)"
+    "pid:PID (that process's latest dump), or s3://BUCKET/KEY as 'kmemdump ls s3://...' shows it"
 )
 
 
@@ -222,8 +222,13 @@ def dump_path(given: str | os.PathLike[str], directory: Path | None = None) -> P
 
     An existing file wins; then the handles ``latest``, ``N`` and ``pid:PID``; then a bare name in
     the dump directory. A path in a directory this user cannot enter is a clear error, not a crash.
+    An ``s3://BUCKET/KEY`` dump is downloaded to a private temporary file (see docs/fleet.md).
     """
     text = os.fspath(given)
+    if text.lower().startswith("s3://"):
+        from kmemdump.fleet.remote import fetch_dump
+
+        return fetch_dump(text)
     path = Path(text)
     try:
         os.stat(path)

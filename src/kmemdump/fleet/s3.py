@@ -16,6 +16,7 @@ shipper does its own backoff, and a command line should fail fast. Failures beco
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,7 +208,8 @@ class ObjectStore:
             return StoreNotFoundError("the bucket does not exist", bucket=self.url.bucket)
         if isinstance(err, FileNotFoundError):
             return StoreNotFoundError("no such object", **where)
-        if isinstance(err, exceptions.PermissionDeniedError | exceptions.UnauthenticatedError):
+        refused = re.search(r"status code: 40[13]\b", full) is not None  # a listing reports it generically
+        if refused or isinstance(err, exceptions.PermissionDeniedError | exceptions.UnauthenticatedError):
             if "RequestTimeTooSkewed" in full:
                 return StoreAuthError(
                     "the store refused the request: this host's clock is too far off", **where

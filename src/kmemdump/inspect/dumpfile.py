@@ -118,6 +118,7 @@ class DumpSummary:
     stored_bytes: int
     partial: bool
     stacks: str
+    host: str = ""
 
     def to_json(self) -> dict[str, Any]:
         body = dataclasses.asdict(self)
@@ -385,6 +386,7 @@ class Dump:
             stored_bytes=meta.stored_bytes,
             partial=meta.partial,
             stacks=meta.stacks,
+            host=meta.host,
         )
 
     def __repr__(self) -> str:
