@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,6 +67,8 @@ if mode == "exit3":
     os._exit(3)
 if mode == "segv":
     ctypes.string_at(0)
+if mode == "abort":
+    os.abort()
 if mode == "clean":
     sys.exit(0)
 if mode == "selfstop":
@@ -303,6 +307,8 @@ def test_sigkill_is_dumped_from_the_live_memory(start: Callable[..., Run]) -> No
     assert pc and sp
     if core.machine == EM_X86_64:  # not in /proc/PID/task/TID/syscall: only ptrace gives it
         assert registers["fs_base"] and registers["cs"]
+    assert meta.death is not None
+    assert (meta.death.signal, meta.death.source, meta.death.si_code) == (signal.SIGKILL, "exit stop", None)
 
 
 @pytest.mark.timeout(60)
@@ -313,6 +319,8 @@ def test_os_exit_is_dumped_and_its_code_passed_through(start: Callable[..., Run]
     meta, data = _only_dump(run)
     _assert_full_death_dump(meta, data, meta.pid)
     assert "(exit code 3)" in run.log()
+    assert meta.death is not None and (meta.death.exit_code, meta.death.signal) == (3, None)
+    assert meta.death.describe() == "exit code 3"
 
 
 @pytest.mark.timeout(60)
@@ -323,6 +331,57 @@ def test_sigsegv_is_dumped_and_reported_as_a_signal_death(start: Callable[..., R
     meta, data = _only_dump(run)
     _assert_full_death_dump(meta, data, meta.pid)
     assert "killed by SIGSEGV" in run.log()
+    death = meta.death
+    assert death is not None and death.signal == signal.SIGSEGV
+    # the kernel's siginfo, read by the tracer when the signal was delivered: a read at address 0
+    assert (death.si_code, death.address, death.sender_pid) == (1, 0, None)
+    assert death.describe() == "killed by SIGSEGV (SEGV_MAPERR: address not mapped, at 0x0)"
+    (dump,) = run.dumps()
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        pytest.skip("gdb is not installed: the rest reads the dump with it")
+    out = subprocess.run(
+        [gdb, "-nx", "-batch", "-c", str(dump), "-ex", "p $_siginfo._sifields._sigfault.si_addr"],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=False,
+    )
+    assert "Program terminated with signal SIGSEGV, Segmentation fault." in out.stdout, out
+    assert "(void *) 0x0" in out.stdout
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("traceable")
+def test_abort_is_named_with_who_sent_it(
+    start: Callable[..., Run], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kmemdump.cli.main import main
+
+    run = start("abort")
+    assert run.finish() == 128 + signal.SIGABRT
+    meta, data = _only_dump(run)
+    _assert_full_death_dump(meta, data, meta.pid)
+    death = meta.death
+    assert death is not None and death.signal == signal.SIGABRT and death.source == "exit stop"
+    # abort() raises SIGABRT itself (tgkill): the sender is the process
+    assert (death.si_code, death.sender_pid) == (-6, meta.pid)
+    (dump,) = run.dumps()
+    assert main(["show", str(dump), "--plain"]) == 0
+    reason = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("Reason:"))
+    assert f"death: killed by SIGABRT (sent by pid {meta.pid}" in reason
+    assert main(["show", str(dump), "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)["dump"]["death"]
+    assert described["signal_name"] == "SIGABRT" and described["description"].startswith("killed by SIGABRT")
+
+
+@pytest.mark.timeout(60)
+def test_without_trace_exit_the_wait_status_names_the_death(start: Callable[..., Run]) -> None:
+    run = start("exit3", trace=False)
+    assert run.finish() == 3
+    meta, _ = _only_dump(run)
+    assert meta.reason == "death" and meta.death is not None
+    assert (meta.death.exit_code, meta.death.source) == (3, "wait status")
 
 
 @pytest.mark.timeout(60)

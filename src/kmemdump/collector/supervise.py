@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 
 from kmemdump.collector.dump import DumpOptions
+from kmemdump.collector.exits import waited_death
 from kmemdump.collector.tracer import ExitTracer
 from kmemdump.collector.tracer import tracer_pid
 from kmemdump.collector.watch import Event
@@ -99,8 +100,9 @@ def _supervise_traced(watcher: Watcher, tracer: ExitTracer) -> int | None:
         stop = tracer.poll_exit()
         if stop is not None:
             try:
-                why = f"process exiting ({stop.describe()}); read at its exit stop"
-                watcher.dump_held(stop.pid, why, stop.registers)
+                death = stop.death()
+                why = f"process exiting ({death.describe()}); read at its exit stop"
+                watcher.dump_held(stop.pid, why, stop.registers, death=death)
             finally:
                 tracer.resume()
         if tracer.done:
@@ -152,6 +154,8 @@ def supervise(
             on_event=on_event,
             only_pid=child.pid,
             max_sleep=0.05,
+            death_of=None if tracer is not None else waited_death,
+            exit_events=False,  # the parent learns the status itself
         )
         traced_status: int | None = None
         try:
@@ -161,6 +165,7 @@ def supervise(
                 if traced_status is None:
                     warn(f"--trace-exit stopped ({tracer.failure}); supervising without it")
                     _until_untraced(child.pid)
+                    watcher.death_of = waited_death
             if traced_status is None:
                 while not _exited(child.pid):
                     watcher.step()

@@ -52,6 +52,7 @@ import errno
 import os
 import queue
 import signal
+import struct
 import threading
 from collections.abc import Callable
 from collections.abc import Mapping
@@ -59,11 +60,13 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 
+from kmemdump.collector.exits import death_from_siginfo
 from kmemdump.collector.registers import ThreadRegisters
 from kmemdump.collector.registers import read_registers
 from kmemdump.errors import AccessDeniedError
 from kmemdump.errors import CollectorError
 from kmemdump.errors import ProcessGoneError
+from kmemdump.formats.dumpmeta import Death
 
 __all__ = [
     "TRACE_OPTIONS",
@@ -78,6 +81,7 @@ __all__ = [
 PTRACE_CONT = 7
 PTRACE_DETACH = 17
 PTRACE_GETEVENTMSG = 0x4201
+PTRACE_GETSIGINFO = 0x4202
 PTRACE_SEIZE = 0x4206
 PTRACE_LISTEN = 0x4208
 
@@ -138,6 +142,31 @@ def _event_message(tid: int) -> int:
     return value.value
 
 
+_SIGINFO_SIZE = 128
+
+
+def _siginfo(tid: int) -> bytes | None:
+    """The ``siginfo_t`` of the signal a thread is stopped for (its signal-delivery stop)."""
+    buffer = ctypes.create_string_buffer(_SIGINFO_SIZE)
+    try:
+        _request(PTRACE_GETSIGINFO, tid, 0, ctypes.addressof(buffer))
+    except OSError:
+        return None
+    return buffer.raw
+
+
+def _kernel_fault(siginfo: bytes) -> bool:
+    """A signal the kernel raised for a fault (``si_code > 0``: SEGV_MAPERR …), not one a process sent."""
+    code: int = struct.unpack_from("<i", siginfo, 8)[0]
+    return 0 < code < 0x80
+
+
+def _sent_by(siginfo: bytes) -> int | None:
+    """The pid that sent a signal with kill/tkill/sigqueue (``si_code <= 0``), else None."""
+    code, pid = struct.unpack_from("<i4xi", siginfo, 8)
+    return int(pid) if code <= 0 else None
+
+
 def _cont(tid: int, sig: int = 0) -> None:
     """Restart a stopped tracee; a tracee SIGKILLed out of its stop meanwhile is not an error."""
     with contextlib.suppress(ProcessLookupError):
@@ -189,9 +218,15 @@ class ExitStop:
     """The exit status it is about to report, in :func:`os.waitpid` form (see :func:`describe_status`)."""
     registers: Mapping[int, ThreadRegisters] = field(default_factory=dict)
     """The registers of the threads held at their exit stop, read by the tracer (only it can)."""
+    siginfo: bytes | None = None
+    """The ``siginfo_t`` of the fatal signal as it was delivered, when one was (never for SIGKILL)."""
 
     def describe(self) -> str:
         return describe_status(self.status)
+
+    def death(self) -> Death:
+        """How the process ended: the status and, for a signal, its ``siginfo``."""
+        return death_from_siginfo(self.status, self.siginfo)
 
 
 class ExitTracer:
@@ -217,6 +252,8 @@ class ExitTracer:
         self._done = threading.Event()
         self._closed = False
         self._tids: set[int] = set()
+        self._signals: dict[int, bytes] = {}
+        """The ``siginfo`` of the last delivery of each signal (the one that kills is among them)."""
         self._thread = threading.Thread(target=self._main, name=f"kmemdump-tracer-{pid}", daemon=True)
 
     # --- the caller's side -------------------------------------------------------------------
@@ -336,7 +373,8 @@ class ExitTracer:
         sig = os.WSTOPSIG(status)
         event = status >> 16
         self._tids.add(tid)
-        if event == 0:  # signal-delivery stop: pass the signal on
+        if event == 0:  # signal-delivery stop: note what it says, pass the signal on
+            self._note_signal(tid, sig)
             _cont(tid, sig)
         elif event == PTRACE_EVENT_STOP:
             if sig in _STOP_SIGNALS:
@@ -358,13 +396,29 @@ class ExitTracer:
         else:
             _cont(tid)
 
+    def _note_signal(self, tid: int, sig: int) -> None:
+        """Keep the ``siginfo`` of a signal being delivered: should it kill the process, it says how.
+
+        A handler that catches a fault and raises it again (faulthandler does) sends the same signal
+        from the process itself; the kernel's fault, with its address, is the one worth keeping.
+        """
+        info = _siginfo(tid)
+        if info is None or not 0 < sig < 128:
+            return
+        kept = self._signals.get(sig)
+        if kept is not None and _kernel_fault(kept) and _sent_by(info) == self.pid:
+            return
+        self._signals[sig] = info
+
     def _hold_exit(self, tid: int) -> None:
         try:
             code = _event_message(tid)
         except ProcessLookupError:
             return  # SIGKILLed out of the stop already: nothing left to hold
+        fatal = os.WTERMSIG(code) if os.WIFSIGNALED(code) else 0
         self._go.clear()
         registers = read_registers(self.pid, [tid], ptrace_stopped=[tid])
-        self._exits.put(ExitStop(self.pid, code, registers))
+        siginfo = self._signals.get(fatal) if fatal else None
+        self._exits.put(ExitStop(self.pid, code, registers=registers, siginfo=siginfo))
         if not self._closed:  # nobody would resume it
             self._go.wait()

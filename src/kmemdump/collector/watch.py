@@ -30,11 +30,14 @@ from typing import Literal
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.dump import DumpResult
 from kmemdump.collector.dump import dump_target
+from kmemdump.collector.exits import ExitListener
+from kmemdump.collector.exits import zombie_status
 from kmemdump.collector.registers import ThreadRegisters
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.formats.arena import ARENA_SUFFIX
 from kmemdump.formats.arena import arena_path_of
+from kmemdump.formats.dumpmeta import Death
 from kmemdump.formats.dumpmeta import Held
 from kmemdump.formats.table import TableReader
 from kmemdump.formats.table import TableSnapshot
@@ -112,6 +115,8 @@ class Watcher:
         only_pid: int | None = None,
         max_sleep: float = _RESCAN_S,
         max_dumps: int | None = DEFAULT_MAX_DUMPS,
+        death_of: Callable[[int], Death | None] | None = None,
+        exit_events: bool = True,
     ) -> None:
         if after_hang not in AFTER_HANG:
             raise ValueError(f"after_hang must be one of {AFTER_HANG}")
@@ -130,6 +135,11 @@ class Watcher:
         self._by_fd: dict[int, tuple[int, int]] = {}
         self._last_scan = 0.0
         self._emitted: list[Event] = []
+        self.death_of = death_of
+        """How a target ended, asked first when it dies (``run`` passes its wait status)."""
+        self._exits = ExitListener() if exit_events else None
+        if self._exits is not None and self._exits.fileno() >= 0:
+            self._poller.register(self._exits.fileno(), select.POLLIN)
 
     # --- discovery -----------------------------------------------------------------------
 
@@ -201,6 +211,8 @@ class Watcher:
         with contextlib.suppress(OSError):
             write_collector_pid(path, os.getpid())
         self.targets[ident] = target
+        if self._exits is not None:
+            self._exits.wanted.add(pid)
         self._by_fd[pidfd] = ident
         self._poller.register(pidfd, select.POLLIN)
         self._emit(Event("watch", pid, f"{' '.join(target.argv)[:80]!r} table={path}"))
@@ -218,8 +230,9 @@ class Watcher:
 
     def _dump_dead(self, pid: int, start_time: int, path: Path) -> Event:
         why = "process was gone before the collector saw it; persistent regions read from its arena"
+        death = Death.unknown("the process had ended before the collector found its table")
         try:
-            result = dump_target(pid, start_time, path, reason="death", options=self.options)
+            result = dump_target(pid, start_time, path, reason="death", options=self.options, death=death)
         except (KmemdumpError, OSError) as err:
             return self._emit(Event("error", pid, f"death dump of stale table {path} failed: {err}"))
         return self._emit(Event("death", pid, why, result))
@@ -249,6 +262,8 @@ class Watcher:
     def _forget(self, ident: tuple[int, int]) -> None:
         target = self.targets.pop(ident)
         target.reader.close()
+        if self._exits is not None:
+            self._exits.wanted.discard(target.pid)
         if target.pidfd is not None:
             self._poller.unregister(target.pidfd)
             del self._by_fd[target.pidfd]
@@ -267,6 +282,9 @@ class Watcher:
         self._emitted = []
         timeout = self._timeout()
         for fd, _mask in self._poller.poll(max(0.0, timeout) * 1000):
+            if self._exits is not None and fd == self._exits.fileno():
+                self._exits.drain()
+                continue
             ident = self._by_fd.get(fd)
             if ident is not None:
                 self._on_death(ident)
@@ -329,7 +347,8 @@ class Watcher:
         if target.ended_by_us:
             self._emit(Event("exit", target.pid, f"ended ({self.after_hang}) after its hang dump"))
         elif left_table:
-            event = self._dump(target, "death", "process died")
+            death = self._death_of(target)  # first: its parent may reap it any moment
+            event = self._dump(target, "death", f"process died ({death.describe()})", death=death)
             if event.dump is not None:
                 self._report_arena(target.pid, event.dump)
         else:
@@ -338,8 +357,32 @@ class Watcher:
             _remove(target.table, arena_path_of(target.table))
         self._forget(ident)
 
+    def _death_of(self, target: _Target) -> Death:
+        """How ``target`` ended, from the best source this collector has (see :mod:`.exits`)."""
+        if self.death_of is not None:
+            found = self.death_of(target.pid)
+            if found is not None:
+                return found
+        status = zombie_status(target.pid, target.start_time)
+        if status is not None:
+            return Death.from_wait_status(status, "proc stat")
+        listener = self._exits
+        if listener is not None and listener.fileno() >= 0:
+            status = listener.take(target.pid, wait=0.2)
+            if status is not None:
+                return Death.from_wait_status(status, "proc connector")
+            return Death.unknown("the kernel's process events did not report its exit in time")
+        why = "its parent reaped it before the collector could read its exit status"
+        if listener is not None and listener.failure:
+            why += f"; {listener.failure}"
+        return Death.unknown(why)
+
     def dump_held(
-        self, pid: int, why: str, registers: Mapping[int, ThreadRegisters] | None = None
+        self,
+        pid: int,
+        why: str,
+        registers: Mapping[int, ThreadRegisters] | None = None,
+        death: Death | None = None,
     ) -> Event | None:
         """Dump ``pid`` as a death now, while something holds it at its exit with its memory mapped
         (a ptrace exit stop, under ``kmemdump run --trace-exit``); then forget it, so that its pidfd's
@@ -353,7 +396,7 @@ class Watcher:
         if ident is None or self.targets[ident].ended_by_us:
             return None
         target = self.targets[ident]
-        event = self._dump(target, "death", why, held="exit stop", registers=registers)
+        event = self._dump(target, "death", why, held="exit stop", registers=registers, death=death)
         if event.dump is not None:
             self._report_arena(pid, event.dump)
         _remove(target.table, arena_path_of(target.table))  # the producer cannot remove them now
@@ -365,8 +408,10 @@ class Watcher:
         target: _Target,
         reason: Literal["hang", "death"],
         why: str,
+        *,
         held: Held = "",
         registers: Mapping[int, ThreadRegisters] | None = None,
+        death: Death | None = None,
     ) -> Event:
         hangs = sum(1 for d in target.dumps if d.meta.reason == "hang")
         if reason == "hang" and self.max_dumps is not None and hangs >= self.max_dumps:
@@ -388,6 +433,7 @@ class Watcher:
                 exe=target.exe,
                 held=held,
                 registers=registers,
+                death=death,
             )
         except KmemdumpError as err:
             return self._emit(Event("error", target.pid, f"{reason} dump failed: {err}"))
@@ -421,6 +467,10 @@ class Watcher:
     def close(self) -> None:
         for ident in list(self.targets):
             self._forget(ident)
+        if self._exits is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._poller.unregister(self._exits.fileno())
+            self._exits.close()
 
 
 def _remove(*paths: Path) -> None:
