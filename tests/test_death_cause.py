@@ -82,7 +82,7 @@ def test_a_zombie_tells_its_exit_code(table_dir: Path, dump_dir: Path) -> None:
     assert ready["pid"] == event.pid
 
 
-def _reaped_elsewhere(table_dir: Path, dump_dir: Path, *, exit_events: bool, kill: bool) -> Event:
+def _reaped_elsewhere(table_dir: Path, dump_dir: Path, *, exit_events: bool) -> Event:
     """Start the producer under a parent that reaps it, end it, and let the watcher see it only then."""
     with spawn_child(REAPING_PARENT, args=[STANDALONE]) as parent:
         ready = parent.recv()
@@ -92,9 +92,9 @@ def _reaped_elsewhere(table_dir: Path, dump_dir: Path, *, exit_events: bool, kil
         try:
             watcher.scan()
             assert [t.pid for t in watcher.targets.values()] == [ready["pid"]]
-            os.kill(ready["pid"], signal.SIGKILL if kill else signal.SIGTERM)
+            os.kill(ready["pid"], signal.SIGKILL)
             reaped = parent.recv()["reaped"]  # gone for good: no zombie is left to read
-            assert reaped == -(signal.SIGKILL if kill else signal.SIGTERM)
+            assert reaped == -signal.SIGKILL
             return _death_event(watcher)
         finally:
             watcher.close()
@@ -107,7 +107,7 @@ def test_the_process_events_connector_tells_a_collector_that_is_not_the_parent(
     listener.close()
     if listener.failure:
         pytest.skip(f"this kernel does not let us hear process events: {listener.failure}")
-    event = _reaped_elsewhere(table_dir, dump_dir, exit_events=True, kill=True)
+    event = _reaped_elsewhere(table_dir, dump_dir, exit_events=True)
     assert event.dump is not None and event.dump.meta.death is not None
     death = event.dump.meta.death
     assert (death.signal, death.signal_name, death.source) == (signal.SIGKILL, "SIGKILL", "proc connector")
@@ -115,7 +115,7 @@ def test_the_process_events_connector_tells_a_collector_that_is_not_the_parent(
 
 
 def test_without_a_source_the_cause_is_unknown_and_says_why(table_dir: Path, dump_dir: Path) -> None:
-    event = _reaped_elsewhere(table_dir, dump_dir, exit_events=False, kill=False)
+    event = _reaped_elsewhere(table_dir, dump_dir, exit_events=False)
     assert event.dump is not None and event.dump.meta.death is not None
     death = event.dump.meta.death
     assert not death.known and death.source == ""
