@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-__all__ = ["Row", "fmt_bytes", "fmt_ns"]
+__all__ = ["Row", "fmt_bytes", "fmt_ns", "skipped"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +20,8 @@ class Row:
     target: str
     met: bool | None
     """None: informational, no target."""
+    note: str = ""
+    """How it was measured, the spread over rounds, or why a comparison was not run."""
 
     def cells(self) -> tuple[str, str, str, str, str, str]:
         ours = _fmt(self.ours, self.ours_unit)
@@ -31,6 +34,8 @@ class Row:
 
 
 def _fmt(value: float, unit: str) -> str:
+    if math.isnan(value):  # not measured
+        return "—"
     if unit == "ns":
         return fmt_ns(value)
     if unit == "B":
@@ -58,3 +63,8 @@ def fmt_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def skipped(measure: str, why: str) -> Row:
+    """A row for a comparison that could not run here, saying why."""
+    return Row(measure, float("nan"), "", None, "", None, "skipped", None, why)
