@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from benchmarks.capture import capture_levels
 from benchmarks.clicost import cli_cost
 from benchmarks.deathdump import death_dumps
 from benchmarks.disk import disk
@@ -315,6 +316,7 @@ SUITES: dict[str, Callable[[Config], list[Row]]] = {
     "detection": detection,
     "idle-collector": idle_collector,
     "cli": cli_cost,
+    "capture-levels": capture_levels,
     "gcore": gcore,
 }
 """Every suite by name; ``--only NAME`` runs one."""

@@ -10,6 +10,7 @@ import contextlib
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.dump import dump_target
 from kmemdump.formats.corenotes import Module
 from kmemdump.formats.corenotes import decode_modules
+from kmemdump.formats.dumpmeta import decode_meta
 from kmemdump.formats.elf import KMD_NOTE_META
 from kmemdump.formats.elf import KMD_NOTE_MODULES
 from kmemdump.formats.elf import KMD_NOTE_STACKS
@@ -256,3 +258,77 @@ def test_a_hang_dump_is_a_process_core_for_every_reader(python: str, table_dir: 
             assert libpython is not None and listed[libpython.path] == libpython.build_id
         else:
             assert libpython is None
+
+
+# --- the stacks capture level: the post-mortem Python debuggers ---------------------------------------
+
+
+def _pystack() -> str:
+    beside = Path(sys.executable).with_name("pystack")
+    if beside.is_file():
+        return str(beside)
+    return require_tool("pystack")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("python", INTERPRETERS)
+def test_stacks_capture_gives_pystack_gdb_and_py_bt_every_thread(
+    python: str, table_dir: Path, dump_dir: Path
+) -> None:
+    with hung_dump(python, table_dir, dump_dir, capture="stacks") as hung:
+        path = hung.path
+        with CoreImage.open(path) as core:
+            meta = decode_meta(core.note(OWNER_KMEMDUMP, KMD_NOTE_META).desc)  # type: ignore[union-attr]
+        assert (meta.capture, meta.capture_state) == ("stacks", "ok")
+        assert path.stat().st_size < 1 << 20  # a full core of the same process is some 80 MB
+        # pystack prints both deadlocked threads' Python stacks, from the dump alone
+        out = subprocess.run(
+            [_pystack(), "core", str(path)], capture_output=True, text=True, check=False, timeout=120
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        tracebacks = out.stdout.split("Traceback for thread ")
+        for tid, caller in zip(hung.tids[1:], ("deadlocked_left", "deadlocked_right"), strict=True):
+            block = next((b for b in tracebacks if b.startswith(f"{tid} ")), "")
+            assert f"in {caller}" in block and "in deadlocked_take_second" in block, out.stdout
+        # gdb unwinds every thread through the C frames, and the interpreter's helper prints py-bt
+        exe = Path(python).resolve()
+        helper = exe.with_name(f"{exe.name}-gdb.py")
+        commands = ["-ex", "thread apply all bt"]
+        if helper.is_file():
+            commands += ["-iex", f"add-auto-load-safe-path {helper}", "-ex", "thread apply all py-bt"]
+        gdb = [require_tool("gdb"), "-nx", "-batch", "-iex", "set debuginfod enabled off"]
+        out = subprocess.run(
+            [*gdb, "-se", str(exe), "-c", str(path), *commands],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        text = out.stdout + out.stderr
+        assert out.stdout.count("PyThread_acquire_lock_timed") >= 2, text
+        if helper.is_file():
+            assert text.count("in deadlocked_take_second") >= 2 and "in deadlocked_left" in text, text
+
+
+OLD_PYTHON = "/root/.pyenv/versions/3.9.18/bin/python3.9"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.access(OLD_PYTHON, os.X_OK), reason="no Python 3.9 here")
+def test_an_unsupported_python_is_refused_with_its_version_and_the_rest_still_captured() -> None:
+    from kmemdump.collector.capture import capture_ranges
+    from kmemdump.collector.coreshape import observe
+    from kmemdump.memory.process import ProcessMemory
+
+    with spawn_child("send('ready')\nblock()", OLD_PYTHON) as child:
+        assert child.recv() == "ready"
+        with ProcessMemory(child.pid) as mem:
+            shape = observe(child.pid, mem)
+            capture = capture_ranges("stacks", shape, mem)
+    assert capture.python == ""
+    assert capture.problems == (
+        "Python state not stored: Python 3.9 is not supported by the stacks capture "
+        "(only 3.10, 3.11, 3.12, 3.13)",
+    )
+    sp = shape.threads[0].registers.sp
+    assert any(start <= sp < start + size for start, size in capture.ranges)  # its stack is still stored

@@ -153,6 +153,14 @@ def add_dump_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-stacks", dest="stacks", action="store_false", help="do not take the Python stacks (py-spy)"
     )
+    parser.add_argument(
+        "--capture",
+        choices=("regions", "stacks"),
+        default="regions",
+        help="what else to store: 'regions' (default) adds the ELF headers of the mapped files; 'stacks' "
+        "also the top of each thread's stack and the interpreter's threads and frames, so that pystack, "
+        "gdb bt and py-bt print every thread's stack (some 100-400 KB more)",
+    )
 
 
 def dump_options(args: argparse.Namespace) -> DumpOptions:
@@ -178,7 +186,13 @@ def dump_options(args: argparse.Namespace) -> DumpOptions:
         kwargs["max_region"] = args.max_region
     budget = args.budget or None  # 0: "none"
     return DumpOptions(
-        directory, budget=budget, compress=args.compress, stop=args.stop, stacks=args.stacks, **kwargs
+        directory,
+        budget=budget,
+        compress=args.compress,
+        stop=args.stop,
+        stacks=args.stacks,
+        capture=args.capture,
+        **kwargs,
     )
 
 

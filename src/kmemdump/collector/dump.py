@@ -28,6 +28,10 @@ from typing import Protocol
 from typing import TypeVar
 
 from kmemdump._version import __version__
+from kmemdump.collector.capture import Capture
+from kmemdump.collector.capture import CaptureLevel
+from kmemdump.collector.capture import capture_ranges
+from kmemdump.collector.capture import merge_ranges
 from kmemdump.collector.coreshape import ProcessShape
 from kmemdump.collector.coreshape import observe
 from kmemdump.collector.coreshape import process_notes
@@ -93,6 +97,10 @@ class DumpOptions:
     stop: bool = True
     """Hold the target with SIGSTOP while copying, so the regions are one consistent picture."""
     stacks: bool = True
+    capture: CaptureLevel = "regions"
+    """What else to store: "regions" adds only the ELF headers of the mapped files; "stacks" also the
+    top of each thread's stack and the interpreter's thread states, frames and code objects, so that
+    pystack, gdb ``bt`` and ``py-bt`` print every thread's stack (see :mod:`.capture`)."""
     threads: float = 0.02
     """Read each thread's scheduler state before the hold, measuring CPU use over this many seconds
     (0: read the states without measuring; negative: do not read them)."""
@@ -209,7 +217,7 @@ def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnap
                 raise CollectorError("the process published no table", pid=pid, path=str(table)) from None
         assert snapshot is not None
         t0 = time.perf_counter()
-        shape = None if gone else _observe(job, sink)
+        shape, capture = (None, None) if gone else _observe(job, sink, options, snapshot.header.py_hexversion)
         records, pycoreinfo, arena_state = _copy(job, snapshot, options, sink)
         copy_ms = (time.perf_counter() - t0) * 1000
         stacks_note, stacks_state = _stacks(pid, options, gone or any(r.status == "gone" for r in records))
@@ -246,6 +254,8 @@ def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnap
         death=job.death,
         threads=threads,
         threads_taken=threads_taken,
+        capture=options.capture,
+        capture_state=_capture_state(options, gone, capture),
     )
     if shape is not None:
         notes = process_notes(shape, cursig=_cursig(job.death), siginfo=_siginfo(job.death))
@@ -263,6 +273,14 @@ def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnap
     if stacks_note is not None:
         notes.append(Note(OWNER_KMEMDUMP, KMD_NOTE_STACKS, stacks_note))
     return DumpResult(sink.finish(notes), meta)
+
+
+def _capture_state(options: DumpOptions, gone: bool, capture: Capture | None) -> str:
+    if options.capture == "regions":
+        return "ok"
+    if capture is None:
+        return "process gone" if gone else "the process could not be looked at"
+    return "; ".join(capture.problems) or "ok"
 
 
 def _cursig(death: Death | None) -> int:
@@ -286,17 +304,23 @@ def _siginfo(death: Death | None) -> Note | None:
     )
 
 
-def _observe(job: _Job, sink: _Sink) -> ProcessShape | None:
+def _observe(
+    job: _Job, sink: _Sink, options: DumpOptions, hexversion: int
+) -> tuple[ProcessShape | None, Capture | None]:
     """The target's threads, registers, mappings and modules (see :mod:`.coreshape`), with the
-    modules' ELF headers stored; None when the process cannot be looked at (gone, refused)."""
+    modules' ELF headers and what the capture level adds stored; (None, None) when the process
+    cannot be looked at (gone, refused)."""
     try:
         with ProcessMemory(job.pid) as mem:
             shape = observe(job.pid, mem, registers=job.registers)
+            capture = capture_ranges(options.capture, shape, mem, hexversion=hexversion)
+            ranges = merge_ranges([(a, len(data)) for a, data in shape.headers] + list(capture.ranges))
+            for (address, _), data in zip(ranges, mem.read_many(ranges), strict=True):
+                if data:
+                    sink.add(address, data)
     except KmemdumpError:
-        return None
-    for address, data in shape.headers:
-        sink.add(address, data)
-    return shape
+        return None, None
+    return shape, capture
 
 
 class _Sink(Protocol):

@@ -303,6 +303,11 @@ class DumpMeta:
     """Each thread's scheduler state, read just before the process was held (see ``threads_taken``)."""
     threads_taken: str = ""
     """When ``threads`` were read: "before the hold", or why there are none ("process gone" …)."""
+    capture: str = "regions"
+    """The capture level: "regions" (regions and ELF headers) or "stacks" (what debuggers need to
+    print every thread's stack, see :mod:`kmemdump.collector.capture`)."""
+    capture_state: str = "ok"
+    """"ok", or what the capture level could not store (one clause each, separated by "; ")."""
 
     @property
     def stored_bytes(self) -> int:
@@ -355,6 +360,8 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "death": dict,
     "threads": list,
     "threads_taken": str,
+    "capture": str,
+    "capture_state": str,
 }
 _REGION_FIELDS: dict[str, type] = {
     "id": int,
