@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -332,3 +334,83 @@ def test_an_unsupported_python_is_refused_with_its_version_and_the_rest_still_ca
     )
     sp = shape.threads[0].registers.sp
     assert any(start <= sp < start + size for start, size in capture.ranges)  # its stack is still stored
+
+
+# --- kmemdump gdb: the binaries the process ran, checked by build-id ----------------------------------
+
+
+def _kmemdump_gdb(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kmemdump", "gdb", *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+PYENV_312 = "/root/.pyenv/versions/3.12.1/bin/python3.12"
+needs_shared_312 = pytest.mark.skipif(
+    not os.access(PYENV_312, os.X_OK), reason="needs pyenv's 3.12 (a shared libpython)"
+)
+
+
+@pytest.mark.slow
+@needs_shared_312
+def test_kmemdump_gdb_gives_gdb_the_executable_and_each_library_at_its_address(
+    table_dir: Path, dump_dir: Path
+) -> None:
+    require_tool("gdb")
+    with hung_dump(PYENV_312, table_dir, dump_dir) as hung:
+        modules = _modules(hung.path)
+        out = _kmemdump_gdb(str(hung.path), "--print-command", "--", "-batch")
+        command = shlex.split(out.stdout)
+        assert command[command.index("-se") + 1] == modules["exe"].path
+        libpython = modules["libpython"]
+        assert f"add-symbol-file {libpython.path} -o {libpython.base:#x}" in command
+        assert f"{len(modules)} of {len(modules)} files the process mapped are given to gdb" in out.stderr
+        # and gdb, run so, names the function each thread is blocked in
+        out = _kmemdump_gdb(str(hung.path), "--", "-batch", "-nx", "-ex", "thread apply all bt 1")
+        frames = re.findall(r"^#0\s+(?:0x[0-9a-f]+ in )?(\w+)", out.stdout, re.M)
+        assert len(frames) >= len(hung.tids) and "__futex_abstimed_wait_common64" in frames, out.stdout
+
+
+@pytest.mark.slow
+@needs_shared_312
+def test_kmemdump_gdb_loads_the_interpreters_helper_for_py_bt(table_dir: Path, dump_dir: Path) -> None:
+    require_tool("gdb")
+    with hung_dump(PYENV_312, table_dir, dump_dir, capture="stacks") as hung:
+        out = _kmemdump_gdb(str(hung.path), "--", "-batch", "-nx", "-ex", "thread apply all py-bt")
+    assert "auto-loading has been declined" not in out.stderr
+    assert out.stdout.count("in deadlocked_take_second") == 2, out.stdout + out.stderr
+    assert "in deadlocked_left" in out.stdout and "in deadlocked_right" in out.stdout
+
+
+@pytest.mark.slow
+@needs_shared_312
+def test_kmemdump_gdb_says_which_binary_is_missing_or_another_build(
+    table_dir: Path, dump_dir: Path, tmp_path: Path
+) -> None:
+    with hung_dump(PYENV_312, table_dir, dump_dir) as hung:
+        modules = _modules(hung.path)
+        exe, libpython = modules["exe"], modules["libpython"]
+        # an empty sysroot: nothing is there
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        out = _kmemdump_gdb(str(hung.path), "--sysroot", str(empty), "--print-command")
+        missing = f"{empty}{exe.path} (build-id {exe.build_id}) is not on this machine"
+        assert f"the executable {missing}" in out.stderr
+        assert "-se" not in shlex.split(out.stdout)
+        assert f"set sysroot {empty}" in shlex.split(out.stdout)
+        # a sysroot where the executable is another program and libpython the right file
+        other = tmp_path / "other"
+        for module, source in ((exe, "/bin/true"), (libpython, libpython.path)):
+            target = other / module.path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+        out = _kmemdump_gdb(str(hung.path), "--sysroot", str(other), "--print-command")
+        assert f"the executable {other}{exe.path} is another build" in out.stderr
+        assert f"the process ran {exe.build_id}): not loaded" in out.stderr
+        command = shlex.split(out.stdout)
+        assert "-se" not in command
+        assert f"add-symbol-file {other}{libpython.path} -o {libpython.base:#x}" in command

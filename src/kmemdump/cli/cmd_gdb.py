@@ -1,10 +1,17 @@
-"""Open gdb on a dump: 'gdb -se EXE -c DUMP [GDB ARGS]'.
+"""Open gdb on a dump: 'gdb -se EXE -c DUMP [GDB ARGS]', with the binaries the process ran.
 
-The executable recorded in the dump is passed to gdb when it still exists, so symbols resolve.
+A dump records every ELF file its process mapped, with its load address and build-id. Each is looked
+up on this machine (under --sysroot DIR when the dump comes from elsewhere: a container's root, a copy
+of the host's files) and checked by build-id: the executable is given to gdb, the libraries are loaded
+at the addresses the process had (or found by gdb itself through the dynamic linker's list when the
+dump has it, --capture stacks), and the interpreter's gdb helper (py-bt) is allowed to load. Whatever
+is missing, or is another build than the one that ran, is said on stderr, file by file. A dump from an
+older kmemdump only names its executable, which is used when it still exists.
+
 gdb cannot read compressed cores: a .core.zst dump is first decompressed to a temporary file, which
 is removed when gdb exits. Arguments after '--' go to gdb, e.g.
 
-    kmemdump gdb DUMP -- -batch -ex 'x/s 0x7f3a1c000010'
+    kmemdump gdb DUMP -- -batch -ex 'thread apply all bt'
 
 With --print-command the command is printed (shell-quoted) instead of run; a decompressed
 temporary file is then kept, and its path is part of the command.
@@ -22,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +40,14 @@ from kmemdump.cli.options import dump_path
 from kmemdump.errors import DumpFormatError
 from kmemdump.errors import KmemdumpError
 from kmemdump.formats import zstd
+from kmemdump.inspect.binaries import Binary
+from kmemdump.inspect.binaries import find_binaries
 from kmemdump.inspect.dumpfile import Dump
 
 __all__ = ["GdbMissingError", "gdb_command", "prepare", "run"]
 
 _CHUNK = 8 << 20
+_MAX_NOTES = 20
 
 
 class GdbMissingError(KmemdumpError):
@@ -57,6 +69,13 @@ def _add_options(parser: argparse.ArgumentParser, default: Any = None) -> None:
         default=default,
         metavar="PATH",
         help="executable to load symbols from (default: the one recorded in the dump)",
+    )
+    parser.add_argument(
+        "--sysroot",
+        default=default,
+        metavar="DIR",
+        help="look for the process's files under DIR (a copy of its machine's files, /proc/PID/root of a "
+        "container); gdb's sysroot too",
     )
     parser.add_argument(
         "--print-command",
@@ -90,12 +109,29 @@ def _split_arguments(args: argparse.Namespace) -> tuple[argparse.Namespace, list
     return argparse.Namespace(**{**vars(args), **vars(mine)}), theirs
 
 
-def gdb_command(gdb: str, core: Path, exe: str | None, extra: list[str]) -> list[str]:
-    """The argv that runs ``gdb`` on ``core``, with ``exe``'s symbols when given."""
-    command = [gdb]
+def gdb_command(
+    gdb: str,
+    core: Path,
+    exe: str | None,
+    extra: list[str],
+    *,
+    before: Sequence[str] = (),
+    after: Sequence[str] = (),
+) -> list[str]:
+    """The argv that runs ``gdb`` on ``core``, with ``exe``'s symbols when given; ``before`` are gdb
+    arguments for before the files are loaded (``-iex``), ``after`` for after (``-ex``)."""
+    command = [gdb, *before]
     if exe is not None:
         command += ["-se", exe]
-    return [*command, "-c", str(core), *extra]
+    return [*command, "-c", str(core), *after, *extra]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    exe: str | None
+    before: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,9 +143,14 @@ def run(args: argparse.Namespace) -> int:
         if found is None:
             raise GdbMissingError("gdb not found", gdb=gdb)
         gdb = found
+    sysroot = Path(args.sysroot) if args.sysroot else None
+    if sysroot is not None and not sysroot.is_dir():
+        raise DumpFormatError("--sysroot is not a directory", path=str(sysroot))
     with _plain_core(path, keep=args.print_command) as core:
-        exe = _executable(core, path, args.exe)
-        command = gdb_command(gdb, core, exe, extra)
+        plan = _plan(core, path, args.exe, sysroot)
+        for line in plan.notes:
+            print(f"kmemdump: {line}", file=sys.stderr)
+        command = gdb_command(gdb, core, plan.exe, extra, before=plan.before, after=plan.after)
         if args.print_command:
             if core != path:
                 print(f"kmemdump: decompressed {path.name} to {core}; remove it when done", file=sys.stderr)
@@ -118,23 +159,85 @@ def run(args: argparse.Namespace) -> int:
         return _run_gdb(command)
 
 
-def _executable(core: Path, original: Path, override: str | None) -> str | None:
-    """The executable gdb should load: ``override``, else the dump's own when it still exists."""
-    if override is not None:
-        return override
+def _open(core: Path, original: Path) -> Dump:
     try:
-        with Dump.open(core) as dump:
-            exe = dump.meta.exe
+        return Dump.open(core)
     except DumpFormatError as err:
         if core == original:
             raise
         raise DumpFormatError(err.message, **{**err.context, "path": str(original)}) from err
+
+
+def _plan(core: Path, original: Path, override: str | None, sysroot: Path | None) -> _Plan:
+    """What gdb is given: the executable, the libraries and the helpers, and what to tell the user."""
+    with _open(core, original) as dump:
+        meta, modules = dump.meta, dump.modules
+    if modules is None:  # a dump without the modules note: its recorded executable, if still there
+        return _Plan(_executable(meta.exe, override, sysroot))
+    binaries = find_binaries(modules, sysroot=sysroot)
+    usable = [b for b in binaries if b.path is not None]
+    notes = [b.describe() for b in binaries if b.status not in ("ok", "unchecked")]
+    if len(notes) > _MAX_NOTES:
+        notes[_MAX_NOTES:] = [f"… and {len(notes) - _MAX_NOTES} more files"]
+    exe = override
+    if exe is None:
+        exe = next((b.path for b in usable if b.module.role == "exe"), None)
+    if exe is None and not any(b.module.role == "exe" for b in binaries):
+        exe = _executable(meta.exe, None, sysroot)
+    before: list[str] = []
+    if sysroot is not None:
+        before += ["-iex", f"set sysroot {sysroot}"]
+    for binary in usable:
+        helper = _helper(binary)
+        if helper is not None:
+            before += ["-iex", f"add-auto-load-safe-path {helper}"]
+    after: list[str] = []
+    if meta.capture != "stacks":  # no dynamic linker's list in the dump: load each library where it was
+        libraries = [b for b in usable if b.module.role != "exe"]
+        for binary in libraries:
+            after += ["-ex", f"add-symbol-file {binary.path} -o {binary.bias:#x}"]
+        if after:
+            after = ["-ex", "set confirm off", *after, "-ex", "set confirm on"]
+            # the thread library needs libc's data, which this level does not store
+            before += ["-iex", "set auto-load libthread-db off"]
+        notes.append(
+            "this dump holds each thread's registers but not its stack (taken with --capture regions): "
+            "gdb shows where each thread is, not how it got there; --capture stacks dumps give backtraces"
+        )
+    if usable or notes:
+        notes.append(f"{len(usable)} of {len(binaries)} files the process mapped are given to gdb")
+    return _Plan(exe, tuple(before), tuple(after), tuple(notes))
+
+
+def _helper(binary: Binary) -> str | None:
+    """The interpreter's gdb helper installed beside it (``python3.12-gdb.py``), if it is as safe to
+    load as the binary itself: owned by root or by us, writable by nobody else."""
+    if binary.module.role not in ("exe", "libpython") or binary.status != "ok" or binary.path is None:
+        return None
+    helper = Path(f"{binary.path}-gdb.py")
+    if binary.module.role == "exe" and not helper.is_file():
+        helper = Path(binary.path).resolve().with_name(f"{Path(binary.path).resolve().name}-gdb.py")
+    try:
+        info = helper.stat()
+    except OSError:
+        return None
+    if info.st_uid not in (0, os.getuid()) or info.st_mode & 0o022:
+        return None
+    return str(helper)
+
+
+def _executable(exe: str | None, override: str | None, sysroot: Path | None) -> str | None:
+    """The executable gdb should load: ``override``, else the recorded one when it still exists."""
+    if override is not None:
+        return override
     if not exe:
         return None
-    if not os.path.isfile(exe):
-        print(f"kmemdump: the dump's executable {exe} no longer exists; gdb gets no symbols", file=sys.stderr)
+    local = exe if sysroot is None else str(sysroot / exe.lstrip("/"))
+    if not os.path.isfile(local):
+        message = f"the dump's executable {local} no longer exists; gdb gets no symbols"
+        print(f"kmemdump: {message}", file=sys.stderr)
         return None
-    return exe
+    return local
 
 
 def _run_gdb(command: list[str]) -> int:

@@ -31,10 +31,13 @@ from kmemdump.errors import DumpFormatError
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import UnknownRegionError
 from kmemdump.errors import UnreadableMemoryError
+from kmemdump.formats.corenotes import Module
+from kmemdump.formats.corenotes import decode_modules
 from kmemdump.formats.dumpmeta import DumpMeta
 from kmemdump.formats.dumpmeta import RegionRecord
 from kmemdump.formats.dumpmeta import decode_meta
 from kmemdump.formats.elf import KMD_NOTE_META
+from kmemdump.formats.elf import KMD_NOTE_MODULES
 from kmemdump.formats.elf import KMD_NOTE_STACKS
 from kmemdump.formats.elf import OWNER_KMEMDUMP
 from kmemdump.formats.elf import OWNER_PYCOREINFO
@@ -164,6 +167,18 @@ class Dump:
     def stacks_state(self) -> str:
         """``"ok"`` when :attr:`stacks` is set, otherwise why there are none."""
         return self._stacks[1]
+
+    @functools.cached_property
+    def modules(self) -> tuple[Module, ...] | None:
+        """The ELF files the process mapped, with their build-ids; None for a dump without the
+        modules note (older versions, or a process already gone) or with a damaged one."""
+        note = self.core.note(OWNER_KMEMDUMP, KMD_NOTE_MODULES)
+        if note is None:
+            return None
+        try:
+            return decode_modules(note.desc)
+        except DumpFormatError:
+            return None
 
     @functools.cached_property
     def problems(self) -> tuple[str, ...]:

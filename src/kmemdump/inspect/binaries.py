@@ -1,0 +1,131 @@
+"""The binaries a dump's process ran, found on this machine and checked by build-id.
+
+A dump records every ELF file the process mapped, with its load address and GNU build-id (the
+``KMEMDUMP`` modules note). To show symbols a debugger needs those very files: :func:`find_binaries`
+looks each one up (under a sysroot when the dump comes from another machine or a container), and
+checks the file's build-id against the recorded one, so that a library upgraded since the dump was
+taken is reported, not silently used for wrong symbols. When a file is missing but its separate debug
+information is installed (``/usr/lib/debug/.build-id/xx/yyyy.debug``), that is used instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from kmemdump.formats.corenotes import Module
+from kmemdump.formats.elfimage import PT_NOTE
+from kmemdump.formats.elfimage import ElfImageError
+from kmemdump.formats.elfimage import build_id_from_notes
+from kmemdump.formats.elfimage import parse_image_header
+
+__all__ = ["DEBUG_DIRECTORY", "Binary", "BinaryStatus", "file_build_id", "find_binaries"]
+
+DEBUG_DIRECTORY = Path("/usr/lib/debug")
+_HEAD = 64 << 10
+_MAX_NOTES = 64 << 10
+
+BinaryStatus = Literal["ok", "debuginfo", "missing", "mismatch", "unchecked"]
+"""``ok``: the file is here with the recorded build-id; ``debuginfo``: only its separate debug file is;
+``missing``: neither; ``mismatch``: a file is there but another build; ``unchecked``: the dump recorded
+no build-id for it (the file is used when present)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Binary:
+    """One recorded module and what was found for it here."""
+
+    module: Module
+    status: BinaryStatus
+    path: str | None
+    """The local file to load symbols from (None when missing or another build)."""
+    looked_at: str
+    """Where it was looked for (under the sysroot)."""
+    found_build_id: str | None = None
+    bias: int = 0
+    """What to add to the file's addresses to get the process's (gdb's ``add-symbol-file -o``)."""
+
+    def describe(self) -> str:
+        """One line for the user, for anything but ``ok``."""
+        what = {"exe": "the executable", "libpython": "libpython"}.get(self.module.role, "the library")
+        recorded = f" (build-id {self.module.build_id})" if self.module.build_id else ""
+        if self.status == "missing":
+            return f"{what} {self.looked_at}{recorded} is not on this machine: its frames get no symbols"
+        if self.status == "mismatch":
+            return (
+                f"{what} {self.looked_at} is another build (build-id {self.found_build_id}, the process ran "
+                f"{self.module.build_id}): not loaded, its symbols would be wrong"
+            )
+        if self.status == "debuginfo":
+            return f"{what} {self.looked_at} is missing; symbols from its debug file {self.path}"
+        if self.status == "unchecked":
+            return f"{what} {self.looked_at} has no recorded build-id: loaded unchecked"
+        return f"{what} {self.looked_at}: ok"
+
+
+def file_build_id(path: str | os.PathLike[str]) -> tuple[str | None, int]:
+    """The GNU build-id of an ELF file (None when it has none or is not ELF), and the lowest
+    ``p_vaddr - p_offset`` of its loadable segments (0 for none)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_HEAD)
+            try:
+                image = parse_image_header(0, head)
+            except ElfImageError:
+                return None, 0
+            loads = [ph.vaddr - ph.offset for ph in image.program_headers if ph.type == 1]
+            for ph in image.program_headers:
+                if ph.type != PT_NOTE or ph.filesz > _MAX_NOTES:
+                    continue
+                handle.seek(ph.offset)
+                found = build_id_from_notes(handle.read(ph.filesz))
+                if found:
+                    return found, min(loads, default=0)
+            return None, min(loads, default=0)
+    except OSError:
+        return None, 0
+
+
+def _under(sysroot: Path | None, path: str) -> Path:
+    return Path(path) if sysroot is None else sysroot / path.lstrip("/")
+
+
+def find_binaries(
+    modules: Sequence[Module], *, sysroot: Path | None = None, debug_directory: Path = DEBUG_DIRECTORY
+) -> list[Binary]:
+    """Each module's local file (under ``sysroot``), checked against its recorded build-id."""
+    out = []
+    for module in modules:
+        local = _under(sysroot, module.path.removesuffix(" (deleted)"))
+        found, lowest = file_build_id(local) if local.is_file() else (None, 0)
+        bias = module.base - (lowest - lowest % 4096)
+        if local.is_file() and module.build_id is None:
+            out.append(Binary(module, "unchecked", str(local), str(local), found, bias))
+            continue
+        if local.is_file() and found == module.build_id:
+            out.append(Binary(module, "ok", str(local), str(local), found, bias))
+            continue
+        debug = _debug_file(module, debug_directory)
+        if debug is not None:
+            _, lowest = file_build_id(debug)
+            bias = module.base - (lowest - lowest % 4096)
+            out.append(Binary(module, "debuginfo", str(debug), str(local), found, bias))
+        elif local.is_file():
+            out.append(Binary(module, "mismatch", None, str(local), found))
+        else:
+            out.append(Binary(module, "missing", None, str(local)))
+    return out
+
+
+def _debug_file(module: Module, directory: Path) -> Path | None:
+    """The separate debug file installed for the module's build-id, checked, if any."""
+    build_id = module.build_id
+    if not build_id or len(build_id) < 3:
+        return None
+    path = directory / ".build-id" / build_id[:2] / f"{build_id[2:]}.debug"
+    if path.is_file() and file_build_id(path)[0] == build_id:
+        return path
+    return None
