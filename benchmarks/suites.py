@@ -24,6 +24,7 @@ from benchmarks.procs import tmpdir
 from benchmarks.rows import Row
 from benchmarks.rows import skipped
 from benchmarks.scale import small_regions
+from benchmarks.shipping import shipping
 from benchmarks.timing import Config
 from benchmarks.timing import best_ns_per_op
 
@@ -318,5 +319,6 @@ SUITES: dict[str, Callable[[Config], list[Row]]] = {
     "cli": cli_cost,
     "capture-levels": capture_levels,
     "gcore": gcore,
+    "shipping": shipping,
 }
 """Every suite by name; ``--only NAME`` runs one."""

@@ -169,3 +169,61 @@ def test_a_collector_killed_with_uploads_in_its_spool_ships_them_after_a_restart
     assert len(indexes) == 2
     assert len([line for line in again.lines if " uploaded " in line]) == 2
     assert not list((dump_dir / ".ship-spool").iterdir())
+
+
+def test_a_store_that_never_answers_does_not_delay_the_next_hang_dump(
+    table_dir: Path, dump_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import select
+    import socket
+
+    from kmemdump.collector.dump import DumpOptions
+    from kmemdump.collector.watch import Watcher
+    from kmemdump.fleet.shipper import ShipOptions
+    from kmemdump.fleet.shipper import Shipper
+
+    # GIVEN an endpoint that accepts connections and never answers (nothing accepts them)
+    black_hole = socket.socket()
+    black_hole.bind(("127.0.0.1", 0))
+    black_hole.listen(16)
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{black_hole.getsockname()[1]}")
+    monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("HOME", "/nonexistent")
+    lines: list[str] = []
+    shipper = Shipper(
+        ShipOptions(parse_url(f"s3://{STORE_BUCKET}/hole"), tmp_path / "spool"), log=lines.append
+    )
+    shipper.start()
+    hangs: list[int] = []
+
+    def on_event(event: object) -> None:
+        dump = getattr(event, "dump", None)
+        if dump is not None:
+            hangs.append(getattr(event, "pid", 0))
+            shipper.submit(dump.path)
+
+    watcher = Watcher([table_dir], DumpOptions(dump_dir, stacks=False), on_event=on_event)
+    try:
+        with spawn_child(HUNG_PRODUCER, args=["0.3"]) as first:
+            first.recv()
+            while first.pid not in hangs:
+                watcher.step()
+            # WHEN the shipper is stuck sending the first dump (its connection waits in the backlog)
+            assert select.select([black_hole], [], [], 60)[0], "the shipper never connected"
+            with spawn_child(HUNG_PRODUCER, args=["0.3"]) as second:
+                second.recv()
+                # THEN the collector still dumps the next hang, while the first upload hangs
+                while second.pid not in hangs:
+                    watcher.step()
+                assert shipper.uploaded == 0 and not any("failed" in line for line in lines)
+                assert len(dump_files(dump_dir)) == 2
+    finally:
+        watcher.close()
+        black_hole.close()  # the pending connection is reset: the upload fails, the thread can stop
+        shipper.stop(timeout=60)
+    assert shipper._thread is not None and not shipper._thread.is_alive()
