@@ -217,3 +217,20 @@ def test_without_the_extra_the_error_names_it(monkeypatch: pytest.MonkeyPatch) -
         ObjectStore(parse_url(f"s3://{STORE_BUCKET}"))
     assert str(caught.value).endswith("install it with: pip install 'kmemdump[ship]'")
     assert "\n" not in str(caught.value)
+
+
+def test_a_large_file_goes_in_parts_and_is_still_written_once(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kmemdump.fleet import s3
+
+    monkeypatch.setattr(s3, "SINGLE_PUT_LIMIT", 1024 * 1024)
+    data = os.urandom(9 * 1024 * 1024 + 17)
+    (tmp_path / "big.core").write_bytes(data)
+    store = _store(store_url)
+    key = parse_url(store_url).key("big.core")
+    assert store.put_if_absent(key, tmp_path / "big.core") == "created"
+    assert store.put_if_absent(key, tmp_path / "big.core") == "exists"
+    info = store.head(key)
+    assert info is not None and info.size == len(data) and "-" in (info.etag or "")  # a multipart ETag
+    assert store.get(key, len(data) - 17) == data[-17:]

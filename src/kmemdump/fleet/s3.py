@@ -16,6 +16,7 @@ shipper does its own backoff, and a command line should fail fast. Failures beco
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,9 +36,11 @@ from kmemdump.fleet.errors import StoreNotFoundError
 from kmemdump.fleet.errors import StoreUnavailableError
 from kmemdump.fleet.url import StoreURL
 
-__all__ = ["ObjectInfo", "ObjectStore", "PutOutcome", "require_client"]
+__all__ = ["SINGLE_PUT_LIMIT", "ObjectInfo", "ObjectStore", "PutOutcome", "require_client"]
 
 PutOutcome = Literal["created", "exists"]
+SINGLE_PUT_LIMIT = 64 * 1024 * 1024
+"""Files up to this size are sent in one conditional PUT; larger ones in a multipart upload."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,22 +117,48 @@ class ObjectStore:
     # --- verbs ----------------------------------------------------------------------------------
 
     def put_if_absent(self, key: str, data: bytes | Path) -> PutOutcome:
-        """Write ``data`` (bytes, or a file's content) at ``key`` unless the key exists."""
+        """Write ``data`` (bytes, or a file's content) at ``key`` unless the key exists.
+
+        Up to :data:`SINGLE_PUT_LIMIT` bytes this is one conditional PUT, atomic in the store (the
+        client holds the body in memory while sending it). A larger file goes in 8 MiB parts of a
+        multipart upload, which S3 cannot make conditional: the key is checked with HEAD first, so
+        two writers racing for one key may both write it (with kmemdump's keys, the same bytes).
+        """
         exceptions = self._exceptions()
         try:
+            if isinstance(data, Path) and os.stat(data).st_size > SINGLE_PUT_LIMIT:
+                return self._put_large(key, data)
             self._obstore.put(self._store, key, data, mode="create", use_multipart=False)
         except exceptions.AlreadyExistsError:
             return "exists"
+        except StoreError:
+            raise
         except Exception as err:
             raise self._translate(err, key) from err
         return "created"
 
+    def _put_large(self, key: str, path: Path) -> PutOutcome:
+        if self.head(key) is not None:
+            return "exists"
+        with open(path, "rb") as handle:
+            self._obstore.put(
+                self._store, key, handle, use_multipart=True, chunk_size=8 * 1024 * 1024, max_concurrency=2
+            )
+        return "created"
+
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
-        """The object's bytes, or those of ``[start, end)``."""
+        """The object's bytes, or those of ``[start, end)`` (``end`` None: to the end)."""
         try:
             if start is None:
                 return bytes(self._obstore.get(self._store, key).bytes())
+            if end is None:
+                info = self.head(key)
+                if info is None:
+                    raise StoreNotFoundError("no such object", bucket=self.url.bucket, key=key)
+                end = info.size
             return bytes(self._obstore.get_range(self._store, key, start=start, end=end))
+        except StoreError:
+            raise
         except Exception as err:
             raise self._translate(err, key) from err
 
@@ -222,7 +251,7 @@ class ObjectStore:
             if "builder error" in full:
                 return StoreConfigError(f"the S3 client cannot build the request: {message}", **where)
             return StoreUnavailableError(f"the store is unavailable: {message}", **where)
-        if isinstance(err, exceptions.BaseError):
+        if isinstance(err, exceptions.BaseError | ValueError | TypeError):
             return StoreConfigError(f"the S3 client failed: {message}", **where)
         return StoreUnavailableError(f"the store is unavailable: {message}", **where)
 
