@@ -11,8 +11,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,7 @@ from kmemdump.formats.elf import prpsinfo_note
 from kmemdump.formats.elf import prstatus_note
 from kmemdump.memory.core import CoreImage
 from kmemdump.procinfo import process_start_time
+from kmemdump.procinfo import thread_state
 
 OURS = [
     # sizes chosen to be what a register note of the same number would have: 336 is x86_64's
@@ -324,9 +327,14 @@ def test_an_unsupported_python_is_refused_with_its_version_and_the_rest_still_ca
 
     with spawn_child("send('ready')\nblock()", OLD_PYTHON) as child:
         assert child.recv() == "ready"
+        os.kill(child.pid, signal.SIGSTOP)  # held, as the collector holds a target
+        deadline = time.monotonic() + 10
+        while thread_state(child.pid, child.pid) != "T" and time.monotonic() < deadline:
+            time.sleep(0.001)
         with ProcessMemory(child.pid) as mem:
             shape = observe(child.pid, mem)
             capture = capture_ranges("stacks", shape, mem)
+        os.kill(child.pid, signal.SIGCONT)
     assert capture.python == ""
     assert capture.problems == (
         "Python state not stored: Python 3.9 is not supported by the stacks capture "

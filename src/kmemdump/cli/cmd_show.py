@@ -195,7 +195,15 @@ def _about(dump: Dump) -> list[tuple[str, str]]:
     if meta.arena != "none":
         rows.append(("Arena", _arena_line(meta.arena)))
     rows.append(("Stacks", _stacks_line(dump)))
+    rows.append(("Capture", _capture_line(meta)))
     return rows
+
+
+def _capture_line(meta: DumpMeta) -> str:
+    if meta.capture == "stacks":
+        line = "stacks: thread stacks and interpreter state stored (pystack core; kmemdump gdb: bt, py-bt)"
+        return line if meta.capture_state == "ok" else f"{line}; not stored: {meta.capture_state}"
+    return "regions: registers and module headers (kmemdump gdb shows where each thread is)"
 
 
 def _reason_line(meta: DumpMeta) -> str:

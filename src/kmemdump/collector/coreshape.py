@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Iterable
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -158,10 +159,12 @@ def observe(
     mem: ProcessMemory,
     *,
     registers: Mapping[int, ThreadRegisters] | None = None,
+    ptrace_stopped: Iterable[int] = (),
     machine: int | None = None,
 ) -> ProcessShape:
     """Look at the held process ``pid``: threads and registers (``registers`` when the caller has
-    them already, e.g. from ptrace), identity, auxiliary vector, mappings and modules.
+    them already; ``ptrace_stopped`` threads are in a ptrace stop of the calling thread, which reads
+    all their registers), identity, auxiliary vector, mappings and modules.
 
     Raises :class:`~kmemdump.errors.ProcessGoneError` when the process is gone, and
     :class:`~kmemdump.errors.AccessDeniedError` when its ``/proc`` files are refused.
@@ -179,7 +182,7 @@ def observe(
     tids = thread_ids(pid)[:_MAX_THREADS]
     found = dict(registers or {})
     missing = [tid for tid in tids if tid not in found]
-    found.update(read_registers(pid, missing, machine=machine))
+    found.update(read_registers(pid, missing, ptrace_stopped=ptrace_stopped, machine=machine))
     order = [tid for tid in tids if tid in found] + [tid for tid in found if tid not in tids]
     threads = tuple(_thread_info(pid, found[tid]) for tid in order)
     modules, headers, images = _modules(mem, maps, parse_auxv(auxv))
