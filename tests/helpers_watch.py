@@ -10,6 +10,7 @@ Lines are read by a thread into a queue, so waiting for one is bounded and never
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import subprocess
@@ -28,16 +29,19 @@ KMEMDUMP = [sys.executable, "-m", "kmemdump.cli"]
 class WatchProcess:
     """``kmemdump watch --tables DIR --dir DUMPS`` running beside the test."""
 
-    def __init__(self, tables: Path | Sequence[Path], dumps: Path, *extra: str) -> None:
+    def __init__(
+        self, tables: Path | Sequence[Path], dumps: Path, *extra: str, prefix: Sequence[str] = ()
+    ) -> None:
         dirs = [tables] if isinstance(tables, Path) else list(tables)
         args = [arg for d in dirs for arg in ("--tables", str(d))]
         self.popen = subprocess.Popen(
-            [*KMEMDUMP, "watch", *args, "--dir", str(dumps), *extra],
+            [*prefix, *KMEMDUMP, "watch", *args, "--dir", str(dumps), *extra],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
         )
+        self.prefixed = bool(prefix)
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -72,7 +76,8 @@ class WatchProcess:
     def stop(self) -> list[str]:
         """SIGTERM it, wait for it, and return every line it printed."""
         if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
+            for pid in self._collectors():
+                os.kill(pid, signal.SIGTERM)
         try:
             self.popen.wait(timeout=60)
         finally:
@@ -90,6 +95,17 @@ class WatchProcess:
             if line is not None:
                 self.lines.append(line)
         return self.lines
+
+    def _collectors(self) -> list[int]:
+        """The collector itself: the command's child when a prefix (``unshare --fork``, which ignores
+        SIGTERM while it waits) runs it."""
+        if not self.prefixed:
+            return [self.popen.pid]
+        try:
+            with open(f"/proc/{self.popen.pid}/task/{self.popen.pid}/children") as handle:
+                return [int(pid) for pid in handle.read().split()]
+        except OSError:
+            return []
 
     def __enter__(self) -> WatchProcess:
         return self

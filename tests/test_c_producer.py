@@ -13,9 +13,13 @@ from conftest import require_tool
 from kmemdump.cli.main import main
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.watch import Watcher
+from kmemdump.formats.table import LIVE_LOCK_BYTE
+from kmemdump.formats.table import TableReader
+from kmemdump.formats.table import lock_held
 from kmemdump.formats.table import read_table
 from kmemdump.ids import ID
 from kmemdump.memory.core import CoreImage
+from kmemdump.procinfo import pid_namespace
 
 pytestmark = pytest.mark.slow
 
@@ -58,6 +62,11 @@ def test_a_frozen_c_program_is_dumped_with_its_banner(
         (table,) = table_dir.glob("*.table")
         snapshot = read_table(table)  # the Python reader accepts what C wrote
         assert snapshot.header.py_hexversion == 0
+        # its pid namespace and its liveness lock, as a collector elsewhere needs them
+        assert (snapshot.header.pidns_dev, snapshot.header.pidns_ino) == pid_namespace(proc.pid)
+        assert snapshot.header.live_lock
+        with TableReader(table) as reader:
+            assert lock_held(reader.fileno(), LIVE_LOCK_BYTE)
         assert [(e.id, e.name) for e in snapshot.entries] == [
             (ID.BANNER, "banner"),
             (ID.USER_START, "requests"),

@@ -1,7 +1,9 @@
 /*
  * kmemdump_table.h - publish memory regions to the kmemdump collector from C.
  *
- * A single-header producer for the shared table, format v1 (docs/formats.md). A C, C++ or Rust (via
+ * A single-header producer for the shared table, format v1 (docs/formats.md), with the pid-namespace
+ * identity and the liveness lock that let a collector in another pid namespace (a per-host collector
+ * watching containers) find the process or know it is alive. A C, C++ or Rust (via
  * FFI) program registers the regions it cares about; `kmemdump watch`, `kmemdump run --no-autoinit`
  * or `kmemdump dump PID` then copy exactly those regions into an ELF core image when the program
  * stops feeding its watchdog, dies, or is asked for a dump.
@@ -17,6 +19,8 @@
  *     for (;;) { kmd_feed(&t); serve_one(); }
  *
  * Registration is not thread-safe: serialise kmd_register/kmd_unregister with your own lock.
+ * After a fork() not followed by exec, the child should close(t.live_fd): the liveness lock belongs
+ * to the descriptor both share, and would otherwise say the parent lives as long as the child does.
  * kmd_feed may be called from any one thread. Linux only; little-endian CPUs (as the format).
  */
 #ifndef KMEMDUMP_TABLE_H
@@ -30,6 +34,10 @@
 #define KMD_VALID 0x56414C49u /* 'VALI', as the Qualcomm minidump region table */
 
 enum { KMD_STATE_STARTING = 0, KMD_STATE_RUNNING = 1, KMD_STATE_EXITING = 2 };
+/* Header flags: the producer holds a shared lock on byte 0 of the file while it lives (an
+ * open-file-description lock: the kernel drops it when the process dies, whatever pid namespace
+ * the reader is in); the heartbeat comes from a background thread. */
+enum { KMD_FLAG_LIVE_LOCK = 1, KMD_FLAG_FEEDER = 2 };
 enum { KMD_KIND_BUFFER = 1, KMD_KIND_OBJECT = 2, KMD_KIND_CTYPES = 3, KMD_KIND_ADDRESS = 4 };
 enum { KMD_ID_BANNER = 1, KMD_ID_USER_START = 16, KMD_ID_USER_END = 1023 };
 
@@ -43,7 +51,8 @@ struct kmd_table_header {
     uint32_t collector_pid, count;
     uint64_t created_ns;
     uint64_t arena_base, arena_size; /* a persistent arena (docs/formats.md); 0, 0: none */
-    uint8_t reserved[24];
+    uint64_t pidns_ino, pidns_dev;   /* stat("/proc/self/ns/pid"): st_ino, st_dev; 0, 0: not recorded */
+    uint8_t reserved[8];
 };
 
 struct kmd_table_entry {
@@ -58,6 +67,8 @@ _Static_assert(sizeof(struct kmd_table_header) == 128, "header is 128 bytes");
 _Static_assert(offsetof(struct kmd_table_header, generation) == 40, "generation at 40");
 _Static_assert(offsetof(struct kmd_table_header, collector_pid) == 72, "collector_pid at 72");
 _Static_assert(offsetof(struct kmd_table_header, arena_base) == 88, "arena_base at 88");
+_Static_assert(offsetof(struct kmd_table_header, pidns_ino) == 104, "pidns_ino at 104");
+_Static_assert(offsetof(struct kmd_table_header, pidns_dev) == 112, "pidns_dev at 112");
 _Static_assert(sizeof(struct kmd_table_entry) == 64, "entry is 64 bytes");
 _Static_assert(offsetof(struct kmd_table_entry, address) == 40, "address at 40");
 
@@ -65,6 +76,7 @@ struct kmd_table {
     struct kmd_table_header *header;
     struct kmd_table_entry *entries;
     size_t length;
+    int live_fd; /* holds the liveness lock; -1 when none */
     char path[4096];
 };
 
@@ -98,6 +110,9 @@ void kmd_table_close(struct kmd_table *t);
 
 #ifndef PR_SET_PTRACER
 #define PR_SET_PTRACER 0x59616d61
+#endif
+#ifndef F_OFD_SETLK
+#define F_OFD_SETLK 37 /* Linux >= 3.15; glibc defines it with _GNU_SOURCE */
 #endif
 
 static uint64_t kmd__clock(clockid_t clock) {
@@ -173,8 +188,11 @@ int kmd_table_open(struct kmd_table *t, const char *dir, uint32_t capacity) {
     void *map = MAP_FAILED;
     if (fchmod(fd, 0600) == 0 && ftruncate(fd, (off_t)t->length) == 0)
         map = mmap(NULL, t->length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) { unlink(tmp); return -1; }
+    if (map == MAP_FAILED) { close(fd); unlink(tmp); return -1; }
+    /* the liveness lock, taken before the file has its name: a reader never sees the flag without it */
+    struct flock live = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1, .l_pid = 0};
+    t->live_fd = fcntl(fd, F_OFD_SETLK, &live) == 0 ? fd : -1;
+    if (t->live_fd < 0) close(fd);
     t->header = map;
     t->entries = (struct kmd_table_entry *)((char *)map + sizeof(struct kmd_table_header));
     struct kmd_table_header *h = t->header; /* the file is all zero: fill in the header */
@@ -186,11 +204,18 @@ int kmd_table_open(struct kmd_table *t, const char *dir, uint32_t capacity) {
     h->pid = (uint32_t)getpid();
     h->start_time = start;
     h->created_ns = kmd__clock(CLOCK_REALTIME);
+    struct stat ns;
+    if (stat("/proc/self/ns/pid", &ns) == 0) { /* lets a collector in another pid namespace find us */
+        h->pidns_ino = (uint64_t)ns.st_ino;
+        h->pidns_dev = (uint64_t)ns.st_dev;
+    }
+    if (t->live_fd >= 0) h->flags |= KMD_FLAG_LIVE_LOCK;
     __atomic_store_n(&h->state, KMD_STATE_RUNNING, __ATOMIC_RELEASE);
     if (link(tmp, t->path) != 0) { /* never replaces what is at the final name */
         int saved = errno;
         unlink(tmp);
         munmap(map, t->length);
+        if (t->live_fd >= 0) close(t->live_fd);
         errno = saved;
         return -1;
     }
@@ -263,6 +288,8 @@ void kmd_table_close(struct kmd_table *t) {
     unlink(t->path);
     munmap(t->header, t->length);
     t->header = NULL;
+    if (t->live_fd >= 0) close(t->live_fd); /* after the unlink: never a live-looking table unlocked */
+    t->live_fd = -1;
 }
 
 #endif /* KMD_TABLE_IMPLEMENTATION */

@@ -14,8 +14,10 @@ from kmemdump.errors import CollectorError
 from kmemdump.errors import ProcessGoneError
 
 __all__ = [
+    "ns_pids",
     "parse_start_time",
     "parse_state",
+    "pid_namespace",
     "process_cmdline",
     "process_exe",
     "process_start_time",
@@ -63,7 +65,7 @@ def parse_state(stat: bytes) -> str:
     return fields[0][:1].decode("ascii", "replace")
 
 
-def read_proc(pid: int, name: str) -> bytes:
+def read_proc(pid: int | str, name: str) -> bytes:
     """The bytes of ``/proc/PID/NAME``: :class:`ProcessGoneError`, :class:`AccessDeniedError` or
     :class:`CollectorError` when it cannot be read."""
     path = f"/proc/{pid}/{name}"
@@ -80,7 +82,7 @@ def read_proc(pid: int, name: str) -> bytes:
         raise CollectorError(f"cannot read {path}: {err.strerror}", pid=pid, errno=err.errno) from err
 
 
-def process_start_time(pid: int) -> int:
+def process_start_time(pid: int | str) -> int:
     """The start time of ``pid`` in clock ticks after boot (identifies it with the pid)."""
     stat = read_proc(pid, "stat")
     if not stat:
@@ -121,7 +123,42 @@ def self_start_time() -> int:
     pid = os.getpid()
     value = _cache.get(pid)
     if value is None:
-        value = process_start_time(pid)
+        # /proc/self, not /proc/<pid>: in a pid namespace whose /proc was not remounted (unshare
+        # --pid without --mount-proc) our pid names another process in that /proc
+        value = process_start_time("self")
         _cache.clear()
         _cache[pid] = value
     return value
+
+
+def pid_namespace(pid: int | str = "self") -> tuple[int, int]:
+    """``(st_dev, st_ino)`` of the pid namespace of ``pid`` (``"self"``: this process's own).
+
+    Two processes are in the same pid namespace exactly when these are equal. Reading another
+    process's needs the right to ptrace-read it (:class:`AccessDeniedError` otherwise).
+    """
+    path = f"/proc/{pid}/ns/pid"
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, ProcessLookupError) as err:
+        raise ProcessGoneError(f"process {pid} is gone", pid=pid) from err
+    except PermissionError as err:
+        raise AccessDeniedError(f"cannot read {path}", pid=pid) from err
+    except OSError as err:
+        raise CollectorError(f"cannot read {path}: {err.strerror}", pid=pid, errno=err.errno) from err
+    return info.st_dev, info.st_ino
+
+
+def ns_pids(pid: int) -> tuple[int, ...]:
+    """The pids of ``pid`` in each pid namespace it belongs to, outermost (as seen here) first.
+
+    The ``NSpid`` line of ``/proc/PID/status``; the last value is its pid in its own namespace. A
+    kernel without that line (before 4.1) gives ``(pid,)``.
+    """
+    for line in read_proc(pid, "status").splitlines():
+        if line.startswith(b"NSpid:"):
+            values = line[6:].split()
+            if values and all(v.isdigit() for v in values):
+                return tuple(int(v) for v in values)
+            break
+    return (pid,)

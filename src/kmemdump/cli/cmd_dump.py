@@ -13,15 +13,16 @@ import json
 import os
 
 from kmemdump.cli.options import add_dump_options
+from kmemdump.cli.options import add_tables_option
 from kmemdump.cli.options import dump_options
 from kmemdump.cli.options import pid_number
 from kmemdump.cli.options import table_dirs
 from kmemdump.cli.render import format_size
 from kmemdump.collector.dump import dump_target
+from kmemdump.collector.identify import find_table
 from kmemdump.errors import CollectorError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.formats.dumpmeta import DumpMeta
-from kmemdump.formats.table import table_path
 from kmemdump.procinfo import process_start_time
 
 __all__ = ["EPILOG", "prepare", "run"]
@@ -37,6 +38,7 @@ the dump has none.
 def prepare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pid", type=pid_number, metavar="PID", help="the process to dump")
     add_dump_options(parser)
+    add_tables_option(parser, "search")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -45,19 +47,17 @@ def run(args: argparse.Namespace) -> int:
         raise ProcessGoneError(f"no process with pid {args.pid}")
     start_time = process_start_time(args.pid)
     options = dump_options(args)
-    dirs = table_dirs(all_users=os.geteuid() == 0)
-    for directory in dirs:
-        path = table_path(directory, args.pid, start_time)
-        if path.exists():
-            break
-    else:
+    dirs = args.tables or table_dirs(all_users=os.geteuid() == 0)
+    found = find_table(args.pid, start_time, dirs)
+    if found is None:
         raise CollectorError(
-            "the process publishes no kmemdump table; call kmemdump.init(table=True) in it, "
-            "or start it with 'kmemdump run -- CMD'",
+            "the process publishes no kmemdump table here; call kmemdump.init(table=True) in it, or start "
+            "it with 'kmemdump run -- CMD'; a program that sets $KMEMDUMP_DIR publishes there (--tables DIR)",
             pid=args.pid,
             looked_in=", ".join(str(d) for d in dirs),
         )
-    result = dump_target(args.pid, start_time, path, reason="request", options=options)
+    path, table_pid = found
+    result = dump_target(args.pid, start_time, path, reason="request", options=options, table_pid=table_pid)
     meta = result.meta
     if args.json:
         print(

@@ -3,7 +3,8 @@
 One line per table: pid, state, heartbeat age against the watchdog timeout, regions and bytes
 registered, persistent arena, and the command line. STATE is "ok" (fed within its timeout),
 "HUNG" (not fed for longer than its timeout: a collector would dump it now), "no watchdog",
-"stale" (the process is gone and no collector has handled its table yet) or "unreadable" (with
+"stale" (the process is gone and no collector has handled its table yet), "not visible" (it lives in a
+pid namespace this process cannot see into) or "unreadable" (with
 the reason). The tables read are those `kmemdump watch` would watch.
 """
 
@@ -24,12 +25,14 @@ from kmemdump.cli.render import Output
 from kmemdump.cli.render import format_duration
 from kmemdump.cli.render import format_size
 from kmemdump.cli.render import json_text
+from kmemdump.collector.identify import NotVisibleError
+from kmemdump.collector.identify import identify
 from kmemdump.errors import KmemdumpError
 from kmemdump.formats.table import TABLE_SUFFIX
+from kmemdump.formats.table import TableHeader
 from kmemdump.formats.table import TableReader
 from kmemdump.formats.table import parse_file_name
 from kmemdump.procinfo import process_cmdline
-from kmemdump.procinfo import process_start_time
 
 __all__ = ["Producer", "prepare", "producers", "run"]
 
@@ -84,20 +87,19 @@ def _read(path: Path) -> Producer:
     ident = parse_file_name(path.name)
     pid = ident[0] if ident else 0
     try:
-        alive = ident is not None and process_start_time(pid) == ident[1]
-    except KmemdumpError:
-        alive = False
-    command = " ".join(process_cmdline(pid)) if alive else ""
-    try:
         with TableReader(path) as reader:
             snapshot = reader.snapshot(retries=20)
+            alive, pid = _alive(ident, snapshot.header, reader.fileno())
     except (KmemdumpError, OSError) as err:
-        return Producer(str(path), pid, "unreadable", None, None, 0, 0, 0, command, str(err))
+        return Producer(str(path), pid, "unreadable", None, None, 0, 0, 0, "", str(err))
+    command = " ".join(process_cmdline(pid)) if alive is True else ""
     header = snapshot.header
     now = time.monotonic_ns()
     fed = (now - header.last_feed_ns) / 1e9 if header.heartbeat else None
     timeout = header.watchdog_timeout_ns / 1e9 if header.watchdog_timeout_ns else None
-    if not alive:
+    if alive is None:
+        state = "not visible"  # alive, in a pid namespace this process cannot see
+    elif not alive:
         state = "stale"
     elif header.deadline_ns is None:
         state = "no watchdog"
@@ -107,6 +109,19 @@ def _read(path: Path) -> Producer:
     return Producer(
         str(path), pid, state, fed, timeout, len(snapshot.entries), total, header.arena_size, command
     )
+
+
+def _alive(ident: tuple[int, int] | None, header: TableHeader, fd: int) -> tuple[bool | None, int]:
+    """Whether the table's process lives (None: maybe, out of sight), and its pid as seen here."""
+    if ident is None:
+        return False, 0
+    try:
+        found = identify(ident[0], ident[1], header, fd)
+    except NotVisibleError:
+        return None, ident[0]
+    except KmemdumpError:
+        return False, ident[0]
+    return True, found.pid
 
 
 def run(args: argparse.Namespace) -> int:

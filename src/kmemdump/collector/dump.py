@@ -17,9 +17,11 @@ import platform
 import signal
 import time
 from collections.abc import Callable
+from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import replace
 from datetime import datetime
 from datetime import timezone
 from pathlib import Path
@@ -66,9 +68,14 @@ from kmemdump.formats.elf import prpsinfo_note
 from kmemdump.formats.elf import prstatus_note
 from kmemdump.formats.elf import siginfo_note
 from kmemdump.formats.stacks import encode_stacks
+from kmemdump.formats.table import ACT_LOCK_BYTE
+from kmemdump.formats.table import HEADER_SIZE
 from kmemdump.formats.table import TableEntry
 from kmemdump.formats.table import TableHeader
 from kmemdump.formats.table import TableSnapshot
+from kmemdump.formats.table import lock_byte
+from kmemdump.formats.table import open_owned_file
+from kmemdump.formats.table import parse_header
 from kmemdump.formats.table import read_table
 from kmemdump.ids import ID
 from kmemdump.memory.arena import ArenaMemory
@@ -121,6 +128,41 @@ def _identify(pid: int, start_time: int) -> None:
         raise ProcessGoneError("pid now belongs to another process", pid=pid, start_time=start_time)
 
 
+ACT_WAIT_S = 10.0
+"""How long a dump waits for another collector that is dumping the same process."""
+
+
+@contextlib.contextmanager
+def acting_on(table: Path, pid: int, wait: float = ACT_WAIT_S) -> Iterator[None]:
+    """Hold the table's collector lock while dumping: one collector acts on a process at a time.
+
+    An exclusive lock on byte :data:`~kmemdump.formats.table.ACT_LOCK_BYTE` of the table file,
+    released when the dump ends (or the collector dies). Another collector dumping the same process
+    is waited for up to ``wait`` seconds, then :class:`CollectorError` says who holds it. A table
+    that cannot be opened for writing is dumped without the lock (the dump reads it anyway).
+    """
+    try:
+        fd = open_owned_file(table, os.O_RDWR)
+    except (OSError, KmemdumpError):
+        yield
+        return
+    try:
+        deadline = time.monotonic() + wait
+        while not lock_byte(fd, ACT_LOCK_BYTE, exclusive=True):
+            if time.monotonic() >= deadline:
+                holder = _quietly(lambda: parse_header(os.pread(fd, HEADER_SIZE, 0)).collector_pid)
+                raise CollectorError(
+                    "another collector is dumping this process right now",
+                    pid=pid,
+                    collector_pid=holder or "unknown",
+                    table=str(table),
+                )
+            time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _snapshot(table: Path, pid: int, start_time: int) -> TableSnapshot:
     snap = read_table(table)
     if snap.header.pid != pid or snap.header.start_time != start_time:
@@ -145,8 +187,12 @@ def dump_target(
     held: Held = "",
     death: Death | None = None,
     registers: Mapping[int, ThreadRegisters] | None = None,
+    table_pid: int | None = None,
 ) -> DumpResult:
     """Dump the regions of the process ``(pid, start_time)`` published in ``table``.
+
+    ``table_pid`` is the pid the table names it by, when that differs from ``pid`` (a process in
+    another pid namespace: ``pid`` is how this collector sees it, :mod:`.identify`).
 
     ``snapshot`` is a consistent table read taken earlier (the watcher keeps one): it is used when
     the process froze in the middle of a table update, or died. ``argv``/``exe`` likewise fill in
@@ -173,10 +219,12 @@ def dump_target(
     job = _Job(
         pid, start_time, table, reason, tuple(argv or ()), exe, gone, captured_ns, held, death, registers
     )
+    job = replace(job, table_pid=pid if table_pid is None else table_pid)
     path = options.directory / _file_name(pid, start_time, reason, captured_ns)
-    sink: _Sink = _BufferedCore(path) if options.compress else CoreWriter(path)
-    with sink:
-        return _dump_into(sink, job, options, snapshot)
+    with acting_on(table, pid):
+        sink: _Sink = _BufferedCore(path) if options.compress else CoreWriter(path)
+        with sink:
+            return _dump_into(sink, job, options, snapshot)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +242,8 @@ class _Job:
     held: Held
     death: Death | None
     registers: Mapping[int, ThreadRegisters] | None = None
+    table_pid: int = 0
+    """The pid the table names the process by (its own pid namespace's)."""
 
 
 def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnapshot | None) -> DumpResult:
@@ -207,7 +257,7 @@ def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnap
     held: Held = job.held or ("SIGSTOP" if stopped_by_us else "")
     try:
         try:
-            snapshot = _snapshot(table, pid, start_time)
+            snapshot = _snapshot(table, job.table_pid, start_time)
         except TableFormatError:
             if snapshot is None:
                 raise
@@ -448,7 +498,7 @@ def _copy_from_arena(
             path,
             header.arena_base,
             header.arena_size,
-            pid=job.pid,
+            pid=job.table_pid,
             start_time=job.start_time,
             owner=_owner(job.table),
         )

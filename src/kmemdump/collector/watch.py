@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import select
@@ -32,6 +33,8 @@ from kmemdump.collector.dump import DumpResult
 from kmemdump.collector.dump import dump_target
 from kmemdump.collector.exits import ExitListener
 from kmemdump.collector.exits import zombie_status
+from kmemdump.collector.identify import NotVisibleError
+from kmemdump.collector.identify import identify
 from kmemdump.collector.registers import ThreadRegisters
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
@@ -55,6 +58,7 @@ AFTER_HANG = ("leave", "kill", "abort")
 DEFAULT_MAX_DUMPS = 10
 """Hang dumps of one process before the collector stops dumping it (a death is always dumped)."""
 _RESCAN_S = 0.25
+_LOOK_AGAIN_S = 1.0
 
 
 EventKind = Literal["watch", "hang", "death", "exit", "error", "skip"]
@@ -96,6 +100,8 @@ class _Target:
     deadline_ns: int | None = None
     limit_reported: bool = False
     """The max_dumps limit was logged for this process (once)."""
+    table_pid: int = 0
+    """The pid the table names the process by (its own pid namespace's), when not ``pid``."""
     ended_by_us: bool = False
     """We killed or aborted it after its hang dump: its death needs no second dump."""
     errors: int = 0
@@ -131,6 +137,10 @@ class Watcher:
         self.max_sleep = max_sleep
         self.targets: dict[tuple[int, int], _Target] = {}
         self._bad: dict[Path, float] = {}
+        self._later: dict[Path, float] = {}
+        """Tables to look at again only from this monotonic time on (claimed elsewhere, out of sight)."""
+        self._elsewhere: set[Path] = set()
+        self._unseen: set[Path] = set()
         self._poller = select.poll()
         self._by_fd: dict[int, tuple[int, int]] = {}
         self._last_scan = 0.0
@@ -185,19 +195,24 @@ class Watcher:
         mtime = _mtime(path)
         if self._bad.get(path) == mtime:
             return  # already reported, unchanged since
+        if self._later.get(path, 0.0) > time.monotonic():
+            return  # another collector's, or out of sight: looked at again a little later
+        reader: TableReader | None = None
+        adopted = False
         try:
-            if process_start_time(pid) != start_time:
-                raise ProcessGoneError("stale table: pid was recycled", pid=pid)
             reader = TableReader(path)
-            try:
-                snapshot = reader.snapshot()
-                pidfd = os.pidfd_open(pid)
-            except BaseException:
-                reader.close()
-                raise
+            if not self._claim(reader, pid, path):
+                return
+            found = identify(pid, start_time, reader.header(), reader.fileno())
+            snapshot = reader.snapshot()
+            pidfd = os.pidfd_open(found.pid)
+            adopted = True
+        except NotVisibleError as err:
+            self._out_of_sight(pid, path, err)
+            return
         except ProcessGoneError:
             self._bad[path] = mtime
-            self._on_stale(pid, start_time, path)
+            self._on_stale(pid, start_time, path)  # under our claim: no other collector does it too
             return
         except FileNotFoundError:
             return  # removed between the listing and the open: a clean exit
@@ -205,9 +220,14 @@ class Watcher:
             self._bad[path] = mtime
             self._emit(Event("error", pid, f"skipping table {path}: {err}"))
             return
+        finally:
+            if reader is not None and not adopted:
+                reader.close()  # and with it the claim
+        pid = found.pid
         target = _Target(
             pid, start_time, path, reader, pidfd, process_cmdline(pid), process_exe(pid), snapshot
         )
+        target.table_pid = found.table_pid
         with contextlib.suppress(OSError):
             write_collector_pid(path, os.getpid())
         self.targets[ident] = target
@@ -216,6 +236,37 @@ class Watcher:
         self._by_fd[pidfd] = ident
         self._poller.register(pidfd, select.POLLIN)
         self._emit(Event("watch", pid, f"{' '.join(target.argv)[:80]!r} table={path}"))
+
+    def _claim(self, reader: TableReader, pid: int, path: Path) -> bool:
+        """Make this collector the one that watches the table; False (said once) when another is.
+
+        An exclusive ``flock`` on the table file, held as long as the table is watched (the reader
+        stays open) and dropped by the kernel when this collector dies, so another one takes over.
+        """
+        try:
+            fcntl.flock(reader.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._later[path] = time.monotonic() + _LOOK_AGAIN_S
+            if path not in self._elsewhere:
+                self._elsewhere.add(path)
+                holder = _quietly_int(lambda: reader.header().collector_pid)
+                self._emit(
+                    Event(
+                        "skip",
+                        pid,
+                        f"table {path} is watched by another collector (pid {holder}); not watching it",
+                    )
+                )
+            return False
+        self._elsewhere.discard(path)
+        return True
+
+    def _out_of_sight(self, pid: int, path: Path, err: NotVisibleError) -> None:
+        """A table whose process lives (or may) where this collector cannot see: said once, left alone."""
+        self._later[path] = time.monotonic() + _LOOK_AGAIN_S
+        if path not in self._unseen:
+            self._unseen.add(path)
+            self._emit(Event("skip", pid, f"table {path} left alone: {err}"))
 
     def _on_stale(self, pid: int, start_time: int, path: Path) -> None:
         """A table whose process is gone: dump what its arena kept (if any), then remove both files."""
@@ -434,6 +485,7 @@ class Watcher:
                 held=held,
                 registers=registers,
                 death=death,
+                table_pid=target.table_pid or None,
             )
         except KmemdumpError as err:
             return self._emit(Event("error", target.pid, f"{reason} dump failed: {err}"))
@@ -471,6 +523,13 @@ class Watcher:
             with contextlib.suppress(KeyError, ValueError):
                 self._poller.unregister(self._exits.fileno())
             self._exits.close()
+
+
+def _quietly_int(read: Callable[[], int]) -> int | str:
+    try:
+        return read()
+    except (KmemdumpError, OSError):
+        return "unknown"
 
 
 def _remove(*paths: Path) -> None:

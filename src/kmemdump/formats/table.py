@@ -42,6 +42,7 @@ from kmemdump.formats.kinds import RegionFlags
 from kmemdump.formats.kinds import RegionKind
 
 __all__ = [
+    "ACT_LOCK_BYTE",
     "ENTRY_ADDRESS",
     "ENTRY_FLAGS",
     "ENTRY_ID",
@@ -53,9 +54,13 @@ __all__ = [
     "ENTRY_VALID",
     "FEED_STRUCT",
     "FEED_TICK_MASK",
+    "FLAG_FEEDER",
+    "FLAG_LIVE_LOCK",
     "HEADER_SIZE",
     "HEADER_STRUCT",
     "KNOWN_ENTRY_FLAGS",
+    "KNOWN_HEADER_FLAGS",
+    "LIVE_LOCK_BYTE",
     "MAGIC",
     "MAX_CAPACITY",
     "NAME_SIZE",
@@ -73,6 +78,8 @@ __all__ = [
     "OFF_LAST_FEED_NS",
     "OFF_MAGIC",
     "OFF_PID",
+    "OFF_PIDNS_DEV",
+    "OFF_PIDNS_INO",
     "OFF_PY_HEXVERSION",
     "OFF_START_TIME",
     "OFF_STATE",
@@ -90,6 +97,8 @@ __all__ = [
     "TableWriter",
     "WritableBuffer",
     "default_dir",
+    "lock_byte",
+    "lock_held",
     "make_feed",
     "open_owned_file",
     "parse_file_name",
@@ -98,6 +107,7 @@ __all__ = [
     "read_table",
     "table_path",
     "table_size",
+    "unlock_byte",
     "write_collector_pid",
 ]
 
@@ -140,6 +150,19 @@ OFF_COUNT: Final = 76
 OFF_CREATED_NS: Final = 80
 OFF_ARENA_BASE: Final = 88
 OFF_ARENA_SIZE: Final = 96
+OFF_PIDNS_INO: Final = 104
+OFF_PIDNS_DEV: Final = 112
+
+# Header flags (the u16 at OFF_FLAGS; v1 readers before these were defined ignore the field).
+FLAG_LIVE_LOCK: Final = 1
+"""The producer holds a shared lock on byte :data:`LIVE_LOCK_BYTE` of the file for as long as it lives."""
+FLAG_FEEDER: Final = 2
+"""The heartbeat comes from a background feeder thread, not from the program's own loop."""
+KNOWN_HEADER_FLAGS: Final = FLAG_LIVE_LOCK | FLAG_FEEDER
+LIVE_LOCK_BYTE: Final = 0
+"""Byte of the table file the producer locks (shared, an open-file-description lock) while it lives."""
+ACT_LOCK_BYTE: Final = 1
+"""Byte of the table file a collector locks (exclusive) while it holds and copies the process."""
 
 # Entry field offsets, relative to the start of the entry.
 ENTRY_NAME: Final = 0
@@ -150,10 +173,10 @@ ENTRY_SIZE_FIELD: Final = 48
 ENTRY_KIND: Final = 56
 ENTRY_FLAGS: Final = 58
 
-HEADER_STRUCT: Final = struct.Struct("<8sHHHHIIQIIQQQQIIQQQ24x")
+HEADER_STRUCT: Final = struct.Struct("<8sHHHHIIQIIQQQQIIQQQQQ8x")
 """magic, version, header_size, entry_size, flags, capacity, pid, start_time, py_hexversion, state,
 generation, heartbeat, last_feed_ns, watchdog_timeout_ns, collector_pid, count, created_ns,
-arena_base, arena_size."""
+arena_base, arena_size, pidns_ino, pidns_dev."""
 ENTRY_STRUCT: Final = struct.Struct("<32sIIQQHHI")
 """name, id, valid, address, size, kind, flags, reserved."""
 FEED_STRUCT: Final = struct.Struct("<QQ")
@@ -186,6 +209,7 @@ _W_ARENA_SIZE: Final = OFF_ARENA_SIZE // 8
 _I_STATE: Final = OFF_STATE // 4
 _I_COLLECTOR_PID: Final = OFF_COLLECTOR_PID // 4
 _I_COUNT: Final = OFF_COUNT // 4
+_H_FLAGS: Final = OFF_FLAGS // 2
 
 assert HEADER_STRUCT.size == HEADER_SIZE and ENTRY_STRUCT.size == ENTRY_SIZE
 
@@ -231,6 +255,20 @@ class TableHeader:
     """Address of the first byte of the producer's persistent arena; 0 when it has none."""
     arena_size: int = 0
     """Bytes in the arena; 0 when the producer has none."""
+    pidns_ino: int = 0
+    """Inode of the producer's pid namespace (``/proc/self/ns/pid``); 0 when not recorded."""
+    pidns_dev: int = 0
+    """Device of that inode (the ``nsfs`` file system); 0 when not recorded."""
+
+    @property
+    def live_lock(self) -> bool:
+        """The producer holds a lock on the table file while it lives (:data:`FLAG_LIVE_LOCK`)."""
+        return bool(self.flags & FLAG_LIVE_LOCK)
+
+    @property
+    def feeder(self) -> bool:
+        """The heartbeat comes from a background feeder thread (:data:`FLAG_FEEDER`)."""
+        return bool(self.flags & FLAG_FEEDER)
 
     @property
     def arena_end(self) -> int:
@@ -375,6 +413,7 @@ class TableWriter:
         "_live",
         "_next_beat",
         "_on_tick",
+        "_u16",
         "_u32",
         "_u64",
         "feed",
@@ -392,6 +431,8 @@ class TableWriter:
         py_hexversion: int,
         created_ns: int,
         on_tick: Callable[[], object] | None = None,
+        flags: int = 0,
+        pidns: tuple[int, int] = (0, 0),
     ) -> None:
         if sys.byteorder != "little":  # the native word views below store little-endian values
             raise TableFormatError("the table writer needs a little-endian CPU")
@@ -405,8 +446,8 @@ class TableWriter:
                 )
         try:
             HEADER_STRUCT.pack_into(
-                buf, 0, MAGIC, VERSION, HEADER_SIZE, ENTRY_SIZE, 0, capacity, pid, start_time,
-                py_hexversion, TableState.STARTING, 0, 0, 0, 0, 0, 0, created_ns, 0, 0,
+                buf, 0, MAGIC, VERSION, HEADER_SIZE, ENTRY_SIZE, flags, capacity, pid, start_time,
+                py_hexversion, TableState.STARTING, 0, 0, 0, 0, 0, 0, created_ns, 0, 0, pidns[1], pidns[0],
             )  # fmt: skip
         except struct.error as err:
             raise TableFormatError(f"header value out of range: {err}") from err
@@ -415,6 +456,7 @@ class TableWriter:
         with memoryview(buf) as whole:
             self._u64 = whole[:HEADER_SIZE].cast("Q")
             self._u32 = whole[:HEADER_SIZE].cast("I")
+            self._u16 = whole[:HEADER_SIZE].cast("H")
         self._capacity = capacity
         self._count = 0
         self._gen = 0
@@ -429,6 +471,12 @@ class TableWriter:
         """Drop the views into the buffer; the writer (and its ``feed``) can no longer write."""
         self._u64.release()
         self._u32.release()
+        self._u16.release()
+
+    def set_flag(self, flag: int, on: bool) -> None:
+        """Set or clear header ``flag`` bits (one aligned 16-bit store)."""
+        flags = self._u16[_H_FLAGS]
+        self._u16[_H_FLAGS] = (flags | flag) if on else (flags & ~flag)
 
     # --- heartbeat ---------------------------------------------------------------------------
 
@@ -655,7 +703,7 @@ def parse_header(data: ReadableBuffer) -> TableHeader:
     (
         magic, version, header_size, entry_size, flags, capacity, pid, start_time, py_hexversion,
         state, generation, heartbeat, last_feed_ns, watchdog_timeout_ns, collector_pid, count, created_ns,
-        arena_base, arena_size,
+        arena_base, arena_size, pidns_ino, pidns_dev,
     ) = HEADER_STRUCT.unpack_from(data, 0)  # fmt: skip
     if magic != MAGIC:
         raise TableFormatError("not a kmemdump table (bad magic)", magic=magic, offset=OFF_MAGIC)
@@ -679,7 +727,7 @@ def parse_header(data: ReadableBuffer) -> TableHeader:
     return TableHeader(
         version, header_size, entry_size, flags, capacity, pid, start_time, py_hexversion, table_state,
         generation, heartbeat, last_feed_ns, watchdog_timeout_ns, collector_pid, count, created_ns,
-        arena_base, arena_size,
+        arena_base, arena_size, pidns_ino, pidns_dev,
     )  # fmt: skip
 
 
@@ -774,6 +822,54 @@ def _by_id(entry: TableEntry) -> int:
 
 def _entry_error(message: str, slot: int, field: int = 0) -> TableFormatError:
     return TableFormatError(message, slot=slot, offset=_entry_offset(slot) + field)
+
+
+# --- locks on the table file: the producer's liveness, a collector's hold ------------------------------
+
+_FLOCK: Final = struct.Struct("hhqqi4x")
+"""``struct flock`` on Linux x86-64 and arm64: l_type, l_whence, l_start, l_len, l_pid."""
+
+
+def _ofd(fd: int, command: str, kind: int, byte: int) -> bytes:
+    import fcntl
+
+    return fcntl.fcntl(fd, getattr(fcntl, command), _FLOCK.pack(kind, os.SEEK_SET, byte, 1, 0))
+
+
+def lock_byte(fd: int, byte: int, *, exclusive: bool) -> bool:
+    """Take an open-file-description lock on ``byte`` of the file open as ``fd``, without waiting.
+
+    Returns False when another open file description holds a conflicting lock. The lock goes when
+    the last descriptor of this open file description is closed, or when its process dies: the
+    kernel keeps no lock of a dead process. An exclusive lock needs ``fd`` open for writing.
+    """
+    import fcntl
+
+    try:
+        _ofd(fd, "F_OFD_SETLK", fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK, byte)
+    except OSError as err:
+        if err.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def unlock_byte(fd: int, byte: int) -> None:
+    """Release this open file description's lock on ``byte``."""
+    import fcntl
+
+    _ofd(fd, "F_OFD_SETLK", fcntl.F_UNLCK, byte)
+
+
+def lock_held(fd: int, byte: int) -> bool:
+    """Whether another open file description holds a lock on ``byte`` of the file open as ``fd``."""
+    import fcntl
+
+    try:
+        answer = _ofd(fd, "F_OFD_GETLK", fcntl.F_WRLCK, byte)
+    except OSError:
+        return False
+    return bool(_FLOCK.unpack(answer)[0] != fcntl.F_UNLCK)
 
 
 def _open_table(path: str | os.PathLike[str], mode: int) -> int:

@@ -14,6 +14,7 @@ Standard library only: the producer imports this module.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 from typing import Protocol
 from typing import cast
 
+from kmemdump.formats.table import FLAG_FEEDER
 from kmemdump.formats.table import HEADER_SIZE
 from kmemdump.formats.table import make_feed
 from kmemdump.producer.forksafe import fork_safe_lock
@@ -129,6 +131,7 @@ def _refresh_locked() -> None:
         _point_nowhere()
         return
     writer.set_watchdog(_state.timeout_ns)
+    writer.set_flag(FLAG_FEEDER, _state.feeder is not None)
     _point(*writer.feed_binding())
     if _state.timeout_ns:
         feed()  # arming counts as a beat: the deadline starts now, not at some old feed
@@ -176,7 +179,8 @@ def set_watchdog(timeout_s: float | None) -> None:
     """Arm the watchdog: the collector dumps the process if no feed happens for ``timeout_s``.
 
     ``None`` or 0 disarms it. The timeout is kept and published in every table attached later.
-    Arming feeds once, so the first deadline is ``timeout_s`` from now.
+    Arming feeds once, so the first deadline is ``timeout_s`` from now. A feeder started on the
+    program's behalf (by ``kmemdump run``) stops: a program that arms its own watchdog feeds it.
     """
     if timeout_s is None or timeout_s == 0:
         timeout_ns = 0
@@ -191,10 +195,15 @@ def set_watchdog(timeout_s: float | None) -> None:
         timeout_ns = max(1, round(timeout_s * 1e9))
     with _state.lock:
         _state.timeout_ns = timeout_ns
-        _refresh_locked()
         feeder = _state.feeder
+        if feeder is not None and feeder.on_behalf:
+            _state.feeder = None
+        _refresh_locked()
     if feeder is not None:
-        feeder.poke()
+        if feeder.on_behalf:
+            feeder.stop()
+        else:
+            feeder.poke()
 
 
 def watchdog_timeout() -> float | None:
@@ -216,9 +225,17 @@ class Feeder(threading.Thread):
     the whole process stalls (SIGSTOP, swapped out, a debugger) or native code holds the GIL for
     longer than the timeout. To detect an application hang, call :func:`feed` from the main
     loop instead, or as well.
+
+    With ``check_progress`` it beats only while some other thread gets somewhere
+    (:class:`~kmemdump.producer.progress.ProgressProbe`): once every other thread waits for ever on
+    a lock and uses no CPU, it stops beating, so a deadlock of all the program's threads is dumped
+    one timeout later. ``on_behalf`` marks a feeder started for a program that does not feed
+    itself (``kmemdump run``); it stops when the program arms a watchdog of its own.
     """
 
-    def __init__(self, interval: float | None = None) -> None:
+    def __init__(
+        self, interval: float | None = None, *, check_progress: bool = False, on_behalf: bool = False
+    ) -> None:
         super().__init__(name="kmemdump-feeder", daemon=True)
         if interval is not None and (
             isinstance(interval, bool)
@@ -228,6 +245,8 @@ class Feeder(threading.Thread):
         ):
             raise ValueError(f"feeder interval must be a positive number of seconds, not {interval!r}")
         self.interval = interval
+        self.check_progress = check_progress
+        self.on_behalf = on_behalf
         self._wake = threading.Event()
         self._stopping = False
 
@@ -239,8 +258,14 @@ class Feeder(threading.Thread):
         return timeout_ns / 4e9 if timeout_ns else DEFAULT_FEEDER_INTERVAL
 
     def run(self) -> None:
+        probe = None
+        if self.check_progress:
+            from kmemdump.producer.progress import ProgressProbe
+
+            probe = ProgressProbe()
         while not self._stopping:
-            feed()
+            if probe is None or not probe.stuck():
+                feed()
             self._wake.wait(self.period())
             self._wake.clear()
 
@@ -256,11 +281,14 @@ class Feeder(threading.Thread):
             self.join(timeout)
 
 
-def start_feeder(interval: float | None = None) -> Feeder:
+def start_feeder(
+    interval: float | None = None, *, check_progress: bool = False, on_behalf: bool = False
+) -> Feeder:
     """Start (or restart) the feeder thread; see :class:`Feeder` for what it can detect."""
-    new = Feeder(interval)
+    new = Feeder(interval, check_progress=check_progress, on_behalf=on_behalf)
     with _state.lock:
         old, _state.feeder = _state.feeder, new
+        _mark_feeder_locked()
     if old is not None:
         old.stop()
     new.start()
@@ -271,8 +299,17 @@ def stop_feeder() -> None:
     """Stop the feeder thread, if one runs."""
     with _state.lock:
         old, _state.feeder = _state.feeder, None
+        _mark_feeder_locked()
     if old is not None:
         old.stop()
+
+
+def _mark_feeder_locked() -> None:
+    """Say in the table whether a feeder thread beats (for ``kmemdump run`` and ``ps``)."""
+    writer = _writer_of(_state.backend)
+    if writer is not None:
+        with contextlib.suppress(ValueError):  # the table was released meanwhile
+            writer.set_flag(FLAG_FEEDER, _state.feeder is not None)
 
 
 def _after_fork_in_child() -> None:

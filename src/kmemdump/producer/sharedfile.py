@@ -115,12 +115,15 @@ def create_mapped(
     what: str,
     fill: Callable[[mmap.mmap], T],
     undo: Callable[[T], object] = lambda _: None,
+    prepare: Callable[[int, T], object] | None = None,
 ) -> tuple[mmap.mmap, T]:
     """Create the shared file ``final`` of ``size`` bytes, mapped ``MAP_SHARED``, filled by ``fill``.
 
     The file is built under a temporary name (:func:`open_temporary`), sized, mapped and filled,
     and only then linked to ``final`` (:func:`link_into_place`), so a reader never sees it half
-    made. Returns the mapping and what ``fill`` returned. On any failure nothing is left behind:
+    made. ``prepare(fd, filled)``, when given, runs last before the link, with the file still open
+    (the table takes its liveness lock there, so the lock is held before anyone can see the file).
+    Returns the mapping and what ``fill`` returned. On any failure nothing is left behind:
     ``undo`` gets what ``fill`` returned, the mapping is closed and the temporary name removed.
     """
     pid, _, start = final.partition("-")
@@ -133,6 +136,8 @@ def create_mapped(
         os.ftruncate(fd, size)
         mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         filled.append(fill(mm))
+        if prepare is not None:
+            prepare(fd, filled[0])
         link_into_place(dir_fd, directory, temp, final, what)
         linked = True
     except OSError as err:

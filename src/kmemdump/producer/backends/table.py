@@ -33,11 +33,14 @@ from kmemdump.errors import BackendError
 from kmemdump.errors import RegionExistsError
 from kmemdump.errors import RegistryFullError
 from kmemdump.formats.kinds import RegionFlags
+from kmemdump.formats.table import FLAG_LIVE_LOCK
+from kmemdump.formats.table import LIVE_LOCK_BYTE
 from kmemdump.formats.table import MAX_CAPACITY
 from kmemdump.formats.table import TABLE_SUFFIX
 from kmemdump.formats.table import TableState
 from kmemdump.formats.table import TableWriter
 from kmemdump.formats.table import default_dir
+from kmemdump.formats.table import lock_byte
 from kmemdump.formats.table import table_size
 from kmemdump.procinfo import self_start_time
 from kmemdump.producer import arena as _arena
@@ -99,6 +102,8 @@ class SharedTableBackend:
         self._mm: mmap.mmap | None = None
         self._path: Path | None = None
         self._dir_fd = -1
+        self._live_fd = -1
+        """Holds the liveness lock on the table file (the kernel drops it when this process dies)."""
         self._owner_pid = 0
         self._granted = 0
         self._closed = False
@@ -334,6 +339,7 @@ class SharedTableBackend:
                 py_hexversion=sys.hexversion,
                 created_ns=time.time_ns(),
                 on_tick=_weak_tick(self),
+                pidns=_own_pid_namespace(),
             )
             self._arena_range = None
             self._publish_arena(writer)
@@ -344,15 +350,20 @@ class SharedTableBackend:
             writer.set_state(TableState.RUNNING)
             return writer
 
-        mm, writer = create_mapped(
-            self._dir_fd,
-            self.directory,
-            final,
-            table_size(self.capacity),
-            what="table",
-            fill=fill,
-            undo=TableWriter.release,
-        )
+        try:
+            mm, writer = create_mapped(
+                self._dir_fd,
+                self.directory,
+                final,
+                table_size(self.capacity),
+                what="table",
+                fill=fill,
+                undo=TableWriter.release,
+                prepare=self._hold_live_lock,
+            )
+        except BaseException:
+            self._drop_live_lock()
+            raise
         self._mm = mm
         self._writer = writer
         self._path = self.directory / final
@@ -360,6 +371,30 @@ class SharedTableBackend:
         self._granted = 0
         live_paths.add(str(self._path))
         self.grant_ptrace()
+
+    def _hold_live_lock(self, fd: int, writer: TableWriter) -> None:
+        """Lock the new table file for as long as this process lives, and say so in its header.
+
+        A collector that cannot find the process (it runs in another pid namespace) learns from
+        the lock whether it lives. Where the lock cannot be taken, the flag stays clear.
+        """
+        self._drop_live_lock()
+        held = os.dup(fd)  # the same open file description; not inherited by exec
+        try:
+            locked = lock_byte(held, LIVE_LOCK_BYTE, exclusive=False)
+        except OSError as err:
+            log.debug("no liveness lock on the table: %s", err)
+            locked = False
+        if not locked:
+            os.close(held)
+            return
+        self._live_fd = held
+        writer.set_flag(FLAG_LIVE_LOCK, True)
+
+    def _drop_live_lock(self) -> None:
+        fd, self._live_fd = self._live_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def reopen_for_child(self) -> Path:
         """In a forked child: publish a fresh table for this pid holding every current region.
@@ -386,6 +421,9 @@ class SharedTableBackend:
         writer, self._writer = self._writer, None
         self._path = None
         self._granted = 0  # PR_SET_PTRACER is not inherited
+        # the parent's liveness lock belongs to the open file description both share: closing the
+        # child's copy of the descriptor leaves it held for the parent, and the child never holds it
+        self._drop_live_lock()
         if writer is not None:
             writer.release()  # a stray feed or put through an old reference now raises
         if mm is not None:
@@ -415,6 +453,7 @@ class SharedTableBackend:
                 writer.set_state(TableState.EXITING)
                 self._unlink(path)
                 live_paths.discard(str(path))
+            self._drop_live_lock()
             if self._dir_fd >= 0:
                 os.close(self._dir_fd)
                 self._dir_fd = -1
@@ -442,6 +481,15 @@ class SharedTableBackend:
             pass  # removed by someone else (a collector cleaning up)
         except OSError as err:
             log.warning("could not remove the table %s: %s", path, err)
+
+
+def _own_pid_namespace() -> tuple[int, int]:
+    """``(st_dev, st_ino)`` of this process's pid namespace; ``(0, 0)`` where it cannot be read."""
+    try:
+        info = os.stat("/proc/self/ns/pid")
+    except OSError:
+        return 0, 0
+    return info.st_dev, info.st_ino
 
 
 def _weak_tick(backend: SharedTableBackend) -> Callable[[], object]:
