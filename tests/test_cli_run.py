@@ -47,7 +47,7 @@ def _only_dump(dump_dir: Path) -> Path:
 
 
 def test_run_dumps_a_stopped_unmodified_program_and_returns_its_status(
-    tmp_path: Path, dump_dir: Path
+    tmp_path: Path, dump_dir: Path, table_dir: Path
 ) -> None:
     ready, never = _fifo(tmp_path / "ready"), _fifo(tmp_path / "never")
     script = tmp_path / "app.py"
@@ -88,7 +88,7 @@ def test_run_dumps_a_stopped_unmodified_program_and_returns_its_status(
     assert str(script).encode() in text  # the banner registered by the autoinit hook names the program
 
 
-def test_run_passes_the_exit_code_through(dump_dir: Path) -> None:
+def test_run_passes_the_exit_code_through(dump_dir: Path, table_dir: Path) -> None:
     code = subprocess.run(
         [
             *KMEMDUMP,
@@ -108,7 +108,7 @@ def test_run_passes_the_exit_code_through(dump_dir: Path) -> None:
     assert list(dump_dir.iterdir()) == []
 
 
-def test_run_dumps_a_program_killed_by_a_signal(tmp_path: Path, dump_dir: Path) -> None:
+def test_run_dumps_a_program_killed_by_a_signal(tmp_path: Path, dump_dir: Path, table_dir: Path) -> None:
     ready, never = _fifo(tmp_path / "ready"), _fifo(tmp_path / "never")
     run = subprocess.Popen(
         [
@@ -159,7 +159,9 @@ def _state(pid: int) -> str:
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
-def test_run_forwards_sigterm_to_a_command_that_already_ended(tmp_path: Path, dump_dir: Path) -> None:
+def test_run_forwards_sigterm_to_a_command_that_already_ended(
+    tmp_path: Path, dump_dir: Path, table_dir: Path
+) -> None:
     """SIGTERM to a whole process group reaches the command and `run` together; when the command has
     already ended, forwarding must not reap it behind the supervisor's back (no ChildProcessError)."""
     ready, never = _fifo(tmp_path / "ready"), _fifo(tmp_path / "never")

@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -220,7 +219,8 @@ class Run:
 
 
 @pytest.fixture
-def start(tmp_path: Path, dump_dir: Path) -> Iterator[Callable[..., Run]]:
+def start(tmp_path: Path, dump_dir: Path, table_dir: Path) -> Iterator[Callable[..., Run]]:
+    # table_dir: run publishes its program's table in the default directory, this test's own
     runs: list[Run] = []
 
     def start(mode: str, *options: str, cli: Sequence[str] = KMEMDUMP, trace: bool = True) -> Run:
@@ -437,14 +437,14 @@ def test_a_program_that_stops_itself_stays_stopped_until_sigcont(
 @pytest.mark.timeout(60)
 @pytest.mark.usefixtures("traceable")
 def test_the_collectors_own_stop_and_continue_leave_a_traced_program_running(
-    start: Callable[..., Run], tmp_path: Path
+    start: Callable[..., Run], tmp_path: Path, table_dir: Path
 ) -> None:
     run = start("answer")
     _, pid_text = run.line()
     pid = int(pid_text)
     _wait_for(lambda: _tracer_of(pid) != 0, "the seize")
     start_time = process_start_time(pid)
-    (table,) = Path(tempfile.gettempdir()).glob(f"kmemdump-run-*/{pid}-{start_time}.table")
+    (table,) = table_dir.glob(f"{pid}-{start_time}.table")  # where `dump PID` finds it too
     # WHEN another collector dumps it on request: SIGSTOP (a group-stop the tracer must keep),
     # the copy, py-spy --nonblocking, SIGCONT (a wake-up the tracer must pass on)
     result = dump_target(pid, start_time, table, reason="request", options=DumpOptions(tmp_path))

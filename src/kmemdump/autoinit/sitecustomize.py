@@ -17,6 +17,8 @@ def _kmemdump_autoinit() -> None:
         return
     source = os.environ.pop("KMEMDUMP_SRC", "")
     timeout = os.environ.pop("KMEMDUMP_WATCHDOG", "")
+    feeder = os.environ.pop("KMEMDUMP_FEEDER", "progress")
+    supervisor = os.environ.pop("KMEMDUMP_SUPERVISOR", "")
     try:
         import kmemdump
     except ImportError:  # another interpreter: the producer is pure standard library
@@ -25,7 +27,14 @@ def _kmemdump_autoinit() -> None:
         import kmemdump
     try:
         seconds = float(timeout) if timeout else None
-        kmemdump.init(table=True, watchdog=seconds, feeder=seconds is not None)
+        kmemdump.init(table=True, watchdog=seconds)
+        expect = getattr(kmemdump.current_backend(), "expect_collector", None)
+        if supervisor.isdigit() and callable(expect):
+            expect(int(supervisor))  # the table is run's: another collector leaves it to run
+        if seconds is not None:
+            # on the program's behalf: it stops if the program arms a watchdog of its own; with the
+            # progress check it beats only while some thread gets somewhere (a deadlock is dumped)
+            kmemdump.start_feeder(check_progress=feeder == "progress", on_behalf=True)
     except Exception as err:  # never stop the program from starting
         print(f"kmemdump: autoinit failed: {err}", file=sys.stderr)
 

@@ -2,10 +2,13 @@
 
 A Python program needs no change: kmemdump starts inside it through a sitecustomize hook
 (registering the banner and the Python layout, publishing a table, and feeding the watchdog from
-a background thread). That thread keeps beating while Python code runs, so an unmodified program
-is dumped on whole-process stalls (SIGSTOP, a native call that holds the GIL, a deadlock of every
-thread, a crash) but not on a pure-Python livelock; a program that calls kmemdump.feed() from its
-main loop (with --no-feeder) is dumped on any application hang.
+a background thread). That thread beats only while some other thread of the program gets
+somewhere, so an unmodified program is dumped when every thread is stuck waiting on a lock (a
+deadlock), on whole-process stalls (SIGSTOP, a native call that holds the GIL) and on crashes; not
+on a pure-Python livelock. A program that arms its own watchdog (kmemdump.init(watchdog=S)) and
+calls kmemdump.feed() from its main loop is judged by its own heartbeat and timeout: the feeder
+stops, and run says which timeout is in force. The program's table is in the default table
+directory, where `kmemdump dump PID`, `ps` and `watch` find it (a `watch` leaves it to run).
 
 With --trace-exit the supervisor also becomes the command's ptrace tracer
 (:mod:`kmemdump.collector.tracer`): the command stops at its exit with its memory still mapped,
@@ -54,6 +57,13 @@ def prepare(parser: argparse.ArgumentParser) -> None:
         help="autoinit without the feeder thread: the program feeds the watchdog itself",
     )
     parser.add_argument(
+        "--no-deadlock-check",
+        dest="deadlock_check",
+        action="store_false",
+        help="the feeder beats even while every thread of the program waits on a lock (catches only "
+        "whole-process stalls; for a program that idles waiting on locks for longer than --timeout)",
+    )
+    parser.add_argument(
         "--trace-exit",
         action="store_true",
         help="trace the command (ptrace) so that it stops at its exit with its memory still mapped: a "
@@ -78,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         after_hang=args.after_hang,
         autoinit=args.autoinit,
         feeder=args.feeder,
+        deadlock_check=args.deadlock_check,
         trace_exit=args.trace_exit,
     )
 

@@ -13,7 +13,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from kmemdump.collector.watch import Event
 from kmemdump.collector.watch import Watcher
 from kmemdump.errors import AccessDeniedError
 from kmemdump.errors import KmemdumpError
+from kmemdump.formats.table import default_dir
 
 __all__ = ["SuperviseOptions", "autoinit_env", "supervise"]
 
@@ -42,10 +42,14 @@ class SuperviseOptions:
     after_hang: str = "leave"
     autoinit: bool = True
     feeder: bool = True
+    deadlock_check: bool = True
+    """The feeder beats only while some thread of the program gets somewhere (see producer.progress)."""
     trace_exit: bool = False
 
 
-def autoinit_env(env: dict[str, str], table_dir: Path, timeout: float | None, feeder: bool) -> dict[str, str]:
+def autoinit_env(
+    env: dict[str, str], table_dir: Path, timeout: float | None, feeder: bool, deadlock_check: bool = True
+) -> dict[str, str]:
     """The environment that makes a Python child start kmemdump by itself."""
     package = Path(__file__).resolve().parent.parent
     hook = str(package / "autoinit")
@@ -54,9 +58,11 @@ def autoinit_env(env: dict[str, str], table_dir: Path, timeout: float | None, fe
     env["PYTHONPATH"] = os.pathsep.join(p for p in (hook, env.get("PYTHONPATH", "")) if p)
     env["KMEMDUMP_AUTOINIT"] = "1"
     env["KMEMDUMP_SRC"] = source
+    env["KMEMDUMP_SUPERVISOR"] = str(os.getpid())
     env["KMEMDUMP_DIR"] = str(table_dir)
     if timeout and feeder:
         env["KMEMDUMP_WATCHDOG"] = repr(timeout)
+        env["KMEMDUMP_FEEDER"] = "progress" if deadlock_check else "always"
     return env
 
 
@@ -94,7 +100,7 @@ def _signal_sender(child: subprocess.Popen[bytes]) -> Callable[[int], None]:
     return send
 
 
-def _supervise_traced(watcher: Watcher, tracer: ExitTracer) -> int | None:
+def _supervise_traced(watcher: Watcher, tracer: ExitTracer, notice: _OwnWatchdogNotice) -> int | None:
     """Watch the traced child until the tracer reaps it; its wait status, or None if the tracer gave up."""
     while True:
         stop = tracer.poll_exit()
@@ -108,6 +114,47 @@ def _supervise_traced(watcher: Watcher, tracer: ExitTracer) -> int | None:
         if tracer.done:
             return tracer.status
         watcher.step()
+        notice.check(watcher)
+
+
+class _OwnWatchdogNotice:
+    """Says once which watchdog timeout is in force when the program arms its own.
+
+    A program that arms its own watchdog (``kmemdump.init(watchdog=S)``, ``kmemdump.watchdog(S)``)
+    feeds it itself: the feeder the autoinit hook started on its behalf stops (the table's
+    ``FEEDER`` flag goes), and the program's timeout replaces ``--timeout``.
+    """
+
+    def __init__(self, pid: int, timeout: float | None, warn: Callable[[str], None]) -> None:
+        self.pid = pid
+        self.timeout = timeout
+        self.warn = warn
+        self.said = False
+        self._next = 0.0
+
+    def check(self, watcher: Watcher) -> None:
+        now = time.monotonic()
+        if self.said or now < self._next:
+            return
+        self._next = now + 0.2
+        target = next((t for t in watcher.targets.values() if t.pid == self.pid), None)
+        if target is None:
+            return
+        try:
+            header = target.reader.header()
+        except (KmemdumpError, OSError):
+            return
+        if header.feeder or not header.watchdog_timeout_ns:
+            return
+        self.said = True
+        seconds = header.watchdog_timeout_ns / 1e9
+        instead = (
+            "" if self.timeout is None or self.timeout == seconds else f", not --timeout {self.timeout:g}"
+        )
+        self.warn(
+            f"pid {self.pid} arms its own watchdog and feeds it itself: its timeout {seconds:g} s is in force"
+            f"{instead}"
+        )
 
 
 def _until_untraced(pid: int, timeout: float = 5.0) -> None:
@@ -130,53 +177,53 @@ def supervise(
     Raises ``OSError`` when the command cannot be started. SIGINT, SIGTERM and SIGHUP received
     meanwhile are passed on to the command.
     """
-    with tempfile.TemporaryDirectory(prefix="kmemdump-run-") as tables:
-        table_dir = Path(tables)
-        table_dir.chmod(0o700)
-        env = dict(os.environ)
-        env["KMEMDUMP_DIR"] = str(table_dir)
-        if options.autoinit:
-            env = autoinit_env(env, table_dir, options.timeout, options.feeder)
-        child = subprocess.Popen(list(cmd), env=env)
-        tracer = _start_tracer(child.pid, warn) if options.trace_exit else None
-        send = _signal_sender(child)
+    table_dir = default_dir()  # where `watch`, `ps` and `dump PID` find the program too
+    env = dict(os.environ)
+    env["KMEMDUMP_DIR"] = str(table_dir)
+    if options.autoinit:
+        env = autoinit_env(env, table_dir, options.timeout, options.feeder, options.deadlock_check)
+    child = subprocess.Popen(list(cmd), env=env)
+    tracer = _start_tracer(child.pid, warn) if options.trace_exit else None
+    send = _signal_sender(child)
 
-        def forward(signum: int, frame: FrameType | None) -> None:
-            send(signum)
+    def forward(signum: int, frame: FrameType | None) -> None:
+        send(signum)
 
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, forward)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
 
-        watcher = Watcher(
-            [table_dir],
-            options.dump,
-            after_hang=options.after_hang,
-            on_event=on_event,
-            only_pid=child.pid,
-            max_sleep=0.05,
-            death_of=None if tracer is not None else waited_death,
-            exit_events=False,  # the parent learns the status itself
-        )
-        traced_status: int | None = None
-        try:
-            watcher.scan()
-            if tracer is not None:
-                traced_status = _supervise_traced(watcher, tracer)
-                if traced_status is None:
-                    warn(f"--trace-exit stopped ({tracer.failure}); supervising without it")
-                    _until_untraced(child.pid)
-                    watcher.death_of = waited_death
+    watcher = Watcher(
+        [table_dir],
+        options.dump,
+        after_hang=options.after_hang,
+        on_event=on_event,
+        only_pid=child.pid,
+        max_sleep=0.05,
+        death_of=None if tracer is not None else waited_death,
+        exit_events=False,  # the parent learns the status itself
+    )
+    notice = _OwnWatchdogNotice(child.pid, options.timeout if options.feeder else None, warn)
+    traced_status: int | None = None
+    try:
+        watcher.scan()
+        if tracer is not None:
+            traced_status = _supervise_traced(watcher, tracer, notice)
             if traced_status is None:
-                while not _exited(child.pid):
-                    watcher.step()
-            watcher.scan()  # a table published just before the end is still seen (the child is a zombie)
-            while watcher.targets:
+                warn(f"--trace-exit stopped ({tracer.failure}); supervising without it")
+                _until_untraced(child.pid)
+                watcher.death_of = waited_death
+        if traced_status is None:
+            while not _exited(child.pid):
                 watcher.step()
-        finally:
-            if tracer is not None:
-                tracer.close()
-            watcher.close()
-        if traced_status is not None:
-            child.returncode = os.waitstatus_to_exitcode(traced_status)  # the tracer reaped it
-        status = child.wait()
+                notice.check(watcher)
+        watcher.scan()  # a table published just before the end is still seen (the child is a zombie)
+        while watcher.targets:
+            watcher.step()
+    finally:
+        if tracer is not None:
+            tracer.close()
+        watcher.close()
+    if traced_status is not None:
+        child.returncode = os.waitstatus_to_exitcode(traced_status)  # the tracer reaped it
+    status = child.wait()
     return status if status >= 0 else 128 - status

@@ -59,6 +59,8 @@ DEFAULT_MAX_DUMPS = 10
 """Hang dumps of one process before the collector stops dumping it (a death is always dumped)."""
 _RESCAN_S = 0.25
 _LOOK_AGAIN_S = 1.0
+_GRACE_NS = 5_000_000_000
+"""How long a new table that names another collector is left to it."""
 
 
 EventKind = Literal["watch", "hang", "death", "exit", "error", "skip"]
@@ -243,6 +245,8 @@ class Watcher:
         An exclusive ``flock`` on the table file, held as long as the table is watched (the reader
         stays open) and dropped by the kernel when this collector dies, so another one takes over.
         """
+        if self._supervised_elsewhere(reader, path):
+            return False
         try:
             fcntl.flock(reader.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -259,6 +263,25 @@ class Watcher:
                 )
             return False
         self._elsewhere.discard(path)
+        return True
+
+    def _supervised_elsewhere(self, reader: TableReader, path: Path) -> bool:
+        """A new table made for another, living collector (``kmemdump run`` names itself in the
+        tables of the program it starts): left to it for a moment, so that the two do not race."""
+        try:
+            header = reader.header()
+        except (KmemdumpError, OSError):
+            return False
+        collector = header.collector_pid
+        if not collector or collector == os.getpid() or time.time_ns() - header.created_ns > _GRACE_NS:
+            return False
+        try:
+            os.kill(collector, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # alive, another user's
+        self._later[path] = time.monotonic() + _RESCAN_S
         return True
 
     def _out_of_sight(self, pid: int, path: Path, err: NotVisibleError) -> None:

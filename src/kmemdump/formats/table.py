@@ -473,6 +473,15 @@ class TableWriter:
         self._u32.release()
         self._u16.release()
 
+    def set_collector_pid(self, pid: int) -> None:
+        """Name the collector expected to act on this table (one aligned 32-bit store).
+
+        Collectors write this field themselves once they watch the table; a producer started by a
+        supervisor (``kmemdump run``) names it from the start, so that another collector leaves
+        the table to it.
+        """
+        self._u32[_I_COLLECTOR_PID] = pid
+
     def set_flag(self, flag: int, on: bool) -> None:
         """Set or clear header ``flag`` bits (one aligned 16-bit store)."""
         flags = self._u16[_H_FLAGS]

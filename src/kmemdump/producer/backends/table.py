@@ -318,6 +318,18 @@ class SharedTableBackend:
             return False
         return self._grant(pid)
 
+    def expect_collector(self, pid: int) -> None:
+        """Name ``pid`` as this table's collector before it reads the table, and let it ptrace us.
+
+        ``kmemdump run`` starts its program with its own pid for this: a collector that finds the
+        table meanwhile leaves it to the supervisor for a moment instead of racing it.
+        """
+        with self._lock:
+            writer = self._writer
+            if writer is not None:
+                writer.set_collector_pid(pid)
+                self._grant(pid)
+
     def _grant(self, pid: int) -> bool:
         self._granted = pid
         return _set_ptracer(pid)
