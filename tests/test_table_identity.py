@@ -88,3 +88,24 @@ def test_a_table_written_before_the_namespace_fields_still_reads_the_same() -> N
     # where a v1 reader of before looks, the new fields are in bytes it ignores
     assert struct.unpack_from("<QQ", buf, 104) == (4026531836, 5)
     assert buf[:104] == old[:104]
+
+
+def test_an_arena_whose_process_lives_is_never_removed_as_an_orphan(table_dir: Path, dump_dir: Path) -> None:
+    from kmemdump.collector.dump import DumpOptions
+    from kmemdump.collector.watch import Watcher
+
+    code = "import kmemdump\nkmemdump.alloc(64, persistent=True)\nsend('up')\nblock()"
+    with spawn_child(code) as child:
+        assert child.recv() == "up"
+        (arena,) = table_dir.glob("*.arena")
+        # as a process of another pid namespace would look from here: a pid this collector has not
+        foreign = arena.with_name(f"999999-{arena.name.split('-')[1]}")
+        arena.rename(foreign)
+        watcher = Watcher([table_dir], DumpOptions(dump_dir))
+        events = watcher.scan()
+        assert foreign.exists(), events  # its process holds it: not an orphan
+        child.kill()
+        events = watcher.scan()
+        watcher.close()
+    assert not foreign.exists()  # now it is one
+    assert [e.kind for e in events] == ["skip"]

@@ -42,8 +42,11 @@ from kmemdump.formats.arena import ARENA_SUFFIX
 from kmemdump.formats.arena import arena_path_of
 from kmemdump.formats.dumpmeta import Death
 from kmemdump.formats.dumpmeta import Held
+from kmemdump.formats.table import LIVE_LOCK_BYTE
 from kmemdump.formats.table import TableReader
 from kmemdump.formats.table import TableSnapshot
+from kmemdump.formats.table import lock_held
+from kmemdump.formats.table import open_owned_file
 from kmemdump.formats.table import parse_file_name
 from kmemdump.formats.table import write_collector_pid
 from kmemdump.procinfo import process_cmdline
@@ -321,8 +324,8 @@ class Watcher:
         pid, start_time = ident
         if ident in self.targets or path.with_name(f"{pid}-{start_time}.table").exists():
             return
-        if not (path.exists() or path.is_symlink()):
-            return
+        if not (path.exists() or path.is_symlink()) or _arena_held(path):
+            return  # gone already, or its process still holds it (wherever that process is)
         try:
             if process_start_time(pid) == start_time:
                 return  # alive: its table may be on its way, or it runs without one
@@ -546,6 +549,18 @@ class Watcher:
             with contextlib.suppress(KeyError, ValueError):
                 self._poller.unregister(self._exits.fileno())
             self._exits.close()
+
+
+def _arena_held(path: Path) -> bool:
+    """Whether a live process holds the arena's liveness lock (producers lock it as they lock a table)."""
+    try:
+        fd = open_owned_file(path, os.O_RDONLY, what="arena")
+    except (KmemdumpError, OSError):
+        return False
+    try:
+        return lock_held(fd, LIVE_LOCK_BYTE)
+    finally:
+        os.close(fd)
 
 
 def _quietly_int(read: Callable[[], int]) -> int | str:

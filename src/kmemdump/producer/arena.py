@@ -38,6 +38,8 @@ from kmemdump.formats.arena import HEADER_SIZE
 from kmemdump.formats.arena import arena_file_size
 from kmemdump.formats.arena import check_arena_size
 from kmemdump.formats.arena import pack_header
+from kmemdump.formats.table import LIVE_LOCK_BYTE
+from kmemdump.formats.table import lock_byte
 from kmemdump.producer.forksafe import fork_safe_lock
 from kmemdump.producer.sharedfile import ARENAS_STAGE
 from kmemdump.producer.sharedfile import create_mapped
@@ -177,6 +179,8 @@ class Arena:
         self._by_view: dict[int, int] = {}  # id(view) -> offset
         self.owner_pid = os.getpid()
         self.start_time = self_start_time()
+        self._live_fd = -1
+        """Holds a lock on the arena file while this process lives (a collector then never removes it)."""
         dir_fd = open_private_dir(self.directory)
         try:
             info = os.fstat(dir_fd)
@@ -208,8 +212,32 @@ class Arena:
 
         final = f"{pid}-{start}{ARENA_SUFFIX}"
         return create_mapped(
-            dir_fd, self.directory, final, arena_file_size(self.size), what="arena", fill=fill
+            dir_fd,
+            self.directory,
+            final,
+            arena_file_size(self.size),
+            what="arena",
+            fill=fill,
+            prepare=self._hold_live_lock,
         )
+
+    def _hold_live_lock(self, fd: int, base: int) -> None:
+        """Hold a shared lock on byte 0 of the file for as long as this process lives (as the table does)."""
+        held = os.dup(fd)
+        try:
+            locked = lock_byte(held, LIVE_LOCK_BYTE, exclusive=False)
+        except OSError:
+            locked = False
+        if locked:
+            self._live_fd = held
+        else:
+            os.close(held)
+
+    def drop_lock(self) -> None:
+        """Let the arena's liveness lock go (a clean exit; in a forked child, its copy of the descriptor)."""
+        fd, self._live_fd = self._live_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     @property
     def inherited(self) -> bool:
@@ -227,6 +255,7 @@ class Arena:
         except OSError as err:
             log.warning("could not remove the arena %s: %s", self.path, err)
         live_paths.discard(str(self.path))
+        self.drop_lock()
 
     # --- blocks --------------------------------------------------------------------------------
 
@@ -369,7 +398,9 @@ def _at_exit() -> None:
 def _after_fork_in_child() -> None:
     # The inherited arena maps the parent's file: the child must neither allocate in it nor remove
     # it. Its first persistent allocation creates an arena of its own.
-    _state.arena = None
+    inherited, _state.arena = _state.arena, None
+    if inherited is not None:
+        inherited.drop_lock()  # the parent's lock stays held through its own descriptor
     live_paths.clear()
 
 
