@@ -460,11 +460,13 @@ class SharedTableBackend:
             if _watchdog_current() is self:
                 _watchdog_detach()
             writer, path = self._writer, self._path
-            self._writer = self._mm = self._path = None
             if writer is not None and path is not None and self._owner_pid == os.getpid():
                 writer.set_state(TableState.EXITING)
                 self._unlink(path)
                 live_paths.discard(str(path))
+            # only now: a stop signal that interrupts this (a pool worker ending as its pool is
+            # terminated) finds the table still named here and removes it itself (remove_for_stop)
+            self._writer = self._mm = self._path = None
             self._drop_live_lock()
             if self._dir_fd >= 0:
                 os.close(self._dir_fd)
