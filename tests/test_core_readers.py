@@ -422,3 +422,44 @@ def test_kmemdump_gdb_says_which_binary_is_missing_or_another_build(
         command = shlex.split(out.stdout)
         assert "-se" not in command
         assert f"add-symbol-file {other}{libpython.path} -o {libpython.base:#x}" in command
+
+
+MANY_THREADS = r"""
+import threading, kmemdump
+report = kmemdump.init(table=True)
+gate = threading.Event()
+started = threading.Barrier(21)
+def parked():
+    started.wait()
+    gate.wait()
+threads = [threading.Thread(target=parked, daemon=True) for _ in range(20)]
+for t in threads:
+    t.start()
+started.wait()
+send({"table": report.table})
+block()
+"""
+
+
+@pytest.mark.slow
+def test_the_stacks_capture_is_bounded_and_says_what_it_left_out(
+    table_dir: Path, dump_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kmemdump.collector import capture
+
+    monkeypatch.setattr(capture, "_MAX_STACK_BYTES", 64 << 10)  # 32 MiB in production: 512 deep stacks
+    with spawn_child(MANY_THREADS, env=producer_env(table_dir)) as child:
+        info = child.recv()
+        result = dump_target(
+            child.pid,
+            process_start_time(child.pid),
+            Path(info["table"]),
+            reason="hang",
+            options=DumpOptions(dump_dir, stacks=False, capture="stacks"),
+        )
+    state = result.meta.capture_state
+    found = re.fullmatch(r"the stacks of (\d+) of 21 threads only \(at most 64 KiB of stacks\)", state)
+    assert found is not None and 1 <= int(found.group(1)) < 21, state
+    with CoreImage.open(result.path) as core:
+        statuses = [n for n in core.notes if (n.owner, n.type) == ("CORE", 1)]
+    assert len(statuses) == 21  # every thread's registers, whatever the stack budget

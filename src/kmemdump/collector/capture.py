@@ -48,6 +48,7 @@ CaptureLevel = Literal["regions", "stacks"]
 CAPTURE_LEVELS: tuple[CaptureLevel, ...] = get_args(CaptureLevel)
 STACK_BYTES = 64 << 10
 """Bytes of each thread's stack stored from its stack pointer up, at the ``stacks`` level."""
+_MAX_STACK_BYTES = 32 << 20  # of stack tops in all: 512 threads' worth
 _MAX_THREADS = 4096
 _MAX_LINK_MAPS = 4096
 _MAX_WRITABLE = 4 << 20  # of ld.so's or libc's writable data
@@ -99,16 +100,23 @@ def _mapping_of(maps: Sequence[MapEntry], address: int) -> MapEntry | None:
     return next((m for m in maps if m.start <= address < m.end), None)
 
 
-def _stack_tops(shape: ProcessShape) -> list[tuple[int, int]]:
+def _stack_tops(shape: ProcessShape) -> tuple[list[tuple[int, int]], int]:
+    """The top of each thread's stack, as pages, and how many threads got theirs (the main thread
+    first; at most 32 MiB in all)."""
     out = []
+    total = 0
     for thread in shape.threads[:_MAX_THREADS]:
         sp = thread.registers.sp
         mapping = _mapping_of(shape.maps, sp) if sp else None
         if mapping is None:
             continue
         low, high = _pages(max(mapping.start, sp - _RED_ZONE), min(mapping.end, sp + STACK_BYTES))
-        out.append((low, min(high, mapping.end) - low))
-    return out
+        size = min(high, mapping.end) - low
+        if total + size > _MAX_STACK_BYTES:
+            break
+        total += size
+        out.append((low, size))
+    return out, len(out)
 
 
 def _link_map(shape: ProcessShape, mem: ProcessMemory) -> list[tuple[int, int]]:
@@ -174,11 +182,14 @@ def capture_ranges(
     if level == "regions":
         return Capture(())
     problems: list[str] = []
-    ranges = _stack_tops(shape)
-    if len(shape.threads) > _MAX_THREADS:
-        problems.append(f"stacks of the first {_MAX_THREADS} of {len(shape.threads)} threads only")
-    if not any(t.registers.sp for t in shape.threads):
+    ranges, stacked = _stack_tops(shape)
+    with_sp = sum(1 for t in shape.threads if t.registers.sp)
+    if not with_sp:
         problems.append("no thread's stack pointer could be read")
+    elif stacked < with_sp:
+        limit = _MAX_STACK_BYTES
+        budget = f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit >> 10} KiB"
+        problems.append(f"the stacks of {stacked} of {with_sp} threads only (at most {budget} of stacks)")
     try:
         ranges += _link_map(shape, mem)
     except KmemdumpError as err:
