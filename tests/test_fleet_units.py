@@ -290,3 +290,73 @@ def test_without_stacks_the_death_and_the_program_sign() -> None:
     assert a.title == "death of worker.py, SIGSEGV (no stacks)"
     assert program_name(("python3", "-m", "pkg.main"), None) == "-m pkg.main"
     assert program_name(("/usr/sbin/nginx", "-g"), "/usr/sbin/nginx") == "nginx"
+
+
+def test_delete_local_removes_the_dump_only_after_the_upload_and_only_the_same_file(
+    store_url: str, tmp_path: Path
+) -> None:
+    from helpers_fleet import write_dump
+    from kmemdump.fleet.shipper import ShipOptions
+    from kmemdump.fleet.shipper import Shipper
+
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    kept = write_dump(dumps, host="h", pid=1, reason="hang", captured_ns=1_795_860_900_000_000_000)
+    gone = write_dump(dumps, host="h", pid=2, reason="hang", captured_ns=1_795_860_901_000_000_000)
+    lines: list[str] = []
+    shipper = Shipper(
+        ShipOptions(parse_url(store_url), dumps / ".ship-spool", delete_local=True), log=lines.append
+    )
+    # the dump at one name is replaced by another file after it was queued: that file is not ours to remove
+    shipper.spool.prepare()
+    shipper.spool.link(kept)
+    shipper.spool.admit(kept)
+    replacement = kept.read_bytes()
+    kept.unlink()
+    kept.write_bytes(replacement)
+    shipper.start()
+    shipper.submit(gone)
+    assert shipper.wait_idle(60), lines
+    shipper.stop()
+    assert shipper.uploaded == 2, lines
+    assert not gone.exists() and kept.exists()
+    assert f"ship removed the local copy {gone}" in lines
+
+
+def test_a_key_already_holding_the_same_dump_is_done_and_other_content_is_kept_beside(
+    store_url: str, tmp_path: Path
+) -> None:
+    from helpers_fleet import write_dump
+    from kmemdump.fleet.catalog import build_index
+    from kmemdump.fleet.s3 import ObjectStore
+    from kmemdump.fleet.shipper import ShipOptions
+    from kmemdump.fleet.shipper import Shipper
+
+    url = parse_url(store_url)
+    store = ObjectStore(url)
+    same = write_dump(tmp_path, host="h", pid=1, reason="hang", captured_ns=1_795_860_900_000_000_000)
+    other = write_dump(tmp_path, host="h", pid=2, reason="hang", captured_ns=1_795_860_900_000_000_000)
+    # GIVEN one dump already in the bucket (an upload that succeeded before a crash), and another
+    # dump's key taken by different bytes
+    assert store.put_if_absent(build_index(same, url).key, same) == "created"
+    other_key = build_index(other, url).key
+    assert store.put_if_absent(other_key, b"somebody else's bytes") == "created"
+    lines: list[str] = []
+    shipper = Shipper(ShipOptions(parse_url(store_url), tmp_path / "spool"), log=lines.append)
+    shipper.start()
+    shipper.submit(same)
+    shipper.submit(other)
+    assert shipper.wait_idle(60), lines
+    shipper.stop()
+    # THEN the first counts as uploaded without a second copy; the second goes beside the stranger
+    assert shipper.uploaded == 2, lines
+    keys = sorted(info.key for info in store.objects(url.prefix))
+    dumps = [k for k in keys if not k.endswith(".index.json")]
+    assert len(dumps) == 3 and len(keys) == 5
+    moved = next(k for k in dumps if "~" in k)
+    assert moved.startswith(other_key.removesuffix(".core") + "~") and store.get(moved) == other.read_bytes()
+    assert store.get(other_key) == b"somebody else's bytes"
+    assert any(f"{other_key} holds another dump; uploading as {moved}" in line for line in lines)
+    from kmemdump.fleet.remote import list_indexes
+
+    assert sorted(i.key for i in list_indexes(store, url)) == sorted([build_index(same, url).key, moved])

@@ -18,6 +18,7 @@ from kmemdump.cli.render import Output
 from kmemdump.cli.render import format_size
 from kmemdump.cli.render import format_time
 from kmemdump.cli.render import json_text
+from kmemdump.cli.render import printable
 from kmemdump.cli.render import progress
 from kmemdump.errors import KmemdumpError
 from kmemdump.formats.dumpindex import DumpIndex
@@ -84,7 +85,7 @@ def run_remote(args: argparse.Namespace, wanted: DumpFilter) -> int:
     def on_error(key: str, err: KmemdumpError) -> None:
         skipped.append((key, err))
         if not args.json:
-            print(f"kmemdump: skipped s3://{url.bucket}/{key}: {err}", file=sys.stderr)
+            print(f"kmemdump: skipped {printable(f's3://{url.bucket}/{key}: {err}')}", file=sys.stderr)
 
     indexes = list_indexes(ObjectStore(url, timeout=60.0), url, wanted, on_error=on_error)
     last = getattr(args, "last", None)

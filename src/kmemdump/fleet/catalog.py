@@ -41,7 +41,7 @@ __all__ = [
 INDEX_SUFFIX = ".index.json"
 _NAME = re.compile(
     r"kmemdump-(?P<pid>[0-9]{1,10})-(?P<start>[0-9]{1,20})-(?P<reason>[a-z]{1,16})-"
-    r"(?P<stamp>[0-9]{8}T[0-9]{6}\.[0-9]{6}Z)(?P<suffix>\.core|\.core\.zst|\.index\.json)\Z",
+    r"(?P<stamp>[0-9]{8}T[0-9]{6}\.[0-9]{6}Z)(?:~[0-9a-f]{12})?(?P<suffix>\.core|\.core\.zst|\.index\.json)\Z",
     re.ASCII,
 )
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z", re.ASCII)

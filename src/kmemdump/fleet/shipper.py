@@ -150,7 +150,12 @@ class Shipper:
                     break
                 try:
                     self._ship(entry)
-                except StoreError as err:
+                except Exception as unexpected:  # never let the thread die: shipping would stop for good
+                    err = (
+                        unexpected
+                        if isinstance(unexpected, StoreError)
+                        else StoreError(f"unexpected {type(unexpected).__name__}: {unexpected}")
+                    )
                     self.failures += 1
                     self.spool.record_failure(entry, str(err))
                     delay = backoff_delay(
@@ -159,9 +164,9 @@ class Shipper:
                     self.log(
                         f"ship {entry.name}: attempt {self.failures} failed: {err}; next try in {delay:.3g} s"
                     )
-                    if type(err) is not StoreError:
-                        break  # the store (not this dump) is the problem: wait before trying any other
-                    continue  # this dump's keys are taken by other content: the others may still go
+                    if type(unexpected) is StoreError:
+                        continue  # this dump's keys hold other content: the others may still go
+                    break  # the store (or something else, not this dump) failed: wait before any other
                 self.failures = 0
             with self._lock:
                 self._busy = False
