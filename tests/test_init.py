@@ -280,7 +280,7 @@ def test_init_with_table_and_watchdog(tmp_path: Path) -> None:
     out = _child(
         """
         import json, os, sys, threading, kmemdump
-        watchdog = sys.modules["kmemdump.producer.heartbeat"]
+        from kmemdump.producer import heartbeat as watchdog
         report = kmemdump.init(
             table=True, directory=sys.argv[1], watchdog=30.0, feeder=True, pycoreinfo=False
         )

@@ -8,7 +8,10 @@ IDs allocated for ``NO_ID`` requests come from above both.
 from __future__ import annotations
 
 import enum
-from typing import Final
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs milliseconds
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = ["DYNAMIC_START", "ID", "MAX_ID", "NO_ID", "id_label"]
 

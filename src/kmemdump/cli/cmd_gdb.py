@@ -28,11 +28,9 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from kmemdump.cli.options import DUMP_HELP
 from kmemdump.cli.options import add_dump_dir_option
@@ -43,6 +41,11 @@ from kmemdump.formats import zstd
 from kmemdump.inspect.binaries import Binary
 from kmemdump.inspect.binaries import find_binaries
 from kmemdump.inspect.dumpfile import Dump
+
+TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
 
 __all__ = ["GdbMissingError", "gdb_command", "prepare", "run"]
 

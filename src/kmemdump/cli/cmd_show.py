@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import pprint
 from dataclasses import dataclass
-from typing import Any
 
 from kmemdump.cli import records
 from kmemdump.cli.options import add_dump_argument
@@ -41,6 +40,10 @@ from kmemdump.inspect.dumpfile import Dump
 from kmemdump.inspect.dumpfile import command_line
 from kmemdump.inspect.dumpfile import kind_name
 from kmemdump.inspect.dumpfile import pycoreinfo_summary
+
+TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["document", "prepare", "run"]
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from kmemdump.collector.dump import DumpOptions
 
 from kmemdump.errors import CollectorError
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import UnreadableMemoryError
+
+TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
+if TYPE_CHECKING:
+    from kmemdump.collector.dump import DumpOptions
 
 __all__ = [
     "DEFAULT_BUDGET",

@@ -11,16 +11,19 @@ import signal
 from dataclasses import asdict
 from dataclasses import dataclass
 from dataclasses import field
-from typing import Any
-from typing import Literal
-from typing import get_args
 
 from kmemdump.errors import DumpFormatError
+
+TYPE_CHECKING = False  # typing is not imported at run time (it costs the command line milliseconds)
+if TYPE_CHECKING:
+    from typing import Any
+    from typing import Literal
 
 __all__ = [
     "DEATH_SOURCES",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "HELD",
     "REASONS",
     "SOURCES",
     "STATUSES",
@@ -40,24 +43,29 @@ __all__ = [
 
 FORMAT_NAME = "kmemdump-dump"
 FORMAT_VERSION = 1
-Reason = Literal["hang", "death", "request"]
-"""Why the dump was taken: a missed heartbeat, the end of the process, or someone asked."""
-Status = Literal["ok", "partial", "unreadable", "skipped", "gone"]
-"""Per region: all bytes stored; a readable prefix stored; nothing readable; left out by the byte
-budget; the process vanished before the region could be read."""
-Source = Literal["process", "arena"]
-"""Where a region's bytes were (or would have been) read: the live process's memory, or the
-persistent arena file it left behind."""
-Held = Literal["", "SIGSTOP", "exit stop"]
-"""How the target was held while it was copied: not at all, by SIGSTOP, or at its ptrace exit stop."""
-DeathSource = Literal["exit stop", "wait status", "proc stat", "proc connector", ""]
-"""Where the collector learnt how the process ended: its ptrace exit stop (``run --trace-exit``), the
-wait status its parent got (``run``), ``/proc/PID/stat`` of the zombie, the kernel's process-events
-connector (a root ``watch``), or nowhere (""; the cause is unknown)."""
-REASONS: tuple[Reason, ...] = get_args(Reason)
-DEATH_SOURCES: tuple[DeathSource, ...] = get_args(DeathSource)
-STATUSES: tuple[Status, ...] = get_args(Status)
-SOURCES: tuple[Source, ...] = get_args(Source)
+if TYPE_CHECKING:
+    Reason = Literal["hang", "death", "request"]
+    Status = Literal["ok", "partial", "unreadable", "skipped", "gone"]
+    Source = Literal["process", "arena"]
+    Held = Literal["", "SIGSTOP", "exit stop"]
+    DeathSource = Literal["exit stop", "wait status", "proc stat", "proc connector", ""]
+else:  # at run time each is a str; the tuples below list their values
+    Reason = Status = Source = Held = DeathSource = str
+REASONS: tuple[Reason, ...] = ("hang", "death", "request")
+"""Why the dump was taken (:data:`Reason`): a missed heartbeat, the end of the process, or someone asked."""
+STATUSES: tuple[Status, ...] = ("ok", "partial", "unreadable", "skipped", "gone")
+"""Per region (:data:`Status`): all bytes stored; a readable prefix stored; nothing readable; left out by
+the byte budget; the process vanished before the region could be read."""
+SOURCES: tuple[Source, ...] = ("process", "arena")
+"""Where a region's bytes were (or would have been) read (:data:`Source`): the live process's memory, or
+the persistent arena file it left behind."""
+HELD: tuple[Held, ...] = ("", "SIGSTOP", "exit stop")
+"""How the target was held while it was copied (:data:`Held`): not at all, by SIGSTOP, or at its ptrace
+exit stop."""
+DEATH_SOURCES: tuple[DeathSource, ...] = ("exit stop", "wait status", "proc stat", "proc connector", "")
+"""Where the collector learnt how the process ended (:data:`DeathSource`): its ptrace exit stop (``run
+--trace-exit``), the wait status its parent got (``run``), ``/proc/PID/stat`` of the zombie, the kernel's
+process-events connector (a root ``watch``), or nowhere (""; the cause is unknown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,7 +408,7 @@ def decode_meta(data: bytes) -> DumpMeta:
             values[key] = _field(body, key, kind)
     if values["reason"] not in REASONS:
         raise DumpFormatError("unknown dump reason", reason=values["reason"])
-    if values.get("held", "") not in get_args(Held):
+    if values.get("held", "") not in HELD:
         raise DumpFormatError("unknown way of holding the process", held=values["held"])
     values["argv"] = tuple(str(a) for a in values["argv"])
     values["regions"] = tuple(_region(r, i) for i, r in enumerate(values["regions"]))

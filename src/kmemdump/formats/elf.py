@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import mmap
 import os
-import platform
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 
 from kmemdump.errors import CollectorError
 from kmemdump.errors import DumpFormatError
 from kmemdump.errors import InvalidRegionError
+
+TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = [
     "ADDRESS_END",
@@ -131,6 +133,8 @@ PHDR_SIZE = _PHDR.size
 
 def host_machine() -> int:
     """The ELF ``e_machine`` of this computer; :class:`CollectorError` where cores are unsupported."""
+    import platform  # here: the reader never needs it
+
     name = platform.machine().lower()
     try:
         return _MACHINES[name]

@@ -29,14 +29,17 @@ import dataclasses
 import json
 import struct
 import types
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-from typing import Final
-from typing import Literal
 
 from kmemdump.errors import DecodeError
 from kmemdump.errors import DumpFormatError
+
+TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+    from typing import Final
+    from typing import Literal
 
 __all__ = [
     "CONSTANT_NAMES",

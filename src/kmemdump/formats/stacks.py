@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from kmemdump.errors import DumpFormatError
+
+TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["STACKS_FORMAT", "Frame", "Stacks", "ThreadStack", "decode_stacks", "encode_stacks"]
 

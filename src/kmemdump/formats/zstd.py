@@ -9,15 +9,17 @@ to install.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
-from types import ModuleType
-from typing import IO
-from typing import Any
 
 from kmemdump.errors import DumpFormatError
 from kmemdump.errors import MissingExtraError
+
+TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import IO
+    from typing import Any
 
 __all__ = [
     "MAGIC",
@@ -81,6 +83,8 @@ def decompress(source: IO[bytes], out: IO[bytes], where: Path) -> None:
     except ImportError as err:
         raise missing("reading a compressed dump", path=str(where)) from err
     try:
+        import shutil
+
         with zstd.ZstdFile(source, "rb") as stream:
             shutil.copyfileobj(stream, out, _CHUNK)
         out.flush()

@@ -41,11 +41,6 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
-from typing import Any
-from typing import Final
-from typing import Literal
-from typing import TypeAlias
-from typing import Union
 
 from kmemdump.errors import DecodeError
 from kmemdump.errors import UnreadableMemoryError
@@ -53,7 +48,16 @@ from kmemdump.formats.pycoreinfo import CONSTANT_NAMES
 from kmemdump.formats.pycoreinfo import KEYS_SPLIT
 from kmemdump.formats.pycoreinfo import KeysGeometry
 from kmemdump.formats.pycoreinfo import PyCoreInfo
-from kmemdump.memory import MemorySource
+
+TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
+if TYPE_CHECKING:
+    from typing import Any
+    from typing import Final
+    from typing import Literal
+    from typing import TypeAlias
+    from typing import Union
+
+    from kmemdump.memory import MemorySource
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -68,7 +72,11 @@ __all__ = [
     "to_python",
 ]
 
-JSONValue: TypeAlias = Union[bool, int, float, str, list["JSONValue"], dict[str, "JSONValue"], None]  # noqa: UP007
+if TYPE_CHECKING:
+    JSONValue: TypeAlias = Union[bool, int, float, str, list["JSONValue"], dict[str, "JSONValue"], None]  # noqa: UP007
+    _Decoder_t: TypeAlias = Callable[["_Decoder", int, str, int], JSONValue]
+else:  # the union is for mypy; at run time the name stays importable without importing typing
+    JSONValue = object
 
 DEFAULT_MAX_DEPTH: Final[int] = 16
 DEFAULT_MAX_ITEMS: Final[int] = 10_000
@@ -262,8 +270,6 @@ class _Decoder:
 
 
 # --- decoders ----------------------------------------------------------------------------
-
-_Decoder_t: TypeAlias = Callable[[_Decoder, int, str, int], JSONValue]
 
 
 def _kind_from_flags(flags: int) -> str:

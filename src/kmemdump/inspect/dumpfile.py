@@ -15,16 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import os
-import shlex
-from collections.abc import Callable
-from collections.abc import Iterable
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any
 
 from kmemdump.errors import DecodeError
 from kmemdump.errors import DumpFormatError
@@ -43,15 +36,21 @@ from kmemdump.formats.elf import OWNER_KMEMDUMP
 from kmemdump.formats.elf import OWNER_PYCOREINFO
 from kmemdump.formats.elf import PYCOREINFO_NOTE
 from kmemdump.formats.kinds import RegionKind
-from kmemdump.formats.pycoreinfo import PyCoreInfo
-from kmemdump.formats.ring import Ring
-from kmemdump.formats.ring import RingRole
-from kmemdump.formats.ring import parse_ring
-from kmemdump.formats.stacks import Stacks
-from kmemdump.formats.stacks import decode_stacks
 from kmemdump.ids import ID
 from kmemdump.ids import id_label
 from kmemdump.memory.core import CoreImage
+
+TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from collections.abc import Iterable
+    from collections.abc import Sequence
+    from types import TracebackType
+    from typing import Any
+
+    from kmemdump.formats.pycoreinfo import PyCoreInfo
+    from kmemdump.formats.ring import Ring
+    from kmemdump.formats.stacks import Stacks
 
 __all__ = [
     "DUMP_SUFFIXES",
@@ -68,7 +67,12 @@ __all__ = [
     "summarize",
 ]
 
-log = logging.getLogger("kmemdump.inspect")
+
+def _warn_skipped(path: Path, err: KmemdumpError) -> None:
+    import logging  # only when it is needed: the command line starts faster without it
+
+    logging.getLogger("kmemdump.inspect").warning("skipped %s: %s", path, err)
+
 
 DUMP_SUFFIXES = (".core", ".core.zst")
 """File names :func:`dump_files` picks up (dump writers' temporary files start with a dot)."""
@@ -247,6 +251,8 @@ class Dump:
             except UnreadableMemoryError as err:
                 return None, f"the PYCOREINFO region is not in the image: {err}"
         try:
+            from kmemdump.formats.pycoreinfo import PyCoreInfo  # the layout and the stacks are read on use
+
             return PyCoreInfo.decode(blob), ""
         except DumpFormatError as err:
             return None, f"the PYCOREINFO {where} is invalid: {err}"
@@ -257,6 +263,8 @@ class Dump:
             recorded = self.meta.stacks
             return None, recorded if recorded != "ok" else "the stacks note is missing from the dump"
         try:
+            from kmemdump.formats.stacks import decode_stacks
+
             return decode_stacks(note.desc), "ok"
         except DumpFormatError as err:
             return None, f"the stacks note is invalid: {err}"
@@ -375,11 +383,15 @@ class Dump:
         return DecodedRegion(decoded.type_name, decoded.value, decoded.complete, tuple(decoded.missing))
 
     def _decode_ring(self, record: RegionRecord) -> DecodedRegion:
+        from kmemdump.formats.ring import parse_ring  # read on use, as the layout and the stacks
+
         ring = parse_ring(self.region_bytes(record))
         whole = record.status == "ok" and not ring.missing_slots
         return DecodedRegion(f"ring:{ring.role_name}", ring_json(ring), whole)
 
     def _decode_pycoreinfo(self, record: RegionRecord) -> DecodedRegion:
+        from kmemdump.formats.pycoreinfo import PyCoreInfo
+
         info = PyCoreInfo.decode(self.region_bytes(record))
         return DecodedRegion("pycoreinfo", pycoreinfo_summary(info), record.status == "ok")
 
@@ -414,6 +426,8 @@ def ring_json(ring: Ring) -> dict[str, Any]:
     A record of an ``asyncio`` ring is a JSON snapshot: it is decoded into ``snapshot`` (``None``
     when the text is not valid JSON, e.g. a record that was cut).
     """
+    from kmemdump.formats.ring import RingRole
+
     records = []
     for item in ring.records:
         entry: dict[str, Any] = {
@@ -468,6 +482,8 @@ def pycoreinfo_summary(info: PyCoreInfo) -> dict[str, Any]:
 def command_line(meta: DumpMeta) -> str:
     """The target's command line, shell-quoted; its executable when argv was not recorded."""
     if meta.argv:
+        import shlex
+
         return shlex.join(meta.argv)
     return meta.exe or "?"
 
@@ -527,19 +543,23 @@ def parse_dump_name(name: str) -> tuple[int, int, str] | None:
     digits = stamp[:8] + stamp[9:15] + stamp[16:22]
     if not (digits.isascii() and digits.isdigit()):
         return None
-    import calendar
-
-    try:
-        moment = (int(stamp[0:4]), int(stamp[4:6]), int(stamp[6:8]), int(stamp[9:11]), int(stamp[11:13]))
-        seconds = int(stamp[13:15])
-        if not (1 <= moment[1] <= 12 and 1 <= moment[2] <= 31 and moment[3] < 24 and moment[4] < 60):
-            return None
-        if seconds > 60:
-            return None
-        epoch = calendar.timegm((*moment, seconds, 0, 0, 0))
-    except (ValueError, OverflowError):
+    year, month, day = int(stamp[0:4]), int(stamp[4:6]), int(stamp[6:8])
+    hour, minute, second = int(stamp[9:11]), int(stamp[11:13]), int(stamp[13:15])
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second <= 60):
         return None
+    epoch = ((_days_since_epoch(year, month, day) * 24 + hour) * 60 + minute) * 60 + second
     return int(pid), epoch * 1_000_000_000 + int(stamp[16:22]) * 1000, reason
+
+
+def _days_since_epoch(year: int, month: int, day: int) -> int:
+    """Days from 1970-01-01 to a date of the proleptic Gregorian calendar (what calendar.timegm
+    counts, without importing it)."""
+    year -= month <= 2
+    era = year // 400
+    of_era = year - era * 400
+    of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    of_cycle = of_era * 365 + of_era // 4 - of_era // 100 + of_year
+    return era * 146097 + of_cycle - 719468
 
 
 @dataclass(frozen=True, slots=True)
@@ -573,7 +593,7 @@ def catalog(
                 summary = summarize(path)
             except KmemdumpError as err:
                 if on_error is None:
-                    log.warning("skipped %s: %s", path, err)
+                    _warn_skipped(path, err)
                 else:
                     on_error(path, err)
                 continue
@@ -611,7 +631,7 @@ def list_dumps(
             summaries.append(summarize(path))
         except KmemdumpError as err:
             if on_error is None:
-                log.warning("skipped %s: %s", path, err)
+                _warn_skipped(path, err)
             else:
                 on_error(path, err)
     return summaries

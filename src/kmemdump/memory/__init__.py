@@ -8,6 +8,16 @@ Decoders take a :class:`MemorySource` and never learn which one they hold. The i
 are imported from their modules, so this package costs nothing to import.
 """
 
-from kmemdump.memory.source import MemorySource
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from kmemdump.memory.source import MemorySource
 
 __all__ = ["MemorySource"]
+
+
+def __getattr__(name: str) -> object:
+    if name == "MemorySource":  # imported when asked for: a Protocol needs typing, which is slow to import
+        from kmemdump.memory.source import MemorySource
+
+        return MemorySource
+    raise AttributeError(f"module 'kmemdump.memory' has no attribute {name!r}")

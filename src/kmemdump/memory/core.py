@@ -11,12 +11,8 @@ from __future__ import annotations
 import bisect
 import mmap
 import os
-import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import IO
 
 from kmemdump.errors import DumpFormatError
 from kmemdump.errors import KmemdumpError
@@ -26,6 +22,12 @@ from kmemdump.formats.elf import LoadSegment
 from kmemdump.formats.elf import Note
 from kmemdump.formats.elf import find_note
 from kmemdump.formats.elf import parse_core
+
+TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from types import TracebackType
+    from typing import IO
 
 __all__ = ["CoreImage"]
 
@@ -183,6 +185,8 @@ class CoreImage:
 
 def _decompress(handle: IO[bytes], where: Path) -> IO[bytes]:
     """The decompressed image in an anonymous temporary file (``handle`` is closed)."""
+    import tempfile
+
     out: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - returned to the caller
     try:
         zstd.decompress(handle, out, where)
