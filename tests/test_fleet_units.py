@@ -281,6 +281,31 @@ def test_the_thread_holding_the_gil_signs_unless_it_is_the_feeder() -> None:
     assert compute_signature(_meta(pid=10), feeder).frames == ("wait (threading.py)",)
 
 
+def test_the_one_thread_running_before_the_hold_signs() -> None:
+    from kmemdump.formats.dumpmeta import ThreadState
+
+    stacks = Stacks(
+        "py-spy",
+        (
+            _thread(10, ("wait", "threading.py", 1), name="MainThread"),
+            _thread(11, ("spin", "busy.py", 3), name="worker"),
+            _thread(12, ("other", "x.py", 3), gil=True, name="third"),
+        ),
+    )
+    states = (
+        ThreadState(10, "python3", "S"),
+        ThreadState(11, "python3", "R"),
+        ThreadState(12, "python3", "S"),
+    )
+    chosen = compute_signature(_meta(pid=10, threads=states), stacks)
+    assert (
+        chosen.frames == ("spin (busy.py)",)
+        and chosen.basis == "the thread running when the process was held"
+    )
+    two = (ThreadState(10, "python3", "R"), ThreadState(11, "python3", "R"))
+    assert compute_signature(_meta(pid=10, threads=two), stacks).frames == ("other (x.py)",)  # the GIL holder
+
+
 def test_without_stacks_the_death_and_the_program_sign() -> None:
     segv = Death(signal=11, signal_name="SIGSEGV", source="wait status")
     a = compute_signature(_meta(pid=1, reason="death", death=segv), None)

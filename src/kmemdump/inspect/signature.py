@@ -4,10 +4,12 @@ The signature is taken from one thread's innermost Python frames, each normalise
 (file basename)`` — no line numbers, directories or addresses, which differ between deployments and
 releases while the problem stays the same:
 
-* the thread that held the GIL when the process was stopped, if one did (it was running Python: the
-  spinning or crashing thread, or one blocked in a C call without releasing the GIL), kmemdump's own
-  feeder thread excepted;
+* the one Python thread that was running on a CPU just before the collector held the process (the
+  dump's thread states say so), if exactly one was: a spinning thread;
+* else the thread that held the GIL when the process was stopped, if one did (it was running Python:
+  the spinning or crashing thread, or one blocked in a C call without releasing the GIL);
 * otherwise the main thread (its native id is the pid), which is where most hangs are seen;
+* kmemdump's own feeder thread is never chosen;
 * a dump without stacks (a death recorded after the fact) is signed by how the process ended (the
   signal's name or the exit code) and the program's name instead.
 
@@ -70,6 +72,10 @@ def program_name(argv: tuple[str, ...], exe: str | None) -> str:
 
 def _pick(meta: DumpMeta, stacks: Stacks) -> tuple[ThreadStack | None, str]:
     threads = [t for t in stacks.threads if t.frames]
+    running_tids = {t.tid for t in meta.threads if t.state == "R"}
+    running = [t for t in threads if t.native_id in running_tids and t.name != _FEEDER]
+    if len(running) == 1:
+        return running[0], "the thread running when the process was held"
     holders = [t for t in threads if t.owns_gil and t.name != _FEEDER]
     if len(holders) == 1:
         return holders[0], "the thread holding the GIL"
