@@ -235,3 +235,31 @@ block()
     assert all(f.startswith(f"{parent.pid}-") for f in report["files"]), report["files"]
     assert len(report["files"]) == 2  # the parent's table and arena stay
     assert not os.path.exists(report["child"]["table"])
+
+
+def test_a_child_does_not_inherit_the_parents_watchdog(table_dir: Path) -> None:
+    code = r"""
+import json, os
+import kmemdump
+from kmemdump.formats.table import read_table
+kmemdump.init(table=True, watchdog=30.0)
+kmemdump.start_feeder(0.05)
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(r)
+    report = kmemdump.init(table=True)             # no watchdog asked for: none armed
+    header = read_table(report.table).header
+    os.write(w, json.dumps({"timeout": header.watchdog_timeout_ns, "feeder": header.feeder,
+                            "threads": [t.name for t in __import__("threading").enumerate()]}).encode())
+    os.close(w)
+    os._exit(0)
+os.close(w)
+send(json.loads(os.read(r, 65536)))
+os.waitpid(pid, 0)
+block()
+"""
+    with spawn_child(code) as parent:
+        child = parent.recv()
+    # nothing in the child feeds a watchdog yet: its table must not look hung the moment it appears
+    assert child == {"timeout": 0, "feeder": False, "threads": ["MainThread"]}
