@@ -3,9 +3,10 @@
 One line per table: pid, state, heartbeat age against the watchdog timeout, regions and bytes
 registered, persistent arena, and the command line. STATE is "ok" (fed within its timeout),
 "HUNG" (not fed for longer than its timeout: a collector would dump it now), "no watchdog",
-"stale" (the process is gone and no collector has handled its table yet), "not visible" (it lives in a
-pid namespace this process cannot see into) or "unreadable" (with
-the reason). The tables read are those `kmemdump watch` would watch.
+"stale" (the process is gone and no collector has handled its table yet), "not visible" (it
+lives in a pid namespace this process cannot see into) or "unreadable" (with the reason). PID is
+the pid as seen here (a container's process under its host pid). The tables read are those
+`kmemdump watch` would watch.
 """
 
 from __future__ import annotations
