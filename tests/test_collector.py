@@ -27,6 +27,7 @@ from kmemdump.formats.elf import KMD_NOTE_META
 from kmemdump.ids import ID
 from kmemdump.memory.core import CoreImage
 from kmemdump.procinfo import process_start_time
+from kmemdump.procinfo import thread_state
 
 pytestmark = pytest.mark.slow
 
@@ -231,6 +232,14 @@ def test_sigkilled_process_gives_death_dump_and_collector_goes_on(table_dir: Pat
             assert core.note("KMEMDUMP", KMD_NOTE_META) is not None
 
 
+def _all_zombies(pid: int) -> bool:
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True
+    return all(thread_state(pid, int(tid)) in ("Z", "X", None) for tid in tids)
+
+
 def test_target_killed_mid_copy_never_leaves_truncated_file(
     table_dir: Path, dump_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -241,11 +250,17 @@ def test_target_killed_mid_copy_never_leaves_truncated_file(
         assert child.recv() == "feeding"
         start = process_start_time(child.pid)
         real = procmem.ProcessMemory.read_many
+        killed: list[bool] = []
 
         def kill_then_read(self: procmem.ProcessMemory, ranges: Any) -> Any:
-            if child.popen.returncode is None:
+            if not killed:
+                killed.append(True)
                 os.kill(child.pid, signal.SIGKILL)
-                child.popen.wait()
+            # every thread has left its memory behind (a zombie); the collector holding it with
+            # ptrace is its tracer and takes the threads' ends when it lets go, so no wait here
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not _all_zombies(child.pid):
+                time.sleep(0.001)
             return real(self, ranges)
 
         monkeypatch.setattr(procmem.ProcessMemory, "read_many", kill_then_read)

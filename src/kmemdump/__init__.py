@@ -22,6 +22,7 @@ from kmemdump.errors import BackendError
 from kmemdump.errors import CollectorError
 from kmemdump.errors import DecodeError
 from kmemdump.errors import DumpFormatError
+from kmemdump.errors import ForeignProcessError
 from kmemdump.errors import ForeignTableError
 from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import KmemdumpError
@@ -112,6 +113,7 @@ __all__ = [
     "CollectorError",
     "DecodeError",
     "DumpFormatError",
+    "ForeignProcessError",
     "ForeignTableError",
     "InitReport",
     "InvalidRegionError",

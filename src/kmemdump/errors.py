@@ -16,6 +16,7 @@ __all__ = [
     "CollectorError",
     "DecodeError",
     "DumpFormatError",
+    "ForeignProcessError",
     "ForeignTableError",
     "InvalidRegionError",
     "KmemdumpError",
@@ -154,6 +155,17 @@ class AccessDeniedError(CollectorError, PermissionError):
         "    with CAP_SYS_PTRACE; such a program can call prctl(PR_SET_DUMPABLE, 1) again;\n"
         "  * in a container, add the SYS_PTRACE capability (docker run --cap-add SYS_PTRACE) and check\n"
         "    that the seccomp/AppArmor profile allows ptrace and process_vm_readv."
+    )
+
+
+class ForeignProcessError(CollectorError):
+    """The process a table names is not its owner's to offer (another user's process, or one that is
+    not dumpable), so the collector left it alone: nothing was read, stopped or signalled."""
+
+    help = (
+        "A table may only name a process whose real user is the table file's owner. A process that is\n"
+        "not dumpable (set-id, or one that called prctl(PR_SET_DUMPABLE, 0)) is left alone unless the\n"
+        "collector runs with --allow-nondumpable; see docs/security.md."
     )
 
 

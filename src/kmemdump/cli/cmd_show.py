@@ -182,7 +182,8 @@ def _about(dump: Dump) -> list[tuple[str, str]]:
     rows.append(("Watchdog", _watchdog(dump)))
     copy = f", copy took {meta.copy_ms:g} ms" if meta.copy_ms else ""
     if meta.stopped:
-        how = {"exit stop": "at its ptrace exit stop"}.get(meta.held, "with SIGSTOP")
+        ways = {"exit stop": "at its ptrace exit stop", "ptrace": "in ptrace stops"}
+        how = ways.get(meta.held, "with SIGSTOP")
         rows.append(("Stopped", f"yes, held {how} while its memory was copied{copy}"))
     elif meta.reason == "death":
         rows.append(("Stopped", f"no: the process was gone; what survived came from its arena{copy}"))

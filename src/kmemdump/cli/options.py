@@ -148,7 +148,7 @@ def add_dump_options(parser: argparse.ArgumentParser) -> None:
         "--no-stop",
         dest="stop",
         action="store_false",
-        help="do not hold the target with SIGSTOP while copying",
+        help="do not hold the target still while copying (ptrace stops, or SIGSTOP where ptrace is refused)",
     )
     parser.add_argument(
         "--no-stacks", dest="stacks", action="store_false", help="do not take the Python stacks (py-spy)"
@@ -160,6 +160,20 @@ def add_dump_options(parser: argparse.ArgumentParser) -> None:
         help="what else to store: 'regions' (default) adds the ELF headers of the mapped files; 'stacks' "
         "also the top of each thread's stack and the interpreter's threads and frames, so that pystack, "
         "gdb bt and py-bt print every thread's stack (some 100-400 KB more)",
+    )
+    parser.add_argument(
+        "--allow-nondumpable",
+        action="store_true",
+        help="also dump processes that are not dumpable (set-id, or that cleared the flag) for their owner "
+        "(default: leave them alone; see docs/security.md)",
+    )
+    parser.add_argument(
+        "--group",
+        type=_group,
+        default=None,
+        metavar="GROUP",
+        help="as root, the group dumps belong to (they are 0640, owned by the process's user; "
+        "default: the collector's own group)",
     )
 
 
@@ -192,8 +206,22 @@ def dump_options(args: argparse.Namespace) -> DumpOptions:
         stop=args.stop,
         stacks=args.stacks,
         capture=args.capture,
+        allow_nondumpable=args.allow_nondumpable,
+        group=args.group,
         **kwargs,
     )
+
+
+def _group(text: str) -> int:
+    """A group name or number."""
+    import grp
+
+    if text.isascii() and text.isdigit():
+        return int(text)
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"no such group: {text!r}") from None
 
 
 # --- the inspector commands: which dump, which bytes of a region ------------------------------

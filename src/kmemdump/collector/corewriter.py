@@ -2,9 +2,19 @@
 
 Two ways in. :class:`CoreWriter` streams: segment bytes go to the file as they are copied from the
 target, through a 4 MiB staging buffer written with ``O_DIRECT`` where the file system allows it,
-and the headers go in last. :func:`write_core` takes segments held in memory (and can compress
-them with zstd). Either way the image is written to a temporary file beside the final one, synced,
-renamed without replacing anything, and the directory synced: a dump at its final path is whole.
+and the headers go in last. :func:`write_core` takes segments held in memory. Either can compress
+with zstd, in one frame that declares its content size and carries a checksum. Either way the image
+is written to a temporary file beside the final one, synced, renamed without replacing anything, and
+the directory synced: a dump at its final path is whole.
+
+A compressed stream cannot have its headers written last, so :class:`CoreWriter` with
+``compress=True`` streams the plain image into a temporary file first (sparse: runs of zero bytes,
+untouched memory, take no disk) and compresses that file, 8 MiB at a time, into the final one: the
+collector's memory stays a few megabytes whatever the dump's size.
+
+Temporary names carry the writing collector's ``(pid, start time)``
+(:func:`temp_name`): a collector that starts removes those of collectors that are gone
+(:func:`kmemdump.collector.hold.recover`).
 """
 
 from __future__ import annotations
@@ -35,13 +45,52 @@ from kmemdump.formats.elf import check_machine
 from kmemdump.formats.elf import elf_header
 from kmemdump.formats.elf import program_headers
 from kmemdump.formats.elf import table_size
+from kmemdump.procinfo import self_start_time
 
-__all__ = ["CoreWriter", "write_core"]
+__all__ = ["CoreWriter", "parse_temp_name", "temp_name", "write_core"]
+
+TEMP_PREFIX = ".kmemdump-"
 
 _ZSTD_CHUNK = 8 << 20
 _WRITE_BATCH = 1024  # iovecs per writev
 _STAGE_SIZE = 4 << 20
 _DIRECT_BLOCK = 4096
+_ZERO_STAGE = bytes(_STAGE_SIZE)
+
+
+def temp_name(final: str) -> str:
+    """The hidden name a file is written under before it gets the name ``final``:
+    ``.<final>.<collector pid>-<its start time>.<12 hex digits>.tmp``."""
+    return f".{final}.{os.getpid()}-{self_start_time()}.{secrets.token_hex(6)}.tmp"
+
+
+def parse_temp_name(name: str) -> tuple[int, int] | None:
+    """The ``(pid, start time)`` of the collector writing the temporary dump file ``name``; None for
+    any other name (ASCII digits only, no sign, bounded lengths)."""
+    if not (name.startswith(TEMP_PREFIX) and name.endswith(".tmp")):
+        return None
+    parts = name[1 : -len(".tmp")].rsplit(".", 2)
+    if len(parts) != 3 or len(parts[2]) != 12 or not all(c in "0123456789abcdef" for c in parts[2]):
+        return None
+    first, sep, second = parts[1].partition("-")
+    if not (sep and _digits(first, 10) and _digits(second, 20)):
+        return None
+    pid = int(first)
+    return (pid, int(second)) if 0 < pid < 2**31 else None
+
+
+def _digits(text: str, longest: int) -> bool:
+    return 0 < len(text) <= longest and text.isascii() and text.isdigit()
+
+
+def _chown(fd: int, owner: tuple[int, int] | None) -> None:
+    """Give the file to ``(uid, gid)`` (a root collector: the process's user, the operator's group)."""
+    if owner is None:
+        return
+    info = os.fstat(fd)
+    if (info.st_uid, info.st_gid) != owner:
+        os.fchown(fd, *owner)
+        os.fchmod(fd, 0o640)  # chown clears nothing we need, but be explicit about the mode
 
 
 def write_core(
@@ -52,6 +101,7 @@ def write_core(
     compress: bool = False,
     level: int = 3,
     machine: int | None = None,
+    owner: tuple[int, int] | None = None,
 ) -> Path:
     """Write a core image atomically and return its final path.
 
@@ -93,11 +143,12 @@ def write_core(
     if os.path.lexists(final):
         raise _exists(final)
     directory = final.parent
-    temporary = directory / f".{final.name}.{secrets.token_hex(6)}.tmp"
+    temporary = directory / temp_name(final.name)
     fd = -1
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
         os.fchmod(fd, 0o640)  # whatever the umask
+        _chown(fd, owner)
         if compressor is None:
             _write_views(fd, [memoryview(head), *views])
         else:
@@ -225,20 +276,33 @@ class CoreWriter:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, machine: int | None = None, direct: bool = True
+        self,
+        path: str | os.PathLike[str],
+        *,
+        machine: int | None = None,
+        direct: bool = True,
+        compress: bool = False,
+        level: int = 3,
+        owner: tuple[int, int] | None = None,
     ) -> None:
         self._machine = check_machine(machine)
         self.final = Path(path)
+        if compress and not self.final.name.endswith(".zst"):
+            self.final = self.final.with_name(self.final.name + ".zst")
         if os.path.lexists(self.final):
             raise _exists(self.final)
-        self._temporary = self.final.parent / f".{self.final.name}.{secrets.token_hex(6)}.tmp"
+        self._compressor = _compressor(level, self.final) if compress else None
+        self._owner = owner
+        self._temporary = self.final.parent / temp_name(self.final.name)
+        self._packed: Path | None = None  # the compressed file being written, once finish() runs
         self._spans: list[tuple[int, int, int]] = []  # (address, file offset, size)
         self._open: list[int] | None = None  # [address, offset, size] of the segment being written
         self._stage = mmap.mmap(-1, _STAGE_SIZE)  # page-aligned, as O_DIRECT wants
         self._staged = EHDR_SIZE  # the stage holds the file from offset _flushed on; the header comes last
         self._flushed = 0
         self._fd = -1
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        self._packed_fd = -1
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         self.direct = direct and hasattr(os, "O_DIRECT")
         try:
             try:
@@ -248,7 +312,7 @@ class CoreWriter:
                     raise
                 self.direct = False  # the file system does not do O_DIRECT (tmpfs)
                 self._fd = os.open(self._temporary, flags, 0o640)
-            os.fchmod(self._fd, 0o640)
+            os.fchmod(self._fd, 0o640 if self._compressor is None else 0o600)
         except OSError as err:
             self._stage.close()
             raise _write_error(err, self.final) from err
@@ -291,7 +355,12 @@ class CoreWriter:
             raise _write_error(err, self.final) from err
 
     def _flush_stage(self) -> None:
-        """Write the full stage at its (stage-aligned) file offset."""
+        """Write the full stage at its (stage-aligned) file offset (a hole instead of zeros in the
+        plain image a compressed dump is made from)."""
+        if self._compressor is not None and self._stage[:] == _ZERO_STAGE:
+            self._flushed += _STAGE_SIZE
+            self._staged = 0
+            return
         try:
             written = os.pwrite(self._fd, self._stage, self._flushed)
         except OSError as err:
@@ -347,11 +416,14 @@ class CoreWriter:
             table = program_headers(end, len(notes_blob), self._spans)
             _write_rest(self._fd, memoryview(notes_blob + table), end)
             _write_rest(self._fd, memoryview(elf_header(self._machine, phoff, phnum, shoff)), 0)
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
             self._stage.close()
-            rename_noreplace(self._temporary, self.final)
+            if self._compressor is not None:
+                self._pack(phoff + len(table))
+            done = self._fd if self._packed_fd < 0 else self._packed_fd
+            _chown(done, self._owner)
+            os.fsync(done)
+            rename_noreplace(self._temporary if self._packed is None else self._packed, self.final)
+            self._packed = None
         except BaseException as err:
             self.abort()
             if isinstance(err, FileExistsError) and err.filename == os.fspath(self.final):
@@ -359,15 +431,46 @@ class CoreWriter:
             if isinstance(err, OSError):
                 raise _write_error(err, self.final) from err
             raise
+        self.abort()  # closes the descriptors, removes the plain image of a compressed dump
         _sync(self.final.parent, self.final)
         return self.final
 
+    def _pack(self, total: int) -> None:
+        """Compress the finished plain image into a second temporary file, one chunk at a time."""
+        compressor = self._compressor
+        assert compressor is not None
+        self._packed = self.final.parent / temp_name(self.final.name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        self._packed_fd = os.open(self._packed, flags, 0o640)
+        os.fchmod(self._packed_fd, 0o640)
+        compressor.set_pledged_input_size(total)
+        buffer = bytearray(_ZSTD_CHUNK)
+        view = memoryview(buffer)
+        offset = 0
+        while offset < total:
+            got = os.preadv(self._fd, [view[: min(_ZSTD_CHUNK, total - offset)]], offset)
+            if got <= 0:
+                raise OSError(errno.EIO, "the plain image ended early")
+            packed = compressor.compress(view[:got])
+            if packed:
+                _write_views(self._packed_fd, [memoryview(packed)])
+            offset += got
+        _write_views(self._packed_fd, [memoryview(compressor.flush())])
+
     def abort(self) -> None:
-        """Give up: close and remove the temporary file (harmless when already done)."""
+        """Give up: close and remove the temporary files (harmless when already done)."""
         if not self._stage.closed:
             # a view held by an exception's traceback keeps it exported; it is freed with that view
             with contextlib.suppress(BufferError):
                 self._stage.close()
+        if self._packed_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._packed_fd)
+            self._packed_fd = -1
+        if self._packed is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._packed)
+            self._packed = None
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._fd)

@@ -16,20 +16,18 @@ import os
 import platform
 import signal
 import time
-from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
-from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import replace
 from datetime import datetime
 from datetime import timezone
 from pathlib import Path
-from typing import Any
 from typing import Protocol
-from typing import TypeVar
 
 from kmemdump._version import __version__
+from kmemdump.collector.authority import ProcessHandle
+from kmemdump.collector.authority import check_authority
 from kmemdump.collector.capture import Capture
 from kmemdump.collector.capture import CaptureLevel
 from kmemdump.collector.capture import capture_ranges
@@ -38,7 +36,9 @@ from kmemdump.collector.coreshape import ProcessShape
 from kmemdump.collector.coreshape import observe
 from kmemdump.collector.coreshape import process_notes
 from kmemdump.collector.corewriter import CoreWriter
-from kmemdump.collector.corewriter import write_core
+from kmemdump.collector.hold import Hold
+from kmemdump.collector.hold import hold
+from kmemdump.collector.hold import not_held
 from kmemdump.collector.registers import ThreadRegisters
 from kmemdump.collector.stacks import StacksUnavailable
 from kmemdump.collector.stacks import take_stacks
@@ -63,7 +63,6 @@ from kmemdump.formats.elf import OWNER_KMEMDUMP
 from kmemdump.formats.elf import OWNER_PYCOREINFO
 from kmemdump.formats.elf import PYCOREINFO_NOTE
 from kmemdump.formats.elf import Note
-from kmemdump.formats.elf import Segment
 from kmemdump.formats.elf import prpsinfo_note
 from kmemdump.formats.elf import prstatus_note
 from kmemdump.formats.elf import siginfo_note
@@ -72,6 +71,7 @@ from kmemdump.formats.table import ACT_LOCK_BYTE
 from kmemdump.formats.table import HEADER_SIZE
 from kmemdump.formats.table import TableEntry
 from kmemdump.formats.table import TableHeader
+from kmemdump.formats.table import TableReader
 from kmemdump.formats.table import TableSnapshot
 from kmemdump.formats.table import lock_byte
 from kmemdump.formats.table import open_owned_file
@@ -80,15 +80,11 @@ from kmemdump.formats.table import read_table
 from kmemdump.ids import ID
 from kmemdump.memory.arena import ArenaMemory
 from kmemdump.memory.process import ProcessMemory
-from kmemdump.procinfo import process_cmdline
 from kmemdump.procinfo import process_exe
-from kmemdump.procinfo import process_start_time
-from kmemdump.procinfo import thread_state
 
 __all__ = ["DumpOptions", "DumpResult", "dump_target"]
 
 MAX_REGION_DEFAULT = 256 * 1024 * 1024
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +98,8 @@ class DumpOptions:
     """A single region larger than this is stored only up to this size (status "partial")."""
     compress: bool = False
     stop: bool = True
-    """Hold the target with SIGSTOP while copying, so the regions are one consistent picture."""
+    """Hold the target still while copying (ptrace stops, else SIGSTOP), so the regions are one
+    consistent picture."""
     stacks: bool = True
     capture: CaptureLevel = "regions"
     """What else to store: "regions" adds only the ELF headers of the mapped files; "stacks" also the
@@ -111,6 +108,12 @@ class DumpOptions:
     threads: float = 0.02
     """Read each thread's scheduler state before the hold, measuring CPU use over this many seconds
     (0: read the states without measuring; negative: do not read them)."""
+    allow_nondumpable: bool = False
+    """Dump processes that are not dumpable (set-id, or that cleared the flag) for their owner too."""
+    group: int | None = None
+    """The group a root collector gives its dumps (the operator's); None: the collector's own."""
+    ptrace: bool = True
+    """Hold with ptrace where the kernel allows it (else, or when False, with SIGSTOP)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +126,13 @@ class DumpResult:
         return self.meta.stored_bytes
 
 
-def _identify(pid: int, start_time: int) -> None:
-    if process_start_time(pid) != start_time:
-        raise ProcessGoneError("pid now belongs to another process", pid=pid, start_time=start_time)
+_HELD_TABLE_TRIES = 3
+"""Seqlock reads of the table of a held process: it cannot finish an update while held."""
+_RUNNING_TABLE_TRIES = 100
+"""Seqlock reads of the table of a running process (taken before holding it, as a fallback)."""
+_HOLD_CYCLES = 4
+"""Times a process held in the middle of a table update is let go and held again before the dump
+falls back to the last good snapshot (and says so: ``table_torn``)."""
 
 
 ACT_WAIT_S = 10.0
@@ -133,7 +140,7 @@ ACT_WAIT_S = 10.0
 
 
 @contextlib.contextmanager
-def acting_on(table: Path, pid: int, wait: float = ACT_WAIT_S) -> Iterator[None]:
+def acting_on(table: Path, pid: int, wait: float = ACT_WAIT_S, dir_fd: int | None = None) -> Iterator[None]:
     """Hold the table's collector lock while dumping: one collector acts on a process at a time.
 
     An exclusive lock on byte :data:`~kmemdump.formats.table.ACT_LOCK_BYTE` of the table file,
@@ -142,7 +149,7 @@ def acting_on(table: Path, pid: int, wait: float = ACT_WAIT_S) -> Iterator[None]
     that cannot be opened for writing is dumped without the lock (the dump reads it anyway).
     """
     try:
-        fd = open_owned_file(table, os.O_RDWR)
+        fd = open_owned_file(table, os.O_RDWR, dir_fd=dir_fd)
     except (OSError, KmemdumpError):
         yield
         return
@@ -150,7 +157,10 @@ def acting_on(table: Path, pid: int, wait: float = ACT_WAIT_S) -> Iterator[None]
         deadline = time.monotonic() + wait
         while not lock_byte(fd, ACT_LOCK_BYTE, exclusive=True):
             if time.monotonic() >= deadline:
-                holder = _quietly(lambda: parse_header(os.pread(fd, HEADER_SIZE, 0)).collector_pid)
+                try:
+                    holder: int | str = parse_header(os.pread(fd, HEADER_SIZE, 0)).collector_pid
+                except (KmemdumpError, OSError):
+                    holder = "unknown"
                 raise CollectorError(
                     "another collector is dumping this process right now",
                     pid=pid,
@@ -163,8 +173,10 @@ def acting_on(table: Path, pid: int, wait: float = ACT_WAIT_S) -> Iterator[None]
         os.close(fd)  # releases the lock
 
 
-def _snapshot(table: Path, pid: int, start_time: int) -> TableSnapshot:
-    snap = read_table(table)
+def _snapshot(
+    table: Path, pid: int, start_time: int, *, retries: int, dir_fd: int | None = None
+) -> TableSnapshot:
+    snap = read_table(table, retries=retries, dir_fd=dir_fd)
     if snap.header.pid != pid or snap.header.start_time != start_time:
         raise TableFormatError(
             "table names another process than its file name",
@@ -185,6 +197,9 @@ def dump_target(
     argv: list[str] | None = None,
     exe: str | None = None,
     held: Held = "",
+    table_owner: int | None = None,
+    dir_fd: int | None = None,
+    then_signal: int | None = None,
     death: Death | None = None,
     registers: Mapping[int, ThreadRegisters] | None = None,
     table_pid: int | None = None,
@@ -194,37 +209,55 @@ def dump_target(
     ``table_pid`` is the pid the table names it by, when that differs from ``pid`` (a process in
     another pid namespace: ``pid`` is how this collector sees it, :mod:`.identify`).
 
+    The process is acted on only for its owner: the table file's owner (``table_owner``, else read
+    from the file) must be its real uid, and it must be dumpable unless the options allow otherwise
+    (:func:`~kmemdump.collector.authority.check_authority`; :class:`ForeignProcessError` before
+    anything is read or stopped). The check is made again once the process is held.
+
     ``snapshot`` is a consistent table read taken earlier (the watcher keeps one): it is used when
     the process froze in the middle of a table update, or died. ``argv``/``exe`` likewise fill in
     for a process that is already gone. ``held`` says that something else already holds the process
-    still (``"exit stop"``: a ptrace exit stop); it is then not SIGSTOPped. ``death`` says how the
-    process ended, for a death dump: it goes into the metadata, ``NT_PRSTATUS.pr_cursig`` and an
-    ``NT_SIGINFO`` note. ``registers`` are threads' registers read by whoever holds them (a ptrace
-    tracer); the others' are read here.
+    still (``"exit stop"``: a ptrace exit stop); it is then not held again. ``dir_fd`` is the open
+    table directory (``table`` is then looked up by name in it). ``then_signal`` is sent to the
+    process while it is still held, after the dump is written (the watcher's ``--after-hang``).
+    ``death`` says how the process ended, for a death dump: it goes into the metadata,
+    ``NT_PRSTATUS.pr_cursig`` and an ``NT_SIGINFO`` note. ``registers`` are threads' registers read
+    by whoever holds them (a ptrace tracer); the others' are read here.
     """
     captured_ns = time.time_ns()
-    gone = False
+    process: ProcessHandle | None = None
     try:
-        _identify(pid, start_time)
-        if argv is None:
-            argv = _quietly(lambda: process_cmdline(pid)) or []
-        if exe is None:
-            exe = _quietly(lambda: process_exe(pid))
+        process = ProcessHandle.open(pid, start_time)
     except ProcessGoneError:
         if reason != "death":
             raise
-        gone = True
-    if reason == "death" and death is None:
-        death = Death.unknown("the collector learnt nothing of how the process ended")
-    job = _Job(
-        pid, start_time, table, reason, tuple(argv or ()), exe, gone, captured_ns, held, death, registers
-    )
-    job = replace(job, table_pid=pid if table_pid is None else table_pid)
-    path = options.directory / _file_name(pid, start_time, reason, captured_ns)
-    with acting_on(table, pid):
-        sink: _Sink = _BufferedCore(path) if options.compress else CoreWriter(path)
-        with sink:
-            return _dump_into(sink, job, options, snapshot)
+    try:
+        owner = table_owner if table_owner is not None else _table_owner(table, dir_fd, snapshot)
+        creds = None
+        if process is not None:
+            creds = check_authority(process, owner, allow_nondumpable=options.allow_nondumpable)
+            if argv is None:
+                argv = _cmdline(process)
+            if exe is None:
+                exe = process_exe(pid)
+        uid = creds.real_uid if creds is not None else owner
+        if reason == "death" and death is None:
+            death = Death.unknown("the collector learnt nothing of how the process ended")
+        args = tuple(argv or ())
+        gone = process is None
+        job = _Job(
+            pid, start_time, table, reason, args, exe, gone, captured_ns, held, uid, dir_fd, death, registers
+        )
+        job = replace(job, table_pid=pid if table_pid is None else table_pid)
+        path = options.directory / _file_name(pid, start_time, reason, captured_ns)
+        with (
+            acting_on(table, pid, dir_fd=dir_fd),
+            CoreWriter(path, compress=options.compress, owner=_dump_owner(uid, options)) as sink,
+        ):
+            return _dump_into(sink, job, options, snapshot, process, then_signal)
+    finally:
+        if process is not None:
+            process.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,97 +273,172 @@ class _Job:
     gone: bool
     captured_ns: int
     held: Held
+    uid: int
+    dir_fd: int | None
     death: Death | None
     registers: Mapping[int, ThreadRegisters] | None = None
     table_pid: int = 0
     """The pid the table names the process by (its own pid namespace's)."""
 
 
-def _dump_into(sink: _Sink, job: _Job, options: DumpOptions, snapshot: TableSnapshot | None) -> DumpResult:
+def _table_owner(table: Path, dir_fd: int | None, snapshot: TableSnapshot | None) -> int:
+    try:
+        with TableReader(table, dir_fd=dir_fd) as reader:
+            return reader.owner
+    except FileNotFoundError:
+        if snapshot is None:
+            raise CollectorError("the process published no table", path=str(table)) from None
+        return os.geteuid()  # the watcher's earlier snapshot of a table removed since (its own)
+
+
+def _dump_owner(uid: int, options: DumpOptions) -> tuple[int, int] | None:
+    """A root collector gives each dump to the process's user and the operator's group (mode 0640)."""
+    if os.geteuid() != 0:
+        return None
+    return uid, options.group if options.group is not None else os.getegid()
+
+
+def _cmdline(process: ProcessHandle) -> list[str]:
+    try:
+        raw = process.read(b"cmdline")
+    except KmemdumpError:
+        return []
+    raw = raw.removesuffix(b"\0")
+    return [os.fsdecode(arg) for arg in raw.split(b"\0")] if raw else []
+
+
+def _take_hold(job: _Job, options: DumpOptions, process: ProcessHandle | None) -> Hold:
+    if process is None:
+        return not_held(job.pid)
+    if job.held:
+        return not_held(job.pid, job.held)  # someone else holds it (an exit stop)
+    if not options.stop:
+        return not_held(job.pid)
+    return hold(process, records=options.directory, use_ptrace=options.ptrace)
+
+
+def _held_snapshot(
+    job: _Job, options: DumpOptions, process: ProcessHandle | None, earlier: TableSnapshot | None
+) -> tuple[Hold, TableSnapshot, bool]:
+    """Hold the process and read its table; returns the hold, the snapshot and whether it is torn.
+
+    A process held in the middle of a table update cannot finish it: it is let go and held again,
+    a few times, and then the last good snapshot is used (torn). A process that is gone, or not held,
+    gets the seqlock's retries instead.
+    """
+    for cycle in range(_HOLD_CYCLES + 1):
+        current = _take_hold(job, options, process)
+        tries = _HELD_TABLE_TRIES if current.stopped else _RUNNING_TABLE_TRIES
+        try:
+            found = _snapshot(job.table, job.table_pid, job.start_time, retries=tries, dir_fd=job.dir_fd)
+            return current, found, False
+        except TableFormatError:
+            if current.method in ("ptrace", "SIGSTOP") and cycle < _HOLD_CYCLES:
+                current.release()
+                time.sleep(0.001 * (cycle + 1))  # let it finish the update
+                continue
+            if earlier is None:
+                current.release()
+                raise
+            return current, earlier, True  # frozen mid-update, or gone: the last good snapshot
+        except FileNotFoundError:
+            if earlier is None:
+                current.release()
+                raise CollectorError(
+                    "the process published no table", pid=job.pid, path=str(job.table)
+                ) from None
+            return current, earlier, False
+        except BaseException:
+            current.release()
+            raise
+    raise AssertionError("unreachable")
+
+
+def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
+    sink: CoreWriter,
+    job: _Job,
+    options: DumpOptions,
+    snapshot: TableSnapshot | None,
+    process: ProcessHandle | None,
+    then_signal: int | None,
+) -> DumpResult:
     pid, start_time, table, reason = job.pid, job.start_time, job.table, job.reason
     argv, exe, gone, captured_ns = job.argv, job.exe, job.gone, job.captured_ns
-    stopped_by_us = False
-    table_torn = False
+    if snapshot is None and process is not None:
+        # on request nobody kept a snapshot: take one while it runs, the fallback for a hold mid-update
+        with contextlib.suppress(TableFormatError, OSError):
+            snapshot = _snapshot(
+                table, job.table_pid, start_time, retries=_RUNNING_TABLE_TRIES, dir_fd=job.dir_fd
+            )
     threads, threads_taken = _threads(job, options)  # before the hold: a held thread looks idle
-    if not gone and options.stop and not job.held:
-        stopped_by_us = _stop(pid)
-    held: Held = job.held or ("SIGSTOP" if stopped_by_us else "")
-    try:
-        try:
-            snapshot = _snapshot(table, job.table_pid, start_time)
-        except TableFormatError:
-            if snapshot is None:
-                raise
-            table_torn = True  # frozen mid-update, or gone: fall back to the last good snapshot
-        except FileNotFoundError:
-            if snapshot is None:
-                raise CollectorError("the process published no table", pid=pid, path=str(table)) from None
-        assert snapshot is not None
+    current, snapshot, table_torn = _held_snapshot(job, options, process, snapshot)
+    with current:
+        if process is not None and current.method in ("ptrace", "SIGSTOP"):
+            # held now, it cannot exec: its credentials are final for this dump
+            check_authority(process, job.uid, allow_nondumpable=options.allow_nondumpable)
         t0 = time.perf_counter()
-        shape, capture = (None, None) if gone else _observe(job, sink, options, snapshot.header.py_hexversion)
+        hexversion = snapshot.header.py_hexversion
+        shape, capture = (None, None) if gone else _observe(job, sink, options, hexversion)
         records, pycoreinfo, arena_state = _copy(job, snapshot, options, sink)
         copy_ms = (time.perf_counter() - t0) * 1000
         stacks_note, stacks_state = _stacks(pid, options, gone or any(r.status == "gone" for r in records))
-    finally:
-        if stopped_by_us:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-    header = snapshot.header
-    age = (time.monotonic_ns() - header.last_feed_ns) / 1e9 if header.heartbeat else None
-    meta = DumpMeta(
-        reason=reason,
-        pid=pid,
-        start_time=start_time,
-        captured_ns=captured_ns,
-        host=platform.node(),
-        argv=argv,
-        exe=exe,
-        uid=_owner(table),
-        py_hexversion=header.py_hexversion,
-        regions=tuple(records),
-        partial=gone or any(r.status in ("partial", "unreadable", "gone") for r in records),
-        stopped=bool(held),
-        held=held,
-        heartbeat=header.heartbeat,
-        heartbeat_age_s=None if age is None else round(age, 6),
-        watchdog_timeout_s=header.watchdog_timeout_ns / 1e9 if header.watchdog_timeout_ns else None,
-        table=str(table),
-        table_torn=table_torn,
-        budget=options.budget,
-        stacks=stacks_state,
-        copy_ms=round(copy_ms, 3),
-        collector={"version": __version__, "pid": os.getpid()},
-        arena=arena_state,
-        death=job.death,
-        threads=threads,
-        threads_taken=threads_taken,
-        capture=options.capture,
-        capture_state=_capture_state(options, gone, capture),
-    )
-    if shape is not None:
-        notes = process_notes(shape, cursig=_cursig(job.death), siginfo=_siginfo(job.death))
-    else:  # gone: what the table and the watcher knew of it
-        signo = _cursig(job.death)
-        siginfo = _siginfo(job.death)
-        notes = [
-            prstatus_note(pid, cursig=signo),
-            prpsinfo_note(pid, Path(exe or (argv or ("?",))[0]).name, " ".join(argv), "X", uid=_owner(table)),
-            *([siginfo] if siginfo is not None else []),
-        ]
-    notes.append(Note(OWNER_KMEMDUMP, KMD_NOTE_META, encode_meta(meta)))
-    if pycoreinfo is not None:
-        notes.append(Note(OWNER_PYCOREINFO, PYCOREINFO_NOTE, pycoreinfo))
-    if stacks_note is not None:
-        notes.append(Note(OWNER_KMEMDUMP, KMD_NOTE_STACKS, stacks_note))
-    return DumpResult(sink.finish(notes), meta)
-
-
-def _capture_state(options: DumpOptions, gone: bool, capture: Capture | None) -> str:
-    if options.capture == "regions":
-        return "ok"
-    if capture is None:
-        return "process gone" if gone else "the process could not be looked at"
-    return "; ".join(capture.problems) or "ok"
+        held: Held = current.method
+        header = snapshot.header
+        age = (time.monotonic_ns() - header.last_feed_ns) / 1e9 if header.heartbeat else None
+        meta = DumpMeta(
+            reason=reason,
+            pid=pid,
+            start_time=start_time,
+            captured_ns=captured_ns,
+            host=platform.node(),
+            argv=argv,
+            exe=exe,
+            uid=job.uid,
+            py_hexversion=header.py_hexversion,
+            regions=tuple(records),
+            partial=gone or any(r.status in ("partial", "unreadable", "gone") for r in records),
+            stopped=bool(held),
+            held=held,
+            heartbeat=header.heartbeat,
+            heartbeat_age_s=None if age is None else round(age, 6),
+            watchdog_timeout_s=header.watchdog_timeout_ns / 1e9 if header.watchdog_timeout_ns else None,
+            table=str(table),
+            table_torn=table_torn,
+            budget=options.budget,
+            stacks=stacks_state,
+            copy_ms=round(copy_ms, 3),
+            collector={"version": __version__, "pid": os.getpid()},
+            arena=arena_state,
+            death=job.death,
+            threads=threads,
+            threads_taken=threads_taken,
+            capture=options.capture,
+            capture_state=_capture_state(options, gone, capture),
+        )
+        if shape is not None:
+            notes = process_notes(shape, cursig=_cursig(job.death), siginfo=_siginfo(job.death))
+        else:  # gone: what the table and the watcher knew of it
+            signo = _cursig(job.death)
+            siginfo = _siginfo(job.death)
+            name = Path(exe or (argv or ("?",))[0]).name
+            notes = [
+                prstatus_note(pid, cursig=signo),
+                prpsinfo_note(pid, name, " ".join(argv), "X", uid=job.uid),
+                *([siginfo] if siginfo is not None else []),
+            ]
+        notes.append(Note(OWNER_KMEMDUMP, KMD_NOTE_META, encode_meta(meta)))
+        if pycoreinfo is not None:
+            notes.append(Note(OWNER_PYCOREINFO, PYCOREINFO_NOTE, pycoreinfo))
+        if stacks_note is not None:
+            notes.append(Note(OWNER_KMEMDUMP, KMD_NOTE_STACKS, stacks_note))
+        result = DumpResult(sink.finish(notes), meta)
+        if then_signal is not None and process is not None:
+            # still held: the process that was dumped is the one signalled, and it cannot have
+            # become another user's meanwhile
+            process.send_signal(then_signal)
+            if current.method == "SIGSTOP" and then_signal != signal.SIGKILL:
+                process.send_signal(signal.SIGCONT)  # a stopped process must run to take it
+    return result
 
 
 def _cursig(death: Death | None) -> int:
@@ -355,7 +463,7 @@ def _siginfo(death: Death | None) -> Note | None:
 
 
 def _observe(
-    job: _Job, sink: _Sink, options: DumpOptions, hexversion: int
+    job: _Job, sink: CoreWriter, options: DumpOptions, hexversion: int
 ) -> tuple[ProcessShape | None, Capture | None]:
     """The target's threads, registers, mappings and modules (see :mod:`.coreshape`), with the
     modules' ELF headers and what the capture level adds stored; (None, None) when the process
@@ -373,59 +481,16 @@ def _observe(
     return shape, capture
 
 
-class _Sink(Protocol):
-    """Where copied bytes go: a streamed core (:class:`CoreWriter`) or a buffered, compressed one."""
-
-    def __enter__(self) -> Any: ...
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None: ...
-    def begin(self, address: int) -> None: ...
-    def write(self, data: Any) -> None: ...
-    def end(self) -> int: ...
-    def add(self, address: int, data: Any) -> int: ...
-    def finish(self, notes: Sequence[Note]) -> Path: ...
-
-
-class _BufferedCore:
-    """Collects the segments in memory, then writes one zstd-compressed image (:func:`write_core`)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._segments: list[Segment] = []
-        self._open: tuple[int, list[bytes]] | None = None
-
-    def __enter__(self) -> _BufferedCore:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._segments.clear()
-
-    def begin(self, address: int) -> None:
-        self._open = (address, [])
-
-    def write(self, data: Any) -> None:
-        assert self._open is not None
-        self._open[1].append(bytes(data))
-
-    def end(self) -> int:
-        assert self._open is not None
-        address, parts = self._open
-        self._open = None
-        data = b"".join(parts)
-        if data:
-            self._segments.append(Segment(address, data))
-        return len(data)
-
-    def add(self, address: int, data: Any) -> int:
-        self.begin(address)
-        self.write(data)
-        return self.end()
-
-    def finish(self, notes: Sequence[Note]) -> Path:
-        return write_core(self.path, self._segments, notes, compress=True)
+def _capture_state(options: DumpOptions, gone: bool, capture: Capture | None) -> str:
+    if options.capture == "regions":
+        return "ok"
+    if capture is None:
+        return "process gone" if gone else "the process could not be looked at"
+    return "; ".join(capture.problems) or "ok"
 
 
 def _copy(
-    job: _Job, snapshot: TableSnapshot, options: DumpOptions, sink: _Sink
+    job: _Job, snapshot: TableSnapshot, options: DumpOptions, sink: CoreWriter
 ) -> tuple[list[RegionRecord], bytes | None, str]:
     """Copy every entry (ID order, within the budget) into ``sink``; describe what was stored.
 
@@ -488,7 +553,7 @@ def _copy(
 
 
 def _copy_from_arena(
-    job: _Job, header: TableHeader, planned: list[tuple[TableEntry, int]], sink: _Sink
+    job: _Job, header: TableHeader, planned: list[tuple[TableEntry, int]], sink: CoreWriter
 ) -> tuple[list[RegionRecord], str]:
     """Copy persistent regions out of the arena file beside the table; returns the records and
     "ok", or why the arena could not be read (then every region is "unreadable" with that reason)."""
@@ -500,7 +565,7 @@ def _copy_from_arena(
             header.arena_size,
             pid=job.table_pid,
             start_time=job.start_time,
-            owner=_owner(job.table),
+            owner=job.uid,
         )
     except FileNotFoundError:
         why = f"the arena file {path} is missing"
@@ -537,7 +602,7 @@ class _ChunkSource(Protocol):
     def read_into(self, address: int, view: memoryview) -> int: ...
 
 
-def _copy_large(mem: _ChunkSource, address: int, size: int, buffer: bytearray, sink: _Sink) -> int:
+def _copy_large(mem: _ChunkSource, address: int, size: int, buffer: bytearray, sink: CoreWriter) -> int:
     view = memoryview(buffer)
     stored = 0
     sink.begin(address)
@@ -592,48 +657,6 @@ def _stacks(pid: int, options: DumpOptions, gone: bool) -> tuple[bytes | None, s
         return encode_stacks(take_stacks(pid)), "ok"
     except StacksUnavailable as err:
         return None, str(err)
-
-
-def _stop(pid: int) -> bool:
-    """SIGSTOP the target unless it is stopped already; True if we stopped it.
-
-    Stopped means every thread: a group-stop parks threads one by one, and under a tracer
-    (``kmemdump run --trace-exit``) one thread first shows a tracing stop for the signal before the
-    tracer passes it on and the others stop.
-    """
-    if _all_stopped(pid) is not False:
-        return False  # stopped already (leave it stopped afterwards), or gone
-    try:
-        os.kill(pid, signal.SIGSTOP)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + 1.0
-    while _all_stopped(pid) is False and time.monotonic() < deadline:
-        time.sleep(0.0005)  # waiting for the kernel to park every thread, bounded
-    return True
-
-
-def _all_stopped(pid: int) -> bool | None:
-    """Whether every thread of ``pid`` is stopped (or has ended); None when the process is gone."""
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return None
-    return all(thread_state(pid, int(tid)) in ("T", "t", "Z", "X", None) for tid in tids)
-
-
-def _owner(table: Path) -> int:
-    try:
-        return table.stat().st_uid
-    except OSError:
-        return os.getuid()
-
-
-def _quietly(fn: Callable[[], T]) -> T | None:
-    try:
-        return fn()
-    except KmemdumpError:
-        return None
 
 
 def _file_name(pid: int, start_time: int, reason: str, captured_ns: int) -> str:

@@ -73,6 +73,7 @@ __all__ = [
     "ExitStop",
     "ExitTracer",
     "describe_status",
+    "ptrace_request",
     "seize",
     "tracer_pid",
 ]
@@ -129,6 +130,10 @@ def _request(request: int, tid: int, addr: int | None = None, data: int | None =
         if err:
             raise OSError(err, os.strerror(err))
     return result
+
+
+ptrace_request = _request
+"""``ptrace(request, tid, addr, data)``; :class:`OSError` with the kernel's errno when it fails."""
 
 
 def seize(tid: int, options: int = TRACE_OPTIONS) -> None:

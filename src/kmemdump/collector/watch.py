@@ -28,14 +28,19 @@ from dataclasses import field
 from pathlib import Path
 from typing import Literal
 
+from kmemdump.collector.authority import ProcessHandle
+from kmemdump.collector.authority import check_authority
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.dump import DumpResult
 from kmemdump.collector.dump import dump_target
 from kmemdump.collector.exits import ExitListener
 from kmemdump.collector.exits import zombie_status
+from kmemdump.collector.hold import recover
+from kmemdump.collector.hold import tidy
 from kmemdump.collector.identify import NotVisibleError
 from kmemdump.collector.identify import identify
 from kmemdump.collector.registers import ThreadRegisters
+from kmemdump.errors import ForeignProcessError
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.formats.arena import ARENA_SUFFIX
@@ -107,6 +112,8 @@ class _Target:
     """The max_dumps limit was logged for this process (once)."""
     table_pid: int = 0
     """The pid the table names the process by (its own pid namespace's), when not ``pid``."""
+    owner: int = -1
+    """The table file's owner: the user on whose behalf the process is dumped."""
     ended_by_us: bool = False
     """We killed or aborted it after its hang dump: its death needs no second dump."""
     errors: int = 0
@@ -209,6 +216,7 @@ class Watcher:
             if not self._claim(reader, pid, path):
                 return
             found = identify(pid, start_time, reader.header(), reader.fileno())
+            _check_owner(found.pid, start_time, reader.owner, self.options)
             snapshot = reader.snapshot()
             pidfd = os.pidfd_open(found.pid)
             adopted = True
@@ -221,6 +229,10 @@ class Watcher:
             return
         except FileNotFoundError:
             return  # removed between the listing and the open: a clean exit
+        except ForeignProcessError as err:
+            self._bad[path] = mtime
+            self._emit(Event("skip", pid, f"refusing table {path}: {err}"))
+            return
         except (KmemdumpError, OSError) as err:
             self._bad[path] = mtime
             self._emit(Event("error", pid, f"skipping table {path}: {err}"))
@@ -233,6 +245,7 @@ class Watcher:
             pid, start_time, path, reader, pidfd, process_cmdline(pid), process_exe(pid), snapshot
         )
         target.table_pid = found.table_pid
+        target.owner = reader.owner
         with contextlib.suppress(OSError):
             write_collector_pid(path, os.getpid())
         self.targets[ident] = target
@@ -349,7 +362,14 @@ class Watcher:
 
     # --- the loop ----------------------------------------------------------------------------
 
+    def recover(self) -> None:
+        """Undo what a collector that died left in the dump directory: continue the processes it
+        left stopped, remove its temporary files (:func:`kmemdump.collector.hold.recover`)."""
+        for line in recover(self.options.directory):
+            self._emit(Event("skip", 0, line))
+
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.recover()
         self.scan()
         while not should_stop():
             self.step()
@@ -357,6 +377,7 @@ class Watcher:
     def step(self) -> list[Event]:
         """Wait for the next thing to happen (at most ``max_sleep``), handle it, return the events."""
         self._emitted = []
+        tidy()
         timeout = self._timeout()
         for fd, _mask in self._poller.poll(max(0.0, timeout) * 1000):
             if self._exits is not None and fd == self._exits.fileno():
@@ -404,9 +425,11 @@ class Watcher:
         target.dumped_at_beat = header.heartbeat
         age = (now - header.last_feed_ns) / 1e9
         timeout = header.watchdog_timeout_ns / 1e9
-        event = self._dump(target, "hang", f"heartbeat {age:.3f}s old (timeout {timeout:g}s)")
-        if event.dump is not None:
-            self._after_hang(target)
+        sig = _AFTER_SIGNALS.get(self.after_hang)
+        why = f"heartbeat {age:.3f}s old (timeout {timeout:g}s)"
+        event = self._dump(target, "hang", why, then_signal=sig)
+        if event.dump is not None and sig is not None:
+            target.ended_by_us = True
 
     def _still_stale(self, target: _Target, beat: int, last_feed_ns: int) -> bool:
         """Confirm a hang with a second header read before dumping (or killing) anything."""
@@ -489,6 +512,7 @@ class Watcher:
         held: Held = "",
         registers: Mapping[int, ThreadRegisters] | None = None,
         death: Death | None = None,
+        then_signal: int | None = None,
     ) -> Event:
         hangs = sum(1 for d in target.dumps if d.meta.reason == "hang")
         if reason == "hang" and self.max_dumps is not None and hangs >= self.max_dumps:
@@ -512,6 +536,8 @@ class Watcher:
                 registers=registers,
                 death=death,
                 table_pid=target.table_pid or None,
+                table_owner=target.owner,
+                then_signal=then_signal,
             )
         except KmemdumpError as err:
             return self._emit(Event("error", target.pid, f"{reason} dump failed: {err}"))
@@ -519,17 +545,6 @@ class Watcher:
             return self._emit(Event("error", target.pid, f"{reason} dump failed: {err}"))
         target.dumps.append(result)
         return self._emit(Event(reason, target.pid, why, result))
-
-    def _after_hang(self, target: _Target) -> None:
-        sig = {"kill": signal.SIGKILL, "abort": signal.SIGABRT}.get(self.after_hang)
-        if sig is None:
-            return
-        target.ended_by_us = True
-        with contextlib.suppress(ProcessLookupError):
-            if target.pidfd is not None:
-                signal.pidfd_send_signal(target.pidfd, sig)
-            if sig == signal.SIGABRT:  # a stopped process must run to take SIGABRT
-                os.kill(target.pid, signal.SIGCONT)
 
     def _dead(self, target: _Target) -> bool:
         if target.pidfd is None:
@@ -549,6 +564,20 @@ class Watcher:
             with contextlib.suppress(KeyError, ValueError):
                 self._poller.unregister(self._exits.fileno())
             self._exits.close()
+
+
+_AFTER_SIGNALS = {"kill": signal.SIGKILL, "abort": signal.SIGABRT}
+"""What --after-hang sends, while the dumped process is still held."""
+
+
+def _check_owner(pid: int, start_time: int, owner: int, options: DumpOptions) -> None:
+    """Refuse (:class:`ForeignProcessError`) a table whose owner may not have its process dumped."""
+    try:
+        process = ProcessHandle.open(pid, start_time)
+    except ProcessGoneError:
+        return  # ended already (a zombie): its death is handled as any other, and only its arena is read
+    with process:
+        check_authority(process, owner, allow_nondumpable=options.allow_nondumpable)
 
 
 def _arena_held(path: Path) -> bool:

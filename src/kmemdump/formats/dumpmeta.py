@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     Reason = Literal["hang", "death", "request"]
     Status = Literal["ok", "partial", "unreadable", "skipped", "gone"]
     Source = Literal["process", "arena"]
-    Held = Literal["", "SIGSTOP", "exit stop"]
+    Held = Literal["", "ptrace", "SIGSTOP", "exit stop"]
     DeathSource = Literal["exit stop", "wait status", "proc stat", "proc connector", ""]
 else:  # at run time each is a str; the tuples below list their values
     Reason = Status = Source = Held = DeathSource = str
@@ -59,9 +59,9 @@ the byte budget; the process vanished before the region could be read."""
 SOURCES: tuple[Source, ...] = ("process", "arena")
 """Where a region's bytes were (or would have been) read (:data:`Source`): the live process's memory, or
 the persistent arena file it left behind."""
-HELD: tuple[Held, ...] = ("", "SIGSTOP", "exit stop")
-"""How the target was held while it was copied (:data:`Held`): not at all, by SIGSTOP, or at its ptrace
-exit stop."""
+HELD: tuple[Held, ...] = ("", "ptrace", "SIGSTOP", "exit stop")
+"""How the target was held while it was copied (:data:`Held`): not at all, in ptrace stops (a hold the
+kernel undoes if the collector dies), by SIGSTOP (where ptrace is refused), or at its ptrace exit stop."""
 DEATH_SOURCES: tuple[DeathSource, ...] = ("exit stop", "wait status", "proc stat", "proc connector", "")
 """Where the collector learnt how the process ended (:data:`DeathSource`): its ptrace exit stop (``run
 --trace-exit``), the wait status its parent got (``run``), ``/proc/PID/stat`` of the zombie, the kernel's

@@ -881,13 +881,18 @@ def lock_held(fd: int, byte: int) -> bool:
     return bool(_FLOCK.unpack(answer)[0] != fcntl.F_UNLCK)
 
 
-def _open_table(path: str | os.PathLike[str], mode: int) -> int:
+def _open_table(path: str | os.PathLike[str], mode: int, dir_fd: int | None = None) -> int:
     """Open a table without following links or blocking; refuse what is not our regular file."""
-    return open_owned_file(path, mode)
+    return open_owned_file(path, mode, dir_fd=dir_fd)
 
 
 def open_owned_file(
-    path: str | os.PathLike[str], mode: int, *, what: str = "table", owner: int | None = None
+    path: str | os.PathLike[str],
+    mode: int,
+    *,
+    what: str = "table",
+    owner: int | None = None,
+    dir_fd: int | None = None,
 ) -> int:
     """Open a file the producer published (a table, an arena) the way a reader must.
 
@@ -895,10 +900,15 @@ def open_owned_file(
     by the caller's effective uid, unless the caller is root. ``owner``, when given, is the one uid
     the file may belong to, for root too (an arena must belong to its table's owner). Anything
     else raises :class:`ForeignTableError` (``what`` names the file in the message); a missing
-    file raises :class:`FileNotFoundError`.
+    file raises :class:`FileNotFoundError`. With ``dir_fd`` (an open directory) the file is opened
+    by its name in that directory, so no link in the directory's path can redirect it.
     """
     try:
-        fd = os.open(path, mode | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        if dir_fd is None:
+            fd = os.open(path, mode | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        else:
+            name = os.path.basename(os.fspath(path))
+            fd = os.open(name, mode | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise ForeignTableError(f"{what} path is a symbolic link", path=str(path)) from err
@@ -939,9 +949,11 @@ class TableReader:
     ``pread``) for polling heartbeats; :meth:`snapshot` takes a consistent copy.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, dir_fd: int | None = None) -> None:
         self.path = os.fspath(path)  # not a Path: building one costs more than the read
-        self._fd = _open_table(path, os.O_RDONLY)
+        self._fd = _open_table(path, os.O_RDONLY, dir_fd)
+        self.owner = os.fstat(self._fd).st_uid
+        """The uid that owns the table file."""
 
     def fileno(self) -> int:
         return self._fd
@@ -1002,25 +1014,27 @@ class TableReader:
         return int(_U64.unpack_from(raw)[0])
 
 
-def read_table(path: str | os.PathLike[str], *, retries: int = 100) -> TableSnapshot:
+def read_table(
+    path: str | os.PathLike[str], *, retries: int = 100, dir_fd: int | None = None
+) -> TableSnapshot:
     """Read the table at ``path`` consistently and check every byte of it.
 
     The file is opened with ``O_NOFOLLOW | O_NONBLOCK``; it must be a regular file owned by the
     caller's effective uid, unless the caller is root (:class:`ForeignTableError` otherwise). A
     missing file raises :class:`FileNotFoundError` (the producer exited cleanly).
     """
-    with TableReader(path) as reader:
+    with TableReader(path, dir_fd=dir_fd) as reader:
         return reader.snapshot(retries=retries)
 
 
-def write_collector_pid(path: str | os.PathLike[str], pid: int) -> None:
+def write_collector_pid(path: str | os.PathLike[str], pid: int, *, dir_fd: int | None = None) -> None:
     """Tell the producer of the table at ``path`` which process collects it (``pwrite`` at 72).
 
     The file gets the same checks as in :func:`read_table`, and its header must parse.
     """
     if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid <= _U32_MAX:
         raise InvalidRegionError("collector pid must fit an unsigned 32-bit field", pid=pid)
-    fd = _open_table(path, os.O_RDWR)
+    fd = _open_table(path, os.O_RDWR, dir_fd)
     try:
         parse_header(os.pread(fd, HEADER_SIZE, 0))
         os.pwrite(fd, _U32.pack(pid), OFF_COLLECTOR_PID)

@@ -65,13 +65,15 @@ def is_compressed(path: Path) -> bool:
 
 
 def compressor(level: int) -> Any:
-    """A ``ZstdCompressor`` at ``level``.
+    """A ``ZstdCompressor`` at ``level`` that writes a checksum in every frame (XXH64 of the content,
+    checked by every reader), so a damaged dump is refused instead of read as altered data.
 
     ``ImportError`` without the module, ``ValueError`` for a bad level.
     """
     zstd = module()
+    parameter = zstd.CompressionParameter
     try:
-        return zstd.ZstdCompressor(level=level)
+        return zstd.ZstdCompressor(options={parameter.compression_level: level, parameter.checksum_flag: 1})
     except (TypeError, zstd.ZstdError) as err:
         raise ValueError(str(err)) from err
 

@@ -1,0 +1,258 @@
+"""Acting on a process only for its owner: a target opened so that it cannot be swapped, and the check.
+
+A table names a process by ``(pid, start_time)``, and both are world-readable in ``/proc``: they
+prove that a process is alive, not that it belongs to whoever wrote the table. Before the collector
+reads, stops or signals anything, :class:`ProcessHandle` opens the process twice, as a pidfd (for
+signals and for noticing its end) and as its ``/proc/PID`` directory (for its identity, its
+credentials and its threads), and checks that both are the process of the table, alive. Every
+later step goes through these descriptors, which stay bound to that one process even if its pid
+is recycled: there is no window between the check and the use.
+
+:func:`check_authority` is the rule: the table file's owner must be the real uid of the process,
+and a process that is not dumpable (set-id, or one that cleared the flag with
+``prctl(PR_SET_DUMPABLE, 0)``) is left alone unless the operator allows it. The kernel publishes no
+"dumpable" field for another process; it shows it through ownership: the files of ``/proc/PID``
+belong to the process's effective uid while it is dumpable, and to root when it is not. Together
+with "all of its user and group ids agree" this tells both cases apart (a set-id process has a
+real id unlike its effective one, even when the effective one is root).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import signal
+from dataclasses import dataclass
+from types import TracebackType
+
+from kmemdump.errors import AccessDeniedError
+from kmemdump.errors import CollectorError
+from kmemdump.errors import ForeignProcessError
+from kmemdump.errors import ProcessGoneError
+from kmemdump.procinfo import parse_start_time
+
+__all__ = ["Credentials", "ProcessHandle", "check_authority", "parse_ids"]
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A process's ids as ``/proc/PID/status`` gives them, and the owner of its ``/proc`` files."""
+
+    uids: tuple[int, int, int, int]
+    """Real, effective, saved and file-system user ids."""
+    gids: tuple[int, int, int, int]
+    proc_owner: int
+    """Owner of ``/proc/PID/status``: the effective uid while the process is dumpable, root when not."""
+
+    @property
+    def real_uid(self) -> int:
+        return self.uids[0]
+
+    @property
+    def setid(self) -> bool:
+        """Its ids disagree: a set-user-id or set-group-id program, or one half way through a change."""
+        return len(set(self.uids)) > 1 or len(set(self.gids)) > 1
+
+    @property
+    def dumpable(self) -> bool:
+        """Whether the kernel lets its own user read it (not set-id, and the flag not cleared)."""
+        return not self.setid and self.proc_owner == self.uids[1]
+
+
+def parse_ids(status: bytes, key: bytes) -> tuple[int, int, int, int]:
+    """The four ids of the ``Uid:`` or ``Gid:`` line of a ``/proc/PID/status`` text.
+
+    ASCII digits only; ``ValueError`` for anything else (a missing line, a short one, a sign).
+    """
+    prefix = key + b":"
+    for line in status.split(b"\n"):
+        if line.startswith(prefix):
+            fields = line[len(prefix) :].split()
+            if len(fields) != 4 or not all(f.isdigit() and len(f) <= 10 for f in fields):
+                raise ValueError(f"malformed {key.decode()} line")
+            a, b, c, d = (int(f) for f in fields)
+            return a, b, c, d
+    raise ValueError(f"no {key.decode()} line")
+
+
+class ProcessHandle:
+    """One live process, held open as a pidfd and as its ``/proc/PID`` directory.
+
+    :meth:`open` fails with :class:`ProcessGoneError` unless ``pid`` is alive with ``start_time``.
+    Both descriptors keep naming that process after its pid is reused: reads through ``proc_fd``
+    then fail with ``ESRCH`` and :meth:`alive` says False.
+    """
+
+    __slots__ = ("pid", "pidfd", "proc_fd", "start_time")
+
+    def __init__(self, pid: int, start_time: int, pidfd: int, proc_fd: int) -> None:
+        self.pid = pid
+        self.start_time = start_time
+        self.pidfd = pidfd
+        self.proc_fd = proc_fd
+
+    @classmethod
+    def open(cls, pid: int, start_time: int) -> ProcessHandle:
+        if not 0 < pid < 2**31:
+            raise ProcessGoneError(f"no process has pid {pid}", pid=pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError as err:
+            raise ProcessGoneError(f"process {pid} is gone", pid=pid) from err
+        except OSError as err:
+            raise CollectorError(f"cannot open a pidfd for {pid}: {err.strerror}", pid=pid) from err
+        proc_fd = -1
+        try:
+            try:
+                proc_fd = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError as err:
+                raise ProcessGoneError(f"process {pid} is gone", pid=pid) from err
+            handle = cls(pid, start_time, pidfd, proc_fd)
+            try:
+                found = parse_start_time(handle.read(b"stat"))
+            except ValueError as err:
+                raise CollectorError(f"cannot parse /proc/{pid}/stat: {err}", pid=pid) from err
+            if found != start_time:
+                raise ProcessGoneError(
+                    "pid now belongs to another process", pid=pid, start_time=start_time, found=found
+                )
+            if not handle.alive():  # the pidfd names an earlier holder of the pid, gone since
+                raise ProcessGoneError(f"process {pid} is gone", pid=pid)
+        except BaseException:
+            os.close(pidfd)
+            if proc_fd >= 0:
+                os.close(proc_fd)
+            raise
+        return handle
+
+    def read(self, name: bytes | str) -> bytes:
+        """``/proc/PID/<name>`` of this process; :class:`ProcessGoneError` once it is gone."""
+        data, _ = self._read(name)
+        return data
+
+    def _read(self, name: bytes | str) -> tuple[bytes, os.stat_result]:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.proc_fd)
+        except (FileNotFoundError, ProcessLookupError) as err:
+            raise ProcessGoneError(f"process {self.pid} is gone", pid=self.pid) from err
+        except PermissionError as err:
+            raise AccessDeniedError(f"cannot read /proc/{self.pid}/{name!s}", pid=self.pid) from err
+        try:
+            info = os.fstat(fd)
+            chunks = []
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except OSError as err:
+            if err.errno == errno.ESRCH:
+                raise ProcessGoneError(f"process {self.pid} is gone", pid=self.pid) from err
+            raise CollectorError(
+                f"cannot read /proc/{self.pid}/{name!s}: {err.strerror}", pid=self.pid
+            ) from err
+        finally:
+            os.close(fd)
+        data = b"".join(chunks)
+        if not data:
+            raise ProcessGoneError(f"process {self.pid} is gone", pid=self.pid)
+        return data, info
+
+    def credentials(self) -> Credentials:
+        """The process's ids now (read through its ``/proc`` directory), checked alive afterwards."""
+        status, info = self._read(b"status")
+        try:
+            uids = parse_ids(status, b"Uid")
+            gids = parse_ids(status, b"Gid")
+        except ValueError as err:
+            raise CollectorError(f"cannot parse /proc/{self.pid}/status: {err}", pid=self.pid) from err
+        if not self.alive():
+            raise ProcessGoneError(f"process {self.pid} is gone", pid=self.pid)
+        return Credentials(uids, gids, info.st_uid)
+
+    def tids(self) -> list[int]:
+        """The ids of the process's threads now (empty once it is gone)."""
+        try:
+            fd = os.open("task", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.proc_fd)
+        except OSError:
+            return []
+        try:
+            names = os.listdir(fd)
+        except OSError:
+            return []
+        finally:
+            os.close(fd)
+        return [int(name) for name in names if name.isascii() and name.isdigit() and len(name) <= 10]
+
+    def thread_state(self, tid: int) -> str | None:
+        """The state letter of one of its threads; None when it cannot be read (it ended)."""
+        try:
+            stat = self.read(f"task/{tid}/stat")
+        except (CollectorError, OSError):
+            return None
+        close = stat.rfind(b")")
+        fields = stat[close + 1 :].split() if close >= 0 else []
+        return fields[0][:1].decode("ascii", "replace") if fields else None
+
+    def alive(self) -> bool:
+        """The process has not ended (a zombie has)."""
+        try:
+            return not select.select([self.pidfd], [], [], 0)[0]
+        except (OSError, ValueError):
+            return False
+
+    def send_signal(self, sig: int) -> bool:
+        """Signal the process through its pidfd; False when it is gone already."""
+        try:
+            signal.pidfd_send_signal(self.pidfd, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def close(self) -> None:
+        for fd in (self.pidfd, self.proc_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.pidfd = self.proc_fd = -1
+
+    def __enter__(self) -> ProcessHandle:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ProcessHandle(pid={self.pid}, start_time={self.start_time})"
+
+
+def check_authority(
+    process: ProcessHandle, table_owner: int, *, allow_nondumpable: bool = False
+) -> Credentials:
+    """Return the process's credentials if the owner of its table may have it dumped; else raise
+    :class:`ForeignProcessError` (and the caller must leave the process alone).
+
+    The rule: the table's owner is the process's real uid; and the process is dumpable, unless
+    ``allow_nondumpable`` (the operator's choice) lets set-id processes and processes that cleared
+    their dumpable flag through as well.
+    """
+    creds = process.credentials()
+    if creds.real_uid != table_owner:
+        raise ForeignProcessError(
+            "the table names a process of another user; left alone",
+            pid=process.pid,
+            table_owner=table_owner,
+            process_uid=creds.real_uid,
+        )
+    if not creds.dumpable and not allow_nondumpable:
+        why = "a set-id process" if creds.setid else "it cleared its dumpable flag"
+        raise ForeignProcessError(
+            f"the process is not dumpable ({why}); left alone (--allow-nondumpable overrides)",
+            pid=process.pid,
+            uids=",".join(str(u) for u in creds.uids),
+        )
+    return creds

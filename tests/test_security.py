@@ -1,0 +1,283 @@
+"""Attacks on a root collector, run for real by throwaway unprivileged users (docs/security.md).
+
+Each test creates its users (``useradd``, unique names) and removes them afterwards whatever happens.
+The attacker writes what any local user can write: files in its own table directory under /dev/shm.
+The collector is the real :class:`Watcher` (or ``dump_target``), run as root by the test. Each test
+asserts that nothing was read, stopped, killed, deleted or written outside its place, and, where a
+victim is involved, that the victim's real hang is still dumped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import kmemdump
+import kmemdump.producer.backends.table
+import kmemdump.producer.python.banner
+import kmemdump.producer.python.pyinfo
+import kmemdump.producer.region
+from helpers_child import spawn_child
+from helpers_users import Send
+from helpers_users import User
+from helpers_users import as_user
+from helpers_users import can_make_users
+from helpers_users import make_users
+from helpers_users import public_dir
+from helpers_users import remove_users
+from kmemdump.collector.dump import DumpOptions
+from kmemdump.collector.dump import dump_target
+from kmemdump.collector.watch import Event
+from kmemdump.collector.watch import Watcher
+from kmemdump.errors import ForeignProcessError
+from kmemdump.formats.kinds import RegionKind
+from kmemdump.formats.table import TableState
+from kmemdump.formats.table import TableWriter
+from kmemdump.formats.table import table_size
+from kmemdump.memory.core import CoreImage
+from kmemdump.procinfo import process_start_time
+from kmemdump.procinfo import thread_state
+
+_WHY_NOT = can_make_users()
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(90),
+    pytest.mark.skipif(_WHY_NOT is not None, reason=f"cannot create throwaway users: {_WHY_NOT}"),
+]
+
+
+@pytest.fixture
+def users() -> Iterator[list[User]]:
+    made = make_users(2)
+    try:
+        yield made
+    finally:
+        remove_users(made)
+
+
+@pytest.fixture
+def dumps() -> Iterator[Path]:
+    path = public_dir("kmemdump-sec-dumps-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _user_dir(user: User) -> Path:
+    return Path(f"/dev/shm/kmemdump-{user.uid}")
+
+
+def _forged_table(pid: int, start_time: int, address: int, size: int) -> bytes:
+    """A well-formed table naming ``pid``, its watchdog long expired, listing one region."""
+    buf = bytearray(table_size(4))
+    writer = TableWriter(
+        buf, capacity=4, pid=pid, start_time=start_time, py_hexversion=sys.hexversion, created_ns=1
+    )
+    writer.put(0, 17, "loot", address, size, int(RegionKind.BUFFER), 0)
+    writer.set_watchdog(1_000_000)  # 1 ms
+    writer.feed()  # now: stale 1 ms later
+    writer.set_state(TableState.RUNNING)
+    writer.release()
+    return bytes(buf)
+
+
+def _plant(user: User, name: str, data: bytes) -> None:
+    """As ``user``: create its table directory (0700) and write ``name`` in it (0600)."""
+    directory = _user_dir(user)
+
+    def work(send: Send) -> None:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, data)
+        os.close(fd)
+        send("planted")
+
+    with as_user(user, work) as child:
+        assert child.recv() == "planted"
+
+
+def _collect(watcher: Watcher, seconds: float, until: Any = None) -> list[Event]:
+    events: list[Event] = []
+    deadline = time.monotonic() + seconds
+    events.extend(watcher.scan())
+    while time.monotonic() < deadline:
+        events.extend(watcher.step())
+        if until is not None and until(events):
+            break
+    return events
+
+
+def _secret_holder() -> Any:
+    code = (
+        "import ctypes, time\n"
+        "secret = ctypes.create_string_buffer(b'root-only secret', 32)\n"
+        "send({'address': ctypes.addressof(secret)})\n"
+        "block()\n"
+    )
+    child = spawn_child(code)
+    return child, child.recv()["address"]
+
+
+def test_a_table_naming_a_root_process_reads_stops_and_kills_nothing(users: list[User], dumps: Path) -> None:
+    attacker = users[0]
+    victim, address = _secret_holder()  # a root process with a secret
+    with victim:
+        start = process_start_time(victim.pid)
+        _plant(attacker, f"{victim.pid}-{start}.table", _forged_table(victim.pid, start, address, 32))
+        watcher = Watcher([_user_dir(attacker)], DumpOptions(dumps), after_hang="kill")
+        try:
+            events = _collect(watcher, 1.0)
+        finally:
+            watcher.close()
+        assert [e.kind for e in events] == ["skip"], [e.line() for e in events]
+        assert "another user" in events[0].message and str(attacker.uid) in events[0].message
+        assert list(dumps.iterdir()) == []  # nothing read, nothing written
+        assert victim.popen.poll() is None  # not killed
+        assert thread_state(victim.pid, victim.pid) not in ("T", "t")  # not left stopped
+        # and asked directly, on the attacker's behalf: refused before anything is held
+        with pytest.raises(ForeignProcessError):
+            dump_target(
+                victim.pid,
+                start,
+                _user_dir(attacker) / f"{victim.pid}-{start}.table",
+                reason="request",
+                options=DumpOptions(dumps),
+            )
+        assert list(dumps.iterdir()) == [] and victim.popen.poll() is None
+
+
+def _producer(directory: Path, *, dumpable: bool = True) -> Any:
+    """A producer that publishes a table with a 0.3 s watchdog, holds a secret, then stops feeding."""
+
+    def work(send: Send) -> None:
+        report = kmemdump.init(table=True, directory=directory, watchdog=0.3, pycoreinfo=False)
+        mine = kmemdump.alloc(24, name="mine")
+        mine[:] = b"the user's own data here"
+        send({"table": report.table, "failures": [list(f) for f in report.failures]})
+        time.sleep(3600)  # never feeds again: a hang
+
+    return work
+
+
+@pytest.fixture(autouse=True)
+def _loaded() -> None:
+    kmemdump.producer.region.buffer_address(memoryview(bytearray(1)))  # loads ctypes before a drop
+    kmemdump.producer.python.banner.make_banner()
+
+
+def test_the_owners_own_hang_is_dumped_readable_by_them_and_the_operators_group(
+    users: list[User], dumps: Path
+) -> None:
+    victim, other = users
+    with as_user(victim, _producer(_user_dir(victim))) as producer:
+        info = producer.recv()
+        watcher = Watcher([_user_dir(victim)], DumpOptions(dumps, stacks=False, group=0))
+        try:
+            events = _collect(watcher, 10.0, until=lambda evs: any(e.kind == "hang" for e in evs))
+        finally:
+            watcher.close()
+        hang = next(e for e in events if e.kind == "hang")
+        assert hang.dump is not None and hang.dump.meta.uid == victim.uid
+        assert hang.dump.meta.held == "ptrace"
+        info_stat = hang.dump.path.stat()
+        assert (info_stat.st_uid, info_stat.st_gid, stat.S_IMODE(info_stat.st_mode)) == (victim.uid, 0, 0o640)
+        assert Path(info["table"]).exists()
+        assert thread_state(producer.pid, producer.pid) not in ("T", "t")  # released after the dump
+
+    def read(send: Send) -> None:
+        try:
+            with CoreImage.open(hang.dump.path) as core:  # type: ignore[union-attr]
+                record = next(r for r in hang.dump.meta.regions if r.name == "mine")  # type: ignore[union-attr]
+                send(core.read(record.address, record.size).decode())
+        except kmemdump.KmemdumpError as err:
+            send(f"refused: {err.context.get('path', '')}")
+
+    with as_user(victim, read) as reader:
+        assert reader.recv() == "the user's own data here"
+    with as_user(other, read) as reader:
+        assert reader.recv().startswith("refused")
+
+
+def test_a_process_that_is_not_dumpable_is_left_alone_unless_allowed(users: list[User], dumps: Path) -> None:
+    owner = users[0]
+
+    def work(send: Send) -> None:
+        _producer(_user_dir(owner))(send)
+
+    with as_user(owner, work, dumpable=False) as producer:
+        info = producer.recv()
+        assert any(origin == "dumpable" for origin, _ in info["failures"])  # init told it
+        watcher = Watcher([_user_dir(owner)], DumpOptions(dumps, stacks=False))
+        try:
+            events = _collect(watcher, 1.0)
+        finally:
+            watcher.close()
+        assert [e.kind for e in events] == ["skip"] and "not dumpable" in events[0].message
+        assert list(dumps.iterdir()) == []
+        # the operator's explicit choice: --allow-nondumpable
+        allowed = Watcher([_user_dir(owner)], DumpOptions(dumps, stacks=False, allow_nondumpable=True))
+        try:
+            events = _collect(allowed, 10.0, until=lambda evs: any(e.kind == "hang" for e in evs))
+        finally:
+            allowed.close()
+        assert any(e.kind == "hang" and e.dump is not None for e in events)
+
+
+def test_a_process_that_execs_a_set_uid_program_after_adoption_is_not_dumped(
+    users: list[User], dumps: Path
+) -> None:
+    """Adopted while it was the user's own, the process then runs a set-uid root program (same pid,
+    same start time, same table): at its hang the check, made again, refuses it."""
+    owner = users[0]
+    tools = public_dir("kmemdump-sec-suid-", 0o755)
+    suid_sleep = tools / "sleep"
+    shutil.copy("/usr/bin/sleep", suid_sleep)
+    os.chmod(suid_sleep, 0o4755)  # set-uid root
+    go_r, go_w = os.pipe()
+
+    def work(send: Send) -> None:
+        report = kmemdump.init(table=True, directory=_user_dir(owner), watchdog=0.3, pycoreinfo=False)
+        send({"table": report.table})
+        os.read(go_r, 1)
+        os.execv(suid_sleep, [str(suid_sleep), "3600"])  # the table stays; the heartbeat stops
+
+    try:
+        with as_user(owner, work) as producer:
+            producer.recv()
+            watcher = Watcher([_user_dir(owner)], DumpOptions(dumps, stacks=False))
+            try:
+                watcher.scan()
+                assert len(watcher.targets) == 1  # adopted: the user's own, dumpable process
+                os.write(go_w, b"x")
+                deadline = time.monotonic() + 5
+                while _status_uids(producer.pid)[1] != 0 and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                events = _collect(
+                    watcher, 3.0, until=lambda evs: any(e.kind in ("hang", "error") for e in evs)
+                )
+            finally:
+                watcher.close()
+            assert _status_uids(producer.pid)[:2] == [owner.uid, 0]  # real: the user; effective: root
+            assert any(e.kind == "error" and "not dumpable" in e.message for e in events), [
+                e.line() for e in events
+            ]
+            assert list(dumps.iterdir()) == []
+            assert thread_state(producer.pid, producer.pid) not in ("T", "t")
+    finally:
+        os.close(go_r)
+        os.close(go_w)
+        shutil.rmtree(tools, ignore_errors=True)
+
+
+def _status_uids(pid: int) -> list[int]:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return [int(x) for x in line.split()[1:]]
+    return []
