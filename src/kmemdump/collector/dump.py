@@ -40,6 +40,8 @@ from kmemdump.collector.hold import Hold
 from kmemdump.collector.hold import hold
 from kmemdump.collector.hold import not_held
 from kmemdump.collector.registers import ThreadRegisters
+from kmemdump.collector.runs import copy_runs
+from kmemdump.collector.runs import plan_runs
 from kmemdump.collector.stacks import StacksUnavailable
 from kmemdump.collector.stacks import take_stacks
 from kmemdump.collector.threads import thread_states
@@ -77,7 +79,6 @@ from kmemdump.formats.table import lock_byte
 from kmemdump.formats.table import open_owned_file
 from kmemdump.formats.table import parse_header
 from kmemdump.formats.table import read_table
-from kmemdump.ids import ID
 from kmemdump.memory.arena import ArenaMemory
 from kmemdump.memory.process import ProcessMemory
 from kmemdump.procinfo import process_exe
@@ -494,9 +495,10 @@ def _copy(
 ) -> tuple[list[RegionRecord], bytes | None, str]:
     """Copy every entry (ID order, within the budget) into ``sink``; describe what was stored.
 
-    Small regions are read many per system call; a large one is read in chunks through one
-    reused buffer, so memory use stays small whatever the dump's size. What the process could not
-    give (it is gone, or went during the copy) comes from the arena when the region is persistent.
+    Small regions are read many per system call and stored in runs (:mod:`.runs`); a large one is
+    read in chunks through one reused buffer, so memory use stays small whatever the dump's size.
+    What the process could not give (it is gone, or went during the copy) comes from the arena
+    when the region is persistent.
     Returns the records, the PYCOREINFO bytes if copied whole, and the arena's state.
     """
     pid, gone = job.pid, job.gone
@@ -511,36 +513,23 @@ def _copy(
         spent += size
         planned.append((entry, size))
     pycoreinfo: bytes | None = None
-    done = 0
+    copied: set[int] = set()
     error = "process gone before the copy"
     if not gone and planned:
         try:
             with ProcessMemory(pid) as mem:
+                small = [item for item in planned if item[1] < _CHUNK]
+                pycoreinfo = copy_runs(mem, plan_runs(small), sink.add, records, copied)
                 buffer: bytearray | None = None
-                while done < len(planned):
-                    entry, size = planned[done]
+                for entry, size in planned:
                     if size >= _CHUNK:
                         buffer = buffer or bytearray(_CHUNK)
                         stored = _copy_large(mem, entry.address, size, buffer, sink)
                         records.append(_record(entry, stored, _status(stored, entry.size)))
-                        done += 1
-                        continue
-                    batch: list[tuple[TableEntry, int]] = []
-                    while done + len(batch) < len(planned) and len(batch) < _BATCH:
-                        candidate = planned[done + len(batch)]
-                        if candidate[1] >= _CHUNK:
-                            break
-                        batch.append(candidate)
-                    datas = mem.read_many([(e.address, n) for e, n in batch])
-                    for (entry, _), data in zip(batch, datas, strict=True):
-                        stored = sink.add(entry.address, data)
-                        records.append(_record(entry, stored, _status(stored, entry.size)))
-                        if entry.id == ID.PYCOREINFO and stored == entry.size:
-                            pycoreinfo = bytes(data)
-                    done += len(batch)
+                        copied.add(entry.id)
         except ProcessGoneError as err:
             error = f"process gone during the copy: {err}"
-    left = planned[done:]
+    left = [item for item in planned if item[0].id not in copied]
     records.extend(_record(entry, 0, "gone", error) for entry, _ in left if not entry.persistent)
     kept = [(entry, size) for entry, size in left if entry.persistent]
     header = snapshot.header
@@ -594,8 +583,6 @@ def _source(entry: TableEntry, gone: bool) -> Source:
 
 _CHUNK = 4 << 20
 """Regions this large are copied in chunks of this size through one buffer."""
-_BATCH = 1024
-"""Smaller regions are read this many per process_vm_readv (its IOV_MAX)."""
 
 
 class _ChunkSource(Protocol):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import operator
 import os
 import threading
 from array import array
@@ -240,6 +241,62 @@ class ProcessMemory:
                 del anchor
         finally:
             view.release()
+
+    def read_scattered(self, ranges: Sequence[tuple[int, int, int]], buffer: Any) -> list[int]:
+        """Copy each ``(address, size, offset)`` range to ``offset`` in the writable ``buffer``;
+        return how many leading bytes of each were copied (its readable prefix).
+
+        ``IOV_MAX`` ranges per system call; ranges may share or overlap their destinations. Bytes of
+        ``buffer`` no range covers are left as they are. Raises :class:`ValueError` for a range
+        that does not fit in ``buffer``, and as :meth:`read_many` does otherwise.
+        """
+        view = memoryview(buffer).cast("B")
+        try:
+            if view.readonly:
+                raise TypeError("read_scattered needs a writable buffer")
+            length = view.nbytes
+            if not ranges:
+                return []
+            remote = [r[0] for r in ranges]
+            sizes = [r[1] for r in ranges]
+            offsets = [r[2] for r in ranges]
+            if min(offsets) < 0 or min(sizes) < 0 or max(map(operator.add, offsets, sizes)) > length:
+                raise ValueError(f"a range does not fit in the {length}-byte buffer")
+            if min(remote) < 0 or max(map(operator.add, remote, sizes)) > _ADDRESS_END:
+                sizes = [_clamp(address, size) for address, size in zip(remote, sizes, strict=True)]
+            anchor = ctypes.c_char.from_buffer(view)
+            try:
+                base = ctypes.addressof(anchor)
+                done = self._scatter_fast(remote, sizes, offsets, base)
+                if done is None:
+                    done = self._transfer(remote, [base + offset for offset in offsets], sizes)
+                return done
+            finally:
+                del anchor
+        finally:
+            view.release()
+
+    def _scatter_fast(
+        self, remote: list[int], sizes: list[int], offsets: list[int], base: int
+    ) -> list[int] | None:
+        """The common case, every range whole: one call per ``IOV_MAX`` ranges, no bookkeeping per
+        range. None (nothing assumed) as soon as a call comes up short or fails."""
+        readv = _process_vm_readv
+        if not self._use_readv or readv is None:
+            return None
+        count = len(sizes)
+        for start in range(0, count, _BATCH):
+            stop = min(count, start + _BATCH)
+            n = stop - start
+            iov = array("Q", bytes(32 * n))
+            iov[0 : 2 * n : 2] = array("Q", [base + offset for offset in offsets[start:stop]])
+            iov[1 : 2 * n : 2] = array("Q", sizes[start:stop])
+            iov[2 * n :: 2] = array("Q", remote[start:stop])
+            iov[2 * n + 1 :: 2] = array("Q", sizes[start:stop])
+            address = iov.buffer_info()[0]
+            if readv(self.pid, address, n, address + 16 * n, n, 0) != sum(sizes[start:stop]):
+                return None  # a fault or an error: the careful path finds which range and why
+        return list(sizes)
 
     # -- lifetime --
 
