@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from kmemdump.cli.options import default_dump_dir
+from kmemdump.cli.options import seconds
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.watch import Event
 from kmemdump.collector.watch import Watcher
@@ -33,7 +34,13 @@ def prepare(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="keep the dump in this directory (default: a temporary one, removed after)",
     )
-    parser.add_argument("--timeout", type=float, default=1.0, help="the target's watchdog timeout (s)")
+    parser.add_argument(
+        "--timeout",
+        type=seconds,
+        default=1.0,
+        metavar="S",
+        help="the demo process's watchdog timeout in seconds (default: %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

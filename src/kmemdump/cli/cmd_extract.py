@@ -66,7 +66,7 @@ def run(args: Namespace) -> int:
 
 def write_atomically(target: Path, data: bytes, *, force: bool = False) -> Path:
     """Write ``data`` to ``target`` through a synced temporary file; never replace unless ``force``."""
-    if target.is_dir():
+    if os.path.isdir(target):
         raise OutputError("the output is a directory; give a file name", path=str(target))
     if not force and os.path.lexists(target):
         raise OutputExistsError("the output file exists", path=str(target))

@@ -37,6 +37,7 @@ from kmemdump.cli.options import add_dump_dir_option
 from kmemdump.cli.options import dump_path
 from kmemdump.errors import DumpFormatError
 from kmemdump.errors import KmemdumpError
+from kmemdump.errors import UsageError
 from kmemdump.formats import zstd
 from kmemdump.inspect.binaries import Binary
 from kmemdump.inspect.binaries import find_binaries
@@ -173,6 +174,8 @@ def _open(core: Path, original: Path) -> Dump:
 
 def _plan(core: Path, original: Path, override: str | None, sysroot: Path | None) -> _Plan:
     """What gdb is given: the executable, the libraries and the helpers, and what to tell the user."""
+    if override is not None:
+        _executable(None, override, None)  # a usage error when gdb could not read it
     with _open(core, original) as dump:
         meta, modules = dump.meta, dump.modules
     if modules is None:  # a dump without the modules note: its recorded executable, if still there
@@ -232,15 +235,37 @@ def _helper(binary: Binary) -> str | None:
 def _executable(exe: str | None, override: str | None, sysroot: Path | None) -> str | None:
     """The executable gdb should load: ``override``, else the recorded one when it still exists."""
     if override is not None:
+        problem = _unreadable(override).replace("no longer exists", "does not exist")
+        if problem:
+            raise UsageError(f"--exe {override}: {problem}")
         return override
     if not exe:
         return None
     local = exe if sysroot is None else str(sysroot / exe.lstrip("/"))
-    if not os.path.isfile(local):
-        message = f"the dump's executable {local} no longer exists; gdb gets no symbols"
-        print(f"kmemdump: {message}", file=sys.stderr)
+    problem = _unreadable(local)
+    if problem:
+        print(f"kmemdump: the dump's executable {local} {problem}; gdb gets no symbols", file=sys.stderr)
         return None
     return local
+
+
+def _unreadable(path: str) -> str:
+    """Why gdb could not read the file at ``path`` ("" when it can): gone, or there but not readable."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "no longer exists"
+    except PermissionError:
+        return "cannot be read by this user (a directory on its path is closed to it)"
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
+    import stat
+
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file"
+    if not os.access(path, os.R_OK):
+        return "exists but cannot be read by this user"
+    return ""
 
 
 def _run_gdb(command: list[str]) -> int:

@@ -23,6 +23,7 @@ import sys
 
 from kmemdump.cli.options import add_dump_options
 from kmemdump.cli.options import dump_options
+from kmemdump.cli.options import seconds
 from kmemdump.collector.watch import AFTER_HANG
 from kmemdump.collector.watch import Event
 
@@ -32,7 +33,7 @@ __all__ = ["prepare", "run"]
 def prepare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=5.0,
         metavar="S",
         help="watchdog timeout in seconds (default: %(default)s)",

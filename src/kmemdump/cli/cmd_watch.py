@@ -16,6 +16,7 @@ from types import FrameType
 
 from kmemdump.cli.options import add_dump_options
 from kmemdump.cli.options import add_tables_option
+from kmemdump.cli.options import check_table_dirs
 from kmemdump.cli.options import dump_options
 from kmemdump.cli.options import table_dirs
 from kmemdump.cli.ship import add_ship_options
@@ -65,6 +66,8 @@ def sd_notify(message: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.tables:
+        check_table_dirs(args.tables)
     options = dump_options(args)
     dirs = args.tables or table_dirs(all_users=os.geteuid() == 0)
     stopping = False

@@ -17,12 +17,14 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_BUDGET",
     "DUMP_HELP",
+    "DumpAccessError",
     "NoSuchDumpError",
     "add_dump_argument",
     "add_dump_dir_option",
     "add_dump_options",
     "add_range_options",
     "add_tables_option",
+    "check_table_dirs",
     "default_dump_dir",
     "dump_options",
     "dump_path",
@@ -81,6 +83,23 @@ def add_tables_option(parser: argparse.ArgumentParser, verb: str) -> None:
         help=f"table directory to {verb} (repeatable; default: $KMEMDUMP_DIR or "
         "/dev/shm/kmemdump-<uid>, and every user's when root)",
     )
+
+
+def check_table_dirs(dirs: list[Path]) -> None:
+    """Refuse, once and before any work, a --tables that names something other than a readable
+    directory (one that does not exist yet is fine: producers create it)."""
+    from kmemdump.errors import UsageError
+
+    for directory in dirs:
+        try:
+            if not os.path.isdir(directory):
+                os.stat(directory)  # not there: fine, a producer creates it
+                raise UsageError(f"--tables {directory}: not a directory")
+            os.listdir(directory)
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            raise UsageError(f"--tables {directory}: cannot be read ({err.strerror})") from None
 
 
 def parse_size(text: str) -> int:
@@ -236,6 +255,10 @@ class NoSuchDumpError(KmemdumpError):
     )
 
 
+class DumpAccessError(KmemdumpError):
+    """The dump is in a directory this user cannot enter (the message says what to do)."""
+
+
 DUMP_HELP = (
     "a dump: a path, a file name in the dump directory, 'latest', the number 'kmemdump ls' shows, "
     "pid:PID (that process's latest dump), or s3://BUCKET/KEY as 'kmemdump ls s3://...' shows it"
@@ -276,9 +299,9 @@ def dump_path(given: str | os.PathLike[str], directory: Path | None = None) -> P
         os.stat(path)
         return path
     except PermissionError as err:
-        raise NoSuchDumpError(
-            f"permission denied: this user cannot enter the directory holding {path.name} "
-            "(ask for read access to it, e.g. through its group, or run as its owner)",
+        raise DumpAccessError(
+            f"permission denied: this user cannot enter the directory holding {path.name}; ask for "
+            "access to it (e.g. through its group) or run as its owner",
             path=text,
         ) from err
     except (OSError, ValueError):  # not there (or not a valid path): maybe a handle or a bare name

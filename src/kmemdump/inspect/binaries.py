@@ -28,7 +28,7 @@ DEBUG_DIRECTORY = Path("/usr/lib/debug")
 _HEAD = 64 << 10
 _MAX_NOTES = 64 << 10
 
-BinaryStatus = Literal["ok", "debuginfo", "missing", "mismatch", "unchecked"]
+BinaryStatus = Literal["ok", "debuginfo", "missing", "unreadable", "mismatch", "unchecked"]
 """``ok``: the file is here with the recorded build-id; ``debuginfo``: only its separate debug file is;
 ``missing``: neither; ``mismatch``: a file is there but another build; ``unchecked``: the dump recorded
 no build-id for it (the file is used when present)."""
@@ -54,6 +54,8 @@ class Binary:
         recorded = f" (build-id {self.module.build_id})" if self.module.build_id else ""
         if self.status == "missing":
             return f"{what} {self.looked_at}{recorded} is not on this machine: its frames get no symbols"
+        if self.status == "unreadable":
+            return f"{what} {self.looked_at}{recorded} cannot be read by this user: its frames get no symbols"
         if self.status == "mismatch":
             return (
                 f"{what} {self.looked_at} is another build (build-id {self.found_build_id}, the process ran "
@@ -100,12 +102,13 @@ def find_binaries(
     out = []
     for module in modules:
         local = _under(sysroot, module.path.removesuffix(" (deleted)"))
-        found, lowest = file_build_id(local) if local.is_file() else (None, 0)
+        readable = _readable_file(local)
+        found, lowest = file_build_id(local) if readable is True else (None, 0)
         bias = module.base - (lowest - lowest % 4096)
-        if local.is_file() and module.build_id is None:
+        if readable is True and module.build_id is None:
             out.append(Binary(module, "unchecked", str(local), str(local), found, bias))
             continue
-        if local.is_file() and found == module.build_id:
+        if readable is True and found == module.build_id:
             out.append(Binary(module, "ok", str(local), str(local), found, bias))
             continue
         debug = _debug_file(module, debug_directory)
@@ -113,11 +116,24 @@ def find_binaries(
             _, lowest = file_build_id(debug)
             bias = module.base - (lowest - lowest % 4096)
             out.append(Binary(module, "debuginfo", str(debug), str(local), found, bias))
-        elif local.is_file():
+        elif readable is True:
             out.append(Binary(module, "mismatch", None, str(local), found))
         else:
-            out.append(Binary(module, "missing", None, str(local)))
+            out.append(Binary(module, "unreadable" if readable is None else "missing", None, str(local)))
     return out
+
+
+def _readable_file(path: Path) -> bool | None:
+    """True for a regular file this user can read, False when there is none, None when there is
+    one (or may be one) that this user cannot read: a closed directory on its path, or its mode."""
+    try:
+        if not path.is_file():
+            return False
+    except PermissionError:
+        return None
+    except OSError:
+        return False
+    return True if os.access(path, os.R_OK) else None
 
 
 def _debug_file(module: Module, directory: Path) -> Path | None:
@@ -126,6 +142,6 @@ def _debug_file(module: Module, directory: Path) -> Path | None:
     if not build_id or len(build_id) < 3:
         return None
     path = directory / ".build-id" / build_id[:2] / f"{build_id[2:]}.debug"
-    if path.is_file() and file_build_id(path)[0] == build_id:
+    if _readable_file(path) is True and file_build_id(path)[0] == build_id:
         return path
     return None

@@ -195,7 +195,7 @@ class Dump:
     def open(cls, path: str | os.PathLike[str]) -> Dump:
         """Open ``path`` (a plain or zstd-compressed dump); :class:`DumpFormatError` if it is not one."""
         where = Path(path)
-        if where.is_dir():
+        if os.path.isdir(where):
             raise DumpFormatError(
                 "this is a directory, not a dump (kmemdump ls DIR lists dumps)", path=str(where)
             )
