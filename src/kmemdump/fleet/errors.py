@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import MissingExtraError
+from kmemdump.errors import UsageError
 
 __all__ = [
     "ShipExtraMissingError",
@@ -28,8 +29,8 @@ class ShipExtraMissingError(MissingExtraError, StoreError):
     """The S3 client (obstore, the ``ship`` extra) is not installed."""
 
 
-class StoreURLError(StoreError, ValueError):
-    """Not an ``s3://BUCKET[/PREFIX]`` URL."""
+class StoreURLError(UsageError, StoreError):
+    """Not an ``s3://BUCKET[/PREFIX]`` URL (a usage error: exit status 2)."""
 
     help = "Give the store as s3://BUCKET or s3://BUCKET/PREFIX (bucket names are 3 to 63 characters)."
 
