@@ -7,6 +7,7 @@ Runs until interrupted (SIGINT/SIGTERM). One log line per event on stderr. Under
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -15,14 +16,17 @@ import sys
 from types import FrameType
 
 from kmemdump.cli.options import add_dump_options
+from kmemdump.cli.options import add_retention_options
 from kmemdump.cli.options import add_tables_option
 from kmemdump.cli.options import check_table_dirs
 from kmemdump.cli.options import dump_options
+from kmemdump.cli.options import retention_policy
 from kmemdump.cli.options import table_dirs
 from kmemdump.cli.ship import add_ship_options
 from kmemdump.cli.ship import start_shipper
 from kmemdump.collector.watch import AFTER_HANG
 from kmemdump.collector.watch import DEFAULT_MAX_DUMPS
+from kmemdump.collector.watch import DEFAULT_MAX_PER_USER
 from kmemdump.collector.watch import Event
 from kmemdump.collector.watch import Watcher
 
@@ -47,7 +51,32 @@ def prepare(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="hang dumps of one process before its later stalls are only logged (default: %(default)s)",
     )
+    parser.add_argument(
+        "--max-per-user",
+        type=int,
+        default=DEFAULT_MAX_PER_USER,
+        metavar="N",
+        help="tables of one user watched at once; more wait their turn (default: %(default)s)",
+    )
+    add_retention_options(parser, count=DEFAULT_KEEP, size=DEFAULT_KEEP_SIZE, total=DEFAULT_KEEP_TOTAL_SIZE)
     add_ship_options(parser)
+
+
+DEFAULT_KEEP = 50
+DEFAULT_KEEP_SIZE = 4 << 30
+DEFAULT_KEEP_TOTAL_SIZE = 16 << 30
+
+
+def _raise_descriptor_limit() -> None:
+    """Take the whole hard limit of descriptors (systemd's soft default is 1024): each watched table
+    needs two, and the per-user limit keeps one user from taking them all."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def sd_notify(message: str) -> bool:
@@ -91,7 +120,16 @@ def run(args: argparse.Namespace) -> int:
         print("kmemdump watch: --max-dumps must be at least 1", file=sys.stderr)
         return 2
     shipper = start_shipper(args, options.directory, log_line)
-    watcher = Watcher(dirs, options, after_hang=args.after_hang, on_event=on_event, max_dumps=args.max_dumps)
+    _raise_descriptor_limit()
+    watcher = Watcher(
+        dirs,
+        options,
+        after_hang=args.after_hang,
+        on_event=on_event,
+        max_dumps=args.max_dumps,
+        max_per_user=args.max_per_user,
+        retention=retention_policy(args),
+    )
     print(
         f"watching {', '.join(str(d) for d in dirs)}; dumps go to {options.directory}",
         file=sys.stderr,

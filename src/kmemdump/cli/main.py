@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "hexdump": "hex dump of one region of a dump",
     "extract": "write one region's bytes to a file",
     "gdb": "open gdb on a dump",
+    "prune": "remove old dumps to keep a directory within a retention policy",
 }
 """Every subcommand and its one line of help; its module is ``kmemdump.cli.cmd_<name>``."""
 

@@ -13,6 +13,7 @@ from kmemdump.errors import UnreadableMemoryError
 TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
 if TYPE_CHECKING:
     from kmemdump.collector.dump import DumpOptions
+    from kmemdump.collector.retention import Policy
 
 __all__ = [
     "DEFAULT_BUDGET",
@@ -23,13 +24,16 @@ __all__ = [
     "add_dump_dir_option",
     "add_dump_options",
     "add_range_options",
+    "add_retention_options",
     "add_tables_option",
     "check_table_dirs",
     "default_dump_dir",
     "dump_options",
     "dump_path",
+    "parse_duration",
     "parse_size",
     "pid_number",
+    "retention_policy",
     "seconds",
     "select_range",
     "table_dirs",
@@ -193,6 +197,92 @@ def add_dump_options(parser: argparse.ArgumentParser) -> None:
         metavar="GROUP",
         help="as root, the group dumps belong to (they are 0640, owned by the process's user; "
         "default: the collector's own group)",
+    )
+
+
+_DURATIONS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``45s``, ``30m``, ``12h``, ``7d``, ``2w`` → seconds."""
+    raw = text.strip().lower()
+    unit = raw[-1:] if raw[-1:] in _DURATIONS else "s"
+    number = raw[:-1] if raw[-1:] in _DURATIONS else raw
+    try:
+        value = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r}")
+    return value * _DURATIONS[unit]
+
+
+def _count_limit(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
+    return int(text)
+
+
+def _size_text(size: int | None) -> str:
+    if size is None:
+        return "no limit"
+    return f"{size >> 30}GiB" if size % (1 << 30) == 0 else f"{size}"
+
+
+def add_retention_options(
+    parser: argparse.ArgumentParser,
+    *,
+    count: int | None = None,
+    size: int | None = None,
+    total: int | None = None,
+) -> None:
+    """The retention policy: per user (the dumps' owner) and for the whole directory."""
+    group = parser.add_argument_group("retention (oldest dumps removed first; see docs/security.md)")
+    group.add_argument(
+        "--keep",
+        type=_count_limit,
+        default=count,
+        metavar="N",
+        help=f"dumps per user (default: {count or 'no limit'})",
+    )
+    group.add_argument(
+        "--keep-size",
+        type=parse_size,
+        default=size,
+        metavar="SIZE",
+        help=f"bytes of dumps per user (default: {_size_text(size)})",
+    )
+    group.add_argument(
+        "--keep-age",
+        type=parse_duration,
+        default=None,
+        metavar="AGE",
+        help="remove dumps older than AGE, e.g. 7d, 12h (default: no limit)",
+    )
+    group.add_argument(
+        "--keep-total",
+        type=_count_limit,
+        default=None,
+        metavar="N",
+        help="dumps in the whole directory (default: no limit)",
+    )
+    group.add_argument(
+        "--keep-total-size",
+        type=parse_size,
+        default=total,
+        metavar="SIZE",
+        help=f"bytes of dumps in the whole directory (default: {_size_text(total)})",
+    )
+
+
+def retention_policy(args: argparse.Namespace) -> Policy:
+    """The :class:`~kmemdump.collector.retention.Policy` the retention options describe."""
+    from kmemdump.collector.retention import Limits
+    from kmemdump.collector.retention import Policy
+
+    return Policy(
+        per_user=Limits(args.keep, args.keep_size or None, args.keep_age),
+        total=Limits(args.keep_total, args.keep_total_size or None, None),
     )
 
 

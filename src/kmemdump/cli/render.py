@@ -92,7 +92,10 @@ def format_time(ns: int) -> str:
     from datetime import datetime
     from datetime import timezone
 
-    moment = datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+    try:
+        moment = datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return f"(time out of range: {ns} ns)"
     return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d} UTC"
 
 

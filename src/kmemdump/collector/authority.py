@@ -102,7 +102,9 @@ class ProcessHandle:
         except ProcessLookupError as err:
             raise ProcessGoneError(f"process {pid} is gone", pid=pid) from err
         except OSError as err:
-            raise CollectorError(f"cannot open a pidfd for {pid}: {err.strerror}", pid=pid) from err
+            raise CollectorError(
+                f"cannot open a pidfd for {pid}: {err.strerror}", pid=pid, errno=err.errno
+            ) from err
         proc_fd = -1
         try:
             try:

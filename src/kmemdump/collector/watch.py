@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -40,9 +41,12 @@ from kmemdump.collector.hold import tidy
 from kmemdump.collector.identify import NotVisibleError
 from kmemdump.collector.identify import identify
 from kmemdump.collector.registers import ThreadRegisters
+from kmemdump.collector.retention import Policy
+from kmemdump.collector.retention import apply as apply_retention
 from kmemdump.errors import ForeignProcessError
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
+from kmemdump.errors import TableFormatError
 from kmemdump.formats.arena import ARENA_SUFFIX
 from kmemdump.formats.arena import arena_path_of
 from kmemdump.formats.dumpmeta import Death
@@ -58,7 +62,7 @@ from kmemdump.procinfo import process_cmdline
 from kmemdump.procinfo import process_exe
 from kmemdump.procinfo import process_start_time
 
-__all__ = ["AFTER_HANG", "DEFAULT_MAX_DUMPS", "Event", "EventKind", "Watcher"]
+__all__ = ["AFTER_HANG", "DEFAULT_MAX_DUMPS", "DEFAULT_MAX_PER_USER", "Event", "EventKind", "Watcher"]
 
 log = logging.getLogger("kmemdump.collector")
 
@@ -67,6 +71,12 @@ DEFAULT_MAX_DUMPS = 10
 """Hang dumps of one process before the collector stops dumping it (a death is always dumped)."""
 _RESCAN_S = 0.25
 _LOOK_AGAIN_S = 1.0
+_ADOPT_TRIES = 3
+"""Seqlock reads of a new table in one scan: one that is mid-update is looked at again later."""
+_RETRY_MAX_S = 8.0
+"""The longest pause before a table that failed for a passing reason is looked at again."""
+DEFAULT_MAX_PER_USER = 256
+"""Tables of one user watched at once unless told otherwise."""
 _GRACE_NS = 5_000_000_000
 """How long a new table that names another collector is left to it."""
 
@@ -133,6 +143,8 @@ class Watcher:
         only_pid: int | None = None,
         max_sleep: float = _RESCAN_S,
         max_dumps: int | None = DEFAULT_MAX_DUMPS,
+        max_per_user: int | None = DEFAULT_MAX_PER_USER,
+        retention: Policy | None = None,
         death_of: Callable[[int], Death | None] | None = None,
         exit_events: bool = True,
     ) -> None:
@@ -150,6 +162,14 @@ class Watcher:
         self.targets: dict[tuple[int, int], _Target] = {}
         self._bad: dict[Path, float] = {}
         self._later: dict[Path, float] = {}
+        self._retries: dict[Path, int] = {}
+        self._over_quota: set[int] = set()
+        self.max_per_user = max_per_user
+        """Watched tables per user at most (None: no limit)."""
+        self.retention = retention if retention is not None and not retention.empty else None
+        """Applied to the dump directory after each dump (:mod:`kmemdump.collector.retention`)."""
+        if self.retention is not None:
+            self.options = _within_retention(options, self.retention)
         """Tables to look at again only from this monotonic time on (claimed elsewhere, out of sight)."""
         self._elsewhere: set[Path] = set()
         self._unseen: set[Path] = set()
@@ -213,11 +233,13 @@ class Watcher:
         adopted = False
         try:
             reader = TableReader(path)
+            if not self._within_quota(reader.owner, pid, path):
+                return
             if not self._claim(reader, pid, path):
                 return
             found = identify(pid, start_time, reader.header(), reader.fileno())
             _check_owner(found.pid, start_time, reader.owner, self.options)
-            snapshot = reader.snapshot()
+            snapshot = reader.snapshot(retries=_ADOPT_TRIES)  # a table that never settles waits its turn
             pidfd = os.pidfd_open(found.pid)
             adopted = True
         except NotVisibleError as err:
@@ -234,6 +256,9 @@ class Watcher:
             self._emit(Event("skip", pid, f"refusing table {path}: {err}"))
             return
         except (KmemdumpError, OSError) as err:
+            if _transient(err):
+                self._retry_later(pid, path, err)  # a full descriptor table, a table mid-update: not final
+                return
             self._bad[path] = mtime
             self._emit(Event("error", pid, f"skipping table {path}: {err}"))
             return
@@ -253,7 +278,36 @@ class Watcher:
             self._exits.wanted.add(pid)
         self._by_fd[pidfd] = ident
         self._poller.register(pidfd, select.POLLIN)
+        self._retries.pop(path, None)
         self._emit(Event("watch", pid, f"{' '.join(target.argv)[:80]!r} table={path}"))
+
+    def _retry_later(self, pid: int, path: Path, err: BaseException) -> None:
+        """Look at a table again after a transient failure, with a growing pause (capped); said once."""
+        tries = self._retries.get(path, 0) + 1
+        self._retries[path] = tries
+        self._later[path] = time.monotonic() + min(_RESCAN_S * 2 ** (tries - 1), _RETRY_MAX_S)
+        if tries == 1:
+            self._emit(Event("error", pid, f"table {path} not adopted yet, will retry: {err}"))
+
+    def _within_quota(self, owner: int, pid: int, path: Path) -> bool:
+        """At most :attr:`max_per_user` watched tables per user: one user's flood of tables cannot take
+        the descriptors (two per watched table) every other user's tables need."""
+        if self.max_per_user is None:
+            return True
+        watched = sum(1 for target in self.targets.values() if target.owner == owner)
+        if watched < self.max_per_user:
+            return True
+        self._later[path] = time.monotonic() + _RETRY_MAX_S
+        if owner not in self._over_quota:
+            self._over_quota.add(owner)
+            self._emit(
+                Event(
+                    "skip",
+                    pid,
+                    f"user {owner} has {watched} watched tables already (the limit); {path} waits",
+                )
+            )
+        return False
 
     def _claim(self, reader: TableReader, pid: int, path: Path) -> bool:
         """Make this collector the one that watches the table; False (said once) when another is.
@@ -544,7 +598,23 @@ class Watcher:
         except OSError as err:
             return self._emit(Event("error", target.pid, f"{reason} dump failed: {err}"))
         target.dumps.append(result)
-        return self._emit(Event(reason, target.pid, why, result))
+        event = self._emit(Event(reason, target.pid, why, result))
+        self._retain(result)
+        return event
+
+    def _retain(self, result: DumpResult) -> None:
+        """Apply the retention policy after a dump: oldest dumps removed first, each said in the log."""
+        if self.retention is None:
+            return
+        try:
+            removed = apply_retention(self.options.directory, self.retention, keep=(result.path.name,))
+        except KmemdumpError as err:
+            self._emit(Event("error", 0, f"retention not applied: {err}"))
+            return
+        for removal in removed:
+            self._emit(
+                Event("skip", 0, f"removed {removal.file.name} ({removal.file.size} bytes): {removal.why}")
+            )
 
     def _dead(self, target: _Target) -> bool:
         if target.pidfd is None:
@@ -568,6 +638,27 @@ class Watcher:
 
 _AFTER_SIGNALS = {"kill": signal.SIGKILL, "abort": signal.SIGABRT}
 """What --after-hang sends, while the dumped process is still held."""
+
+
+_TRANSIENT_ERRNOS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR, errno.ENOBUFS}
+)
+
+
+def _transient(err: BaseException) -> bool:
+    """A failure that says nothing about the table: out of descriptors or memory, or a table that was
+    mid-update at every read (it is read again later, a few times, without stalling the others)."""
+    if isinstance(err, OSError) and err.errno in _TRANSIENT_ERRNOS:
+        return True
+    if isinstance(err, KmemdumpError) and err.context.get("errno") in _TRANSIENT_ERRNOS:
+        return True
+    return isinstance(err, TableFormatError) and err.message.startswith("table kept changing")
+
+
+def _within_retention(options: DumpOptions, policy: Policy) -> DumpOptions:
+    """One dump never needs more than a user, or the directory, may hold: the budget is capped so."""
+    sizes = [n for n in (options.budget, policy.per_user.size, policy.total.size) if n is not None]
+    return replace(options, budget=min(sizes)) if sizes else options
 
 
 def _check_owner(pid: int, start_time: int, owner: int, options: DumpOptions) -> None:

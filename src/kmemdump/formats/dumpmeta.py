@@ -483,6 +483,7 @@ def decode_meta(data: bytes) -> DumpMeta:
         raise DumpFormatError("unknown dump reason", reason=values["reason"])
     if values.get("held", "") not in HELD:
         raise DumpFormatError("unknown way of holding the process", held=values["held"])
+    values.setdefault("exe", None)  # optional in the note, a field without a default in DumpMeta
     values["argv"] = tuple(str(a) for a in values["argv"])
     values["regions"] = _regions(body, version)
     if "death" in values:
@@ -492,6 +493,30 @@ def decode_meta(data: bytes) -> DumpMeta:
     return DumpMeta(**values)
 
 
+_U64 = 2**64
+_RANGES: dict[str, tuple[float, float]] = {
+    "pid": (1, 2**31),
+    "start_time": (0, _U64),
+    "captured_ns": (0, 253_402_300_800 * 10**9),  # up to the end of year 9999: a date every reader prints
+    "uid": (0, 2**32),
+    "py_hexversion": (0, 2**32),
+    "heartbeat": (0, _U64),
+    "heartbeat_age_s": (-1e12, 1e12),
+    "watchdog_timeout_s": (0, 1e12),
+    "budget": (0, _U64),
+    "copy_ms": (0, 1e15),
+}
+"""``[low, high)`` of each numeric field: a value outside (a hostile or damaged note) is refused, not
+passed on to a printer that would fail on it (a date past year 9999, an infinite float)."""
+_REGION_RANGES: dict[str, tuple[int, int]] = {
+    "id": (0, 2**32),
+    "kind": (0, 2**16),
+    "address": (0, _U64),
+    "size": (0, _U64),
+    "stored": (0, _U64),
+}
+
+
 def _field(body: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     if key not in body:
         raise DumpFormatError("dump metadata lacks a field", field=key)
@@ -499,6 +524,9 @@ def _field(body: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any
     bad_bool = isinstance(value, bool) and kind in (int, (int, float, type(None)), (int, float))
     if not isinstance(value, kind) or bad_bool:
         raise DumpFormatError("dump metadata field has the wrong type", field=key)
+    bounds = _RANGES.get(key)
+    if bounds is not None and isinstance(value, (int, float)) and not bounds[0] <= value < bounds[1]:
+        raise DumpFormatError("dump metadata field is out of range", field=key)  # NaN fails too
     return value
 
 
@@ -537,6 +565,9 @@ def _region(raw: Any, index: int) -> RegionRecord:
         value = raw.get(key, _REGION_DEFAULTS.get(key))
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise DumpFormatError("region record field missing or of the wrong type", index=index, field=key)
+        bounds = _REGION_RANGES.get(key)
+        if bounds is not None and isinstance(value, int) and not bounds[0] <= value < bounds[1]:
+            raise DumpFormatError("region record field is out of range", index=index, field=key)
         values[key] = value
     if values["status"] not in STATUSES:
         raise DumpFormatError("unknown region status", index=index, status=values["status"])

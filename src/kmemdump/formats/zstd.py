@@ -23,12 +23,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAGIC",
+    "MAX_SIZE_DEFAULT",
     "MISSING",
     "SUFFIX",
     "compressor",
     "decompress",
     "decompress_to",
+    "frame_header",
     "is_compressed",
+    "max_size",
     "missing",
     "module",
 ]
@@ -78,17 +81,94 @@ def compressor(level: int) -> Any:
         raise ValueError(str(err)) from err
 
 
-def decompress(source: IO[bytes], out: IO[bytes], where: Path) -> None:
-    """Decompress all of ``source`` into ``out``; :class:`DumpFormatError` for damaged data."""
+MAX_SIZE_DEFAULT = 64 << 30
+"""The largest decompressed dump a reader accepts unless ``$KMEMDUMP_MAX_DUMP_SIZE`` says otherwise."""
+_ELF_HEAD = b"\x7fELF"
+_ET_CORE = b"\x04\x00"
+
+
+def max_size() -> int:
+    """The decompressed size a reader accepts: ``$KMEMDUMP_MAX_DUMP_SIZE`` (bytes) or 64 GiB."""
+    text = os.environ.get("KMEMDUMP_MAX_DUMP_SIZE", "")
+    if text.isascii() and text.isdigit() and 0 < len(text) <= 20:
+        return int(text)
+    return MAX_SIZE_DEFAULT
+
+
+def frame_header(head: bytes) -> tuple[int | None, bool]:
+    """``(declared content size or None, checksum flag)`` of the zstd frame starting ``head``
+    (its first 18 bytes or more); ``ValueError`` when it is not a zstd frame header."""
+    if len(head) < 6 or head[:4] != MAGIC:
+        raise ValueError("not a zstd frame")
+    descriptor = head[4]
+    if descriptor & 0x08:
+        raise ValueError("reserved bit set in the frame header")
+    size_flag, single, checksum, dict_flag = (
+        descriptor >> 6,
+        bool(descriptor & 0x20),
+        bool(descriptor & 4),
+        descriptor & 3,
+    )
+    at = 5 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag]
+    width = (1 if single else 0, 2, 4, 8)[size_flag]
+    if not width:
+        return None, checksum
+    if len(head) < at + width:
+        raise ValueError("truncated frame header")
+    value = int.from_bytes(head[at : at + width], "little")
+    return (value + 256 if width == 2 else value), checksum
+
+
+def decompress(source: IO[bytes], out: IO[bytes], where: Path, *, limit: int | None = None) -> int:
+    """Decompress all of ``source`` into ``out`` and return the decompressed size.
+
+    Refused with :class:`DumpFormatError` before anything is written: a frame that declares more than
+    ``limit`` bytes (default :func:`max_size`), or whose first bytes are not an ELF core; and on the
+    way: more bytes than the limit, a size other than the frame declared, a checksum that does not
+    match (every dump kmemdump writes carries one), damaged data. Runs of zero bytes are written as
+    holes, so untouched memory takes no disk in ``out``.
+    """
     try:
         zstd = module()
     except ImportError as err:
         raise missing("reading a compressed dump", path=str(where)) from err
+    cap = max_size() if limit is None else limit
     try:
-        import shutil
-
+        head = source.read(18)
+        source.seek(0)
+        try:
+            declared, _checksum = frame_header(head)
+        except ValueError as err:
+            raise DumpFormatError(f"corrupt zstd data: {err}", path=str(where)) from err
+        if declared is not None and declared > cap:
+            raise DumpFormatError(
+                f"the dump would be {declared} bytes once decompressed, over the limit of {cap} "
+                "(set KMEMDUMP_MAX_DUMP_SIZE to read a larger one)",
+                path=str(where),
+            )
+        total = 0
+        zero = bytes(_CHUNK)
         with zstd.ZstdFile(source, "rb") as stream:
-            shutil.copyfileobj(stream, out, _CHUNK)
+            while True:
+                chunk = stream.read(_CHUNK)
+                if not chunk:
+                    break
+                if total == 0 and (chunk[:4] != _ELF_HEAD or chunk[16:18] != _ET_CORE):
+                    raise DumpFormatError(
+                        "not a core file once decompressed (no ELF core header)", path=str(where)
+                    )
+                total += len(chunk)
+                if total > cap:
+                    raise DumpFormatError(
+                        f"the dump decompresses to more than the limit of {cap} bytes "
+                        "(set KMEMDUMP_MAX_DUMP_SIZE to read a larger one)",
+                        path=str(where),
+                    )
+                if chunk == zero[: len(chunk)]:
+                    out.seek(len(chunk), os.SEEK_CUR)  # a hole
+                else:
+                    out.write(chunk)
+        out.truncate(total)
         out.flush()
     except (zstd.ZstdError, EOFError) as err:
         raise DumpFormatError(f"corrupt or truncated zstd data: {err}", path=str(where)) from err
@@ -96,6 +176,11 @@ def decompress(source: IO[bytes], out: IO[bytes], where: Path) -> None:
         raise DumpFormatError(
             f"cannot decompress the dump: {err.strerror or err}", path=str(where), errno=err.errno
         ) from err
+    if declared is not None and total != declared:
+        raise DumpFormatError(
+            f"corrupt zstd data: the frame declares {declared} bytes and holds {total}", path=str(where)
+        )
+    return total
 
 
 def decompress_to(source: Path, target: Path) -> None:

@@ -1,0 +1,73 @@
+"""Remove old dumps so that a directory meets a retention policy: per user and in total.
+
+Dumps belong to the user of the process they hold (a root collector gives each to that user); the
+per-user limits apply to each owner, the total ones to the whole directory. Oldest dumps go first;
+past the total limits, the user who holds the most bytes loses theirs first. Nothing but dump files
+(kmemdump-<pid>-<start>-<reason>-<time>.core[.zst], regular files) is touched. With --dry-run
+nothing is removed. `kmemdump watch` applies the same policy after each dump.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from kmemdump.cli.options import add_retention_options
+from kmemdump.cli.options import default_dump_dir
+from kmemdump.cli.options import retention_policy
+from kmemdump.collector.retention import apply
+
+__all__ = ["prepare", "run"]
+
+
+def prepare(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "dir",
+        nargs="?",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the dump directory (default: the usual one)",
+    )
+    add_retention_options(parser)
+    parser.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def run(args: argparse.Namespace) -> int:
+    policy = retention_policy(args)
+    if policy.empty:
+        print(
+            "kmemdump prune: give at least one limit (--keep, --keep-size, --keep-age, --keep-total, "
+            "--keep-total-size)",
+            file=sys.stderr,
+        )
+        return 2
+    directory: Path = args.dir if args.dir is not None else default_dump_dir()
+    removed = apply(directory, policy, dry_run=args.dry_run)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "directory": str(directory),
+                    "dry_run": args.dry_run,
+                    "policy": policy.describe(),
+                    "removed": [
+                        {"name": r.file.name, "uid": r.file.uid, "bytes": r.file.size, "why": r.why}
+                        for r in removed
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for removal in removed:
+        print(
+            f"{verb} {removal.file.name} ({removal.file.size} bytes, user {removal.file.uid}): {removal.why}"
+        )
+    if not removed:
+        print(f"{directory} is within the policy ({policy.describe()})", file=sys.stderr)
+    return 0
