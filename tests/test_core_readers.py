@@ -29,18 +29,22 @@ from helpers_interpreters import producer_env
 from kmemdump.collector.corewriter import write_core
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.dump import dump_target
+from kmemdump.formats.corenotes import REGISTER_NAMES
 from kmemdump.formats.corenotes import Module
 from kmemdump.formats.corenotes import decode_modules
 from kmemdump.formats.dumpmeta import decode_meta
+from kmemdump.formats.elf import EM_X86_64
 from kmemdump.formats.elf import KMD_NOTE_META
 from kmemdump.formats.elf import KMD_NOTE_MODULES
 from kmemdump.formats.elf import KMD_NOTE_STACKS
+from kmemdump.formats.elf import NT_PRSTATUS
 from kmemdump.formats.elf import OWNER_KMEMDUMP
 from kmemdump.formats.elf import OWNER_PYCOREINFO
 from kmemdump.formats.elf import PYCOREINFO_NOTE
 from kmemdump.formats.elf import Note
 from kmemdump.formats.elf import Segment
 from kmemdump.formats.elf import host_machine
+from kmemdump.formats.elf import parse_prstatus
 from kmemdump.formats.elf import prpsinfo_note
 from kmemdump.formats.elf import prstatus_note
 from kmemdump.memory.core import CoreImage
@@ -222,6 +226,18 @@ def test_a_hang_dump_is_a_process_core_for_every_reader(python: str, table_dir: 
             out.stdout,
             re.M,
         )
+        # held with ptrace, every register of every thread was read (fs_base is in no /proc file)
+        with CoreImage.open(path) as core:
+            meta = decode_meta(core.note(OWNER_KMEMDUMP, KMD_NOTE_META).desc)  # type: ignore[union-attr]
+            names = REGISTER_NAMES[core.machine]
+            registers = [
+                dict(zip(names, parse_prstatus(n.desc, core.machine).registers, strict=True))
+                for n in core.notes
+                if (n.owner, n.type) == ("CORE", NT_PRSTATUS)
+            ]
+        assert len(registers) == len(hung.tids)
+        if meta.held == "ptrace" and core.machine == EM_X86_64:
+            assert all(r["fs_base"] and r["cs"] and r["rip"] and r["rsp"] for r in registers), registers
         # gdb: one thread per tid, each at a non-zero pc, and not a single warning
         out = subprocess.run(
             [

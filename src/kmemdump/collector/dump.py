@@ -379,7 +379,7 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
             check_authority(process, job.uid, allow_nondumpable=options.allow_nondumpable)
         t0 = time.perf_counter()
         hexversion = snapshot.header.py_hexversion
-        shape, capture = (None, None) if gone else _observe(job, sink, options, hexversion)
+        shape, capture = (None, None) if gone else _observe(job, sink, options, hexversion, current)
         records, pycoreinfo, arena_state = _copy(job, snapshot, options, sink)
         copy_ms = (time.perf_counter() - t0) * 1000
         stacks_note, stacks_state = _stacks(pid, options, gone or any(r.status == "gone" for r in records))
@@ -464,14 +464,16 @@ def _siginfo(death: Death | None) -> Note | None:
 
 
 def _observe(
-    job: _Job, sink: CoreWriter, options: DumpOptions, hexversion: int
+    job: _Job, sink: CoreWriter, options: DumpOptions, hexversion: int, held: Hold
 ) -> tuple[ProcessShape | None, Capture | None]:
     """The target's threads, registers, mappings and modules (see :mod:`.coreshape`), with the
     modules' ELF headers and what the capture level adds stored; (None, None) when the process
-    cannot be looked at (gone, refused)."""
+    cannot be looked at (gone, refused). The registers of threads ``held`` in a ptrace stop are
+    read whole (this thread took the hold, as the kernel requires)."""
+    stopped = [tid for tid in held.tids if held.ptrace_stopped(tid)]
     try:
         with ProcessMemory(job.pid) as mem:
-            shape = observe(job.pid, mem, registers=job.registers)
+            shape = observe(job.pid, mem, registers=job.registers, ptrace_stopped=stopped)
             capture = capture_ranges(options.capture, shape, mem, hexversion=hexversion)
             ranges = merge_ranges([(a, len(data)) for a, data in shape.headers] + list(capture.ranges))
             for (address, _), data in zip(ranges, mem.read_many(ranges), strict=True):
