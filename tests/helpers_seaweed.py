@@ -232,7 +232,10 @@ class SeaweedFS:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
         self.proc = None
-        for port in (self.ports or {}).values():  # weed's fixed-place gRPC sockets
+        ports = set((self.ports or {}).values())
+        if self.ports:
+            ports.add(self.ports["admin"] + 10000)  # the admin gRPC port
+        for port in ports:  # weed's fixed-place gRPC sockets
             for leftover in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 with contextlib.suppress(OSError):
                     leftover.unlink()
