@@ -1,8 +1,13 @@
-"""The banner scenario of the Linux kernel's kmemdump design, end to end, in a few seconds.
+"""See kmemdump work end to end, in a few seconds.
 
-A producer process registers a banner and a few regions, publishes its table, feeds its watchdog
-and then deadlocks. The collector (this command) notices the missed heartbeat, copies only the
-registered regions into an ELF core image, and prints the banner recovered from that dump.
+A demo process registers its banner (its Python version, executable and arguments) and a few
+regions, publishes them in a table, feeds its watchdog and then deadlocks: two threads each hold
+the lock the other wants. This command acts as the collector: it notices the missed heartbeat,
+copies only the registered regions into a small ELF core file, stops the frozen process, and
+prints the banner and a dict read back from the dump, with the commands to run next.
+
+The dump is kept, in the dump directory where 'kmemdump ls' finds it (or in --dir).
+Exit status: 0 when the dump was taken and read back; 1 otherwise.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ def prepare(parser: argparse.ArgumentParser) -> None:
         "--dir",
         type=Path,
         default=None,
-        help="keep the dump in this directory (default: a temporary one, removed after)",
+        help="keep the dump in DIR (default: $KMEMDUMP_DUMPS or ~/.local/state/kmemdump/dumps, where "
+        "'kmemdump ls' finds it)",
     )
     parser.add_argument(
         "--timeout",

@@ -1,6 +1,7 @@
 """Write one region's stored bytes to a file (or to stdout with -o -).
 
-REGION is an ID (17, 0x11), a region name, or a predefined name such as BANNER. The file is
+REGION is an ID (17, 0x11), a name, a label as 'show' prints it (user+0, dyn+2), or a
+predefined name such as BANNER. The file is
 written atomically: to a temporary file beside it, synced, then moved into place, so a reader never
 sees half of it. An existing file is kept unless --force is given. The new file is readable by its
 owner only (mode 0600), as the memory it holds may be private.
@@ -16,6 +17,7 @@ from argparse import ArgumentParser
 from argparse import Namespace
 from pathlib import Path
 
+from kmemdump.cli.options import REGION_HELP
 from kmemdump.cli.options import add_dump_argument
 from kmemdump.cli.options import add_range_options
 from kmemdump.cli.options import dump_path
@@ -24,7 +26,12 @@ from kmemdump.errors import KmemdumpError
 from kmemdump.files import rename_noreplace
 from kmemdump.inspect.dumpfile import Dump
 
-__all__ = ["OutputError", "OutputExistsError", "prepare", "run", "write_atomically"]
+__all__ = ["EPILOG", "OutputError", "OutputExistsError", "prepare", "run", "write_atomically"]
+
+EPILOG = """\
+exit status: 0 written; 1 not a dump, no such region, or the output cannot be written (or exists,
+without --force); 2 bad usage
+"""
 
 
 class OutputError(KmemdumpError):
@@ -39,7 +46,7 @@ class OutputExistsError(OutputError):
 
 def prepare(parser: ArgumentParser) -> None:
     add_dump_argument(parser)
-    parser.add_argument("region", metavar="REGION", help="region ID, name, or predefined name (BANNER)")
+    parser.add_argument("region", metavar="REGION", help=REGION_HELP)
     parser.add_argument(
         "-o", "--output", required=True, metavar="FILE", help="where to write the bytes ('-' for stdout)"
     )

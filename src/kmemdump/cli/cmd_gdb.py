@@ -48,7 +48,11 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Any
 
-__all__ = ["GdbMissingError", "gdb_command", "prepare", "run"]
+__all__ = ["EPILOG", "GdbMissingError", "gdb_command", "prepare", "run"]
+
+EPILOG = """\
+exit status: gdb's; 1 not a dump or gdb missing; 2 bad usage (an --exe gdb could not read)
+"""
 
 _CHUNK = 8 << 20
 _MAX_NOTES = 20

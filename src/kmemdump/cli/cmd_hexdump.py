@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import sys
 
+from kmemdump.cli.options import REGION_HELP
 from kmemdump.cli.options import add_dump_argument
 from kmemdump.cli.options import add_range_options
 from kmemdump.cli.options import dump_path
@@ -22,12 +23,18 @@ from kmemdump.ids import id_label
 from kmemdump.inspect.dumpfile import Dump
 from kmemdump.inspect.dumpfile import kind_name
 
-__all__ = ["prepare", "run"]
+__all__ = ["EPILOG", "prepare", "run"]
+
+EPILOG = """\
+exit status: 0 printed; 1 not a dump, no such region, or an offset past the stored bytes; 2 bad usage
+
+--json prints {"region": {...as in show...}, "address", "length", "hex"}.
+"""
 
 
 def prepare(parser: argparse.ArgumentParser) -> None:
     add_dump_argument(parser)
-    parser.add_argument("region", metavar="REGION", help="region ID, name, or predefined name (BANNER)")
+    parser.add_argument("region", metavar="REGION", help=REGION_HELP)
     add_range_options(parser)
     parser.add_argument(
         "--all", dest="squeeze", action="store_false", help="print repeated lines instead of '*'"

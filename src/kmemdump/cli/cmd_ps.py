@@ -35,7 +35,14 @@ from kmemdump.formats.table import TableReader
 from kmemdump.formats.table import parse_file_name
 from kmemdump.procinfo import process_cmdline
 
-__all__ = ["Producer", "prepare", "producers", "run"]
+__all__ = ["EPILOG", "Producer", "prepare", "producers", "run"]
+
+EPILOG = """\
+exit status: 0 (also when no process publishes a table); 2 bad usage
+
+--json prints one object per table: "table", "pid", "state", "fed_s_ago", "timeout_s", "regions",
+"bytes", "arena_bytes", "command", "error".
+"""
 
 _COLUMNS = (
     Column("PID", right=True, wrap=False),

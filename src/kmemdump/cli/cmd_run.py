@@ -10,10 +10,12 @@ calls kmemdump.feed() from its main loop is judged by its own heartbeat and time
 stops, and run says which timeout is in force. The program's table is in the default table
 directory, where `kmemdump dump PID`, `ps` and `watch` find it (a `watch` leaves it to run).
 
-With --trace-exit the supervisor also becomes the command's ptrace tracer
-(:mod:`kmemdump.collector.tracer`): the command stops at its exit with its memory still mapped,
-whatever ends it (SIGKILL included), and its death dump is read from that memory instead of
-recording the ordinary regions as gone.
+With --trace-exit the supervisor also traces the command (ptrace): the command stops at its exit
+with its memory still mapped, whatever ends it (SIGKILL included), and its death dump is read from
+that memory instead of recording the ordinary regions as gone.
+
+Options go before '--'. The exit status is the command's (128 + N when signal N ended it; 127
+when it cannot be started; 2 for bad usage).
 """
 
 from __future__ import annotations

@@ -45,7 +45,15 @@ TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command 
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["document", "prepare", "run"]
+__all__ = ["EPILOG", "document", "prepare", "run"]
+
+EPILOG = """\
+exit status: 0 shown; 1 not a dump, damaged, or unreadable; 2 bad usage
+
+--json prints one document: "path", "file_size", "compressed", "dump" (the metadata), "problems",
+"banner", "pycoreinfo", "pycoreinfo_error", "regions" (each with "decoded" unless --no-decode) and
+"stacks"; docs/cli.md describes every field.
+"""
 
 MAX_VALUE_LINES = 40
 """Text output shows at most this many lines of one decoded value (--json has everything)."""

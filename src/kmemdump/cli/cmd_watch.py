@@ -30,7 +30,12 @@ from kmemdump.collector.watch import DEFAULT_MAX_PER_USER
 from kmemdump.collector.watch import Event
 from kmemdump.collector.watch import Watcher
 
-__all__ = ["prepare", "run", "sd_notify"]
+__all__ = ["EPILOG", "prepare", "run", "sd_notify"]
+
+EPILOG = """\
+exit status: 0 after SIGINT or SIGTERM; 1 it could not start (the dump directory cannot be made);
+2 bad usage (a --tables that is not a readable directory)
+"""
 
 log = logging.getLogger("kmemdump.collector")
 

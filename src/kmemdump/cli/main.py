@@ -46,7 +46,11 @@ COMMANDS: dict[str, str] = {
 }
 """Every subcommand and its one line of help; its module is ``kmemdump.cli.cmd_<name>``."""
 
-_EPILOG = "Run 'kmemdump COMMAND --help' for a command's options. Documentation: docs/cli.md, man kmemdump."
+_EPILOG = """\
+Run 'kmemdump COMMAND --help' for a command's options. Documentation: docs/cli.md, man kmemdump.
+Exit status: 0 success, 1 a kmemdump error, 2 bad usage or an invalid target; run and gdb pass
+their program's status through; 130 after Ctrl-C."""
+_COMMAND_EPILOG = "exit status: 0 success; 1 a kmemdump error; 2 bad usage or an invalid target\n"
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -77,7 +81,7 @@ def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentPars
             name,
             help=summary,
             description=(module.__doc__ or summary).strip(),
-            epilog=getattr(module, "EPILOG", None),
+            epilog=getattr(module, "EPILOG", _COMMAND_EPILOG),
             formatter_class=_formatter,
         )
         module.prepare(child)

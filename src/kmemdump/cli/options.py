@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_BUDGET",
     "DUMP_HELP",
+    "REGION_HELP",
     "DumpAccessError",
     "NoSuchDumpError",
     "add_dump_argument",
@@ -348,6 +349,10 @@ class NoSuchDumpError(KmemdumpError):
 class DumpAccessError(KmemdumpError):
     """The dump is in a directory this user cannot enter (the message says what to do)."""
 
+
+REGION_HELP = (
+    "a region of the dump: its ID (17, 0x11), name, label (user+0, dyn+2) or predefined name (BANNER)"
+)
 
 DUMP_HELP = (
     "a dump: a path, a file name in the dump directory, 'latest', the number 'kmemdump ls' shows, "
