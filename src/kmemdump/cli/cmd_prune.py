@@ -19,7 +19,13 @@ from kmemdump.cli.options import default_dump_dir
 from kmemdump.cli.options import retention_policy
 from kmemdump.collector.retention import apply
 
-__all__ = ["prepare", "run"]
+__all__ = ["EPILOG", "prepare", "run"]
+
+EPILOG = """\
+exit status: 0 (also when nothing had to go); 1 the directory cannot be read; 2 bad usage or no limit given
+
+--json prints {"directory", "dry_run", "policy", "removed": [{"name", "uid", "bytes", "why"}]}.
+"""
 
 
 def prepare(parser: argparse.ArgumentParser) -> None:
