@@ -391,7 +391,7 @@ def test_kmemdump_gdb_gives_gdb_the_executable_and_each_library_at_its_address(
         command = shlex.split(out.stdout)
         assert command[command.index("-se") + 1] == modules["exe"].path
         libpython = modules["libpython"]
-        assert f"add-symbol-file {libpython.path} -o {libpython.base:#x}" in command
+        assert f'add-symbol-file "{libpython.path}" -o {libpython.base:#x}' in command
         assert f"{len(modules)} of {len(modules)} files the process mapped are given to gdb" in out.stderr
         # and gdb, run so, names the function each thread is blocked in
         out = _kmemdump_gdb(str(hung.path), "--", "-batch", "-nx", "-ex", "thread apply all bt 1")
@@ -427,7 +427,7 @@ def test_kmemdump_gdb_says_which_binary_is_missing_or_another_build(
         assert "-se" not in shlex.split(out.stdout)
         assert f"set sysroot {empty}" in shlex.split(out.stdout)
         # a sysroot where the executable is another program and libpython the right file
-        other = tmp_path / "other"
+        other = tmp_path / "other root"  # a blank in the path: gdb must get it as one argument
         for module, source in ((exe, "/bin/true"), (libpython, libpython.path)):
             target = other / module.path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -437,7 +437,21 @@ def test_kmemdump_gdb_says_which_binary_is_missing_or_another_build(
         assert f"the process ran {exe.build_id}): not loaded" in out.stderr
         command = shlex.split(out.stdout)
         assert "-se" not in command
-        assert f"add-symbol-file {other}{libpython.path} -o {libpython.base:#x}" in command
+        assert f'add-symbol-file "{other}{libpython.path}" -o {libpython.base:#x}' in command
+        # gdb, run so, knows libpython's symbols at the address the process had them
+        if shutil.which("gdb") is not None:
+            out = _kmemdump_gdb(
+                str(hung.path),
+                "--sysroot",
+                str(other),
+                "--",
+                "-batch",
+                "-nx",
+                "-ex",
+                "p (void *) &_PyRuntime",
+            )
+            found = re.search(r"= \(void \*\) (0x[0-9a-f]+) <_PyRuntime>", out.stdout)
+            assert found is not None and libpython.base < int(found.group(1), 16) < libpython.end, out.stdout
 
 
 MANY_THREADS = r"""

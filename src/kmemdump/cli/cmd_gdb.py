@@ -185,8 +185,10 @@ def _plan(core: Path, original: Path, override: str | None, sysroot: Path | None
     if modules is None:  # a dump without the modules note: its recorded executable, if still there
         return _Plan(_executable(meta.exe, override, sysroot))
     binaries = find_binaries(modules, sysroot=sysroot)
-    usable = [b for b in binaries if b.path is not None]
+    usable = [b for b in binaries if b.path is not None and b.path.isprintable()]
     notes = [b.describe() for b in binaries if b.status not in ("ok", "unchecked")]
+    notes += [f"not given to gdb, its name has control characters: {b.path!r}" for b in binaries
+              if b.path is not None and not b.path.isprintable()]  # fmt: skip
     if len(notes) > _MAX_NOTES:
         notes[_MAX_NOTES:] = [f"… and {len(notes) - _MAX_NOTES} more files"]
     exe = override
@@ -199,13 +201,13 @@ def _plan(core: Path, original: Path, override: str | None, sysroot: Path | None
         before += ["-iex", f"set sysroot {sysroot}"]
     for binary in usable:
         helper = _helper(binary)
-        if helper is not None:
+        if helper is not None and ":" not in helper:  # the safe path is a list separated by ':'
             before += ["-iex", f"add-auto-load-safe-path {helper}"]
     after: list[str] = []
     if meta.capture != "stacks":  # no dynamic linker's list in the dump: load each library where it was
         libraries = [b for b in usable if b.module.role != "exe"]
         for binary in libraries:
-            after += ["-ex", f"add-symbol-file {binary.path} -o {binary.bias:#x}"]
+            after += ["-ex", f"add-symbol-file {_quoted(binary.path)} -o {binary.bias:#x}"]
         if after:
             after = ["-ex", "set confirm off", *after, "-ex", "set confirm on"]
             # the thread library needs libc's data, which this level does not store
@@ -217,6 +219,12 @@ def _plan(core: Path, original: Path, override: str | None, sysroot: Path | None
     if usable or notes:
         notes.append(f"{len(usable)} of {len(binaries)} files the process mapped are given to gdb")
     return _Plan(exe, tuple(before), tuple(after), tuple(notes))
+
+
+def _quoted(path: str | None) -> str:
+    """``path`` as one argument of a gdb command (gdb splits arguments at blanks, honouring quotes)."""
+    text = str(path).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
 
 
 def _helper(binary: Binary) -> str | None:
