@@ -18,6 +18,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import stat
 import struct
 import subprocess
@@ -232,12 +233,17 @@ def test_a_stale_arena_of_ours_is_replaced(arena_dir: Path) -> None:
     assert not stale.exists()
 
 
-def test_a_shared_directory_is_refused(tmp_path: Path) -> None:
+def test_a_shared_directory_is_refused_for_a_private_one(tmp_path: Path) -> None:
     loose = tmp_path / "loose"
     loose.mkdir()
     loose.chmod(0o777)
-    with pytest.raises(BackendError, match="writable by group or others"):
-        Arena(loose, 256)
+    arena = Arena(loose, 256)
+    try:
+        assert arena.directory != loose and arena.directory.name.startswith(f"kmemdump-{os.geteuid()}.")
+        assert os.listdir(loose) == []
+    finally:
+        arena.remove_file()
+        shutil.rmtree(arena.directory, ignore_errors=True)
 
 
 @pytest.mark.parametrize("size", [0, -1, True, 2**40 + 1, 1.5])

@@ -281,3 +281,115 @@ def _status_uids(pid: int) -> list[int]:
         if line.startswith("Uid:"):
             return [int(x) for x in line.split()[1:]]
     return []
+
+
+def test_a_symlinked_table_directory_makes_root_delete_nothing(users: list[User], dumps: Path) -> None:
+    """S5: ``/dev/shm/kmemdump-<x>`` pointing at a root-only directory of stale-looking files."""
+    attacker = users[0]
+    private = public_dir("kmemdump-sec-private-", 0o700)
+    planted = [private / "99999-1.table", private / "99998-1.arena"]
+    for path in planted:
+        path.write_bytes(b"root's file")
+    link = Path(f"/dev/shm/kmemdump-{attacker.uid}")
+
+    def work(send: Send) -> None:
+        os.symlink(private, link)
+        send("linked")
+
+    try:
+        with as_user(attacker, work) as child:
+            assert child.recv() == "linked"
+        watcher = Watcher([link], DumpOptions(dumps))
+        try:
+            events = _collect(watcher, 0.6)
+        finally:
+            watcher.close()
+        assert all(path.exists() for path in planted)  # nothing removed as "stale"
+        assert any("symbolic link" in e.message for e in events), [e.line() for e in events]
+    finally:
+        link.unlink(missing_ok=True)
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def test_a_squatted_table_directory_sends_the_victim_to_a_private_one_that_is_still_watched(
+    users: list[User], dumps: Path
+) -> None:
+    """S7: the attacker creates the victim's /dev/shm/kmemdump-<uid> first."""
+    attacker, victim = users
+
+    def squat(send: Send) -> None:
+        Path(f"/dev/shm/kmemdump-{victim.uid}").mkdir(mode=0o777)
+        send("squatted")
+
+    with as_user(attacker, squat) as child:
+        assert child.recv() == "squatted"
+
+    def producer(send: Send) -> None:
+        report = kmemdump.init(table=True, watchdog=0.3, pycoreinfo=False)  # the default directory
+        send({"table": report.table, "failures": [list(f) for f in report.failures]})
+        time.sleep(3600)
+
+    old = os.environ.pop("KMEMDUMP_DIR", None)
+    try:
+        with as_user(victim, producer) as running:
+            info = running.recv()
+            table = Path(info["table"])
+            assert table.parent.name.startswith(f"kmemdump-{victim.uid}.")  # a private fallback
+            assert any(origin == "table" and "another user" in why for origin, why in info["failures"])
+            assert os.listdir(f"/dev/shm/kmemdump-{victim.uid}") == []  # nothing went to the squatter
+            from kmemdump.cli.options import table_dirs
+
+            found = table_dirs(all_users=True)
+            assert table.parent in found
+            watcher = Watcher(found, DumpOptions(dumps, stacks=False), only_pid=running.pid)
+            try:
+                events = _collect(watcher, 10.0, until=lambda evs: any(e.kind == "hang" for e in evs))
+            finally:
+                watcher.close()
+            assert any(e.kind == "hang" and e.dump is not None for e in events)  # the hang is still dumped
+            squatted = [
+                e for e in events if f"kmemdump-{victim.uid} belongs to uid {attacker.uid}" in e.message
+            ]
+            assert squatted  # and the squatted directory is said and left alone
+    finally:
+        if old is not None:
+            os.environ["KMEMDUMP_DIR"] = old
+
+
+def test_hostile_file_names_are_ignored_and_a_flood_of_tables_does_not_blind_the_collector(
+    users: list[User], dumps: Path
+) -> None:
+    """S2, S3, S6: names with non-ASCII digits, many idle tables, tables that never settle; the victim's
+    hang is still dumped within its timeout plus a little."""
+    attacker, victim = users
+    directory = _user_dir(attacker)
+    flood = 40
+
+    def work(send: Send) -> None:
+        directory.mkdir(mode=0o700)
+        for name in ("²-1.table", "١٢-3.table", "12-٣.arena", "0012-3.table"):
+            (directory / name).write_bytes(b"x")
+        me, start = os.getpid(), process_start_time(os.getpid())
+        for index in range(flood):  # idle tables naming the attacker's own live process
+            body = bytearray(_forged_table(me, start, 0x1000, 8))
+            body[40] = 1  # an odd generation: "mid-update" forever
+            name = f"{me}-{start}.table" if index == 0 else f"{me}-{start + index}.table"
+            (directory / name).write_bytes(bytes(body))
+        send("flooded")
+        time.sleep(3600)
+
+    with as_user(attacker, work) as flooder, as_user(victim, _producer(_user_dir(victim))) as producer:
+        assert flooder.recv() == "flooded"
+        producer.recv()
+        watcher = Watcher([directory, _user_dir(victim)], DumpOptions(dumps, stacks=False), max_per_user=10)
+        started = time.monotonic()
+        try:
+            events = _collect(watcher, 15.0, until=lambda evs: any(e.kind == "hang" for e in evs))
+        finally:
+            watcher.close()
+        hang = next((e for e in events if e.kind == "hang"), None)
+        assert hang is not None and hang.dump is not None, [e.line() for e in events][-10:]
+        assert hang.dump.meta.heartbeat_age_s is not None and hang.dump.meta.heartbeat_age_s < 0.3 + 1.0
+        assert time.monotonic() - started < 10
+        assert all(e.kind != "error" or "Traceback" not in e.message for e in events)
+        assert os.path.exists(directory / "²-1.table")  # ignored, not acted on

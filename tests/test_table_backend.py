@@ -7,6 +7,7 @@ value, never a sleep standing in for a readiness signal.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import struct
@@ -98,37 +99,48 @@ def test_private_directory_and_file_whatever_the_umask(tables: Path) -> None:
         backend.close()
 
 
-def test_refuses_a_group_or_world_writable_directory(tables: Path) -> None:
+def _falls_back(asked: Path, why: str) -> None:
+    """The table goes to a fresh private directory instead of ``asked``, which is left untouched."""
+    backend = SharedTableBackend(asked)
+    try:
+        assert why in backend.fallback and str(backend.directory) in backend.fallback
+        assert backend.directory != asked and backend.directory.parent == Path("/dev/shm")
+        assert backend.directory.name.startswith(f"kmemdump-{os.geteuid()}.")
+        info = os.lstat(backend.directory)
+        assert stat.S_ISDIR(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o700
+        assert info.st_uid == os.geteuid() and backend.path.parent == backend.directory
+    finally:
+        backend.close()
+        shutil.rmtree(backend.directory, ignore_errors=True)
+
+
+def test_a_group_or_world_writable_directory_is_refused_for_a_private_one(tables: Path) -> None:
     tables.mkdir(mode=0o700)
     tables.chmod(0o777)
-    with pytest.raises(BackendError, match="writable by group or others"):
-        SharedTableBackend(tables)
+    _falls_back(tables, "writable by group or others")
     assert os.listdir(tables) == []
 
 
-def test_refuses_a_symlinked_directory_or_a_file(tmp_path: Path, tables: Path) -> None:
+def test_a_symlinked_directory_or_a_file_is_refused_for_a_private_one(tmp_path: Path, tables: Path) -> None:
     real = tmp_path / "real"
     real.mkdir(mode=0o700)
     tables.symlink_to(real)
-    with pytest.raises(BackendError, match="symbolic link"):
-        SharedTableBackend(tables)
+    _falls_back(tables, "symbolic link")
     assert os.listdir(real) == []
     not_a_dir = tmp_path / "file"
     not_a_dir.write_bytes(b"")
-    with pytest.raises(BackendError, match="not a directory"):
-        SharedTableBackend(not_a_dir)
-    with pytest.raises(BackendError, match="cannot create"):
-        SharedTableBackend(tmp_path / "missing" / "tables")
+    _falls_back(not_a_dir, "not a directory")
+    _falls_back(tmp_path / "missing" / "tables", "cannot create")
 
 
-def test_refuses_a_directory_of_another_user(tables: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_directory_of_another_user_is_refused_for_a_private_one(
+    tables: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("gives the directory to another uid (chown)")
     tables.mkdir(mode=0o700)
-    if os.geteuid() == 0:
-        os.chown(tables, 4242, 4242)
-    else:  # cannot give the directory away: pretend to be someone else instead
-        monkeypatch.setattr(os, "geteuid", lambda: os.stat(tables).st_uid + 1)
-    with pytest.raises(BackendError, match="another user"):
-        SharedTableBackend(tables)
+    os.chown(tables, 4242, 4242)
+    _falls_back(tables, "another user")
 
 
 def test_a_symlink_planted_at_the_table_path_is_not_followed(tmp_path: Path, tables: Path) -> None:

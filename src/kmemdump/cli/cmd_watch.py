@@ -134,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         max_dumps=args.max_dumps,
         max_per_user=args.max_per_user,
         retention=retention_policy(args),
+        rediscover=None if args.tables else (lambda: table_dirs(all_users=os.geteuid() == 0)),
     )
     print(
         f"watching {', '.join(str(d) for d in dirs)}; dumps go to {options.directory}",

@@ -68,12 +68,29 @@ def default_dump_dir() -> Path:
 
 
 def table_dirs(all_users: bool) -> list[Path]:
-    """Where producers publish tables: ours, or (as root) every user's."""
+    """Where producers publish tables: ours, or (as root) every user's.
+
+    Ours: ``$KMEMDUMP_DIR`` or ``/dev/shm/kmemdump-<uid>``, and the private fallbacks
+    ``/dev/shm/kmemdump-<uid>.<hex>`` a producer makes when that directory was squatted. As root:
+    every ``/dev/shm/kmemdump-<uid>`` and ``kmemdump-<uid>.<hex>`` (names with ASCII digits only; the
+    watcher also checks each one's owner against its name).
+    """
     from kmemdump.formats.table import default_dir
+    from kmemdump.formats.table import parse_dir_name
 
     dirs = [Path(default_dir())]
-    if all_users:
-        dirs.extend(p for p in Path("/dev/shm").glob("kmemdump-*") if p not in dirs)
+    uid = os.geteuid()
+    try:
+        names = sorted(os.listdir("/dev/shm"))
+    except OSError:
+        names = []
+    for name in names:
+        owner = parse_dir_name(name)
+        if owner is None or (not all_users and not (owner == uid and "." in name)):
+            continue
+        path = Path("/dev/shm") / name
+        if path not in dirs:
+            dirs.append(path)
     return dirs
 
 

@@ -56,6 +56,7 @@ from kmemdump.formats.table import TableReader
 from kmemdump.formats.table import TableSnapshot
 from kmemdump.formats.table import lock_held
 from kmemdump.formats.table import open_owned_file
+from kmemdump.formats.table import parse_dir_name
 from kmemdump.formats.table import parse_file_name
 from kmemdump.formats.table import write_collector_pid
 from kmemdump.procinfo import process_cmdline
@@ -70,6 +71,7 @@ AFTER_HANG = ("leave", "kill", "abort")
 DEFAULT_MAX_DUMPS = 10
 """Hang dumps of one process before the collector stops dumping it (a death is always dumped)."""
 _RESCAN_S = 0.25
+_SHM = Path("/dev/shm")
 _LOOK_AGAIN_S = 1.0
 _ADOPT_TRIES = 3
 """Seqlock reads of a new table in one scan: one that is mid-update is looked at again later."""
@@ -145,6 +147,7 @@ class Watcher:
         max_dumps: int | None = DEFAULT_MAX_DUMPS,
         max_per_user: int | None = DEFAULT_MAX_PER_USER,
         retention: Policy | None = None,
+        rediscover: Callable[[], list[Path]] | None = None,
         death_of: Callable[[int], Death | None] | None = None,
         exit_events: bool = True,
     ) -> None:
@@ -163,6 +166,11 @@ class Watcher:
         self._bad: dict[Path, float] = {}
         self._later: dict[Path, float] = {}
         self._retries: dict[Path, int] = {}
+        self._dirs: dict[Path, tuple[int, int, int]] = {}
+        """Each table directory as last checked: (device, inode, owner)."""
+        self._dir_warned: set[tuple[Path, str]] = set()
+        self.rediscover = rediscover
+        """Lists the table directories anew at every scan (new users' directories appear)."""
         self._over_quota: set[int] = set()
         self.max_per_user = max_per_user
         """Watched tables per user at most (None: no limit)."""
@@ -190,17 +198,15 @@ class Watcher:
         mark = len(self._emitted)
         self._last_scan = time.monotonic()
         seen: set[tuple[int, int]] = set()
+        if self.rediscover is not None:
+            self.directories = self.rediscover()
         for directory in self.directories:
-            try:
-                entries = list(os.scandir(directory))
-            except FileNotFoundError:
-                continue
-            except OSError as err:
-                self._emit(Event("error", 0, f"cannot list {directory}: {err}"))
+            names = self._list_dir(directory)
+            if names is None:
                 continue
             arenas: list[tuple[tuple[int, int], Path]] = []
-            for entry in entries:
-                path = Path(entry.path)
+            for name in names:
+                path = directory / name
                 ident = parse_file_name(path.name)
                 if ident is None:
                     arena = parse_file_name(path.name, ARENA_SUFFIX)
@@ -222,6 +228,66 @@ class Watcher:
             self._forget(ident)
         return self._emitted[mark:]
 
+    def _list_dir(self, directory: Path) -> list[str] | None:
+        """The names in a table directory, once it is checked: not a link (its own name included),
+        owned by the uid its name says (``/dev/shm/kmemdump-<uid>[.<hex>]``), not writable by group
+        or others. A directory that fails is said once and left alone: nothing in it is read or
+        removed."""
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            link = err.errno in (errno.ELOOP, errno.ENOTDIR)
+            self._dir_problem(directory, "is a symbolic link or not a directory" if link else str(err))
+            return None
+        try:
+            info = os.fstat(fd)
+            named = parse_dir_name(directory.name) if directory.parent == _SHM else None
+            if named is not None and info.st_uid != named:
+                self._dir_problem(
+                    directory, f"belongs to uid {info.st_uid}, not to the uid {named} of its name"
+                )
+                return None
+            if info.st_mode & 0o022:
+                self._dir_problem(
+                    directory, f"is writable by group or others (mode {info.st_mode & 0o7777:o})"
+                )
+                return None
+            self._dirs[directory] = (info.st_dev, info.st_ino, info.st_uid)
+            return os.listdir(fd)
+        except OSError as err:
+            self._dir_problem(directory, f"cannot be listed: {err.strerror}")
+            return None
+        finally:
+            os.close(fd)
+
+    def _dir_problem(self, directory: Path, problem: str) -> None:
+        self._dirs.pop(directory, None)
+        if (directory, problem) not in self._dir_warned:
+            self._dir_warned.add((directory, problem))
+            self._emit(Event("skip", 0, f"table directory {directory} {problem}: left alone"))
+
+    def _unlink(self, *paths: Path) -> None:
+        """Remove files of a checked table directory, through the directory itself: if its name now
+        leads elsewhere (replaced by a link), nothing is removed."""
+        for path in paths:
+            known = self._dirs.get(path.parent)
+            if known is None:
+                continue
+            try:
+                fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                info = os.fstat(fd)
+                if (info.st_dev, info.st_ino) == known[:2]:
+                    os.unlink(path.name, dir_fd=fd)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
     def _adopt(self, ident: tuple[int, int], path: Path) -> None:
         pid, start_time = ident
         mtime = _mtime(path)
@@ -233,6 +299,11 @@ class Watcher:
         adopted = False
         try:
             reader = TableReader(path)
+            dir_owner = self._dirs.get(path.parent, (0, 0, 0))[2]
+            if dir_owner not in (0, reader.owner):
+                raise ForeignProcessError(
+                    "the table's owner is not its directory's", table_owner=reader.owner, dir_owner=dir_owner
+                )
             if not self._within_quota(reader.owner, pid, path):
                 return
             if not self._claim(reader, pid, path):
@@ -370,7 +441,7 @@ class Watcher:
                 self._report_arena(pid, event.dump)
         else:
             self._emit(Event("skip", pid, f"stale table {path} (process gone); removing it"))
-        _remove(path, arena)
+        self._unlink(path, arena)
 
     def _dump_dead(self, pid: int, start_time: int, path: Path) -> Event:
         why = "process was gone before the collector saw it; persistent regions read from its arena"
@@ -401,7 +472,7 @@ class Watcher:
         except (KmemdumpError, OSError):
             return
         self._emit(Event("skip", pid, f"arena {path} without a table (process gone); removing it"))
-        _remove(path)
+        self._unlink(path)
 
     def _forget(self, ident: tuple[int, int]) -> None:
         target = self.targets.pop(ident)
@@ -508,7 +579,7 @@ class Watcher:
         else:
             self._emit(Event("exit", target.pid, "exited cleanly"))
         if left_table:  # the producer cannot remove its files any more; we own the clean-up
-            _remove(target.table, arena_path_of(target.table))
+            self._unlink(target.table, arena_path_of(target.table))
         self._forget(ident)
 
     def _death_of(self, target: _Target) -> Death:
@@ -553,7 +624,7 @@ class Watcher:
         event = self._dump(target, "death", why, held="exit stop", registers=registers, death=death)
         if event.dump is not None:
             self._report_arena(pid, event.dump)
-        _remove(target.table, arena_path_of(target.table))  # the producer cannot remove them now
+        self._unlink(target.table, arena_path_of(target.table))  # the producer cannot remove them now
         self._forget(ident)
         return event
 
@@ -688,12 +759,6 @@ def _quietly_int(read: Callable[[], int]) -> int | str:
         return read()
     except (KmemdumpError, OSError):
         return "unknown"
-
-
-def _remove(*paths: Path) -> None:
-    for path in paths:
-        with contextlib.suppress(OSError):
-            path.unlink()
 
 
 def _generation(snapshot: TableSnapshot | None) -> int | None:

@@ -43,6 +43,7 @@ from kmemdump.formats.kinds import RegionKind
 
 __all__ = [
     "ACT_LOCK_BYTE",
+    "DIR_PREFIX",
     "ENTRY_ADDRESS",
     "ENTRY_FLAGS",
     "ENTRY_ID",
@@ -101,6 +102,7 @@ __all__ = [
     "lock_held",
     "make_feed",
     "open_owned_file",
+    "parse_dir_name",
     "parse_file_name",
     "parse_header",
     "parse_table",
@@ -389,6 +391,23 @@ def default_dir() -> Path:
     if configured:
         return Path(configured)
     return Path(f"/dev/shm/kmemdump-{os.geteuid()}")
+
+
+DIR_PREFIX: Final = "kmemdump-"
+"""Table directories under /dev/shm: ``kmemdump-<uid>``, or a private fallback ``kmemdump-<uid>.<hex>``."""
+
+
+def parse_dir_name(name: str) -> int | None:
+    """The uid a table directory's name says it belongs to (``kmemdump-<uid>`` or the fallback
+    ``kmemdump-<uid>.<8 to 32 hex digits>``), ASCII digits only; None for any other name."""
+    if not name.startswith(DIR_PREFIX):
+        return None
+    uid_text, dot, token = name[len(DIR_PREFIX) :].partition(".")
+    if not _decimal(uid_text, 10) or int(uid_text) >= 2**32:
+        return None
+    if dot and not (8 <= len(token) <= 32 and all(c in "0123456789abcdef" for c in token)):
+        return None
+    return int(uid_text)
 
 
 def _entry_offset(slot: int) -> int:

@@ -316,7 +316,7 @@ def init(
         info_id = _publish_pycoreinfo(failures) if first and pycoreinfo else _existing(ID.PYCOREINFO)
         walked = section.walk(_registry, entry_points=entry_points) if first else None
         _init.done = True
-        table_path = _ensure_table(directory) if table else _current_table_path()
+        table_path = _ensure_table(directory, failures) if table else _current_table_path()
         if table and banner and ID.BANNER in _registry:
             _persist_banner(failures)
         if table:
@@ -428,7 +428,7 @@ def _current_table_path() -> str | None:
     return None if path is None else str(path)
 
 
-def _ensure_table(directory: str | os.PathLike[str] | None) -> str:
+def _ensure_table(directory: str | os.PathLike[str] | None, failures: list[tuple[str, str]]) -> str:
     from kmemdump.producer.backends.table import SharedTableBackend
 
     current = _registry.current_backend()
@@ -437,6 +437,8 @@ def _ensure_table(directory: str | os.PathLike[str] | None) -> str:
             return str(current.reopen_for_child())
         return str(current.path)
     backend = SharedTableBackend(directory, capacity=_registry.capacity)
+    if backend.fallback:  # a squatted or untrustworthy directory: published in a private one instead
+        failures.append(("table", backend.fallback))
     report = backend_register(backend)
     for failure in report.failures:
         log.warning("region %d not published in the table: %s", failure.region.id, failure.error)

@@ -45,7 +45,7 @@ from kmemdump.producer.sharedfile import ARENAS_STAGE
 from kmemdump.producer.sharedfile import create_mapped
 from kmemdump.producer.sharedfile import live_paths
 from kmemdump.producer.sharedfile import on_exit
-from kmemdump.producer.sharedfile import open_private_dir
+from kmemdump.producer.sharedfile import open_table_dir
 
 __all__ = ["DEFAULT_ARENA_SIZE", "Arena", "Block", "FirstFit", "configure", "current", "ensure"]
 
@@ -181,7 +181,7 @@ class Arena:
         self.start_time = self_start_time()
         self._live_fd = -1
         """Holds a lock on the arena file while this process lives (a collector then never removes it)."""
-        dir_fd = open_private_dir(self.directory)
+        dir_fd, self.directory, _ = open_table_dir(self.directory)  # beside the table, fallback included
         try:
             info = os.fstat(dir_fd)
             self.directory_identity = (info.st_dev, info.st_ino)

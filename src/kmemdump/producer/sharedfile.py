@@ -12,6 +12,7 @@ Standard library only: the producer imports this module.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import itertools
 import logging
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from kmemdump.errors import BackendError
+from kmemdump.formats.table import DIR_PREFIX
 
 __all__ = [
     "ARENAS_STAGE",
@@ -35,6 +37,7 @@ __all__ = [
     "live_paths",
     "on_exit",
     "open_private_dir",
+    "open_table_dir",
     "open_temporary",
     "remove_temporary",
     "temporary_name",
@@ -161,6 +164,46 @@ def _stale(dir_fd: int, directory: Path, final: str) -> bool:
     except FileNotFoundError:
         return True
     return stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
+
+
+_fallbacks: dict[str, Path] = {}
+"""Requested table directory → the private one used instead (the table and the arena agree)."""
+
+
+def open_table_dir(directory: Path) -> tuple[int, Path, str]:
+    """Open the table directory, or a private fallback when it cannot be trusted.
+
+    Returns ``(descriptor, directory used, why it is not the one asked for)``. A directory that is a
+    link, belongs to another user or is writable by others (someone created it first, a squatter) is
+    refused, and a fresh private one is made instead: ``/dev/shm/kmemdump-<uid>.<random>`` (mode 0700),
+    which a collector run by this user or by root finds too. :class:`BackendError` only when the
+    fallback cannot be made either.
+    """
+    known = _fallbacks.get(str(directory))
+    if known is not None:
+        with contextlib.suppress(BackendError):
+            return open_private_dir(known), known, f"{directory} was refused earlier; using {known}"
+    try:
+        return open_private_dir(directory), directory, ""
+    except BackendError as err:
+        refused = str(err)
+    for _ in range(8):
+        candidate = Path(f"/dev/shm/{DIR_PREFIX}{os.geteuid()}.{os.urandom(8).hex()}")
+        try:
+            os.mkdir(candidate, DIR_MODE)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise BackendError(
+                f"{refused}; and no private table directory could be made: {err.strerror}",
+                path=str(candidate),
+            ) from err
+        fd = open_private_dir(candidate)
+        _fallbacks[str(directory)] = candidate
+        note = f"{refused}; using the private table directory {candidate} instead"
+        log.warning("kmemdump: %s", note)
+        return fd, candidate, note
+    raise BackendError(f"{refused}; and no private table directory could be made", path=str(directory))
 
 
 def open_private_dir(directory: Path) -> int:

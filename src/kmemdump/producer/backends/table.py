@@ -55,7 +55,7 @@ from kmemdump.producer.sharedfile import cancel_at_exit
 from kmemdump.producer.sharedfile import create_mapped
 from kmemdump.producer.sharedfile import live_paths
 from kmemdump.producer.sharedfile import on_exit
-from kmemdump.producer.sharedfile import open_private_dir
+from kmemdump.producer.sharedfile import open_table_dir
 
 __all__ = ["DEFAULT_CAPACITY", "PR_SET_PTRACER", "SharedTableBackend", "is_dumpable"]
 
@@ -109,7 +109,8 @@ class SharedTableBackend:
         self._closed = False
         self._arena_range: tuple[int, int] | None = None
         """``[base, end)`` of the arena this table publishes; PERSISTENT is kept only inside it."""
-        self._dir_fd = open_private_dir(self.directory)
+        self._dir_fd, self.directory, self.fallback = open_table_dir(self.directory)
+        """Why the table is not in the directory asked for ("" when it is): see :func:`open_table_dir`."""
         try:
             self._publish()
         except BaseException:
