@@ -49,6 +49,7 @@ from kmemdump.formats.elf import prpsinfo_note
 from kmemdump.formats.elf import prstatus_note
 from kmemdump.memory.core import CoreImage
 from kmemdump.procinfo import process_start_time
+from kmemdump.procinfo import stat_fields
 from kmemdump.procinfo import thread_state
 
 OURS = [
@@ -221,6 +222,9 @@ def test_a_hang_dump_is_a_process_core_for_every_reader(python: str, table_dir: 
             "\n    psargs", ", psargs"
         )
         assert re.search(r"^\s+EXECFN: 0x[0-9a-f]+$", out.stdout, re.M)
+        ppid, pgrp, sid = stat_fields(Path(f"/proc/{hung.pid}/stat").read_bytes())[1:4]
+        identity = f"uid: {os.getuid()}, gid: {os.getgid()}, pid: {hung.pid}, ppid: {int(ppid)}, "
+        assert f"{identity}pgrp: {int(pgrp)}, sid: {int(sid)}" in out.stdout
         assert re.search(
             rf"^\s+[0-9a-f]+-[0-9a-f]+ [0-9a-f]+ \d+\s+{re.escape(str(Path(python).resolve()))}$",
             out.stdout,
