@@ -3,12 +3,12 @@ starting a bare interpreter (``python3 -c pass``, the same interpreter), interle
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 
 from benchmarks.procs import MiB
+from benchmarks.procs import bench_env
 from benchmarks.procs import kmemdump_command
 from benchmarks.procs import producer
 from benchmarks.procs import tmpdir
@@ -36,7 +36,7 @@ def cli_cost(config: Config) -> list[Row]:
             "no_stacks": [*kmemdump, "dump", str(target.pid), "--dir", str(dumps), "--no-stacks"],
             "default": [*kmemdump, "dump", str(target.pid), "--dir", str(dumps)],
         }
-        env = dict(os.environ, KMEMDUMP_DIR=str(tables))
+        env = bench_env(KMEMDUMP_DIR=str(tables))
         for number in range(1 + rounds):
             for name, argv in commands.items():
                 t0 = time.perf_counter_ns()

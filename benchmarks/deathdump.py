@@ -40,6 +40,7 @@ from benchmarks import mcd
 from benchmarks.cbuild import build_workloads
 from benchmarks.corecheck import Ready
 from benchmarks.corecheck import check_dump
+from benchmarks.procs import bench_env
 from benchmarks.procs import kmemdump_command
 from benchmarks.rows import Row
 from benchmarks.rows import skipped
@@ -205,7 +206,7 @@ class _Runner:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,
-            env=dict(os.environ, **(env or {})),
+            env=bench_env(**(env or {})),
             preexec_fn=limit_core,  # noqa: PLW1509 - one call, no lock taken
         )
         assert child.stdin is not None and child.stdout is not None

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from benchmarks.mcd import IN_MOVED_TO
 from benchmarks.mcd import Inotify
+from benchmarks.procs import bench_env
 from benchmarks.procs import kmemdump_command
 from benchmarks.procs import tmpdir
 from benchmarks.rows import Row
@@ -111,7 +112,9 @@ class _Collector:
             "--max-dumps",
             "100000",
         ]
-        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(
+            argv, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=bench_env()
+        )
         self.adopted = 0
         self.lines: list[str] = []
         self._changed = threading.Condition()
@@ -159,7 +162,7 @@ class _Collector:
 
 def _one(count: int, window: float, stalls: int) -> list[Row]:
     with tmpdir("kmd-bench-") as tables, tmpdir("kmd-bench-idle-", disk=True) as dumps:
-        env = dict(os.environ, KMEMDUMP_DIR=str(tables))
+        env = bench_env(KMEMDUMP_DIR=str(tables))
         spawner = subprocess.Popen(
             [sys.executable, "-c", _SPAWNER, str(count - 1)],
             stdin=subprocess.PIPE,

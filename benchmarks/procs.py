@@ -15,7 +15,16 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MiB", "Producer", "dump_in_process", "has_option", "kmemdump_command", "producer", "tmpdir"]
+__all__ = [
+    "MiB",
+    "Producer",
+    "bench_env",
+    "dump_in_process",
+    "has_option",
+    "kmemdump_command",
+    "producer",
+    "tmpdir",
+]
 
 MiB = 1024 * 1024
 
@@ -68,7 +77,7 @@ def producer(
 ) -> Iterator[Producer]:
     """A Python process with ``size`` bytes registered (random), ``small`` 64-byte regions and an
     unregistered ``heap``; killed on leaving."""
-    env = dict(os.environ, KMEMDUMP_DIR=str(tables))
+    env = bench_env(KMEMDUMP_DIR=str(tables))
     args = [sys.executable, "-c", _PRODUCER, str(size), str(timeout), str(small), str(heap)]
     proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
     try:
@@ -103,6 +112,14 @@ def has_option(name: str) -> bool:
     from kmemdump.collector.dump import DumpOptions
 
     return name in {f.name for f in fields(DumpOptions)}
+
+
+def bench_env(**extra: str) -> dict[str, str]:
+    """This environment for the processes a benchmark times, as a user's would be: bytecode cached
+    (``PYTHONDONTWRITEBYTECODE`` dropped, so that start-up is not timed compiling every module)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(extra)
+    return env
 
 
 def kmemdump_command() -> list[str]:

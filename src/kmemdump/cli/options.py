@@ -186,6 +186,13 @@ def add_dump_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--compress", action="store_true", help="write zstd-compressed dumps (.core.zst)")
     parser.add_argument(
+        "--durable",
+        action="store_true",
+        help="fsync each dump (and its directory) before it is complete, writing with O_DIRECT: it then "
+        "survives a crash of the host, at the disk's write time (about 0.2 s for 64 MiB); by default the "
+        "page cache writes it back later",
+    )
+    parser.add_argument(
         "--no-stop",
         dest="stop",
         action="store_false",
@@ -335,6 +342,7 @@ def dump_options(args: argparse.Namespace) -> DumpOptions:
         capture=args.capture,
         allow_nondumpable=args.allow_nondumpable,
         group=args.group,
+        durable=args.durable,
         **kwargs,
     )
 

@@ -16,6 +16,7 @@ import os
 import platform
 import signal
 import time
+from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from dataclasses import replace
 from datetime import datetime
 from datetime import timezone
 from pathlib import Path
+from typing import Any
 from typing import Protocol
 
 from kmemdump._version import __version__
@@ -44,6 +46,8 @@ from kmemdump.collector.runs import copy_runs
 from kmemdump.collector.runs import plan_runs
 from kmemdump.collector.stacks import StacksUnavailable
 from kmemdump.collector.stacks import take_stacks
+from kmemdump.collector.staging import StagedImage
+from kmemdump.collector.staging import Staging
 from kmemdump.collector.threads import thread_states
 from kmemdump.errors import CollectorError
 from kmemdump.errors import KmemdumpError
@@ -115,6 +119,10 @@ class DumpOptions:
     """The group a root collector gives its dumps (the operator's); None: the collector's own."""
     ptrace: bool = True
     """Hold with ptrace where the kernel allows it (else, or when False, with SIGSTOP)."""
+    durable: bool = False
+    """Write with ``O_DIRECT`` and fsync the file and its directory, so that a dump survives a crash
+    of the host once it has its name; else the page cache writes it back at its own pace (see
+    :mod:`.corewriter`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +212,9 @@ def dump_target(
     death: Death | None = None,
     registers: Mapping[int, ThreadRegisters] | None = None,
     table_pid: int | None = None,
+    release: Callable[[], None] | None = None,
+    staging: Staging | None = None,
+    held_since: float | None = None,
 ) -> DumpResult:
     """Dump the regions of the process ``(pid, start_time)`` published in ``table``.
 
@@ -224,6 +235,13 @@ def dump_target(
     ``death`` says how the process ended, for a death dump: it goes into the metadata,
     ``NT_PRSTATUS.pr_cursig`` and an ``NT_SIGINFO`` note. ``registers`` are threads' registers read
     by whoever holds them (a ptrace tracer); the others' are read here.
+
+    ``release`` lets the process go, for a process the caller holds (``held="exit stop"``): it is
+    called as soon as everything that needs the process has been read, before the file is written.
+    The regions are then copied into ``staging`` (:mod:`.staging`, memory touched ahead of time;
+    fresh memory without it), so the process is held only while its memory is copied. The
+    metadata's ``hold_ms`` counts from ``held_since`` (a :func:`time.perf_counter` reading: when the
+    caller's hold began), else from the start of the dump.
     """
     captured_ns = time.time_ns()
     process: ProcessHandle | None = None
@@ -253,9 +271,24 @@ def dump_target(
         path = options.directory / _file_name(pid, start_time, reason, captured_ns)
         with (
             acting_on(table, pid, dir_fd=dir_fd),
-            CoreWriter(path, compress=options.compress, owner=_dump_owner(uid, options)) as sink,
+            CoreWriter(
+                path, compress=options.compress, owner=_dump_owner(uid, options), durable=options.durable
+            ) as sink,
         ):
-            return _dump_into(sink, job, options, snapshot, process, then_signal)
+            staged = None
+            if release is not None:
+                staged = (staging or Staging(0)).image()
+            try:
+                return _dump_into(
+                    sink, job, options, snapshot, process, then_signal, staged, release, held_since
+                )
+            finally:
+                if staged is not None:
+                    staged.release()
+    except BaseException:
+        if release is not None:
+            release()  # whatever went wrong, the process is not left held
+        raise
     finally:
         if process is not None:
             process.close()
@@ -362,8 +395,13 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
     snapshot: TableSnapshot | None,
     process: ProcessHandle | None,
     then_signal: int | None,
+    staged: StagedImage | None = None,
+    release: Callable[[], None] | None = None,
+    held_since: float | None = None,
 ) -> DumpResult:
     pid, start_time, table, reason = job.pid, job.start_time, job.table, job.reason
+    if held_since is None:
+        held_since = time.perf_counter()
     argv, exe, gone, captured_ns = job.argv, job.exe, job.gone, job.captured_ns
     if snapshot is None and process is not None:
         # on request nobody kept a snapshot: take one while it runs, the fallback for a hold mid-update
@@ -379,10 +417,18 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
             check_authority(process, job.uid, allow_nondumpable=options.allow_nondumpable)
         t0 = time.perf_counter()
         hexversion = snapshot.header.py_hexversion
-        shape, capture = (None, None) if gone else _observe(job, sink, options, hexversion, current)
-        records, pycoreinfo, arena_state = _copy(job, snapshot, options, sink)
+        into: _Sink = sink if staged is None else staged  # a held process: memory first, the file later
+        shape, capture = (None, None) if gone else _observe(job, into, options, hexversion, current)
+        records, pycoreinfo, arena_state = _copy(job, snapshot, options, into)
         copy_ms = (time.perf_counter() - t0) * 1000
-        stacks_note, stacks_state = _stacks(pid, options, gone or any(r.status == "gone" for r in records))
+        gone_now = gone or any(r.status == "gone" for r in records)
+        stacks_note, stacks_state = _stacks(pid, options, gone_now, hexversion)
+        hold_ms = None
+        if release is not None:
+            release()  # everything that needs the process has been read: let it go
+            hold_ms = round((time.perf_counter() - held_since) * 1000, 3)
+        if staged is not None:
+            staged.replay(sink)
         held: Held = current.method
         header = snapshot.header
         age = (time.monotonic_ns() - header.last_feed_ns) / 1e9 if header.heartbeat else None
@@ -408,6 +454,7 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
             budget=options.budget,
             stacks=stacks_state,
             copy_ms=round(copy_ms, 3),
+            hold_ms=hold_ms,
             collector={"version": __version__, "pid": os.getpid()},
             arena=arena_state,
             death=job.death,
@@ -464,7 +511,7 @@ def _siginfo(death: Death | None) -> Note | None:
 
 
 def _observe(
-    job: _Job, sink: CoreWriter, options: DumpOptions, hexversion: int, held: Hold
+    job: _Job, sink: _Sink, options: DumpOptions, hexversion: int, held: Hold
 ) -> tuple[ProcessShape | None, Capture | None]:
     """The target's threads, registers, mappings and modules (see :mod:`.coreshape`), with the
     modules' ELF headers and what the capture level adds stored; (None, None) when the process
@@ -493,12 +540,13 @@ def _capture_state(options: DumpOptions, gone: bool, capture: Capture | None) ->
 
 
 def _copy(
-    job: _Job, snapshot: TableSnapshot, options: DumpOptions, sink: CoreWriter
+    job: _Job, snapshot: TableSnapshot, options: DumpOptions, sink: _Sink
 ) -> tuple[list[RegionRecord], bytes | None, str]:
     """Copy every entry (ID order, within the budget) into ``sink``; describe what was stored.
 
     Small regions are read many per system call and stored in runs (:mod:`.runs`); a large one is
-    read in chunks through one reused buffer, so memory use stays small whatever the dump's size.
+    read in chunks straight into the writer's buffer, so memory use stays small whatever the dump's
+    size.
     What the process could not give (it is gone, or went during the copy) comes from the arena
     when the region is persistent.
     Returns the records, the PYCOREINFO bytes if copied whole, and the arena's state.
@@ -522,11 +570,9 @@ def _copy(
             with ProcessMemory(pid) as mem:
                 small = [item for item in planned if item[1] < _CHUNK]
                 pycoreinfo = copy_runs(mem, plan_runs(small), sink.add, records, copied)
-                buffer: bytearray | None = None
                 for entry, size in planned:
                     if size >= _CHUNK:
-                        buffer = buffer or bytearray(_CHUNK)
-                        stored = _copy_large(mem, entry.address, size, buffer, sink)
+                        stored = _copy_large(mem, entry.address, size, sink)
                         records.append(_record(entry, stored, _status(stored, entry.size)))
                         copied.add(entry.id)
         except ProcessGoneError as err:
@@ -544,7 +590,7 @@ def _copy(
 
 
 def _copy_from_arena(
-    job: _Job, header: TableHeader, planned: list[tuple[TableEntry, int]], sink: CoreWriter
+    job: _Job, header: TableHeader, planned: list[tuple[TableEntry, int]], sink: _Sink
 ) -> tuple[list[RegionRecord], str]:
     """Copy persistent regions out of the arena file beside the table; returns the records and
     "ok", or why the arena could not be read (then every region is "unreadable" with that reason)."""
@@ -565,10 +611,9 @@ def _copy_from_arena(
     else:
         records: list[RegionRecord] = []
         with arena:
-            buffer = bytearray(min(_CHUNK, max(size for _, size in planned)))
             for entry, size in planned:
                 try:
-                    stored = _copy_large(arena, entry.address, size, buffer, sink)
+                    stored = _copy_large(arena, entry.address, size, sink)
                 except OSError as err:
                     records.append(_record(entry, 0, "unreadable", f"arena read failed: {err}", "arena"))
                     continue
@@ -584,24 +629,37 @@ def _source(entry: TableEntry, gone: bool) -> Source:
 
 
 _CHUNK = 4 << 20
-"""Regions this large are copied in chunks of this size through one buffer."""
+"""Regions this large are copied on their own, in pieces of the writer's buffer."""
 
 
 class _ChunkSource(Protocol):
     def read_into(self, address: int, view: memoryview) -> int: ...
 
 
-def _copy_large(mem: _ChunkSource, address: int, size: int, buffer: bytearray, sink: CoreWriter) -> int:
-    view = memoryview(buffer)
+class _Sink(Protocol):
+    """Where copied bytes go: the file (:class:`CoreWriter`) or memory (:class:`StagedImage`)."""
+
+    def begin(self, address: int) -> None: ...
+    def space(self, wanted: int) -> memoryview: ...
+    def commit(self, count: int) -> None: ...
+    def end(self) -> int: ...
+    def add(self, address: int, data: Any) -> int: ...
+
+
+def _copy_large(mem: _ChunkSource, address: int, size: int, sink: _Sink) -> int:
+    """Read the region straight into the sink's buffer, piece by piece; the bytes stored."""
     stored = 0
     sink.begin(address)
     try:
         while stored < size:
-            want = min(len(buffer), size - stored)
-            got = mem.read_into(address + stored, view[:want])
-            if got:
-                sink.write(view[:got])
-                stored += got
+            view = sink.space(size - stored)
+            try:
+                want = view.nbytes
+                got = mem.read_into(address + stored, view)
+            finally:
+                view.release()
+            sink.commit(got)
+            stored += got
             if got < want:
                 break
     finally:
@@ -637,11 +695,13 @@ def _threads(job: _Job, options: DumpOptions) -> tuple[tuple[ThreadState, ...], 
     return states, "before the hold" if options.stop else "while the process ran"
 
 
-def _stacks(pid: int, options: DumpOptions, gone: bool) -> tuple[bytes | None, str]:
+def _stacks(pid: int, options: DumpOptions, gone: bool, hexversion: int) -> tuple[bytes | None, str]:
     if not options.stacks:
         return None, "not requested"
     if gone:
         return None, "process gone"
+    if not hexversion:  # its table says so: a C program has no Python stacks to read
+        return None, "not a Python process"
     try:
         return encode_stacks(take_stacks(pid)), "ok"
     except StacksUnavailable as err:

@@ -22,6 +22,7 @@ from types import FrameType
 
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.exits import waited_death
+from kmemdump.collector.staging import Staging
 from kmemdump.collector.tracer import ExitTracer
 from kmemdump.collector.tracer import tracer_pid
 from kmemdump.collector.watch import Event
@@ -86,35 +87,75 @@ def _start_tracer(pid: int, warn: Callable[[str], None]) -> ExitTracer | None:
     return tracer
 
 
-def _signal_sender(child: subprocess.Popen[bytes]) -> Callable[[int], None]:
+def _signal_sender(child: subprocess.Popen[bytes]) -> tuple[Callable[[int], None], int]:
     """Send signals through a pidfd, never ``Popen.send_signal``: that polls the child first, which
     reaps a child that just ended (the supervisor's own ``waitid`` then finds no child), and with a
     tracer, a wait from this thread would take the tracer's stop reports. The pidfd stays open as
-    long as the signal handlers that use it (for the rest of the process)."""
+    long as the signal handlers that use it (for the rest of the process); it is returned too, to
+    wake the supervising loop when the child ends."""
     pidfd = os.pidfd_open(child.pid)
 
     def send(signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(pidfd, signum)
 
-    return send
+    return send, pidfd
 
 
-def _supervise_traced(watcher: Watcher, tracer: ExitTracer, notice: _OwnWatchdogNotice) -> int | None:
-    """Watch the traced child until the tracer reaps it; its wait status, or None if the tracer gave up."""
+def _supervise_traced(
+    watcher: Watcher, tracer: ExitTracer, notice: _OwnWatchdogNotice, staging: _Reserve
+) -> int | None:
+    """Watch the traced child until the tracer reaps it; its wait status, or None if the tracer gave up.
+
+    The loop sleeps in the watcher's ``poll``, which the tracer wakes the moment the child stops at
+    its exit: the death dump starts within a fraction of a millisecond, copies the regions into
+    memory touched ahead of time, lets the child go, and only then writes the file.
+    """
     while True:
         stop = tracer.poll_exit()
         if stop is not None:
             try:
                 death = stop.death()
                 why = f"process exiting ({death.describe()}); read at its exit stop"
-                watcher.dump_held(stop.pid, why, stop.registers, death=death)
+                watcher.dump_held(
+                    stop.pid,
+                    why,
+                    stop.registers,
+                    death=death,
+                    release=tracer.resume,
+                    staging=staging.memory,
+                    held_since=stop.since,
+                )
             finally:
                 tracer.resume()
         if tracer.done:
             return tracer.status
         watcher.step()
         notice.check(watcher)
+        staging.update(watcher)
+
+
+_STAGING_LIMIT = 1 << 30
+"""Staging memory kept for a child without a dump budget, at most."""
+
+
+class _Reserve:
+    """Keeps :class:`Staging` memory touched for as many bytes as the child registers (up to the
+    dump budget), so that its death dump copies into memory that costs no page faults."""
+
+    def __init__(self, pid: int, options: DumpOptions) -> None:
+        self.pid = pid
+        self.max_region = options.max_region
+        self.memory = Staging(options.budget or _STAGING_LIMIT)
+        self._seen: object = None
+
+    def update(self, watcher: Watcher) -> None:
+        target = next((t for t in watcher.targets.values() if t.pid == self.pid), None)
+        snapshot = None if target is None else target.snapshot
+        if snapshot is None or snapshot is self._seen:
+            return
+        self._seen = snapshot
+        self.memory.reserve(sum(min(entry.size, self.max_region) for entry in snapshot.entries))
 
 
 class _OwnWatchdogNotice:
@@ -184,7 +225,7 @@ def supervise(
         env = autoinit_env(env, table_dir, options.timeout, options.feeder, options.deadlock_check)
     child = subprocess.Popen(list(cmd), env=env)
     tracer = _start_tracer(child.pid, warn) if options.trace_exit else None
-    send = _signal_sender(child)
+    send, child_fd = _signal_sender(child)
 
     def forward(signum: int, frame: FrameType | None) -> None:
         send(signum)
@@ -198,19 +239,22 @@ def supervise(
         after_hang=options.after_hang,
         on_event=on_event,
         only_pid=child.pid,
-        max_sleep=0.05,
         death_of=None if tracer is not None else waited_death,
         exit_events=False,  # the parent learns the status itself
     )
     notice = _OwnWatchdogNotice(child.pid, options.timeout if options.feeder else None, warn)
+    # the loop sleeps in poll, woken by the tracer (an exit stop, its end) or else by the child's end
+    watcher.wake_on(tracer.fileno() if tracer is not None else child_fd)
+    reserve = _Reserve(child.pid, options.dump)
     traced_status: int | None = None
     try:
         watcher.scan()
         if tracer is not None:
-            traced_status = _supervise_traced(watcher, tracer, notice)
+            traced_status = _supervise_traced(watcher, tracer, notice, reserve)
             if traced_status is None:
                 warn(f"--trace-exit stopped ({tracer.failure}); supervising without it")
                 _until_untraced(child.pid)
+                watcher.wake_on(child_fd)
                 watcher.death_of = waited_death
         if traced_status is None:
             while not _exited(child.pid):
@@ -223,6 +267,7 @@ def supervise(
         if tracer is not None:
             tracer.close()
         watcher.close()
+        reserve.memory.close()
     if traced_status is not None:
         child.returncode = os.waitstatus_to_exitcode(traced_status)  # the tracer reaped it
     status = child.wait()

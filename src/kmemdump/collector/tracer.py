@@ -54,6 +54,7 @@ import queue
 import signal
 import struct
 import threading
+import time
 from collections.abc import Callable
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -225,6 +226,8 @@ class ExitStop:
     """The registers of the threads held at their exit stop, read by the tracer (only it can)."""
     siginfo: bytes | None = None
     """The ``siginfo_t`` of the fatal signal as it was delivered, when one was (never for SIGKILL)."""
+    since: float = 0.0
+    """When the tracer saw the stop (:func:`time.perf_counter`): the hold began then."""
 
     def describe(self) -> str:
         return describe_status(self.status)
@@ -240,8 +243,10 @@ class ExitTracer:
     Call :meth:`start` once, right after starting the child. Then, from the supervising loop: take
     exit stops with :meth:`poll_exit` and release each with :meth:`resume` (always; a dump that
     fails must still resume); stop looping when :attr:`status` (the reaped child's wait status) or
-    :attr:`failure` is set. Never wait for the child with ``waitpid``/``Popen.poll`` meanwhile: a
-    wait from any thread of this process would take the tracer's stop reports.
+    :attr:`failure` is set. :meth:`fileno` is readable whenever there is something to look at (an
+    exit stop, the end of the tracer): a loop blocks in ``poll`` on it instead of polling. Never
+    wait for the child with ``waitpid``/``Popen.poll`` meanwhile: a wait from any thread of this
+    process would take the tracer's stop reports.
     """
 
     def __init__(self, pid: int) -> None:
@@ -259,6 +264,7 @@ class ExitTracer:
         self._tids: set[int] = set()
         self._signals: dict[int, bytes] = {}
         """The ``siginfo`` of the last delivery of each signal (the one that kills is among them)."""
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._main, name=f"kmemdump-tracer-{pid}", daemon=True)
 
     # --- the caller's side -------------------------------------------------------------------
@@ -285,8 +291,19 @@ class ExitTracer:
             raise ProcessGoneError("the process is gone", pid=self.pid) from refused
         raise CollectorError(f"cannot trace the process: {refused}", pid=self.pid) from refused
 
+    def fileno(self) -> int:
+        """A descriptor that polls readable when an exit stop waits or the tracer has ended (read by
+        :meth:`poll_exit`)."""
+        return self._wake_r
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # full (the loop has not looked yet) or closed: awake already
+            os.write(self._wake_w, b"!")
+
     def poll_exit(self) -> ExitStop | None:
         """The child's exit stop waiting for :meth:`resume`, if it reached one."""
+        with contextlib.suppress(OSError):
+            os.read(self._wake_r, 64)
         try:
             return self._exits.get_nowait()
         except queue.Empty:
@@ -309,6 +326,11 @@ class ExitTracer:
         """Release an exit stop still held, and any later one (the supervisor is bailing out)."""
         self._closed = True
         self._go.set()
+        if self._done.is_set():
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1
 
     # --- the tracer thread ---------------------------------------------------------------------
 
@@ -319,6 +341,7 @@ class ExitTracer:
             self._attach_error = err
             self._attached.set()
             self._done.set()
+            self._wake()
             return
         self._attached.set()
         try:
@@ -328,6 +351,7 @@ class ExitTracer:
             # Leaving this thread makes the kernel detach every tracee it still holds.
         finally:
             self._done.set()
+            self._wake()
 
     def _attach(self) -> None:
         """Seize the leader (an error here means nothing is traced), then the threads it has."""
@@ -420,10 +444,12 @@ class ExitTracer:
             code = _event_message(tid)
         except ProcessLookupError:
             return  # SIGKILLed out of the stop already: nothing left to hold
+        since = time.perf_counter()
         fatal = os.WTERMSIG(code) if os.WIFSIGNALED(code) else 0
         self._go.clear()
         registers = read_registers(self.pid, [tid], ptrace_stopped=[tid])
         siginfo = self._signals.get(fatal) if fatal else None
-        self._exits.put(ExitStop(self.pid, code, registers=registers, siginfo=siginfo))
+        self._exits.put(ExitStop(self.pid, code, registers=registers, siginfo=siginfo, since=since))
+        self._wake()
         if not self._closed:  # nobody would resume it
             self._go.wait()

@@ -43,6 +43,7 @@ from kmemdump.collector.identify import identify
 from kmemdump.collector.registers import ThreadRegisters
 from kmemdump.collector.retention import Policy
 from kmemdump.collector.retention import apply as apply_retention
+from kmemdump.collector.staging import Staging
 from kmemdump.errors import ForeignProcessError
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
@@ -499,6 +500,11 @@ class Watcher:
         while not should_stop():
             self.step()
 
+    def wake_on(self, fd: int) -> None:
+        """Also end :meth:`step`'s wait when ``fd`` polls readable (the caller reads it; a supervisor's
+        tracer, its child's pidfd). The caller keeps the descriptor open while the watcher runs."""
+        self._poller.register(fd, select.POLLIN)
+
     def step(self) -> list[Event]:
         """Wait for the next thing to happen (at most ``max_sleep``), handle it, return the events."""
         self._emitted = []
@@ -608,10 +614,15 @@ class Watcher:
         why: str,
         registers: Mapping[int, ThreadRegisters] | None = None,
         death: Death | None = None,
+        *,
+        release: Callable[[], None] | None = None,
+        staging: Staging | None = None,
+        held_since: float | None = None,
     ) -> Event | None:
         """Dump ``pid`` as a death now, while something holds it at its exit with its memory mapped
         (a ptrace exit stop, under ``kmemdump run --trace-exit``); then forget it, so that its pidfd's
-        report of the exit brings no second dump.
+        report of the exit brings no second dump. ``release`` lets it go as soon as its memory is
+        copied (into ``staging``), before the file is written (see :func:`dump_target`).
 
         Returns None, dumping nothing, when the watcher holds no table for it (a clean exit removed
         it, or none was published) or ended it itself after a hang dump.
@@ -621,7 +632,17 @@ class Watcher:
         if ident is None or self.targets[ident].ended_by_us:
             return None
         target = self.targets[ident]
-        event = self._dump(target, "death", why, held="exit stop", registers=registers, death=death)
+        event = self._dump(
+            target,
+            "death",
+            why,
+            held="exit stop",
+            registers=registers,
+            death=death,
+            release=release,
+            staging=staging,
+            held_since=held_since,
+        )
         if event.dump is not None:
             self._report_arena(pid, event.dump)
         self._unlink(target.table, arena_path_of(target.table))  # the producer cannot remove them now
@@ -638,6 +659,9 @@ class Watcher:
         registers: Mapping[int, ThreadRegisters] | None = None,
         death: Death | None = None,
         then_signal: int | None = None,
+        release: Callable[[], None] | None = None,
+        staging: Staging | None = None,
+        held_since: float | None = None,
     ) -> Event:
         hangs = sum(1 for d in target.dumps if d.meta.reason == "hang")
         if reason == "hang" and self.max_dumps is not None and hangs >= self.max_dumps:
@@ -663,6 +687,9 @@ class Watcher:
                 table_pid=target.table_pid or None,
                 table_owner=target.owner,
                 then_signal=then_signal,
+                release=release,
+                staging=staging,
+                held_since=held_since,
             )
         except KmemdumpError as err:
             return self._emit(Event("error", target.pid, f"{reason} dump failed: {err}"))

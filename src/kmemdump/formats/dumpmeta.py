@@ -344,6 +344,9 @@ class DumpMeta:
     stacks: str = "absent"
     """"ok", "absent", or why the Python stacks are missing."""
     copy_ms: float = 0.0
+    hold_ms: float | None = None
+    """How long the collector held the process for this dump (its exit stop, under ``run
+    --trace-exit``), in milliseconds; None where nobody measured it."""
     collector: dict[str, Any] = field(default_factory=dict)
     arena: str = "none"
     """The persistent arena: "none" (the table names none), "unused" (the live process was read),
@@ -435,6 +438,7 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "budget": (int, type(None)),
     "stacks": str,
     "copy_ms": (int, float),
+    "hold_ms": (int, float, type(None)),
     "collector": dict,
     "arena": str,
     "death": dict,
