@@ -105,3 +105,31 @@ send({"term": signal.getsignal(signal.SIGTERM) is signal.SIG_DFL})
 """
     with spawn_child(code) as child:
         assert child.recv() == {"term": True}
+
+
+# The main thread blocks in C where a signal does not interrupt it (a second lock of a pthread mutex
+# it holds): the Python-level handler can never run there. This is also what a signal that arrives
+# just before a multiprocessing lock's sem_wait looks like to the process.
+STUCK_IN_C = r"""
+import ctypes, time
+import kmemdump
+report = kmemdump.init(table=True)
+libc = ctypes.CDLL(None)
+mutex = ctypes.create_string_buffer(64)     # all zero: PTHREAD_MUTEX_INITIALIZER
+libc.pthread_mutex_lock(mutex)
+send({"table": report.table})
+libc.pthread_mutex_lock(mutex)              # never returns, whatever signal arrives
+"""
+
+
+def test_a_stop_signal_ends_a_process_whose_main_thread_cannot_run_python(
+    table_dir: Path, dump_dir: Path
+) -> None:
+    with WatchProcess(table_dir, dump_dir) as watch, spawn_child(STUCK_IN_C) as child:
+        child.recv()
+        watch.wait_for(f"watch pid={child.pid} ")
+        child.popen.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=30) == -signal.SIGTERM  # still "killed by SIGTERM", as without kmemdump
+        watch.wait_for(f"exit pid={child.pid} ")
+        assert _files(table_dir, child.pid) == []
+    assert list(dump_dir.iterdir()) == [], watch.lines

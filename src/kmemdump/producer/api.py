@@ -316,12 +316,13 @@ def init(
         info_id = _publish_pycoreinfo(failures) if first and pycoreinfo else _existing(ID.PYCOREINFO)
         walked = section.walk(_registry, entry_points=entry_points) if first else None
         _init.done = True
+        if table:  # before the table exists: a stop signal from now on removes what is published
+            _on_stop_and_end(stop_signals)
         table_path = _ensure_table(directory, failures) if table else _current_table_path()
         if table and banner and ID.BANNER in _registry:
             _persist_banner(failures)
         if table:
             _check_dumpable(failures)
-            _on_stop_and_end(stop_signals)
         if watchdog is not None:
             _heartbeat.set_watchdog(watchdog)
         if feeder:

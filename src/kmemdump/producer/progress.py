@@ -22,6 +22,8 @@ import os
 import platform
 import threading
 
+from kmemdump.producer.stopping import QUIET_THREADS
+
 __all__ = ["FUTEX_SYSCALL", "ProgressProbe", "thread_waits_forever"]
 
 FUTEX_SYSCALL = {"x86_64": 202, "aarch64": 98, "arm64": 98}.get(platform.machine())
@@ -69,8 +71,8 @@ class ProgressProbe:
         others = 0
         try:
             for name in os.listdir("/proc/self/task"):
-                if int(name) == me:
-                    continue
+                if int(name) == me or int(name) in QUIET_THREADS:
+                    continue  # the feeder itself, and kmemdump's own idle threads
                 base = f"/proc/self/task/{name}/"
                 try:
                     with open(base + "syscall", "rb") as handle:

@@ -11,6 +11,15 @@ before, "killed by SIGTERM" (status 143 in a shell), only without leaving a tabl
 
 A crash is still a death: SIGKILL, SIGSEGV, SIGABRT … are not touched.
 
+A Python-level handler runs only when the main thread next executes Python code. A signal that
+arrives just before the main thread blocks in a call that is not interrupted again (a
+``multiprocessing`` lock's ``sem_wait``, a lock's futex) would then leave the process blocked, no
+longer ended by SIGTERM. So, where the application has not claimed it, :func:`install` also takes
+the interpreter's wakeup fd (``signal.set_wakeup_fd``), to which the C-level handler writes every
+signal at once, and a small thread ("kmemdump-stop") reads it: when a stop signal of ours is not
+acted on by the main thread within :data:`BACKSTOP_S`, that thread removes the table and the
+arena itself, restores the default disposition and sends the signal again.
+
 Ending a process with ``os._exit`` skips ``atexit`` too. A ``multiprocessing`` child (the workers of
 a ``Pool`` and a ``ProcessPoolExecutor``, with the fork and the spawn start methods alike) always
 ends that way; :func:`at_process_end` hooks the cleanup into the end of such a child. Any other
@@ -21,19 +30,27 @@ Standard library only: the producer imports this module.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 
-__all__ = ["STOP_SIGNALS", "at_process_end", "install", "installed"]
+__all__ = ["BACKSTOP_S", "QUIET_THREADS", "STOP_SIGNALS", "at_process_end", "install", "installed"]
 
 log = logging.getLogger("kmemdump")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+BACKSTOP_S = 0.5
+"""Seconds the backstop thread leaves the main thread to act on a stop signal itself."""
+QUIET_THREADS: set[int] = set()
+"""Native ids of kmemdump's own idle threads (the backstop), which the feeder's progress check skips."""
+_backstop: list[int] = []
+"""``[read_fd, write_fd]`` of the wakeup pipe this process owns, once the backstop runs."""
 
 _cleanup: list[Callable[[], None]] = []
 _installed: set[int] = set()
@@ -65,7 +82,80 @@ def install(cleanup: Callable[[], None]) -> tuple[signal.Signals, ...]:
                 _installed.add(int(signum))
         except (OSError, ValueError, RuntimeError) as err:
             log.debug("no handler for %s: %s", signum, err)
+    if installed():
+        _start_backstop()
     return installed()
+
+
+def _start_backstop() -> None:
+    """Take the wakeup fd (if nobody has) and start the thread that reads it. Main thread only."""
+    if _backstop:
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    try:
+        old = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except (ValueError, OSError) as err:
+        log.debug("no wakeup fd for the stop backstop: %s", err)
+        old = -2
+    if old != -1:  # the application's (or unavailable): leave it alone
+        if old >= 0:
+            signal.set_wakeup_fd(old)
+        os.close(read_fd)
+        os.close(write_fd)
+        return
+    _backstop[:] = [read_fd, write_fd]
+    threading.Thread(target=_watch_wakeups, args=(read_fd,), name="kmemdump-stop", daemon=True).start()
+
+
+def _watch_wakeups(read_fd: int) -> None:
+    QUIET_THREADS.add(threading.get_native_id())
+    while True:
+        try:
+            data = os.read(read_fd, 64)
+        except OSError:
+            return
+        if not data:
+            return
+        for signum in data:
+            if signum in _installed and signal.getsignal(signum) is _on_stop:
+                time.sleep(BACKSTOP_S)  # the main thread normally ends the process meanwhile
+                _stop_from_backstop(signum)
+
+
+def _stop_from_backstop(signum: int) -> None:
+    """The main thread did not act on the stop signal: do what its handler would have done."""
+    try:
+        for cleanup in _cleanup:
+            cleanup()
+    except Exception:
+        log.debug("cleanup on signal %d failed", signum, exc_info=True)
+    try:
+        import ctypes  # signal.signal() is for the main thread only; the C library's is not
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.signal.restype = ctypes.c_void_p
+        libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        libc.signal(signum, 0)  # SIG_DFL
+        os.kill(os.getpid(), signum)
+        time.sleep(1.0)  # blocked in every thread: end all the same
+    finally:
+        os._exit(128 + signum)
+
+
+def _after_fork_in_child() -> None:
+    # The wakeup pipe is the parent's (a signal to either would reach both readers): a child that
+    # keeps our handlers gets a pipe and a backstop thread of its own.
+    inherited, _backstop[:] = list(_backstop), []
+    QUIET_THREADS.clear()
+    if not inherited:
+        return
+    with contextlib.suppress(ValueError, OSError):
+        signal.set_wakeup_fd(-1)
+    for fd in inherited:
+        os.close(fd)
+    if installed():
+        _start_backstop()
 
 
 def _on_stop(signum: int, frame: FrameType | None) -> None:
@@ -117,3 +207,6 @@ def _in_multiprocessing_child() -> bool:
         return bool(getattr(process.current_process(), "_inheriting", False))
     except Exception:
         return False
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -17,6 +17,7 @@ Standard library only; ``ctypes`` is imported on the first ``prctl`` call.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -342,6 +343,9 @@ class SharedTableBackend:
         pid = os.getpid()
         start = self_start_time()
         final = f"{pid}-{start}{TABLE_SUFFIX}"
+        # named before it exists: a stop signal that arrives once the file is linked, before this
+        # method returns, still finds what to remove (remove_for_stop)
+        self._path, self._owner_pid = self.directory / final, pid
 
         def fill(mm: mmap.mmap) -> TableWriter:
             writer = TableWriter(
@@ -376,6 +380,7 @@ class SharedTableBackend:
             )
         except BaseException:
             self._drop_live_lock()
+            self._path = None
             raise
         self._mm = mm
         self._writer = writer
@@ -480,12 +485,11 @@ class SharedTableBackend:
         lock itself; the process dies right after, so nothing can change the table any more.
         """
         writer, path = self._writer, self._path
-        if writer is None or path is None or self._owner_pid != os.getpid() or self._dir_fd < 0:
+        if path is None or self._owner_pid != os.getpid() or self._dir_fd < 0:
             return
-        try:
-            writer.set_state(TableState.EXITING)
-        except ValueError:  # released meanwhile
-            return
+        if writer is not None:  # None: caught between the link and the end of _publish
+            with contextlib.suppress(ValueError):  # released meanwhile
+                writer.set_state(TableState.EXITING)
         self._unlink(path)
         live_paths.discard(str(path))
 
