@@ -208,7 +208,7 @@ def test_shutdown_before_os_exit_leaves_nothing_behind(table_dir: Path, how: str
         assert any(f.startswith(f"{parent.pid}-") for f in report["files"])  # the parent's own
 
 
-def test_a_forked_child_inherits_the_stop_handler_and_removes_only_its_own_table(table_dir: Path) -> None:
+def test_a_forked_child_that_publishes_removes_only_its_own_table_on_sigterm(table_dir: Path) -> None:
     code = r"""
 import json, os, signal, time
 import kmemdump
@@ -264,3 +264,28 @@ block()
     # nothing in the child feeds a watchdog yet: its table must not look hung the moment it appears
     assert (child["timeout"], child["feeder"]) == (0, False)
     assert "kmemdump-feeder" not in child["threads"]
+
+
+def test_a_child_without_a_table_gets_the_default_stop_signals_back(table_dir: Path) -> None:
+    code = r"""
+import json, os, signal
+import kmemdump
+kmemdump.init(table=True)
+parent = signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(r)
+    before = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    kmemdump.init(table=True)
+    after = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    os.write(w, json.dumps({"default_before_init": before, "default_after_init": after}).encode())
+    os._exit(0)
+os.close(w)
+send({"parent_handles": parent, **json.loads(os.read(r, 4096))})
+os.waitpid(pid, 0)
+block()
+"""
+    with spawn_child(code) as parent:
+        report = parent.recv()
+    assert report == {"parent_handles": True, "default_before_init": True, "default_after_init": False}

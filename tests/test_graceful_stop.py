@@ -8,6 +8,8 @@ saw the process go and chose not to dump it.
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,29 +109,47 @@ send({"term": signal.getsignal(signal.SIGTERM) is signal.SIG_DFL})
         assert child.recv() == {"term": True}
 
 
-# The main thread blocks in C where a signal does not interrupt it (a second lock of a pthread mutex
-# it holds): the Python-level handler can never run there. This is also what a signal that arrives
-# just before a multiprocessing lock's sem_wait looks like to the process.
-STUCK_IN_C = r"""
-import ctypes, time
+# A pool worker blocks in C where a signal does not interrupt it (a second lock of a pthread mutex
+# it holds): the Python-level handler can never run there. This is also what a worker looks like
+# that took SIGTERM just before blocking on its pool's lock: Pool.terminate() must not hang on it.
+POOL_STUCK_IN_C = r"""
+import ctypes, multiprocessing, os, sys, time
 import kmemdump
-report = kmemdump.init(table=True)
-libc = ctypes.CDLL(None)
-mutex = ctypes.create_string_buffer(64)     # all zero: PTHREAD_MUTEX_INITIALIZER
-libc.pthread_mutex_lock(mutex)
-send({"table": report.table})
-libc.pthread_mutex_lock(mutex)              # never returns, whatever signal arrives
+
+def setup():
+    kmemdump.init(table=True)
+
+def stuck(_):
+    libc = ctypes.CDLL(None)
+    mutex = ctypes.create_string_buffer(64)     # all zero: PTHREAD_MUTEX_INITIALIZER
+    libc.pthread_mutex_lock(mutex)
+    with open(sys.argv[1], "w") as ready:
+        ready.write(f"{os.getpid()} {kmemdump.current_backend().path}\n")
+    libc.pthread_mutex_lock(mutex)              # never returns, whatever signal arrives
+
+if __name__ == "__main__":
+    pool = multiprocessing.get_context("fork").Pool(1, initializer=setup)
+    pool.map_async(stuck, [0])
+    while not os.path.getsize(sys.argv[1]):
+        time.sleep(0.01)
+    started = time.monotonic()
+    pool.terminate()                            # SIGTERM to the worker, then waits for it
+    pool.join()
+    print(f"{time.monotonic() - started:.3f}")
 """
 
 
-def test_a_stop_signal_ends_a_process_whose_main_thread_cannot_run_python(
-    table_dir: Path, dump_dir: Path
+def test_pool_terminate_ends_a_worker_whose_main_thread_cannot_run_python(
+    tmp_path: Path, table_dir: Path, dump_dir: Path
 ) -> None:
-    with WatchProcess(table_dir, dump_dir) as watch, spawn_child(STUCK_IN_C) as child:
-        child.recv()
-        watch.wait_for(f"watch pid={child.pid} ")
-        child.popen.send_signal(signal.SIGTERM)
-        assert child.wait(timeout=30) == -signal.SIGTERM  # still "killed by SIGTERM", as without kmemdump
-        watch.wait_for(f"exit pid={child.pid} ")
-        assert _files(table_dir, child.pid) == []
+    script, ready = tmp_path / "app.py", tmp_path / "ready"
+    script.write_text(POOL_STUCK_IN_C)
+    ready.write_text("")
+    with WatchProcess(table_dir, dump_dir) as watch:
+        app = subprocess.run(
+            [sys.executable, str(script), str(ready)], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert app.returncode == 0, app.stderr
+    assert float(app.stdout) < 10  # the worker ended on SIGTERM; Pool.terminate() returned
+    assert not Path(ready.read_text().split()[1]).exists()  # its table went with it
     assert list(dump_dir.iterdir()) == [], watch.lines

@@ -13,12 +13,15 @@ A crash is still a death: SIGKILL, SIGSEGV, SIGABRT … are not touched.
 
 A Python-level handler runs only when the main thread next executes Python code. A signal that
 arrives just before the main thread blocks in a call that is not interrupted again (a
-``multiprocessing`` lock's ``sem_wait``, a lock's futex) would then leave the process blocked, no
-longer ended by SIGTERM. So, where the application has not claimed it, :func:`install` also takes
-the interpreter's wakeup fd (``signal.set_wakeup_fd``), to which the C-level handler writes every
-signal at once, and a small thread ("kmemdump-stop") reads it: when a stop signal of ours is not
-acted on by the main thread within :data:`BACKSTOP_S`, that thread removes the table and the
-arena itself, restores the default disposition and sends the signal again.
+``multiprocessing`` lock's ``sem_wait``) would then leave the process blocked, no longer ended by
+SIGTERM. A ``multiprocessing`` worker is exactly that: idle on its pool's lock, terminated with
+SIGTERM by a parent that then waits for it. So in a ``multiprocessing`` child :func:`install` also
+takes the interpreter's wakeup fd (``signal.set_wakeup_fd``, unless the application has), to which
+the C-level handler writes every signal at once, and a small thread ("kmemdump-stop") reads it:
+when a stop signal of ours is not acted on by the main thread within :data:`BACKSTOP_S`, that
+thread removes the table and the arena itself, restores the default disposition and sends the
+signal again. Other processes get no extra thread; there, a stop signal that finds the main thread
+blocked in C is acted on when it returns to Python (or the service manager's SIGKILL ends it).
 
 Ending a process with ``os._exit`` skips ``atexit`` too. A ``multiprocessing`` child (the workers of
 a ``Pool`` and a ``ProcessPoolExecutor``, with the fork and the spawn start methods alike) always
@@ -82,7 +85,7 @@ def install(cleanup: Callable[[], None]) -> tuple[signal.Signals, ...]:
                 _installed.add(int(signum))
         except (OSError, ValueError, RuntimeError) as err:
             log.debug("no handler for %s: %s", signum, err)
-    if installed():
+    if installed() and _in_multiprocessing_child():
         _start_backstop()
     return installed()
 
@@ -144,8 +147,14 @@ def _stop_from_backstop(signum: int) -> None:
 
 
 def _after_fork_in_child() -> None:
-    # The wakeup pipe is the parent's (a signal to either would reach both readers): a child that
-    # keeps our handlers gets a pipe and a backstop thread of its own.
+    # A forked child publishes nothing until it calls kmemdump.init(table=True), which installs the
+    # handlers again: until then the stop signals end it as they would without kmemdump. The wakeup
+    # pipe is the parent's (a signal to either would reach both readers): the child lets it go.
+    for signum in list(_installed):
+        with contextlib.suppress(OSError, ValueError, RuntimeError):
+            if signal.getsignal(signum) is _on_stop:
+                signal.signal(signum, signal.SIG_DFL)
+    _installed.clear()
     inherited, _backstop[:] = list(_backstop), []
     QUIET_THREADS.clear()
     if not inherited:
@@ -154,8 +163,6 @@ def _after_fork_in_child() -> None:
         signal.set_wakeup_fd(-1)
     for fd in inherited:
         os.close(fd)
-    if installed():
-        _start_backstop()
 
 
 def _on_stop(signum: int, frame: FrameType | None) -> None:
