@@ -26,6 +26,8 @@ from kmemdump.cli.fleetls import dir_or_url
 from kmemdump.cli.fleetls import local_records
 from kmemdump.cli.fleetls import print_problems
 from kmemdump.cli.fleetls import run_remote
+from kmemdump.cli.options import FILES
+from kmemdump.cli.options import completes
 from kmemdump.cli.options import default_dump_dir
 from kmemdump.cli.options import pid_number
 from kmemdump.cli.render import Column
@@ -109,7 +111,7 @@ def _count(text: str) -> int:
 
 
 def prepare(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    directory = parser.add_argument(
         "dir",
         nargs="?",
         type=dir_or_url,
@@ -118,6 +120,7 @@ def prepare(parser: argparse.ArgumentParser) -> None:
         help="directory of dumps, or one dump file (default: $KMEMDUMP_DUMPS or "
         "~/.local/state/kmemdump/dumps), or s3://BUCKET/PREFIX: a fleet's dumps, from their index objects",
     )
+    completes(directory, FILES)  # a directory, or one dump file
     parser.add_argument(
         "--pid", type=pid_number, action="append", metavar="PID", help="only this process's dumps"
     )

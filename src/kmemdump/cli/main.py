@@ -43,6 +43,7 @@ COMMANDS: dict[str, str] = {
     "extract": "write one region's bytes to a file",
     "gdb": "open gdb on a dump",
     "prune": "remove old dumps to keep a directory within a retention policy",
+    "completion": "print a bash or zsh completion script",
 }
 """Every subcommand and its one line of help; its module is ``kmemdump.cli.cmd_<name>``."""
 

@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BUDGET",
+    "DIRECTORIES",
     "DUMP_HELP",
+    "FILES",
     "REGION_HELP",
     "DumpAccessError",
     "NoSuchDumpError",
@@ -28,6 +30,7 @@ __all__ = [
     "add_retention_options",
     "add_tables_option",
     "check_table_dirs",
+    "completes",
     "default_dump_dir",
     "dump_options",
     "dump_path",
@@ -385,14 +388,26 @@ DUMP_HELP = (
 )
 
 
+FILES = {"bash": "_shtab_compgen_files", "zsh": "_files", "tcsh": "f"}
+"""Shell completion of an argument (read by shtab when the completion scripts are generated): a file."""
+DIRECTORIES = {"bash": "_shtab_compgen_dirs", "zsh": "_files -/", "tcsh": "d"}
+"""... a directory."""
+
+
+def completes(action: argparse.Action, what: dict[str, str]) -> argparse.Action:
+    """Mark ``action`` as completing files or directories (:data:`FILES`, :data:`DIRECTORIES`)."""
+    action.complete = what  # type: ignore[attr-defined]
+    return action
+
+
 def add_dump_argument(parser: argparse.ArgumentParser) -> None:
     """The DUMP positional every inspector command takes, and --dir for where names and numbers point."""
-    parser.add_argument("dump", metavar="DUMP", help=DUMP_HELP)
+    completes(parser.add_argument("dump", metavar="DUMP", help=DUMP_HELP), FILES)
     add_dump_dir_option(parser)
 
 
 def add_dump_dir_option(parser: argparse.ArgumentParser, default: object = None) -> None:
-    parser.add_argument(
+    action = parser.add_argument(
         "--dir",
         type=Path,
         default=default,
@@ -400,6 +415,7 @@ def add_dump_dir_option(parser: argparse.ArgumentParser, default: object = None)
         help="the dump directory that names, numbers, 'latest' and pid:PID refer to "
         "(default: $KMEMDUMP_DUMPS or ~/.local/state/kmemdump/dumps)",
     )
+    completes(action, DIRECTORIES)
 
 
 def dump_path(given: str | os.PathLike[str], directory: Path | None = None) -> Path:
