@@ -9,6 +9,7 @@ victim is involved, that the victim's real hang is still dumped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -393,3 +394,62 @@ def test_hostile_file_names_are_ignored_and_a_flood_of_tables_does_not_blind_the
         assert time.monotonic() - started < 10
         assert all(e.kind != "error" or "Traceback" not in e.message for e in events)
         assert os.path.exists(directory / "²-1.table")  # ignored, not acted on
+
+
+_HANGS = """
+import kmemdump, time
+kmemdump.init(table=True, watchdog=0.5, pycoreinfo=False)
+buf = kmemdump.alloc(16, name="mine")
+buf[:] = b"dumped after all"
+send("ready")
+time.sleep(3600)
+"""
+
+
+def test_a_table_that_met_a_full_descriptor_table_is_retried_not_given_up(
+    table_dir: Path, tmp_path: Path
+) -> None:
+    """S3b: out of descriptors when the table first appeared; once descriptors are free again, the
+    table is adopted and the hang dumped (the failure was not cached until the file changes)."""
+    import json
+    import resource
+
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    with spawn_child(_HANGS) as producer:
+        assert producer.recv() == "ready"
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the collector, in a child whose descriptor table is made full
+            status = 0
+            try:
+                os.close(read_end)
+                soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 4, hard))
+                filler = []
+                with contextlib.suppress(OSError):
+                    while True:
+                        filler.append(os.open("/dev/null", os.O_RDONLY))
+                for fd in filler[-2:]:  # the directory and the table open; the process's descriptors do not
+                    os.close(fd)
+                del filler[-2:]
+                watcher = Watcher([table_dir], DumpOptions(dumps, stacks=False, threads=-1))
+                first = [e.line() for e in watcher.scan()]
+                for fd in filler:
+                    os.close(fd)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+                later = _collect(watcher, 15.0, until=lambda evs: any(e.kind == "hang" for e in evs))
+                watcher.close()
+                os.write(write_end, json.dumps({"first": first, "later": [e.line() for e in later]}).encode())
+            except BaseException as err:
+                os.write(write_end, json.dumps({"error": repr(err)}).encode())
+                status = 1
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as answer:
+            got = json.loads(answer.read())
+        os.waitpid(pid, 0)
+    assert "error" not in got, got
+    assert any("will retry" in line and "Too many open files" in line for line in got["first"]), got["first"]
+    assert any(line.startswith("hang ") for line in got["later"]), got["later"]

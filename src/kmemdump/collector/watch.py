@@ -239,6 +239,9 @@ class Watcher:
         except FileNotFoundError:
             return None
         except OSError as err:
+            if err.errno in _TRANSIENT_ERRNOS:
+                self._dir_problem(directory, f"cannot be opened now, will retry: {err.strerror}", final=False)
+                return None
             link = err.errno in (errno.ELOOP, errno.ENOTDIR)
             self._dir_problem(directory, "is a symbolic link or not a directory" if link else str(err))
             return None
@@ -258,16 +261,25 @@ class Watcher:
             self._dirs[directory] = (info.st_dev, info.st_ino, info.st_uid)
             return os.listdir(fd)
         except OSError as err:
-            self._dir_problem(directory, f"cannot be listed: {err.strerror}")
+            passing = err.errno in _TRANSIENT_ERRNOS
+            self._dir_problem(
+                directory,
+                f"cannot be listed{', will retry' if passing else ''}: {err.strerror}",
+                final=not passing,
+            )
             return None
         finally:
             os.close(fd)
 
-    def _dir_problem(self, directory: Path, problem: str) -> None:
+    def _dir_problem(self, directory: Path, problem: str, *, final: bool = True) -> None:
+        """Say once what is wrong with a table directory (it is looked at again at every scan)."""
         self._dirs.pop(directory, None)
         if (directory, problem) not in self._dir_warned:
             self._dir_warned.add((directory, problem))
-            self._emit(Event("skip", 0, f"table directory {directory} {problem}: left alone"))
+            if final:
+                self._emit(Event("skip", 0, f"table directory {directory} {problem}: left alone"))
+            else:
+                self._emit(Event("error", 0, f"table directory {directory} {problem}"))
 
     def _unlink(self, *paths: Path) -> None:
         """Remove files of a checked table directory, through the directory itself: if its name now
