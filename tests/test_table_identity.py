@@ -109,3 +109,25 @@ def test_an_arena_whose_process_lives_is_never_removed_as_an_orphan(table_dir: P
         watcher.close()
     assert not foreign.exists()  # now it is one
     assert [e.kind for e in events] == ["skip"]
+
+
+def test_a_live_table_of_the_same_name_is_never_replaced(table_dir: Path) -> None:
+    # two containers sharing one directory may both be pid 1, started in the same clock tick: the
+    # second must not replace the first one's table while the first lives
+    from kmemdump.errors import BackendError
+    from kmemdump.producer.sharedfile import link_into_place
+
+    with spawn_child("import kmemdump\nsend(kmemdump.init(table=True).table)\nblock()") as child:
+        live = Path(child.recv())
+        temp = table_dir / ".impostor.tmp"
+        temp.write_bytes(b"x")
+        dir_fd = os.open(table_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with pytest.raises(BackendError, match="not a stale table"):
+                link_into_place(dir_fd, table_dir, temp.name, live.name, "table")
+            assert read_table(live).header.pid == child.pid  # untouched
+            child.kill()
+            link_into_place(dir_fd, table_dir, temp.name, live.name, "table")  # now it is stale
+        finally:
+            os.close(dir_fd)
+    assert live.read_bytes() == b"x"

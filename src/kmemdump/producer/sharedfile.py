@@ -163,7 +163,25 @@ def _stale(dir_fd: int, directory: Path, final: str) -> bool:
         info = os.lstat(final, dir_fd=dir_fd)
     except FileNotFoundError:
         return True
-    return stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
+    if not (stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()):
+        return False
+    return not _held_by_a_live_process(dir_fd, final)
+
+
+def _held_by_a_live_process(dir_fd: int, final: str) -> bool:
+    """Whether a live process holds the file's liveness lock: the same name in a directory two pid
+    namespaces share (two containers' pid 1, started in the same clock tick) is not ours to replace."""
+    from kmemdump.formats.table import LIVE_LOCK_BYTE
+    from kmemdump.formats.table import lock_held
+
+    try:
+        fd = os.open(final, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        return lock_held(fd, LIVE_LOCK_BYTE)
+    finally:
+        os.close(fd)
 
 
 _fallbacks: dict[str, Path] = {}
