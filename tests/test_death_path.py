@@ -9,6 +9,7 @@ The order (let go, then write) is checked directly on dump_target with a live pr
 from __future__ import annotations
 
 import os
+import platform
 import resource
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from conftest import require_tool
 from helpers_child import spawn_child
 from kmemdump.collector.corewriter import CoreWriter
 from kmemdump.collector.dump import DumpOptions
+from kmemdump.collector.dump import ExitHold
 from kmemdump.collector.dump import dump_target
 from kmemdump.collector.staging import CHUNK
 from kmemdump.collector.staging import Staging
@@ -78,7 +80,7 @@ def _no_core() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_a_crashing_c_program_is_dumped_whole_and_held_only_for_the_copy(
+def test_a_crashing_c_program_is_dumped_whole(
     crasher: Path, tmp_path: Path, dump_dir: Path, table_dir: Path
 ) -> None:
     # GIVEN a C program with 4 KiB and 5 MiB registered, under run --trace-exit with default options
@@ -122,9 +124,10 @@ def test_a_crashing_c_program_is_dumped_whole_and_held_only_for_the_copy(
         big = dump.region_bytes(by_name["big"])
         assert big == bytes((i * 13 + i // 4096) & 0xFF for i in range(5 << 20))
     assert (meta.reason, meta.held, meta.partial) == ("death", "exit stop", False)
-    # held for the copy only, and measured; no py-spy tried on a program that is not Python
+    # how long it was held is measured; no py-spy tried on a program that is not Python
     assert meta.hold_ms is not None and meta.hold_ms > 0
-    assert meta.copy_ms <= meta.hold_ms
+    # on x86_64 the tracer made a shadow at the SIGSEGV: the regions were read from it, later
+    assert meta.shadow == (platform.machine() == "x86_64")
     assert meta.stacks == "not a Python process"
     assert meta.death is not None and meta.death.signal == signal.SIGSEGV
 
@@ -161,8 +164,7 @@ def test_release_comes_after_the_copy_and_before_the_file(table_dir: Path, dump_
             reason="request",
             options=DumpOptions(dump_dir, stacks=False, threads=-1),
             held="exit stop",
-            release=release,
-            staging=staging,
+            exit_hold=ExitHold(release, staging=staging),
         )
     # THEN release ran once, when no dump was at its final name yet; the file came after
     assert len(seen) == 1 and seen[0][0] is False, seen
@@ -187,7 +189,7 @@ def test_release_runs_even_when_the_dump_fails(table_dir: Path, dump_dir: Path) 
                 reason="request",
                 options=DumpOptions(blocked, stacks=False, threads=-1),
                 held="exit stop",
-                release=lambda: calls.append(1),
+                exit_hold=ExitHold(lambda: calls.append(1)),
             )
     assert calls, "the process would have been left held"
 

@@ -189,10 +189,20 @@ def _about(dump: Dump) -> list[tuple[str, str]]:
     rows.append(("Python", python))
     rows.append(("Watchdog", _watchdog(dump)))
     copy = f", copy took {meta.copy_ms:g} ms" if meta.copy_ms else ""
-    if meta.stopped:
+    if meta.stopped and meta.shadow:
+        held = f" for {meta.hold_ms:g} ms" if meta.hold_ms is not None else ""
+        rows.append(
+            (
+                "Stopped",
+                f"yes, held at its ptrace exit stop{held}; its memory was read afterwards from a shadow "
+                f"sharing it{copy}",
+            )
+        )
+    elif meta.stopped:
         ways = {"exit stop": "at its ptrace exit stop", "ptrace": "in ptrace stops"}
         how = ways.get(meta.held, "with SIGSTOP")
-        rows.append(("Stopped", f"yes, held {how} while its memory was copied{copy}"))
+        held = f" ({meta.hold_ms:g} ms in all)" if meta.hold_ms is not None else ""
+        rows.append(("Stopped", f"yes, held {how} while its memory was copied{copy}{held}"))
     elif meta.reason == "death":
         rows.append(("Stopped", f"no: the process was gone; what survived came from its arena{copy}"))
     else:

@@ -87,7 +87,7 @@ from kmemdump.memory.arena import ArenaMemory
 from kmemdump.memory.process import ProcessMemory
 from kmemdump.procinfo import process_exe
 
-__all__ = ["DumpOptions", "DumpResult", "dump_target"]
+__all__ = ["DumpOptions", "DumpResult", "ExitHold", "dump_target"]
 
 MAX_REGION_DEFAULT = 256 * 1024 * 1024
 
@@ -123,6 +123,26 @@ class DumpOptions:
     """Write with ``O_DIRECT`` and fsync the file and its directory, so that a dump survives a crash
     of the host once it has its name; else the page cache writes it back at its own pace (see
     :mod:`.corewriter`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExitHold:
+    """A process its caller holds at its exit (``run --trace-exit``'s tracer), and how to let it go.
+
+    The dump calls :attr:`release` as soon as nothing more needs the process: with a :attr:`shadow`
+    (a process sharing its memory, :mod:`.shadow`) once its threads and mappings have been looked at,
+    the regions being read from the shadow afterwards; without one once the regions are copied into
+    :attr:`staging` (memory touched ahead of time; fresh memory without it). The file is written
+    after either way.
+    """
+
+    release: Callable[[], None]
+    since: float | None = None
+    """When the hold began (:func:`time.perf_counter`); the metadata's ``hold_ms`` counts from then."""
+    staging: Staging | None = None
+    shadow: int | None = None
+    drop_shadow: Callable[[], None] | None = None
+    """Ends the shadow once the regions are read from it (its memory is then released)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,9 +232,7 @@ def dump_target(
     death: Death | None = None,
     registers: Mapping[int, ThreadRegisters] | None = None,
     table_pid: int | None = None,
-    release: Callable[[], None] | None = None,
-    staging: Staging | None = None,
-    held_since: float | None = None,
+    exit_hold: ExitHold | None = None,
 ) -> DumpResult:
     """Dump the regions of the process ``(pid, start_time)`` published in ``table``.
 
@@ -236,12 +254,8 @@ def dump_target(
     ``NT_PRSTATUS.pr_cursig`` and an ``NT_SIGINFO`` note. ``registers`` are threads' registers read
     by whoever holds them (a ptrace tracer); the others' are read here.
 
-    ``release`` lets the process go, for a process the caller holds (``held="exit stop"``): it is
-    called as soon as everything that needs the process has been read, before the file is written.
-    The regions are then copied into ``staging`` (:mod:`.staging`, memory touched ahead of time;
-    fresh memory without it), so the process is held only while its memory is copied. The
-    metadata's ``hold_ms`` counts from ``held_since`` (a :func:`time.perf_counter` reading: when the
-    caller's hold began), else from the start of the dump.
+    ``exit_hold`` is how to let go a process the caller holds at its exit (``held="exit stop"``):
+    it is let go as soon as nothing more needs it, before the file is written (:class:`ExitHold`).
     """
     captured_ns = time.time_ns()
     process: ProcessHandle | None = None
@@ -267,7 +281,11 @@ def dump_target(
         job = _Job(
             pid, start_time, table, reason, args, exe, gone, captured_ns, held, uid, dir_fd, death, registers
         )
-        job = replace(job, table_pid=pid if table_pid is None else table_pid)
+        job = replace(
+            job,
+            table_pid=pid if table_pid is None else table_pid,
+            memory_pid=exit_hold.shadow or pid if exit_hold is not None else pid,
+        )
         path = options.directory / _file_name(pid, start_time, reason, captured_ns)
         with (
             acting_on(table, pid, dir_fd=dir_fd),
@@ -276,18 +294,18 @@ def dump_target(
             ) as sink,
         ):
             staged = None
-            if release is not None:
-                staged = (staging or Staging(0)).image()
+            if exit_hold is not None and exit_hold.shadow is None:
+                staged = (exit_hold.staging or Staging(0)).image()
             try:
-                return _dump_into(
-                    sink, job, options, snapshot, process, then_signal, staged, release, held_since
-                )
+                return _dump_into(sink, job, options, snapshot, process, then_signal, staged, exit_hold)
             finally:
                 if staged is not None:
                     staged.release()
     except BaseException:
-        if release is not None:
-            release()  # whatever went wrong, the process is not left held
+        if exit_hold is not None:  # whatever went wrong, the process is not left held
+            exit_hold.release()
+            if exit_hold.drop_shadow is not None:
+                exit_hold.drop_shadow()
         raise
     finally:
         if process is not None:
@@ -313,6 +331,8 @@ class _Job:
     registers: Mapping[int, ThreadRegisters] | None = None
     table_pid: int = 0
     """The pid the table names the process by (its own pid namespace's)."""
+    memory_pid: int = 0
+    """Where its regions are read: the process, or its shadow (:mod:`.shadow`)."""
 
 
 def _table_owner(table: Path, dir_fd: int | None, snapshot: TableSnapshot | None) -> int:
@@ -396,12 +416,13 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
     process: ProcessHandle | None,
     then_signal: int | None,
     staged: StagedImage | None = None,
-    release: Callable[[], None] | None = None,
-    held_since: float | None = None,
+    exit_hold: ExitHold | None = None,
 ) -> DumpResult:
     pid, start_time, table, reason = job.pid, job.start_time, job.table, job.reason
-    if held_since is None:
-        held_since = time.perf_counter()
+    held_since = time.perf_counter()
+    if exit_hold is not None and exit_hold.since is not None:
+        held_since = exit_hold.since
+    hold_ms = None
     argv, exe, gone, captured_ns = job.argv, job.exe, job.gone, job.captured_ns
     if snapshot is None and process is not None:
         # on request nobody kept a snapshot: take one while it runs, the fallback for a hold mid-update
@@ -419,14 +440,19 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
         hexversion = snapshot.header.py_hexversion
         into: _Sink = sink if staged is None else staged  # a held process: memory first, the file later
         shape, capture = (None, None) if gone else _observe(job, into, options, hexversion, current)
+        if exit_hold is not None and exit_hold.shadow is not None:
+            exit_hold.release()  # its memory lives on in its shadow: the process can go now
+            hold_ms = round((time.perf_counter() - held_since) * 1000, 3)
         records, pycoreinfo, arena_state = _copy(job, snapshot, options, into)
         copy_ms = (time.perf_counter() - t0) * 1000
         gone_now = gone or any(r.status == "gone" for r in records)
-        stacks_note, stacks_state = _stacks(pid, options, gone_now, hexversion)
-        hold_ms = None
-        if release is not None:
-            release()  # everything that needs the process has been read: let it go
-            hold_ms = round((time.perf_counter() - held_since) * 1000, 3)
+        stacks_note, stacks_state = _stacks(job.memory_pid or pid, options, gone_now, hexversion)
+        if exit_hold is not None:
+            if exit_hold.shadow is None:
+                exit_hold.release()  # everything that needs the process has been read: let it go
+                hold_ms = round((time.perf_counter() - held_since) * 1000, 3)
+            elif exit_hold.drop_shadow is not None:
+                exit_hold.drop_shadow()  # the regions are copied: its memory can go too
         if staged is not None:
             staged.replay(sink)
         held: Held = current.method
@@ -455,6 +481,7 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
             stacks=stacks_state,
             copy_ms=round(copy_ms, 3),
             hold_ms=hold_ms,
+            shadow=job.memory_pid not in (0, pid),
             collector={"version": __version__, "pid": os.getpid()},
             arena=arena_state,
             death=job.death,
@@ -567,7 +594,7 @@ def _copy(
     error = "process gone before the copy"
     if not gone and planned:
         try:
-            with ProcessMemory(pid) as mem:
+            with ProcessMemory(job.memory_pid or pid) as mem:
                 small = [item for item in planned if item[1] < _CHUNK]
                 pycoreinfo = copy_runs(mem, plan_runs(small), sink.add, records, copied)
                 for entry, size in planned:

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 
 from kmemdump.collector.dump import DumpOptions
+from kmemdump.collector.dump import ExitHold
 from kmemdump.collector.exits import waited_death
 from kmemdump.collector.staging import Staging
 from kmemdump.collector.tracer import ExitTracer
@@ -108,8 +109,11 @@ def _supervise_traced(
     """Watch the traced child until the tracer reaps it; its wait status, or None if the tracer gave up.
 
     The loop sleeps in the watcher's ``poll``, which the tracer wakes the moment the child stops at
-    its exit: the death dump starts within a fraction of a millisecond, copies the regions into
-    memory touched ahead of time, lets the child go, and only then writes the file.
+    its exit: the death dump starts within a fraction of a millisecond. After a fatal signal the
+    tracer made a shadow that keeps the child's memory (:mod:`.shadow`): the child goes as soon as
+    its threads and mappings are looked at, and the regions are read from the shadow. After other
+    deaths the regions are copied into memory touched ahead of time, then the child goes. The file
+    is written last either way.
     """
     while True:
         stop = tracer.poll_exit()
@@ -117,17 +121,17 @@ def _supervise_traced(
             try:
                 death = stop.death()
                 why = f"process exiting ({death.describe()}); read at its exit stop"
-                watcher.dump_held(
-                    stop.pid,
-                    why,
-                    stop.registers,
-                    death=death,
-                    release=tracer.resume,
+                hold = ExitHold(
+                    tracer.resume,
+                    since=stop.since,
                     staging=staging.memory,
-                    held_since=stop.since,
+                    shadow=stop.shadow,
+                    drop_shadow=tracer.drop_shadow,
                 )
+                watcher.dump_held(stop.pid, why, stop.registers, death=death, exit_hold=hold)
             finally:
                 tracer.resume()
+                tracer.drop_shadow()
         if tracer.done:
             return tracer.status
         watcher.step()

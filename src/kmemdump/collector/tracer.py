@@ -33,7 +33,8 @@ What tracing costs the user: while the child is traced nothing else can trace it
 gcore and ``py-spy dump``/``record`` without ``--nonblocking`` cannot attach to it (``py-spy dump
 --nonblocking``, which the collector uses for stacks, and ``kmemdump dump`` still work: they only
 read memory). Each signal the child receives costs a round trip through the tracer thread, and so
-does each thread it creates; a dying child waits at its exit while its dump is written. The
+does each thread it creates; a dying child waits at its exit while its memory is looked at (a few
+milliseconds after a fatal signal, when a shadow keeps the memory: :mod:`.shadow`). The
 program's own child processes are not traced. Whether SIGKILL stops at ``PTRACE_EVENT_EXIT``
 depends on the kernel (it does on 6.18); where it does not, a SIGKILL is recorded as before, without
 the memory.
@@ -64,6 +65,9 @@ from pathlib import Path
 from kmemdump.collector.exits import death_from_siginfo
 from kmemdump.collector.registers import ThreadRegisters
 from kmemdump.collector.registers import read_registers
+from kmemdump.collector.shadow import Shadow
+from kmemdump.collector.shadow import fatal_by_default
+from kmemdump.collector.shadow import make_shadow
 from kmemdump.errors import AccessDeniedError
 from kmemdump.errors import CollectorError
 from kmemdump.errors import ProcessGoneError
@@ -228,6 +232,10 @@ class ExitStop:
     """The ``siginfo_t`` of the fatal signal as it was delivered, when one was (never for SIGKILL)."""
     since: float = 0.0
     """When the tracer saw the stop (:func:`time.perf_counter`): the hold began then."""
+    shadow: int | None = None
+    """A process sharing the dying process's memory (:mod:`.shadow`), made when a fatal signal was
+    delivered: read the regions there after :meth:`ExitTracer.resume`, then
+    :meth:`ExitTracer.drop_shadow`. None for other deaths (SIGKILL, ``exit``) or where none was made."""
 
     def describe(self) -> str:
         return describe_status(self.status)
@@ -249,8 +257,12 @@ class ExitTracer:
     process would take the tracer's stop reports.
     """
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, *, shadow: bool = True) -> None:
         self.pid = pid
+        self.shadows = shadow
+        """Give the process a shadow when a fatal signal is delivered (:mod:`.shadow`)."""
+        self._shadow: Shadow | None = None
+        self._shadow_gone = False
         self.status: int | None = None
         """The child's wait status once the tracer reaped it."""
         self.failure: str | None = None
@@ -322,10 +334,17 @@ class ExitTracer:
         """Wait until the tracer thread ends; False on timeout."""
         return self._done.wait(timeout)
 
+    def drop_shadow(self) -> None:
+        """End the shadow, if there is one: the dead process's memory is released (any thread)."""
+        shadow = self._shadow
+        if shadow is not None:
+            shadow.kill()
+
     def close(self) -> None:
         """Release an exit stop still held, and any later one (the supervisor is bailing out)."""
         self._closed = True
         self._go.set()
+        self.drop_shadow()
         if self._done.is_set():
             for fd in (self._wake_r, self._wake_w):
                 with contextlib.suppress(OSError):
@@ -392,18 +411,37 @@ class ExitTracer:
                     event = status >> 16
                     _detach(tid, os.WSTOPSIG(status) if event == 0 else 0)
                     raise
+            elif self._shadow is not None and tid == self._shadow.pid:
+                self._shadow_gone = True  # reaped: this process is its parent (CLONE_PARENT)
+                self._shadow.close()
+                if self.status is not None:
+                    return
             elif tid == self.pid:
                 self.status = status
-                return
+                if self._shadow is None or self._shadow_gone:
+                    return
+                if self._closed:
+                    self._shadow.kill()  # nobody will read it
             else:
                 self._tids.discard(tid)
 
     def _on_stop(self, tid: int, status: int) -> None:
         sig = os.WSTOPSIG(status)
         event = status >> 16
+        if self._shadow is not None and tid == self._shadow.pid:
+            if event == PTRACE_EVENT_EXIT:
+                _cont(tid)  # killed: let it end
+            return  # otherwise it stays stopped: it never runs a line of the program
         self._tids.add(tid)
         if event == 0:  # signal-delivery stop: note what it says, pass the signal on
-            self._note_signal(tid, sig)
+            info = self._note_signal(tid, sig)
+            if self.shadows and self._shadow is None and not self._closed and fatal_by_default(self.pid, sig):
+                shadow, unexpected = make_shadow(self.pid, tid, info)
+                self._shadow = shadow
+                if unexpected:  # the thread stopped for something else meanwhile: handle that instead
+                    for other, other_status in unexpected:
+                        self._on_stop(other, other_status)
+                    return
             _cont(tid, sig)
         elif event == PTRACE_EVENT_STOP:
             if sig in _STOP_SIGNALS:
@@ -425,7 +463,7 @@ class ExitTracer:
         else:
             _cont(tid)
 
-    def _note_signal(self, tid: int, sig: int) -> None:
+    def _note_signal(self, tid: int, sig: int) -> bytes | None:
         """Keep the ``siginfo`` of a signal being delivered: should it kill the process, it says how.
 
         A handler that catches a fault and raises it again (faulthandler does) sends the same signal
@@ -433,11 +471,12 @@ class ExitTracer:
         """
         info = _siginfo(tid)
         if info is None or not 0 < sig < 128:
-            return
+            return info
         kept = self._signals.get(sig)
         if kept is not None and _kernel_fault(kept) and _sent_by(info) == self.pid:
-            return
+            return info
         self._signals[sig] = info
+        return info
 
     def _hold_exit(self, tid: int) -> None:
         try:
@@ -449,7 +488,10 @@ class ExitTracer:
         self._go.clear()
         registers = read_registers(self.pid, [tid], ptrace_stopped=[tid])
         siginfo = self._signals.get(fatal) if fatal else None
-        self._exits.put(ExitStop(self.pid, code, registers=registers, siginfo=siginfo, since=since))
+        shadow = self._shadow.pid if self._shadow is not None and not self._shadow_gone else None
+        self._exits.put(
+            ExitStop(self.pid, code, registers=registers, siginfo=siginfo, since=since, shadow=shadow)
+        )
         self._wake()
         if not self._closed:  # nobody would resume it
             self._go.wait()

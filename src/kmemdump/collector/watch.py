@@ -33,6 +33,7 @@ from kmemdump.collector.authority import ProcessHandle
 from kmemdump.collector.authority import check_authority
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.dump import DumpResult
+from kmemdump.collector.dump import ExitHold
 from kmemdump.collector.dump import dump_target
 from kmemdump.collector.exits import ExitListener
 from kmemdump.collector.exits import zombie_status
@@ -43,7 +44,6 @@ from kmemdump.collector.identify import identify
 from kmemdump.collector.registers import ThreadRegisters
 from kmemdump.collector.retention import Policy
 from kmemdump.collector.retention import apply as apply_retention
-from kmemdump.collector.staging import Staging
 from kmemdump.errors import ForeignProcessError
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
@@ -627,14 +627,12 @@ class Watcher:
         registers: Mapping[int, ThreadRegisters] | None = None,
         death: Death | None = None,
         *,
-        release: Callable[[], None] | None = None,
-        staging: Staging | None = None,
-        held_since: float | None = None,
+        exit_hold: ExitHold | None = None,
     ) -> Event | None:
         """Dump ``pid`` as a death now, while something holds it at its exit with its memory mapped
         (a ptrace exit stop, under ``kmemdump run --trace-exit``); then forget it, so that its pidfd's
-        report of the exit brings no second dump. ``release`` lets it go as soon as its memory is
-        copied (into ``staging``), before the file is written (see :func:`dump_target`).
+        report of the exit brings no second dump. ``exit_hold`` says how to let it go as soon as nothing
+        more needs it, before the file is written (see :func:`dump_target`).
 
         Returns None, dumping nothing, when the watcher holds no table for it (a clean exit removed
         it, or none was published) or ended it itself after a hang dump.
@@ -651,9 +649,7 @@ class Watcher:
             held="exit stop",
             registers=registers,
             death=death,
-            release=release,
-            staging=staging,
-            held_since=held_since,
+            exit_hold=exit_hold,
         )
         if event.dump is not None:
             self._report_arena(pid, event.dump)
@@ -671,9 +667,7 @@ class Watcher:
         registers: Mapping[int, ThreadRegisters] | None = None,
         death: Death | None = None,
         then_signal: int | None = None,
-        release: Callable[[], None] | None = None,
-        staging: Staging | None = None,
-        held_since: float | None = None,
+        exit_hold: ExitHold | None = None,
     ) -> Event:
         hangs = sum(1 for d in target.dumps if d.meta.reason == "hang")
         if reason == "hang" and self.max_dumps is not None and hangs >= self.max_dumps:
@@ -699,9 +693,7 @@ class Watcher:
                 table_pid=target.table_pid or None,
                 table_owner=target.owner,
                 then_signal=then_signal,
-                release=release,
-                staging=staging,
-                held_since=held_since,
+                exit_hold=exit_hold,
             )
         except KmemdumpError as err:
             return self._emit(Event("error", target.pid, f"{reason} dump failed: {err}"))

@@ -347,6 +347,9 @@ class DumpMeta:
     hold_ms: float | None = None
     """How long the collector held the process for this dump (its exit stop, under ``run
     --trace-exit``), in milliseconds; None where nobody measured it."""
+    shadow: bool = False
+    """The regions were read, after the process was let go, from its shadow: a process the collector
+    made share its memory when the fatal signal was delivered (``run --trace-exit``)."""
     collector: dict[str, Any] = field(default_factory=dict)
     arena: str = "none"
     """The persistent arena: "none" (the table names none), "unused" (the live process was read),
@@ -439,6 +442,7 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "stacks": str,
     "copy_ms": (int, float),
     "hold_ms": (int, float, type(None)),
+    "shadow": bool,
     "collector": dict,
     "arena": str,
     "death": dict,

@@ -1,4 +1,8 @@
-"""zstd framing of a dump (``.core.zst``): one zstd frame holding the same ELF image.
+"""zstd framing of a dump (``.core.zst``): zstd frames holding the same ELF image.
+
+A dump written whole is one frame; a streamed one is the image's header in a frame of its own, a
+skippable frame, then the rest of the image in one frame (see :mod:`kmemdump.collector.imagefile`).
+Decompressed in order, the frames give the image.
 
 ``compression.zstd`` on Python 3.14, its backport ``backports.zstd`` before (the ``inspect``
 extra). Compressing is the collector's job and decompressing the reader's; both find the module
@@ -22,10 +26,12 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
+    "LEVEL",
     "MAGIC",
     "MAX_SIZE_DEFAULT",
     "MISSING",
     "SUFFIX",
+    "WORKERS",
     "compressor",
     "decompress",
     "decompress_to",
@@ -67,16 +73,33 @@ def is_compressed(path: Path) -> bool:
         raise DumpFormatError(f"cannot open the dump: {err.strerror or err}", path=str(path)) from err
 
 
-def compressor(level: int) -> Any:
+LEVEL = 1
+"""The level dumps are compressed at. Chosen by measurement (``python -m benchmarks --only death-dump``
+and the table in ``docs/collector.md``): on 65 MiB of small-object-like records, level 1 on two
+worker threads compressed at about 900 MB/s to 23.0 MB, level 3 at 260 MB/s to 24.7 MB, level -1 at
+1.2 GB/s but to 28.4 MB, larger than minicoredumper's gzip (25 MB in 1.7 s)."""
+WORKERS = 2
+"""Compression threads of a streamed dump (libzstd's own): with two, level 1 ran 1.5x as fast as on
+the calling thread alone, on the two-core machines we measured."""
+
+
+def compressor(level: int, *, workers: int = 0, content_size: bool = True) -> Any:
     """A ``ZstdCompressor`` at ``level`` that writes a checksum in every frame (XXH64 of the content,
     checked by every reader), so a damaged dump is refused instead of read as altered data.
+    ``workers`` threads compress in the background (0: on the calling thread); ``content_size``
+    False leaves the size out of frame headers.
 
     ``ImportError`` without the module, ``ValueError`` for a bad level.
     """
     zstd = module()
     parameter = zstd.CompressionParameter
+    options = {parameter.compression_level: level, parameter.checksum_flag: 1}
+    if workers:
+        options[parameter.nb_workers] = workers
+    if not content_size:
+        options[parameter.content_size_flag] = 0
     try:
-        return zstd.ZstdCompressor(options={parameter.compression_level: level, parameter.checksum_flag: 1})
+        return zstd.ZstdCompressor(options=options)
     except (TypeError, zstd.ZstdError) as err:
         raise ValueError(str(err)) from err
 
