@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,64 @@ def test_without_the_ship_extra_the_commands_name_it(store_url: str, tmp_path: P
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     for args in (["ls", store_url], ["show", f"{store_url}/x.core"], ["watch", "--ship", store_url]):
         _one_line_error(_run(*args, env=env), "install it with: pip install 'kmemdump[ship]'")
+
+
+MEASURED = """
+import runpy, sys
+sys.argv = ["kmemdump", *sys.argv[1:]]
+try:
+    runpy.run_module("kmemdump.cli", run_name="__main__")
+finally:
+    with open("/proc/self/status") as status:  # VmHWM: this program's own peak (ru_maxrss would
+        peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))  # count the parent's)
+    print(f"peak-rss-kib {peak}", file=sys.stderr)
+"""
+
+
+def _measured(*args: str) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Run kmemdump; its result (the measurement taken out of stderr) and its peak resident KiB."""
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURED, *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    *lines, last = result.stderr.splitlines()
+    assert last.startswith("peak-rss-kib "), result.stderr
+    result.stderr = "\n".join(lines)
+    return result, int(last.split()[1])
+
+
+HOSTILE_INDEX_BYTES = 48 << 20
+
+
+def test_a_huge_object_posing_as_an_index_is_refused_without_reading_it(
+    store_url: str, tmp_path: Path
+) -> None:
+    parsed = parse_url(store_url)
+    store = ObjectStore(parsed)
+    dump = write_dump(tmp_path, host="h3", pid=4243, reason="hang", captured_ns=1_795_860_900_000_000_000)
+    key = build_index(dump, parsed).key
+    assert store.put_if_absent(key, dump) == "created"
+    url = f"s3://{parsed.bucket}/{key}"
+    baseline, baseline_kib = _measured("show", url, "--json")  # a dump without an index object
+    assert baseline.returncode == 0 and "warning" not in baseline.stderr, baseline.stderr
+    # GIVEN another tenant planted 48 MiB of blanks as the dump's index object, and one more elsewhere
+    hostile = b"{" + b" " * (HOSTILE_INDEX_BYTES - 2) + b"}"
+    assert store.put_if_absent(index_key_of(key), hostile) == "created"
+    planted = key.rsplit("/", 1)[0] + "/big.index.json"
+    assert store.put_if_absent(planted, hostile) == "created"
+    # WHEN the dump is shown THEN it is, without the index (said in one warning), and the object was
+    # never read into memory: the peak is what it was, not 48 MiB (or twice that) more
+    shown, shown_kib = _measured("show", url, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["dump"]["pid"] == 4243
+    assert shown_kib - baseline_kib < 16 * 1024, (baseline_kib, shown_kib)
+    (warning,) = [line for line in shown.stderr.splitlines() if "warning" in line]
+    assert "index object is 50331648 bytes, more than the 65536 bytes" in warning, warning
+    # AND the planted object, named as a dump's index, is refused in one line, unread
+    refused, refused_kib = _measured("show", f"s3://{parsed.bucket}/{planted}")
+    _one_line_error(refused, "the index object is 50331648 bytes, more than the 65536 bytes")
+    assert refused_kib - baseline_kib < 16 * 1024, (baseline_kib, refused_kib)
+    # AND ls reports both as skipped, one line each
+    listing = _run("ls", store_url, "--plain")
+    assert listing.returncode == 0
+    skipped = [line for line in listing.stderr.splitlines() if "skipped" in line]
+    assert len(skipped) == 1 and "too large" in skipped[0], listing.stderr

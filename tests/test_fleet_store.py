@@ -20,6 +20,7 @@ from kmemdump.fleet.errors import ShipExtraMissingError
 from kmemdump.fleet.errors import StoreAuthError
 from kmemdump.fleet.errors import StoreConfigError
 from kmemdump.fleet.errors import StoreNotFoundError
+from kmemdump.fleet.errors import StoreTooLargeError
 from kmemdump.fleet.errors import StoreUnavailableError
 from kmemdump.fleet.errors import StoreURLError
 from kmemdump.fleet.s3 import ObjectStore
@@ -39,6 +40,20 @@ def test_conditional_put_writes_once_and_reads_back(store_url: str) -> None:
     assert store.get(key, 1, 3) == b"ir"
     info = store.head(key)
     assert info is not None and info.size == 5 and info.etag == "8b04d5e3775d298e78455efc5ca404d5"  # MD5
+
+
+def test_a_read_with_a_limit_refuses_a_larger_object_from_its_size(store_url: str) -> None:
+    store = _store(store_url)
+    key = parse_url(store_url).key("sized")
+    assert store.put_if_absent(key, b"x" * 1000) == "created"
+    assert store.get(key, limit=1000) == b"x" * 1000
+    with pytest.raises(StoreTooLargeError, match="1000 bytes, more than the 999 bytes") as caught:
+        store.get(key, limit=999)
+    assert (caught.value.size, caught.value.limit) == (1000, 999)
+    assert store.put_if_absent(parse_url(store_url).key("empty"), b"") == "created"
+    assert store.get(parse_url(store_url).key("empty"), limit=10) == b""
+    with pytest.raises(StoreNotFoundError):
+        store.get(parse_url(store_url).key("absent"), limit=10)
 
 
 def test_a_file_is_uploaded_from_its_path(store_url: str, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from kmemdump.errors import CollectorError
@@ -429,7 +430,10 @@ def dump_path(given: str | os.PathLike[str], directory: Path | None = None) -> P
     if text.lower().startswith("s3://"):
         from kmemdump.fleet.remote import fetch_dump
 
-        return fetch_dump(text)
+        def warn(message: str) -> None:
+            print(f"kmemdump: warning: {message}", file=sys.stderr)
+
+        return fetch_dump(text, on_warning=warn)
     path = Path(text)
     try:
         os.stat(path)

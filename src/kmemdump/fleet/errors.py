@@ -16,6 +16,7 @@ __all__ = [
     "StoreConfigError",
     "StoreError",
     "StoreNotFoundError",
+    "StoreTooLargeError",
     "StoreURLError",
     "StoreUnavailableError",
 ]
@@ -51,6 +52,13 @@ class StoreNotFoundError(StoreError, FileNotFoundError):
 
     def __str__(self) -> str:  # FileNotFoundError would format the message as an OSError
         return KmemdumpError.__str__(self)
+
+
+class StoreTooLargeError(StoreError):
+    """An object is larger than the most this reader takes of it (nothing past that was read)."""
+
+    size: int | None = None
+    limit: int | None = None
 
 
 class StoreAuthError(StoreError):

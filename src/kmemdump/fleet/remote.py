@@ -32,6 +32,7 @@ from kmemdump.fleet.catalog import index_key_of
 from kmemdump.fleet.catalog import parse_key
 from kmemdump.fleet.errors import StoreError
 from kmemdump.fleet.errors import StoreNotFoundError
+from kmemdump.fleet.errors import StoreTooLargeError
 from kmemdump.fleet.s3 import ObjectStore
 from kmemdump.fleet.url import StoreURL
 from kmemdump.fleet.url import parse_url
@@ -46,11 +47,28 @@ __all__ = [
     "download_limit",
     "fetch_dump",
     "list_indexes",
+    "read_index",
 ]
 
 DEFAULT_DOWNLOAD_LIMIT = 4 * 1024**3
 DOWNLOAD_LIMIT_VARIABLE = "KMEMDUMP_MAX_DOWNLOAD"
 _READERS = 16
+
+
+def read_index(store: ObjectStore, key: str) -> DumpIndex:
+    """The index object at ``key``, read and checked. At most :data:`MAX_INDEX_BYTES` of it are
+    read: a larger object (anyone who may write to the bucket can plant one) is refused from its
+    size alone, as :class:`~kmemdump.errors.DumpFormatError`."""
+    try:
+        data = store.get(key, limit=MAX_INDEX_BYTES)
+    except StoreTooLargeError as err:
+        size = f"{err.size} bytes" if err.size is not None else "larger"
+        raise DumpFormatError(
+            f"the index object is {size}, more than the {MAX_INDEX_BYTES} bytes an index object may "
+            "have: kmemdump did not write it, and reads no more of it",
+            key=key,
+        ) from err
+    return decode_index(data)
 
 
 def _days(store: ObjectStore, url: StoreURL, wanted: DumpFilter) -> list[str]:
@@ -99,7 +117,7 @@ def list_indexes(
 
     def read(key: str) -> DumpIndex | None:
         try:
-            index = decode_index(store.get(key))
+            index = read_index(store, key)
         except StoreNotFoundError:
             return None  # removed since the listing
         except DumpFormatError as err:
@@ -134,9 +152,16 @@ def _remove_temporary() -> None:
         shutil.rmtree(_TEMPORARY.pop(), ignore_errors=True)
 
 
-def fetch_dump(text: str, store: ObjectStore | None = None) -> Path:
+def fetch_dump(
+    text: str,
+    store: ObjectStore | None = None,
+    *,
+    on_warning: Callable[[str], None] = lambda message: None,
+) -> Path:
     """Download the dump ``text`` (``s3://BUCKET/KEY`` of a dump or of its index object) to a
-    private temporary file, removed at exit; returns its path."""
+    private temporary file, removed at exit; returns its path. An index object beside the dump
+    that cannot be used (malformed, too large) is said through ``on_warning``, and the dump is
+    read without it."""
     url = parse_url(text)
     if not url.prefix:
         raise StoreError("the URL names a bucket, not a dump (kmemdump ls s3://BUCKET lists them)", url=text)
@@ -144,7 +169,7 @@ def fetch_dump(text: str, store: ObjectStore | None = None) -> Path:
     key = url.prefix
     index: DumpIndex | None = None
     if key.endswith(INDEX_SUFFIX):
-        index = decode_index(store.get(key))
+        index = read_index(store, key)
         key = index.key
     info = store.head(key)
     if info is None:
@@ -162,9 +187,12 @@ def fetch_dump(text: str, store: ObjectStore | None = None) -> Path:
         )
     if index is None:
         try:
-            index = decode_index(store.get(index_key_of(key)))
-        except (StoreNotFoundError, DumpFormatError):
-            index = None  # a dump without (a sound) index can still be read
+            index = read_index(store, index_key_of(key))
+        except StoreNotFoundError:
+            index = None  # a dump without an index can still be read
+        except DumpFormatError as err:
+            on_warning(f"the dump's index object is not used: {err}; the dump is not checked against it")
+            index = None
     directory = Path(tempfile.mkdtemp(prefix="kmemdump-s3-"))  # mode 0700
     if not _TEMPORARY:
         atexit.register(_remove_temporary)

@@ -2,8 +2,9 @@
 
 * :meth:`ObjectStore.put_if_absent` — a conditional PUT (``If-None-Match: *``): ``"created"``, or
   ``"exists"`` when the key is taken, so a retried upload never writes twice;
-* :meth:`ObjectStore.get` (whole or a byte range), :meth:`ObjectStore.download` (streamed into a
-  file, with a size cap), :meth:`ObjectStore.head`, :meth:`ObjectStore.objects` (a paginated listing).
+* :meth:`ObjectStore.get` (whole or a byte range, or whole up to a size cap: an object's size is
+  checked before its body is read), :meth:`ObjectStore.download` (streamed into a file, with a
+  size cap), :meth:`ObjectStore.head`, :meth:`ObjectStore.objects` (a paginated listing).
 
 obstore comes from the ``ship`` extra and is imported on first use; without it every verb raises
 :class:`~kmemdump.fleet.errors.ShipExtraMissingError`. Requests use path-style addressing (it works
@@ -33,6 +34,7 @@ from kmemdump.fleet.errors import StoreAuthError
 from kmemdump.fleet.errors import StoreConfigError
 from kmemdump.fleet.errors import StoreError
 from kmemdump.fleet.errors import StoreNotFoundError
+from kmemdump.fleet.errors import StoreTooLargeError
 from kmemdump.fleet.errors import StoreUnavailableError
 from kmemdump.fleet.url import StoreURL
 
@@ -146,9 +148,19 @@ class ObjectStore:
             )
         return "created"
 
-    def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
-        """The object's bytes, or those of ``[start, end)`` (``end`` None: to the end)."""
+    def get(
+        self, key: str, start: int | None = None, end: int | None = None, *, limit: int | None = None
+    ) -> bytes:
+        """The object's bytes, or those of ``[start, end)`` (``end`` None: to the end).
+
+        With ``limit`` (whole objects only), an object of more bytes is :class:`StoreTooLargeError`:
+        its size is read from the response's headers before any of its body, and the body is read
+        no further than ``limit`` bytes whatever the headers said, so a hostile object costs at
+        most ``limit`` bytes of memory.
+        """
         try:
+            if start is None and limit is not None:
+                return self._get_bounded(key, limit)
             if start is None:
                 return bytes(self._obstore.get(self._store, key).bytes())
             if end is None:
@@ -161,6 +173,33 @@ class ObjectStore:
             raise
         except Exception as err:
             raise self._translate(err, key) from err
+
+    def _get_bounded(self, key: str, limit: int) -> bytes:
+        # The response is dropped (its connection closed) before raising: a traceback keeps this
+        # frame's locals alive, and a live response goes on filling the client's buffers.
+        result = self._obstore.get(self._store, key)
+        size = int(result.meta["size"])
+        if size > limit:
+            del result
+            raise StoreTooLargeError(
+                f"the object is {size} bytes, more than the {limit} bytes read of it",
+                key=key,
+                size=size,
+                limit=limit,
+            )
+        chunks = result.stream(min_chunk_size=min(limit + 1, 1 << 16))
+        del result
+        data = bytearray()
+        for chunk in chunks:
+            data += chunk
+            if len(data) > limit:  # the headers understated it
+                break
+        del chunks
+        if len(data) > limit:
+            raise StoreTooLargeError(
+                f"the object is more than the {limit} bytes read of it", key=key, limit=limit
+            )
+        return bytes(data)
 
     def download(self, key: str, out: IO[bytes], *, limit: int | None = None) -> int:
         """Stream the object into ``out``; more than ``limit`` bytes is a :class:`StoreError`."""

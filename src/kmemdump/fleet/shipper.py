@@ -35,10 +35,12 @@ from kmemdump.fleet.catalog import build_index
 from kmemdump.fleet.catalog import digest_file
 from kmemdump.fleet.catalog import index_key_of
 from kmemdump.fleet.errors import StoreError
+from kmemdump.fleet.errors import StoreTooLargeError
 from kmemdump.fleet.s3 import ObjectStore
 from kmemdump.fleet.spool import Spool
 from kmemdump.fleet.spool import SpoolEntry
 from kmemdump.fleet.url import StoreURL
+from kmemdump.formats.dumpindex import MAX_INDEX_BYTES
 from kmemdump.formats.dumpindex import DumpIndex
 from kmemdump.formats.dumpindex import encode_index
 
@@ -247,8 +249,8 @@ class Shipper:
         if store.put_if_absent(key, encode_index(index)) == "created":
             return
         try:
-            theirs = json.loads(store.get(key))
-        except ValueError:
+            theirs = json.loads(store.get(key, limit=MAX_INDEX_BYTES))
+        except (ValueError, RecursionError, StoreTooLargeError):  # another tenant's object, not ours
             theirs = None
         if not (
             isinstance(theirs, dict)
