@@ -15,6 +15,8 @@ import json
 import os
 import re
 import shlex
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -671,6 +673,103 @@ def test_extract_refuses_a_symlink_and_a_directory(
     code, _, err = run_cli(capsys, "extract", str(built.path), "orders", "-o", str(tmp_path))
     assert code == 1
     assert "the output is a directory" in err
+
+
+def _special(kind: str, path: Path) -> None:
+    """Make a ``kind`` file at ``path`` (a device node needs root: skipped, with the reason, otherwise)."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "chardev":
+        if os.geteuid() != 0:
+            pytest.skip("making a device node (mknod) needs root")
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 7))  # the numbers of /dev/full
+    elif kind == "socket":
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+        server.close()
+    else:
+        (path.parent / "victim").write_bytes(b"precious")
+        path.symlink_to(path.parent / "victim")
+
+
+def _same_special(kind: str, path: Path) -> bool:
+    info = os.lstat(path)
+    if kind == "fifo":
+        return stat.S_ISFIFO(info.st_mode)
+    if kind == "chardev":
+        return stat.S_ISCHR(info.st_mode) and info.st_rdev == os.makedev(1, 7)
+    if kind == "socket":
+        return stat.S_ISSOCK(info.st_mode)
+    return stat.S_ISLNK(info.st_mode) and (path.parent / "victim").read_bytes() == b"precious"
+
+
+SPECIAL_KINDS = {
+    "fifo": "a FIFO",
+    "chardev": "a character device",
+    "socket": "a socket",
+    "symlink": "a symbolic link",
+}
+
+
+@pytest.mark.parametrize(
+    "case", [f"{k}-{way}" for k in SPECIAL_KINDS for way in ("renameat2", "without-renameat2")]
+)
+def test_extract_force_replaces_only_a_regular_file(
+    case: str,
+    built: Built,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kmemdump import files
+
+    kind, _, way = case.partition("-")
+    if way == "without-renameat2":
+        monkeypatch.setattr(files, "_renameat2", None)
+    output = tmp_path / "out"
+    output.mkdir()
+    target = output / "region.bin"
+    _special(kind, target)
+    before = sorted(p.name for p in output.iterdir())
+    # WHEN extract is forced onto it THEN it is refused in one line, and the file is as it was
+    code, _, err = run_cli(capsys, "extract", str(built.path), "orders", "-o", str(target), "-f")
+    assert code == 1
+    assert err.startswith(f"kmemdump: error: the output is {SPECIAL_KINDS[kind]}, not a regular file"), err
+    assert "-o -" in err and "Traceback" not in err
+    assert _same_special(kind, target)
+    assert sorted(p.name for p in output.iterdir()) == before  # no temporary left either
+    # AND a regular file is still replaced
+    plain = output / "plain.bin"
+    plain.write_bytes(b"old")
+    code, _, _ = run_cli(capsys, "extract", str(built.path), "orders", "-o", str(plain), "-f")
+    assert code == 0 and plain.read_bytes() == built.data[ID.USER_START]
+
+
+@pytest.mark.parametrize("kind", list(SPECIAL_KINDS))
+def test_replace_regular_swaps_back_what_is_not_a_regular_file(kind: str, tmp_path: Path) -> None:
+    from kmemdump import files
+
+    if files._renameat2 is None:
+        pytest.skip("renameat2 is not available in this C library")
+    # GIVEN a name that became a special file after the check (the race the exchange closes)
+    target = tmp_path / "region.bin"
+    _special(kind, target)
+    ours = tmp_path / ".region.bin.tmp"
+    ours.write_bytes(b"new")
+    # WHEN it is replaced THEN the special file is back under its name and ours under its own
+    with pytest.raises(files.NotRegularFileError) as caught:
+        files.replace_regular(ours, target)
+    assert caught.value.kind == SPECIAL_KINDS[kind]
+    assert _same_special(kind, target)
+    assert ours.read_bytes() == b"new"
+    # AND a regular file there is replaced, and an absent name given
+    regular = tmp_path / "regular"
+    regular.write_bytes(b"old")
+    files.replace_regular(ours, regular)
+    assert regular.read_bytes() == b"new" and not ours.exists()
+    ours.write_bytes(b"newer")
+    files.replace_regular(ours, tmp_path / "absent")
+    assert (tmp_path / "absent").read_bytes() == b"newer" and not ours.exists()
 
 
 # --- gdb --------------------------------------------------------------------------------------------
