@@ -62,6 +62,26 @@ mode = sys.argv[1]
 mine = kmemdump.alloc(64, name="mine")
 mine[:] = bytes(range(100, 164))
 
+if mode in ("exec-main", "exec-thread"):
+    started = threading.Barrier(3)
+    def idle():
+        started.wait()
+        threading.Event().wait()
+    for i in range(2):
+        threading.Thread(target=idle, daemon=True).start()
+    started.wait()
+    def become():
+        os.execv(sys.executable, [sys.executable, sys.argv[0], "segv"])
+    if mode == "exec-main":
+        become()
+    threading.Thread(target=become).start()
+    threading.Event().wait()
+if mode == "spawn":  # a child process of the supervised program: kmemdump stays out of it
+    import subprocess
+    probe = "import os, sys; print('kmemdump' in sys.modules, os.environ.get('KMEMDUMP_AUTOINIT'))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    say("child", out.stdout.strip())
+    sys.exit(0)
 if mode == "exit3":
     os._exit(3)
 if mode == "segv":
@@ -94,6 +114,31 @@ if mode == "threads":
 if mode == "answer":
     sys.stdin.readline()
     say("alive")
+if mode in ("worker-segv", "worker-exit3", "main-abort"):
+    started, idle = threading.Barrier(4), []
+    def wait_forever():
+        idle.append(threading.get_native_id())
+        started.wait()
+        threading.Event().wait()
+    for i in range(3):
+        threading.Thread(target=wait_forever, daemon=True).start()
+    started.wait()
+    def crash():
+        if mode == "worker-segv":
+            ctypes.string_at(0)
+        if mode == "worker-exit3":
+            os._exit(3)
+        os.abort()
+    if mode == "main-abort":
+        say("crasher", threading.get_native_id(), *idle)
+        sys.stdin.readline()
+        crash()
+    def worker():
+        say("crasher", threading.get_native_id(), *idle)
+        sys.stdin.readline()
+        crash()
+    threading.Thread(target=worker).start()
+    threading.Event().wait()
 sys.stdin.readline()  # block until the test says otherwise
 """
 
@@ -412,6 +457,90 @@ def test_threads_started_after_the_seize_are_traced_and_dumped(start: Callable[.
     _assert_full_death_dump(meta, data, pid)
     for i in range(3):
         assert data[f"thread{i}"] == bytes([i + 1]) * 32
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("traceable")
+@pytest.mark.parametrize(
+    ("mode", "status", "signo"),
+    [
+        ("worker-segv", 128 + signal.SIGSEGV, signal.SIGSEGV),
+        ("worker-exit3", 3, 0),
+        ("main-abort", 128 + signal.SIGABRT, signal.SIGABRT),
+    ],
+)
+def test_every_thread_is_held_at_its_exit_stop_and_the_crashing_one_comes_first(
+    start: Callable[..., Run], mode: str, status: int, signo: int
+) -> None:
+    # GIVEN a program with three idle threads and one that is about to crash (or call exit)
+    run = start(mode)
+    _, pid_text = run.line()
+    pid = int(pid_text)
+    words = run.line()
+    assert words[0] == "crasher", words
+    crasher, idle = int(words[1]), [int(w) for w in words[2:]]
+    for tid in (pid, crasher, *idle):
+        _wait_for(lambda tid=tid: _tracer_of(tid) != 0, f"thread {tid} traced")
+    # WHEN it dies
+    run.send("go\n")
+    assert run.finish() == status
+    # THEN every thread was held at its exit stop with all its registers, the crasher's note first
+    meta, _ = _only_dump(run)
+    assert meta.death is not None and (meta.death.tid, meta.death.late) == (crasher, ())
+    with CoreImage.open(run.dumps()[0]) as core:
+        statuses = [parse_prstatus(n.desc, core.machine) for n in core.notes if n.type == NT_PRSTATUS]
+        names = REGISTER_NAMES[core.machine]
+        machine = core.machine
+    tids = [s.pid for s in statuses]
+    assert tids[0] == crasher and sorted(tids) == sorted({pid, crasher, *idle, *tids[1:]}), tids
+    assert {pid, crasher, *idle} <= set(tids)
+    for note in statuses:
+        registers = dict(zip(names, note.registers, strict=True))
+        assert all(pc_and_sp(machine, note.registers)), (note.pid, registers)
+        if machine == EM_X86_64:  # only a ptrace stop gives these: not /proc/PID/task/TID/syscall
+            assert registers["fs_base"] and registers["cs"], (note.pid, registers)
+        assert note.cursig == signo, note
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        pytest.skip("gdb is not installed: the rest reads the dump with it")
+    out = subprocess.run(
+        [gdb, "-nx", "-batch", "-c", str(run.dumps()[0]), "-ex", "info threads"],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=False,
+    )
+    current = next(line for line in out.stdout.splitlines() if line.startswith("*"))
+    assert f"LWP {crasher}" in current, out.stdout  # gdb starts in the crashing thread
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("traceable")
+@pytest.mark.parametrize("mode", ["exec-main", "exec-thread"])
+def test_an_exec_is_not_a_death_and_the_new_programs_death_is_dumped(
+    start: Callable[..., Run], mode: str
+) -> None:
+    # GIVEN a program with threads that execs (from its main thread, or from another one) into a
+    # program that segfaults
+    run = start(mode)
+    # WHEN it has run to its end
+    assert run.finish() == 128 + signal.SIGSEGV
+    # THEN one dump: the new program's death, read with the table the new program published
+    meta, data = _only_dump(run)
+    _assert_full_death_dump(meta, data, meta.pid)
+    assert meta.death is not None and meta.death.signal == signal.SIGSEGV
+    assert b"program.py segv" in data["banner"]
+    assert "segv" in meta.argv
+    log = run.log()
+    assert "exec: a new program replaced" in log
+    assert "exit code 0" not in log, log
+
+
+@pytest.mark.timeout(60)
+def test_the_supervised_programs_children_are_left_alone(start: Callable[..., Run]) -> None:
+    run = start("spawn", trace=False)
+    assert run.line() == ["child", "False", "None"]
+    assert run.finish() == 0
 
 
 # --- job control and hangs under the tracer ----------------------------------------------------

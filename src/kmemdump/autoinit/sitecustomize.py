@@ -2,8 +2,11 @@
 
 ``kmemdump run`` puts this directory first on ``PYTHONPATH``; Python imports ``sitecustomize``
 at start-up, which calls ``kmemdump.init(table=True, ...)`` and then hands over to any other
-``sitecustomize`` further down the path, so an existing one still runs. The environment variables
-are removed afterwards, so the program's own child processes are left alone.
+``sitecustomize`` further down the path, so an existing one still runs. The program's own child
+processes are left alone: the hook marks the environment with the process it started in
+(``KMEMDUMP_AUTOINIT=pid:PID:START``), and removes its variables in any other process. The same
+process after an ``exec`` (same pid, same start time) starts kmemdump again: ``kmemdump run``
+supervises whatever program its child becomes.
 """
 
 import contextlib
@@ -11,14 +14,33 @@ import importlib
 import os
 import sys
 
+_VARIABLES = ("AUTOINIT", "SRC", "WATCHDOG", "FEEDER", "SUPERVISOR")
+
+
+def _this_process() -> str:
+    """``pid:PID:START``: this process, which an ``exec`` keeps (pid and start time) and a child has not."""
+    try:
+        with open("/proc/self/stat", "rb") as handle:
+            stat = handle.read()
+        start = stat[stat.rfind(b")") + 2 :].split()[19].decode()
+    except (OSError, IndexError, UnicodeDecodeError):
+        start = "?"
+    return f"pid:{os.getpid()}:{start}"
+
 
 def _kmemdump_autoinit() -> None:
-    if os.environ.pop("KMEMDUMP_AUTOINIT", None) != "1":
+    mark = os.environ.get("KMEMDUMP_AUTOINIT")
+    here = _this_process()
+    if mark not in ("1", here):  # a child of the supervised program (or no run at all)
+        if mark is not None:
+            for name in _VARIABLES:
+                os.environ.pop(f"KMEMDUMP_{name}", None)
         return
-    source = os.environ.pop("KMEMDUMP_SRC", "")
-    timeout = os.environ.pop("KMEMDUMP_WATCHDOG", "")
-    feeder = os.environ.pop("KMEMDUMP_FEEDER", "progress")
-    supervisor = os.environ.pop("KMEMDUMP_SUPERVISOR", "")
+    os.environ["KMEMDUMP_AUTOINIT"] = here  # the program's children leave kmemdump out; its exec does not
+    source = os.environ.get("KMEMDUMP_SRC", "")
+    timeout = os.environ.get("KMEMDUMP_WATCHDOG", "")
+    feeder = os.environ.get("KMEMDUMP_FEEDER", "progress")
+    supervisor = os.environ.get("KMEMDUMP_SUPERVISOR", "")
     try:
         import kmemdump
     except ImportError:  # another interpreter: the producer is pure standard library

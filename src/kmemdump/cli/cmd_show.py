@@ -231,7 +231,11 @@ def _capture_line(meta: DumpMeta) -> str:
 def _reason_line(meta: DumpMeta) -> str:
     """Why the dump was taken; for a death, how the process ended (or that nobody could tell)."""
     if meta.reason == "death" and meta.death is not None:
-        return f"death: {meta.death.describe()}"
+        death = meta.death
+        where = f" in thread {death.tid}" if death.tid is not None else ""
+        late = ", ".join(str(t) for t in death.late[:8]) + (" …" if len(death.late) > 8 else "")
+        unheld = f"; not at their exit stop in time (registers from /proc): {late}" if death.late else ""
+        return f"death: {death.describe()}{where}{unheld}"
     return _REASONS.get(meta.reason, meta.reason)
 
 

@@ -491,7 +491,10 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
             capture_state=_capture_state(options, gone, capture),
         )
         if shape is not None:
-            notes = process_notes(shape, cursig=_cursig(job.death), siginfo=_siginfo(job.death))
+            first = job.death.tid if job.death is not None else None  # the crashing thread first
+            notes = process_notes(
+                shape, cursig=_cursig(job.death), siginfo=_siginfo(job.death), first_tid=first
+            )
         else:  # gone: what the table and the watcher knew of it
             signo = _cursig(job.death)
             siginfo = _siginfo(job.death)

@@ -31,7 +31,16 @@ from kmemdump.formats.corenotes import pc_and_sp
 from kmemdump.formats.corenotes import registers_from
 from kmemdump.formats.elf import check_machine
 
-__all__ = ["RegisterSource", "ThreadRegisters", "parse_syscall_file", "read_registers", "thread_ids"]
+__all__ = [
+    "RegisterSource",
+    "ThreadRegisters",
+    "exit_syscalls",
+    "in_exec",
+    "parse_syscall_file",
+    "read_registers",
+    "syscall_number",
+    "thread_ids",
+]
 
 PTRACE_GETREGSET = 0x4204
 NT_PRSTATUS = 1
@@ -148,6 +157,57 @@ def read_registers(
             words, source = (0,) * len(REGISTER_NAMES[machine]), "none"
         out[tid] = ThreadRegisters(tid, words, source, machine)
     return out
+
+
+# (exit, exit_group) and (execve, execveat) per e_machine: arch/x86/entry/syscalls/syscall_64.tbl,
+# include/uapi/asm-generic/unistd.h
+_EXIT = {62: (60, 231), 183: (93, 94)}
+_EXEC = {62: (59, 322), 183: (221, 281)}
+_RUNNING_TRIES = 64
+
+
+def exit_syscalls(machine: int) -> tuple[int, int]:
+    """The numbers of ``exit`` (one thread) and ``exit_group`` (the process) on ``machine``."""
+    return _EXIT.get(machine, (-2, -2))
+
+
+def _syscall_of(pid: int, tid: int) -> int | None:
+    """The system call a stopped or blocked thread is in (-1: none), from ``/proc``; None when it is
+    running or gone."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/syscall", "rb") as handle:
+            first = handle.read(64).split(maxsplit=1)
+    except OSError:
+        return None
+    try:
+        return int(first[0], 0) if first else None
+    except ValueError:
+        return None  # "running"
+
+
+def syscall_number(pid: int, registers: ThreadRegisters) -> int | None:
+    """The system call a thread was in when it entered the kernel (-1: it entered by a fault or an
+    interrupt): ``orig_rax`` of registers read by ptrace on x86_64, ``/proc`` otherwise."""
+    if registers.source == "ptrace" and registers.machine == 62:
+        number = registers.value("orig_rax")
+        return number - (1 << 64) if number >= 1 << 63 else number
+    return _syscall_of(pid, registers.tid)
+
+
+def in_exec(pid: int, tids: Iterable[int], machine: int | None = None) -> bool:
+    """Whether one of the threads ``tids`` is in ``execve``: it then waits, blocked, for the others to
+    die (and, if it is not the main thread, for the main thread to be released from its exit stop).
+    A thread caught running (on its way to that wait) is looked at again, a bounded number of times."""
+    numbers = _EXEC.get(check_machine(machine), ())
+    for tid in tids:
+        for _ in range(_RUNNING_TRIES):
+            number = _syscall_of(pid, tid)
+            if number is not None or not os.path.exists(f"/proc/{pid}/task/{tid}"):
+                break
+            os.sched_yield()
+        if number in numbers:
+            return True
+    return False
 
 
 def thread_ids(pid: int) -> list[int]:

@@ -132,6 +132,12 @@ def _supervise_traced(
             finally:
                 tracer.resume()
                 tracer.drop_shadow()
+        execd = tracer.poll_exec()
+        if execd is not None:
+            try:  # held before its new program runs: the old one's table goes before a new one comes
+                watcher.program_replaced(execd.pid)
+            finally:
+                tracer.resume()
         if tracer.done:
             return tracer.status
         watcher.step()

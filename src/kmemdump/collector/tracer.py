@@ -21,11 +21,19 @@ requires. That thread:
 * keeps group-stops working: a stopped tracee is left stopped with ``PTRACE_LISTEN`` until a
   SIGCONT, so SIGSTOP, Ctrl-Z, ``kill -CONT`` and the collector's own SIGSTOP-while-copying behave
   as without a tracer;
-* lets exiting threads go at once, except the thread-group leader: its exit stop is taken for the
-  process's exit and handed to the caller (:meth:`ExitTracer.poll_exit`), who dumps the memory,
-  still mapped, and then calls :meth:`ExitTracer.resume`. (A main thread that ends alone with
-  ``pthread_exit``, or one killed by another thread's ``exec``, stops there too and is taken for
-  a death: Python programs do neither unless a C extension does);
+* holds every thread of a dying process at its exit stop. A process that dies of a fatal signal,
+  or calls ``exit_group`` with a non-zero status, sends every thread through ``PTRACE_EVENT_EXIT``
+  with that status: the first to arrive makes the death known to the caller
+  (:meth:`ExitTracer.poll_exit`, which waits a short bound, :data:`GATHER_BOUND`, for the others),
+  each is held there with all its registers read, and all are let go together when the caller,
+  having dumped the memory, calls :meth:`ExitTracer.resume`. The thread that took the fatal signal
+  (or called ``exit``) is named, so that its registers come first in the core, as in a kernel
+  core. A thread that ends alone (status 0, not the leader) goes at once. The leader's status-0
+  exit stop is a death (``exit(0)`` that left its table behind, or a main thread that ended
+  alone) unless another thread is in ``execve``: ``exec`` from a thread kills the leader first;
+* treats an ``exec`` as the end of one program and the start of the next, not as a death: the
+  caller learns of it (:meth:`ExitTracer.poll_exec`) while the new program is held at its very
+  start, forgets the old program's table, and resumes it;
 * reaps the child at the end and keeps its wait status (:attr:`ExitTracer.status`): the caller
   must not wait for the child itself.
 
@@ -60,11 +68,15 @@ from collections.abc import Callable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
+from dataclasses import replace
 from pathlib import Path
 
 from kmemdump.collector.exits import death_from_siginfo
 from kmemdump.collector.registers import ThreadRegisters
+from kmemdump.collector.registers import exit_syscalls
+from kmemdump.collector.registers import in_exec
 from kmemdump.collector.registers import read_registers
+from kmemdump.collector.registers import syscall_number
 from kmemdump.collector.shadow import Shadow
 from kmemdump.collector.shadow import fatal_by_default
 from kmemdump.collector.shadow import make_shadow
@@ -74,7 +86,9 @@ from kmemdump.errors import ProcessGoneError
 from kmemdump.formats.dumpmeta import Death
 
 __all__ = [
+    "GATHER_BOUND",
     "TRACE_OPTIONS",
+    "ExecStop",
     "ExitStop",
     "ExitTracer",
     "describe_status",
@@ -106,6 +120,11 @@ _WNOTHREAD = 0x20000000
 
 TRACE_OPTIONS = PTRACE_O_TRACEEXIT | PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC
 """Stop at every thread's exit, follow new threads, and learn of exec (which renames threads)."""
+
+GATHER_BOUND = 0.25
+"""Seconds :meth:`ExitTracer.poll_exit` waits for every thread of a dying process to reach its exit
+stop (they arrive within microseconds; one in an uninterruptible sleep may not): the dump is then
+taken with the threads that arrived, and the others are named in its death record."""
 
 _STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
 
@@ -232,6 +251,10 @@ class ExitStop:
     """The ``siginfo_t`` of the fatal signal as it was delivered, when one was (never for SIGKILL)."""
     since: float = 0.0
     """When the tracer saw the stop (:func:`time.perf_counter`): the hold began then."""
+    first_tid: int | None = None
+    """The thread that took the fatal signal, or called ``exit``: a debugger starts there."""
+    late: tuple[int, ...] = ()
+    """Threads that had not reached their exit stop within :data:`GATHER_BOUND` (not held)."""
     shadow: int | None = None
     """A process sharing the dying process's memory (:mod:`.shadow`), made when a fatal signal was
     delivered: read the regions there after :meth:`ExitTracer.resume`, then
@@ -241,8 +264,78 @@ class ExitStop:
         return describe_status(self.status)
 
     def death(self) -> Death:
-        """How the process ended: the status and, for a signal, its ``siginfo``."""
-        return death_from_siginfo(self.status, self.siginfo)
+        """How the process ended: the status and, for a signal, its ``siginfo``; which thread."""
+        return replace(death_from_siginfo(self.status, self.siginfo), tid=self.first_tid, late=self.late)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecStop:
+    """The child after an ``execve``, held before the new program runs, until :meth:`ExitTracer.resume`."""
+
+    pid: int
+    former_tid: int
+    """The thread that called ``execve`` (it now carries the process's id)."""
+
+
+class _Dying:
+    """A death being gathered by the tracer thread: which threads are held at their exit stop."""
+
+    def __init__(self, status: int, since: float, signal_tid: int | None, expected: set[int]) -> None:
+        self.status = status
+        self.since = since
+        self.signal_tid = signal_tid
+        self.expected = expected
+        """The threads that will come through their exit stop (those traced and not ended)."""
+        self.arrived: list[int] = []
+        self.registers: dict[int, ThreadRegisters] = {}
+        self.caller: int | None = None
+        """The thread that called ``exit_group``, when one did."""
+        self.lock = threading.Lock()
+        self.complete = threading.Event()
+        self.published = False
+
+    def arrive(self, tid: int, registers: Mapping[int, ThreadRegisters], *, caller: bool = False) -> None:
+        with self.lock:
+            self.arrived.append(tid)
+            if caller and self.caller is None:
+                self.caller = tid
+            self.registers.update(registers)
+            self._check()
+
+    def gone(self, tid: int) -> None:
+        with self.lock:
+            self.expected.discard(tid)
+            self._check()
+
+    def expect(self, tid: int) -> None:
+        with self.lock:
+            if tid not in self.arrived:
+                self.expected.add(tid)
+                self.complete.clear()
+
+    def _check(self) -> None:
+        if self.expected <= set(self.arrived):
+            self.complete.set()
+
+    def stop(self, pid: int, siginfo: bytes | None, shadow: int | None) -> ExitStop:
+        """What the caller gets: the threads held so far, the crashing one first."""
+        with self.lock:
+            registers = dict(self.registers)
+            late = tuple(sorted(self.expected - set(self.arrived)))
+            # the thread the fatal signal was delivered to, or that called exit; else (SIGKILL, which
+            # is never delivered to a tracer) the main thread, as the kernel's own choice would be
+            candidates = (self.signal_tid, self.caller, pid, *self.arrived)
+            first = next((tid for tid in candidates if tid in registers), None)
+        return ExitStop(
+            pid,
+            self.status,
+            registers=registers,
+            siginfo=siginfo,
+            since=self.since,
+            first_tid=first,
+            late=late,
+            shadow=shadow,
+        )
 
 
 class ExitTracer:
@@ -267,15 +360,25 @@ class ExitTracer:
         """The child's wait status once the tracer reaped it."""
         self.failure: str | None = None
         """Why the tracer gave up (it has detached), or None."""
-        self._exits: queue.SimpleQueue[ExitStop] = queue.SimpleQueue()
+        self._exits: queue.SimpleQueue[_Dying] = queue.SimpleQueue()
+        self._execs: queue.SimpleQueue[ExecStop] = queue.SimpleQueue()
+        self._dying: _Dying | None = None
+        """The death being gathered or held, until its threads are let go."""
+        self._held: list[int] = []
+        """Threads this thread keeps at a stop until :meth:`resume` (exit stops, an exec stop)."""
+        self._ended: set[int] = set()
+        """Threads that went through their exit stop (they will not come again)."""
+        self._dead = False
+        """A death of the whole program was handed over: later exit stops are its threads going."""
         self._go = threading.Event()
         self._attached = threading.Event()
         self._attach_error: BaseException | None = None
         self._done = threading.Event()
         self._closed = False
         self._tids: set[int] = set()
-        self._signals: dict[int, bytes] = {}
-        """The ``siginfo`` of the last delivery of each signal (the one that kills is among them)."""
+        self._signals: dict[int, tuple[bytes, int]] = {}
+        """The ``siginfo`` of the last delivery of each signal (the one that kills is among them), and
+        the thread it was delivered to."""
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._main, name=f"kmemdump-tracer-{pid}", daemon=True)
 
@@ -312,17 +415,38 @@ class ExitTracer:
         with contextlib.suppress(OSError):  # full (the loop has not looked yet) or closed: awake already
             os.write(self._wake_w, b"!")
 
-    def poll_exit(self) -> ExitStop | None:
-        """The child's exit stop waiting for :meth:`resume`, if it reached one."""
+    def poll_exit(self, bound: float = GATHER_BOUND) -> ExitStop | None:
+        """The child's death, its threads held at their exit stop until :meth:`resume`, if it reached one.
+
+        The first thread's arrival makes it known; this waits up to ``bound`` seconds (an event set
+        by the tracer thread, no polling) for the others, which the kernel sends through their exit
+        stops at once unless one is in an uninterruptible sleep. Those that had not arrived are named
+        in :attr:`ExitStop.late`.
+        """
         with contextlib.suppress(OSError):
             os.read(self._wake_r, 64)
         try:
-            return self._exits.get_nowait()
+            dying = self._exits.get_nowait()
+        except queue.Empty:
+            return None
+        dying.complete.wait(bound)
+        fatal = os.WTERMSIG(dying.status) if os.WIFSIGNALED(dying.status) else 0
+        kept = self._signals.get(fatal) if fatal else None
+        if kept is not None and dying.signal_tid is None:
+            dying.signal_tid = kept[1]
+        shadow = self._shadow.pid if self._shadow is not None and not self._shadow_gone else None
+        return dying.stop(self.pid, kept[0] if kept is not None else None, shadow)
+
+    def poll_exec(self) -> ExecStop | None:
+        """The child after an ``execve``, held before its new program runs, until :meth:`resume`."""
+        try:
+            return self._execs.get_nowait()
         except queue.Empty:
             return None
 
     def resume(self) -> None:
-        """Let a child held at its exit stop finish exiting."""
+        """Let a child held at its exit stop finish exiting (every thread held there), or one held
+        after an ``exec`` run its new program."""
         self._go.set()
 
     @property
@@ -424,6 +548,13 @@ class ExitTracer:
                     self._shadow.kill()  # nobody will read it
             else:
                 self._tids.discard(tid)
+                self._ended.add(tid)
+                if self._dying is not None:
+                    self._dying.gone(tid)
+                    if self._dying.complete.is_set() and self._held:
+                        self._wait_and_release()
+            if self._held and self._go.is_set():
+                self._release()  # resumed while this thread waited for a late thread of a death
 
     def _on_stop(self, tid: int, status: int) -> None:
         sig = os.WSTOPSIG(status)
@@ -449,17 +580,15 @@ class ExitTracer:
             else:
                 _cont(tid)  # a new thread's first stop, or the wake-up after a SIGCONT
         elif event == PTRACE_EVENT_EXIT:
-            if tid == self.pid:
-                self._hold_exit(tid)
-            _cont(tid)
+            self._on_exit(tid)
         elif event == PTRACE_EVENT_CLONE:
-            self._tids.add(_event_message(tid))
+            new = _event_message(tid)
+            self._tids.add(new)
+            if self._dying is not None:
+                self._dying.expect(new)  # created as the process died: it comes through too
             _cont(tid)
         elif event == PTRACE_EVENT_EXEC:
-            former = _event_message(tid)  # the thread that exec'd now carries the leader's id
-            if former != tid:
-                self._tids.discard(former)
-            _cont(tid)
+            self._on_exec(tid)
         else:
             _cont(tid)
 
@@ -473,25 +602,91 @@ class ExitTracer:
         if info is None or not 0 < sig < 128:
             return info
         kept = self._signals.get(sig)
-        if kept is not None and _kernel_fault(kept) and _sent_by(info) == self.pid:
+        if kept is not None and _kernel_fault(kept[0]) and _sent_by(info) == self.pid:
             return info
-        self._signals[sig] = info
+        self._signals[sig] = (info, tid)
         return info
 
-    def _hold_exit(self, tid: int) -> None:
+    def _on_exit(self, tid: int) -> None:
+        """A thread at its exit stop: part of a death (held, its registers read), or let go."""
         try:
             code = _event_message(tid)
         except ProcessLookupError:
             return  # SIGKILLed out of the stop already: nothing left to hold
         since = time.perf_counter()
-        fatal = os.WTERMSIG(code) if os.WIFSIGNALED(code) else 0
-        self._go.clear()
-        registers = read_registers(self.pid, [tid], ptrace_stopped=[tid])
-        siginfo = self._signals.get(fatal) if fatal else None
-        shadow = self._shadow.pid if self._shadow is not None and not self._shadow_gone else None
-        self._exits.put(
-            ExitStop(self.pid, code, registers=registers, siginfo=siginfo, since=since, shadow=shadow)
-        )
-        self._wake()
+        self._ended.add(tid)
+        dying = self._dying
+        if dying is None:
+            if self._dead:
+                _cont(tid)  # a thread of a death already handed over
+                return
+            registers = read_registers(self.pid, [tid], ptrace_stopped=[tid])
+            number = syscall_number(self.pid, registers[tid])
+            whole = self._whole_death(tid, code, registers[tid].machine, number)
+            if whole is None:
+                _cont(tid)  # a thread ending alone, or killed by another thread's exec
+                return
+            expected = (self._tids - self._ended) | {tid} if whole else {tid}
+            dying = _Dying(code, since, None, expected)
+            self._dying, self._dead = dying, whole
+            dying.arrive(tid, registers, caller=number == exit_syscalls(registers[tid].machine)[1])
+            self._go.clear()
+            self._held.append(tid)
+            self._exits.put(dying)
+            self._wake()
+        elif self._go.is_set() and not self._held:
+            _cont(tid)  # arrived after its death was dumped and let go
+            return
+        else:
+            registers = read_registers(self.pid, [tid], ptrace_stopped=[tid])
+            number = syscall_number(self.pid, registers[tid])
+            dying.arrive(tid, registers, caller=number == exit_syscalls(registers[tid].machine)[1])
+            self._held.append(tid)
+        if dying.complete.is_set():
+            self._wait_and_release()
+
+    def _whole_death(self, tid: int, code: int, machine: int, number: int | None) -> bool | None:
+        """Whether this exit stop (system call ``number`` when the thread entered the kernel) is the
+        whole process dying (True: every thread comes through), the main thread ending alone (False:
+        a death, the others live on), or neither (None)."""
+        if os.WIFSIGNALED(code):
+            return True  # a fatal signal kills every thread
+        exit_nr, exit_group_nr = exit_syscalls(machine)
+        if number == exit_group_nr:
+            return True  # this thread called exit_group: every other thread is killed
+        if number == exit_nr:
+            return False if tid == self.pid else None  # it ended alone (pthread_exit)
+        if os.WEXITSTATUS(code) != 0:
+            return True  # killed by another thread's exit_group(n)
+        if tid != self.pid:
+            return None  # status 0, killed by exit_group(0) or by an exec: either way not held
+        # The main thread killed with status 0: by another thread's exit_group(0), or by its exec.
+        return None if in_exec(self.pid, self._tids - self._ended) else False
+
+    def _wait_and_release(self) -> None:
+        """Every thread of the death is held: wait for the caller's :meth:`resume`, then let them go."""
         if not self._closed:  # nobody would resume it
             self._go.wait()
+        self._release()
+
+    def _release(self) -> None:
+        for held in self._held:
+            _cont(held)
+        self._held.clear()
+        if self._dying is not None and self._dying.complete.is_set():
+            self._dying = None
+
+    def _on_exec(self, tid: int) -> None:
+        """The process runs a new program: whatever it published before is gone; it is a new start."""
+        former = _event_message(tid)  # the thread that exec'd now carries the leader's id
+        self._tids = {tid}
+        self._ended.clear()
+        self._signals.clear()
+        self._dead = False
+        if self._dying is not None:  # a death taken for one: the exec went on after it
+            self._dying = None
+        self._held = [tid]
+        self._go.clear()
+        self._execs.put(ExecStop(self.pid, former))
+        self._wake()
+        self._wait_and_release()

@@ -620,6 +620,29 @@ class Watcher:
             why += f"; {listener.failure}"
         return Death.unknown(why)
 
+    def program_replaced(self, pid: int) -> Event | None:
+        """``pid`` called ``execve`` (the caller holds it before its new program runs): not a death.
+        The old program's table and arena describe memory that no longer exists; they are removed and
+        the process forgotten, so that the table the new program publishes (same pid and start time,
+        hence the same name) is adopted afresh, even when the old one was not adopted yet. None when
+        the old program had published no table."""
+        stale: list[Path] = []
+        for ident in [key for key in self.targets if key[0] == pid]:
+            stale.append(self.targets[ident].table)
+            self._forget(ident)
+        for directory in self.directories:
+            for name in self._list_dir(directory) or ():
+                named = parse_file_name(name)
+                if named is not None and named[0] == pid and directory / name not in stale:
+                    stale.append(directory / name)
+        for table in stale:
+            self._unlink(table, arena_path_of(table))
+            self._bad.pop(table, None)
+            self._later.pop(table, None)
+        if not stale:
+            return None
+        return self._emit(Event("exit", pid, "exec: a new program replaced the one that published its table"))
+
     def dump_held(
         self,
         pid: int,

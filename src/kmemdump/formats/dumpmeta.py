@@ -172,6 +172,11 @@ class Death:
     sender_uid: int | None = None
     source: DeathSource = ""
     detail: str = ""
+    tid: int | None = None
+    """The thread that took the fatal signal, or called ``exit`` (its ``NT_PRSTATUS`` comes first)."""
+    late: tuple[int, ...] = ()
+    """Threads that had not reached their exit stop when the dump was taken (not held: their
+    registers are what ``/proc`` gave, the stack and program counters of a blocked thread, or none)."""
 
     @property
     def known(self) -> bool:
@@ -599,6 +604,8 @@ _DEATH_FIELDS: dict[str, type | tuple[type, ...]] = {
     "sender_uid": _INT_OR_NULL,
     "source": str,
     "detail": str,
+    "tid": _INT_OR_NULL,
+    "late": list,
 }
 
 
@@ -619,6 +626,10 @@ def _death(raw: dict[str, Any]) -> Death:
         value = values.get(key)
         if value is not None and not low <= value <= high:
             raise DumpFormatError("death record field out of range", field=key, value=value)
+    late = values.get("late", [])
+    if len(late) > 1 << 16 or not all(isinstance(t, int) and not isinstance(t, bool) for t in late):
+        raise DumpFormatError("death record has malformed late threads")
+    values["late"] = tuple(late)
     return Death(**values)
 
 
