@@ -335,6 +335,43 @@ def test_stacks_capture_gives_pystack_gdb_and_py_bt_every_thread(
             assert text.count("in deadlocked_take_second") >= 2 and "in deadlocked_left" in text, text
 
 
+@pytest.mark.slow
+def test_the_stacks_capture_stores_no_environment_but_keeps_the_program_name_and_argv(
+    table_dir: Path, dump_dir: Path
+) -> None:
+    from kmemdump.formats.corenotes import AT_EXECFN
+    from kmemdump.formats.corenotes import NT_AUXV
+    from kmemdump.formats.corenotes import parse_auxv
+
+    # GIVEN a process whose environment holds a secret
+    secret = os.urandom(12).hex()
+    env = {**producer_env(table_dir), "APP_DB_PASSWORD": secret}
+    with spawn_child(DEADLOCK, sys.executable, env=env) as child:
+        info = child.recv()
+        stat = stat_fields(Path(f"/proc/{child.pid}/stat").read_bytes())
+        arg_start, arg_end, env_start, env_end = (int(stat[i]) for i in range(45, 49))
+        # WHEN it is dumped at the stacks level
+        result = dump_target(
+            child.pid,
+            process_start_time(child.pid),
+            Path(info["table"]),
+            reason="hang",
+            options=DumpOptions(dump_dir, stacks=False, capture="stacks"),
+        )
+    # THEN no byte of the environment is in the file, but its strings keep their place and length
+    raw = result.path.read_bytes()
+    assert secret.encode() not in raw and b"APP_DB_PASSWORD" not in raw
+    with CoreImage.open(result.path) as core:
+        stored_env = core.read(env_start, env_end - env_start)
+        assert set(stored_env) <= {0, ord("*")} and stored_env.count(0) == len(env)
+        # the command line and the program's name (AT_EXECFN, which pystack reads) are as they were
+        assert core.read(arg_start, arg_end - arg_start).split(b"\0")[0] == sys.executable.encode()
+        auxv = core.note("CORE", NT_AUXV)
+        assert auxv is not None
+        execfn = parse_auxv(auxv.desc)[AT_EXECFN]
+        assert core.read(execfn, len(sys.executable) + 1) == sys.executable.encode() + b"\0"
+
+
 OLD_PYTHON = "/root/.pyenv/versions/3.9.18/bin/python3.9"
 
 

@@ -19,6 +19,12 @@ small fraction of a full core (about 200 to 400 KB for a small program against 8
 elfutils reads a core's memory a page at a time and loses modules and frames when a segment it
 needs starts inside a page another one shares, so the stack tops, the dynamic linker's structures
 and the ELF headers are stored as whole pages; the Python objects are stored byte for byte.
+
+The top of the main thread's stack holds the strings of its command line and of its whole
+environment (``KEY=value``, secrets included), beside the program's name. The stored copy keeps the
+command line (which the dump records anyway) and the program's name, and blanks every byte of the
+environment strings but their terminating NULs (:func:`blank`): ``envp`` still points at strings of
+the same lengths, so nothing a debugger follows moves, and no value is stored.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ _MAX_LINK_MAPS = 4096
 _MAX_WRITABLE = 4 << 20  # of ld.so's or libc's writable data
 _PTHREAD_BYTES = 4096
 _RED_ZONE = 128  # x86_64 code may use 128 bytes below the stack pointer
+_BLANK = bytes([0, *([ord("*")] * 255)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +71,17 @@ class Capture:
     problems: tuple[str, ...] = ()
     python: str = ""
     """The Python version whose state was stored, or ""."""
+    blanked: tuple[tuple[int, int], ...] = ()
+    """``(start, end)`` of memory whose stored copy is blanked (the environment strings)."""
+
+    def blank(self, address: int, data: bytes) -> bytes:
+        """``data`` read at ``address``, with the bytes in :attr:`blanked` turned to ``*`` (NULs kept)."""
+        for start, end in self.blanked:
+            low, high = max(start, address), min(end, address + len(data))
+            if low < high:
+                a, b = low - address, high - address
+                data = data[:a] + data[a:b].translate(_BLANK) + data[b:]
+        return data
 
 
 def _pages(start: int, end: int) -> tuple[int, int]:
@@ -216,4 +234,11 @@ def capture_ranges(
         ranges += walk.ranges
         pthreads = [t.pthread for t in walk.threads]
     ranges += _pthreads(shape, pthreads)
-    return Capture(tuple(clip_to_maps(ranges, shape.maps)), tuple(problems), python)
+    env_start, env_end = shape.environ
+    blanked = ((env_start, env_end),) if 0 < env_start < env_end else ()
+    if not blanked and with_sp:  # not told where it is (another pid namespace's view): store no stack top
+        problems.append("the environment's place is unknown: the main thread's stack top is not stored")
+        main = next((m for m in shape.maps if m.path == "[stack]"), None)
+        if main is not None:
+            ranges = [(a, n) for a, n in ranges if not (main.start <= a < main.end)]
+    return Capture(tuple(clip_to_maps(ranges, shape.maps)), tuple(problems), python, blanked)

@@ -99,6 +99,9 @@ class ProcessShape:
     headers: tuple[tuple[int, bytes], ...]
     """``(address, bytes)`` of each module's ELF header, program headers and notes, to store."""
     images: tuple[ImageHeader, ...]
+    environ: tuple[int, int] = (0, 0)
+    """Where the environment strings are (``env_start``, ``env_end`` of ``/proc/PID/stat``), at the top
+    of the main thread's stack: the stacks capture level blanks them in what it stores."""
 
     @property
     def auxv_values(self) -> dict[int, int]:
@@ -214,6 +217,7 @@ def observe(
         modules=modules,
         headers=headers,
         images=images,
+        environ=(number(47), number(48)),
     )
 
 

@@ -555,7 +555,7 @@ def _observe(
             ranges = merge_ranges([(a, len(data)) for a, data in shape.headers] + list(capture.ranges))
             for (address, _), data in zip(ranges, mem.read_many(ranges), strict=True):
                 if data:
-                    sink.add(address, data)
+                    sink.add(address, capture.blank(address, data))  # no environment strings
     except KmemdumpError:
         return None, None
     return shape, capture
