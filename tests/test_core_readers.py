@@ -372,6 +372,66 @@ def test_the_stacks_capture_stores_no_environment_but_keeps_the_program_name_and
         assert core.read(execfn, len(sys.executable) + 1) == sys.executable.encode() + b"\0"
 
 
+MAPPER = r"""
+import ctypes, os, sys
+import kmemdump
+report = kmemdump.init(table=True)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+C = ctypes
+libc.mmap.argtypes = [C.c_void_p, C.c_size_t, C.c_int, C.c_int, C.c_int, C.c_long]
+path = next(line.split()[-1] for line in open("/proc/self/maps") if "/libc.so" in line or "/libc-" in line)
+fd = os.open(path, os.O_RDONLY)
+for _ in range(int(sys.argv[1])):  # the file's first page, mapped again and again (PROT_READ, MAP_PRIVATE)
+    assert libc.mmap(None, 4096, 1, 2, fd, 0) not in (None, ctypes.c_void_p(-1).value)
+send({"table": str(kmemdump.current_backend().path), "libc": path})
+block()
+"""
+
+
+@pytest.mark.slow
+def test_a_file_mapped_thousands_of_times_is_one_module_at_its_loaded_image(
+    table_dir: Path, dump_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kmemdump.collector import coreshape
+    from kmemdump.formats.corenotes import NT_FILE
+    from kmemdump.formats.corenotes import parse_file_note
+
+    # GIVEN a process that maps libc's first page 3,000 times over, besides the libc it runs on
+    with spawn_child(MAPPER, sys.executable, args=["3000"], env=producer_env(table_dir)) as child:
+        info = child.recv()
+        real = [
+            line.split()
+            for line in Path(f"/proc/{child.pid}/maps").read_text().splitlines()
+            if line.endswith(info["libc"]) and "r-xp" in line
+        ]
+        (text,) = real  # the loaded libc's code: one mapping
+        code = int(text[0].split("-")[0], 16)
+        # WHEN it is dumped, and again with room for 2 modules only
+        options = DumpOptions(dump_dir, stacks=False)
+        start = process_start_time(child.pid)
+        dumped = dump_target(child.pid, start, Path(info["table"]), reason="hang", options=options)
+        monkeypatch.setattr(coreshape, "_MAX_MODULES", 2)
+        bounded = dump_target(child.pid, start, Path(info["table"]), reason="request", options=options)
+    # THEN libc is one module, spanning its code, and NT_FILE lists its loaded image only
+    modules = _modules(dumped.path)
+    with CoreImage.open(dumped.path) as core:
+        meta = decode_meta(core.note(OWNER_KMEMDUMP, KMD_NOTE_META).desc)  # type: ignore[union-attr]
+        files = parse_file_note(core.note("CORE", NT_FILE).desc)  # type: ignore[union-attr]
+        every = decode_modules(core.note(OWNER_KMEMDUMP, KMD_NOTE_MODULES).desc)  # type: ignore[union-attr]
+    libcs = [m for m in every if m.path == info["libc"]]
+    assert len(libcs) == 1 and libcs[0].base < code < libcs[0].end and libcs[0].build_id, libcs
+    assert len(every) == len({m.path for m in every}) < 100
+    assert sum(1 for f in files if f.path == info["libc"]) <= 8
+    assert {"exe"} <= set(modules) and meta.limits == ""
+    # with room for 2, the executable (and libpython where shared) are kept, and the metadata says so
+    bounded_modules = _modules(bounded.path)
+    with CoreImage.open(bounded.path) as core:
+        bounded_meta = decode_meta(core.note(OWNER_KMEMDUMP, KMD_NOTE_META).desc)  # type: ignore[union-attr]
+    assert "exe" in bounded_modules and len(bounded_modules) <= 2
+    assert bounded_meta.limits.startswith("modules: 2 of "), bounded_meta.limits
+
+
 OLD_PYTHON = "/root/.pyenv/versions/3.9.18/bin/python3.9"
 
 

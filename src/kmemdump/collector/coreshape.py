@@ -12,6 +12,7 @@ and the rest still written.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import re
@@ -24,6 +25,7 @@ from kmemdump.collector.registers import ThreadRegisters
 from kmemdump.collector.registers import read_registers
 from kmemdump.collector.registers import thread_ids
 from kmemdump.errors import KmemdumpError
+from kmemdump.formats.corenotes import AT_BASE
 from kmemdump.formats.corenotes import AT_PHDR
 from kmemdump.formats.corenotes import FileMapping
 from kmemdump.formats.corenotes import Module
@@ -63,6 +65,13 @@ class MapEntry:
     offset: int
     inode: int
     path: str
+    dev: str = ""
+    """The device of a file mapping (``fd:01``)."""
+
+    @property
+    def file(self) -> tuple[str, int, str] | None:
+        """The file mapped, as (device, inode, path); None for anonymous memory and pseudo-files."""
+        return (self.dev, self.inode, self.path) if self.inode and self.path.startswith("/") else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +108,8 @@ class ProcessShape:
     headers: tuple[tuple[int, bytes], ...]
     """``(address, bytes)`` of each module's ELF header, program headers and notes, to store."""
     images: tuple[ImageHeader, ...]
+    limits: tuple[str, ...] = ()
+    """The bounds on what is read per dump that this observation hit (``maps``, ``modules``)."""
     environ: tuple[int, int] = (0, 0)
     """Where the environment strings are (``env_start``, ``env_end`` of ``/proc/PID/stat``), at the top
     of the main thread's stack: the stacks capture level blanks them in what it stores."""
@@ -114,20 +125,35 @@ class ProcessShape:
         return next((i for i in self.images if i.base == module.base), None)
 
 
+_MAP_FIELDS = tuple(getattr(MapEntry, name).__set__ for name in MapEntry.__slots__)
+
+
 def parse_maps(text: bytes) -> list[MapEntry]:
-    """The lines of a ``/proc/PID/maps`` (at most 65,536; a malformed line is skipped)."""
+    """The lines of a ``/proc/PID/maps`` (at most 65,536; a malformed line is skipped).
+
+    Built through the slots' descriptors: a process with 60,000 mappings is parsed while it is held.
+    """
     out: list[MapEntry] = []
-    for line in text.split(b"\n")[:_MAX_MAPS]:
+    start_, end_, perms_, offset_, inode_, path_, dev_ = _MAP_FIELDS
+    new = object.__new__
+    for line in os.fsdecode(text).split("\n", _MAX_MAPS)[:_MAX_MAPS]:
         parts = line.split(maxsplit=5)
         if len(parts) < 5:
             continue
+        low, _, high = parts[0].partition("-")
         try:
-            low, _, high = parts[0].partition(b"-")
-            start, end, offset, inode = int(low, 16), int(high, 16), int(parts[2], 16), int(parts[4])
+            values = (int(low, 16), int(high, 16), int(parts[2], 16), int(parts[4]))
         except ValueError:
             continue
-        path = os.fsdecode(parts[5]) if len(parts) > 5 else ""
-        out.append(MapEntry(start, end, parts[1].decode("ascii", "replace"), offset, inode, path))
+        entry = new(MapEntry)
+        start_(entry, values[0])
+        end_(entry, values[1])
+        perms_(entry, parts[1])
+        offset_(entry, values[2])
+        inode_(entry, values[3])
+        path_(entry, parts[5] if len(parts) > 5 else "")
+        dev_(entry, parts[3])
+        out.append(entry)
     return out
 
 
@@ -181,14 +207,21 @@ def observe(
     auxv = b""
     with contextlib.suppress(KmemdumpError):
         auxv = read_proc(pid, "auxv")
-    maps = parse_maps(read_proc(pid, "maps"))
+    maps_text = read_proc(pid, "maps")
+    maps = parse_maps(maps_text)
+    limits: list[str] = []
+    lines = maps_text.count(b"\n")
+    if lines > _MAX_MAPS:
+        limits.append(f"maps: the first {_MAX_MAPS} of {lines} mappings read")
     tids = thread_ids(pid)[:_MAX_THREADS]
     found = dict(registers or {})
     missing = [tid for tid in tids if tid not in found]
     found.update(read_registers(pid, missing, ptrace_stopped=ptrace_stopped, machine=machine))
     order = [tid for tid in tids if tid in found] + [tid for tid in found if tid not in tids]
     threads = tuple(_thread_info(pid, found[tid]) for tid in order)
-    modules, headers, images = _modules(mem, maps, parse_auxv(auxv))
+    modules, headers, images, files = _modules(mem, maps, parse_auxv(auxv))
+    if files > _MAX_MODULES:
+        limits.append(f"modules: {_MAX_MODULES} of {files} mapped files looked at")
 
     def number(index: int) -> int:
         try:
@@ -217,45 +250,104 @@ def observe(
         modules=modules,
         headers=headers,
         images=images,
+        limits=tuple(limits),
         environ=(number(47), number(48)),
     )
 
 
+@dataclass(slots=True)
+class _Run:
+    """Consecutive mappings of one file (anonymous memory between them allowed): one loaded image."""
+
+    first: MapEntry
+    end: int
+    segments: int = 1
+
+
+def _images(maps: Sequence[MapEntry]) -> list[_Run]:
+    """Each mapped file once, at its loaded image, in one pass over the mappings (sorted by address).
+
+    A run starts at a mapping of a file's first page and goes on while the next file mapping is of the
+    same file at a later offset. A file mapped many times over (a program that maps its own copy of
+    libc 20,000 times) has many runs; the loaded image is the one with the most segments (the lowest
+    on a tie), where the dynamic linker put the file's text and data.
+    """
+    best: dict[tuple[str, int, str], _Run] = {}
+    current: _Run | None = None
+    for m in maps:
+        key = m.file
+        if key is None:
+            continue  # anonymous memory (a library's .bss) does not end a run
+        if current is not None and current.first.file == key and m.offset > 0:
+            current.end, current.segments = m.end, current.segments + 1
+        elif m.offset == 0 and "r" in m.perms:
+            current = _Run(m, m.end)
+        else:
+            current = None
+            continue
+        kept = best.get(key)
+        if kept is None or (current is not kept and current.segments > kept.segments):
+            best[key] = current
+    return sorted(best.values(), key=_start)
+
+
+def _start(run: _Run) -> int:
+    return run.first.start
+
+
 def _modules(
     mem: ProcessMemory, maps: Sequence[MapEntry], auxv: Mapping[int, int]
-) -> tuple[tuple[Module, ...], tuple[tuple[int, bytes], ...], tuple[ImageHeader, ...]]:
-    """Every mapped ELF file: its extent, build-id and role, and the bytes of its headers to store."""
-    firsts = [m for m in maps if m.offset == 0 and m.path.startswith("/") and "r" in m.perms][:_MAX_MODULES]
-    pages = mem.read_many([(m.start, min(PAGE_SIZE, m.end - m.start)) for m in firsts])
-    phdr = auxv.get(AT_PHDR, 0)
+) -> tuple[tuple[Module, ...], tuple[tuple[int, bytes], ...], tuple[ImageHeader, ...], int]:
+    """Every mapped ELF file once: its extent, build-id and role, and the bytes of its headers to store;
+    and how many files there were to look at (at most :data:`_MAX_MODULES` are: the executable,
+    libpython and the dynamic linker first)."""
+    phdr, interp = auxv.get(AT_PHDR, 0), auxv.get(AT_BASE, 0)
+    runs = _images(maps)
+
+    def rank(run: _Run) -> int:
+        """The executable, libpython and the dynamic linker are always kept (in that order), then
+        the others by address."""
+        if run.first.start <= phdr < run.end:
+            return 0
+        if _LIBPYTHON.search(run.first.path):
+            return 1
+        return 2 if run.first.start == interp else 3
+
+    chosen = sorted(sorted(runs, key=rank)[: max(0, _MAX_MODULES)], key=_start)
+    pages = mem.read_many([(r.first.start, min(PAGE_SIZE, r.first.end - r.first.start)) for r in chosen])
     modules: list[Module] = []
     headers: list[tuple[int, bytes]] = []
     images: list[ImageHeader] = []
-    for first, page in zip(firsts, pages, strict=True):
+    for run, page in zip(chosen, pages, strict=True):
+        start, path = run.first.start, run.first.path
         try:
-            image = parse_image_header(first.start, page)
+            image = parse_image_header(start, page)
         except ElfImageError:
             continue  # not an ELF file (a locale archive, a font, a data file)
-        end = max((m.end for m in maps if m.path == first.path and m.start >= first.start), default=first.end)
         keep = image.header_end
         build_id = None
         for address, size in image.notes():
-            offset = address - first.start
+            offset = address - start
             if offset >= 0 and offset + size <= len(page):
                 keep = max(keep, offset + size)
                 build_id = build_id or build_id_from_notes(page[offset : offset + size])
             elif size <= 4096:
                 build_id = build_id or build_id_from_notes(mem.read_upto(address, size))
-        if first.start <= phdr < end:
+        if start <= phdr < run.end:
             role = "exe"
-        elif _LIBPYTHON.search(first.path):
+        elif _LIBPYTHON.search(path):
             role = "libpython"
         else:
             role = ""
-        modules.append(Module(first.path, first.start, end, build_id, role))
-        headers.append((first.start, page[:keep]))
+        modules.append(Module(path, start, run.end, build_id, role))
+        headers.append((start, page[:keep]))
         images.append(image)
-    return tuple(modules), tuple(headers), tuple(images)
+    return tuple(modules), tuple(headers), tuple(images), len(runs)
+
+
+def _within(spans: Sequence[tuple[int, int, str]], address: int, path: str) -> bool:
+    index = bisect.bisect_right(spans, (address, 1 << 64, "")) - 1
+    return index >= 0 and spans[index][0] <= address < spans[index][1] and spans[index][2] == path
 
 
 def process_notes(
@@ -306,9 +398,11 @@ def process_notes(
         notes.append(auxv_note(shape.auxv))
     # The mappings of the ELF files only (the kernel lists every mapped file): a debugger opens
     # every file NT_FILE names, and warns for each it cannot open, such as a deleted temporary file.
-    elf_files = {m.path for m in shape.modules}
+    spans = sorted((m.base, m.end, m.path) for m in shape.modules)
     files = [
-        FileMapping(m.start, m.end, m.offset, m.path) for m in shape.maps if m.inode and m.path in elf_files
+        FileMapping(m.start, m.end, m.offset, m.path)
+        for m in shape.maps
+        if m.inode and _within(spans, m.start, m.path)  # each file's loaded image, not every other copy
     ]
     note = file_note(files, PAGE_SIZE)
     if note is not None:

@@ -489,6 +489,7 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
             threads_taken=threads_taken,
             capture=options.capture,
             capture_state=_capture_state(options, gone, capture),
+            limits="; ".join(shape.limits) if shape is not None else "",
         )
         if shape is not None:
             first = job.death.tid if job.death is not None else None  # the crashing thread first

@@ -26,6 +26,7 @@ from kmemdump.formats.elf import OWNER_KMEMDUMP
 from kmemdump.formats.elf import Note
 
 __all__ = [
+    "AT_BASE",
     "AT_EXECFN",
     "AT_NULL",
     "AT_PHDR",
@@ -54,6 +55,7 @@ NT_FILE = 0x46494C45  # "FILE"
 AT_NULL = 0
 AT_PHDR = 3
 AT_PHNUM = 5
+AT_BASE = 7
 AT_SYSINFO_EHDR = 33
 AT_EXECFN = 31
 MAX_FILE_NOTE = 4 << 20

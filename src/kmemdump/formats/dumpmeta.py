@@ -370,6 +370,9 @@ class DumpMeta:
     print every thread's stack, see :mod:`kmemdump.collector.capture`)."""
     capture_state: str = "ok"
     """"ok", or what the capture level could not store (one clause each, separated by "; ")."""
+    limits: str = ""
+    """The bounds on what the collector reads from ``/proc`` per dump that this dump hit ("" when none;
+    one clause each, separated by "; "): the mappings read, the mapped files looked at for modules."""
 
     @property
     def stored_bytes(self) -> int:
@@ -455,6 +458,7 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "threads_taken": str,
     "capture": str,
     "capture_state": str,
+    "limits": str,
 }
 _REGION_FIELDS: dict[str, type] = {
     "id": int,
