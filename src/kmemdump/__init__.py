@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from kmemdump.producer.api import backend_unregister
     from kmemdump.producer.api import current_backend
     from kmemdump.producer.api import default_registry
+    from kmemdump.producer.api import fault_file
     from kmemdump.producer.api import free
     from kmemdump.producer.api import init
     from kmemdump.producer.api import regions
@@ -81,6 +82,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "backend_unregister": ("kmemdump.producer.api", "backend_unregister"),
     "current_backend": ("kmemdump.producer.api", "current_backend"),
     "default_registry": ("kmemdump.producer.api", "default_registry"),
+    "fault_file": ("kmemdump.producer.api", "fault_file"),
     "free": ("kmemdump.producer.api", "free"),
     "init": ("kmemdump.producer.api", "init"),
     "regions": ("kmemdump.producer.api", "regions"),
@@ -142,6 +144,7 @@ __all__ = [
     "backend_unregister",
     "current_backend",
     "default_registry",
+    "fault_file",
     "feed",
     "free",
     "init",

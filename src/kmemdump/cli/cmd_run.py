@@ -98,6 +98,11 @@ def run(args: argparse.Namespace) -> int:
     def on_event(event: Event) -> None:
         if not args.quiet or event.kind in ("hang", "death", "error"):
             print(f"kmemdump: {event.line()}", file=sys.stderr, flush=True)
+        if event.kind == "death" and event.dump is not None:
+            from kmemdump.cli.records import death_summary
+
+            for line in death_summary(event.dump.path):  # why, in the program's own words
+                print(f"kmemdump: {line}", file=sys.stderr, flush=True)
 
     def warn(message: str) -> None:
         print(f"kmemdump run: {message}", file=sys.stderr)

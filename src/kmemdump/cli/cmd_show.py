@@ -125,6 +125,7 @@ def document(dump: Dump, decoded: dict[int, DecodedRegion] | None) -> dict[str, 
             entry["decoded"] = decoded[record.id].to_json()
         regions.append(entry)
     stacks = dump.stacks
+    fault = dump.faulthandler
     return {
         "path": str(dump.path),
         "file_size": dump.file_size,
@@ -140,6 +141,8 @@ def document(dump: Dump, decoded: dict[int, DecodedRegion] | None) -> dict[str, 
             "source": None if stacks is None else stacks.source,
             "threads": [] if stacks is None else [dataclasses.asdict(t) for t in stacks.threads],
         },
+        "faulthandler": None if fault is None else {**dataclasses.asdict(fault), "cut": fault.cut},
+        "faulthandler_error": dump.faulthandler_error or None,
     }
 
 
@@ -162,7 +165,9 @@ def _show(dump: Dump, decoded: dict[int, DecodedRegion], out: Output) -> None:
         out.heading("Decoded")
         for record in dump.meta.regions:
             _show_decoded(record, decoded[record.id], out)
-    _show_rings(dump, decoded, ("exceptions", "asyncio"), out)
+    _show_rings(dump, decoded, ("exceptions",), out)
+    _show_faulthandler(dump, out)
+    _show_rings(dump, decoded, ("asyncio",), out)
     _show_stacks(dump, out)
     _show_rings(dump, decoded, ("log",), out)
 
@@ -399,8 +404,22 @@ def _show_rings(dump: Dump, decoded: dict[int, DecodedRegion], roles: tuple[str,
             continue
         out.heading(f"{_RING_TITLES[role]} — [{record.id}] {records.clean(record.name)}")
         lines = _RING_LINES[role](found.value)
-        for text in lines or ["(none)"]:
+        for text in lines or ["(none recorded)"]:
             out.line(text)
+
+
+def _show_faulthandler(dump: Dump, out: Output) -> None:
+    fault = dump.faulthandler
+    if fault is None and not dump.faulthandler_error:
+        return
+    out.heading("faulthandler (what the process wrote as it crashed or timed out)")
+    if fault is None:
+        out.line(f"(unreadable: {dump.faulthandler_error})")
+        return
+    if fault.cut:
+        out.line(f"(the last {fault.kept} of {fault.size} bytes)")
+    for text in records.text_lines(fault.text, ""):
+        out.line(text)
 
 
 def _show_stacks(dump: Dump, out: Output) -> None:

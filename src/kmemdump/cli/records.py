@@ -14,7 +14,15 @@ from datetime import datetime
 from datetime import timezone
 from typing import Any
 
-__all__ = ["asyncio_lines", "clean", "exception_lines", "log_lines", "ring_summary", "text_lines"]
+__all__ = [
+    "asyncio_lines",
+    "clean",
+    "death_summary",
+    "exception_lines",
+    "log_lines",
+    "ring_summary",
+    "text_lines",
+]
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
@@ -42,14 +50,16 @@ def _stamp(seconds: Any) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
 
 
+_ROLES = {"log": "log records", "exceptions": "uncaught exceptions", "asyncio": "event-loop snapshots"}
+
+
 def ring_summary(value: dict[str, Any]) -> str:
     """One line about a ring: what it holds, how many records were written and kept, what was lost."""
     records = value.get("records") or []
     written = int(value.get("written") or 0)
-    line = (
-        f"ring of {value.get('role')} records, {value.get('capacity')} slots of {value.get('record_size')} "
-        f"bytes; {len(records)} kept"
-    )
+    what = _ROLES.get(str(value.get("role")), f"{clean(str(value.get('role')))} records")
+    slots = f"{value.get('capacity')} slots of {value.get('record_size')} bytes"
+    line = f"ring of {what}, {slots}; {len(records)} kept"
     if written:
         line += f" of {written} written"
     losses = [
@@ -135,4 +145,63 @@ def _frame_lines(frames: Any, indent: str) -> list[str]:
     for frame in _dicts(frames):
         where, function = clean(str(frame.get("file", "?"))), clean(str(frame.get("function", "?")))
         lines.append(f'{indent}File "{where}", line {frame.get("line", "?")}, in {function}')
+    return lines
+
+
+def death_summary(path: Any) -> list[str]:
+    """Why the process of the dump at ``path`` ended, in a few lines, from what it wrote itself: its
+    last uncaught exception (``init(excepthook=True)``) and what faulthandler wrote as it crashed
+    (``init(faulthandler=True)``). Empty when it wrote neither, or the dump cannot be read here."""
+    try:
+        from kmemdump.errors import KmemdumpError
+        from kmemdump.formats.kinds import RegionKind
+        from kmemdump.formats.ring import RingRole
+        from kmemdump.formats.ring import parse_ring
+        from kmemdump.inspect.dumpfile import Dump
+    except ImportError:  # the inspect extra is missing: the dump itself is fine
+        return []
+    lines: list[str] = []
+    try:
+        with Dump.open(path) as dump:
+            for record in dump.meta.regions:
+                if record.kind != RegionKind.RING or record.stored == 0:
+                    continue
+                ring = parse_ring(dump.region_bytes(record))
+                if ring.role == RingRole.EXCEPTIONS and ring.records:
+                    lines.extend(_exception_summary(ring.records[-1].text))
+            fault = dump.faulthandler
+            if fault is not None:
+                lines.extend(_fault_summary(fault.text))
+    except (KmemdumpError, OSError):
+        return []
+    return lines
+
+
+def _exception_summary(text: str) -> list[str]:
+    body = [line for line in text.splitlines() if line.strip()]
+    if not body:
+        return []
+    where = [line.strip() for line in body if line.lstrip().startswith("File ")]
+    lines = [f"uncaught exception: {clean(body[-1])[:300]}"]
+    if where:
+        lines.append(f"  raised at {clean(where[-1])[:300]}")
+    return lines
+
+
+def _fault_summary(text: str) -> list[str]:
+    body = [line.strip() for line in text.splitlines() if line.strip()]
+    heads = [line for line in body if line.startswith(("Fatal Python error", "Timeout ("))]
+    if not heads:
+        return []
+    last = max(i for i, line in enumerate(body) if line in heads)
+    lines = [f"faulthandler: {clean(body[last])[:300]}"]
+    frames = []
+    for line in body[last + 1 :]:  # the first thread listed is the one that crashed (or timed out)
+        if line.startswith("File "):
+            frames.append(line)
+        elif frames:
+            break
+    lines.extend(f"  {clean(frame)[:300]}" for frame in frames[:3])
+    if len(frames) > 3:
+        lines.append(f"  … {len(frames) - 3} more frames (kmemdump show has them all)")
     return lines

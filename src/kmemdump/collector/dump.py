@@ -63,6 +63,7 @@ from kmemdump.formats.dumpmeta import Source
 from kmemdump.formats.dumpmeta import Status
 from kmemdump.formats.dumpmeta import ThreadState
 from kmemdump.formats.dumpmeta import encode_meta
+from kmemdump.formats.elf import KMD_NOTE_FAULTS
 from kmemdump.formats.elf import KMD_NOTE_META
 from kmemdump.formats.elf import KMD_NOTE_STACKS
 from kmemdump.formats.elf import OWNER_KMEMDUMP
@@ -72,6 +73,10 @@ from kmemdump.formats.elf import Note
 from kmemdump.formats.elf import prpsinfo_note
 from kmemdump.formats.elf import prstatus_note
 from kmemdump.formats.elf import siginfo_note
+from kmemdump.formats.faults import FaultText
+from kmemdump.formats.faults import encode_fault_note
+from kmemdump.formats.faults import fault_path_of
+from kmemdump.formats.faults import read_fault_file
 from kmemdump.formats.stacks import encode_stacks
 from kmemdump.formats.table import ACT_LOCK_BYTE
 from kmemdump.formats.table import HEADER_SIZE
@@ -455,6 +460,7 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
                 exit_hold.drop_shadow()  # the regions are copied: its memory can go too
         if staged is not None:
             staged.replay(sink)
+        fault = _fault_text(job)
         held: Held = current.method
         header = snapshot.header
         age = (time.monotonic_ns() - header.last_feed_ns) / 1e9 if header.heartbeat else None
@@ -510,6 +516,8 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
             notes.append(Note(OWNER_PYCOREINFO, PYCOREINFO_NOTE, pycoreinfo))
         if stacks_note is not None:
             notes.append(Note(OWNER_KMEMDUMP, KMD_NOTE_STACKS, stacks_note))
+        if fault is not None:
+            notes.append(Note(OWNER_KMEMDUMP, KMD_NOTE_FAULTS, encode_fault_note(fault)))
         result = DumpResult(sink.finish(notes), meta)
         if then_signal is not None and process is not None:
             # still held: the process that was dumped is the one signalled, and it cannot have
@@ -560,6 +568,18 @@ def _observe(
     except KmemdumpError:
         return None, None
     return shape, capture
+
+
+def _fault_text(job: _Job) -> FaultText | None:
+    """What faulthandler wrote into the file beside the table (``init(faulthandler=True)``), if any.
+
+    Read as the arena is (no link, the table's owner, by name in the table's directory when it is
+    open), bounded (its last 256 KiB); a file that cannot be read is left out of the dump.
+    """
+    try:
+        return read_fault_file(fault_path_of(job.table), owner=job.uid, dir_fd=job.dir_fd)
+    except (KmemdumpError, OSError):
+        return None
 
 
 def _capture_state(options: DumpOptions, gone: bool, capture: Capture | None) -> str:

@@ -52,6 +52,8 @@ from kmemdump.formats.arena import ARENA_SUFFIX
 from kmemdump.formats.arena import arena_path_of
 from kmemdump.formats.dumpmeta import Death
 from kmemdump.formats.dumpmeta import Held
+from kmemdump.formats.faults import FAULT_SUFFIX
+from kmemdump.formats.faults import fault_path_of
 from kmemdump.formats.table import LIVE_LOCK_BYTE
 from kmemdump.formats.table import TableReader
 from kmemdump.formats.table import TableSnapshot
@@ -209,8 +211,9 @@ class Watcher:
             for name in names:
                 path = directory / name
                 ident = parse_file_name(path.name)
-                if ident is None:
-                    arena = parse_file_name(path.name, ARENA_SUFFIX)
+                if ident is None:  # an arena or a fault file: removed once nothing names it
+                    suffix = FAULT_SUFFIX if path.name.endswith(FAULT_SUFFIX) else ARENA_SUFFIX
+                    arena = parse_file_name(path.name, suffix)
                     if arena is not None and (self.only_pid is None or arena[0] == self.only_pid):
                         arenas.append((arena, path))
                     continue
@@ -446,15 +449,16 @@ class Watcher:
             self._emit(Event("skip", pid, f"table {path} left alone: {err}"))
 
     def _on_stale(self, pid: int, start_time: int, path: Path) -> None:
-        """A table whose process is gone: dump what its arena kept (if any), then remove both files."""
-        arena = arena_path_of(path)
-        if arena.exists() or arena.is_symlink():
+        """A table whose process is gone: dump what its arena and fault file kept (if any), then
+        remove them all."""
+        kept = _companions(path)
+        if any(p.exists() or p.is_symlink() for p in kept):
             event = self._dump_dead(pid, start_time, path)
             if event.dump is not None:
                 self._report_arena(pid, event.dump)
         else:
             self._emit(Event("skip", pid, f"stale table {path} (process gone); removing it"))
-        self._unlink(path, arena)
+        self._unlink(path, *kept)
 
     def _dump_dead(self, pid: int, start_time: int, path: Path) -> Event:
         why = "process was gone before the collector saw it; persistent regions read from its arena"
@@ -471,7 +475,7 @@ class Watcher:
             self._emit(Event("error", pid, f"persistent regions not recovered: {state}"))
 
     def _check_orphan_arena(self, ident: tuple[int, int], path: Path) -> None:
-        """Remove an arena whose process is gone and whose table is gone too (nothing names it)."""
+        """Remove an arena (or a fault file) whose process is gone and whose table is gone too."""
         pid, start_time = ident
         if ident in self.targets or path.with_name(f"{pid}-{start_time}.table").exists():
             return
@@ -484,7 +488,8 @@ class Watcher:
             pass
         except (KmemdumpError, OSError):
             return
-        self._emit(Event("skip", pid, f"arena {path} without a table (process gone); removing it"))
+        what = "fault file" if path.name.endswith(FAULT_SUFFIX) else "arena"
+        self._emit(Event("skip", pid, f"{what} {path} without a table (process gone); removing it"))
         self._unlink(path)
 
     def _forget(self, ident: tuple[int, int]) -> None:
@@ -597,7 +602,7 @@ class Watcher:
         else:
             self._emit(Event("exit", target.pid, "exited cleanly"))
         if left_table:  # the producer cannot remove its files any more; we own the clean-up
-            self._unlink(target.table, arena_path_of(target.table))
+            self._unlink(target.table, *_companions(target.table))
         self._forget(ident)
 
     def _death_of(self, target: _Target) -> Death:
@@ -676,7 +681,7 @@ class Watcher:
         )
         if event.dump is not None:
             self._report_arena(pid, event.dump)
-        self._unlink(target.table, arena_path_of(target.table))  # the producer cannot remove them now
+        self._unlink(target.table, *_companions(target.table))  # the producer cannot remove them now
         self._forget(ident)
         return event
 
@@ -794,6 +799,11 @@ def _check_owner(pid: int, start_time: int, owner: int, options: DumpOptions) ->
         return  # ended already (a zombie): its death is handled as any other, and only its arena is read
     with process:
         check_authority(process, owner, allow_nondumpable=options.allow_nondumpable)
+
+
+def _companions(table: Path) -> tuple[Path, Path]:
+    """The files a producer keeps beside its table: the arena and the fault file."""
+    return arena_path_of(table), fault_path_of(table)
 
 
 def _arena_held(path: Path) -> bool:

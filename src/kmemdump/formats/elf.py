@@ -30,6 +30,7 @@ __all__ = [
     "ELF_MAGIC",
     "EM_AARCH64",
     "EM_X86_64",
+    "KMD_NOTE_FAULTS",
     "KMD_NOTE_META",
     "KMD_NOTE_MODULES",
     "KMD_NOTE_STACKS",
@@ -95,6 +96,8 @@ KMD_NOTE_STACKS = 0x4B4D0002
 """``KMEMDUMP``: the Python stacks taken by py-spy, JSON (:mod:`kmemdump.formats.stacks`)."""
 KMD_NOTE_MODULES = 0x4B4D0003
 """``KMEMDUMP``: the mapped ELF files and their build-ids, JSON (:mod:`kmemdump.formats.corenotes`)."""
+KMD_NOTE_FAULTS = 0x4B4D0004
+"""``KMEMDUMP``: what faulthandler wrote (crashes, timeouts), JSON (:mod:`kmemdump.formats.faults`)."""
 PYCOREINFO_NOTE = 0x4B4D0101
 """``PYCOREINFO``: the Python layout facts (:mod:`kmemdump.formats.pycoreinfo`)."""
 LEGACY_NOTE_TYPES = {

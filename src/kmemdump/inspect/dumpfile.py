@@ -29,12 +29,15 @@ from kmemdump.formats.corenotes import decode_modules
 from kmemdump.formats.dumpmeta import DumpMeta
 from kmemdump.formats.dumpmeta import RegionRecord
 from kmemdump.formats.dumpmeta import decode_meta
+from kmemdump.formats.elf import KMD_NOTE_FAULTS
 from kmemdump.formats.elf import KMD_NOTE_META
 from kmemdump.formats.elf import KMD_NOTE_MODULES
 from kmemdump.formats.elf import KMD_NOTE_STACKS
 from kmemdump.formats.elf import OWNER_KMEMDUMP
 from kmemdump.formats.elf import OWNER_PYCOREINFO
 from kmemdump.formats.elf import PYCOREINFO_NOTE
+from kmemdump.formats.faults import FaultText
+from kmemdump.formats.faults import decode_fault_note
 from kmemdump.formats.kinds import RegionKind
 from kmemdump.ids import ID
 from kmemdump.ids import id_label
@@ -268,6 +271,26 @@ class Dump:
             return decode_stacks(note.desc), "ok"
         except DumpFormatError as err:
             return None, f"the stacks note is invalid: {err}"
+
+    @functools.cached_property
+    def _faults(self) -> tuple[FaultText | None, str]:
+        note = self.core.note(OWNER_KMEMDUMP, KMD_NOTE_FAULTS)
+        if note is None:
+            return None, ""
+        try:
+            return decode_fault_note(note.desc), ""
+        except DumpFormatError as err:
+            return None, str(err)
+
+    @property
+    def faulthandler(self) -> FaultText | None:
+        """What faulthandler wrote (``init(faulthandler=True)``): crash and timeout tracebacks, if any."""
+        return self._faults[0]
+
+    @property
+    def faulthandler_error(self) -> str:
+        """Why the faulthandler note could not be read (empty when it could, or there is none)."""
+        return self._faults[1]
 
     def _check_regions(self) -> tuple[str, ...]:
         problems = []

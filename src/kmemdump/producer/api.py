@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import IO
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import Literal
@@ -43,6 +44,7 @@ __all__ = [
     "backend_unregister",
     "current_backend",
     "default_registry",
+    "fault_file",
     "free",
     "init",
     "regions",
@@ -150,6 +152,29 @@ def persistent_buffer(size: int, *, kind: RegionKind, name: str) -> memoryview:
     For kmemdump's own integrations (:mod:`kmemdump.logging` …); give it back with :func:`free`.
     """
     return _alloc.alloc_persistent(_registry, _ensure_arena(), size, name=name, kind=kind)
+
+
+class _RingHost:
+    """What a record ring (:class:`~kmemdump.producer.rings.PersistentRing`) takes from this module:
+    persistent buffers of kind ``RING`` in the default registry."""
+
+    def allocate(self, size: int, name: str) -> tuple[memoryview, int]:
+        view = persistent_buffer(size, kind=RegionKind.RING, name=name)
+        return view, _registry.ids_of(view)[0]
+
+    def free(self, view: memoryview) -> None:
+        free(view)
+
+    def forget(self, region_id: int) -> None:
+        unregister(region_id)
+
+
+_ring_host = _RingHost()
+
+
+def ring_host() -> _RingHost:
+    """The host of the process's record rings (the default registry and the persistent arena)."""
+    return _ring_host
 
 
 def _ensure_arena() -> Arena:
@@ -277,6 +302,8 @@ def init(
     pycoreinfo: bool = True,
     entry_points: bool = True,
     stop_signals: bool = True,
+    faulthandler: bool = False,
+    excepthook: bool = False,
 ) -> InitReport:
     """Set kmemdump up for this process. Safe to call more than once.
 
@@ -293,6 +320,12 @@ def init(
     have their default disposition, a handler removes the table and the arena, then lets the
     signal end the process as before (``stop_signals=False`` leaves the signals alone; see
     :mod:`kmemdump.producer.stopping`).
+    ``faulthandler=True`` points :mod:`faulthandler` at a file beside the table, so that the Python
+    traceback of a SIGSEGV, SIGABRT, SIGBUS, SIGFPE or SIGILL (and of each
+    ``faulthandler.dump_traceback_later`` given :func:`fault_file`) is in the process's dumps, even
+    its death dump. ``excepthook=True`` records every uncaught exception's traceback in a persistent
+    ring, and an exception that ends the program leaves its table for the collector, so that its
+    death dump says why it exited with status 1 (see ``docs/integrations.md``).
     Later calls only add what earlier ones did not enable.
 
     In a forked child (``os.fork``, a ``multiprocessing`` or gunicorn worker) the parent's table,
@@ -323,6 +356,12 @@ def init(
             _persist_banner(failures)
         if table:
             _check_dumpable(failures)
+        if faulthandler:
+            _enable_faulthandler(table_path)
+        if excepthook:
+            from kmemdump.producer.faults import install_excepthook
+
+            install_excepthook(ring_host())
         if watchdog is not None:
             _heartbeat.set_watchdog(watchdog)
         if feeder:
@@ -349,6 +388,7 @@ def shutdown() -> None:
     arena = _current_arena()
     if arena is not None:
         arena.remove_file()
+    _remove_fault_file()
 
 
 def _remove_for_stop() -> None:
@@ -360,6 +400,44 @@ def _remove_for_stop() -> None:
     arena = _current_arena()
     if arena is not None:
         arena.remove_file()
+    _remove_fault_file()
+
+
+def _enable_faulthandler(table_path: str | None) -> None:
+    from pathlib import Path
+
+    from kmemdump.producer import faults
+
+    if table_path is not None:
+        where = Path(table_path).parent
+    else:
+        arena = _current_arena()
+        if arena is not None:
+            where = arena.directory
+        else:
+            from kmemdump.formats.table import default_dir
+
+            where = default_dir()
+    faults.enable_faulthandler(where)
+
+
+def fault_file() -> IO[bytes] | None:
+    """The file ``init(faulthandler=True)`` pointed :mod:`faulthandler` at (None before that).
+
+    Give it to ``faulthandler.dump_traceback_later(timeout, file=kmemdump.fault_file())`` and the
+    tracebacks of a timeout land in the process's dumps too.
+    """
+    module = sys.modules.get(f"{__package__}.faults")
+    if module is None:
+        return None
+    found: IO[bytes] | None = module.fault_file()
+    return found
+
+
+def _remove_fault_file() -> None:
+    module = sys.modules.get(f"{__package__}.faults")
+    if module is not None:
+        module.remove_file()
 
 
 def _on_stop_and_end(stop_signals: bool) -> None:

@@ -16,6 +16,7 @@ import logging
 import sys
 
 from kmemdump.formats.ring import RingRole
+from kmemdump.producer.api import ring_host
 from kmemdump.producer.rings import PersistentRing
 
 __all__ = ["DEFAULT_CAPACITY", "DEFAULT_FORMAT", "DEFAULT_RECORD_SIZE", "RingHandler"]
@@ -53,7 +54,7 @@ class RingHandler(logging.Handler):
         name: str = "log",
     ) -> None:
         super().__init__(level)
-        self.ring = PersistentRing(capacity, record_size, RingRole.LOG, name)
+        self.ring = PersistentRing(capacity, record_size, RingRole.LOG, name, host=ring_host())
         self.setFormatter(logging.Formatter(DEFAULT_FORMAT))
 
     @property

@@ -16,19 +16,37 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 import weakref
+from typing import Protocol
 
 from kmemdump.errors import KmemdumpError
-from kmemdump.formats.kinds import RegionKind
 from kmemdump.formats.ring import Appender
 from kmemdump.formats.ring import RingRole
 from kmemdump.formats.ring import make_appender
 from kmemdump.formats.ring import pack_header
 from kmemdump.formats.ring import ring_size
+from kmemdump.producer.forksafe import fork_safe_lock
 
-__all__ = ["PersistentRing"]
+__all__ = ["PersistentRing", "RingHost"]
+
+
+class RingHost(Protocol):
+    """Where a ring's memory comes from: the process's registry and persistent arena
+    (:func:`kmemdump.producer.api.ring_host`)."""
+
+    def allocate(self, size: int, name: str) -> tuple[memoryview, int]:
+        """A zeroed persistent buffer registered as a ``RING`` region: the buffer and its ID."""
+        ...
+
+    def free(self, view: memoryview) -> None:
+        """Unregister the buffer and give it back to the arena."""
+        ...
+
+    def forget(self, region_id: int) -> None:
+        """Unregister ``region_id`` only (a forked child's record of its parent's ring)."""
+        ...
+
 
 _rings: weakref.WeakSet[PersistentRing] = weakref.WeakSet()
 
@@ -46,13 +64,14 @@ class PersistentRing:
     arena sits beside the table the collector reads.
     """
 
-    def __init__(self, capacity: int, record_size: int, role: RingRole, name: str) -> None:
+    def __init__(self, capacity: int, record_size: int, role: RingRole, name: str, *, host: RingHost) -> None:
         self.size = ring_size(capacity, record_size)
+        self.host = host
         self.capacity = capacity
         self.record_size = record_size
         self.role = role
         self.name = name
-        self.lock = threading.Lock()
+        self.lock = fork_safe_lock()
         self.view: memoryview | None = None
         self.region_id = 0
         self.append: Appender = _dropped
@@ -66,9 +85,7 @@ class PersistentRing:
         )
 
     def _open(self) -> None:
-        from kmemdump.producer import api
-
-        view = api.persistent_buffer(self.size, kind=RegionKind.RING, name=self.name)
+        view, self.region_id = self.host.allocate(self.size, self.name)
         pack_header(
             view,
             capacity=self.capacity,
@@ -77,7 +94,6 @@ class PersistentRing:
             created_ns=time.time_ns(),
         )
         self.view = view
-        self.region_id = api.default_registry().ids_of(view)[0]
         self.append = make_appender(view, self.capacity, self.record_size)
 
     def write(self, text: str, level: int = 0, when: float | None = None) -> int:
@@ -92,18 +108,14 @@ class PersistentRing:
             self.append = _dropped
             if view is None:
                 return
-            from kmemdump.producer import api
-
             with contextlib.suppress(KmemdumpError, ValueError):
-                api.free(view)
+                self.host.free(view)
 
     def _append_after_fork(self, text: str, level: int, when: float) -> int:
         """A forked child's first record: open a ring of the child's own, then append to it."""
-        from kmemdump.producer import api
-
         old, self.view = self.region_id, None
         with contextlib.suppress(KmemdumpError):
-            api.unregister(old)  # the child's record of the parent's ring, not the parent's table
+            self.host.forget(old)  # the child's record of the parent's ring, not the parent's table
         try:
             self._open()
         except KmemdumpError:
@@ -112,7 +124,6 @@ class PersistentRing:
         return self.append(text, level, when)
 
     def _after_fork_in_child(self) -> None:
-        self.lock = threading.Lock()
         if self.view is not None:
             self.append = self._append_after_fork
 

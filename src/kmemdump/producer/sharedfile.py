@@ -33,6 +33,7 @@ __all__ = [
     "TABLES_STAGE",
     "cancel_at_exit",
     "create_mapped",
+    "keep_at_exit",
     "link_into_place",
     "live_paths",
     "on_exit",
@@ -275,7 +276,20 @@ def cancel_at_exit(hook: Callable[[], None]) -> None:
     _exit_hooks[:] = [(stage, known) for stage, known in _exit_hooks if known != hook]
 
 
+_kept: list[bool] = []
+
+
+def keep_at_exit() -> None:
+    """Leave the shared files in place at interpreter exit, as a crash would: the exit hooks do not
+    run, and a collector takes the exit for a death and dumps what the arena holds (an uncaught
+    exception that ends the program, recorded by ``init(excepthook=True)``)."""
+    _kept[:] = [True]
+
+
 def _run_exit_hooks() -> None:
+    if _kept:
+        log.debug("kmemdump: shared files kept at exit for the collector")
+        return
     hooks = sorted(_exit_hooks, key=lambda item: item[0])  # stable: registration order within a stage
     _exit_hooks.clear()
     for _stage, hook in hooks:
