@@ -114,8 +114,11 @@ def asyncio_lines(value: dict[str, Any]) -> list[str]:
     ]
     current = snapshot.get("current")
     if isinstance(current, dict):
-        lines.append(f"blocking the loop: {_task_line(current)}")
-        lines.extend(_frame_lines(current.get("stack"), "    "))
+        lines.append(f"blocking the loop: {_task_line(current)}, in (most recent call last):")
+        stack = _frame_lines(current.get("stack"), "    ")
+        if len(stack) > _STACK_LINES:
+            lines.append(f"    … {len(stack) - _STACK_LINES} outer frames (kmemdump show --json has them)")
+        lines.extend(stack[-_STACK_LINES:])
     for task in _dicts(snapshot.get("tasks")):
         lines.append(f"  {_task_line(task)}")
         lines.extend(_frame_lines(task.get("awaiting"), "      "))
@@ -123,6 +126,9 @@ def asyncio_lines(value: dict[str, Any]) -> list[str]:
     if omitted:
         lines.append(f"  … {omitted} more tasks not recorded")
     return lines
+
+
+_STACK_LINES = 8
 
 
 def _dicts(items: Any) -> Iterable[dict[str, Any]]:
