@@ -1,0 +1,123 @@
+"""The pytest plugin: a hanging test is dumped from outside, reported failed, and its dump named.
+
+pytest runs in a subprocess on a temporary test file, with the plugin loaded through its
+``pytest11`` entry point as an installed kmemdump provides it; the dump is read back with our
+reader. Without the option nothing happens at all.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kmemdump.inspect.dumpfile import Dump
+
+pytestmark = pytest.mark.slow
+
+TESTS = """
+import threading
+
+def test_fine():
+    assert 1 + 1 == 2
+
+def test_deadlocks():
+    lock = threading.Lock()
+    lock.acquire()
+    lock.acquire()  # never returns: the main thread waits on itself
+
+def test_after():
+    assert True
+"""
+
+
+def _pytest(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "test_suite.py").write_text(TESTS)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir(exist_ok=True)
+    env = {**os.environ, "TMPDIR": str(scratch), "KMEMDUMP_DIR": str(tmp_path / "tables")}
+    env.pop("PYTEST_ADDOPTS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "test_suite.py", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+        check=False,
+    )
+
+
+def test_the_plugin_is_installed_with_the_package() -> None:
+    found = [ep for ep in importlib.metadata.entry_points(group="pytest11") if ep.name == "kmemdump"]
+    assert [ep.value for ep in found] == ["kmemdump.pytest_plugin"]
+
+
+def test_a_hanging_test_is_dumped_reported_failed_and_its_dump_named(tmp_path: Path, dump_dir: Path) -> None:
+    # WHEN pytest runs a test that deadlocks its main thread, with --kmemdump-timeout
+    result = _pytest(tmp_path, "--kmemdump-timeout=2", f"--kmemdump-dir={dump_dir}")
+    out = result.stdout
+    # THEN the test is failed (the others pass) and the report names the one dump
+    assert result.returncode == 1, out + result.stderr
+    assert re.search(r"1 failed, 2 passed", out), out
+    (path,) = dump_dir.iterdir()
+    assert path.name.startswith("kmemdump-") and "-hang-" in path.name
+    assert f"ran longer than 2 s; it was dumped from outside, with every thread's stack, to {path}" in out
+    assert "test_suite.py:10: " in out or "lock.acquire()  # never returns" in out  # where it was stuck
+    assert f"test_suite.py::test_deadlocks: dumped to {path}" in out  # the summary section
+    # AND the dump holds the registered state (which test) and every thread's stack
+    with Dump.open(path) as dump:
+        assert dump.meta.reason == "hang" and dump.meta.pid != os.getpid()
+        record = dump.region("pytest.test")
+        assert dump.region_bytes(record).split(b"\0", 1)[0] == b"test_suite.py::test_deadlocks\n"
+        stacks = dump.stacks
+        if stacks is None:
+            pytest.skip(f"no stacks in the dump: {dump.stacks_state}")
+        functions = {f.function.rsplit(".", 1)[-1] for t in stacks.threads for f in t.frames}
+    assert "test_deadlocks" in functions
+    # AND nothing is left behind: no table directory, no collector
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_the_dump_comes_before_pytest_timeout_ends_the_test(tmp_path: Path, dump_dir: Path) -> None:
+    result = _pytest(tmp_path, "--kmemdump-timeout=30", f"--kmemdump-dir={dump_dir}", "--timeout=4")
+    out = result.stdout
+    assert result.returncode == 1, out + result.stderr
+    (path,) = dump_dir.iterdir()
+    assert f"ran longer than 3.2 s; it was dumped from outside, with every thread's stack, to {path}" in out
+    assert "Timeout (>4.0s) from pytest-timeout" not in out and "+ Timeout +" not in out
+    assert re.search(r"1 failed, 2 passed", out), out
+
+
+def test_without_the_option_the_plugin_does_nothing(tmp_path: Path) -> None:
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "test_suite.py").write_text("def test_ok():\n    assert True\n")
+    env = {**os.environ, "KMEMDUMP_DIR": str(tmp_path / "tables")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "test_suite.py"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "kmemdump" not in result.stdout + result.stderr
+    assert list((tmp_path / "tables").iterdir()) == []  # no table was published
+    help_text = subprocess.run(
+        [sys.executable, "-m", "pytest", "--help"], capture_output=True, text=True, timeout=120, check=False
+    ).stdout
+    assert "--kmemdump-timeout=SECONDS" in help_text and "kmemdump_timeout" in help_text
+
+
+def test_the_ini_option_works_too(tmp_path: Path, dump_dir: Path) -> None:
+    (tmp_path / "pytest.ini").write_text(f"[pytest]\nkmemdump_timeout = 1.5\nkmemdump_dir = {dump_dir}\n")
+    result = _pytest(tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert len(list(dump_dir.iterdir())) == 1 and "ran longer than 1.5 s" in result.stdout
