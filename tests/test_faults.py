@@ -28,6 +28,8 @@ from kmemdump.formats.faults import fault_path_of
 from kmemdump.formats.faults import read_fault_file
 from kmemdump.formats.ring import RingRole
 from kmemdump.formats.ring import parse_ring
+from kmemdump.formats.table import LIVE_LOCK_BYTE
+from kmemdump.formats.table import lock_held
 from kmemdump.inspect.dumpfile import Dump
 
 pytestmark = pytest.mark.slow
@@ -75,6 +77,11 @@ def test_a_crash_under_plain_watch_leaves_faulthandlers_traceback_in_the_death_d
         info = child.recv()
         fault = fault_path_of(info["table"])
         assert fault.exists() and fault.stat().st_mode & 0o777 == 0o600
+        fd = os.open(fault, os.O_RDONLY)
+        try:
+            assert lock_held(fd, LIVE_LOCK_BYTE)  # the process's liveness lock, as on its table
+        finally:
+            os.close(fd)
         watch.wait_for(f"watch pid={info['pid']} ")
         # WHEN it crashes
         child.send("go")
@@ -196,6 +203,8 @@ THREADS = r"""
 import os, sys, threading
 import kmemdump
 from kmemdump.formats.ring import parse_ring
+from kmemdump.formats.table import LIVE_LOCK_BYTE
+from kmemdump.formats.table import lock_held
 from kmemdump.producer.faults import exceptions_ring
 report = kmemdump.init(table=True, excepthook=True, pycoreinfo=False)
 seen = []
@@ -302,3 +311,27 @@ block()
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out
     assert "Fatal Python error: \\x1b[2J\\x1b]0;owned\\x07 cleared" in out
+
+
+def test_watch_removes_a_fault_file_whose_table_and_process_are_gone(table_dir: Path, dump_dir: Path) -> None:
+    from kmemdump.collector.dump import DumpOptions
+    from kmemdump.collector.watch import Watcher
+    from kmemdump.procinfo import process_start_time
+
+    with spawn_child(
+        "send({'pid': os.getpid()}); block()".replace("os.getpid()", "__import__('os').getpid()")
+    ) as child:
+        pid = child.recv()["pid"]
+        start = process_start_time(pid)
+    # the process is gone now; a fault file of it is left without a table, and one of a live process
+    orphan = table_dir / f"{pid}-{start}.fault"
+    orphan.write_text("Fatal Python error: Segmentation fault\n")
+    living = table_dir / f"{os.getpid()}-{process_start_time(os.getpid())}.fault"
+    living.write_text("")
+    watcher = Watcher([table_dir], DumpOptions(dump_dir))
+    try:
+        events = watcher.scan()
+    finally:
+        watcher.close()
+    assert [(e.kind, e.pid) for e in events] == [("skip", pid)]
+    assert "fault file" in events[0].message and not orphan.exists() and living.exists()

@@ -207,7 +207,7 @@ send({"texts": [r.text for r in ring.records], "seqs": [r.seq for r in ring.reco
 
 def test_a_forked_child_writes_its_own_ring_never_its_parents(table_dir: Path) -> None:
     code = r"""
-import logging, os
+import json, logging, os
 import kmemdump
 from kmemdump.logging import RingHandler
 from kmemdump.formats.ring import parse_ring
@@ -215,24 +215,30 @@ kmemdump.init(table=True, pycoreinfo=False)
 handler = RingHandler(capacity=16, record_size=64)
 log = logging.getLogger("f"); log.addHandler(handler); log.setLevel(logging.INFO); log.propagate = False
 log.info("parent before")
-parent_region = handler.region_id
+parent_address = kmemdump.default_registry().get(handler.region_id).address
 r, w = os.pipe()
 pid = os.fork()
 if pid == 0:
+    log.info("child, before a table of its own")  # dropped: no collector could read it
+    before = handler.region_id
+    kmemdump.init(table=True, pycoreinfo=False)
     log.info("child")
-    os.write(w, f"{handler.region_id} {len(parse_ring(handler.ring.view).records)}".encode())
+    region = kmemdump.default_registry().get(handler.region_id)
+    texts = [x.text for x in parse_ring(handler.ring.view).records]
+    os.write(w, json.dumps({"before": before, "address": region.address, "texts": texts}).encode())
+    kmemdump.shutdown()
     os._exit(0)
 os.waitpid(pid, 0)
-child_region, child_records = map(int, os.read(r, 100).split())
+child = json.loads(os.read(r, 4096))
 log.info("parent after")
-send({"parent": [x.text for x in parse_ring(handler.ring.view).records], "parent_region": parent_region,
-      "child_region": child_region, "child_records": child_records, "now": handler.region_id})
+send({"parent": [x.text for x in parse_ring(handler.ring.view).records], "child": child,
+      "parent_address": parent_address})
 """
     with spawn_child(code) as child:
         out = child.recv(timeout=60)
     assert out["parent"] == ["f: parent before", "f: parent after"]
-    assert out["child_records"] == 1 and out["now"] == out["parent_region"]
-    assert out["child_region"] != 0  # a ring of its own (in its own arena)
+    assert out["child"]["before"] == 0 and out["child"]["texts"] == ["f: child"]
+    assert out["child"]["address"] != out["parent_address"]  # a ring in the child's own arena
 
 
 def test_free_returns_the_memory_and_later_records_are_dropped(table_dir: Path) -> None:

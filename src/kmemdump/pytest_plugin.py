@@ -105,7 +105,7 @@ class Recorder:
         self.previous_item: pytest.Item | None = None
         self.armed_at = 0.0
         self.limit = timeout
-        self.pending: tuple[str, str] | None = None
+        self.pending: tuple[str, str, str] | None = None
         self.dumps: list[tuple[str, str]] = []
         """(node id, dump path) of every hang dump, in order."""
         self.problems: list[str] = []
@@ -208,11 +208,11 @@ class Recorder:
             if kind == "watch":
                 self.ready.set()
             elif kind == "hang" and event.get("dump"):
-                self._on_hang(str(event["dump"]))
+                self._on_hang(str(event["dump"]), str(event.get("stacks") or "?"))
             elif kind == "error":
                 self.problems.append(f"kmemdump: {event.get('message')}")
 
-    def _on_hang(self, path: str) -> None:
+    def _on_hang(self, path: str, stacks: str) -> None:
         with self.lock:
             item = self.item
             # a deadline passed for the test armed now, or (a test that just ended) for the one before
@@ -221,7 +221,7 @@ class Recorder:
                 self._ack()
                 return
             self.dumps.append((item.nodeid, path))
-            self.pending = (item.nodeid, path)
+            self.pending = (item.nodeid, path, stacks)
             with contextlib.suppress(ProcessLookupError, OSError):
                 signal.pthread_kill(threading.main_thread().ident or 0, SIGNAL)
         self._ack()
@@ -273,10 +273,11 @@ class Recorder:
         pending, self.pending = self.pending, None
         if pending is None:
             return
-        nodeid, path = pending
+        nodeid, path, stacks = pending
+        what = "with every thread's stack" if stacks == "ok" else f"without the threads' stacks ({stacks})"
         pytest.fail(
-            f"kmemdump: {nodeid} ran longer than {self.limit:g} s; it was dumped from outside, with every "
-            f"thread's stack, to {path}\n  (kmemdump show {path})",
+            f"kmemdump: {nodeid} ran longer than {self.limit:g} s; it was dumped from outside, {what}, "
+            f"to {path}\n  (kmemdump show {path})",
             pytrace=True,
         )
 

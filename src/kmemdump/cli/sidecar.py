@@ -5,10 +5,10 @@ process: a dump must be taken from outside, since the process that hangs may be 
 thread is stuck. It watches the one table directory it is given for the one pid, dumps that process
 when it stops feeding its watchdog (each stall once) or dies, and prints each event as one JSON line
 on stdout: ``{"kind": "watch"|"hang"|"death"|"exit"|"error"|"skip", "pid": N, "message": "...",
-"dump": PATH or null, "beat": N or null}``. A death is also written to stderr, where a person sees
-it when the process that started it is gone, and so is a hang dump that its process did not
-acknowledge (an ``ack`` line on stdin) within 10 s: a process whose every thread is stuck cannot
-report it. It ends when its stdin closes or the process is gone.
+"dump": PATH or null, "beat": N or null, "stacks": "ok" or why not, or null}``. A death is also
+written to stderr, where a person sees it when the process that started it is gone, and so is a
+hang dump that its process did not acknowledge (an ``ack`` line on stdin) within 10 s: a process
+whose every thread is stuck cannot report it. It ends when its stdin closes or the process is gone.
 
 Dump options are ``kmemdump watch``'s (``--dir``, ``--budget``, ``--compress``, ``--no-stacks`` …).
 """
@@ -57,15 +57,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     def emit(event: Event) -> None:
-        beat = None
-        if event.dump is not None:
-            beat = event.dump.meta.heartbeat
+        meta = event.dump.meta if event.dump is not None else None
         line = {
             "kind": event.kind,
             "pid": event.pid,
             "message": event.message,
             "dump": None if event.dump is None else str(event.dump.path),
-            "beat": beat,
+            "beat": None if meta is None else meta.heartbeat,
+            "stacks": None if meta is None else meta.stacks,
         }
         print(json.dumps(line), flush=True)
         if event.kind == "death":

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -297,3 +298,13 @@ def _fit(snapshot: dict[str, Any]) -> str:
         tasks = snapshot["tasks"] = tasks[:keep]
         text = json.dumps(snapshot, separators=(",", ":"))
     return text
+
+
+def _after_fork_in_child() -> None:
+    # the child has no monitor thread and its own heartbeat: the parent's watches are not its own
+    for watch in list(_watches.values()):
+        watch.stopped = True
+    _watches.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

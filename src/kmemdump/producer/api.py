@@ -168,6 +168,9 @@ class _RingHost:
     def forget(self, region_id: int) -> None:
         unregister(region_id)
 
+    def publishing(self) -> bool:
+        return bool(getattr(_registry.current_backend(), "published", False))
+
 
 _ring_host = _RingHost()
 

@@ -35,6 +35,8 @@ from typing import Any
 
 from kmemdump.formats.faults import FAULT_SUFFIX
 from kmemdump.formats.ring import RingRole
+from kmemdump.formats.table import LIVE_LOCK_BYTE
+from kmemdump.formats.table import lock_byte
 from kmemdump.producer.forksafe import fork_safe_lock
 from kmemdump.producer.rings import PersistentRing
 from kmemdump.producer.rings import RingHost
@@ -105,6 +107,7 @@ def enable_faulthandler(directory: Path) -> Path:
             temp = temporary_name(pid, start, "f")
             fd = open_temporary(dir_fd, directory, temp, "fault file")
             try:
+                _hold_live_lock(fd)
                 link_into_place(dir_fd, directory, temp, final, "fault file")
             except BaseException:
                 os.close(fd)
@@ -121,6 +124,15 @@ def enable_faulthandler(directory: Path) -> Path:
         live_paths.add(str(_state.path))
         on_exit(ARENAS_STAGE, remove_file)
         return _state.path
+
+
+def _hold_live_lock(fd: int) -> None:
+    """A shared lock on byte 0 for as long as this process lives, as on the table and the arena: a
+    collector in another PID namespace tells a live process's file from a dead one's by it."""
+    try:
+        lock_byte(fd, LIVE_LOCK_BYTE, exclusive=False)
+    except OSError:
+        log.debug("no liveness lock on the fault file", exc_info=True)
 
 
 def fault_file() -> IO[bytes] | None:

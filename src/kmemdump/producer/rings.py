@@ -6,8 +6,9 @@ death. :mod:`kmemdump.producer.ringlog` (the logging handler), :mod:`kmemdump.pr
 (uncaught exceptions) and :mod:`kmemdump.producer.aiowatch` (event loops) each keep one.
 
 Fork: a child inherits the mapping of its parent's arena file, so a record appended there would
-land in the parent's ring. After a fork every ring of the child forgets its parent's region and
-opens a new one in the child's own arena on its next record.
+land in the parent's ring. After a fork every ring of the child forgets its parent's region and,
+once the child publishes a table of its own (``kmemdump.init(table=True)`` in the child), opens a
+new one in the child's own arena on its next record; records before that are dropped.
 
 Standard library only.
 """
@@ -47,6 +48,10 @@ class RingHost(Protocol):
         """Unregister ``region_id`` only (a forked child's record of its parent's ring)."""
         ...
 
+    def publishing(self) -> bool:
+        """Whether this process publishes a table (a forked child may not, yet)."""
+        ...
+
 
 _rings: weakref.WeakSet[PersistentRing] = weakref.WeakSet()
 
@@ -75,6 +80,7 @@ class PersistentRing:
         self.view: memoryview | None = None
         self.region_id = 0
         self.append: Appender = _dropped
+        self._reopened: Appender | None = None
         self._open()
         _rings.add(self)
 
@@ -112,19 +118,27 @@ class PersistentRing:
                 self.host.free(view)
 
     def _append_after_fork(self, text: str, level: int, when: float) -> int:
-        """A forked child's first record: open a ring of the child's own, then append to it."""
-        old, self.view = self.region_id, None
-        with contextlib.suppress(KmemdumpError):
-            self.host.forget(old)  # the child's record of the parent's ring, not the parent's table
-        try:
-            self._open()
-        except KmemdumpError:
-            self.append = _dropped  # no arena for the child: records are dropped, never misplaced
-            return 0
+        """A forked child's record: once the child publishes a table of its own, open a ring in its
+        own arena and append there; until then drop the record (no collector could read it)."""
+        with self.lock:
+            if self.append is self._reopened:
+                return self.append(text, level, when)  # another thread reopened it meanwhile
+            if not self.host.publishing():
+                return 0
+            old, self.region_id = self.region_id, 0
+            with contextlib.suppress(KmemdumpError):
+                self.host.forget(old)  # the child's record of the parent's ring, not the parent's table
+            try:
+                self._open()
+            except KmemdumpError:
+                self.append = _dropped  # no arena for the child: records are dropped, never misplaced
+                return 0
+            self._reopened = self.append
         return self.append(text, level, when)
 
     def _after_fork_in_child(self) -> None:
         if self.view is not None:
+            self.view = None  # the parent's memory: never written, never freed here
             self.append = self._append_after_fork
 
 
