@@ -66,7 +66,7 @@ def _dump_path(line: str) -> Path:
         ("segv", "Segmentation fault"),
         ("abrt", "Aborted"),
         ("bus", "Bus error"),
-        ("fpe", "Floating point exception"),
+        ("fpe", "Floating.point exception"),  # "Floating-point" from 3.13 on
     ],
 )
 def test_a_crash_under_plain_watch_leaves_faulthandlers_traceback_in_the_death_dump(
@@ -92,13 +92,13 @@ def test_a_crash_under_plain_watch_leaves_faulthandlers_traceback_in_the_death_d
     with Dump.open(_dump_path(line)) as dump:
         written = dump.faulthandler
         assert written is not None and not written.cut
-        assert f"Fatal Python error: {fatal}" in written.text
+        assert re.search(f"Fatal Python error: {fatal}", written.text)
         assert f"in parse_order_{how}" in written.text
     assert list(table_dir.iterdir()) == []
     assert main(["show", "--plain", str(_dump_path(line))]) == 0
     out = capsys.readouterr().out
     section = out[out.index("faulthandler (what the process wrote") :]
-    assert f"Fatal Python error: {fatal}" in section and f"in parse_order_{how}" in section
+    assert re.search(f"Fatal Python error: {fatal}", section) and f"in parse_order_{how}" in section
     assert main(["show", "--json", str(_dump_path(line))]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert f"parse_order_{how}" in doc["faulthandler"]["text"] and doc["faulthandler"]["cut"] is False
