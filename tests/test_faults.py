@@ -335,3 +335,30 @@ def test_watch_removes_a_fault_file_whose_table_and_process_are_gone(table_dir: 
         watcher.close()
     assert [(e.kind, e.pid) for e in events] == [("skip", pid)]
     assert "fault file" in events[0].message and not orphan.exists() and living.exists()
+
+
+def test_run_with_its_hooks_says_why_an_unmodified_program_ended(tmp_path: Path, dump_dir: Path) -> None:
+    # an unmodified program: kmemdump starts inside it through run's autoinit, hooks included
+    program = tmp_path / "plain.py"
+    program.write_text("def connect():\n    raise ConnectionRefusedError('db:5432')\n\nconnect()\n")
+    result = subprocess.run(
+        [
+            *KMEMDUMP,
+            "run",
+            "--excepthook",
+            "--faulthandler",
+            "--dir",
+            str(dump_dir),
+            "--",
+            sys.executable,
+            str(program),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "kmemdump: uncaught exception: ConnectionRefusedError: db:5432" in result.stderr
+    assert re.search(r'raised at File ".*plain.py", line 2, in connect', result.stderr)
+    assert len(list(dump_dir.iterdir())) == 1

@@ -14,7 +14,7 @@ import importlib
 import os
 import sys
 
-_VARIABLES = ("AUTOINIT", "SRC", "WATCHDOG", "FEEDER", "SUPERVISOR")
+_VARIABLES = ("AUTOINIT", "SRC", "WATCHDOG", "FEEDER", "SUPERVISOR", "FAULTHANDLER", "EXCEPTHOOK")
 
 
 def _this_process() -> str:
@@ -41,6 +41,8 @@ def _kmemdump_autoinit() -> None:
     timeout = os.environ.get("KMEMDUMP_WATCHDOG", "")
     feeder = os.environ.get("KMEMDUMP_FEEDER", "progress")
     supervisor = os.environ.get("KMEMDUMP_SUPERVISOR", "")
+    faults = os.environ.get("KMEMDUMP_FAULTHANDLER", "") == "1"  # run --faulthandler
+    excepthook = os.environ.get("KMEMDUMP_EXCEPTHOOK", "") == "1"  # run --excepthook
     try:
         import kmemdump
     except ImportError:  # another interpreter: the producer is pure standard library
@@ -49,7 +51,7 @@ def _kmemdump_autoinit() -> None:
         import kmemdump
     try:
         seconds = float(timeout) if timeout else None
-        kmemdump.init(table=True, watchdog=seconds)
+        kmemdump.init(table=True, watchdog=seconds, faulthandler=faults, excepthook=excepthook)
         expect = getattr(kmemdump.current_backend(), "expect_collector", None)
         if supervisor.isdigit() and callable(expect):
             expect(int(supervisor))  # the table is run's: another collector leaves it to run

@@ -21,6 +21,7 @@ when it cannot be started; 2 for bad usage).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from kmemdump.cli.options import add_dump_options
@@ -73,6 +74,17 @@ def prepare(parser: argparse.ArgumentParser) -> None:
         "death dump (even after SIGKILL) then holds every region; gdb, strace and blocking py-spy "
         "cannot attach meanwhile",
     )
+    parser.add_argument(
+        "--faulthandler",
+        action="store_true",
+        help="autoinit with init(faulthandler=True): a crash's Python traceback goes into the dump",
+    )
+    parser.add_argument(
+        "--excepthook",
+        action="store_true",
+        help="autoinit with init(excepthook=True): an uncaught exception is recorded, and run says why "
+        "the command exited with status 1",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="log only dumps and errors")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
 
@@ -84,6 +96,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from kmemdump.collector.supervise import SuperviseOptions
     from kmemdump.collector.supervise import supervise
+
+    for wanted, variable in (
+        (args.faulthandler, "KMEMDUMP_FAULTHANDLER"),
+        (args.excepthook, "KMEMDUMP_EXCEPTHOOK"),
+    ):
+        if wanted:  # read by the autoinit hook in the command (docs/integrations.md)
+            os.environ[variable] = "1"
 
     options = SuperviseOptions(
         dump=dump_options(args),
