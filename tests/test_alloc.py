@@ -234,7 +234,7 @@ def test_free_unknown_raises_and_does_not_release() -> None:
 def test_free_of_object_graph_root_drops_parts() -> None:
     registry = Registry()
     data = ["a" * 10, "b" * 10]
-    registry.register_object(data, depth=1)
+    registry.register_object(data, depth=1, snapshot=True)
     free(registry, data)
     assert registry.regions() == ()
 

@@ -149,9 +149,10 @@ def build_dump(
     registry.register(zeros, name="zeros")
     counters_id = registry.register(counters, name="counters")
     lost_id = registry.register(lost, name="lost")
-    session_id = registry.register_object(session, name="session", depth=2)
-    greeting_id = registry.register_object(greeting, name="greeting")
-    numbers_id = registry.register_object(numbers, name="numbers", depth=1)
+    # snapshots: this dump is built here from what was registered, with no collector walking graphs
+    session_id = registry.register_object(session, name="session", depth=2, snapshot=True)
+    greeting_id = registry.register_object(greeting, name="greeting", snapshot=True)
+    numbers_id = registry.register_object(numbers, name="numbers", depth=1, snapshot=True)
     live = probe()
     assert live.enabled, live.reason
     live.add_types({type(v) for v in (session, greeting, numbers, *session.values(), *numbers)})
@@ -498,7 +499,7 @@ def test_ls_lists_newest_last_and_skips_bad_files(tmp_path: Path, capsys: pytest
     assert old[4] == str(len(older.meta.regions))
     assert " ".join(old[5:7]) == format_size(older.meta.stored_bytes)
     assert " ".join(old[7:10]) == format_size(older.path.stat().st_size) + " zst"
-    assert old[10] == "partial"
+    assert old[10:13] == ["partial", "2", "regions"]  # MISSING: counter (partial) and lost (unreadable)
     assert "python app.py --serve 'two words'" in lines[1]
     assert lines[2].split()[3] == "222"
     assert lines[2].split()[5] == str(len(newer.meta.regions))
@@ -531,6 +532,7 @@ def test_ls_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         "partial": True,
         "stacks": "ok",
         "host": built.meta.host,
+        "missing": list(built.meta.missing),
     }
     assert doc["skipped"][0]["path"] == str(tmp_path / "zz.core")
     assert "not an ELF file" in doc["skipped"][0]["error"]
@@ -1027,7 +1029,7 @@ def test_show_object_whose_items_were_not_registered(
     backend = RecordingBackend()
     registry.backend_register(backend)
     items = ["first item", "second item"]
-    rid = registry.register_object(items, name="items", depth=0)
+    rid = registry.register_object(items, name="items", depth=0, snapshot=True)
     live = probe()
     live.add_types({list, str})
     info = live.info

@@ -147,6 +147,14 @@ def test_demo_prints_the_banner_from_the_dump(dump_dir: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "Banner recovered from 0x" in proc.stdout
     assert "kmemdump banner:" in proc.stdout and "kmemdump.cli.demo_target" in proc.stdout
+    # the session as it was at the freeze, changed after its registration
+    assert "{'user': 'alice', 'balance': 1200, 'cart': ['apple', 'pear', 'plum'], 'vip': True}" in proc.stdout
+    # beside the banner and the decoded state, the two deadlocked threads: blocked, and where
+    deadlock = proc.stdout.split("The deadlocked threads, from the same dump", 1)[1]
+    for name in ("transfer-a", "transfer-b"):
+        block = deadlock.split(f"Thread {name}: ", 1)[1].split("\n    Thread ", 1)[0]
+        assert block.startswith("sleeping in futex: waiting on a lock"), block
+        assert 'demo_target.py", line' in block and "worker" in block
     dump = _only_dump(dump_dir)
     with CoreImage.open(dump) as core:
         meta = decode_meta(core.note("KMEMDUMP", KMD_NOTE_META).desc)  # type: ignore[union-attr]

@@ -3,8 +3,8 @@
 * every name in ``kmemdump.__all__`` exists and ``from kmemdump import *`` works;
 * every module of the package has a docstring and an ``__all__`` naming only real attributes
   (checked in one fresh interpreter, so importing e.g. the CLI cannot disturb this process);
-* ``docs/seed-conformance.md`` quotes every sentence of the seed's "API", "Backend", "Data
-  structures" and "kmemdump Initialization" sections and cites only test node IDs that exist;
+* ``docs/seed-conformance.md`` quotes every sentence of the seven sections of the kernel's kmemdump
+  design text and cites only test node IDs that exist;
 * the Python examples in ``docs/api.md`` run.
 """
 
@@ -30,10 +30,13 @@ CONFORMANCE = ROOT / "docs" / "seed-conformance.md"
 API_DOC = ROOT / "docs" / "api.md"
 SEED = ROOT.parent / "shared" / "seed" / "kmemdump.rst"
 SEED_SECTIONS = {
+    "Overview": "Overview",
     "API": "API",
     "Backend": "Backend",
     "Data": "Data structures",
     "Init": "kmemdump Initialization",
+    "Functionality": "backend functionality",
+    "Example": "kmemdump example",
 }
 
 
@@ -160,12 +163,12 @@ def test_module_has_docstring_and_all(module: str) -> None:
 
 
 def _seed_sentences(text: str) -> dict[str, list[str]]:
-    """Sentences of the four seed sections, keyed by our short section names."""
+    """Sentences of the seven sections of the design text, keyed by our short section names."""
     lines = text.splitlines()
     out: dict[str, list[str]] = {}
     for key, title in SEED_SECTIONS.items():
         start = next(
-            i for i, line in enumerate(lines) if line.strip() == title and set(lines[i + 1]) == {"-"}
+            i for i, line in enumerate(lines) if line.strip() == title and set(lines[i + 1]) in ({"-"}, {"="})
         )
         body: list[str] = []
         for line in lines[start + 2 :]:
@@ -180,7 +183,8 @@ def _seed_sentences(text: str) -> dict[str, list[str]]:
 
 
 _ROW = re.compile(
-    r"^\|\s*(?P<key>(?:API|Backend|Data|Init)-\d+)\s*\|(?P<quote>[^|]*)\|(?P<ours>[^|]*)\|(?P<tests>[^|]*)\|"
+    r"^\|\s*(?P<key>(?:Overview|API|Backend|Data|Init|Functionality|Example)-\d+)\s*\|(?P<quote>[^|]*)\|"
+    r"(?P<ours>[^|]*)\|(?P<tests>[^|]*)\|"
 )
 _NODE = re.compile(r"tests/[\w/]+\.py::[\w\[\]\-.=]+")
 

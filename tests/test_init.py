@@ -101,7 +101,7 @@ def test_init_registers_banner_naming_executable_and_argv() -> None:
     assert text.endswith("\0")
     assert text.count("\0") == 1
     assert out["executable"] in text
-    assert "first-arg second arg" in text
+    assert "argv: -c first-arg 'second arg'\n" in text  # shell-quoted: readable back as a list
     assert "pid: " in text
     assert sys.version.split()[0] in text
 
@@ -305,3 +305,66 @@ def test_init_with_table_and_watchdog(tmp_path: Path) -> None:
     assert out["backend"] == "SharedTableBackend"
     assert out["timeout"] == 30.0
     assert out["feeder"] is True
+
+
+def test_init_leaves_an_applications_regions_under_our_ids_in_place(tmp_path: Path) -> None:
+    """The kernel design's rule for every ID: a second registration needs a deregistration first.
+    init() does not replace (and free) what the application registered under ID.BANNER or ID.PYCOREINFO."""
+    out = _child(
+        """
+        import ctypes, json, kmemdump
+        from kmemdump import ID
+        mine = bytearray(b"the application's own banner\\0")
+        layout = bytearray(b"the application's own layout")
+        kmemdump.register(mine, id=ID.BANNER, name="app-banner")
+        kmemdump.register(layout, id=ID.PYCOREINFO, name="app-layout")
+        report = kmemdump.init(table=True)
+        again = kmemdump.init(table=True)
+        registry = kmemdump.default_registry()
+        banner, info = registry.get(ID.BANNER), registry.get(ID.PYCOREINFO)
+        try:
+            mine.extend(b"!")  # still pinned by its registration: a released export would allow it
+            resizable = True
+        except BufferError:
+            resizable = False
+        kmemdump.register_object({"k": 1}, name="state")  # a new type: the layout would be republished
+        print(json.dumps({
+            "report": [report.banner_id, report.pycoreinfo_id, report.failures],
+            "again": [again.banner_id, again.pycoreinfo_id],
+            "banner": [banner.name, banner.address == ctypes.addressof(ctypes.c_char.from_buffer(mine))],
+            "info": [registry.get(ID.PYCOREINFO).name, info.size],
+            "resizable": resizable,
+            "bytes": bytes(mine).decode(errors="replace"),
+        }))
+        """,
+        env={"KMEMDUMP_DIR": str(tmp_path)},
+    )
+    banner_id, info_id, failures = out["report"]
+    assert (banner_id, info_id) == (None, None) and out["again"] == [None, None]
+    reasons = dict(failures)
+    assert "ID.BANNER (1) is already registered by the application (region 'app-banner')" in reasons["banner"]
+    assert "left in place" in reasons["banner"]
+    assert "ID.PYCOREINFO (2) is already registered by the application" in reasons["pycoreinfo"]
+    assert out["banner"] == ["app-banner", True]
+    assert out["info"] == ["app-layout", len(b"the application's own layout")]
+    assert out["resizable"] is False  # the application's buffer is still registered (pinned), not freed
+    assert out["bytes"].startswith("the application's own banner")
+
+
+def test_init_keeps_refreshing_its_own_layout_only() -> None:
+    out = _child(
+        """
+        import json, kmemdump
+        from kmemdump import ID
+        report = kmemdump.init()
+        registry = kmemdump.default_registry()
+        kmemdump.unregister(ID.PYCOREINFO)
+        kmemdump.register(bytearray(b"app data"), id=ID.PYCOREINFO, name="app")
+        class Fresh:
+            pass
+        kmemdump.register_object(Fresh(), name="fresh")  # a new type: ours would be republished
+        print(json.dumps({"name": registry.get(ID.PYCOREINFO).name, "first": report.pycoreinfo_id,
+                          "later": kmemdump.init().pycoreinfo_id}))
+        """
+    )
+    assert out == {"name": "app", "first": ID.PYCOREINFO, "later": None}

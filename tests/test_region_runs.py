@@ -145,6 +145,20 @@ def test_runs_are_planned_in_address_order_within_the_gap_and_the_span() -> None
     assert all(run.end - run.start <= SPAN for run in big) and len(big) == 3
 
 
+def test_no_run_lays_zeros_over_bytes_a_graph_walk_stores() -> None:
+    # a live object graph's walk stores real bytes between two regions (an object's pre-header, say):
+    # a run across that gap would store zeros there, and a reader would take them for the bytes
+    items = [_entry(16, 0x1000, 64), _entry(17, 0x1000 + 64 + 32, 64)]
+    assert len(plan_runs(items)) == 1
+    walked = [(0x1000 + 64 + 8, 0x1000 + 64 + 24)]
+    assert [(run.start, run.end) for run in plan_runs(items, walked)] == [
+        (0x1000, 0x1000 + 64),
+        (0x1000 + 64 + 32, 0x1000 + 64 + 32 + 64),
+    ]
+    # walked bytes inside a region, or away from every gap, change nothing
+    assert len(plan_runs(items, [(0x1000 + 8, 0x1000 + 16), (0x9000, 0x9010)])) == 1
+
+
 def test_ten_thousand_small_allocations_take_a_handful_of_segments(table_dir: Path, dump_dir: Path) -> None:
     code = (
         "import kmemdump\n"

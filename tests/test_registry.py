@@ -367,17 +367,41 @@ def test_type_listener_hears_object_registrations_only() -> None:
     assert len(heard) == 1
 
 
-def test_register_object_root_and_parts_unregistered_together() -> None:
+def test_register_object_is_a_live_graph_root_alone() -> None:
     registry = Registry()
     backend = RecordingBackend()
     registry.backend_register(backend)
     data = [f"item{i}" for i in range(3)]
 
-    rid = registry.register_object(data, name="items", depth=1)
+    rid = registry.register_object(data, name="items", depth=2)
+
+    (root,) = registry.regions()  # the items are walked at dump time, not registered now
+    assert (root.id, root.address, root.kind, root.name) == (rid, id(data), RegionKind.OBJECT, "items")
+    assert (root.graph_depth, root.flags) == (2, 0)
+    assert root.size == list.__basicsize__
+    assert backend.regions[rid].graph_depth == 2  # a callback backend hears the depth too
+    plain = registry.get(registry.register(bytearray(4)))
+    assert plain.graph_depth is None
+    with pytest.raises(InvalidRegionError, match="depth"):
+        registry.register_object(data, depth=65)
+
+
+def test_register_object_snapshot_root_and_parts_unregistered_together() -> None:
+    registry = Registry()
+    backend = RecordingBackend()
+    registry.backend_register(backend)
+    data = [f"item{i}" for i in range(3)]
+
+    rid = registry.register_object(data, name="items", depth=1, snapshot=True)
 
     regions = registry.regions()
     root = registry.get(rid)
-    assert (root.address, root.kind, root.name) == (id(data), RegionKind.OBJECT, "items")
+    assert (root.address, root.kind, root.name, root.graph_depth) == (
+        id(data),
+        RegionKind.OBJECT,
+        "items",
+        None,
+    )
     assert len(regions) > 1  # the item array and the items came along
     addresses = {r.address for r in regions}
     assert all(id(item) in addresses for item in data)
@@ -409,14 +433,14 @@ def test_register_object_graph_larger_than_free_slots_refused_whole() -> None:
     registry = Registry(capacity=3)
     data = [f"s{i}" for i in range(10)]
     with pytest.raises(RegistryFullError):
-        registry.register_object(data, depth=1)
+        registry.register_object(data, depth=1, snapshot=True)
     assert registry.regions() == ()
 
 
 def test_part_unregistered_alone_then_id_reused_survives_root_unregister() -> None:
     registry = Registry()
     data = ["alpha", "beta"]
-    root = registry.register_object(data, depth=1)
+    root = registry.register_object(data, depth=1, snapshot=True)
     part = max(r.id for r in registry.regions())
     registry.unregister(part)
     unrelated = registry.register(bytearray(b"unrelated"))
@@ -429,7 +453,7 @@ def test_part_unregistered_alone_then_id_reused_survives_root_unregister() -> No
 
 def test_replace_of_object_graph_root_drops_its_parts() -> None:
     registry = Registry()
-    registry.register_object(["x", "y"], id=ID.USER_START, depth=1)
+    registry.register_object(["x", "y"], id=ID.USER_START, depth=1, snapshot=True)
     registry.replace(ID.USER_START, bytearray(4))
     assert [r.id for r in registry.regions()] == [ID.USER_START]
 

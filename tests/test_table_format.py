@@ -29,8 +29,10 @@ from kmemdump.errors import ForeignTableError
 from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import TableFormatError
 from kmemdump.formats import table as fmt
+from kmemdump.formats.kinds import GRAPH_ROOT
 from kmemdump.formats.kinds import RegionFlags
 from kmemdump.formats.kinds import RegionKind
+from kmemdump.formats.kinds import graph_word
 from kmemdump.formats.table import ENTRY_SIZE
 from kmemdump.formats.table import HEADER_SIZE
 from kmemdump.formats.table import VALID
@@ -171,6 +173,7 @@ def test_docs_describe_the_entry_the_code_writes() -> None:
         "size": fmt.ENTRY_SIZE_FIELD,
         "kind": fmt.ENTRY_KIND,
         "flags": fmt.ENTRY_FLAGS,
+        "graph": fmt.ENTRY_GRAPH,
     }
     position = 0
     for offset, size, name in rows:
@@ -597,3 +600,54 @@ def test_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert fmt.default_dir() == tmp_path
     monkeypatch.delenv("KMEMDUMP_DIR")
     assert fmt.default_dir() == Path(f"/dev/shm/kmemdump-{os.geteuid()}")
+
+
+# --- the graph word (offset 60): live object-graph roots --------------------------------------------
+
+
+def test_a_graph_root_carries_its_depth_in_the_graph_word() -> None:
+    buf, writer = new_table()
+    writer.put(0, 1030, "state", 0x7F00_0000_2000, 64, RegionKind.OBJECT, graph=GRAPH_ROOT | 3)
+    writer.put(1, 1031, "plain", 0x7F00_0000_3000, 64, RegionKind.OBJECT)
+    entry_at = HEADER_SIZE
+    assert struct.unpack_from("<I", buf, entry_at + fmt.ENTRY_GRAPH)[0] == 0x8000_0003
+    root, plain = parse_table(bytes(buf)).entries
+    assert (root.graph, root.graph_depth) == (0x8000_0003, 3)
+    assert (plain.graph, plain.graph_depth) == (0, None)
+    assert graph_word(None) == 0 and graph_word(0) == GRAPH_ROOT
+
+
+@pytest.mark.parametrize(
+    ("kind", "graph", "message"),
+    [
+        (RegionKind.BUFFER, GRAPH_ROOT | 1, "only an OBJECT region"),
+        (RegionKind.OBJECT, GRAPH_ROOT | 65, "graph word"),
+        (RegionKind.OBJECT, 3, "graph word"),  # a depth without the root bit
+        (RegionKind.OBJECT, GRAPH_ROOT | 0x100, "graph word"),  # a bit this format does not define
+    ],
+)
+def test_the_writer_refuses_graph_words_the_format_does_not_define(
+    kind: RegionKind, graph: int, message: str
+) -> None:
+    _, writer = new_table()
+    with pytest.raises(InvalidRegionError, match=message):
+        writer.put(0, 1030, "x", 0x7F00_0000_2000, 64, kind, graph=graph)
+    assert writer.count == 0
+
+
+@pytest.mark.parametrize("word", [GRAPH_ROOT | 65, 0x0000_0001, GRAPH_ROOT | 0x4000])
+def test_the_reader_refuses_a_corrupt_graph_word(word: int) -> None:
+    buf, writer = new_table()
+    writer.put(0, 1030, "state", 0x7F00_0000_2000, 64, RegionKind.OBJECT, graph=GRAPH_ROOT | 1)
+    struct.pack_into("<I", buf, HEADER_SIZE + fmt.ENTRY_GRAPH, word)
+    with pytest.raises(TableFormatError, match="graph word") as caught:
+        parse_table(bytes(buf))
+    assert caught.value.context["offset"] == HEADER_SIZE + fmt.ENTRY_GRAPH
+
+
+def test_a_graph_word_on_a_buffer_entry_is_refused() -> None:
+    buf, writer = new_table()
+    writer.put(0, 1030, "bytes", 0x7F00_0000_2000, 64, RegionKind.BUFFER)
+    struct.pack_into("<I", buf, HEADER_SIZE + fmt.ENTRY_GRAPH, GRAPH_ROOT | 1)
+    with pytest.raises(TableFormatError, match="graph word"):
+        parse_table(bytes(buf))

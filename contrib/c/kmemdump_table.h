@@ -40,6 +40,7 @@ enum { KMD_STATE_STARTING = 0, KMD_STATE_RUNNING = 1, KMD_STATE_EXITING = 2 };
 enum { KMD_FLAG_LIVE_LOCK = 1, KMD_FLAG_FEEDER = 2 };
 enum { KMD_KIND_BUFFER = 1, KMD_KIND_OBJECT = 2, KMD_KIND_CTYPES = 3, KMD_KIND_ADDRESS = 4 };
 enum { KMD_ID_BANNER = 1, KMD_ID_USER_START = 16, KMD_ID_USER_END = 1023 };
+#define KMD_GRAPH_ROOT 0x80000000u /* in an entry's graph word; the depth (0..64) in bits 0-7 */
 
 struct kmd_table_header {
     char magic[8];
@@ -60,7 +61,7 @@ struct kmd_table_entry {
     uint32_t id, valid;
     uint64_t address, size;
     uint16_t kind, flags;
-    uint32_t reserved;
+    uint32_t graph; /* 0, or KMD_GRAPH_ROOT | depth: a Python object graph walked at dump time */
 };
 
 _Static_assert(sizeof(struct kmd_table_header) == 128, "header is 128 bytes");

@@ -28,6 +28,7 @@ from kmemdump.collector.watch import Watcher
 from kmemdump.errors import CollectorError
 from kmemdump.ids import ID
 from kmemdump.inspect.dumpfile import Dump
+from kmemdump.inspect.dumpfile import plural
 
 __all__ = ["prepare", "run"]
 
@@ -101,8 +102,8 @@ def _show(path: Path) -> None:
     with Dump.open(path) as dump:
         meta = dump.meta
         print(
-            f"\nDump {path.name}: reason={meta.reason}, {len(meta.regions)} regions, "
-            f"{meta.stored_bytes} bytes of memory in a {dump.file_size}-byte file"
+            f"\nDump {path.name}: reason={meta.reason}, {plural(len(meta.regions), 'region')}, "
+            f"{plural(meta.stored_bytes, 'byte')} of memory in a {dump.file_size}-byte file"
         )
         banner = dump.banner()
         record = next((r for r in meta.regions if r.id == ID.BANNER), None)
@@ -114,5 +115,28 @@ def _show(path: Path) -> None:
         session = next((r for r in meta.regions if r.name == "session"), None)
         if session is not None:
             decoded = dump.decode_region(session)
-            print(f"\nThe 'session' dict, decoded from the dump without the binaries:\n    {decoded.value!r}")
+            print(
+                "\nThe 'session' dict, decoded from the dump without the binaries (its values at the freeze):"
+                f"\n    {decoded.value!r}"
+            )
+        _show_deadlock(dump)
         print(f"\nEverything in it:   kmemdump show {path}\nIn gdb:             kmemdump gdb {path}")
+
+
+def _show_deadlock(dump: Dump) -> None:
+    """The two threads that deadlocked: what each was doing before the hold, and where, from the dump."""
+    stacks = dump.stacks
+    if stacks is None:
+        print(f"\n(no Python stacks in the dump: {dump.stacks_state})")
+        return
+    states = {t.tid: t for t in dump.meta.threads}
+    workers = sorted(
+        (t for t in stacks.threads if t.name in ("transfer-a", "transfer-b")), key=lambda t: t.name or ""
+    )
+    print("\nThe deadlocked threads, from the same dump (innermost call last):")
+    for thread in workers or stacks.threads:
+        state = states.get(thread.native_id) if thread.native_id is not None else None
+        doing = state.describe() if state is not None else ("active" if thread.active else "idle")
+        print(f"\n    Thread {thread.name or hex(thread.thread_id)}: {doing}")
+        for frame in list(reversed(thread.frames))[-3:]:
+            print(f'      File "{frame.filename}", line {frame.line}, in {frame.function}')

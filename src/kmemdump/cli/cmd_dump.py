@@ -23,6 +23,8 @@ from kmemdump.collector.identify import find_table
 from kmemdump.errors import CollectorError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.formats.dumpmeta import DumpMeta
+from kmemdump.inspect.dumpfile import plural
+from kmemdump.inspect.dumpfile import what_is_missing
 from kmemdump.procinfo import process_start_time
 
 __all__ = ["EPILOG", "prepare", "run"]
@@ -30,8 +32,8 @@ __all__ = ["EPILOG", "prepare", "run"]
 EPILOG = """\
 exit status: 0 dumped; 1 the dump failed (no table, no access, no space); 2 bad usage or no such process
 
---json prints {"path", "pid", "regions", "stored_bytes", "partial", "stacks"}; "stacks" is "ok" or why
-the dump has none.
+--json prints {"path", "pid", "regions", "stored_bytes", "partial", "missing", "stacks"}; "missing" lists
+what the dump lacks, one sentence each; "stacks" is "ok" or why the dump has none.
 """
 
 
@@ -68,19 +70,21 @@ def run(args: argparse.Namespace) -> int:
                     "regions": len(meta.regions),
                     "stored_bytes": meta.stored_bytes,
                     "partial": meta.partial,
+                    "missing": list(meta.missing),
                     "stacks": meta.stacks,
                 }
             )
         )
     else:
         stored = format_size(meta.stored_bytes)
-        print(f"{result.path}: {len(meta.regions)} regions, {stored}, {_state(args, meta)}")
+        regions = plural(len(meta.regions), "region")
+        print(f"{result.path}: {regions}, {stored}, {_state(args, meta)}")
     return 0
 
 
 def _state(args: argparse.Namespace, meta: DumpMeta) -> str:
-    """ "complete" only when nothing asked for is missing."""
-    state = "partial" if meta.partial else "complete"
+    """ "complete" only when nothing asked for is missing; else what is, in a few words."""
+    state = f"partial: {what_is_missing(meta)}" if meta.partial else "complete"
     if args.stacks and meta.stacks != "ok":
-        return f"{'partial, ' if meta.partial else ''}without Python stacks: {meta.stacks}"
+        return f"{state + ', ' if meta.partial else ''}without Python stacks: {meta.stacks}"
     return state

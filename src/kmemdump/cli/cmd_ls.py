@@ -66,12 +66,13 @@ _COLUMNS = (
     Column("TIME (UTC)", wrap=False),
     Column("PID", right=True, wrap=False),
     Column("REASON", wrap=False),
-    Column("REGIONS", right=True, wrap=False, drop=3),
-    Column("STORED", right=True, wrap=False, drop=4),
-    Column("FILE", right=True, wrap=False, drop=2),
+    Column("REGIONS", right=True, wrap=False, drop=4),
+    Column("STORED", right=True, wrap=False, drop=5),
+    Column("FILE", right=True, wrap=False, drop=3),
     Column("STATE", wrap=False),
+    Column("MISSING", wrap=False, drop=1),
     Column("COMMAND", min_width=20),
-    Column("DUMP", wrap=False, drop=1),
+    Column("DUMP", wrap=False, drop=2),
 )
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -213,6 +214,7 @@ def _row(index: int, summary: DumpSummary) -> list[str]:
         format_size(summary.stored_bytes),
         format_size(summary.file_size) + (" zst" if summary.compressed else ""),
         "partial" if summary.partial else "complete",
+        summary.lacking if summary.partial else "",
         _short_command(summary.command),
         summary.path.name,
     ]

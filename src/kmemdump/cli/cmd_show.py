@@ -28,6 +28,7 @@ from kmemdump.cli.render import format_time
 from kmemdump.cli.render import hexdump_lines
 from kmemdump.cli.render import json_text
 from kmemdump.formats.dumpmeta import DumpMeta
+from kmemdump.formats.dumpmeta import GraphRecord
 from kmemdump.formats.dumpmeta import RegionRecord
 from kmemdump.formats.dumpmeta import ThreadState
 from kmemdump.formats.kinds import RegionKind
@@ -39,6 +40,7 @@ from kmemdump.inspect.dumpfile import DecodedRegion
 from kmemdump.inspect.dumpfile import Dump
 from kmemdump.inspect.dumpfile import command_line
 from kmemdump.inspect.dumpfile import kind_name
+from kmemdump.inspect.dumpfile import plural
 from kmemdump.inspect.dumpfile import pycoreinfo_summary
 
 TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
@@ -111,6 +113,8 @@ def document(dump: Dump, decoded: dict[int, DecodedRegion] | None) -> dict[str, 
     if meta.death is not None:
         about["death"] = {**dataclasses.asdict(meta.death), "description": meta.death.describe()}
     about["threads"] = [{**dataclasses.asdict(t), "description": t.describe()} for t in meta.threads]
+    about["graphs"] = [dataclasses.asdict(g) for g in meta.graphs]
+    about["missing"] = list(meta.missing)
     about["python_version"] = meta.python_version
     about["stored_bytes"] = meta.stored_bytes
     info = dump.pycoreinfo
@@ -164,7 +168,7 @@ def _show(dump: Dump, decoded: dict[int, DecodedRegion], out: Output) -> None:
     if decoded:
         out.heading("Decoded")
         for record in dump.meta.regions:
-            _show_decoded(record, decoded[record.id], out)
+            _show_decoded(record, decoded[record.id], out, dump.graph(record.id))
     _show_rings(dump, decoded, ("exceptions",), out)
     _show_faulthandler(dump, out)
     _show_rings(dump, decoded, ("asyncio",), out)
@@ -182,7 +186,7 @@ def _about(dump: Dump) -> list[tuple[str, str]]:
         ("Captured", format_time(meta.captured_ns)),
         ("Host", meta.host or "?"),
         ("Process", f"pid {meta.pid} (start time {meta.start_time}), uid {meta.uid}"),
-        ("Command", command_line(meta)),
+        ("Command", command_line(meta, dump.banner())),
     ]
     if meta.exe:
         rows.append(("Executable", meta.exe))
@@ -213,10 +217,18 @@ def _about(dump: Dump) -> list[tuple[str, str]]:
     else:
         rows.append(("Stopped", f"no, regions were copied while it ran{copy}"))
     total = sum(r.size for r in meta.regions)
-    contents = f"{len(meta.regions)} regions, {meta.stored_bytes} of {total} bytes stored"
+    stored = sum(r.stored for r in meta.regions)
+    contents = f"{plural(len(meta.regions), 'region')}, {format_size(stored)} of {format_size(total)} stored"
     if meta.budget is not None:
-        contents += f" (budget {meta.budget} bytes)"
+        contents += f" (budget {format_size(meta.budget)})"
     rows.append(("Contents", contents + (" — PARTIAL" if meta.partial else ", complete")))
+    if meta.graphs:
+        rows.append(("Graphs", _graphs_line(meta)))
+    for number, line in enumerate(meta.missing):
+        if number == MAX_MISSING:
+            rows.append(("", f"… {len(meta.missing) - MAX_MISSING} more (kmemdump show --json has them all)"))
+            break
+        rows.append(("Missing" if number == 0 else "", line))
     if meta.table_torn:
         rows.append(("Table", "torn: the process froze mid-update; the last consistent snapshot was used"))
     if meta.arena != "none":
@@ -231,6 +243,19 @@ def _capture_line(meta: DumpMeta) -> str:
         line = "stacks: thread stacks and interpreter state stored (pystack core; kmemdump gdb: bt, py-bt)"
         return line if meta.capture_state == "ok" else f"{line}; not stored: {meta.capture_state}"
     return "regions: registers and module headers (kmemdump gdb shows where each thread is)"
+
+
+def _graphs_line(meta: DumpMeta) -> str:
+    """The live object graphs: how many were walked at the freeze, and how much they hold."""
+    walked = [g for g in meta.graphs if g.status in ("ok", "partial")]
+    text = (
+        f"{plural(len(walked), 'object graph')} walked in the held process "
+        f"({plural(sum(g.objects for g in walked), 'object')}, {format_size(sum(g.stored for g in walked))})"
+    )
+    others = len(meta.graphs) - len(walked)
+    if others:
+        text += f"; {others} not walked"
+    return text
 
 
 def _reason_line(meta: DumpMeta) -> str:
@@ -271,7 +296,7 @@ def _stacks_line(dump: Dump) -> str:
     stacks = dump.stacks
     if stacks is None:
         return f"none ({dump.stacks_state})"
-    return f"{len(stacks.threads)} threads, taken by {stacks.source}"
+    return f"{plural(len(stacks.threads), 'thread')}, taken by {stacks.source}"
 
 
 def _region_row(record: RegionRecord) -> list[str]:
@@ -289,8 +314,12 @@ def _region_row(record: RegionRecord) -> list[str]:
     ]
 
 
-def _show_decoded(record: RegionRecord, decoded: DecodedRegion, out: Output) -> None:
+def _show_decoded(
+    record: RegionRecord, decoded: DecodedRegion, out: Output, graph: GraphRecord | None = None
+) -> None:
     head = f"[{record.id}] {record.name}: {decoded.type_name}"
+    if graph is not None and graph.status in ("ok", "partial") and decoded.error is None:
+        head += f" (walked at the freeze, depth {graph.depth}: {plural(graph.objects, 'object')})"
     if decoded.error is not None:
         out.line(f"{head} — {decoded.error}")
         return
@@ -372,7 +401,7 @@ def _pycoreinfo_line(value: Any) -> str:
         return repr(value)
     return (
         f"{value.get('implementation')} {value.get('python')}, {value.get('pointer_size')}-byte pointers, "
-        f"offsets from {value.get('source')}, {value.get('types')} types named"
+        f"offsets from {value.get('source')}, {plural(int(value.get('types') or 0), 'type')} named"
     )
 
 

@@ -27,8 +27,11 @@ def _say(text: str) -> None:
 def main() -> int:
     timeout = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
     report = kmemdump.init(table=True, watchdog=timeout)
-    session = {"user": "alice", "balance": 1234, "cart": ["apple", "pear"], "vip": True}
+    cart = ["apple", "pear"]
+    session: dict[str, object] = {"user": "alice", "balance": 1234, "cart": cart, "vip": True}
     kmemdump.register_object(session, name="session", depth=2)
+    session["balance"] = 1200  # changed after registration: the dump shows the values of the freeze
+    cart.append("plum")
     greeting = "héllo from the frozen process ✓"
     kmemdump.register_object(greeting, name="greeting")
     counters = kmemdump.alloc(64, name="counters")

@@ -316,13 +316,13 @@ class Output:
             print(f"\n{text}\n{'-' * len(text)}", file=self.stream)
 
     def fields(self, pairs: Iterable[tuple[str, str]]) -> None:
-        """``Label:  value`` lines with the values aligned."""
+        """``Label:  value`` lines with the values aligned; an empty label continues the line above."""
         rows = list(pairs)
         if not rows:
             return
         width = max(len(label) for label, _ in rows) + 1
         for label, raw in rows:
-            head = f"{label + ':':<{width}}"
+            head = f"{label + ':' if label else '':<{width}}"
             value = printable(raw)
             if self.fancy:
                 from rich.text import Text

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import shlex
 import signal
 import time
 from collections.abc import Callable
@@ -38,6 +39,8 @@ from kmemdump.collector.coreshape import ProcessShape
 from kmemdump.collector.coreshape import observe
 from kmemdump.collector.coreshape import process_notes
 from kmemdump.collector.corewriter import CoreWriter
+from kmemdump.collector.graphs import GraphLimits
+from kmemdump.collector.graphs import walk_graph
 from kmemdump.collector.hold import Hold
 from kmemdump.collector.hold import hold
 from kmemdump.collector.hold import not_held
@@ -50,12 +53,14 @@ from kmemdump.collector.staging import StagedImage
 from kmemdump.collector.staging import Staging
 from kmemdump.collector.threads import thread_states
 from kmemdump.errors import CollectorError
+from kmemdump.errors import DumpFormatError
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.errors import TableFormatError
 from kmemdump.formats.arena import arena_path_of
 from kmemdump.formats.dumpmeta import Death
 from kmemdump.formats.dumpmeta import DumpMeta
+from kmemdump.formats.dumpmeta import GraphRecord
 from kmemdump.formats.dumpmeta import Held
 from kmemdump.formats.dumpmeta import Reason
 from kmemdump.formats.dumpmeta import RegionRecord
@@ -77,6 +82,8 @@ from kmemdump.formats.faults import FaultText
 from kmemdump.formats.faults import encode_fault_note
 from kmemdump.formats.faults import fault_path_of
 from kmemdump.formats.faults import read_fault_file
+from kmemdump.formats.kinds import RegionKind
+from kmemdump.formats.pycoreinfo import PyCoreInfo
 from kmemdump.formats.stacks import encode_stacks
 from kmemdump.formats.table import ACT_LOCK_BYTE
 from kmemdump.formats.table import HEADER_SIZE
@@ -88,6 +95,7 @@ from kmemdump.formats.table import lock_byte
 from kmemdump.formats.table import open_owned_file
 from kmemdump.formats.table import parse_header
 from kmemdump.formats.table import read_table
+from kmemdump.ids import ID
 from kmemdump.memory.arena import ArenaMemory
 from kmemdump.memory.process import ProcessMemory
 from kmemdump.procinfo import process_exe
@@ -95,6 +103,8 @@ from kmemdump.procinfo import process_exe
 __all__ = ["DumpOptions", "DumpResult", "ExitHold", "dump_target"]
 
 MAX_REGION_DEFAULT = 256 * 1024 * 1024
+GRAPH_OBJECTS_DEFAULT = 100_000
+GRAPH_BYTES_DEFAULT = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +113,8 @@ class DumpOptions:
 
     directory: Path
     budget: int | None = None
-    """At most this many region bytes per dump; regions are taken in ID order until it is spent."""
+    """At most this many bytes of memory per dump: the predefined regions (banner, PYCOREINFO) first,
+    then the others in ID order, then the object graphs, until it is spent."""
     max_region: int = MAX_REGION_DEFAULT
     """A single region larger than this is stored only up to this size (status "partial")."""
     compress: bool = False
@@ -115,7 +126,7 @@ class DumpOptions:
     """What else to store: "regions" adds only the ELF headers of the mapped files; "stacks" also the
     top of each thread's stack and the interpreter's thread states, frames and code objects, so that
     pystack, gdb ``bt`` and ``py-bt`` print every thread's stack (see :mod:`.capture`)."""
-    threads: float = 0.02
+    threads: float = 0.005
     """Read each thread's scheduler state before the hold, measuring CPU use over this many seconds
     (0: read the states without measuring; negative: do not read them)."""
     allow_nondumpable: bool = False
@@ -128,6 +139,10 @@ class DumpOptions:
     """Write with ``O_DIRECT`` and fsync the file and its directory, so that a dump survives a crash
     of the host once it has its name; else the page cache writes it back at its own pace (see
     :mod:`.corewriter`)."""
+    graph_objects: int = GRAPH_OBJECTS_DEFAULT
+    """At most this many objects visited in each live object graph."""
+    graph_bytes: int = GRAPH_BYTES_DEFAULT
+    """At most this many bytes read for all the live object graphs of one dump together."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,7 +463,12 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
         if exit_hold is not None and exit_hold.shadow is not None:
             exit_hold.release()  # its memory lives on in its shadow: the process can go now
             hold_ms = round((time.perf_counter() - held_since) * 1000, 3)
-        records, pycoreinfo, arena_state = _copy(job, snapshot, options, into)
+        graphs, walked = _walk_graphs(job, snapshot, options)
+        avoid = [(address, address + len(data)) for address, data in walked]
+        records, kept, arena_state = _copy(job, snapshot, options, into, avoid)
+        for address, data in walked:
+            into.add(address, data)
+        pycoreinfo = kept.get(ID.PYCOREINFO)
         copy_ms = (time.perf_counter() - t0) * 1000
         gone_now = gone or any(r.status == "gone" for r in records)
         stacks_note, stacks_state = _stacks(job.memory_pid or pid, options, gone_now, hexversion)
@@ -464,6 +484,11 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
         held: Held = current.method
         header = snapshot.header
         age = (time.monotonic_ns() - header.last_feed_ns) / 1e9 if header.heartbeat else None
+        if not argv or exe is None:  # gone before we saw it: the process's own banner says who it was
+            banner_argv, banner_exe = _from_banner(kept.get(ID.BANNER))
+            argv = argv or tuple(banner_argv)
+            exe = exe if exe is not None else banner_exe
+        missing = _missing(records, graphs, pycoreinfo)
         meta = DumpMeta(
             reason=reason,
             pid=pid,
@@ -475,7 +500,7 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
             uid=job.uid,
             py_hexversion=header.py_hexversion,
             regions=tuple(records),
-            partial=gone or any(r.status in ("partial", "unreadable", "gone") for r in records),
+            partial=gone or bool(missing),
             stopped=bool(held),
             held=held,
             heartbeat=header.heartbeat,
@@ -496,6 +521,8 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
             capture=options.capture,
             capture_state=_capture_state(options, gone, capture),
             limits="; ".join(shape.limits) if shape is not None else "",
+            graphs=tuple(graphs),
+            missing=tuple(missing),
         )
         if shape is not None:
             first = job.death.tid if job.death is not None else None  # the crashing thread first
@@ -590,37 +617,41 @@ def _capture_state(options: DumpOptions, gone: bool, capture: Capture | None) ->
     return "; ".join(capture.problems) or "ok"
 
 
+_KEEP = (ID.BANNER, ID.PYCOREINFO)
+"""Regions whose bytes the collector reads itself: the banner (who the process was) and the layout."""
+
+
 def _copy(
-    job: _Job, snapshot: TableSnapshot, options: DumpOptions, sink: _Sink
-) -> tuple[list[RegionRecord], bytes | None, str]:
-    """Copy every entry (ID order, within the budget) into ``sink``; describe what was stored.
+    job: _Job,
+    snapshot: TableSnapshot,
+    options: DumpOptions,
+    sink: _Sink,
+    avoid: list[tuple[int, int]],
+) -> tuple[list[RegionRecord], dict[int, bytes], str]:
+    """Copy every entry (within the budget) into ``sink``; describe what was stored.
+
+    The predefined regions go first (the budget is spent on the banner and the Python layout before
+    anything else), then the others in ID order.
 
     Small regions are read many per system call and stored in runs (:mod:`.runs`); a large one is
     read in chunks straight into the writer's buffer, so memory use stays small whatever the dump's
     size.
     What the process could not give (it is gone, or went during the copy) comes from the arena
     when the region is persistent.
-    Returns the records, the PYCOREINFO bytes if copied whole, and the arena's state.
+    Returns the records (in ID order), the bytes of the banner and the PYCOREINFO when they were
+    copied whole, and the arena's state.
     """
     pid, gone = job.pid, job.gone
-    records: list[RegionRecord] = []
-    planned: list[tuple[TableEntry, int]] = []
-    spent = 0
-    for entry in snapshot.entries:  # sorted by id
-        size = min(entry.size, options.max_region)
-        if options.budget is not None and spent + size > options.budget:
-            records.append(_record(entry, 0, "skipped", source=_source(entry, gone)))
-            continue
-        spent += size
-        planned.append((entry, size))
-    pycoreinfo: bytes | None = None
+    planned, skipped = _plan(snapshot, options)
+    records = [_record(entry, 0, "skipped", source=_source(entry, gone)) for entry in skipped]
+    kept: dict[int, bytes] = {}
     copied: set[int] = set()
     error = "process gone before the copy"
     if not gone and planned:
         try:
             with ProcessMemory(job.memory_pid or pid) as mem:
                 small = [item for item in planned if item[1] < _CHUNK]
-                pycoreinfo = copy_runs(mem, plan_runs(small), sink.add, records, copied)
+                copy_runs(mem, plan_runs(small, avoid), sink.add, records, copied, kept=kept)
                 for entry, size in planned:
                     if size >= _CHUNK:
                         stored = _copy_large(mem, entry.address, size, sink)
@@ -630,18 +661,45 @@ def _copy(
             error = f"process gone during the copy: {err}"
     left = [item for item in planned if item[0].id not in copied]
     records.extend(_record(entry, 0, "gone", error) for entry, _ in left if not entry.persistent)
-    kept = [(entry, size) for entry, size in left if entry.persistent]
+    persistent = [(entry, size) for entry, size in left if entry.persistent]
     header = snapshot.header
     arena_state = "unused" if header.arena_size else "none"
-    if kept:
-        saved, arena_state = _copy_from_arena(job, header, kept, sink)
+    if persistent:
+        saved, arena_state = _copy_from_arena(job, header, persistent, sink, kept)
         records.extend(saved)
     records.sort(key=lambda r: r.id)
-    return records, pycoreinfo, arena_state
+    return records, kept, arena_state
+
+
+def _plan(
+    snapshot: TableSnapshot, options: DumpOptions
+) -> tuple[list[tuple[TableEntry, int]], list[TableEntry]]:
+    """The entries to copy (with how many bytes of each) and those the budget leaves out: the
+    predefined regions first, then the others in ID order, while the budget lasts."""
+    planned: list[tuple[TableEntry, int]] = []
+    skipped: list[TableEntry] = []
+    spent = 0
+    for entry in sorted(snapshot.entries, key=_budget_order):
+        size = min(entry.size, options.max_region)
+        if options.budget is not None and spent + size > options.budget:
+            skipped.append(entry)
+            continue
+        spent += size
+        planned.append((entry, size))
+    return planned, skipped
+
+
+def _budget_order(entry: TableEntry) -> tuple[bool, int]:
+    """The predefined IDs (banner, PYCOREINFO) before the others, each group in ID order."""
+    return entry.id >= ID.USER_START, entry.id
 
 
 def _copy_from_arena(
-    job: _Job, header: TableHeader, planned: list[tuple[TableEntry, int]], sink: _Sink
+    job: _Job,
+    header: TableHeader,
+    planned: list[tuple[TableEntry, int]],
+    sink: _Sink,
+    kept: dict[int, bytes],
 ) -> tuple[list[RegionRecord], str]:
     """Copy persistent regions out of the arena file beside the table; returns the records and
     "ok", or why the arena could not be read (then every region is "unreadable" with that reason)."""
@@ -663,6 +721,9 @@ def _copy_from_arena(
         records: list[RegionRecord] = []
         with arena:
             for entry, size in planned:
+                if entry.id in _KEEP and size == entry.size and size <= _CHUNK:
+                    with contextlib.suppress(KmemdumpError, OSError):
+                        kept[entry.id] = arena.read(entry.address, size)
                 try:
                     stored = _copy_large(arena, entry.address, size, sink)
                 except OSError as err:
@@ -672,6 +733,123 @@ def _copy_from_arena(
                 records.append(_record(entry, stored, _status(stored, entry.size), short, "arena"))
         return records, "ok"
     return [_record(entry, 0, "unreadable", why, "arena") for entry, _ in planned], why
+
+
+def _walk_graphs(
+    job: _Job, snapshot: TableSnapshot, options: DumpOptions
+) -> tuple[list[GraphRecord], list[tuple[int, bytes]]]:
+    """Walk every live object-graph root in the held process (:mod:`.graphs`), or say why not.
+
+    Done before the regions are copied: the layout comes from the process's own PYCOREINFO region,
+    read first, and the bytes the walks read are returned (merged, in address order) so that the
+    copy stores no zero-filled gap over them. The walks share ``options.graph_bytes`` and what the
+    budget leaves after the regions, in ID order.
+    """
+    roots = [entry for entry in snapshot.entries if entry.graph_depth is not None]
+    if not roots:
+        return [], []
+    planned, _ = _plan(snapshot, options)
+    layout = next((item for item in planned if item[0].id == ID.PYCOREINFO), None)
+    graphs: list[GraphRecord] = []
+    walked: list[tuple[int, bytes]] = []
+    left = options.graph_bytes
+    if options.budget is not None:
+        left = min(left, options.budget - sum(size for _, size in planned))
+    try:
+        with ProcessMemory(job.memory_pid or job.pid) as mem:
+            if job.gone:
+                raise ProcessGoneError("gone before the dump began", pid=job.pid)
+            info, why = _layout(mem, snapshot, layout)
+            for entry in roots:
+                if info is None:
+                    graphs.append(_unwalked(entry, "unwalkable", why))
+                elif left <= 0:
+                    graphs.append(_unwalked(entry, "skipped", "the byte budget was spent before this graph"))
+                else:
+                    graph, segments = walk_graph(mem, entry, info, GraphLimits(options.graph_objects, left))
+                    graphs.append(graph)
+                    walked.extend(segments)
+                    left -= graph.stored
+    except ProcessGoneError:
+        done = {g.id for g in graphs}
+        why = "the process was gone before its object graphs could be walked (run --trace-exit holds it)"
+        graphs.extend(_unwalked(entry, "gone", why) for entry in roots if entry.id not in done)
+    return graphs, _merged(walked)
+
+
+def _layout(
+    mem: ProcessMemory, snapshot: TableSnapshot, layout: tuple[TableEntry, int] | None
+) -> tuple[PyCoreInfo | None, str]:
+    """The process's PYCOREINFO, read from its region now, or why there is none to walk with."""
+    if layout is None:
+        registered = any(entry.id == ID.PYCOREINFO for entry in snapshot.entries)
+        state = "skipped by the budget" if registered else "not registered"
+        return None, f"no Python layout to walk with: the PYCOREINFO region was {state}"
+    entry, size = layout
+    blob = mem.read_upto(entry.address, size)
+    if len(blob) != entry.size:
+        return None, "no Python layout to walk with: the PYCOREINFO region could not be read whole"
+    try:
+        return PyCoreInfo.decode(blob), ""
+    except DumpFormatError as err:
+        return None, f"no Python layout to walk with: the PYCOREINFO region is invalid: {err}"
+
+
+def _merged(segments: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """Segments of several walks merged where they overlap or touch (the same process's bytes)."""
+    merged: list[tuple[int, bytearray]] = []
+    for address, data in sorted(segments, key=lambda item: item[0]):
+        if merged:
+            start, held = merged[-1]
+            end = start + len(held)
+            if address <= end:
+                held += data[end - address :]
+                continue
+        merged.append((address, bytearray(data)))
+    return [(address, bytes(data)) for address, data in merged]
+
+
+def _unwalked(entry: TableEntry, status: str, why: str) -> GraphRecord:
+    return GraphRecord(entry.id, entry.name, entry.address, entry.graph_depth or 0, status, error=why)  # type: ignore[arg-type]
+
+
+def _missing(records: list[RegionRecord], graphs: list[GraphRecord], pycoreinfo: bytes | None) -> list[str]:
+    """What the dump lacks, one sentence each (``partial`` is set when anything is listed)."""
+    missing = [
+        f"region {r.id} ({r.name}): {r.status}" + (f": {r.error}" if r.error else "")
+        for r in records
+        if r.status != "ok"
+    ]
+    record = next((r for r in records if r.id == ID.PYCOREINFO), None)
+    objects = any(r.kind == RegionKind.OBJECT for r in records)
+    if pycoreinfo is None and (record is not None or objects):  # published but lost, or needed
+        state = "was not registered" if record is None else f"is {record.status}"
+        missing.append(f"the Python layout (PYCOREINFO) {state}: objects cannot be decoded")
+    missing.extend(
+        f"object graph {g.id} ({g.name}): {g.status}" + (f": {g.error}" if g.error else "")
+        for g in graphs
+        if g.status != "ok"
+    )
+    return missing
+
+
+def _from_banner(banner: bytes | None) -> tuple[list[str], str | None]:
+    """argv and executable from the process's banner (``argv:`` and ``executable:`` lines)."""
+    if not banner:
+        return [], None
+    text = banner.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+    argv: list[str] = []
+    exe: str | None = None
+    for line in text.splitlines():
+        key, _, value = line.partition(": ")
+        if key == "argv" and value and value != "?":
+            try:
+                argv = shlex.split(value)
+            except ValueError:
+                argv = value.split()
+        elif key == "executable" and value:
+            exe = value
+    return argv, exe
 
 
 def _source(entry: TableEntry, gone: bool) -> Source:

@@ -15,6 +15,7 @@ no segment claims bytes the process did not give.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,15 +48,26 @@ class Run:
     members: list[Planned]
 
 
-def plan_runs(items: Sequence[Planned]) -> list[Run]:
-    """The runs of ``items`` (regions smaller than :data:`SPAN`), in address order."""
+def plan_runs(items: Sequence[Planned], avoid: Sequence[tuple[int, int]] = ()) -> list[Run]:
+    """The runs of ``items`` (regions smaller than :data:`SPAN`), in address order.
+
+    ``avoid`` lists ``[start, end)`` ranges (sorted, not overlapping) whose real bytes the dump stores
+    in segments of their own (a live object graph's): no run's zero-filled gap may cover them, since
+    a reader would take the zeros for the bytes.
+    """
     runs: list[Run] = []
     members: list[Planned] = []
     start = end = 0
+    starts = [lo for lo, _ in avoid]
     for item in sorted(items, key=_address):
         first = item[0].address
         last = first + item[1]
-        if members and first <= end + GAP and (last if last > end else end) - start <= SPAN:
+        if (
+            members
+            and first <= end + GAP
+            and (last if last > end else end) - start <= SPAN
+            and (first <= end or not _meets(avoid, starts, end, first))
+        ):
             members.append(item)
             end = max(end, last)
             continue
@@ -67,8 +79,18 @@ def plan_runs(items: Sequence[Planned]) -> list[Run]:
     return runs
 
 
+def _meets(avoid: Sequence[tuple[int, int]], starts: list[int], lo: int, hi: int) -> bool:
+    """Whether any of the sorted, disjoint ``avoid`` ranges meets ``[lo, hi)``."""
+    index = bisect.bisect_left(starts, hi) - 1  # the last range starting before hi: the largest end of those
+    return index >= 0 and avoid[index][1] > lo
+
+
 def _address(item: Planned) -> int:
     return item[0].address
+
+
+_KEPT = (ID.BANNER, ID.PYCOREINFO)
+"""Regions whose bytes the collector reads itself: who the process was, and the Python layout."""
 
 
 def copy_runs(
@@ -77,10 +99,13 @@ def copy_runs(
     add: Callable[[int, memoryview], int],
     records: list[RegionRecord],
     copied: set[int],
+    *,
+    kept: dict[int, bytes] | None = None,
 ) -> bytes | None:
     """Copy ``runs`` batch by batch, hand each stored segment to ``add(address, bytes)`` and append
     a record per region to ``records`` (its id to ``copied``). Returns the PYCOREINFO region's bytes
-    when it was stored whole. A :class:`~kmemdump.errors.ProcessGoneError` leaves the batch it hit
+    when it was stored whole; with ``kept``, the banner's and the PYCOREINFO's go there too (by ID).
+    A :class:`~kmemdump.errors.ProcessGoneError` leaves the batch it hit
     out of both, for the caller to record as gone."""
     pycoreinfo = None
     batch: list[Run] = []
@@ -88,12 +113,12 @@ def copy_runs(
     for run in runs:
         size = run.end - run.start
         if batch and span + size > SPAN:
-            pycoreinfo = _copy_batch(mem, batch, span, add, records, copied) or pycoreinfo
+            pycoreinfo = _copy_batch(mem, batch, span, add, records, copied, kept) or pycoreinfo
             batch, span = [], 0
         batch.append(run)
         span += size
     if batch:
-        pycoreinfo = _copy_batch(mem, batch, span, add, records, copied) or pycoreinfo
+        pycoreinfo = _copy_batch(mem, batch, span, add, records, copied, kept) or pycoreinfo
     return pycoreinfo
 
 
@@ -104,6 +129,7 @@ def _copy_batch(  # noqa: PLR0917 - copy_runs's arguments, passed on
     add: Callable[[int, memoryview], int],
     records: list[RegionRecord],
     copied: set[int],
+    kept: dict[int, bytes] | None,
 ) -> bytes | None:
     buffer = bytearray(span)
     ranges: list[tuple[int, int, int]] = []
@@ -131,8 +157,12 @@ def _copy_batch(  # noqa: PLR0917 - copy_runs's arguments, passed on
             status: Status
             if stored == entry.size:
                 status = "ok"
-                if entry.id == ID.PYCOREINFO:
-                    pycoreinfo = bytes(view[offset : offset + stored])
+                if entry.id in _KEPT:
+                    data = bytes(view[offset : offset + stored])
+                    if entry.id == ID.PYCOREINFO:
+                        pycoreinfo = data
+                    if kept is not None:
+                        kept[entry.id] = data
             else:
                 status = "partial" if stored else "unreadable"
             records.append(

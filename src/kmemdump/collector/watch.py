@@ -191,8 +191,8 @@ class Watcher:
         self.death_of = death_of
         """How a target ended, asked first when it dies (``run`` passes its wait status)."""
         self._exits = ExitListener() if exit_events else None
-        if self._exits is not None and self._exits.fileno() >= 0:
-            self._poller.register(self._exits.fileno(), select.POLLIN)
+        """Every exit on the machine, heard from the kernel: read at each step, never waited on (an idle
+        collector must not wake for other processes' exits)."""
 
     # --- discovery -----------------------------------------------------------------------
 
@@ -526,11 +526,10 @@ class Watcher:
         """Wait for the next thing to happen (at most ``max_sleep``), handle it, return the events."""
         self._emitted = []
         tidy()
+        if self._exits is not None and self.targets:
+            self._exits.drain()  # keep the socket's buffer from filling up: it would drop new exits
         timeout = self._timeout()
         for fd, _mask in self._poller.poll(max(0.0, timeout) * 1000):
-            if self._exits is not None and fd == self._exits.fileno():
-                self._exits.drain()
-                continue
             ident = self._by_fd.get(fd)
             if ident is not None:
                 self._on_death(ident)
@@ -761,8 +760,6 @@ class Watcher:
         for ident in list(self.targets):
             self._forget(ident)
         if self._exits is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self._poller.unregister(self._exits.fileno())
             self._exits.close()
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "DEATH_SOURCES",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "GRAPH_STATUSES",
     "HELD",
     "REASONS",
     "SOURCES",
@@ -37,6 +38,8 @@ __all__ = [
     "Death",
     "DeathSource",
     "DumpMeta",
+    "GraphRecord",
+    "GraphStatus",
     "Held",
     "Reason",
     "RegionRecord",
@@ -59,8 +62,9 @@ if TYPE_CHECKING:
     Source = Literal["process", "arena"]
     Held = Literal["", "ptrace", "SIGSTOP", "exit stop"]
     DeathSource = Literal["exit stop", "wait status", "proc stat", "proc connector", ""]
+    GraphStatus = Literal["ok", "partial", "gone", "skipped", "unwalkable"]
 else:  # at run time each is a str; the tuples below list their values
-    Reason = Status = Source = Held = DeathSource = str
+    Reason = Status = Source = Held = DeathSource = GraphStatus = str
 REASONS: tuple[Reason, ...] = ("hang", "death", "request")
 """Why the dump was taken (:data:`Reason`): a missed heartbeat, the end of the process, or someone asked."""
 STATUSES: tuple[Status, ...] = ("ok", "partial", "unreadable", "skipped", "gone")
@@ -76,6 +80,10 @@ DEATH_SOURCES: tuple[DeathSource, ...] = ("exit stop", "wait status", "proc stat
 """Where the collector learnt how the process ended (:data:`DeathSource`): its ptrace exit stop (``run
 --trace-exit``), the wait status its parent got (``run``), ``/proc/PID/stat`` of the zombie, the kernel's
 process-events connector (a root ``watch``), or nowhere (""; the cause is unknown)."""
+GRAPH_STATUSES: tuple[GraphStatus, ...] = ("ok", "partial", "gone", "skipped", "unwalkable")
+"""Per object graph (:data:`GraphStatus`): walked whole; walked, with pieces left out (its bounds,
+unreadable or implausible memory); not walked because the process was gone, because the byte budget was
+spent, or because the Python layout (PYCOREINFO) was missing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +133,29 @@ def region_record(  # noqa: PLR0917 - the dataclass's fields, in order
     set_error(record, error)
     set_source(record, source)
     return record
+
+
+@dataclass(frozen=True, slots=True)
+class GraphRecord:
+    """A live object graph (a root published with its depth), as the collector walked it at dump time.
+
+    The bytes the walk read are stored as segments of the dump; decoding the root from the dump with
+    the same bounds (``depth``, ``max_objects``, ``max_bytes``, checked mode) reads exactly them.
+    """
+
+    id: int
+    name: str
+    address: int
+    depth: int
+    status: GraphStatus
+    objects: int = 0
+    """Objects visited."""
+    stored: int = 0
+    """Bytes of the walk stored in the dump."""
+    max_objects: int = 0
+    max_bytes: int = 0
+    error: str = ""
+    """Why it was not walked, or what was left out (the first piece, and how many)."""
 
 
 # si_code values worth a word (<asm-generic/siginfo.h>): who sent a signal, or what fault raised it
@@ -373,10 +404,16 @@ class DumpMeta:
     limits: str = ""
     """The bounds on what the collector reads from ``/proc`` per dump that this dump hit ("" when none;
     one clause each, separated by "; "): the mappings read, the mapped files looked at for modules."""
+    graphs: tuple[GraphRecord, ...] = ()
+    """The live object graphs the producer published, walked (or not) at dump time."""
+    missing: tuple[str, ...] = ()
+    """One sentence per thing the dump lacks: a region not stored whole (skipped by the budget
+    included), the Python layout, an object graph not walked whole. ``partial`` is set when any is."""
 
     @property
     def stored_bytes(self) -> int:
-        return sum(r.stored for r in self.regions)
+        """Bytes of memory in the dump: the regions' and the object graphs'."""
+        return sum(r.stored for r in self.regions) + sum(g.stored for g in self.graphs)
 
     @property
     def python_version(self) -> str:
@@ -387,7 +424,9 @@ class DumpMeta:
 
 
 _PLAIN_FIELDS = tuple(
-    f.name for f in fields(DumpMeta) if f.name not in ("argv", "regions", "death", "threads", "collector")
+    f.name
+    for f in fields(DumpMeta)
+    if f.name not in ("argv", "regions", "death", "threads", "collector", "graphs", "missing")
 )
 
 
@@ -400,6 +439,8 @@ def encode_meta(meta: DumpMeta) -> bytes:
     if meta.death is not None:
         body["death"] = asdict(meta.death)
     body["threads"] = [asdict(t) for t in meta.threads]
+    body["graphs"] = [asdict(g) for g in meta.graphs]
+    body["missing"] = list(meta.missing)
     regions = meta.regions
     if len(regions) <= INLINE_LIMIT:
         version = 1
@@ -459,6 +500,8 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "capture": str,
     "capture_state": str,
     "limits": str,
+    "graphs": list,
+    "missing": list,
 }
 _REGION_FIELDS: dict[str, type] = {
     "id": int,
@@ -505,6 +548,12 @@ def decode_meta(data: bytes) -> DumpMeta:
     values["regions"] = _regions(body, version)
     if "death" in values:
         values["death"] = _death(values["death"])
+    if "graphs" in values:
+        values["graphs"] = tuple(_graph(g, i) for i, g in enumerate(values["graphs"][:65536]))
+    if "missing" in values:
+        if not all(isinstance(line, str) for line in values["missing"]):
+            raise DumpFormatError("dump metadata field has the wrong type", field="missing")
+        values["missing"] = tuple(values["missing"])
     if "threads" in values:
         values["threads"] = tuple(_thread(t, i) for i, t in enumerate(values["threads"][:65536]))
     return DumpMeta(**values)
@@ -668,3 +717,38 @@ def _thread(raw: Any, index: int) -> ThreadState:
         raise DumpFormatError("thread record has malformed system call arguments", index=index)
     values["syscall_args"] = tuple(args)
     return ThreadState(**values)
+
+
+_GRAPH_FIELDS: dict[str, type] = {
+    "id": int,
+    "name": str,
+    "address": int,
+    "depth": int,
+    "status": str,
+    "objects": int,
+    "stored": int,
+    "max_objects": int,
+    "max_bytes": int,
+    "error": str,
+}
+_GRAPH_REQUIRED = ("id", "name", "address", "depth", "status")
+
+
+def _graph(raw: Any, index: int) -> GraphRecord:
+    if not isinstance(raw, dict):
+        raise DumpFormatError("graph record is not an object", index=index)
+    values: dict[str, Any] = {}
+    for key, kind in _GRAPH_FIELDS.items():
+        if key not in raw:
+            if key in _GRAPH_REQUIRED:
+                raise DumpFormatError("graph record lacks a field", index=index, field=key)
+            continue
+        value = raw[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise DumpFormatError("graph record field of the wrong type", index=index, field=key)
+        if isinstance(value, int) and value < 0:
+            raise DumpFormatError("graph record field is negative", index=index, field=key)
+        values[key] = value
+    if values["status"] not in GRAPH_STATUSES:
+        raise DumpFormatError("unknown object graph status", index=index, status=values["status"])
+    return GraphRecord(**values)

@@ -7,8 +7,17 @@ Standard library only.
 from __future__ import annotations
 
 import enum
+from typing import Final
 
-__all__ = ["NAME_MAX", "RegionFlags", "RegionKind"]
+__all__ = [
+    "GRAPH_DEPTH_MASK",
+    "GRAPH_ROOT",
+    "MAX_GRAPH_DEPTH",
+    "NAME_MAX",
+    "RegionFlags",
+    "RegionKind",
+    "graph_word",
+]
 
 NAME_MAX = 31
 """Longest region name in UTF-8 bytes (the shared table stores 32 bytes, NUL-terminated)."""
@@ -30,6 +39,23 @@ class RegionKind(enum.IntEnum):
     RING = 6
     """A ring of records (:mod:`kmemdump.formats.ring`): log records, uncaught exceptions, event-loop
     snapshots; whole records are told from torn ones without a lock."""
+
+
+GRAPH_ROOT: Final = 1 << 31
+"""In an entry's graph word: the region is a Python object (kind OBJECT) whose object graph the collector
+walks in the live process at dump time, to the depth in the word's low bits."""
+GRAPH_DEPTH_MASK: Final = 0xFF
+MAX_GRAPH_DEPTH: Final = 64
+"""The deepest graph a producer may ask for."""
+
+
+def graph_word(depth: int | None) -> int:
+    """The graph word of an entry: 0 for an ordinary region, ``GRAPH_ROOT | depth`` for a graph root."""
+    if depth is None:
+        return 0
+    if not 0 <= depth <= MAX_GRAPH_DEPTH:
+        raise ValueError(f"graph depth {depth} is outside 0..{MAX_GRAPH_DEPTH}")
+    return GRAPH_ROOT | depth
 
 
 class RegionFlags(enum.IntFlag):

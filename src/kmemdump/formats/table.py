@@ -37,6 +37,9 @@ from typing import Final
 from kmemdump.errors import ForeignTableError
 from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import TableFormatError
+from kmemdump.formats.kinds import GRAPH_DEPTH_MASK
+from kmemdump.formats.kinds import GRAPH_ROOT
+from kmemdump.formats.kinds import MAX_GRAPH_DEPTH
 from kmemdump.formats.kinds import NAME_MAX
 from kmemdump.formats.kinds import RegionFlags
 from kmemdump.formats.kinds import RegionKind
@@ -46,6 +49,7 @@ __all__ = [
     "DIR_PREFIX",
     "ENTRY_ADDRESS",
     "ENTRY_FLAGS",
+    "ENTRY_GRAPH",
     "ENTRY_ID",
     "ENTRY_KIND",
     "ENTRY_NAME",
@@ -174,13 +178,15 @@ ENTRY_ADDRESS: Final = 40
 ENTRY_SIZE_FIELD: Final = 48
 ENTRY_KIND: Final = 56
 ENTRY_FLAGS: Final = 58
+ENTRY_GRAPH: Final = 60
 
 HEADER_STRUCT: Final = struct.Struct("<8sHHHHIIQIIQQQQIIQQQQQ8x")
 """magic, version, header_size, entry_size, flags, capacity, pid, start_time, py_hexversion, state,
 generation, heartbeat, last_feed_ns, watchdog_timeout_ns, collector_pid, count, created_ns,
 arena_base, arena_size, pidns_ino, pidns_dev."""
 ENTRY_STRUCT: Final = struct.Struct("<32sIIQQHHI")
-"""name, id, valid, address, size, kind, flags, reserved."""
+"""name, id, valid, address, size, kind, flags, graph (``reserved`` before object graphs: v1 readers
+ignore it, so the word is compatible both ways)."""
 FEED_STRUCT: Final = struct.Struct("<QQ")
 """heartbeat, last_feed_ns (for readers; the writer stores them one word at a time)."""
 
@@ -193,6 +199,7 @@ _FREE_FIELDS: Final = (bytes(NAME_SIZE), 0, 0, 0, 0, 0, 0, 0)
 KNOWN_ENTRY_FLAGS: Final = int(RegionFlags.PERSISTENT)
 """Every entry flag bit this format version defines; a reader rejects any other."""
 _PERSISTENT: Final = int(RegionFlags.PERSISTENT)
+_OBJECT: Final = int(RegionKind.OBJECT)
 _KINDS: Final = {int(kind): kind for kind in RegionKind}
 _KIND_LIMIT: Final = max(_KINDS) + 1
 _KIND_OK: Final = bytes(1 if value in _KINDS else 0 for value in range(_KIND_LIMIT))
@@ -305,10 +312,17 @@ class TableEntry:
     size: int
     kind: RegionKind
     flags: int
+    graph: int = 0
+    """The graph word: 0, or ``GRAPH_ROOT | depth`` for the root of a live object graph."""
 
     @property
     def end(self) -> int:
         return self.address + self.size
+
+    @property
+    def graph_depth(self) -> int | None:
+        """The depth to walk this root's object graph to at dump time; None when it is not a root."""
+        return self.graph & GRAPH_DEPTH_MASK if self.graph & GRAPH_ROOT else None
 
     @property
     def persistent(self) -> bool:
@@ -320,13 +334,13 @@ _ENTRY_FIELDS = tuple(getattr(TableEntry, name).__set__ for name in TableEntry._
 
 
 def _new_entry(  # noqa: PLR0917 - the dataclass's fields, in order
-    slot: int, region_id: int, name: str, address: int, size: int, kind: RegionKind, flags: int
+    slot: int, region_id: int, name: str, address: int, size: int, kind: RegionKind, flags: int, graph: int
 ) -> TableEntry:
     """``TableEntry(...)`` at half the cost of the frozen dataclass's ``__init__`` (which sets each
     field through ``object.__setattr__`` by name): every dump parses up to 65,536 entries. The same
     object: the slots are set through their own descriptors."""
     entry: TableEntry = object.__new__(TableEntry)
-    set_slot, set_id, set_name, set_address, set_size, set_kind, set_flags = _ENTRY_FIELDS
+    set_slot, set_id, set_name, set_address, set_size, set_kind, set_flags, set_graph = _ENTRY_FIELDS
     set_slot(entry, slot)
     set_id(entry, region_id)
     set_name(entry, name)
@@ -334,6 +348,7 @@ def _new_entry(  # noqa: PLR0917 - the dataclass's fields, in order
     set_size(entry, size)
     set_kind(entry, kind)
     set_flags(entry, flags)
+    set_graph(entry, graph)
     return entry
 
 
@@ -618,8 +633,12 @@ class TableWriter:
         size: int,
         kind: int,
         flags: int = 0,
+        graph: int = 0,
     ) -> int:
         """Write a live entry into ``slot`` (replacing what it held) under the seqlock.
+
+        ``graph`` is the entry's graph word: 0, or ``GRAPH_ROOT | depth`` for an ``OBJECT`` whose object
+        graph the collector walks at dump time.
 
         The writer does not look for the same ID in other slots: keeping IDs unique is the
         caller's job (a reader rejects duplicates). Returns the header's ``collector_pid``, so that
@@ -640,12 +659,21 @@ class TableWriter:
                 or (flags == _PERSISTENT and self._arena_lo <= address and address + size <= self._arena_hi)
             )
             and 0 <= slot < self._capacity
+            and (graph == 0 or (kind == _OBJECT and _graph_ok(graph)))
         ):
-            raise self._refusal(slot, id, name, address, size, kind, flags)
-        return self.put_trusted(slot, id, raw, address, size, kind, flags)
+            raise self._refusal(slot, id, name, address, size, kind, flags, graph)
+        return self.put_trusted(slot, id, raw, address, size, kind, flags, graph)
 
     def put_trusted(  # noqa: PLR0917 - as put()
-        self, slot: int, id: int, raw_name: bytes, address: int, size: int, kind: int, flags: int
+        self,
+        slot: int,
+        id: int,
+        raw_name: bytes,
+        address: int,
+        size: int,
+        kind: int,
+        flags: int,
+        graph: int = 0,
     ) -> int:
         """:meth:`put` for a caller that has checked every field already (a registry's table).
 
@@ -656,7 +684,7 @@ class TableWriter:
         gen = self._gen + 1
         words[_W_GENERATION] = gen
         _pack_entry(
-            self._buf, HEADER_SIZE + slot * ENTRY_SIZE, raw_name, id, VALID, address, size, kind, flags, 0
+            self._buf, HEADER_SIZE + slot * ENTRY_SIZE, raw_name, id, VALID, address, size, kind, flags, graph
         )
         live = self._live
         if not live[slot]:
@@ -669,7 +697,7 @@ class TableWriter:
         return self._u32[_I_COLLECTOR_PID]
 
     def _refusal(  # noqa: PLR0917 - mirrors put()
-        self, slot: int, id: int, name: str, address: int, size: int, kind: int, flags: int
+        self, slot: int, id: int, name: str, address: int, size: int, kind: int, flags: int, graph: int = 0
     ) -> InvalidRegionError:
         """Say which of put()'s arguments the format cannot hold."""
         raw = name.encode("utf-8")
@@ -689,6 +717,12 @@ class TableWriter:
             return InvalidRegionError("flags must fit 16 bits", flags=flags)
         if flags & ~KNOWN_ENTRY_FLAGS:
             return InvalidRegionError("unknown entry flags", flags=flags, known=KNOWN_ENTRY_FLAGS)
+        if graph and not _graph_ok(graph):
+            return InvalidRegionError(
+                f"graph word must be 0 or GRAPH_ROOT | depth (0..{MAX_GRAPH_DEPTH})", graph=graph
+            )
+        if graph and kind != _OBJECT:
+            return InvalidRegionError("only an OBJECT region can be an object-graph root", kind=kind)
         return InvalidRegionError(
             "a PERSISTENT region must lie inside the arena the table publishes",
             address=address,
@@ -717,6 +751,15 @@ class TableWriter:
         self._gen = gen
         words[_W_GENERATION] = gen
         return self._u32[_I_COLLECTOR_PID]
+
+
+def _graph_ok(graph: int) -> bool:
+    """A non-zero graph word this format defines: the root bit, a depth in range, nothing else."""
+    return (
+        graph & ~(GRAPH_ROOT | GRAPH_DEPTH_MASK) == 0
+        and bool(graph & GRAPH_ROOT)
+        and (graph & GRAPH_DEPTH_MASK) <= MAX_GRAPH_DEPTH
+    )
 
 
 def make_feed(
@@ -814,7 +857,7 @@ def parse_table(data: ReadableBuffer) -> TableSnapshot:
             if fields != _FREE_FIELDS:
                 raise _entry_error("free slot (id 0) is not all zero", slot)
             continue
-        raw_name, region_id, valid, address, size, kind, flags, _reserved = fields
+        raw_name, region_id, valid, address, size, kind, flags, graph = fields
         if valid != VALID:
             raise _entry_error(f"live slot has valid marker {valid:#x}, not {VALID:#x}", slot, ENTRY_VALID)
         name = names.get(raw_name)
@@ -834,10 +877,16 @@ def parse_table(data: ReadableBuffer) -> TableSnapshot:
                 raise _entry_error(
                     "PERSISTENT region lies outside the arena the header names", slot, ENTRY_ADDRESS
                 )
+        if graph and (kind != _OBJECT or not _graph_ok(graph)):
+            raise _entry_error(
+                f"graph word {graph:#x} on a kind {kind} entry is not one this format defines",
+                slot,
+                ENTRY_GRAPH,
+            )
         if region_id in seen:
             raise _entry_error(f"id {region_id} appears in two slots", slot, ENTRY_ID)
         seen.add(region_id)
-        entries.append(_new_entry(slot, region_id, name, address, size, region_kind, flags))
+        entries.append(_new_entry(slot, region_id, name, address, size, region_kind, flags, graph))
     if len(entries) != header.count:
         raise TableFormatError(
             f"count says {header.count} live entries, the slots hold {len(entries)}", offset=OFF_COUNT

@@ -96,6 +96,10 @@ _FLAG_KINDS: Final = (
 )
 # Types recognised by tp_name when the type object is read from the dump (no flag bit).
 _NAMED_KINDS: Final = frozenset({"bool", "float", "NoneType", "bytearray"})
+_TPFLAGS_READY: Final = 1 << 12
+_TPFLAGS_TYPE_SUBCLASS: Final = 1 << 31
+_USER_END: Final = 1 << 56
+"""No user-space pointer reaches this high (x86_64 with 5-level paging stops just below it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +113,10 @@ class Decoded:
     """True when every reachable piece was decoded, untruncated."""
     missing: tuple[str, ...]
     """One sentence per piece not decoded: ``"$[3]: list item 3 ... not in dump ..."``."""
+    objects: int = 0
+    """Objects visited (each counts against ``max_items``)."""
+    bytes_read: int = 0
+    """Bytes read (each read counts against ``max_bytes``, repeated reads again)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +135,19 @@ class _Problem(Exception):
 
 
 class _Decoder:
-    def __init__(self, mem: MemorySource, info: PyCoreInfo, max_depth: int, max_items: int, max_bytes: int):
+    def __init__(
+        self,
+        mem: MemorySource,
+        info: PyCoreInfo,
+        max_depth: int,
+        max_items: int,
+        max_bytes: int,
+        *,
+        checked: bool = False,
+    ):
         self.mem = mem
+        self.checked = checked
+        self.type_verdicts: dict[int, str] = {}
         self.info = info
         self.layout = info.layout
         self.order: Literal["little", "big"] = "big" if info.byteorder == "big" else "little"
@@ -154,6 +173,7 @@ class _Decoder:
             data = self.mem.read(address, size)
         except UnreadableMemoryError as err:
             readable = err.readable
+            self.bytes_left += size  # nothing was read: a lying length must not spend the budget
             raise _Problem(
                 f"{what} at 0x{address:x}: not in dump ({readable} of {size} bytes readable)"
             ) from None
@@ -169,14 +189,17 @@ class _Decoder:
 
     def cstring(self, address: int) -> str:
         """A NUL-terminated name of at most ``_NAME_MAX`` bytes; raises _Problem if unreadable."""
-        size = _NAME_MAX
-        if not 0 < address < (1 << 64) - size:
+        if not 0 < address < (1 << 64) - _NAME_MAX:
             raise _Problem(f"type name at 0x{address:x}: impossible address")
         try:
-            data = self.mem.read(address, size)
+            data = self.mem.read(address, _NAME_MAX)
         except UnreadableMemoryError as err:
-            size = min(err.readable, size)
+            size = min(err.readable, _NAME_MAX)
             data = self.read(address, size, "type name") if size > 0 else b""
+        else:
+            if len(data) > self.bytes_left:
+                raise _Problem(f"type name at 0x{address:x}: the max_bytes budget is spent") from None
+            self.bytes_left -= len(data)
         end = data.find(b"\0")
         if end < 0:
             raise _Problem(f"type name at 0x{address:x}: no terminating NUL in {len(data)} bytes")
@@ -201,6 +224,47 @@ class _Decoder:
             return name, name
         return name, _kind_from_flags(flags)
 
+    def check_type(self, type_address: int) -> None:
+        """Checked mode: ``type_address`` must be a type the PYCOREINFO names, or a type object whose
+        own header checks out (readable, its type a metatype, ``Py_TPFLAGS_READY`` set)."""
+        if type_address in self.info.types:
+            return
+        verdict = self.type_verdicts.get(type_address)
+        if verdict is None:
+            verdict = self.type_verdicts[type_address] = self.type_problem(type_address)
+        if verdict:
+            raise _Problem(verdict)
+
+    def type_problem(self, address: int) -> str:
+        here = f"type pointer 0x{address:x}"
+        if address % 8 or not 0 < address < _USER_END:
+            return f"implausible {here} (misaligned, NULL or outside user space)"
+        try:
+            meta = self.word(address + self.layout.ob_type, f"{here}: its header")
+            flags = self.word(address + self.layout.tp_flags, f"{here}: its tp_flags")
+        except _Problem as problem:
+            return f"{here} does not point at a type object ({problem})"
+        if not self.is_metatype(meta):
+            return f"{here} does not point at a type object (its own type 0x{meta:x} is not a metatype)"
+        if not flags & _TPFLAGS_READY:
+            return f"{here} does not point at a ready type object (tp_flags 0x{flags:x})"
+        return ""
+
+    def is_metatype(self, address: int) -> bool:
+        """``type`` itself, or a metaclass: a type object whose own type is ``type``."""
+        entry = self.info.types.get(address)
+        if entry is not None:
+            return entry.base == "type" or bool(entry.flags & _TPFLAGS_TYPE_SUBCLASS)
+        if address % 8 or not 0 < address < _USER_END:
+            return False
+        try:
+            meta = self.word(address + self.layout.ob_type, "metatype header")
+            flags = self.word(address + self.layout.tp_flags, "metatype flags")
+        except _Problem:
+            return False
+        known = self.info.types.get(meta)
+        return known is not None and known.base == "type" and bool(flags & _TPFLAGS_TYPE_SUBCLASS)
+
     def type_flags(self, type_address: int) -> int:
         """``tp_flags`` of a type, from the type map or the dump (0 when neither has it)."""
         entry = self.info.types.get(type_address)
@@ -222,6 +286,9 @@ class _Decoder:
             return self.give_up(path, here, "NULL object pointer")
         if address in self.active:
             return {"$cycle": here}
+        if self.checked and (address % 8 or address >= _USER_END):
+            where = "misaligned" if address % 8 else "outside user space"
+            return self.give_up(path, here, f"object pointer {here} is {where}: not followed")
         if depth > self.max_depth:
             return self.give_up(path, here, f"object at {here} not decoded (max_depth={self.max_depth})")
         if self.items_left <= 0:
@@ -229,6 +296,8 @@ class _Decoder:
         self.items_left -= 1
         try:
             type_address = self.word(address + self.layout.ob_type, "object header")
+            if self.checked:
+                self.check_type(type_address)
             name, kind = self.type_of(type_address)
             if depth == 0 and self.top_type == "?":  # (an instance's __dict__ is at its depth too)
                 self.top_type = name
@@ -601,6 +670,7 @@ def decode(
     max_depth: int = DEFAULT_MAX_DEPTH,
     max_items: int = DEFAULT_MAX_ITEMS,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    checked: bool = False,
 ) -> Decoded:
     """Decode the object at ``address``.
 
@@ -608,6 +678,11 @@ def decode(
     of objects decoded, ``max_bytes`` the bytes read. Memory the dump lacks, garbage and limits
     never raise; they are reported in :attr:`Decoded.missing`. Raises :class:`DecodeError`
     only for an ``info`` or arguments this decoder cannot work with.
+
+    ``checked`` trusts no pointer it has not checked, for memory that may hold anything (a live
+    process, see :mod:`kmemdump.collector.graphs`): an object pointer must be aligned and in user
+    space, and its type pointer must be a type the PYCOREINFO names or a type object whose own
+    header checks out. What fails is reported as missing and not followed.
     """
     if info.pointer_size != 8:
         raise DecodeError("only 64-bit dumps can be decoded", pointer_size=info.pointer_size)
@@ -624,11 +699,17 @@ def decode(
             raise DecodeError(f"{name} is above {ceiling}", value=limit)
     if isinstance(address, bool) or not isinstance(address, int):
         raise DecodeError(f"address must be an int, not {type(address).__name__}")
-    decoder = _Decoder(mem, info, max_depth, max_items, max_bytes)
+    decoder = _Decoder(mem, info, max_depth, max_items, max_bytes, checked=checked)
     value = decoder.value(address, "$", 0)
     missing = tuple(decoder.missing)
     return Decoded(
-        address=address, type_name=decoder.top_type, value=value, complete=not missing, missing=missing
+        address=address,
+        type_name=decoder.top_type,
+        value=value,
+        complete=not missing,
+        missing=missing,
+        objects=max_items - decoder.items_left,
+        bytes_read=max_bytes - decoder.bytes_left,
     )
 
 

@@ -27,6 +27,7 @@ from kmemdump.errors import UnreadableMemoryError
 from kmemdump.formats.corenotes import Module
 from kmemdump.formats.corenotes import decode_modules
 from kmemdump.formats.dumpmeta import DumpMeta
+from kmemdump.formats.dumpmeta import GraphRecord
 from kmemdump.formats.dumpmeta import RegionRecord
 from kmemdump.formats.dumpmeta import decode_meta
 from kmemdump.formats.elf import KMD_NOTE_FAULTS
@@ -66,8 +67,10 @@ __all__ = [
     "kind_name",
     "list_dumps",
     "parse_dump_name",
+    "plural",
     "ring_json",
     "summarize",
+    "what_is_missing",
 ]
 
 
@@ -79,6 +82,27 @@ def _warn_skipped(path: Path, err: KmemdumpError) -> None:
 
 DUMP_SUFFIXES = (".core", ".core.zst")
 """File names :func:`dump_files` picks up (dump writers' temporary files start with a dot)."""
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 thread``, ``2 threads``; ``many`` for irregular plurals."""
+    return f"{count} {word if count == 1 else many or word + 's'}"
+
+
+def what_is_missing(meta: DumpMeta) -> str:
+    """A few words on what a partial dump lacks (``2 regions, the layout``), for one-line listings."""
+    parts = []
+    regions = sum(1 for r in meta.regions if r.status != "ok")
+    if regions:
+        parts.append(plural(regions, "region"))
+    if any(line.startswith("the Python layout") for line in meta.missing):
+        parts.append("the layout")
+    graphs = sum(1 for g in meta.graphs if g.status != "ok")
+    if graphs:
+        parts.append(plural(graphs, "object graph"))
+    if not parts and meta.partial:
+        parts.append("the process was gone")
+    return ", ".join(parts)
 
 
 def kind_name(kind: int) -> str:
@@ -129,10 +153,23 @@ class DumpSummary:
     partial: bool
     stacks: str
     host: str = ""
+    missing: tuple[str, ...] = ()
+    """What the dump lacks, one sentence each (see :attr:`DumpMeta.missing`)."""
+    lacking: str = ""
+    """The same in a few words (:func:`what_is_missing`)."""
+
+    @property
+    def state(self) -> str:
+        """``complete``, or ``partial`` with what is missing, in a few words."""
+        if not self.partial:
+            return "complete"
+        return f"partial: {self.lacking}" if self.lacking else "partial"
 
     def to_json(self) -> dict[str, Any]:
         body = dataclasses.asdict(self)
         body["path"] = str(self.path)
+        body["missing"] = list(self.missing)
+        del body["lacking"]  # the text listing's few words; "missing" says it all
         return body
 
 
@@ -310,6 +347,10 @@ class Dump:
     def _by_id(self, region_id: int) -> RegionRecord | None:
         return next((r for r in self.meta.regions if r.id == region_id), None)
 
+    def graph(self, region_id: int) -> GraphRecord | None:
+        """The live object graph rooted at region ``region_id``, if the producer published one."""
+        return next((g for g in self.meta.graphs if g.id == region_id), None)
+
     def region(self, selector: str | int) -> RegionRecord:
         """The region chosen by ``selector``: an ID (``17``, ``0x11``), a region name, a predefined
         ID name (``BANNER``, ``pycoreinfo``) or a label (``user+0``, ``dyn+3``).
@@ -380,6 +421,9 @@ class Dump:
         kind = kind_name(record.kind).lower()
         if record.stored == 0:
             why = f": {record.error}" if record.error else ""
+            graph = self.graph(record.id)
+            if graph is not None and graph.status != "ok" and graph.error and graph.error != record.error:
+                why += f"; its object graph: {graph.error}"
             return DecodedRegion(kind, None, False, error=f"not stored (status {record.status}){why}")
         try:
             if record.kind == RegionKind.OBJECT:
@@ -402,7 +446,20 @@ class Dump:
             )
         from kmemdump.inspect.cpython import decode
 
-        decoded = decode(self.core, record.address, self.pycoreinfo)
+        graph = self.graph(record.id)
+        if graph is not None and graph.status in ("ok", "partial") and graph.max_objects and graph.max_bytes:
+            # exactly as the collector walked it in the live process: the same bounds, checked mode
+            decoded = decode(
+                self.core,
+                record.address,
+                self.pycoreinfo,
+                max_depth=graph.depth,
+                max_items=graph.max_objects,
+                max_bytes=graph.max_bytes,
+                checked=True,
+            )
+        else:
+            decoded = decode(self.core, record.address, self.pycoreinfo)
         return DecodedRegion(decoded.type_name, decoded.value, decoded.complete, tuple(decoded.missing))
 
     def _decode_ring(self, record: RegionRecord) -> DecodedRegion:
@@ -437,6 +494,8 @@ class Dump:
             partial=meta.partial,
             stacks=meta.stacks,
             host=meta.host,
+            missing=meta.missing,
+            lacking=what_is_missing(meta),
         )
 
     def __repr__(self) -> str:
@@ -502,12 +561,17 @@ def pycoreinfo_summary(info: PyCoreInfo) -> dict[str, Any]:
     }
 
 
-def command_line(meta: DumpMeta) -> str:
-    """The target's command line, shell-quoted; its executable when argv was not recorded."""
+def command_line(meta: DumpMeta, banner: str | None = None) -> str:
+    """The target's command line, shell-quoted; else the ``argv:`` line of its banner (a dump written
+    after the process was gone, by an older collector); else its executable."""
     if meta.argv:
         import shlex
 
         return shlex.join(meta.argv)
+    for line in (banner or "").splitlines():
+        key, _, value = line.partition(": ")
+        if key == "argv" and value.strip() and value.strip() != "?":
+            return value.strip()
     return meta.exe or "?"
 
 

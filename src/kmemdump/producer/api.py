@@ -16,6 +16,7 @@ from typing import TypeVar
 from typing import overload
 
 from kmemdump.errors import KmemdumpError
+from kmemdump.errors import RegionExistsError
 from kmemdump.formats.kinds import RegionFlags
 from kmemdump.formats.kinds import RegionKind
 from kmemdump.ids import ID
@@ -84,9 +85,16 @@ def register(
     return _registry.register(target, size, id=id, name=name, depth=depth)
 
 
-def register_object(obj: Any, *, id: int = NO_ID, name: str | None = None, depth: int = 0) -> int:
-    """Register ``obj`` as a Python object, with what decoding it needs, ``depth`` levels deep."""
-    return _registry.register_object(obj, id=id, name=name, depth=depth)
+def register_object(
+    obj: Any, *, id: int = NO_ID, name: str | None = None, depth: int = 0, snapshot: bool = False
+) -> int:
+    """Register ``obj`` as the root of a live object graph: at dump time the collector walks it,
+    ``depth`` levels deep, in the held process, so the dump shows the values of that moment.
+
+    ``snapshot=True`` registers the memory the graph occupies now instead (what it held at
+    registration; see :meth:`Registry.register_object`).
+    """
+    return _registry.register_object(obj, id=id, name=name, depth=depth, snapshot=snapshot)
 
 
 def unregister(region_id: int) -> None:
@@ -288,6 +296,8 @@ class _InitState:
         self.done = False
         self.pid = 0
         """The process the banner was made for (a forked child re-arms: its own pid, its own argv)."""
+        self.banner_address: int | None = None
+        """Where the banner init() registered is: the region under ID.BANNER is ours only while there."""
 
 
 _init = _InitState()
@@ -343,19 +353,19 @@ def init(
 
             _arena.configure(size=arena_size, directory=directory if table else None)
         if _init.done and _init.pid != os.getpid() and banner and ID.BANNER in _registry:
-            _register_banner()  # a forked child: its own pid and argv (moved to its own arena below)
+            _register_banner(failures)  # a forked child: its own pid and argv (moved to its own arena below)
         _init.pid = os.getpid()
         first = not _init.done
         if first and capacity is not None:
             _registry.set_capacity(capacity)
-        banner_id = _register_banner() if first and banner else _existing(ID.BANNER)
-        info_id = _publish_pycoreinfo(failures) if first and pycoreinfo else _existing(ID.PYCOREINFO)
+        banner_id = _register_banner(failures) if first and banner else _own_banner()
+        info_id = _publish_pycoreinfo(failures) if first and pycoreinfo else _own_pycoreinfo()
         walked = section.walk(_registry, entry_points=entry_points) if first else None
         _init.done = True
         if table:  # before the table exists: a stop signal from now on removes what is published
             _on_stop_and_end(stop_signals)
         table_path = _ensure_table(directory, failures) if table else _current_table_path()
-        if table and banner and ID.BANNER in _registry:
+        if table and banner and _own_banner() is not None:
             _persist_banner(failures)
         if table:
             _check_dumpable(failures)
@@ -476,19 +486,47 @@ def _persist_banner(failures: list[tuple[str, str]]) -> None:
         view = alloc(len(data), id=ID.BANNER, name="banner", replace=True, persistent=True)
     except KmemdumpError as err:
         failures.append(("banner", f"kept in ordinary memory, not in the arena: {err}"))
-        _register_banner()
+        _register_banner(failures)
         return
     view[:] = data
+    _init.banner_address = _registry.get(ID.BANNER).address
 
 
-def _existing(region_id: int) -> int | None:
-    return region_id if region_id in _registry else None
+def _own_pycoreinfo() -> int | None:
+    """``ID.PYCOREINFO`` while the region under it is the layout init() published."""
+    module = sys.modules.get(f"{__package__}.python.pyinfo")
+    return None if module is None else module.publisher.published(_registry)
 
 
-def _register_banner() -> int:
+def _own_banner() -> int | None:
+    """``ID.BANNER`` while the region registered under it is the banner init() put there."""
+    address = _init.banner_address
+    if address is None or ID.BANNER not in _registry:
+        return None
+    return int(ID.BANNER) if _registry.get(ID.BANNER).address == address else None
+
+
+def _register_banner(failures: list[tuple[str, str]]) -> int | None:
+    """Register this process's banner under ``ID.BANNER`` (or refresh ours, in a forked child).
+
+    The kernel design's rule holds for our own IDs too: a region the application registered under
+    ``ID.BANNER`` is left in place, never replaced or freed; ``failures`` says so.
+    """
     from kmemdump.producer.python.banner import make_banner
 
-    return _registry.replace(ID.BANNER, make_banner(), name="banner")
+    try:
+        rid = _registry.replace_own(ID.BANNER, _init.banner_address, make_banner(), name="banner")
+    except RegionExistsError as err:
+        failures.append(
+            (
+                "banner",
+                f"ID.BANNER ({int(ID.BANNER)}) is already registered by the application (region "
+                f"{err.context.get('name')!r}); it was left in place and no banner was registered",
+            )
+        )
+        return None
+    _init.banner_address = _registry.get(ID.BANNER).address
+    return rid
 
 
 def _publish_pycoreinfo(failures: list[tuple[str, str]]) -> int | None:

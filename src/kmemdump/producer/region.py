@@ -40,19 +40,30 @@ class Region:
     type_name: str = ""
     flags: int = 0
     """:class:`RegionFlags` bits (a plain int, to keep registration cheap)."""
+    graph_depth: int | None = None
+    """For the root of a live object graph (``register_object``): the depth the collector walks it to
+    in the live process at dump time. None for every other region."""
 
     @property
     def end(self) -> int:
         return self.address + self.size
 
 
-_SET_ID, _SET_ADDRESS, _SET_SIZE, _SET_KIND, _SET_NAME, _SET_TYPE_NAME, _SET_FLAGS = (
-    Region.__dict__[name].__set__ for name in ("id", "address", "size", "kind", "name", "type_name", "flags")
+_SET_ID, _SET_ADDRESS, _SET_SIZE, _SET_KIND, _SET_NAME, _SET_TYPE_NAME, _SET_FLAGS, _SET_DEPTH = (
+    Region.__dict__[name].__set__
+    for name in ("id", "address", "size", "kind", "name", "type_name", "flags", "graph_depth")
 )
 
 
 def make_region(  # noqa: PLR0917 - Region's own fields, in order
-    id: int, address: int, size: int, kind: RegionKind, name: str, type_name: str = "", flags: int = 0
+    id: int,
+    address: int,
+    size: int,
+    kind: RegionKind,
+    name: str,
+    type_name: str = "",
+    flags: int = 0,
+    graph_depth: int | None = None,
 ) -> Region:
     """``Region(...)`` for the registry's hot path: the same frozen object, built in half the time.
 
@@ -67,6 +78,7 @@ def make_region(  # noqa: PLR0917 - Region's own fields, in order
     _SET_NAME(region, name)
     _SET_TYPE_NAME(region, type_name)
     _SET_FLAGS(region, flags)
+    _SET_DEPTH(region, graph_depth)
     return region
 
 

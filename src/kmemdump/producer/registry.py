@@ -25,8 +25,12 @@ from kmemdump.errors import KmemdumpError
 from kmemdump.errors import RegionExistsError
 from kmemdump.errors import RegistryFullError
 from kmemdump.errors import UnknownRegionError
+from kmemdump.formats.kinds import GRAPH_DEPTH_MASK
+from kmemdump.formats.kinds import GRAPH_ROOT
+from kmemdump.formats.kinds import MAX_GRAPH_DEPTH
 from kmemdump.formats.kinds import RegionFlags
 from kmemdump.formats.kinds import RegionKind
+from kmemdump.formats.kinds import graph_word
 from kmemdump.ids import DYNAMIC_START
 from kmemdump.ids import MAX_ID
 from kmemdump.ids import NO_ID
@@ -51,6 +55,8 @@ MAX_CAPACITY = 65536
 _ADDRESS_LIMIT = 2**64
 _PERSISTENT = int(RegionFlags.PERSISTENT)
 _ADDRESS_KIND = RegionKind.ADDRESS
+_GRAPH_SHIFT = 16
+"""An entry's flags int holds its RegionFlags below this bit and its graph word from it on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +100,9 @@ addresses and object-graph parts); ``parent`` the ID of the object-graph root a 
 
 def _region(entry: _Entry) -> Region:
     _slot, rid, address, size, kind, name, type_name, flags, _keepalive, _owner, _parent = entry
-    return make_region(rid, address, size, kind, name, type_name, flags)
+    graph = flags >> _GRAPH_SHIFT
+    depth = graph & GRAPH_DEPTH_MASK if graph & GRAPH_ROOT else None
+    return make_region(rid, address, size, kind, name, type_name, flags & 0xFFFF, depth)
 
 
 def _put(sink: SlotSink, entry: _Entry) -> None:
@@ -319,21 +327,41 @@ class Registry:
             self._notify_types({type(target)})
         return rid
 
-    def register_object(self, obj: Any, *, id: int = NO_ID, name: str | None = None, depth: int = 0) -> int:
-        """Register ``obj``'s own memory plus what decoding it needs (:mod:`.python.objgraph`).
+    def register_object(
+        self,
+        obj: Any,
+        *,
+        id: int = NO_ID,
+        name: str | None = None,
+        depth: int = 0,
+        snapshot: bool = False,
+    ) -> int:
+        """Register ``obj`` as the root of a live object graph, ``depth`` levels deep.
 
-        ``depth`` follows container items that many levels. The returned ID is the object's;
-        the extra regions get dynamic IDs and are unregistered with it.
+        The table marks the root with its depth; at dump time the collector walks the graph in the
+        held process, so the dump holds the values of the moment (see
+        :mod:`kmemdump.collector.graphs`). Only the object's own memory is registered now.
+
+        With ``snapshot=True`` the memory ranges the graph occupies *now* are registered instead
+        (:mod:`.python.objgraph`), each as a region of its own with a dynamic ID, unregistered with
+        the root: what the object held at registration, for memory that outlives the process (the
+        collector reads nothing else once the process is gone).
         """
         from kmemdump.producer.python.objgraph import object_regions
 
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
-            raise InvalidRegionError("depth must be a non-negative int", depth=depth)
-        parts = object_regions(obj, depth)
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= MAX_GRAPH_DEPTH:
+            raise InvalidRegionError(f"depth must be an int from 0 to {MAX_GRAPH_DEPTH}", depth=depth)
+        parts = object_regions(obj, depth if snapshot else 0)
         root = resolve_target(obj, as_object=True)
         if parts and parts[0][0] == root.address and 0 < parts[0][1] <= root.size:
             # the graph walker knows the object's exact extent (e.g. a str without its UTF-8 cache)
             root = root._replace(size=parts[0][1])
+        if not snapshot:
+            base = clean_name(name) if name else root.type_name
+            with self._lock:
+                rid = self._register_locked(*root, id, base, obj, graph=graph_word(depth))
+            self._notify_types({type(obj)})
+            return rid
         extra = [
             # a part at its keepalive's own address is an object; anything else is storage it owns
             Resolved(
@@ -389,8 +417,12 @@ class Registry:
         name: str,
         owner: Any,
         parent: int | None = None,
+        graph: int = 0,
     ) -> int:
-        """Take an ID and a slot and tell the backend; on any failure nothing stays taken."""
+        """Take an ID and a slot and tell the backend; on any failure nothing stays taken.
+
+        ``graph`` is the entry's graph word (a live object-graph root); it rides in ``flags`` from
+        bit 16 on."""
         by_id = self._by_id
         rid = 0
         if wanted == NO_ID and type(wanted) is int:  # _take_id's common cases, inlined: the hot path
@@ -415,13 +447,18 @@ class Registry:
             raise RegistryFullError("no free slot", capacity=len(self._slots))
         # hi is 0 when there is no arena
         flags = _PERSISTENT if address + size <= self._persistent_hi and self._persistent_lo <= address else 0
+        if graph:
+            flags |= graph << _GRAPH_SHIFT
         slot = free[-1]
         sink = self._sink
         try:
             if sink is not None:
                 sink.put(slot, rid, name, address, size, kind, flags)
             else:
-                self._backend.register_region(make_region(rid, address, size, kind, name, type_name, flags))
+                graph_depth = graph & GRAPH_DEPTH_MASK if graph else None
+                self._backend.register_region(
+                    make_region(rid, address, size, kind, name, type_name, flags & 0xFFFF, graph_depth)
+                )
         except Exception as err:
             self._give_back_id(rid)
             _release(keepalive)
@@ -528,6 +565,35 @@ class Registry:
         label = clean_name(name) if name else resolved.type_name
         with self._lock:
             if region_id in self._by_id:
+                self._unregister_tree_locked(region_id)
+            return self._register_locked(*resolved, region_id, label, _owner(resolved, target))
+
+    def replace_own(
+        self,
+        region_id: int,
+        expected: int | None,
+        target: Any,
+        size: int | None = None,
+        *,
+        name: str | None = None,
+        kind: RegionKind | None = None,
+    ) -> int:
+        """:meth:`replace`, only while ``region_id`` is free (``expected`` None) or still the region at
+        address ``expected`` (the caller's own): a region someone else registered under the ID is
+        never replaced. :class:`RegionExistsError` then, and nothing changes.
+        """
+        resolved = resolve_target(target, size)
+        if kind is not None:
+            resolved = resolved._replace(kind=kind)
+        label = clean_name(name) if name else resolved.type_name
+        with self._lock:
+            entry = self._by_id.get(region_id)
+            if entry is not None and (expected is None or entry[_ADDRESS] != expected):
+                _release(resolved.keepalive)
+                raise RegionExistsError(
+                    "the ID is registered by someone else; left in place", id=region_id, name=entry[_NAME]
+                )
+            if entry is not None:
                 self._unregister_tree_locked(region_id)
             return self._register_locked(*resolved, region_id, label, _owner(resolved, target))
 

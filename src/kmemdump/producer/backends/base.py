@@ -31,7 +31,9 @@ class SlotSink(Protocol):
     """The slot functions a :class:`SlotBackend` gives the registry that binds it.
 
     Both are called with the registry's lock held, with the registry's slot number (below the
-    capacity given to :meth:`SlotBackend.bind`). ``put`` refuses a region by raising.
+    capacity given to :meth:`SlotBackend.bind`). ``put`` refuses a region by raising. Its ``flags``
+    holds the :class:`RegionFlags` bits in bits 0-15 and the entry's graph word (see
+    :func:`kmemdump.formats.kinds.graph_word`) from bit 16 on.
     """
 
     def put(  # noqa: PLR0917 - the entry's fields, as the table format has them

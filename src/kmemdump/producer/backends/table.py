@@ -34,6 +34,7 @@ from kmemdump.errors import BackendError
 from kmemdump.errors import RegionExistsError
 from kmemdump.errors import RegistryFullError
 from kmemdump.formats.kinds import RegionFlags
+from kmemdump.formats.kinds import graph_word
 from kmemdump.formats.table import FLAG_LIVE_LOCK
 from kmemdump.formats.table import LIVE_LOCK_BYTE
 from kmemdump.formats.table import MAX_CAPACITY
@@ -67,6 +68,8 @@ PR_SET_PTRACER = 0x59616D61
 """``prctl`` option of the Yama LSM: let one named process ptrace us (``'Yama'`` in ASCII)."""
 
 _PERSISTENT = int(RegionFlags.PERSISTENT)
+_GRAPH_SHIFT = 16
+"""A region's flags from the registry carry the entry's graph word from this bit on (see SlotSink.put)."""
 
 _backends: weakref.WeakSet[SharedTableBackend] = weakref.WeakSet()
 _Fields = tuple[int, str, int, int, int, int]
@@ -173,9 +176,8 @@ class SharedTableBackend:
             if not free:
                 raise RegistryFullError("the shared table is full", capacity=self.capacity)
             slot = free[-1]
-            self._put_checked(
-                slot, region_id, region.name, region.address, region.size, region.kind, region.flags
-            )
+            flags = region.flags | graph_word(region.graph_depth) << _GRAPH_SHIFT
+            self._put_checked(slot, region_id, region.name, region.address, region.size, region.kind, flags)
             free.pop()
             self._slot_of[region_id] = slot
 
@@ -223,15 +225,14 @@ class SharedTableBackend:
         """
         writer = self._writer  # None once closed (or in a forked child until it publishes)
         if writer is not None:
-            collector = writer.put_trusted(
-                slot,
-                id,
-                name.encode() if name else b"",
-                address,
-                size,
-                kind,
-                self._table_flags(address, size, writer) if flags else 0,
-            )
+            raw = name.encode() if name else b""
+            if flags:  # persistent, or an object-graph root: the rare case, kept off the common path
+                table_flags = self._table_flags(address, size, writer) if flags & _PERSISTENT else 0
+                collector = writer.put_trusted(
+                    slot, id, raw, address, size, kind, table_flags, flags >> _GRAPH_SHIFT
+                )
+            else:
+                collector = writer.put_trusted(slot, id, raw, address, size, kind, 0)
             if collector and collector != self._granted:
                 self._grant(collector)
         elif self._closed:
@@ -245,8 +246,8 @@ class SharedTableBackend:
             raise BackendError("the shared table is closed", id=id)
         writer = self._writer
         if writer is not None:
-            table_flags = self._table_flags(address, size, writer) if flags else 0
-            collector = writer.put(slot, id, name, address, size, kind, table_flags)
+            table_flags = self._table_flags(address, size, writer) if flags & _PERSISTENT else 0
+            collector = writer.put(slot, id, name, address, size, kind, table_flags, flags >> _GRAPH_SHIFT)
             if collector and collector != self._granted:
                 self._grant(collector)
         self._entries[slot] = (id, name, address, size, kind, flags)
@@ -362,8 +363,8 @@ class SharedTableBackend:
             self._publish_arena(writer)
             for slot, (rid, name, address, size, kind, flags) in self._entries.items():
                 # a reopened table starts with every region
-                table_flags = self._table_flags(address, size, writer) if flags else 0
-                writer.put(slot, rid, name, address, size, kind, table_flags)
+                table_flags = self._table_flags(address, size, writer) if flags & _PERSISTENT else 0
+                writer.put(slot, rid, name, address, size, kind, table_flags, flags >> _GRAPH_SHIFT)
             writer.set_state(TableState.RUNNING)
             return writer
 

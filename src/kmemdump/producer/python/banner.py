@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import sys
 
 __all__ = ["BANNER_MAX", "make_banner"]
@@ -16,7 +17,7 @@ def make_banner() -> bytearray:
 
     ``gdb`` prints it with ``x/s ADDRESS``; the inspector shows it first.
     """
-    argv = " ".join(sys.argv) if sys.argv else "?"
+    argv = shlex.join(sys.argv) if sys.argv else "?"
     text = (
         f"kmemdump banner: {platform.python_implementation()} {sys.version.splitlines()[0]}\n"
         f"executable: {sys.executable}\n"

@@ -11,6 +11,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from kmemdump.errors import DecodeError
+from kmemdump.errors import RegionExistsError
 from kmemdump.formats.kinds import RegionKind
 from kmemdump.ids import ID
 from kmemdump.producer.forksafe import fork_safe_lock
@@ -32,12 +33,15 @@ class PyInfoPublisher:
         self._info: LiveInfo | None = None
         self._registry: Registry | None = None
         self._blob: bytearray | None = None
+        self._address: int | None = None
+        """Where the registered blob is: the region under ID.PYCOREINFO is ours only while it is there."""
 
     def start(self, registry: Registry) -> int:
         """Register the blob as ``ID.PYCOREINFO`` in ``registry`` and follow its object types.
 
         Raises :class:`DecodeError` when the layout failed its self-test (decoding is disabled
-        on this interpreter); nothing is registered then.
+        on this interpreter), and :class:`RegionExistsError` when the application registered a region
+        of its own under ``ID.PYCOREINFO`` (it is left in place); nothing is registered then.
         """
         from kmemdump.producer.python.live import default
 
@@ -50,9 +54,21 @@ class PyInfoPublisher:
         registry.set_type_listener(self.note_types)
         # objects registered before init() have types the map must name as well
         info.add_types(registry.object_types())
-        with self._lock:
-            self._publish_locked()
+        try:
+            with self._lock:
+                self._publish_locked()
+        except RegionExistsError:
+            registry.set_type_listener(None)
+            with self._lock:
+                self._info = None
+            raise
         return int(ID.PYCOREINFO)
+
+    def published(self, registry: Registry) -> int | None:
+        """``ID.PYCOREINFO`` while the region under it in ``registry`` is the blob published here."""
+        if self._registry is not registry or self._address is None or ID.PYCOREINFO not in registry:
+            return None
+        return int(ID.PYCOREINFO) if registry.get(ID.PYCOREINFO).address == self._address else None
 
     def note_types(self, types: set[type]) -> None:
         """The registry's type listener: republish when ``types`` adds to the map."""
@@ -67,8 +83,22 @@ class PyInfoPublisher:
         if encoded is None:  # cannot happen for an enabled LiveInfo
             return
         blob = bytearray(encoded)
-        self._registry.replace(ID.PYCOREINFO, blob, name="pycoreinfo", kind=RegionKind.PYCOREINFO)
+        try:
+            self._registry.replace_own(
+                ID.PYCOREINFO, self._address, blob, name="pycoreinfo", kind=RegionKind.PYCOREINFO
+            )
+        except RegionExistsError as err:
+            if self._address is None:  # the first publication: init() reports it
+                raise RegionExistsError(
+                    f"ID.PYCOREINFO ({int(ID.PYCOREINFO)}) is already registered by the application "
+                    f"(region {err.context.get('name')!r}); it was left in place and no layout was published",
+                    id=int(ID.PYCOREINFO),
+                ) from None
+            log.warning("ID.PYCOREINFO now holds another region; the layout is no longer kept up to date")
+            self._info = None
+            return
         self._blob = blob
+        self._address = self._registry.get(ID.PYCOREINFO).address
 
 
 publisher = PyInfoPublisher()

@@ -1,0 +1,223 @@
+"""Live object graphs: a registered object is walked in the held process at dump time.
+
+A producer registers its state once, then changes it (counters bumped, values replaced, keys added, a
+list grown) and deadlocks; the dump holds the values of the freeze, on every interpreter. A walk over
+memory that lies (a cycle, a huge list, pointers corrupted with ctypes) stays within its bounds and
+reports what it left out. A process already gone says which graphs could not be walked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers_child import spawn_child
+from helpers_interpreters import EACH_INTERPRETER
+from helpers_interpreters import producer_env
+from helpers_interpreters import request_dump
+from kmemdump.cli.main import main
+from kmemdump.collector.dump import DumpOptions
+from kmemdump.collector.dump import dump_target
+from kmemdump.collector.watch import Watcher
+from kmemdump.inspect.dumpfile import Dump
+from kmemdump.procinfo import process_start_time
+
+pytestmark = pytest.mark.slow
+
+# Two threads deadlock on two locks; the main thread waits for them. Readiness: both are parked on
+# their second lock before the producer reports.
+DEADLOCK = r"""
+import sys, threading, time
+def deadlock(report):
+    a, b = threading.Lock(), threading.Lock()
+    both = threading.Barrier(2)
+    parked = {}
+    def worker(mine, theirs):
+        with mine:
+            both.wait()
+            parked[threading.get_ident()] = sys._getframe().f_lineno + 1
+            with theirs:
+                pass
+    threads = [threading.Thread(target=worker, args=(a, b), name="left"),
+               threading.Thread(target=worker, args=(b, a), name="right")]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        frames = sys._current_frames()
+        if all(t.ident in parked and frames[t.ident].f_lineno == parked[t.ident] for t in threads):
+            break
+        time.sleep(0.001)
+    send(report)
+    for t in threads:
+        t.join()
+"""
+
+CHANGING_STATE = (
+    DEADLOCK
+    + r"""
+import kmemdump
+report = kmemdump.init(table=True)
+state = {"processed": 0, "last_order": None, "workers": ["w1"], "healthy": True,
+         "limits": {"max": 10}}
+rid = kmemdump.register_object(state, name="state", depth=3)
+# after registration: every value below lives in objects that did not exist when it was registered
+for n in range(1, 1001):
+    state["processed"] += 1                       # a new int object each time, above the small-int cache
+state["last_order"] = "order#" + str(4711)        # None replaced by a new str
+state["workers"].extend(f"w{i}" for i in range(2, 40))   # the list's item array is reallocated
+state["limits"]["max"] = 2 ** 80                  # a value in a nested dict replaced by a big int
+state["healthy"] = False
+for i in range(30):                               # new keys: the dict's keys table is reallocated
+    state[f"key{i}"] = (i, str(i) * 3, float(i) / 4)
+deadlock({"rid": rid, "table": report.table, "final": repr(state)})
+"""
+)
+
+
+@pytest.mark.parametrize("python", EACH_INTERPRETER)
+def test_the_dump_holds_the_values_of_the_freeze(
+    python: str, table_dir: Path, dump_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a dict registered once, changed every way afterwards, in a deadlocked process
+    with spawn_child(CHANGING_STATE, python=python, env=producer_env(table_dir)) as child:
+        info = child.recv(timeout=60)
+        # WHEN the collector dumps it
+        result = request_dump(child.pid, info["table"], dump_dir)
+    # THEN show --json gives exactly the final values
+    capsys.readouterr()
+    assert main(["show", str(result.path), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    region = next(r for r in shown["regions"] if r["id"] == info["rid"])
+    decoded = region["decoded"]
+    final = eval(info["final"])
+    assert decoded["complete"], decoded["missing"]
+    assert decoded["value"] == {
+        **final,
+        **{k: {"$tuple": list(v)} for k, v in final.items() if k.startswith("key")},
+    }
+    (graph,) = shown["dump"]["graphs"]
+    assert (graph["id"], graph["status"], graph["depth"]) == (info["rid"], "ok", 3)
+    assert graph["objects"] > 100 and graph["stored"] > 0
+    assert not shown["dump"]["partial"] and shown["dump"]["missing"] == []
+    # AND the registry published the root alone: the walk found everything at dump time
+    assert [r["name"] for r in shown["regions"]] == ["banner", "pycoreinfo", "state"]
+    assert main(["show", str(result.path), "--plain"]) == 0
+    text = capsys.readouterr().out
+    assert "state: dict (walked at the freeze, depth 3:" in text
+    assert "'processed': 1000" in text and "'last_order': 'order#4711'" in text
+
+
+HOSTILE = r"""
+import ctypes, os, sys
+import kmemdump
+report = kmemdump.init(table=True)
+cyclic = {"name": "loop"}
+cyclic["self"] = cyclic                          # a cycle
+huge = list(range(10_000))                       # 10,000 items
+liar = ["ok-before", "victim-1", "victim-2", "victim-3", "victim-4", "ok-after"]
+garbage = bytearray(b"\x41" * 256)               # not an object: its bytes say 0x4141414141414141
+fake = bytearray(64)                             # a fake object: an aligned, readable type pointer to junk
+ctypes.memmove(ctypes.addressof(ctypes.c_char.from_buffer(fake)) + 8,
+               (ctypes.c_uint64 * 1)(ctypes.addressof(ctypes.c_char.from_buffer(garbage))), 8)
+items = ctypes.cast(ctypes.c_void_p.from_address(id(liar) + 24).value, ctypes.POINTER(ctypes.c_uint64))
+items[1] = ctypes.addressof(ctypes.c_char.from_buffer(garbage))   # an object whose type pointer is junk
+items[2] = id(liar[0]) + 3                                        # a misaligned pointer
+items[3] = 0x10                                                   # unmapped memory
+items[4] = ctypes.addressof(ctypes.c_char.from_buffer(fake))      # a type pointer to a non-type
+lying_str = "x" * 16
+ctypes.c_int64.from_address(id(lying_str) + 16).value = 1 << 40   # a str that claims 1 TiB
+root = {"cyclic": cyclic, "huge": huge, "liar": liar, "lying_str": lying_str}
+rid = kmemdump.register_object(root, name="hostile", depth=4)
+send({"rid": rid, "table": report.table})
+block()
+"""
+
+
+def test_a_hostile_graph_is_walked_within_its_bounds(table_dir: Path, dump_dir: Path) -> None:
+    with spawn_child(HOSTILE) as child:
+        info = child.recv()
+        start = process_start_time(child.pid)
+        started = time.monotonic()
+        result = dump_target(
+            child.pid, start, Path(info["table"]), reason="request", options=DumpOptions(dump_dir)
+        )
+        took = time.monotonic() - started
+        bounded = dump_target(
+            child.pid,
+            start,
+            Path(info["table"]),
+            reason="request",
+            options=DumpOptions(dump_dir, graph_objects=500, graph_bytes=64 * 1024),
+        )
+        os.kill(child.pid, signal.SIGKILL)  # its corrupted objects must never be freed
+    (graph,) = result.meta.graphs
+    assert graph.status == "partial" and graph.id == info["rid"]
+    assert graph.objects > 10_000 and graph.stored < 2 * 1024 * 1024, graph
+    assert took < 60  # a hang guard, not a speed target
+    with Dump.open(result.path) as dump:
+        decoded = dump.decode_region(next(r for r in dump.meta.regions if r.id == info["rid"]))
+    value = decoded.value
+    assert value["cyclic"] == {"name": "loop", "self": {"$cycle": value["cyclic"]["self"]["$cycle"]}}
+    assert value["huge"] == list(range(10_000))
+    liar = value["liar"]
+    assert liar[0] == "ok-before" and liar[5] == "ok-after"
+    reasons = [item["reason"] for item in liar[1:5]]
+    assert "implausible type pointer 0x4141414141414141" in reasons[0]
+    assert "misaligned" in reasons[1]
+    assert "not in dump" in reasons[2] or "not readable" in reasons[2]
+    assert "does not point at a type object" in reasons[3]
+    # the str claiming a terabyte: at most the byte budget is tried, and what is not there is missing
+    assert "characters" in value["lying_str"]["reason"]
+    assert any("lying_str" in line and "max_bytes" in line for line in decoded.missing)
+    assert "object graph" in result.meta.missing[-1] and result.meta.partial
+    # the same walk with tighter bounds stops at them
+    (small,) = bounded.meta.graphs
+    assert small.status == "partial" and small.objects <= 500 and small.stored <= 64 * 1024
+    with Dump.open(bounded.path) as dump:
+        decoded = dump.decode_region(next(r for r in dump.meta.regions if r.id == info["rid"]))
+    assert any("max_items" in line or "max_bytes" in line for line in decoded.missing)
+
+
+GONE = r"""
+import kmemdump
+report = kmemdump.init(table=True)
+state = {"orders": [1, 2, 3]}
+rid = kmemdump.register_object(state, name="state", depth=2)
+send({"rid": rid, "table": report.table})
+block()
+"""
+
+
+def test_a_process_gone_says_which_graphs_were_not_walked(
+    table_dir: Path, dump_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = []
+    with spawn_child(GONE) as child:
+        info = child.recv()
+        watcher = Watcher([table_dir], DumpOptions(dump_dir), on_event=events.append)
+        try:
+            watcher.scan()
+            os.kill(child.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while not any(e.kind == "death" for e in events) and time.monotonic() < deadline:
+                watcher.step()
+        finally:
+            watcher.close()
+    (death,) = [e for e in events if e.kind == "death"]
+    assert death.dump is not None
+    (graph,) = death.dump.meta.graphs
+    assert (graph.id, graph.status) == (info["rid"], "gone")
+    assert "gone before its object graphs could be walked" in graph.error
+    assert any(
+        line.startswith(f"object graph {info['rid']} (state): gone") for line in death.dump.meta.missing
+    )
+    capsys.readouterr()
+    assert main(["show", str(death.dump.path), "--plain"]) == 0
+    text = capsys.readouterr().out
+    assert "its object graph: the process was gone" in text
