@@ -49,6 +49,7 @@ from kmemdump.collector.runs import copy_runs
 from kmemdump.collector.runs import plan_runs
 from kmemdump.collector.stacks import StacksUnavailable
 from kmemdump.collector.stacks import take_stacks
+from kmemdump.collector.stacks import with_native_ids
 from kmemdump.collector.staging import StagedImage
 from kmemdump.collector.staging import Staging
 from kmemdump.collector.threads import thread_states
@@ -68,6 +69,7 @@ from kmemdump.formats.dumpmeta import Source
 from kmemdump.formats.dumpmeta import Status
 from kmemdump.formats.dumpmeta import ThreadState
 from kmemdump.formats.dumpmeta import encode_meta
+from kmemdump.formats.elf import EM_X86_64
 from kmemdump.formats.elf import KMD_NOTE_FAULTS
 from kmemdump.formats.elf import KMD_NOTE_META
 from kmemdump.formats.elf import KMD_NOTE_STACKS
@@ -471,7 +473,7 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
         pycoreinfo = kept.get(ID.PYCOREINFO)
         copy_ms = (time.perf_counter() - t0) * 1000
         gone_now = gone or any(r.status == "gone" for r in records)
-        stacks_note, stacks_state = _stacks(job.memory_pid or pid, options, gone_now, hexversion)
+        stacks_note, stacks_state = _stacks(job.memory_pid or pid, options, gone_now, hexversion, shape)
         if exit_hold is not None:
             if exit_hold.shadow is None:
                 exit_hold.release()  # everything that needs the process has been read: let it go
@@ -924,7 +926,9 @@ def _threads(job: _Job, options: DumpOptions) -> tuple[tuple[ThreadState, ...], 
     return states, "before the hold" if options.stop else "while the process ran"
 
 
-def _stacks(pid: int, options: DumpOptions, gone: bool, hexversion: int) -> tuple[bytes | None, str]:
+def _stacks(
+    pid: int, options: DumpOptions, gone: bool, hexversion: int, shape: ProcessShape | None
+) -> tuple[bytes | None, str]:
     if not options.stacks:
         return None, "not requested"
     if gone:
@@ -932,9 +936,18 @@ def _stacks(pid: int, options: DumpOptions, gone: bool, hexversion: int) -> tupl
     if not hexversion:  # its table says so: a C program has no Python stacks to read
         return None, "not a Python process"
     try:
-        return encode_stacks(take_stacks(pid)), "ok"
+        stacks = take_stacks(pid)
     except StacksUnavailable as err:
         return None, str(err)
+    if shape is not None and shape.machine == EM_X86_64:
+        # before 3.11 py-spy knows only each thread's pthread_t, which is its fs_base on x86_64
+        bases = {
+            t.registers.value("fs_base"): t.registers.tid
+            for t in shape.threads
+            if t.registers.source == "ptrace"
+        }
+        stacks = with_native_ids(stacks, bases)
+    return encode_stacks(stacks), "ok"
 
 
 def _file_name(pid: int, start_time: int, reason: str, captured_ns: int) -> str:

@@ -15,13 +15,14 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from kmemdump.formats.stacks import Frame
 from kmemdump.formats.stacks import Stacks
 from kmemdump.formats.stacks import ThreadStack
 
-__all__ = ["STACKS_EXTRA", "StacksUnavailable", "find_py_spy", "take_stacks"]
+__all__ = ["STACKS_EXTRA", "StacksUnavailable", "find_py_spy", "take_stacks", "with_native_ids"]
 
 STACKS_EXTRA = "kmemdump[stacks]"
 """What to install for the stacks: py-spy, by way of the extra that names it."""
@@ -87,6 +88,18 @@ def _thread(raw: dict[str, object]) -> ThreadStack:
         bool(raw.get("owns_gil")),
         frames,
     )
+
+
+def with_native_ids(stacks: Stacks, tid_of_pthread: dict[int, int]) -> Stacks:
+    """``stacks`` with each thread's native id filled in from its ``pthread_t`` where py-spy gave none
+    (Python before 3.11 does not record it): ``tid_of_pthread`` maps a thread's ``pthread_t`` to its id."""
+    threads = tuple(
+        replace(t, native_id=tid_of_pthread[t.thread_id])
+        if t.native_id is None and t.thread_id in tid_of_pthread
+        else t
+        for t in stacks.threads
+    )
+    return replace(stacks, threads=threads)
 
 
 @functools.cache
