@@ -9,7 +9,7 @@ _shtab_kmemdump_subparsers=(demo watch run dump ps ls show hexdump extract gdb p
 
 _shtab_kmemdump_demo_option_strings=(-h --help --dir --timeout)
 _shtab_kmemdump_watch_option_strings=(-h --help --dir --budget --max-region --compress --durable --no-stop --no-stacks --capture --allow-nondumpable --group --tables --after-hang --max-dumps --max-per-user --keep --keep-size --keep-age --keep-total --keep-total-size --ship --no-ship --ship-spool --ship-spool-size --ship-spool-dumps --ship-retry --ship-delete-local)
-_shtab_kmemdump_run_option_strings=(-h --help --timeout --dir --budget --max-region --compress --durable --no-stop --no-stacks --capture --allow-nondumpable --group --after-hang --no-autoinit --no-feeder --no-deadlock-check --trace-exit --quiet -q)
+_shtab_kmemdump_run_option_strings=(-h --help --timeout --dir --budget --max-region --compress --durable --no-stop --no-stacks --capture --allow-nondumpable --group --after-hang --no-autoinit --no-feeder --no-deadlock-check --trace-exit --faulthandler --excepthook --quiet -q)
 _shtab_kmemdump_dump_option_strings=(-h --help --dir --budget --max-region --compress --durable --no-stop --no-stacks --capture --allow-nondumpable --group --tables --json)
 _shtab_kmemdump_ps_option_strings=(-h --help --tables --json --plain)
 _shtab_kmemdump_ls_option_strings=(-h --help --pid --reason --since --until -n --last -r --reverse --host --group --json --plain)
@@ -62,6 +62,8 @@ _shtab_kmemdump_run___no_autoinit_nargs=0
 _shtab_kmemdump_run___no_feeder_nargs=0
 _shtab_kmemdump_run___no_deadlock_check_nargs=0
 _shtab_kmemdump_run___trace_exit_nargs=0
+_shtab_kmemdump_run___faulthandler_nargs=0
+_shtab_kmemdump_run___excepthook_nargs=0
 _shtab_kmemdump_run___quiet_nargs=0
 _shtab_kmemdump_run__q_nargs=0
 _shtab_kmemdump_dump__h_nargs=0
