@@ -226,6 +226,9 @@ SAMPLES: dict[str, Any] = {
     "int-digit-edge": 2**30,
     "int-big": 2**1000 + 12345,
     "int-big-negative": -(3**500),
+    "int-text-edge": 2**13000 - 1,  # the largest int given as a JSON number
+    "int-huge": 10**5000 + 1,  # beyond Python's 4,300-digit str(): given in hex
+    "int-huge-negative": -(7**9000),
     "int-enum": Colour.BIG,
     "bool-true": True,
     "bool-false": False,

@@ -114,7 +114,8 @@ def test_the_dump_holds_the_values_of_the_freeze(
 
 
 HOSTILE = r"""
-import ctypes, os, sys
+import ctypes, gc, os, sys
+gc.disable()                                     # its garbage collector must never meet the garbage below
 import kmemdump
 report = kmemdump.init(table=True)
 cyclic = {"name": "loop"}
@@ -132,14 +133,22 @@ items[3] = 0x10                                                   # unmapped mem
 items[4] = ctypes.addressof(ctypes.c_char.from_buffer(fake))      # a type pointer to a non-type
 lying_str = "x" * 16
 ctypes.c_int64.from_address(id(lying_str) + 16).value = 1 << 40   # a str that claims 1 TiB
-root = {"cyclic": cyclic, "huge": huge, "liar": liar, "lying_str": lying_str}
+class Chained(Exception):
+    pass
+chain = [Chained() for _ in range(3000)]
+for this, after in zip(chain, chain[1:]):                          # each __dict__ slot: the next instance
+    ctypes.c_void_p.from_address(id(this) + Chained.__dictoffset__).value = id(after)
+root = {"big": 10 ** 5000 + 1, "cyclic": cyclic, "huge": huge, "liar": liar, "lying_str": lying_str,
+        "chain": chain[0]}
 rid = kmemdump.register_object(root, name="hostile", depth=4)
 send({"rid": rid, "table": report.table})
 block()
 """
 
 
-def test_a_hostile_graph_is_walked_within_its_bounds(table_dir: Path, dump_dir: Path) -> None:
+def test_a_hostile_graph_is_walked_within_its_bounds(
+    table_dir: Path, dump_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with spawn_child(HOSTILE) as child:
         info = child.recv()
         start = process_start_time(child.pid)
@@ -175,7 +184,19 @@ def test_a_hostile_graph_is_walked_within_its_bounds(table_dir: Path, dump_dir: 
     # the str claiming a terabyte: at most the byte budget is tried, and what is not there is missing
     assert "characters" in value["lying_str"]["reason"]
     assert any("lying_str" in line and "max_bytes" in line for line in decoded.missing)
+    # an instance whose __dict__ slot holds another instance (and so on, 3,000 deep) is not followed
+    assert value["chain"]["type"] == "Chained"
+    assert "has type Chained, not dict" in value["chain"]["attrs"]["reason"]
+    # an int too long for str() comes in hex, and show prints it
+    assert value["big"] == {"$int": hex(10**5000 + 1)}
     assert "object graph" in result.meta.missing[-1] and result.meta.partial
+    capsys.readouterr()
+    assert main(["show", str(result.path), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    region = next(r for r in shown["regions"] if r["id"] == info["rid"])
+    assert region["decoded"]["value"]["big"] == {"$int": hex(10**5000 + 1)}
+    assert main(["show", str(result.path), "--plain"]) == 0
+    assert "{'big': <int of 16,610 bits: 0x" in capsys.readouterr().out
     # the same walk with tighter bounds stops at them
     (small,) = bounded.meta.graphs
     assert small.status == "partial" and small.objects <= 500 and small.stored <= 64 * 1024

@@ -34,6 +34,7 @@ from kmemdump.formats.dumpmeta import ThreadState
 from kmemdump.formats.kinds import RegionKind
 from kmemdump.formats.stacks import ThreadStack
 from kmemdump.ids import id_label
+from kmemdump.inspect.cpython import INT_TEXT_BITS
 from kmemdump.inspect.cpython import Unresolved
 from kmemdump.inspect.cpython import to_python
 from kmemdump.inspect.dumpfile import DecodedRegion
@@ -372,6 +373,9 @@ def _readable(obj: Any) -> Any:
             return _Shown(f"<cycle: 0x{obj.address:x}>")
         detail = f": {obj.detail}" if obj.detail else ""
         return _Shown(f"<{obj.kind} 0x{obj.address:x}{detail}>")
+    if type(obj) is int and obj.bit_length() > INT_TEXT_BITS:  # repr() would refuse it
+        digits = hex(obj)
+        return _Shown(f"<int of {obj.bit_length():,} bits: {digits[:18]}…{digits[-8:]}>")
     if isinstance(obj, list):
         return [_readable(item) for item in obj]
     if isinstance(obj, tuple):

@@ -14,6 +14,8 @@ Values (what :attr:`Decoded.value` holds)
     ==========================================  ============================================
     ``{"$bytes": "6869"}``                      bytes (hex)
     ``{"$bytearray": "6869"}``                  bytearray (hex)
+    ``{"$int": "-0x1f…"}``                      an int of more than 13,000 bits (hex): beyond what
+                                                Python turns into decimal text by default
     ``{"$tuple": [...]}``                       tuple
     ``{"k": v, ...}``                           dict whose keys are all str not starting with $
     ``{"$dict": [[k, v], ...]}``                any other dict, in insertion order
@@ -63,6 +65,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_DEPTH",
     "DEFAULT_MAX_ITEMS",
+    "INT_TEXT_BITS",
     "Decoded",
     "JSONValue",
     "Unresolved",
@@ -98,6 +101,8 @@ _FLAG_KINDS: Final = (
 _NAMED_KINDS: Final = frozenset({"bool", "float", "NoneType", "bytearray"})
 _TPFLAGS_READY: Final = 1 << 12
 _TPFLAGS_TYPE_SUBCLASS: Final = 1 << 31
+INT_TEXT_BITS: Final = 13_000
+"""Ints larger than this (about 3,900 decimal digits) are given in hex, not as JSON numbers."""
 _USER_END: Final = 1 << 56
 """No user-space pointer reaches this high (x86_64 with 5-level paging stops just below it)."""
 
@@ -265,6 +270,20 @@ class _Decoder:
         known = self.info.types.get(meta)
         return known is not None and known.base == "type" and bool(flags & _TPFLAGS_TYPE_SUBCLASS)
 
+    def expect_dict(self, address: int, what: str) -> None:
+        """Raise unless ``address`` holds a dict: an instance's ``__dict__`` is decoded at the instance's
+        own depth, so anything else there (another instance, say) could chain without end."""
+        if address in self.info.constants:
+            raise _Problem(f"{what} at 0x{address:x} is {self.info.constants[address]}, not a dict")
+        if address % 8 or not 0 < address < _USER_END:
+            raise _Problem(f"{what} pointer 0x{address:x} is misaligned or outside user space")
+        type_address = self.word(address + self.layout.ob_type, f"{what} header")
+        if self.checked:
+            self.check_type(type_address)
+        name, kind = self.type_of(type_address)
+        if kind != "dict":
+            raise _Problem(f"{what} at 0x{address:x} has type {name}, not dict")
+
     def type_flags(self, type_address: int) -> int:
         """``tp_flags`` of a type, from the type map or the dump (0 when neither has it)."""
         entry = self.info.types.get(type_address)
@@ -291,6 +310,8 @@ class _Decoder:
             return self.give_up(path, here, f"object pointer {here} is {where}: not followed")
         if depth > self.max_depth:
             return self.give_up(path, here, f"object at {here} not decoded (max_depth={self.max_depth})")
+        if len(self.active) > 2 * self.max_depth + 2:  # each level nests a container and an instance at most
+            return self.give_up(path, here, f"object at {here} not decoded (nested too deep)")
         if self.items_left <= 0:
             return self.give_up(path, here, f"object at {here} not decoded (max_items reached)")
         self.items_left -= 1
@@ -434,7 +455,15 @@ def _combine(digits: array[int], start: int, stop: int, bits: int) -> int:
 
 
 def _decode_int(d: _Decoder, address: int, path: str, depth: int) -> JSONValue:
-    return _int_value(d, address)
+    return _int_json(_int_value(d, address))
+
+
+def _int_json(value: int) -> JSONValue:
+    """An int as a JSON number, or as ``{"$int": hex}`` when its decimal text would be too long to
+    make (Python refuses ints over 4,300 digits, and the conversion is quadratic before 3.11)."""
+    if value.bit_length() <= INT_TEXT_BITS:
+        return value
+    return {"$int": hex(value)}
 
 
 def _decode_bool(d: _Decoder, address: int, path: str, depth: int) -> JSONValue:
@@ -617,6 +646,7 @@ def _instance_attrs(d: _Decoder, address: int, type_address: int, path: str, dep
             raise _Problem(f"{here}: tp_dictoffset {offset} (variable-size objects) is not supported")
         dict_pointer = d.word(address + offset, f"{here} dict pointer")
     if dict_pointer:
+        d.expect_dict(dict_pointer, f"{here} __dict__")
         return d.value(dict_pointer, f"{path}.__dict__", depth)
     if not values:
         return {}
@@ -737,14 +767,16 @@ def encode_value(obj: Any) -> JSONValue:
     decoded instance has: reading ``__dict__`` could change the object); types ``{"$class": name}``
     with the bare ``__name__`` for builtins and ``module.qualname`` otherwise.
     """
-    if obj is None or type(obj) in (bool, str, int, float):
+    if type(obj) is int:
+        return _int_json(obj)
+    if obj is None or type(obj) in (bool, str, float):
         return obj  # type: ignore[no-any-return]
     if isinstance(obj, str):
         return str.__str__(obj)
     if isinstance(obj, float):
         return float.__float__(obj)
     if isinstance(obj, int):
-        return int.__int__(obj)
+        return _int_json(int.__int__(obj))
     if isinstance(obj, bytes):
         return {"$bytes": bytes(obj).hex()}
     if isinstance(obj, bytearray):
@@ -780,6 +812,8 @@ def to_python(value: JSONValue) -> Any:
             return bytes.fromhex(payload)
         if tag == "$bytearray" and isinstance(payload, str):
             return bytearray.fromhex(payload)
+        if tag == "$int" and isinstance(payload, str):
+            return int(payload, 16)
         if tag == "$tuple" and isinstance(payload, list):
             return tuple(to_python(item) for item in payload)
         if tag == "$dict" and isinstance(payload, list):
