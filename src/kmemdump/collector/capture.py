@@ -17,8 +17,10 @@ small fraction of a full core (about 200 to 400 KB for a small program against 8
   frame and code object with its names, line table and variable names (pystack, gdb ``py-bt``).
 
 elfutils reads a core's memory a page at a time and loses modules and frames when a segment it
-needs starts inside a page another one shares, so the stack tops, the dynamic linker's structures
-and the ELF headers are stored as whole pages; the Python objects are stored byte for byte.
+needs starts inside a page another one shares, so the stack tops and the dynamic linker's
+structures are stored as whole pages; the Python objects are stored byte for byte. It finds a
+module only by an ELF header at the start of a segment, so each module's header begins a segment
+of its own even where the data stored below it runs up to it (:func:`split_at`).
 
 The top of the main thread's stack holds the strings of its command line and of its whole
 environment (``KEY=value``, secrets included), beside the program's name. The stored copy keeps the
@@ -29,6 +31,8 @@ the same lengths, so nothing a debugger follows moves, and no value is stored.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import struct
 from collections.abc import Iterable
 from collections.abc import Sequence
@@ -48,7 +52,15 @@ from kmemdump.formats.elfimage import DT_DEBUG
 from kmemdump.formats.elfimage import dynamic_entries
 from kmemdump.memory.process import ProcessMemory
 
-__all__ = ["CAPTURE_LEVELS", "STACK_BYTES", "Capture", "CaptureLevel", "capture_ranges", "merge_ranges"]
+__all__ = [
+    "CAPTURE_LEVELS",
+    "STACK_BYTES",
+    "Capture",
+    "CaptureLevel",
+    "capture_ranges",
+    "merge_ranges",
+    "split_at",
+]
 
 CaptureLevel = Literal["regions", "stacks"]
 CAPTURE_LEVELS: tuple[CaptureLevel, ...] = get_args(CaptureLevel)
@@ -99,6 +111,23 @@ def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             merged.append([start, end])
     return [(start, end - start) for start, end in merged]
+
+
+def split_at(ranges: Iterable[tuple[int, int]], cuts: Iterable[int]) -> list[tuple[int, int]]:
+    """``ranges`` cut so that each address in ``cuts`` inside one starts a range of its own.
+
+    A module's ELF header must start a core segment: elfutils (eu-stack, eu-unstrip, and libdwfl in
+    every tool built on it) looks for modules at the start of each segment, and one whose header sits
+    inside a segment (merged with the data of the library mapped just below it) is not reported
+    through its ELF header, so its frames are not unwound."""
+    points = sorted(set(cuts))
+    out = []
+    for start, size in ranges:
+        end = start + size
+        inside = points[bisect.bisect_right(points, start) : bisect.bisect_left(points, end)]
+        edges = [start, *inside, end]
+        out += [(low, high - low) for low, high in itertools.pairwise(edges)]
+    return out
 
 
 def clip_to_maps(ranges: Iterable[tuple[int, int]], maps: Sequence[MapEntry]) -> list[tuple[int, int]]:

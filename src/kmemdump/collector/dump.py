@@ -35,6 +35,7 @@ from kmemdump.collector.capture import Capture
 from kmemdump.collector.capture import CaptureLevel
 from kmemdump.collector.capture import capture_ranges
 from kmemdump.collector.capture import merge_ranges
+from kmemdump.collector.capture import split_at
 from kmemdump.collector.coreshape import ProcessShape
 from kmemdump.collector.coreshape import observe
 from kmemdump.collector.coreshape import process_notes
@@ -591,6 +592,7 @@ def _observe(
             shape = observe(job.pid, mem, registers=job.registers, ptrace_stopped=stopped)
             capture = capture_ranges(options.capture, shape, mem, hexversion=hexversion)
             ranges = merge_ranges([(a, len(data)) for a, data in shape.headers] + list(capture.ranges))
+            ranges = split_at(ranges, (address for address, _ in shape.headers))  # elfutils finds them
             for (address, _), data in zip(ranges, mem.read_many(ranges), strict=True):
                 if data:
                     sink.add(address, capture.blank(address, data))  # no environment strings
