@@ -794,6 +794,13 @@ def test_gdb_print_command(argv: list[str], built: Built, capsys: pytest.Capture
     assert shlex.split(out) == want
 
 
+def test_show_counts_in_words(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    built = build_dump(tmp_path / "one.core", meta_changes={"heartbeat": 1})
+    code, out, err = run_cli(capsys, "show", str(built.path))
+    assert code == 0, err
+    assert re.search(r"^Watchdog:\s+last fed 5\.5 s before the capture, timeout 5 s, 1 beat$", out, re.M)
+
+
 def test_gdb_print_command_without_the_executable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     built = build_dump(tmp_path / "x.core", meta_changes={"exe": str(tmp_path / "gone" / "python")})
     code, out, err = run_cli(capsys, "gdb", str(built.path), "--print-command", "--gdb", "/opt/gdb")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -153,8 +154,12 @@ def test_a_hostile_graph_is_walked_within_its_bounds(
         info = child.recv()
         start = process_start_time(child.pid)
         started = time.monotonic()
-        result = dump_target(
-            child.pid, start, Path(info["table"]), reason="request", options=DumpOptions(dump_dir)
+        result = dump_target(  # (time enough on any machine: the bounds under test are objects and bytes)
+            child.pid,
+            start,
+            Path(info["table"]),
+            reason="request",
+            options=DumpOptions(dump_dir, graph_seconds=120),
         )
         took = time.monotonic() - started
         bounded = dump_target(
@@ -205,6 +210,68 @@ def test_a_hostile_graph_is_walked_within_its_bounds(
     assert any("max_items" in line or "max_bytes" in line for line in decoded.missing)
 
 
+BIG_LAYOUT = r"""
+import kmemdump
+layout = bytearray(5 * 1024 * 1024)                # the application's own region under our ID, 5 MiB
+kmemdump.register(layout, id=kmemdump.ID.PYCOREINFO, name="not-a-layout")
+report = kmemdump.init(table=True)                 # leaves it in place (and says so)
+rid = kmemdump.register_object({"n": 1}, name="state", depth=1)
+send({"rid": rid, "table": report.table})
+block()
+"""
+
+
+def test_a_layout_region_too_large_to_be_one_is_not_read(table_dir: Path, dump_dir: Path) -> None:
+    with spawn_child(BIG_LAYOUT) as child:
+        info = child.recv()
+        result = request_dump(child.pid, info["table"], dump_dir)
+    (graph,) = result.meta.graphs
+    assert (graph.id, graph.status) == (info["rid"], "unwalkable")
+    assert graph.error == (
+        "no Python layout to walk with: the PYCOREINFO region is 5,242,880 bytes (at most 4,194,304)"
+    )
+
+
+SLOW = r"""
+import kmemdump
+report = kmemdump.init(table=True)
+numbers = [float(i) + 0.5 for i in range(200_000)]
+rids = [kmemdump.register_object(numbers, name=f"numbers{i}", depth=1) for i in range(4)]
+send({"rids": rids, "table": report.table})
+block()
+"""
+
+
+def test_the_walks_stop_at_their_time_limit(
+    table_dir: Path, dump_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN four roots of 200,000 objects each: far more than anything walks in 0.2 s
+    with spawn_child(SLOW) as child:
+        info = child.recv()
+        # WHEN the walks may take 0.2 s in all
+        options = DumpOptions(dump_dir, graph_seconds=0.2, stacks=False)
+        result = dump_target(
+            child.pid, process_start_time(child.pid), Path(info["table"]), reason="request", options=options
+        )
+    # THEN the first stops where the time ran out, and the others are not begun
+    first, *rest = result.meta.graphs
+    assert first.status == "partial" and 1 <= first.objects < 100_000, first
+    assert first.error.startswith(f"the time limit ran out after {first.objects:,} objects; ")
+    assert [(g.status, g.objects) for g in rest] == [("skipped", 0)] * 3
+    assert all("the time limit (0.2 s) ran out before this graph" in g.error for g in rest)
+    assert result.meta.partial and len(result.meta.missing) == 4
+    # AND what it walked reads back from the dump, no further: the items it reached (the list is the
+    # first object), the rest said in a sentence, not one per item
+    with Dump.open(result.path) as dump:
+        decoded = dump.decode_region(next(r for r in dump.meta.regions if r.id == first.id))
+    assert decoded.value == [i + 0.5 for i in range(first.objects - 1)]
+    (missing,) = decoded.missing
+    assert missing.endswith(f"item array: {first.objects - 1} of 200000 items decoded (max_items)")
+    capsys.readouterr()
+    assert main(["show", str(result.path), "--plain"]) == 0
+    assert "1 object graph walked in the held process" in capsys.readouterr().out
+
+
 GONE = r"""
 import kmemdump
 report = kmemdump.init(table=True)
@@ -242,3 +309,4 @@ def test_a_process_gone_says_which_graphs_were_not_walked(
     assert main(["show", str(death.dump.path), "--plain"]) == 0
     text = capsys.readouterr().out
     assert "its object graph: the process was gone" in text
+    assert re.search(r"^Graphs:\s+1 object graph, none walked \(gone; see Missing\)$", text, re.M)

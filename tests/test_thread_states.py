@@ -12,9 +12,12 @@ import pytest
 
 from helpers_child import spawn_child
 from helpers_interpreters import request_dump
+from kmemdump.collector import dump as dump_module
+from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.threads import syscall_name
 from kmemdump.collector.threads import thread_states
 from kmemdump.formats.dumpmeta import ThreadState
+from kmemdump.procinfo import process_start_time
 
 pytestmark = pytest.mark.slow
 
@@ -124,3 +127,28 @@ def test_syscall_names_and_descriptions() -> None:
     assert wake.describe() == "sleeping in futex"
     busy = ThreadState(3, "t", "R").with_cpu(19.5, 20.0)
     assert busy.busy and busy.describe() == "running (19.5 of 20 ms on a CPU)"
+
+
+def test_the_states_of_a_process_that_is_not_the_one_dumped_are_dropped() -> None:
+    # The states are read by pid before the hold: if that pid names another process by the time they
+    # are read (the target died and its pid was reused), they are not the target's and are not kept.
+    def job(start_time: int) -> dump_module._Job:
+        return dump_module._Job(
+            pid=os.getpid(),
+            start_time=start_time,
+            table=Path("/nonexistent.table"),
+            reason="request",
+            argv=(),
+            exe=None,
+            gone=False,
+            captured_ns=0,
+            held="",
+            uid=os.getuid(),
+            dir_fd=None,
+            death=None,
+        )
+
+    options = DumpOptions(Path("/nonexistent"), threads=0)
+    states, taken = dump_module._threads(job(process_start_time(os.getpid())), options)
+    assert taken == "before the hold" and threading.get_native_id() in {t.tid for t in states}
+    assert dump_module._threads(job(process_start_time(os.getpid()) + 1), options) == ((), "process gone")

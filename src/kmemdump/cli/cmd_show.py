@@ -249,11 +249,14 @@ def _capture_line(meta: DumpMeta) -> str:
 def _graphs_line(meta: DumpMeta) -> str:
     """The live object graphs: how many were walked at the freeze, and how much they hold."""
     walked = [g for g in meta.graphs if g.status in ("ok", "partial")]
+    others = len(meta.graphs) - len(walked)
+    if not walked:
+        why = sorted({g.status for g in meta.graphs})
+        return f"{plural(others, 'object graph')}, none walked ({', '.join(why)}; see Missing)"
     text = (
         f"{plural(len(walked), 'object graph')} walked in the held process "
         f"({plural(sum(g.objects for g in walked), 'object')}, {format_size(sum(g.stored for g in walked))})"
     )
-    others = len(meta.graphs) - len(walked)
     if others:
         text += f"; {others} not walked"
     return text
@@ -289,7 +292,7 @@ def _watchdog(dump: Dump) -> str:
         parts.append("never fed")
     if meta.watchdog_timeout_s is not None:
         parts.append(f"timeout {format_duration(meta.watchdog_timeout_s)}")
-    parts.append(f"{meta.heartbeat} beats")
+    parts.append(plural(meta.heartbeat, "beat"))
     return ", ".join(parts)
 
 

@@ -102,12 +102,14 @@ from kmemdump.ids import ID
 from kmemdump.memory.arena import ArenaMemory
 from kmemdump.memory.process import ProcessMemory
 from kmemdump.procinfo import process_exe
+from kmemdump.procinfo import process_start_time
 
 __all__ = ["DumpOptions", "DumpResult", "ExitHold", "dump_target"]
 
 MAX_REGION_DEFAULT = 256 * 1024 * 1024
 GRAPH_OBJECTS_DEFAULT = 100_000
 GRAPH_BYTES_DEFAULT = 16 * 1024 * 1024
+GRAPH_SECONDS_DEFAULT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +148,9 @@ class DumpOptions:
     """At most this many objects visited in each live object graph."""
     graph_bytes: int = GRAPH_BYTES_DEFAULT
     """At most this many bytes read for all the live object graphs of one dump together."""
+    graph_seconds: float = GRAPH_SECONDS_DEFAULT
+    """At most this long walking the live object graphs of one dump together (the target is held
+    meanwhile): past it no more objects are decoded, and the graphs not begun are skipped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -757,6 +762,7 @@ def _walk_graphs(
     graphs: list[GraphRecord] = []
     walked: list[tuple[int, bytes]] = []
     left = options.graph_bytes
+    deadline = time.monotonic() + max(options.graph_seconds, 0.0)
     if options.budget is not None:
         left = min(left, options.budget - sum(size for _, size in planned))
     try:
@@ -769,8 +775,12 @@ def _walk_graphs(
                     graphs.append(_unwalked(entry, "unwalkable", why))
                 elif left <= 0:
                     graphs.append(_unwalked(entry, "skipped", "the byte budget was spent before this graph"))
+                elif time.monotonic() > deadline:
+                    why = f"the time limit ({options.graph_seconds:g} s) ran out before this graph"
+                    graphs.append(_unwalked(entry, "skipped", why))
                 else:
-                    graph, segments = walk_graph(mem, entry, info, GraphLimits(options.graph_objects, left))
+                    limits = GraphLimits(options.graph_objects, left, deadline)
+                    graph, segments = walk_graph(mem, entry, info, limits)
                     graphs.append(graph)
                     walked.extend(segments)
                     left -= graph.stored
@@ -790,6 +800,12 @@ def _layout(
         state = "skipped by the budget" if registered else "not registered"
         return None, f"no Python layout to walk with: the PYCOREINFO region was {state}"
     entry, size = layout
+    if entry.size > _CHUNK:  # a real one is a few KiB; more would be kept out of the dump's note too
+        return (
+            None,
+            f"no Python layout to walk with: the PYCOREINFO region is {entry.size:,} bytes "
+            f"(at most {_CHUNK:,})",
+        )
     blob = mem.read_upto(entry.address, size)
     if len(blob) != entry.size:
         return None, "no Python layout to walk with: the PYCOREINFO region could not be read whole"
@@ -925,6 +941,12 @@ def _threads(job: _Job, options: DumpOptions) -> tuple[tuple[ThreadState, ...], 
     states = thread_states(job.pid, window=options.threads)
     if not states:
         return (), "the threads could not be read"
+    try:  # read by pid: still the same process afterwards, so they were all its threads
+        same = process_start_time(job.pid) == job.start_time
+    except KmemdumpError:
+        same = False
+    if not same:
+        return (), "process gone"
     return states, "before the hold" if options.stop else "while the process ran"
 
 

@@ -9,9 +9,10 @@ to the same values: a counter bumped, a list grown, a dict value replaced after 
 show as they were at the freeze.
 
 The walk is bounded like every decode: ``depth`` levels, a number of objects, a number of bytes
-(the dump's budget included), cycles cut; and it runs in *checked* mode, where every object
-pointer must be aligned and readable and its type pointer must be a type the PYCOREINFO names or a
-type object whose own header checks out. Garbage ends one branch of the walk, never the walk.
+(the dump's budget included), a time (the target is held meanwhile), cycles cut; and it runs in
+*checked* mode, where every object pointer must be aligned and readable and its type pointer must be
+a type the PYCOREINFO names or a type object whose own header checks out. Garbage ends one branch of
+the walk, never the walk.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class GraphLimits:
 
     objects: int
     max_bytes: int
+    deadline: float | None = None
+    """A :func:`time.monotonic` value: past it the walk decodes no more objects (the target is held)."""
 
 
 class LiveReader:
@@ -149,6 +152,7 @@ def walk_graph(
         max_items=limits.objects,
         max_bytes=limits.max_bytes,
         checked=True,
+        deadline=limits.deadline,
     )
     segments = reader.segments(limits.max_bytes)
     problems = decoded.missing
@@ -160,8 +164,18 @@ def walk_graph(
         status="ok" if decoded.complete else "partial",
         objects=decoded.objects,
         stored=sum(len(data) for _, data in segments),
-        max_objects=limits.objects,
+        # a walk the time limit ended is read back to the objects it visited, and no further
+        max_objects=decoded.objects if decoded.timed_out else limits.objects,
         max_bytes=limits.max_bytes,
-        error="" if not problems else f"{len(problems)} piece(s) not decoded; first: {problems[0]}",
+        error=_error(problems, decoded.objects if decoded.timed_out else None),
     )
     return record, segments
+
+
+def _error(problems: tuple[str, ...], timed_out_after: int | None) -> str:
+    """What the walk left out, in one line (the dump's reader decodes the graph again for the rest)."""
+    if not problems:
+        return ""
+    count = f"{len(problems):,} piece" if len(problems) == 1 else f"{len(problems):,} pieces"
+    why = "" if timed_out_after is None else f"the time limit ran out after {timed_out_after:,} objects; "
+    return f"{why}{count} not decoded; first: {problems[0]}"

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import struct
 import sys
+import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,6 +123,8 @@ class Decoded:
     """Objects visited (each counts against ``max_items``)."""
     bytes_read: int = 0
     """Bytes read (each read counts against ``max_bytes``, repeated reads again)."""
+    timed_out: bool = False
+    """True when the ``deadline`` passed before everything was decoded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,9 +152,12 @@ class _Decoder:
         max_bytes: int,
         *,
         checked: bool = False,
+        deadline: float | None = None,
     ):
         self.mem = mem
         self.checked = checked
+        self.deadline = deadline
+        self.timed_out = False
         self.type_verdicts: dict[int, str] = {}
         self.info = info
         self.layout = info.layout
@@ -312,8 +318,8 @@ class _Decoder:
             return self.give_up(path, here, f"object at {here} not decoded (max_depth={self.max_depth})")
         if len(self.active) > 2 * self.max_depth + 2:  # each level nests a container and an instance at most
             return self.give_up(path, here, f"object at {here} not decoded (nested too deep)")
-        if self.items_left <= 0:
-            return self.give_up(path, here, f"object at {here} not decoded (max_items reached)")
+        if self.items_room() <= 0:
+            return self.give_up(path, here, f"object at {here} not decoded ({self.items_bound()} reached)")
         self.items_left -= 1
         try:
             type_address = self.word(address + self.layout.ob_type, "object header")
@@ -338,20 +344,41 @@ class _Decoder:
         except _Problem as problem:
             return self.give_up(path, here, str(problem))
 
+    def items_room(self) -> int:
+        """Objects that may still be decoded: none once the deadline has passed."""
+        if not self.timed_out and self.deadline is not None and time.monotonic() > self.deadline:
+            self.timed_out = True
+        return 0 if self.timed_out else self.items_left
+
+    def items_bound(self) -> str:
+        """The bound that ends the decoding of more objects, as the ``missing`` sentences name it."""
+        return "time limit" if self.timed_out else "max_items"
+
     def give_up(self, path: str, here: str, reason: str) -> JSONValue:
         self.note(path, reason)
         return {"$missing": here, "reason": reason}
 
     def items(self, pointers: list[int], path: str, depth: int) -> list[JSONValue]:
-        return [self.value(pointer, f"{path}[{i}]", depth + 1) for i, pointer in enumerate(pointers)]
+        """The items at ``pointers``; once no object may be decoded any more, the leading part
+        (one ``missing`` sentence for the rest, not one per item)."""
+        values: list[JSONValue] = []
+        for i, pointer in enumerate(pointers):
+            if self.items_room() <= 0 and pointer not in self.info.constants:
+                self.stopped(path, len(pointers) - i, len(pointers), "items")
+                break
+            values.append(self.value(pointer, f"{path}[{i}]", depth + 1))
+        return values
+
+    def stopped(self, path: str, rest: int, count: int, what: str) -> None:
+        self.note(path, f"the last {rest} of {count} {what} not decoded ({self.items_bound()} reached)")
 
     def pointers(self, address: int, count: int, what: str, path: str) -> list[int]:
         """Read up to ``count`` item pointers, fewer if the item budget is smaller."""
         if count < 0:
             raise _Problem(f"{what} at 0x{address:x}: negative size {count}")
-        take = min(count, max(self.items_left, 0))
+        take = min(count, max(self.items_room(), 0))
         if take < count:
-            self.note(path, f"{what}: {take} of {count} items decoded (max_items)")
+            self.note(path, f"{what}: {take} of {count} items decoded ({self.items_bound()})")
         if take * 8 > self.bytes_left:
             take = self.bytes_left // 8
             self.note(path, f"{what}: {take} of {count} items decoded (max_bytes)")
@@ -521,9 +548,9 @@ def _decode_dict(d: _Decoder, address: int, path: str, depth: int) -> JSONValue:
     if geometry.kind == KEYS_SPLIT and not values:
         raise _Problem(f"{here}: shared keys without values")
     count = geometry.nentries
-    take = min(count, d.items_left + max(count - used, 0), d.bytes_left // (geometry.entry_size + 8))
+    take = min(count, d.items_room() + max(count - used, 0), d.bytes_left // (geometry.entry_size + 8))
     if take < count:
-        d.note(path, f"{here}: {take} of {count} entries read (max_items/max_bytes)")
+        d.note(path, f"{here}: {take} of {count} entries read ({d.items_bound()}/max_bytes)")
     entries = _key_entries(d, keys, geometry, take, here)
     if values:  # a split table: the keys are shared, the values are the dict's own
         entries = _split_entries(d, values, entries, geometry.nentries, here)
@@ -582,6 +609,11 @@ def _decode_pairs(
     for index, (key, value) in enumerate(entries):
         if not value:
             continue  # a deleted entry, or a shared key this dict does not use
+        if d.items_room() <= 0:
+            live = [v for _, v in entries if v]
+            d.stopped(path, sum(1 for _, v in entries[index:] if v), len(live), "entries")
+            whole = False
+            break
         if not key:
             d.note(path, f"{here}: entry {index} has a value but no key")
             continue
@@ -701,6 +733,7 @@ def decode(
     max_items: int = DEFAULT_MAX_ITEMS,
     max_bytes: int = DEFAULT_MAX_BYTES,
     checked: bool = False,
+    deadline: float | None = None,
 ) -> Decoded:
     """Decode the object at ``address``.
 
@@ -713,6 +746,10 @@ def decode(
     process, see :mod:`kmemdump.collector.graphs`): an object pointer must be aligned and in user
     space, and its type pointer must be a type the PYCOREINFO names or a type object whose own
     header checks out. What fails is reported as missing and not followed.
+
+    ``deadline`` (a :func:`time.monotonic` value) bounds the time: past it no more objects are
+    decoded, each one left out is reported as missing (``time limit``) and :attr:`Decoded.timed_out`
+    is set. For a walk in a live process held meanwhile.
     """
     if info.pointer_size != 8:
         raise DecodeError("only 64-bit dumps can be decoded", pointer_size=info.pointer_size)
@@ -729,7 +766,7 @@ def decode(
             raise DecodeError(f"{name} is above {ceiling}", value=limit)
     if isinstance(address, bool) or not isinstance(address, int):
         raise DecodeError(f"address must be an int, not {type(address).__name__}")
-    decoder = _Decoder(mem, info, max_depth, max_items, max_bytes, checked=checked)
+    decoder = _Decoder(mem, info, max_depth, max_items, max_bytes, checked=checked, deadline=deadline)
     value = decoder.value(address, "$", 0)
     missing = tuple(decoder.missing)
     return Decoded(
@@ -740,6 +777,7 @@ def decode(
         missing=missing,
         objects=max_items - decoder.items_left,
         bytes_read=max_bytes - decoder.bytes_left,
+        timed_out=decoder.timed_out,
     )
 
 
