@@ -13,10 +13,12 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from budget import seconds
 from helpers_child import spawn_child
 from helpers_interpreters import EACH_INTERPRETER
 from helpers_interpreters import producer_env
@@ -208,6 +210,60 @@ def test_a_hostile_graph_is_walked_within_its_bounds(
     with Dump.open(bounded.path) as dump:
         decoded = dump.decode_region(next(r for r in dump.meta.regions if r.id == info["rid"]))
     assert any("max_items" in line or "max_bytes" in line for line in decoded.missing)
+
+
+CHURN = r"""
+import random, threading
+import kmemdump
+report = kmemdump.init(table=True)
+state = {"log": [], "index": {}}
+rid = kmemdump.register_object(state, name="state", depth=4)
+def churn():
+    rng = random.Random(7)
+    while True:  # keys come and go, lists grow and are cut, whole dicts are replaced
+        key = f"k{rng.randrange(2000)}"
+        if rng.random() < 0.5:
+            state["index"][key] = [str(rng.random())] * rng.randrange(8)
+        else:
+            state["index"].pop(key, None)
+        state["log"].append(rng.random() * 1e6)
+        if len(state["log"]) > 4000:
+            del state["log"][: rng.randrange(4000)]
+        if rng.random() < 0.005:
+            state["index"] = {}
+threading.Thread(target=churn, daemon=True).start()
+send({"rid": rid, "table": report.table})
+block()
+"""
+
+
+def test_a_graph_changing_under_a_walk_that_does_not_hold_it(
+    table_dir: Path, dump_dir: Path, stress_report: Callable[[str], None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a process that changes its registered graph all the time
+    dumps = objects = 0
+    with spawn_child(CHURN) as child:
+        info = child.recv()
+        start = process_start_time(child.pid)
+        options = DumpOptions(dump_dir, stop=False, stacks=False, threads=-1)
+        deadline = time.monotonic() + seconds(20)
+        while time.monotonic() < deadline or dumps < 3:
+            # WHEN it is dumped without being held: the walk reads memory that is being freed and reused
+            result = dump_target(child.pid, start, Path(info["table"]), reason="request", options=options)
+            (graph,) = result.meta.graphs
+            # THEN every walk ends within its bounds, and the dump reads back
+            assert graph.status in ("ok", "partial") and graph.objects >= 1, graph
+            with Dump.open(result.path) as dump:
+                decoded = dump.decode_region(next(r for r in dump.meta.regions if r.id == info["rid"]))
+            assert decoded.error is None and decoded.value is not None
+            dumps, objects = dumps + 1, objects + graph.objects
+            if time.monotonic() < deadline:
+                result.path.unlink()
+        assert child.popen.poll() is None  # and the process was never disturbed
+    capsys.readouterr()
+    assert main(["show", str(result.path), "--plain"]) == 0
+    assert "walked in the running process (not held: values may be torn)" in capsys.readouterr().out
+    stress_report(f"{dumps} dumps of a changing graph, not held, {objects} objects walked")
 
 
 BIG_LAYOUT = r"""

@@ -253,8 +253,9 @@ def _graphs_line(meta: DumpMeta) -> str:
     if not walked:
         why = sorted({g.status for g in meta.graphs})
         return f"{plural(others, 'object graph')}, none walked ({', '.join(why)}; see Missing)"
+    where = "the held process" if meta.stopped else "the running process (not held: values may be torn)"
     text = (
-        f"{plural(len(walked), 'object graph')} walked in the held process "
+        f"{plural(len(walked), 'object graph')} walked in {where} "
         f"({plural(sum(g.objects for g in walked), 'object')}, {format_size(sum(g.stored for g in walked))})"
     )
     if others:
