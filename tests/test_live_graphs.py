@@ -312,7 +312,9 @@ def test_the_walks_stop_at_their_time_limit(
     # THEN the first stops where the time ran out, and the others are not begun
     first, *rest = result.meta.graphs
     assert first.status == "partial" and 1 <= first.objects < 100_000, first
-    assert first.error.startswith(f"the time limit ran out after {first.objects:,} objects; ")
+    assert first.error.startswith(
+        f"the time limit ran out after {first.objects:,} object{'s' if first.objects > 1 else ''}; "
+    )
     assert [(g.status, g.objects) for g in rest] == [("skipped", 0)] * 3
     assert all("the time limit (0.2 s) ran out before this graph" in g.error for g in rest)
     assert result.meta.partial and len(result.meta.missing) == 4

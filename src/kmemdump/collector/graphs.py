@@ -176,6 +176,13 @@ def _error(problems: tuple[str, ...], timed_out_after: int | None) -> str:
     """What the walk left out, in one line (the dump's reader decodes the graph again for the rest)."""
     if not problems:
         return ""
-    count = f"{len(problems):,} piece" if len(problems) == 1 else f"{len(problems):,} pieces"
-    why = "" if timed_out_after is None else f"the time limit ran out after {timed_out_after:,} objects; "
-    return f"{why}{count} not decoded; first: {problems[0]}"
+    why = (
+        ""
+        if timed_out_after is None
+        else f"the time limit ran out after {_count(timed_out_after, 'object')}; "
+    )
+    return f"{why}{_count(len(problems), 'piece')} not decoded; first: {problems[0]}"
+
+
+def _count(count: int, word: str) -> str:
+    return f"{count:,} {word}" if count == 1 else f"{count:,} {word}s"
