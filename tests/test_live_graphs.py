@@ -8,10 +8,12 @@ reports what it left out. A process already gone says which graphs could not be 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,11 +26,24 @@ from helpers_interpreters import EACH_INTERPRETER
 from helpers_interpreters import producer_env
 from helpers_interpreters import request_dump
 from kmemdump.cli.main import main
+from kmemdump.collector.corewriter import write_core
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.dump import dump_target
 from kmemdump.collector.watch import Watcher
+from kmemdump.formats import dumpmeta
+from kmemdump.formats.dumpmeta import DumpMeta
+from kmemdump.formats.dumpmeta import GraphRecord
+from kmemdump.formats.dumpmeta import RegionRecord
+from kmemdump.formats.dumpmeta import encode_meta
+from kmemdump.formats.elf import KMD_NOTE_META
+from kmemdump.formats.elf import PYCOREINFO_NOTE
+from kmemdump.formats.elf import Note
+from kmemdump.formats.elf import Segment
+from kmemdump.formats.kinds import RegionKind
 from kmemdump.inspect.dumpfile import Dump
 from kmemdump.procinfo import process_start_time
+from kmemdump.producer.python.live import probe
+from kmemdump.producer.python.objgraph import object_regions
 
 pytestmark = pytest.mark.slow
 
@@ -328,6 +343,41 @@ def test_the_walks_stop_at_their_time_limit(
     capsys.readouterr()
     assert main(["show", str(result.path), "--plain"]) == 0
     assert "1 object graph walked in the held process" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(60)
+def test_a_dump_whose_graph_record_lies_is_read_within_the_readers_bounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a dump of a diamond of shared lists 60 deep (2**60 paths through 61 lists) whose graph
+    # record claims bounds nobody could reach
+    diamond: list[object] = [None]
+    for _ in range(60):
+        diamond = [diamond, diamond]
+    live = probe()
+    assert live.enabled and live.info is not None, live.reason
+    parts = object_regions(diamond, 64)
+    assert len(parts) == 2 * 61  # each list and its item array: 61 lists in all
+    segments = [Segment(address, ctypes.string_at(address, size)) for address, size, _, _ in parts]
+    root = RegionRecord(1024, "diamond", int(RegionKind.OBJECT), id(diamond), 56, 56, "ok", "")
+    lie = GraphRecord(1024, "diamond", id(diamond), 64, "ok", 10**12, 1, 10**12, 2**40)
+    meta = DumpMeta(
+        reason="request", pid=os.getpid(), start_time=1, captured_ns=time.time_ns(), host="h", argv=("x",),
+        exe=None, uid=os.getuid(), py_hexversion=sys.hexversion, regions=(root,), partial=False,
+        stopped=True, graphs=(lie,),
+    )  # fmt: skip
+    notes = [
+        Note("KMEMDUMP", KMD_NOTE_META, encode_meta(meta)),
+        Note("PYCOREINFO", PYCOREINFO_NOTE, live.info.encode()),
+    ]
+    path = write_core(tmp_path / "lies.core", segments, notes)
+    # WHEN it is read (with the reader's object bound made small, to keep the test short)
+    monkeypatch.setattr(dumpmeta, "GRAPH_MAX_OBJECTS", 3000)
+    with Dump.open(path) as dump:
+        decoded = dump.decode_region(dump.meta.regions[0])
+    # THEN the decoding stops at the reader's bound, not at the dump's
+    assert not decoded.complete and any("max_items" in line for line in decoded.missing), decoded.missing
+    assert isinstance(decoded.value, list) and decoded.value  # the leading part
 
 
 GONE = r"""

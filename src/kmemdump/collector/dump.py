@@ -60,6 +60,8 @@ from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.errors import TableFormatError
 from kmemdump.formats.arena import arena_path_of
+from kmemdump.formats.dumpmeta import GRAPH_MAX_BYTES
+from kmemdump.formats.dumpmeta import GRAPH_MAX_OBJECTS
 from kmemdump.formats.dumpmeta import Death
 from kmemdump.formats.dumpmeta import DumpMeta
 from kmemdump.formats.dumpmeta import GraphRecord
@@ -145,7 +147,8 @@ class DumpOptions:
     of the host once it has its name; else the page cache writes it back at its own pace (see
     :mod:`.corewriter`)."""
     graph_objects: int = GRAPH_OBJECTS_DEFAULT
-    """At most this many objects visited in each live object graph."""
+    """At most this many objects visited in each live object graph (never more than
+    :data:`~kmemdump.formats.dumpmeta.GRAPH_MAX_OBJECTS`, what readers decode)."""
     graph_bytes: int = GRAPH_BYTES_DEFAULT
     """At most this many bytes read for all the live object graphs of one dump together."""
     graph_seconds: float = GRAPH_SECONDS_DEFAULT
@@ -779,7 +782,8 @@ def _walk_graphs(
                     why = f"the time limit ({options.graph_seconds:g} s) ran out before this graph"
                     graphs.append(_unwalked(entry, "skipped", why))
                 else:
-                    limits = GraphLimits(options.graph_objects, left, deadline)
+                    objects = min(options.graph_objects, GRAPH_MAX_OBJECTS)  # what any reader decodes
+                    limits = GraphLimits(objects, min(left, GRAPH_MAX_BYTES), deadline)
                     graph, segments = walk_graph(mem, entry, info, limits)
                     graphs.append(graph)
                     walked.extend(segments)

@@ -30,6 +30,8 @@ __all__ = [
     "DEATH_SOURCES",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "GRAPH_MAX_BYTES",
+    "GRAPH_MAX_OBJECTS",
     "GRAPH_STATUSES",
     "HELD",
     "REASONS",
@@ -84,6 +86,10 @@ GRAPH_STATUSES: tuple[GraphStatus, ...] = ("ok", "partial", "gone", "skipped", "
 """Per object graph (:data:`GraphStatus`): walked whole; walked, with pieces left out (its bounds,
 unreadable or implausible memory); not walked because the process was gone, because the byte budget was
 spent, or because the Python layout (PYCOREINFO) was missing."""
+GRAPH_MAX_OBJECTS = 250_000
+GRAPH_MAX_BYTES = 64 * 1024 * 1024
+"""The most one graph walk visits and reads, whatever the collector is asked for: a reader decodes a
+root with its graph record's bounds (which a dump may lie about) but never past these."""
 
 
 @dataclass(frozen=True, slots=True)

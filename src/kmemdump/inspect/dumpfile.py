@@ -24,6 +24,7 @@ from kmemdump.errors import DumpFormatError
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import UnknownRegionError
 from kmemdump.errors import UnreadableMemoryError
+from kmemdump.formats import dumpmeta
 from kmemdump.formats.corenotes import Module
 from kmemdump.formats.corenotes import decode_modules
 from kmemdump.formats.dumpmeta import DumpMeta
@@ -39,6 +40,7 @@ from kmemdump.formats.elf import OWNER_PYCOREINFO
 from kmemdump.formats.elf import PYCOREINFO_NOTE
 from kmemdump.formats.faults import FaultText
 from kmemdump.formats.faults import decode_fault_note
+from kmemdump.formats.kinds import MAX_GRAPH_DEPTH
 from kmemdump.formats.kinds import RegionKind
 from kmemdump.ids import ID
 from kmemdump.ids import id_label
@@ -449,13 +451,14 @@ class Dump:
         graph = self.graph(record.id)
         if graph is not None and graph.status in ("ok", "partial") and graph.max_objects and graph.max_bytes:
             # exactly as the collector walked it in the live process: the same bounds, checked mode
+            # (within the reader's own: a diamond of shared lists 64 deep is 2**64 visits)
             decoded = decode(
                 self.core,
                 record.address,
                 self.pycoreinfo,
-                max_depth=graph.depth,
-                max_items=graph.max_objects,
-                max_bytes=graph.max_bytes,
+                max_depth=min(graph.depth, MAX_GRAPH_DEPTH),
+                max_items=min(graph.max_objects, dumpmeta.GRAPH_MAX_OBJECTS),
+                max_bytes=min(graph.max_bytes, dumpmeta.GRAPH_MAX_BYTES),
                 checked=True,
             )
         else:
