@@ -18,6 +18,7 @@ the walk, never the walk.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 
 from kmemdump.errors import UnreadableMemoryError
 from kmemdump.formats.dumpmeta import GraphRecord
@@ -103,31 +104,39 @@ class LiveReader:
         Overlapping and touching ranges become one; ranges less than a few bytes apart are joined
         too when the gap's bytes are still in the page cache and the limit allows.
         """
-        merged: list[tuple[int, bytearray]] = []
+        merged: list[tuple[int, bytes]] = []
+        first = 0  # the open segment: its start, where it ends, and its pieces
+        end = -1
+        pieces: list[bytes] = []
         total = 0
-        for address, data in sorted(self.recorded, key=lambda item: item[0]):
-            if merged:
-                start, held = merged[-1]
-                end = start + len(held)
-                if address <= end:
-                    extra = data[end - address :]
-                    if extra and total + len(extra) <= limit:
-                        held += extra
-                        total += len(extra)
+        for address, data in sorted(self.recorded, key=itemgetter(0)):
+            stop = address + len(data)
+            if stop <= end:
+                continue  # read again (a header, a type), or inside what is held already
+            if address <= end:
+                extra = data[end - address :]
+                if total + len(extra) <= limit:
+                    pieces.append(extra)
+                    total += len(extra)
+                    end = stop
+                continue
+            gap = address - end
+            if pieces and gap <= _GAP and total + gap + len(data) <= limit:
+                filler = self._cached(end, gap)
+                if filler is not None:
+                    pieces += (filler, data)
+                    total += gap + len(data)
+                    end = stop
                     continue
-                gap = address - end
-                if gap <= _GAP and total + gap + len(data) <= limit:
-                    filler = self._cached(end, gap)
-                    if filler is not None:
-                        held += filler
-                        held += data
-                        total += gap + len(data)
-                        continue
             if total + len(data) > limit:
                 continue
-            merged.append((address, bytearray(data)))
+            if pieces:
+                merged.append((first, b"".join(pieces)))
+            first, end, pieces = address, stop, [data]
             total += len(data)
-        return [(address, bytes(held)) for address, held in merged]
+        if pieces:
+            merged.append((first, b"".join(pieces)))
+        return merged
 
     def _cached(self, address: int, size: int) -> bytes | None:
         base = address - address % _PAGE
