@@ -809,6 +809,21 @@ def test_gdb_print_command_without_the_executable(tmp_path: Path, capsys: pytest
     assert "no longer exists" in err
 
 
+def test_gdb_print_command_names_absolute_paths(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = build_dump(tmp_path / "x.core")
+    (tmp_path / "root").mkdir()
+    monkeypatch.chdir(tmp_path)  # pasted later from another directory, the command still works
+    code, out, _ = run_cli(
+        capsys, "gdb", "x.core", "--print-command", "--sysroot", "root", "--gdb", "/opt/gdb"
+    )
+    assert code == 0
+    command = shlex.split(out)
+    assert command[command.index("-c") + 1] == str(built.path)
+    assert f"set sysroot {tmp_path / 'root'}" in command
+
+
 def test_gdb_decompresses_zstd_dumps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     packed = build_dump(tmp_path / "z.core", compress=True)
     code, out, err = run_cli(capsys, "gdb", str(packed.path), "--print-command")

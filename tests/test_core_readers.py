@@ -597,6 +597,75 @@ def test_kmemdump_gdb_says_which_binary_is_missing_or_another_build(
             assert found is not None and libpython.base < int(found.group(1), 16) < libpython.end, out.stdout
 
 
+def _gone_copy(python: str, tmp_path: Path) -> Path:
+    """A copy of the interpreter's executable, to run a process from and delete after its dump."""
+    copy = tmp_path / "gone" / Path(python).name
+    copy.parent.mkdir()
+    shutil.copy2(python, copy)
+    return copy
+
+
+@pytest.mark.slow
+@needs_shared_312
+def test_without_the_executable_bt_py_bt_and_pystack_read_the_stacks_through_libpython(
+    table_dir: Path, dump_dir: Path, tmp_path: Path
+) -> None:
+    require_tool("gdb")
+    # GIVEN a stacks dump of a process whose executable is deleted after the dump
+    copy = _gone_copy(PYENV_312, tmp_path)
+    with hung_dump(str(copy), table_dir, dump_dir, capture="stacks") as hung:
+        pass
+    copy.unlink()
+    libpython = _modules(hung.path)["libpython"]
+    # WHEN kmemdump gdb runs py-bt on it
+    out = _kmemdump_gdb(
+        str(hung.path), "--", "-batch", "-nx", "-ex", "thread apply all bt", "-ex", "thread apply all py-bt"
+    )
+    # THEN it says what is missing and what still works, and gdb reads every stack through libpython
+    assert f"the executable {copy} (build-id " in out.stderr and "is not on this machine" in out.stderr
+    pystack = f"pystack core {hung.path} {libpython.path}"
+    assert pystack in out.stderr, out.stderr
+    assert out.stdout.count("PyThread_acquire_lock_timed") >= 2, out.stdout
+    assert out.stdout.count("in deadlocked_take_second") == 2, out.stdout + out.stderr
+    assert "in deadlocked_left" in out.stdout and "in deadlocked_right" in out.stdout
+    # and the pystack command it gives prints both deadlocked threads
+    read = subprocess.run(
+        [_pystack(), *shlex.split(pystack)[1:]], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert read.returncode == 0 and "in deadlocked_left" in read.stdout, read.stdout + read.stderr
+    assert "in deadlocked_right" in read.stdout
+    shown = subprocess.run(
+        [sys.executable, "-m", "kmemdump", "show", str(hung.path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert pystack in shown.stdout.replace("\n", " ").replace("  ", " "), shown.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.access(STATIC_DEBIAN, os.X_OK), reason="no Debian python3.11 (static libpython) here"
+)
+def test_without_a_static_interpreters_executable_kmemdump_gdb_says_to_give_it_and_py_bt_works_with_it(
+    table_dir: Path, dump_dir: Path, tmp_path: Path
+) -> None:
+    require_tool("gdb")
+    copy = _gone_copy(STATIC_DEBIAN, tmp_path)
+    with hung_dump(str(copy), table_dir, dump_dir, capture="stacks") as hung:
+        pass
+    copy.unlink()
+    out = _kmemdump_gdb(str(hung.path), "--print-command")
+    assert f"the executable {copy} " in out.stderr and "the interpreter is linked into it" in out.stderr
+    assert "kmemdump gdb --exe EXE" in out.stderr and f"pystack core {hung.path} EXE" in out.stderr
+    # given the same build, gdb reads the Python stacks again
+    out = _kmemdump_gdb(
+        str(hung.path), "--exe", STATIC_DEBIAN, "--", "-batch", "-nx", "-ex", "thread apply all py-bt"
+    )
+    if Path("/usr/share/gdb/auto-load/usr/bin/python3.11-gdb.py").is_file():
+        assert out.stdout.count("in deadlocked_take_second") == 2, out.stdout + out.stderr
+
+
 MANY_THREADS = r"""
 import threading, kmemdump
 report = kmemdump.init(table=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,10 +77,19 @@ def test_show_hexdump_extract_and_gdb_take_an_s3_dump(shipped: tuple[str, Path],
     extracted = _run("extract", url, "state", "-o", str(tmp_path / "state.bin"))
     assert extracted.returncode == 0, extracted.stderr
     assert (tmp_path / "state.bin").read_bytes() == b"state of h1 pid 4242"
-    command = _run("gdb", "--print-command", url)
+    private = tmp_path / "tmp"
+    private.mkdir()
+    env = dict(os.environ, TMPDIR=str(private))
+    command = _run("gdb", "--print-command", url, env=env)
     assert command.returncode == 0, command.stderr
-    core = command.stdout.split()[-1]
-    assert Path(core).name == local.name and not Path(core).exists()  # the temporary copy is gone at exit
+    core = Path(command.stdout.split()[-1])
+    # the command is for later: the downloaded copy it names outlives kmemdump, and stderr says where
+    assert core.is_relative_to(private) and core.name == local.name
+    assert core.read_bytes() == local.read_bytes()
+    assert f"downloaded {url} to {core}; remove it when done" in command.stderr
+    shutil.rmtree(core.parent)
+    assert _run("show", url, env=env).returncode == 0
+    assert not any(private.iterdir())  # any other command removes its download at exit
 
 
 def test_a_download_over_the_cap_is_refused(shipped: tuple[str, Path]) -> None:

@@ -9,12 +9,13 @@ is missing, or is another build than the one that ran, is said on stderr, file b
 older kmemdump only names its executable, which is used when it still exists.
 
 gdb cannot read compressed cores: a .core.zst dump is first decompressed to a temporary file, which
-is removed when gdb exits. Arguments after '--' go to gdb, e.g.
+is removed when gdb exits (as is a dump downloaded from s3://). Arguments after '--' go to gdb, e.g.
 
     kmemdump gdb DUMP -- -batch -ex 'thread apply all bt'
 
-With --print-command the command is printed (shell-quoted) instead of run; a decompressed
-temporary file is then kept, and its path is part of the command.
+With --print-command the command is printed (shell-quoted, every path absolute) instead of run, to
+be run later: a decompressed or downloaded temporary file is then kept, its path is part of the
+command, and stderr says where it is, to be removed when done.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -41,6 +43,8 @@ from kmemdump.errors import UsageError
 from kmemdump.formats import zstd
 from kmemdump.inspect.binaries import Binary
 from kmemdump.inspect.binaries import find_binaries
+from kmemdump.inspect.binaries import interpreter_file
+from kmemdump.inspect.binaries import missing_interpreter
 from kmemdump.inspect.dumpfile import Dump
 
 TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
@@ -89,7 +93,8 @@ def _add_options(parser: argparse.ArgumentParser, default: Any = None) -> None:
         "--print-command",
         action="store_true",
         default=False if default is None else default,
-        help="print the gdb command instead of running it",
+        help="print the gdb command (absolute paths) instead of running it; a decompressed or downloaded "
+        "dump it names is kept",
     )
 
 
@@ -154,17 +159,32 @@ def run(args: argparse.Namespace) -> int:
     sysroot = Path(args.sysroot) if args.sysroot else None
     if sysroot is not None and not sysroot.is_dir():
         raise DumpFormatError("--sysroot is not a directory", path=str(sysroot))
+    if args.print_command:  # the command is run later, maybe from elsewhere: absolute paths
+        path = Path(os.path.abspath(path))
+        sysroot = Path(os.path.abspath(sysroot)) if sysroot is not None else None
+    exe = os.path.abspath(args.exe) if args.exe and args.print_command else args.exe
     with _plain_core(path, keep=args.print_command) as core:
-        plan = _plan(core, path, args.exe, sysroot)
+        plan = _plan(core, path, exe, sysroot)
         for line in plan.notes:
             print(f"kmemdump: {line}", file=sys.stderr)
         command = gdb_command(gdb, core, plan.exe, extra, before=plan.before, after=plan.after)
         if args.print_command:
             if core != path:
                 print(f"kmemdump: decompressed {path.name} to {core}; remove it when done", file=sys.stderr)
+            elif _kept_download(str(args.dump), core):
+                print(f"kmemdump: downloaded {args.dump} to {core}; remove it when done", file=sys.stderr)
             print(shlex.join(command))
             return 0
         return _run_gdb(command)
+
+
+def _kept_download(given: str, core: Path) -> bool:
+    """Keep a dump downloaded from object storage past our exit (the printed command reads it)."""
+    if not given.lower().startswith("s3://"):
+        return False
+    from kmemdump.fleet.remote import keep_download
+
+    return keep_download(core)
 
 
 def _open(core: Path, original: Path) -> Dump:
@@ -182,11 +202,20 @@ def _plan(core: Path, original: Path, override: str | None, sysroot: Path | None
         _executable(None, override, None)  # a usage error when gdb could not read it
     with _open(core, original) as dump:
         meta, modules = dump.meta, dump.modules
+    sysroot_command = ("-iex", f"set sysroot {sysroot}") if sysroot is not None else ()
     if modules is None:  # a dump without the modules note: its recorded executable, if still there
-        return _Plan(_executable(meta.exe, override, sysroot))
+        return _Plan(_executable(meta.exe, override, sysroot), sysroot_command)
     binaries = find_binaries(modules, sysroot=sysroot)
     usable = [b for b in binaries if b.path is not None and b.path.isprintable()]
-    notes = [b.describe() for b in binaries if b.status not in ("ok", "unchecked")]
+    interpreter = "" if override is not None else missing_interpreter(binaries, shlex.quote(str(original)))
+    if interpreter and interpreter_file(binaries) is None:
+        interpreter += f"; kmemdump show {shlex.quote(str(original))} still prints the stacks py-spy took"
+    notes = []
+    for binary in binaries:
+        if binary.status not in ("ok", "unchecked"):
+            notes.append(binary.describe())
+        if binary.module.role == "exe" and interpreter:
+            notes.append(interpreter)  # what pystack and py-bt need, right after the executable's line
     notes += [f"not given to gdb, its name has control characters: {b.path!r}" for b in binaries
               if b.path is not None and not b.path.isprintable()]  # fmt: skip
     if len(notes) > _MAX_NOTES:
@@ -196,22 +225,27 @@ def _plan(core: Path, original: Path, override: str | None, sysroot: Path | None
         exe = next((b.path for b in usable if b.module.role == "exe"), None)
     if exe is None and not any(b.module.role == "exe" for b in binaries):
         exe = _executable(meta.exe, None, sysroot)
-    before: list[str] = []
-    if sysroot is not None:
-        before += ["-iex", f"set sysroot {sysroot}"]
+    before = list(sysroot_command)
     for binary in usable:
         helper = _helper(binary)
         if helper is not None and ":" not in helper:  # the safe path is a list separated by ':'
             before += ["-iex", f"add-auto-load-safe-path {helper}"]
     after: list[str] = []
-    if meta.capture != "stacks":  # no dynamic linker's list in the dump: load each library where it was
+    # gdb reads the dynamic linker's list (--capture stacks stores it) only through the executable:
+    # without either, each library is loaded where it was
+    if meta.capture != "stacks" or exe is None:
         libraries = [b for b in usable if b.module.role != "exe"]
         for binary in libraries:
             after += ["-ex", f"add-symbol-file {_quoted(binary.path)} -o {binary.bias:#x}"]
         if after:
             after = ["-ex", "set confirm off", *after, "-ex", "set confirm on"]
-            # the thread library needs libc's data, which this level does not store
+            # the thread library needs libc's data (not stored at --capture regions) and its link map
             before += ["-iex", "set auto-load libthread-db off"]
+    if exe is None:  # the helper is not loaded with the executable: read it by hand
+        helper = _interpreter_helper(binaries)
+        if helper is not None:
+            after += ["-ex", f"source {helper}"]
+    if meta.capture != "stacks":
         notes.append(
             "this dump holds each thread's registers but not its stack (taken with --capture regions): "
             "gdb shows where each thread is, not how it got there; --capture stacks dumps give backtraces"
@@ -219,6 +253,30 @@ def _plan(core: Path, original: Path, override: str | None, sysroot: Path | None
     if usable or notes:
         notes.append(f"{len(usable)} of {len(binaries)} files the process mapped are given to gdb")
     return _Plan(exe, tuple(before), tuple(after), tuple(notes))
+
+
+def _interpreter_helper(binaries: Sequence[Binary]) -> str | None:
+    """The interpreter's gdb helper (py-bt) when the executable is not given to gdb: beside libpython,
+    in gdb's auto-load directory, or installed as a prefix installs it (``PREFIX/bin/pythonX.Y-gdb.py``
+    beside ``PREFIX/lib/libpythonX.Y.so``); None when there is none, or none safe to load."""
+    libpython = next((b for b in binaries if b.module.role == "libpython" and b.status == "ok"), None)
+    if libpython is None or libpython.path is None:
+        return None
+    real = Path(libpython.path).resolve()
+    candidates = [Path(f"{libpython.path}-gdb.py"), Path(f"/usr/share/gdb/auto-load{real}-gdb.py")]
+    version = re.match(r"lib(python3\.\d+t?)\.so", real.name)
+    if version:
+        candidates.append(real.parent.parent / "bin" / f"{version.group(1)}-gdb.py")
+    return next((str(c) for c in candidates if _safe(c) and c.suffix == ".py" and "\n" not in str(c)), None)
+
+
+def _safe(path: Path) -> bool:
+    """A file as safe to run as the binaries themselves: owned by root or by us, writable by nobody else."""
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    return path.is_file() and info.st_uid in (0, os.getuid()) and not info.st_mode & 0o022
 
 
 def _quoted(path: str | None) -> str:

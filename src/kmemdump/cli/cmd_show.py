@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import pprint
+import shlex
 from dataclasses import dataclass
 
 from kmemdump.cli import records
@@ -236,7 +237,24 @@ def _about(dump: Dump) -> list[tuple[str, str]]:
         rows.append(("Arena", _arena_line(meta.arena)))
     rows.append(("Stacks", _stacks_line(dump)))
     rows.append(("Capture", _capture_line(meta)))
+    readers = _readers_line(dump)
+    if readers:
+        rows.append(("", readers))
     return rows
+
+
+def _readers_line(dump: Dump) -> str:
+    """At the stacks level, what pystack and py-bt lack on this machine (the executable) and what to
+    give them; "" when nothing is missing."""
+    modules = dump.modules if dump.meta.capture == "stacks" else None
+    if not modules:
+        return ""
+    from kmemdump.inspect.binaries import find_binaries
+    from kmemdump.inspect.binaries import missing_interpreter
+
+    interpreter = [m for m in modules if m.role in ("exe", "libpython")]
+    name = "DUMP" if dump.compressed else shlex.quote(str(dump.path))  # pystack reads no .zst
+    return missing_interpreter(find_binaries(interpreter), name, lead=True)
 
 
 def _capture_line(meta: DumpMeta) -> str:

@@ -46,6 +46,7 @@ __all__ = [
     "DOWNLOAD_LIMIT_VARIABLE",
     "download_limit",
     "fetch_dump",
+    "keep_download",
     "list_indexes",
     "read_index",
 ]
@@ -150,6 +151,16 @@ _TEMPORARY: list[Path] = []
 def _remove_temporary() -> None:
     while _TEMPORARY:
         shutil.rmtree(_TEMPORARY.pop(), ignore_errors=True)
+
+
+def keep_download(path: Path) -> bool:
+    """Leave the downloaded dump at ``path`` in place at exit (its reader outlives us: a printed gdb
+    command); False when it is not one of ours."""
+    for directory in _TEMPORARY:
+        if path.parent == directory:
+            _TEMPORARY.remove(directory)
+            return True
+    return False
 
 
 def fetch_dump(

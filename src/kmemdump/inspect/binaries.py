@@ -22,7 +22,15 @@ from kmemdump.formats.elfimage import ElfImageError
 from kmemdump.formats.elfimage import build_id_from_notes
 from kmemdump.formats.elfimage import parse_image_header
 
-__all__ = ["DEBUG_DIRECTORY", "Binary", "BinaryStatus", "file_build_id", "find_binaries"]
+__all__ = [
+    "DEBUG_DIRECTORY",
+    "Binary",
+    "BinaryStatus",
+    "file_build_id",
+    "find_binaries",
+    "interpreter_file",
+    "missing_interpreter",
+]
 
 DEBUG_DIRECTORY = Path("/usr/lib/debug")
 _HEAD = 64 << 10
@@ -145,3 +153,50 @@ def _debug_file(module: Module, directory: Path) -> Path | None:
     if _readable_file(path) is True and file_build_id(path)[0] == build_id:
         return path
     return None
+
+
+def interpreter_file(binaries: Sequence[Binary]) -> Binary | None:
+    """The file here that holds the process's interpreter, for ``pystack core DUMP FILE`` and gdb's
+    py-bt: the executable when it is the build that ran, else libpython (a shared build: pystack
+    reads the interpreter's symbols from it just as well); None when neither is here."""
+    for role in ("exe", "libpython"):
+        found = next((b for b in binaries if b.module.role == role and b.status in ("ok", "unchecked")), None)
+        if found is not None:
+            return found
+    return None
+
+
+_NOT_HERE = {"mismatch": "is another build here", "unreadable": "cannot be read by this user"}
+
+
+def missing_interpreter(binaries: Sequence[Binary], dump: str, *, lead: bool = False) -> str:
+    """What pystack and gdb's py-bt need when the executable is not here (or is another build), and
+    how to give it; "" when it is here. With ``lead``, the line first says that the executable is
+    missing (for a reader not shown :meth:`Binary.describe`'s line)."""
+    exe = next((b for b in binaries if b.module.role == "exe"), None)
+    if exe is None or exe.status in ("ok", "unchecked"):
+        return ""
+    recorded = f" (build-id {exe.module.build_id})" if exe.module.build_id else ""
+    first = (
+        f"the executable {exe.looked_at}{recorded} {_NOT_HERE.get(exe.status, 'is not on this machine')}; "
+    )
+    libpython = next((b for b in binaries if b.module.role == "libpython"), None)
+    holder = interpreter_file(binaries)
+    if holder is not None:
+        advice = (
+            f"libpython, which holds the interpreter, is here: pystack core {dump} {holder.path}, "
+            "and kmemdump gdb gives it to gdb for bt and py-bt"
+        )
+    elif libpython is not None:
+        advice = (
+            f"pystack and py-bt need libpython {libpython.looked_at}, which holds the interpreter and is "
+            "not here either: with a copy of the files of the machine it ran on, kmemdump gdb --sysroot DIR "
+            f"and pystack core {dump} DIR{libpython.module.path}"
+        )
+    else:
+        advice = (
+            f"the interpreter is linked into it: pystack (pystack core {dump} EXE) and py-bt need a copy "
+            "of that build, kmemdump gdb --exe EXE, or --sysroot DIR with a copy of the files of the machine "
+            "it ran on"
+        )
+    return first + advice if lead else advice
