@@ -40,6 +40,7 @@ from kmemdump.formats.elf import EM_X86_64
 from kmemdump.formats.elf import KMD_NOTE_META
 from kmemdump.formats.elf import NT_PRSTATUS
 from kmemdump.formats.elf import parse_prstatus
+from kmemdump.inspect.dumpfile import Dump
 from kmemdump.memory.core import CoreImage
 from kmemdump.procinfo import process_start_time
 
@@ -162,6 +163,7 @@ def on_stop(self, tid, status):
     raise RuntimeError("simulated tracer bug")
 tracer.ExitTracer._on_stop = on_stop
 from kmemdump.cli.main import main
+from kmemdump.inspect.dumpfile import Dump
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -500,6 +502,17 @@ def test_every_thread_is_held_at_its_exit_stop_and_the_crashing_one_comes_first(
         if machine == EM_X86_64:  # only a ptrace stop gives these: not /proc/PID/task/TID/syscall
             assert registers["fs_base"] and registers["cs"], (note.pid, registers)
         assert note.cursig == signo, note
+    if find_py_spy() is not None and machine == EM_X86_64:
+        # at a fatal signal py-spy reads the shadow (one task sharing the memory), yet the stacks name
+        # the real threads: their native ids are the notes' tids, and only the thread that ended the
+        # process was running
+        assert meta.stacks == "ok" and meta.shadow == (signo != 0), meta
+        with Dump.open(run.dumps()[0]) as dump:
+            assert dump.stacks is not None
+            by_id = {t.native_id: t for t in dump.stacks.threads}
+        assert set(by_id) <= set(tids) and {pid, crasher, *idle} <= set(by_id), (by_id, tids)
+        if meta.shadow:
+            assert by_id[crasher].active and not any(by_id[t].active for t in idle), by_id
     gdb = shutil.which("gdb")
     if gdb is None:
         pytest.skip("gdb is not installed: the rest reads the dump with it")

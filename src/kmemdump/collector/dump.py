@@ -50,6 +50,7 @@ from kmemdump.collector.runs import copy_runs
 from kmemdump.collector.runs import plan_runs
 from kmemdump.collector.stacks import StacksUnavailable
 from kmemdump.collector.stacks import take_stacks
+from kmemdump.collector.stacks import with_activity
 from kmemdump.collector.stacks import with_native_ids
 from kmemdump.collector.staging import StagedImage
 from kmemdump.collector.staging import Staging
@@ -482,7 +483,16 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
         pycoreinfo = kept.get(ID.PYCOREINFO)
         copy_ms = (time.perf_counter() - t0) * 1000
         gone_now = gone or any(r.status == "gone" for r in records)
-        stacks_note, stacks_state = _stacks(job.memory_pid or pid, options, gone_now, hexversion, shape)
+        shadow = job.memory_pid not in (0, pid)
+        stacks_note, stacks_state = _stacks(
+            job.memory_pid or pid,
+            options,
+            gone_now,
+            hexversion,
+            shape,
+            shadow=shadow,
+            dying=job.death.tid if job.death is not None else None,
+        )
         if exit_hold is not None:
             if exit_hold.shadow is None:
                 exit_hold.release()  # everything that needs the process has been read: let it go
@@ -523,7 +533,7 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
             stacks=stacks_state,
             copy_ms=round(copy_ms, 3),
             hold_ms=hold_ms,
-            shadow=job.memory_pid not in (0, pid),
+            shadow=shadow,
             collector={"version": __version__, "pid": os.getpid()},
             arena=arena_state,
             death=job.death,
@@ -955,7 +965,14 @@ def _threads(job: _Job, options: DumpOptions) -> tuple[tuple[ThreadState, ...], 
 
 
 def _stacks(
-    pid: int, options: DumpOptions, gone: bool, hexversion: int, shape: ProcessShape | None
+    pid: int,
+    options: DumpOptions,
+    gone: bool,
+    hexversion: int,
+    shape: ProcessShape | None,
+    *,
+    shadow: bool = False,
+    dying: int | None = None,
 ) -> tuple[bytes | None, str]:
     if not options.stacks:
         return None, "not requested"
@@ -975,7 +992,23 @@ def _stacks(
             if t.registers.source == "ptrace"
         }
         stacks = with_native_ids(stacks, bases)
+        if shadow:  # py-spy read the shadow: each thread's activity from its registers at its exit stop
+            stacks = with_activity(stacks, _in_syscall(shape, dying))
     return encode_stacks(stacks), "ok"
+
+
+def _in_syscall(shape: ProcessShape, dying: int | None) -> dict[int, bool]:
+    """Whether each thread held in a ptrace stop was waiting in a system call when the process ended
+    (``orig_rax`` is its number; -1 for a thread that entered the kernel by a fault or an interrupt,
+    which was running). The thread that ended the process (``dying``: it crashed, called exit or
+    abort) was running, whatever call it made last."""
+    out = {}
+    for thread in shape.threads:
+        if thread.registers.source == "ptrace":
+            number = thread.registers.value("orig_rax")
+            tid = thread.registers.tid
+            out[tid] = tid != dying and number < 1 << 63  # -1 is 2**64 - 1 in the unsigned word
+    return out
 
 
 def _file_name(pid: int, start_time: int, reason: str, captured_ns: int) -> str:

@@ -22,7 +22,14 @@ from kmemdump.formats.stacks import Frame
 from kmemdump.formats.stacks import Stacks
 from kmemdump.formats.stacks import ThreadStack
 
-__all__ = ["STACKS_EXTRA", "StacksUnavailable", "find_py_spy", "take_stacks", "with_native_ids"]
+__all__ = [
+    "STACKS_EXTRA",
+    "StacksUnavailable",
+    "find_py_spy",
+    "take_stacks",
+    "with_activity",
+    "with_native_ids",
+]
 
 STACKS_EXTRA = "kmemdump[stacks]"
 """What to install for the stacks: py-spy, by way of the extra that names it."""
@@ -96,6 +103,19 @@ def with_native_ids(stacks: Stacks, tid_of_pthread: dict[int, int]) -> Stacks:
     threads = tuple(
         replace(t, native_id=tid_of_pthread[t.thread_id])
         if t.native_id is None and t.thread_id in tid_of_pthread
+        else t
+        for t in stacks.threads
+    )
+    return replace(stacks, threads=threads)
+
+
+def with_activity(stacks: Stacks, in_syscall: dict[int, bool]) -> Stacks:
+    """``stacks`` with each thread's ``active`` taken from the real thread (by native id): idle when it
+    was in a system call, else active. For stacks read through a shadow (:mod:`.shadow`): py-spy then
+    sees the shadow's one task, not the threads, and its own guess says nothing of them."""
+    threads = tuple(
+        replace(t, active=not in_syscall[t.native_id])
+        if t.native_id is not None and t.native_id in in_syscall
         else t
         for t in stacks.threads
     )
