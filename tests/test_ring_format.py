@@ -67,6 +67,33 @@ def test_unencodable_text_is_escaped_not_lost() -> None:
     assert fmt.parse_ring(bytes(buf)).records[0].text == "bad \\udcff surrogate"
 
 
+@pytest.mark.parametrize(
+    ("level", "when", "stored_level", "stored_time"),
+    [
+        (2**40, 5.0, 2**31 - 1, 5.0),  # logging takes any int as a level
+        (-(2**40), 5.0, -(2**31), 5.0),
+        (20, "not a time", 20, 0.0),  # a filter that replaced record.created
+        (20, 10**400, 20, 0.0),
+    ],
+    ids=["level-above-32-bits", "level-below-32-bits", "time-a-string", "time-too-big"],
+)
+def test_a_level_or_time_out_of_range_never_breaks_a_slot(
+    level: int, when: object, stored_level: int, stored_time: float
+) -> None:
+    # GIVEN a full ring of 2 (records 1 and 2)
+    buf, append = make(capacity=2, slot=64)
+    append("one", 20, 1.0)
+    append("two", 20, 2.0)
+    # WHEN record 3, over record 1's slot, has a level outside 32 bits or a time that is no number
+    assert append("three", level, when) == 3  # type: ignore[arg-type]
+    append("four", 30, 4.0)
+    # THEN it is stored whole (level clamped, time 0), and the numbering goes on unbroken
+    ring = fmt.parse_ring(bytes(buf))
+    assert [r.text for r in ring.records] == ["three", "four"]
+    assert (ring.records[0].level, ring.records[0].time) == (stored_level, stored_time)
+    assert (ring.torn, ring.invalid) == (0, 0)
+
+
 @pytest.mark.parametrize("stage", ["before", "record", "commit"])
 def test_a_record_caught_half_written_is_told_apart(stage: str) -> None:
     # GIVEN a full ring of 3 (records 1..3) and record 4 being written over record 1's slot

@@ -66,6 +66,8 @@ RECORD_STRUCT: Final = struct.Struct("<QdiHHII")
 """At slot offset 8: seq, time, level, flags, reserved, length, full_length (then the text)."""
 _COMMIT: Final = struct.Struct("<Q")
 _U32_MAX: Final = 2**32 - 1
+_I32_MIN: Final = -(2**31)
+_I32_MAX: Final = 2**31 - 1
 
 assert HEADER_STRUCT.size == HEADER_SIZE and RECORD_STRUCT.size + _COMMIT.size == SLOT_HEADER
 
@@ -152,14 +154,34 @@ def make_appender(buf: memoryview, capacity: int, slot_size: int, first: int = 1
         seq = counter()
         offset = HEADER_SIZE + ((seq - 1) % capacity) * slot_size
         if length <= room:
-            record(buf, offset + 8, seq, time, level, 0, 0, length, length, data)
+            flags, full = 0, length
         else:
-            kept = _cut(data, room)
-            record(buf, offset + 8, seq, time, level, CUT, 0, len(kept), min(length, _U32_MAX), kept)
+            data, flags, full = _cut(data, room), CUT, min(length, _U32_MAX)
+        try:
+            record(buf, offset + 8, seq, time, level, flags, 0, len(data), full, data)
+        except (struct.error, TypeError):
+            # pack_into stores field by field: a level outside 32 bits (logging allows any int) or a
+            # time that is no number would leave the slot half overwritten, the record lost and the
+            # sequence broken. Store the record with its level clamped and the time made a number.
+            record(buf, offset + 8, seq, _as_time(time), _clamp_level(level), flags, 0, len(data), full, data)
         commit(buf, offset, seq)
         return seq
 
     return append
+
+
+def _clamp_level(level: object) -> int:
+    """``level`` as a 32-bit signed int (clamped; 0 when it is not an int at all)."""
+    if isinstance(level, int):
+        return max(_I32_MIN, min(_I32_MAX, level))
+    return 0
+
+
+def _as_time(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
 
 
 def _cut(data: bytes, room: int) -> bytes:
