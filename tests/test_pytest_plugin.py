@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,20 +37,20 @@ def test_after():
 """
 
 
-def _pytest(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    (tmp_path / "test_suite.py").write_text(TESTS)
+def _command(tmp_path: Path, tests: str, *args: str) -> tuple[list[str], dict[str, str]]:
+    (tmp_path / "test_suite.py").write_text(tests)
     scratch = tmp_path / "tmp"
     scratch.mkdir(exist_ok=True)
     env = {**os.environ, "TMPDIR": str(scratch), "KMEMDUMP_DIR": str(tmp_path / "tables")}
     env.pop("PYTEST_ADDOPTS", None)
+    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "test_suite.py", *args], env
+
+
+def _pytest(tmp_path: Path, *args: str, tests: str = TESTS) -> subprocess.CompletedProcess[str]:
+    # The collector child inherits pytest's stderr: run() returns once it has ended too.
+    cmd, env = _command(tmp_path, tests, *args)
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "test_suite.py", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        env=env,
-        check=False,
+        cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env, check=False
     )
 
 
@@ -94,9 +95,72 @@ def test_the_dump_comes_before_pytest_timeout_ends_the_test(tmp_path: Path, dump
     assert re.search(r"1 failed, 2 passed", out), out
 
 
+CRASHES = """
+import ctypes
+
+def test_fine():
+    assert True
+
+def test_crashes():
+    ctypes.string_at(0)  # SIGSEGV: pytest itself dies
+"""
+
+
+def test_a_pytest_that_dies_in_a_test_is_dumped_and_its_files_removed(tmp_path: Path, dump_dir: Path) -> None:
+    # WHEN a test kills the pytest process (a SIGSEGV in a C extension), with the plugin active
+    result = _pytest(tmp_path, "--kmemdump-timeout=30", f"--kmemdump-dir={dump_dir}", tests=CRASHES)
+    # THEN its collector, whose pipe closed without a goodbye, dumps the death
+    assert result.returncode == -11, result.stdout + result.stderr
+    (path,) = dump_dir.iterdir()
+    assert "-death-" in path.name
+    assert f"process died (killed by SIGSEGV) dump={path}" in result.stderr
+    with Dump.open(path) as dump:
+        record = dump.region("pytest.test")
+        assert dump.region_bytes(record).split(b"\0", 1)[0] == b"test_suite.py::test_crashes\n"
+    # AND removes the table, the arena and the directory made for them (run() returned: it has ended)
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+HOLDS_THE_GIL = """
+def test_stuck_in_c():
+    sum(range(10**15))  # one C call holding the GIL: nothing in the process can interrupt it
+"""
+
+
+def test_sigterm_still_ends_a_pytest_stuck_in_c_and_its_death_is_dumped(
+    tmp_path: Path, dump_dir: Path
+) -> None:
+    # GIVEN a test stuck in a C call that holds the GIL, dumped for its hang
+    cmd, env = _command(tmp_path, HOLDS_THE_GIL, "--kmemdump-timeout=1", f"--kmemdump-dir={dump_dir}")
+    with subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            deadline = time.monotonic() + 60
+            while not any("-hang-" in p.name for p in dump_dir.iterdir()):  # a dump appears whole
+                assert proc.poll() is None and time.monotonic() < deadline, "no hang dump"
+                time.sleep(0.05)
+            # WHEN a CI's job timeout sends SIGTERM
+            proc.terminate()
+            _, err = proc.communicate(timeout=60)  # returns once the collector child has ended too
+        finally:
+            proc.kill()
+    # THEN pytest ends at once, as without the plugin, and its collector dumps the death and cleans up
+    assert proc.returncode == -15, err
+    deaths = [p for p in dump_dir.iterdir() if "-death-" in p.name]
+    assert len(deaths) == 1 and "process died (killed by SIGTERM)" in err
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 def test_without_the_option_the_plugin_does_nothing(tmp_path: Path) -> None:
     (tmp_path / "tables").mkdir()
-    (tmp_path / "test_suite.py").write_text("def test_ok():\n    assert True\n")
+    (tmp_path / "test_suite.py").write_text(
+        "import sys, threading\n"
+        "def test_ok():\n"
+        "    # nothing beyond the plugin module and the cheap package it sits in; no thread, no child\n"
+        "    assert not [m for m in sys.modules if m.startswith(('kmemdump.producer', 'kmemdump.cli'))]\n"
+        "    assert [t.name for t in threading.enumerate()] == ['MainThread']\n"
+    )
     env = {**os.environ, "KMEMDUMP_DIR": str(tmp_path / "tables")}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "test_suite.py"],

@@ -128,7 +128,9 @@ class Recorder:
 
         self.tables = Path(tempfile.mkdtemp(prefix="kmemdump-pytest-"))
         self.own_tables = True
-        report = kmemdump.init(table=True, directory=self.tables, pycoreinfo=True)
+        # stop_signals=False: SIGTERM (a CI's job timeout) ends pytest as before, even stuck in a C call
+        # that holds the GIL, where a Python handler would never run; the collector dumps that death.
+        report = kmemdump.init(table=True, directory=self.tables, pycoreinfo=True, stop_signals=False)
         if report.table is None:
             raise RuntimeError("no table was published")
         published = Path(report.table).parent
@@ -148,6 +150,8 @@ class Recorder:
         ]
         if self.directory is not None:
             cmd += ["--dir", str(self.directory)]
+        if self.own_tables:
+            cmd.append("--remove-tables-dir")  # if pytest dies, its collector cleans up after it
         capture = self.config.pluginmanager.getplugin("capturemanager")
         # the collector writes to the real stderr, not a test's captured one
         with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
@@ -183,7 +187,11 @@ class Recorder:
         sidecar, self.sidecar = self.sidecar, None
         if sidecar is None:
             return
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):
+            if sidecar.stdin is not None:
+                sidecar.stdin.write("bye\n")  # a close without it would mean that pytest died
+                sidecar.stdin.flush()
+        with contextlib.suppress(OSError, ValueError):
             if sidecar.stdin is not None:
                 sidecar.stdin.close()
         try:
