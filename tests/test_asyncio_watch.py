@@ -123,6 +123,57 @@ def test_a_server_blocked_by_time_sleep_is_dumped_naming_the_coroutine(
     assert _newest(region["decoded"]["value"])["current"]["coro"] == "handle_client"
 
 
+GIL_HOLDER = r"""
+import asyncio, os
+import kmemdump
+import kmemdump.asyncio
+
+
+def crunch():
+    return sum(range(10**15))  # one C call that never lets the GIL go: the monitor thread cannot run
+
+
+async def parse_batch():
+    crunch()
+
+
+async def main():
+    kmemdump.init(table=True, pycoreinfo=False)
+    watch = kmemdump.asyncio.watch_loop(timeout=1.0)
+    while watch.turns < 2:
+        await asyncio.sleep(0.01)
+    send({"pid": os.getpid()})
+    await parse_batch()
+
+
+asyncio.run(main())
+"""
+
+
+def test_a_loop_held_in_c_is_dumped_and_show_says_its_snapshot_is_stale(
+    table_dir: Path, dump_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a watched loop whose coroutine makes a C call that holds the GIL (no snapshot can say so)
+    with WatchProcess(table_dir, dump_dir) as watch, spawn_child(GIL_HOLDER) as child:
+        info = child.recv()
+        line = watch.wait_for(f"hang pid={info['pid']} ")
+        child.kill()
+        watch.stop()
+    path = Path(re.search(r" dump=(\S+)", line).group(1))  # type: ignore[union-attr]
+    # THEN show does not pass the last snapshot (of a loop still turning) off as the state at the hang
+    assert main(["show", "--plain", str(path)]) == 0
+    out = capsys.readouterr().out
+    section = out[out.index("Event loop") :]
+    age = re.search(r"snapshot at .* UTC \((\d+\.\d+) s before the dump\): loop running", section)
+    assert age and float(age.group(1)) >= 0.5, section
+    assert "the loop did not turn after it, and nothing recorded what held it" in section
+    with Dump.open(path) as dump:
+        stacks = dump.stacks
+    if stacks is not None:  # where the stacks are taken, they name the coroutine that holds the loop
+        functions = {f.function.rsplit(".", 1)[-1] for t in stacks.threads for f in t.frames}
+        assert {"parse_batch", "crunch"} <= functions
+
+
 BUSY = r"""
 import asyncio, os, time
 import kmemdump
@@ -205,3 +256,26 @@ send(asyncio.run(main()))
     with spawn_child(code) as child:
         same, refused = child.recv()
     assert same and "another event loop is watched already" in refused
+
+
+def test_a_program_may_run_one_watched_loop_after_another(table_dir: Path) -> None:
+    # GIVEN a program that calls asyncio.run() five times, watching each loop (a CLI, a test suite)
+    code = r"""
+import asyncio
+import kmemdump, kmemdump.asyncio
+kmemdump.init(table=True, pycoreinfo=False)
+
+async def main():
+    watch = kmemdump.asyncio.watch_loop(timeout=2.0)
+    while not watch.turns:
+        await asyncio.sleep(0.01)
+    return watch.armed
+
+armed = [asyncio.run(main()) for _ in range(5)]
+rings = [r.name for r in kmemdump.default_registry().regions() if r.name == "asyncio"]
+send({"armed": armed, "rings": rings})
+"""
+    with spawn_child(code) as child:
+        out = child.recv()
+    # THEN each run is watched (its loop fed and armed the watchdog), and they share one ring
+    assert out == {"armed": [True] * 5, "rings": ["asyncio"]}

@@ -458,7 +458,12 @@ def _show_rings(dump: Dump, decoded: dict[int, DecodedRegion], roles: tuple[str,
         if role not in roles:
             continue
         out.heading(f"{_RING_TITLES[role]} — [{record.id}] {records.clean(record.name)}")
-        lines = _RING_LINES[role](found.value)
+        if role == "asyncio":
+            lines = records.asyncio_lines(
+                found.value, dump.meta.captured_ns / 1e9, hang=dump.meta.reason == "hang"
+            )
+        else:
+            lines = _RING_LINES[role](found.value)
         for text in lines or ["(none recorded)"]:
             out.line(text)
 

@@ -99,8 +99,13 @@ def exception_lines(value: dict[str, Any]) -> list[str]:
     return lines
 
 
-def asyncio_lines(value: dict[str, Any]) -> list[str]:
-    """The newest event-loop snapshot of an asyncio ring: the blocking task, then every task."""
+def asyncio_lines(value: dict[str, Any], captured: float | None = None, *, hang: bool = False) -> list[str]:
+    """The newest event-loop snapshot of an asyncio ring: the blocking task, then every task.
+
+    ``captured`` (seconds since the epoch) is when the dump was taken: the snapshot's age is then
+    given; in a ``hang`` dump, a snapshot of a running loop taken long before is said to be stale
+    (nothing ran to record the hang: a C call that held the GIL; the Python stacks show it).
+    """
     records = value.get("records") or []
     snapshot = next(
         (r.get("snapshot") for r in reversed(records) if isinstance(r.get("snapshot"), dict)), None
@@ -108,10 +113,24 @@ def asyncio_lines(value: dict[str, Any]) -> list[str]:
     if snapshot is None:
         return ["(no readable snapshot of the event loop)"]
     state = "blocked" if snapshot.get("blocked") else "running"
+    taken, timeout = snapshot.get("time"), snapshot.get("timeout_s")
+    age = captured - taken if captured is not None and isinstance(taken, (int, float)) else None
+    when = f" ({_seconds(age)} before the dump)" if age is not None else ""
     lines = [
-        f"snapshot at {_stamp(snapshot.get('time'))} UTC: loop {state}, last turn "
+        f"snapshot at {_stamp(taken)} UTC{when}: loop {state}, last turn "
         f"{_seconds(snapshot.get('loop_age_s'))} before, {snapshot.get('task_count', '?')} tasks"
     ]
+    if (
+        hang
+        and age is not None
+        and not snapshot.get("blocked")
+        and isinstance(timeout, (int, float))
+        and age > timeout / 2
+    ):
+        lines.append(
+            "  the loop did not turn after it, and nothing recorded what held it (a C call holding the GIL "
+            "stops the monitor thread too): the Python stacks show where the loop thread was"
+        )
     current = snapshot.get("current")
     if isinstance(current, dict):
         lines.append(f"blocking the loop: {_task_line(current)}, in (most recent call last):")

@@ -41,6 +41,7 @@ from kmemdump.formats.ring import SLOT_HEADER
 from kmemdump.formats.ring import RingRole
 from kmemdump.producer import api
 from kmemdump.producer import heartbeat
+from kmemdump.producer.forksafe import fork_safe_lock
 from kmemdump.producer.rings import PersistentRing
 
 __all__ = ["DEFAULT_MAX_TASKS", "SNAPSHOT_SIZE", "LoopWatch", "current_watch", "watch_loop"]
@@ -51,6 +52,8 @@ DEFAULT_MAX_TASKS = 100
 SNAPSHOT_SIZE = 32 * 1024
 """Bytes per snapshot: tasks past what fits are counted in ``omitted``."""
 _SNAPSHOTS = 4
+_arming = fork_safe_lock()
+"""Taken to arm or disarm the watchdog: an ended watch's monitor never disarms its successor's."""
 _MAX_FRAMES = 30
 
 
@@ -61,9 +64,7 @@ class LoopWatch:
         self.loop = loop
         self.timeout = timeout
         self.max_tasks = max_tasks
-        self.ring = PersistentRing(
-            _SNAPSHOTS, SNAPSHOT_SIZE, RingRole.ASYNCIO, "asyncio", host=api.ring_host()
-        )
+        self.ring = _ring()
         self.loop_thread: int | None = None
         self.last_turn = time.monotonic()
         self.turns = 0
@@ -88,8 +89,9 @@ class LoopWatch:
         if self.stopped:
             return
         if not self.armed:
-            heartbeat.set_watchdog(self.timeout)  # arming feeds
-            self.armed = True
+            with _arming:
+                heartbeat.set_watchdog(self.timeout)  # arming feeds
+                self.armed = True
         else:
             heartbeat.feed()
         self.loop_thread = threading.get_ident()
@@ -109,6 +111,7 @@ class LoopWatch:
             if self.loop.is_closed() or not self.loop.is_running():
                 self._disarm()  # asyncio.run() returned, or the loop is between runs: not a hang
                 if self.loop.is_closed():
+                    self.stopped = True  # a closed loop never runs again: the next watch_loop() may start
                     return
                 continue
             age = time.monotonic() - self.last_turn
@@ -116,9 +119,10 @@ class LoopWatch:
                 self._record(blocked=True)
 
     def _disarm(self) -> None:
-        if self.armed:
-            self.armed = False
-            heartbeat.set_watchdog(None)
+        with _arming:  # never the watchdog a newer watch armed meanwhile
+            if self.armed:
+                self.armed = False
+                heartbeat.set_watchdog(None)
 
     def _blocker(self) -> tuple[asyncio.Task[Any] | None, dict[str, Any]]:
         """The task running on the loop right now (the one that blocks it) and the loop thread's stack."""
@@ -170,6 +174,17 @@ class LoopWatch:
 
 
 _watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopWatch] = weakref.WeakKeyDictionary()
+_rings: list[PersistentRing] = []
+"""The process's one ring of snapshots, made by the first watch and reused by every later one (one
+loop is watched at a time: a program that calls ``asyncio.run()`` again does not use up its arena)."""
+
+
+def _ring() -> PersistentRing:
+    if not _rings:
+        _rings[:] = [
+            PersistentRing(_SNAPSHOTS, SNAPSHOT_SIZE, RingRole.ASYNCIO, "asyncio", host=api.ring_host())
+        ]
+    return _rings[0]
 
 
 def current_watch(loop: asyncio.AbstractEventLoop | None = None) -> LoopWatch | None:
@@ -208,6 +223,8 @@ def watch_loop(
     known = _watches.get(loop)
     if known is not None and not known.stopped:
         return known
+    for ended in [w for w in _watches.values() if w.stopped or w.loop.is_closed()]:
+        ended.stop()  # a loop that asyncio.run() closed: its watch is over, and forgotten
     others = [w for w in _watches.values() if not w.stopped]
     if others:
         raise InvalidRegionError("another event loop is watched already (one heartbeat per process)")
