@@ -199,6 +199,51 @@ def test_run_shows_why_a_program_exited_with_status_1(
     assert "    ValueError: port 99999 is out of range" in section
 
 
+LONG_CHAIN = r"""
+import kmemdump
+kmemdump.init(table=True, excepthook=True, pycoreinfo=False)
+
+def parse(depth):
+    if depth == 0:
+        raise KeyError("missing field " + "k" * 3000)
+    try:
+        parse(depth - 1)
+    except Exception as err:
+        raise RuntimeError(f"layer {depth} failed: " + "m" * 500) from err
+
+def load_config():
+    parse(12)
+
+load_config()
+"""
+
+
+def test_a_traceback_longer_than_its_record_keeps_its_end(tmp_path: Path, dump_dir: Path) -> None:
+    # GIVEN a program dying of a chain of 13 exceptions with long messages (13 KB of traceback, 8 KB kept)
+    program = tmp_path / "chained.py"
+    program.write_text(LONG_CHAIN)
+    result = subprocess.run(
+        [*KMEMDUMP, "run", "--no-autoinit", "--dir", str(dump_dir), "--", sys.executable, str(program)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    # THEN run names the exception that ended it and where it was raised (the end of the traceback)
+    assert result.returncode == 1, result.stderr
+    assert "kmemdump: uncaught exception: RuntimeError: layer 12 failed: mmm" in result.stderr
+    assert re.search(r'raised at File ".*chained.py", line 11, in parse', result.stderr), result.stderr
+    # AND the record keeps the start and the end, saying what it left out between
+    (path,) = dump_dir.iterdir()
+    with Dump.open(path) as dump:
+        (record,) = parse_ring(dump.region_bytes(dump.region("exceptions"))).records
+    assert len(record.text.encode()) <= 8192 - 40 and not record.cut
+    assert record.text.startswith("Traceback (most recent call last):")
+    assert re.search(r"\.\.\. \(\d+ bytes of the traceback left out\) \.\.\.", record.text)
+    assert "in load_config" in record.text
+    assert record.text.rstrip().endswith("RuntimeError: layer 12 failed: " + "m" * 500)
+
+
 THREADS = r"""
 import os, sys, threading
 import kmemdump

@@ -34,6 +34,7 @@ from typing import IO
 from typing import Any
 
 from kmemdump.formats.faults import FAULT_SUFFIX
+from kmemdump.formats.ring import SLOT_HEADER
 from kmemdump.formats.ring import RingRole
 from kmemdump.formats.table import LIVE_LOCK_BYTE
 from kmemdump.formats.table import lock_byte
@@ -221,9 +222,26 @@ def _record(
         import traceback
 
         text = head + "".join(traceback.format_exception(*exc))
-        ring.write(text, level, time.time())
+        ring.write(_fit(text, ring.record_size - SLOT_HEADER), level, time.time())
     except Exception:  # the previous hook still runs: never lose the user's traceback to ours
         log.debug("could not record the uncaught exception", exc_info=True)
+
+
+def _fit(text: str, room: int) -> str:
+    """``text`` in at most ``room`` UTF-8 bytes: a traceback too long for its record keeps its first
+    lines and, above all, its last ones (the exception itself, where it was raised), with the middle
+    left out and said so. (The ring would keep only the start.)"""
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= room:
+        return text
+    head = data[: room // 4]
+    head = head[: head.rfind(b"\n") + 1] or head
+    tail = data[len(data) - (room - len(head) - 64) :]
+    newline = tail.find(b"\n")
+    if 0 <= newline < len(tail) - 1:
+        tail = tail[newline + 1 :]
+    note = f"  ... ({len(data) - len(head) - len(tail)} bytes of the traceback left out) ...\n"
+    return head.decode("utf-8", "ignore") + note + tail.decode("utf-8", "ignore")
 
 
 def _after_fork_in_child() -> None:
