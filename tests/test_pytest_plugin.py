@@ -152,6 +152,37 @@ def test_sigterm_still_ends_a_pytest_stuck_in_c_and_its_death_is_dumped(
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
+MARKED = """
+import threading, time
+import pytest
+
+@pytest.mark.timeout(60)
+def test_slow_but_allowed_a_minute():
+    time.sleep(2.5)
+
+@pytest.mark.timeout(0)
+def test_never_timed():
+    time.sleep(2.5)
+
+def test_deadlocks():
+    lock = threading.Lock()
+    lock.acquire()
+    lock.acquire()
+"""
+
+
+def test_pytest_timeouts_own_marker_says_how_long_a_test_may_take(tmp_path: Path, dump_dir: Path) -> None:
+    # WHEN tests marked with pytest-timeout's @pytest.mark.timeout run past --kmemdump-timeout
+    result = _pytest(tmp_path, "--kmemdump-timeout=1", f"--kmemdump-dir={dump_dir}", tests=MARKED)
+    out = result.stdout
+    # THEN the marked ones pass (the marker's 60 s, and 0 for none, are theirs), the unmarked hang is dumped
+    assert result.returncode == 1, out + result.stderr
+    assert re.search(r"1 failed, 2 passed", out), out
+    (path,) = dump_dir.iterdir()
+    assert "test_suite.py::test_deadlocks ran longer than 1 s; it was dumped from outside" in out
+    assert f"test_suite.py::test_deadlocks: dumped to {path}" in out
+
+
 def test_without_the_option_the_plugin_does_nothing(tmp_path: Path) -> None:
     (tmp_path / "tables").mkdir()
     (tmp_path / "test_suite.py").write_text(

@@ -87,6 +87,18 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(recorder, _PLUGIN_NAME)
 
 
+def _marked_timeout(item: pytest.Item) -> float | None:
+    """The seconds of pytest-timeout's ``@pytest.mark.timeout`` on ``item``, if it has one."""
+    marker = item.get_closest_marker("timeout")
+    if marker is None:
+        return None
+    value = marker.args[0] if marker.args else marker.kwargs.get("timeout")
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
 class Recorder:
     """The active plugin: the table, the collector child, and the per-test watchdog."""
 
@@ -265,7 +277,7 @@ class Recorder:
         with self.lock:
             self.item, self.pending, self.limit = item, None, limit
             self.armed_at = time.monotonic()
-        kmemdump.watchdog(limit)  # arming feeds: the deadline is `limit` from now
+        kmemdump.watchdog(limit or None)  # arming feeds: the deadline is `limit` from now (0: not watched)
 
     def _disarm(self, item: pytest.Item) -> None:
         import kmemdump
@@ -290,12 +302,18 @@ class Recorder:
         )
 
     def _limit(self, item: pytest.Item) -> float:
-        """Our timeout, or less: a dump must come before pytest-timeout ends the test."""
-        theirs = self.their_timeouts.get(item.nodeid)
+        """Our timeout, or less: a dump must come before pytest-timeout ends the test. A test marked
+        with pytest-timeout's own ``@pytest.mark.timeout(N)`` gets N (less the margin) even when longer
+        than ours, and ``timeout(0)`` is not watched at all: the marker says how long the test may take."""
+        marked = _marked_timeout(item)
+        if marked is not None and marked <= 0:
+            return 0.0
+        theirs = marked if marked is not None else self.their_timeouts.get(item.nodeid)
         if not theirs or theirs <= 0:
             return self.timeout
         margin = max(0.5, min(5.0, theirs * 0.2))  # the dump's own time (py-spy takes the stacks)
-        return min(self.timeout, max(theirs - margin, theirs / 2))
+        before_theirs = max(theirs - margin, theirs / 2)
+        return before_theirs if marked is not None else min(self.timeout, before_theirs)
 
     @pytest.hookimpl(optionalhook=True, tryfirst=True)
     def pytest_timeout_set_timer(self, item: pytest.Item, settings: Any) -> None:
@@ -308,7 +326,7 @@ class Recorder:
         self.their_timeouts[item.nodeid] = float(theirs)
         if self.active and self.item is item:  # armed already (our hook ran first): shorten
             limit = self._limit(item)
-            if limit < self.limit:
+            if 0 < limit < self.limit:
                 with self.lock:
                     self.limit = limit
                     self.armed_at = time.monotonic()
