@@ -174,6 +174,52 @@ def test_a_loop_held_in_c_is_dumped_and_show_says_its_snapshot_is_stale(
         assert {"parse_batch", "crunch"} <= functions
 
 
+CROWDED = r"""
+import asyncio, os, time
+import kmemdump
+import kmemdump.asyncio
+
+
+async def idle(n):
+    await asyncio.sleep(3600)
+
+
+async def flush_cache():
+    time.sleep(120)  # blocks the loop that 10,000 other tasks wait on
+
+
+async def main():
+    kmemdump.init(table=True, pycoreinfo=False)
+    tasks = [asyncio.create_task(idle(n), name=f"idle-{n}") for n in range(10_000)]
+    watch = kmemdump.asyncio.watch_loop(timeout=1.0)
+    while watch.turns < 2:
+        await asyncio.sleep(0.01)
+    send({"pid": os.getpid()})
+    await asyncio.create_task(flush_cache(), name="flusher")
+
+
+asyncio.run(main())
+"""
+
+
+def test_a_blocked_loop_among_10000_tasks_names_its_blocker_first(table_dir: Path, dump_dir: Path) -> None:
+    with WatchProcess(table_dir, dump_dir) as watch, spawn_child(CROWDED) as child:
+        info = child.recv(timeout=60)
+        line = watch.wait_for(f"hang pid={info['pid']} ")
+        child.kill()
+        watch.stop()
+    path = Path(re.search(r" dump=(\S+)", line).group(1))  # type: ignore[union-attr]
+    with Dump.open(path) as dump:
+        (record,) = [r for r in dump.meta.regions if r.kind == RegionKind.RING and r.name == "asyncio"]
+        snapshot = _newest(dump.decode_region(record).value)
+    # the snapshot fits its slot: the blocker named and listed first, the rest listed up to max_tasks, counted
+    assert snapshot["blocked"] is True and snapshot["current"]["name"] == "flusher"
+    assert snapshot["current"]["stack"][-1]["function"] == "flush_cache"
+    assert snapshot["task_count"] >= 10_001 and snapshot["tasks"][0]["name"] == "flusher"
+    assert len(snapshot["tasks"]) + snapshot["omitted"] == snapshot["task_count"]
+    assert 0 < len(snapshot["tasks"]) <= 100
+
+
 BUSY = r"""
 import asyncio, os, time
 import kmemdump
