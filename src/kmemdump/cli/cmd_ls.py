@@ -25,6 +25,7 @@ from kmemdump.cli.fleetls import add_fleet_options
 from kmemdump.cli.fleetls import dir_or_url
 from kmemdump.cli.fleetls import local_records
 from kmemdump.cli.fleetls import print_problems
+from kmemdump.cli.fleetls import report_skipped
 from kmemdump.cli.fleetls import run_remote
 from kmemdump.cli.options import FILES
 from kmemdump.cli.options import completes
@@ -148,15 +149,17 @@ def prepare(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     wanted = DumpFilter.from_args(args)
-    if is_remote(args.dir):
+    if is_remote(args.dir) or isinstance(args.dir, str):  # a URL, or what looks like a mistyped one
         return run_remote(args, wanted)
     directory: Path = args.dir if args.dir is not None else default_dump_dir()
     skipped: list[tuple[Path, KmemdumpError]] = []
 
     def on_error(path: Path, err: KmemdumpError) -> None:
         skipped.append((path, err))
+
+    def say_skipped() -> None:  # once, before the table: whole lines, the first few named
         if not args.json:
-            print(f"kmemdump: skipped {path}: {err}", file=sys.stderr)
+            report_skipped([f"{path}: {err}" for path, err in skipped])
 
     entries = [
         entry
@@ -169,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
             for r in local_records([e.path for e in entries], on_error)
             if wanted.matches(pid=r.pid, reason=r.reason, captured_ns=r.captured_ns, host=r.host)
         ]
+        say_skipped()
         return print_problems(
             args, records[-args.last :] if args.last else records, str(directory), len(skipped)
         )
@@ -187,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
         listed = listed[-args.last :]
     if args.reverse:
         listed.reverse()
+    say_skipped()
     if args.json:
         document = {
             "directory": str(directory),

@@ -9,8 +9,13 @@ accept as it is.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+import threading
 from collections.abc import Iterable
+from datetime import date
+from datetime import timedelta
 from pathlib import Path
 
 from kmemdump.cli.render import Column
@@ -21,13 +26,23 @@ from kmemdump.cli.render import json_text
 from kmemdump.cli.render import printable
 from kmemdump.cli.render import progress
 from kmemdump.errors import KmemdumpError
+from kmemdump.fleet.url import StoreURL
 from kmemdump.formats.dumpindex import DumpIndex
+from kmemdump.inspect.dumpfile import plural
 from kmemdump.inspect.filters import DumpFilter
 from kmemdump.inspect.triage import Problem
 from kmemdump.inspect.triage import TriageRecord
 from kmemdump.inspect.triage import fold
 
-__all__ = ["add_fleet_options", "dir_or_url", "local_records", "print_problems", "run_remote"]
+__all__ = [
+    "SKIPPED_SHOWN",
+    "add_fleet_options",
+    "dir_or_url",
+    "local_records",
+    "print_problems",
+    "report_skipped",
+    "run_remote",
+]
 
 _DUMP_COLUMNS = (
     Column("TIME (UTC)", wrap=False),
@@ -53,10 +68,14 @@ _PROBLEM_COLUMNS = (
 
 
 def dir_or_url(text: str) -> str | Path:
-    """ls's DIR argument: an ``s3://`` URL stays text (a path would fold its ``//``)."""
+    """ls's DIR argument: an ``s3://`` URL stays text (a path would fold its ``//``); ``s3:/x`` or
+    ``s3:x`` (a mistyped URL, not an existing path) is refused rather than listed as a missing
+    directory."""
     from kmemdump.fleet.url import is_remote
 
-    return text if is_remote(text) else Path(text)
+    if is_remote(text) or (text[:3].lower() == "s3:" and not os.path.lexists(text)):
+        return text  # parse_url checks it (a one-line error)
+    return Path(text)
 
 
 def add_fleet_options(parser: argparse.ArgumentParser) -> None:
@@ -81,13 +100,16 @@ def run_remote(args: argparse.Namespace, wanted: DumpFilter) -> int:
 
     url = parse_url(str(args.dir))
     skipped: list[tuple[str, KmemdumpError]] = []
+    lock = threading.Lock()
 
-    def on_error(key: str, err: KmemdumpError) -> None:
-        skipped.append((key, err))
-        if not args.json:
-            print(f"kmemdump: skipped {printable(f's3://{url.bucket}/{key}: {err}')}", file=sys.stderr)
+    def on_error(key: str, err: KmemdumpError) -> None:  # called from the reading threads
+        with lock:
+            skipped.append((key, err))
 
     indexes = list_indexes(ObjectStore(url, timeout=60.0), url, wanted, on_error=on_error)
+    skipped.sort(key=lambda item: item[0])
+    if not args.json:
+        report_skipped([f"s3://{url.bucket}/{key}: {err}" for key, err in skipped])
     last = getattr(args, "last", None)
     if last:
         indexes = indexes[-last:]
@@ -106,10 +128,30 @@ def run_remote(args: argparse.Namespace, wanted: DumpFilter) -> int:
         return 0
     if not indexes:
         filtered = " matching the filters" if wanted.active else ""
-        print(f"no dumps{filtered} in {url}", file=sys.stderr)
+        print(f"no dumps{filtered} in {url}{_layout_hint(url)}", file=sys.stderr)
         return 0
     Output(plain=args.plain).table(_DUMP_COLUMNS, [_row(i, where) for i in indexes])
     return 0
+
+
+def _layout_hint(url: StoreURL) -> str:
+    """A hint when the prefix reaches into the key layout (``PREFIX/DAY`` or ``PREFIX/DAY/HOST``),
+    where nothing is listed: ls takes the shipping prefix and filters by day and host itself."""
+    parts = url.prefix.split("/") if url.prefix else []
+    for depth, flag in ((1, ""), (2, " --host {host}")):
+        if len(parts) >= depth and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", parts[-depth]):
+            base = StoreURL(url.bucket, "/".join(parts[:-depth]))
+            day = parts[-depth]
+            try:
+                after = (date.fromisoformat(day) + timedelta(days=1)).isoformat()
+            except ValueError:
+                continue
+            host = parts[-1] if depth == 2 else ""
+            return (
+                f" ({day} is a day of the key layout PREFIX/DAY/HOST/…: list it with "
+                f"kmemdump ls {base} --since {day} --until {after}{flag.format(host=host)})"
+            )
+    return ""
 
 
 def _row(index: DumpIndex, where: str) -> list[str]:
@@ -211,8 +253,27 @@ def print_problems(
         for p in problems
     ]
     Output(plain=args.plain).table(_PROBLEM_COLUMNS, rows)
+    sys.stdout.flush()  # the table before the summary, also when both go to one file
     print(
-        f"{len(records)} dumps, {len(problems)} problems; 'kmemdump show' on a LATEST opens that dump",
+        f"{plural(len(records), 'dump')}, {plural(len(problems), 'problem')}; "
+        "'kmemdump show' on a LATEST opens that dump",
         file=sys.stderr,
     )
     return 0
+
+
+SKIPPED_SHOWN = 10
+"""Objects or files that could not be read, named one per line on stderr; the rest are counted."""
+
+
+def report_skipped(lines: list[str]) -> None:
+    """Say on stderr what was skipped: whole lines, each one write (never glued to another line or
+    to the table on stdout), at most :data:`SKIPPED_SHOWN` of them and then how many more."""
+    if not lines:
+        return
+    sys.stdout.flush()
+    shown = [f"kmemdump: skipped {printable(line)}\n" for line in lines[:SKIPPED_SHOWN]]
+    if len(lines) > SKIPPED_SHOWN:
+        shown.append(f"kmemdump: skipped {len(lines) - SKIPPED_SHOWN} more (--json lists them all)\n")
+    sys.stderr.write("".join(shown))
+    sys.stderr.flush()

@@ -18,6 +18,7 @@ from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.errors import UsageError
+from kmemdump.fleet.errors import StoreURLError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -121,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.DEBUG, format="%(message)s", stream=sys.stderr)
     try:
         return int(args._run(args))
+    except StoreURLError as err:  # a bad s3:// URL: one line and its remedy, not the whole usage
+        _report(err)
+        return 2
     except UsageError as err:
         command_parser.error(str(err))  # exits 2 with the command's usage
     except (ProcessGoneError, InvalidRegionError) as err:
