@@ -63,13 +63,21 @@ def prepare(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="tables of one user watched at once; more wait their turn (default: %(default)s)",
     )
-    add_retention_options(parser, count=DEFAULT_KEEP, size=DEFAULT_KEEP_SIZE, total=DEFAULT_KEEP_TOTAL_SIZE)
+    add_retention_options(
+        parser,
+        count=DEFAULT_KEEP,
+        size=DEFAULT_KEEP_SIZE,
+        total=DEFAULT_KEEP_TOTAL_SIZE,
+        hard=DEFAULT_HARD_TOTAL_SIZE,
+    )
     add_ship_options(parser)
 
 
 DEFAULT_KEEP = 50
 DEFAULT_KEEP_SIZE = 4 << 30
 DEFAULT_KEEP_TOTAL_SIZE = 16 << 30
+DEFAULT_HARD_TOTAL_SIZE = 32 << 30
+"""Past this, even dumps not shipped yet are removed (oldest first) in a directory that ships."""
 
 
 def _raise_descriptor_limit() -> None:
@@ -142,8 +150,14 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     sd_notify("READY=1\nSTATUS=watching")
+
+    def should_stop() -> bool:  # between two steps of the watcher
+        if shipper is not None and shipper.take_shipped():
+            watcher.retain()  # shipped dumps may be removed now, to bring the directory within its limits
+        return stopping
+
     try:
-        watcher.run(lambda: stopping)
+        watcher.run(should_stop)
     finally:
         sd_notify("STOPPING=1")
         watcher.close()

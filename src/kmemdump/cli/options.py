@@ -264,8 +264,10 @@ def add_retention_options(
     count: int | None = None,
     size: int | None = None,
     total: int | None = None,
+    hard: int | None = None,
 ) -> None:
-    """The retention policy: per user (the dumps' owner) and for the whole directory."""
+    """The retention policy: per user (the dumps' owner) and for the whole directory, and what it
+    does with dumps not shipped yet."""
     group = parser.add_argument_group("retention (oldest dumps removed first; see docs/security.md)")
     group.add_argument(
         "--keep",
@@ -302,6 +304,31 @@ def add_retention_options(
         metavar="SIZE",
         help=f"bytes of dumps in the whole directory (default: {_size_text(total)})",
     )
+    group.add_argument(
+        "--unshipped",
+        choices=("auto", "protect", "last", "ignore"),
+        default="auto",
+        help="dumps not shipped to object storage yet: 'protect' removes only shipped dumps to meet the "
+        "limits and unshipped ones only past --hard-total/--hard-total-size; 'last' removes shipped "
+        "dumps first; 'ignore' oldest first either way (default 'auto': protect in a directory that "
+        "ships, where watch --ship keeps its ledger, else ignore)",
+    )
+    group.add_argument(
+        "--hard-total",
+        type=_count_limit,
+        default=None,
+        metavar="N",
+        help="with --unshipped protect: dumps in the directory past which unshipped ones go too, oldest "
+        "first (default: no limit)",
+    )
+    group.add_argument(
+        "--hard-total-size",
+        type=parse_size,
+        default=hard,
+        metavar="SIZE",
+        help="with --unshipped protect: bytes of dumps in the directory past which unshipped ones go too, "
+        f"oldest first (default: {_size_text(hard)})",
+    )
 
 
 def retention_policy(args: argparse.Namespace) -> Policy:
@@ -312,6 +339,8 @@ def retention_policy(args: argparse.Namespace) -> Policy:
     return Policy(
         per_user=Limits(args.keep, args.keep_size or None, args.keep_age),
         total=Limits(args.keep_total, args.keep_total_size or None, None),
+        unshipped=args.unshipped,
+        hard=Limits(args.hard_total, args.hard_total_size or None, None),
     )
 
 

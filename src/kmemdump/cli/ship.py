@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kmemdump.cli.options import parse_duration
 from kmemdump.cli.options import parse_size
 
 if TYPE_CHECKING:
@@ -83,6 +84,19 @@ def add_ship_options(parser: argparse.ArgumentParser) -> None:
         help="wait MIN seconds after a failed upload, doubling up to MAX, with jitter (default 1 300)",
     )
     group.add_argument(
+        "--no-ship-sweep",
+        action="store_true",
+        help="ship only the dumps this collector writes: do not sweep the dump directory for dumps not "
+        "shipped yet (at start, after an outage, every 10 minutes)",
+    )
+    group.add_argument(
+        "--ship-sweep-age",
+        type=parse_duration,
+        default=7 * 86400.0,
+        metavar="AGE",
+        help="the sweep leaves dumps older than AGE to the dump directory, e.g. 12h, 30d (default 7d)",
+    )
+    group.add_argument(
         "--ship-delete-local",
         action="store_true",
         help="remove a dump from the dump directory once its upload is confirmed",
@@ -110,6 +124,9 @@ def start_shipper(args: argparse.Namespace, dump_dir: Path, log: Callable[[str],
         parse_url(target),
         args.ship_spool or dump_dir / ".ship-spool",
         delete_local=args.ship_delete_local,
+        dump_dir=dump_dir,
+        sweep=not args.no_ship_sweep,
+        sweep_max_age=args.ship_sweep_age,
         **kwargs,  # type: ignore[arg-type]
     )
     shipper = Shipper(options, log=log)

@@ -43,7 +43,7 @@ from kmemdump.collector.identify import NotVisibleError
 from kmemdump.collector.identify import identify
 from kmemdump.collector.registers import ThreadRegisters
 from kmemdump.collector.retention import Policy
-from kmemdump.collector.retention import apply as apply_retention
+from kmemdump.collector.retention import enforce as enforce_retention
 from kmemdump.errors import ForeignProcessError
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
@@ -178,6 +178,7 @@ class Watcher:
         self.max_per_user = max_per_user
         """Watched tables per user at most (None: no limit)."""
         self.retention = retention if retention is not None and not retention.empty else None
+        self._kept_said: tuple[int, str] = (0, "")
         """Applied to the dump directory after each dump (:mod:`kmemdump.collector.retention`)."""
         if self.retention is not None:
             self.options = _within_retention(options, self.retention)
@@ -733,17 +734,30 @@ class Watcher:
 
     def _retain(self, result: DumpResult) -> None:
         """Apply the retention policy after a dump: oldest dumps removed first, each said in the log."""
+        self.retain(keep=(result.path.name,))
+
+    def retain(self, keep: Iterable[str] = ()) -> None:
+        """Apply the retention policy now (after a dump; once dumps are shipped): each removal said in
+        the log, and, when it changes, how many dumps not shipped yet are kept past a limit."""
         if self.retention is None:
             return
         try:
-            removed = apply_retention(self.options.directory, self.retention, keep=(result.path.name,))
+            outcome = enforce_retention(self.options.directory, self.retention, keep=keep)
         except KmemdumpError as err:
             self._emit(Event("error", 0, f"retention not applied: {err}"))
             return
-        for removal in removed:
+        for removal in outcome.removals:
             self._emit(
                 Event("skip", 0, f"removed {removal.file.name} ({removal.file.size} bytes): {removal.why}")
             )
+        said = (len(outcome.kept), outcome.ledger_problem)
+        if said == self._kept_said:
+            return
+        self._kept_said = said
+        if outcome.ledger_problem:
+            self._emit(Event("error", 0, f"retention: {outcome.ledger_problem}; no dump counts as shipped"))
+        if outcome.kept:
+            self._emit(Event("skip", 0, outcome.kept_line()))
 
     def _dead(self, target: _Target) -> bool:
         if target.pidfd is None:

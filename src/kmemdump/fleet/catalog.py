@@ -35,6 +35,7 @@ __all__ = [
     "dump_key",
     "host_segment",
     "index_key_of",
+    "is_dump_name",
     "parse_key",
 ]
 
@@ -71,6 +72,13 @@ def dump_key(url: StoreURL, meta: DumpMeta, *, compressed: bool) -> str:
         ".zst" if compressed else ""
     )
     return url.key(day_of(meta.captured_ns), host_segment(meta.host), name)
+
+
+def is_dump_name(name: str) -> bool:
+    """Whether ``name`` is a dump file's name as the collector writes it
+    (``kmemdump-PID-START-REASON-YYYYmmddTHHMMSS.ffffffZ.core`` or ``.core.zst``)."""
+    match = _NAME.match(name)
+    return match is not None and match["suffix"] != INDEX_SUFFIX and "~" not in name
 
 
 def index_key_of(key: str) -> str:

@@ -36,9 +36,13 @@ from kmemdump.fleet.catalog import digest_file
 from kmemdump.fleet.catalog import index_key_of
 from kmemdump.fleet.errors import StoreError
 from kmemdump.fleet.errors import StoreTooLargeError
+from kmemdump.fleet.ledger import Ledger
+from kmemdump.fleet.ledger import LedgerError
+from kmemdump.fleet.ledger import identity_of
 from kmemdump.fleet.s3 import ObjectStore
 from kmemdump.fleet.spool import Spool
 from kmemdump.fleet.spool import SpoolEntry
+from kmemdump.fleet.sweep import sweep
 from kmemdump.fleet.url import StoreURL
 from kmemdump.formats.dumpindex import MAX_INDEX_BYTES
 from kmemdump.formats.dumpindex import DumpIndex
@@ -62,6 +66,15 @@ class ShipOptions:
     """The longest wait between two attempts."""
     delete_local: bool = False
     """Remove the dump from the dump directory once its upload is confirmed."""
+    dump_dir: Path | None = None
+    """The dump directory: its ledger records what is shipped, and the sweep queues what is not."""
+    sweep: bool = True
+    """Sweep ``dump_dir`` at start, after an outage and every ``sweep_every`` seconds."""
+    sweep_every: float = 600.0
+    sweep_max_age: float | None = 7 * 86400.0
+    """Dumps modified longer ago than this are left to the dump directory (None: no limit)."""
+    settle_s: float = 5.0
+    """A file modified less than this long ago may still be being written: a later sweep takes it."""
 
 
 def backoff_delay(failures: int, retry_min: float, retry_max: float, rng: random.Random) -> float:
@@ -97,6 +110,16 @@ class Shipper:
         self.failures = 0
         """Failed attempts in a row (0 after a success)."""
         self.uploaded = 0
+        self.ledger: Ledger | None = None
+        self._sweep_at: float | None = None
+        """Monotonic time of the next sweep (None: none due)."""
+        self._sweep_for_room = False
+        self._swept_line = ""
+        """The last sweep left dumps for want of room in the spool: sweep again once it is emptied."""
+        self._refused: dict[tuple[int, int, int, int], None] = {}
+        """Files found not to be dumps (identity; oldest first, bounded): no sweep queues them again."""
+        self.shipped_since = 0
+        """Uploads confirmed since :meth:`take_shipped` last asked (retention may remove them now)."""
 
     # --- the collector's side ---------------------------------------------------------------------
 
@@ -104,6 +127,13 @@ class Shipper:
         """Check the settings (errors are raised here, before any dump), recover the spool, start."""
         self._client()
         self.spool.prepare()
+        if self.options.dump_dir is not None:
+            try:
+                self.ledger = Ledger.open(self.options.dump_dir, create=True)
+            except LedgerError as err:
+                self.log(f"ship: {err}; what is shipped is not recorded, and the dump directory is not swept")
+            if self.ledger is not None and self.options.sweep:
+                self._sweep_at = time.monotonic()
         with self._lock:
             self._submitted.extend(self.spool.recover())
         self._thread = threading.Thread(target=self._run, name="kmemdump-shipper", daemon=True)
@@ -123,6 +153,12 @@ class Shipper:
             self._lock.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def take_shipped(self) -> int:
+        """How many uploads were confirmed since the last call (the collector applies retention)."""
+        with self._lock:
+            count, self.shipped_since = self.shipped_since, 0
+        return count
 
     def wait_idle(self, timeout: float) -> bool:
         """Until nothing is queued and no upload is in flight (for tests and benchmarks)."""
@@ -146,6 +182,8 @@ class Shipper:
                 self._busy = True
             for dump in submitted:
                 self.spool.admit(dump)
+            if self._sweep_at is not None and time.monotonic() >= self._sweep_at and not self.failures:
+                self._sweep()
             delay: float | None = None
             for entry in self.spool.entries():
                 if self._stopping:
@@ -169,7 +207,11 @@ class Shipper:
                     if type(unexpected) is StoreError:
                         continue  # this dump's keys hold other content: the others may still go
                     break  # the store (or something else, not this dump) failed: wait before any other
+                if self.failures and self.ledger is not None and self.options.sweep:
+                    self._sweep_at = time.monotonic()  # the outage is over: what it left behind goes too
                 self.failures = 0
+            if delay is None and self._sweep_for_room and not self._stopping:
+                self._sweep_at = time.monotonic()  # the spool has room again for what the sweep left
             with self._lock:
                 self._busy = False
                 self._lock.notify_all()
@@ -178,7 +220,41 @@ class Shipper:
                 if delay is not None:
                     self._lock.wait(delay)  # a new dump does not cut the wait short: the store is down
                 elif not self._submitted:
-                    self._lock.wait()
+                    if self._sweep_at is None:
+                        self._lock.wait()
+                    elif self._sweep_at > time.monotonic():
+                        self._lock.wait(self._sweep_at - time.monotonic())
+
+    def _sweep(self) -> None:
+        """Queue the dump directory's dumps not confirmed shipped (:mod:`kmemdump.fleet.sweep`)."""
+        options = self.options
+        directory = options.dump_dir
+        if directory is None:
+            self._sweep_at = None
+            return
+        self._sweep_at = time.monotonic() + options.sweep_every
+        try:
+            result = sweep(
+                directory,
+                self.spool,
+                self.ledger,
+                settle_s=options.settle_s,
+                max_age_s=options.sweep_max_age,
+                refused=lambda identity: identity in self._refused,
+            )
+        except OSError as err:
+            self.log(f"ship sweep of {directory} failed: {err}")
+            return
+        line = result.line(directory)
+        if line and (result.queued or line != self._swept_line):  # the same leftovers are said once
+            self.log(line)
+        self._swept_line = line
+        if result.settling:
+            self._sweep_at = min(self._sweep_at, time.monotonic() + options.settle_s)
+        self._sweep_for_room = result.no_room > 0
+        if result.present and self.ledger is not None:
+            with contextlib.suppress(OSError):
+                self.ledger.tidy(set(result.present))
 
     def _client(self) -> ObjectStore:
         if self._store is None:
@@ -188,17 +264,24 @@ class Shipper:
     def _ship(self, entry: SpoolEntry) -> None:
         """Upload one entry, or raise :class:`StoreError` (the entry stays)."""
         try:
+            before = os.stat(entry.path, follow_symlinks=False)
             digest = digest_file(entry.path)
             index = build_index(entry.path, self.options.url, digest)
+            owner = self._owner(entry, before)
+            if owner not in (os.geteuid(), index.uid):
+                raise DumpFormatError(
+                    f"its file belongs to uid {owner}, but it says it is a dump of a process of "
+                    f"uid {index.uid}: not a dump this collector wrote"
+                )
         except (DumpFormatError, OSError) as err:
             self.log(
                 f"ship {entry.name}: not uploaded, it is not a readable dump ({err}); dropped from the spool"
             )
-            self.spool.remove(entry)
+            self._refuse(entry)
             return
         except KmemdumpError as err:
             self.log(f"ship {entry.name}: not uploaded ({err}); dropped from the spool")
-            self.spool.remove(entry)
+            self._refuse(entry)
             return
         store = self._client()
         key = self._put_dump(store, entry, index.key, digest)
@@ -214,6 +297,53 @@ class Shipper:
         )
         if self.options.delete_local:
             self._delete_local(entry)
+        else:
+            self._record(entry, before, f"s3://{self.options.url.bucket}/{key}")
+        with self._lock:
+            self.shipped_since += 1
+
+    @staticmethod
+    def _owner(entry: SpoolEntry, spooled: os.stat_result) -> int:
+        """The owner of the dump directory's file (a copy in the spool is this user's)."""
+        if entry.source:
+            with contextlib.suppress(OSError):
+                original = os.stat(entry.source, follow_symlinks=False)
+                if (original.st_dev, original.st_ino) == entry.source_id:
+                    return original.st_uid
+        return spooled.st_uid
+
+    def _refuse(self, entry: SpoolEntry) -> None:
+        """Drop an entry that is not a dump, and remember its file so that no sweep queues it again."""
+        with contextlib.suppress(OSError):
+            self._refused[identity_of(os.stat(entry.path, follow_symlinks=False))] = None
+            while len(self._refused) > 10_000:
+                del self._refused[next(iter(self._refused))]
+        self.spool.remove(entry)
+
+    def _record(self, entry: SpoolEntry, before: os.stat_result, url: str) -> None:
+        """Note in the ledger that the dump directory's file is shipped, if it is still the one that
+        was uploaded (same inode, size and modification time as before the upload)."""
+        if self.ledger is None or not entry.source:
+            return
+        source = Path(entry.source)
+        if self.options.dump_dir is None or source.parent.resolve() != self.options.dump_dir.resolve():
+            return
+        try:
+            now = os.stat(source, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) != entry.source_id:
+                return
+            if (before.st_dev, before.st_ino) == (now.st_dev, now.st_ino):  # linked: the very file uploaded
+                changed = identity_of(now) != identity_of(before)
+            else:  # a copy was uploaded: the original must not have changed since it was queued
+                changed = now.st_size != before.st_size or now.st_mtime_ns > entry.queued_ns
+            if changed:
+                self.log(
+                    f"ship {entry.name}: the file changed while it was uploaded; not recorded as shipped"
+                )
+                return
+            self.ledger.record(entry.name, now, url)
+        except OSError as err:
+            self.log(f"ship {entry.name}: uploaded, but not recorded as shipped: {err}")
 
     def _put_dump(self, store: ObjectStore, entry: SpoolEntry, key: str, digest: Digest) -> str:
         if store.put_if_absent(key, entry.path) == "created" or self._same(store, key, digest):
