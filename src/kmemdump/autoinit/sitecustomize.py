@@ -14,7 +14,7 @@ import importlib
 import os
 import sys
 
-_VARIABLES = ("AUTOINIT", "SRC", "WATCHDOG", "FEEDER", "SUPERVISOR", "FAULTHANDLER", "EXCEPTHOOK")
+_VARIABLES = ("AUTOINIT", "SRC", "WATCHDOG", "FEEDER", "SUPERVISOR", "FAULTHANDLER", "EXCEPTHOOK", "CAPACITY")
 
 
 def _this_process() -> str:
@@ -43,6 +43,7 @@ def _kmemdump_autoinit() -> None:
     supervisor = os.environ.get("KMEMDUMP_SUPERVISOR", "")
     faults = os.environ.get("KMEMDUMP_FAULTHANDLER", "") == "1"  # run --faulthandler
     excepthook = os.environ.get("KMEMDUMP_EXCEPTHOOK", "") == "1"  # run --excepthook
+    slots = os.environ.get("KMEMDUMP_CAPACITY", "")  # run --capacity
     try:
         import kmemdump
     except ImportError:  # another interpreter: the producer is pure standard library
@@ -51,7 +52,12 @@ def _kmemdump_autoinit() -> None:
         import kmemdump
     try:
         seconds = float(timeout) if timeout else None
-        kmemdump.init(table=True, watchdog=seconds, faulthandler=faults, excepthook=excepthook)
+        capacity = int(slots) if slots.isdigit() else None
+        kmemdump.init(
+            table=True, capacity=capacity, watchdog=seconds, faulthandler=faults, excepthook=excepthook
+        )
+        # the program's own init(capacity=N) must match: it raises, naming run --capacity, if not
+        kmemdump.producer.api._started_by("kmemdump run")
         expect = getattr(kmemdump.current_backend(), "expect_collector", None)
         if supervisor.isdigit() and callable(expect):
             expect(int(supervisor))  # the table is run's: another collector leaves it to run

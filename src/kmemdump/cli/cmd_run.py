@@ -33,6 +33,14 @@ from kmemdump.collector.watch import Event
 __all__ = ["prepare", "run"]
 
 
+def _capacity(text: str) -> int:
+    from kmemdump.formats.table import MAX_CAPACITY
+
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= MAX_CAPACITY:
+        raise argparse.ArgumentTypeError(f"not a number of slots between 1 and {MAX_CAPACITY}: {text!r}")
+    return int(text)
+
+
 def prepare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout",
@@ -85,6 +93,14 @@ def prepare(parser: argparse.ArgumentParser) -> None:
         help="autoinit with init(excepthook=True): an uncaught exception is recorded, and run says why "
         "the command exited with status 1",
     )
+    parser.add_argument(
+        "--capacity",
+        type=_capacity,
+        default=None,
+        metavar="N",
+        help="autoinit with init(capacity=N): the registry's slots (default 201); a program that calls "
+        "kmemdump.init(capacity=N) itself needs the same N here (its init raises otherwise)",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="log only dumps and errors")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
 
@@ -103,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
     ):
         if wanted:  # read by the autoinit hook in the command (docs/integrations.md)
             os.environ[variable] = "1"
+    if args.capacity is not None:
+        os.environ["KMEMDUMP_CAPACITY"] = str(args.capacity)
 
     options = SuperviseOptions(
         dump=dump_options(args),

@@ -15,6 +15,7 @@ from typing import Literal
 from typing import TypeVar
 from typing import overload
 
+from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import RegionExistsError
 from kmemdump.formats.kinds import RegionFlags
@@ -298,6 +299,8 @@ class _InitState:
         """The process the banner was made for (a forked child re-arms: its own pid, its own argv)."""
         self.banner_address: int | None = None
         """Where the banner init() registered is: the region under ID.BANNER is ours only while there."""
+        self.started_by = ""
+        """Who made the first call on the program's behalf (``kmemdump run``'s autoinit), or ""."""
 
 
 _init = _InitState()
@@ -320,9 +323,9 @@ def init(
 ) -> InitReport:
     """Set kmemdump up for this process. Safe to call more than once.
 
-    The first call sizes the registry (``capacity``), registers the banner and the Python layout
-    description, and walks the static annotations. ``table=True`` publishes the registry in a shared
-    table (under ``directory``, default ``$KMEMDUMP_DIR`` or ``/dev/shm/kmemdump-<uid>``);
+    The first call sizes the registry (``capacity``, default 201 slots), registers the banner and the
+    Python layout description, and walks the static annotations. ``table=True`` publishes the registry
+    in a shared table (under ``directory``, default ``$KMEMDUMP_DIR`` or ``/dev/shm/kmemdump-<uid>``);
     ``watchdog=S`` arms a heartbeat timeout of S seconds, fed by :func:`kmemdump.feed` from your main
     loop, or by a background thread with ``feeder=True`` (which detects only whole-process stalls).
     ``arena_size`` is the size in bytes of the persistent arena (default 1 MiB), created beside the
@@ -339,7 +342,10 @@ def init(
     its death dump. ``excepthook=True`` records every uncaught exception's traceback in a persistent
     ring, and an exception that ends the program leaves its table for the collector, so that its
     death dump says why it exited with status 1 (see ``docs/integrations.md``).
-    Later calls only add what earlier ones did not enable.
+    Later calls only add what earlier ones did not enable. Under ``kmemdump run`` the autoinit hook
+    makes the first call before the program starts, with ``run --capacity N`` (default 201): a
+    program's ``init(capacity=M)`` with another M then raises :class:`InvalidRegionError` naming
+    the ``--capacity`` to give, rather than going on with a registry of the wrong size.
 
     In a forked child (``os.fork``, a ``multiprocessing`` or gunicorn worker) the parent's table,
     watchdog and feeder are not inherited; the child's first call re-arms it: a banner with the
@@ -348,6 +354,14 @@ def init(
     """
     failures: list[tuple[str, str]] = []
     with _init.lock:
+        if _init.done and _init.started_by and capacity is not None and capacity != _registry.capacity:
+            raise InvalidRegionError(
+                f"{_init.started_by} started kmemdump in this process with {_registry.capacity} region "
+                f"slots before the program's init(capacity={capacity}), and a published registry cannot "
+                f"be resized: start the program with '{_init.started_by} --capacity {capacity}'",
+                capacity=capacity,
+                current=_registry.capacity,
+            )
         if arena_size is not None or (table and directory is not None):
             from kmemdump.producer import arena as _arena  # checked first: a bad size changes nothing
 
@@ -382,6 +396,13 @@ def init(
     if walked is not None:
         failures.extend(walked.failed)
     return InitReport(banner_id, info_id, walked.registered if walked else (), tuple(failures), table_path)
+
+
+def _started_by(who: str) -> None:
+    """Say that the first :func:`init` was made on the program's behalf (``kmemdump run``'s autoinit
+    hook): a later ``init(capacity=N)`` of the program that cannot be honoured then raises."""
+    with _init.lock:
+        _init.started_by = who
 
 
 def shutdown() -> None:

@@ -8,8 +8,8 @@
 _shtab_kmemdump_subparsers=(demo watch run dump ps ls show hexdump extract gdb prune completion)
 
 _shtab_kmemdump_demo_option_strings=(-h --help --dir --timeout)
-_shtab_kmemdump_watch_option_strings=(-h --help --dir --budget --max-region --compress --durable --no-stop --no-stacks --capture --allow-nondumpable --group --tables --after-hang --max-dumps --max-per-user --keep --keep-size --keep-age --keep-total --keep-total-size --ship --no-ship --ship-spool --ship-spool-size --ship-spool-dumps --ship-retry --ship-delete-local)
-_shtab_kmemdump_run_option_strings=(-h --help --timeout --dir --budget --max-region --compress --durable --no-stop --no-stacks --capture --allow-nondumpable --group --after-hang --no-autoinit --no-feeder --no-deadlock-check --trace-exit --faulthandler --excepthook --quiet -q)
+_shtab_kmemdump_watch_option_strings=(-h --help --dir --budget --max-region --compress --durable --no-stop --no-stacks --capture --allow-nondumpable --group --tables --after-hang --max-dumps --max-per-user --keep --keep-size --keep-age --keep-total --keep-total-size --unshipped --hard-total --hard-total-size --ship --no-ship --ship-spool --ship-spool-size --ship-spool-dumps --ship-retry --no-ship-sweep --ship-sweep-age --ship-delete-local)
+_shtab_kmemdump_run_option_strings=(-h --help --timeout --dir --budget --max-region --compress --durable --no-stop --no-stacks --capture --allow-nondumpable --group --after-hang --no-autoinit --no-feeder --no-deadlock-check --trace-exit --faulthandler --excepthook --capacity --quiet -q)
 _shtab_kmemdump_dump_option_strings=(-h --help --dir --budget --max-region --compress --durable --no-stop --no-stacks --capture --allow-nondumpable --group --tables --json)
 _shtab_kmemdump_ps_option_strings=(-h --help --tables --json --plain)
 _shtab_kmemdump_ls_option_strings=(-h --help --pid --reason --since --until -n --last -r --reverse --host --group --json --plain)
@@ -17,7 +17,7 @@ _shtab_kmemdump_show_option_strings=(-h --help --dir --json --no-decode --plain)
 _shtab_kmemdump_hexdump_option_strings=(-h --help --dir --offset --length --all --json)
 _shtab_kmemdump_extract_option_strings=(-h --help --dir -o --output -f --force --offset --length)
 _shtab_kmemdump_gdb_option_strings=(-h --help --dir --gdb --exe --sysroot --print-command)
-_shtab_kmemdump_prune_option_strings=(-h --help --keep --keep-size --keep-age --keep-total --keep-total-size --dry-run --json)
+_shtab_kmemdump_prune_option_strings=(-h --help --keep --keep-size --keep-age --keep-total --keep-total-size --unshipped --hard-total --hard-total-size --dry-run --json)
 _shtab_kmemdump_completion_option_strings=(-h --help)
 _shtab_kmemdump_option_strings=(-h --help --version -v --verbose)
 
@@ -32,9 +32,11 @@ _shtab_kmemdump_gdb___dir_COMPGEN=_shtab_compgen_dirs
 
 _shtab_kmemdump_watch___capture_choices=(regions stacks)
 _shtab_kmemdump_watch___after_hang_choices=(leave kill abort)
+_shtab_kmemdump_watch___unshipped_choices=(auto protect last ignore)
 _shtab_kmemdump_run___capture_choices=(regions stacks)
 _shtab_kmemdump_run___after_hang_choices=(leave kill abort)
 _shtab_kmemdump_dump___capture_choices=(regions stacks)
+_shtab_kmemdump_prune___unshipped_choices=(auto protect last ignore)
 _shtab_kmemdump_completion_pos_0_choices=(bash zsh)
 _shtab_kmemdump_pos_0_choices=(demo watch run dump ps ls show hexdump extract gdb prune completion)
 
@@ -49,6 +51,7 @@ _shtab_kmemdump_watch___no_stacks_nargs=0
 _shtab_kmemdump_watch___allow_nondumpable_nargs=0
 _shtab_kmemdump_watch___no_ship_nargs=0
 _shtab_kmemdump_watch___ship_retry_nargs=2
+_shtab_kmemdump_watch___no_ship_sweep_nargs=0
 _shtab_kmemdump_watch___ship_delete_local_nargs=0
 _shtab_kmemdump_run_pos_0_nargs=...
 _shtab_kmemdump_run__h_nargs=0
