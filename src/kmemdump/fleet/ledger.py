@@ -8,7 +8,8 @@ remove shipped dumps first and keep those not shipped yet; the shipper's sweep r
 dumps still to ship after a restart or an outage.
 
 A dump directory with a ledger is a *shipping* directory. The ledger is trusted only when it is a
-real directory (no link followed) owned by this user and writable by nobody else; every record is
+real directory (no link followed) owned by this user or by the dump directory's owner, and writable
+by nobody else; every record is
 read by name in it, no link followed, at most :data:`MAX_RECORD` bytes, and checked field by field.
 It holds no secret (names, sizes and object URLs); the dump directory's mode protects it as it
 protects the dumps' names.
@@ -67,22 +68,23 @@ class Ledger:
         :class:`LedgerError` when ``DIR/.shipped`` is a link, not a directory, not this user's, or
         writable by others (something planted it: it is not trusted)."""
         path = Path(dump_dir) / LEDGER_DIR
-        if create:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(path, 0o755)
         try:
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(path, 0o755)
+            owners = {os.geteuid(), os.stat(dump_dir).st_uid}
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as err:
-            raise LedgerError(f"the ship ledger {path} cannot be opened: {err.strerror}") from err
+            raise LedgerError(f"the ship ledger {path} cannot be made or opened: {err.strerror}") from err
         info = os.fstat(fd)
-        if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        if info.st_uid not in owners or info.st_mode & 0o022:
             os.close(fd)
             raise LedgerError(
-                f"the ship ledger {path} is not trusted: it belongs to uid {info.st_uid} "
-                f"(mode {stat.S_IMODE(info.st_mode):o}); this collector is uid {os.geteuid()} and "
-                "needs it writable by nobody else (remove it)"
+                f"the ship ledger {path} is not trusted: it belongs to uid {info.st_uid} (mode "
+                f"{stat.S_IMODE(info.st_mode):o}), neither this user ({os.geteuid()}) nor the dump "
+                "directory's owner, or others may write to it (remove it)"
             )
         return cls(path, fd)
 

@@ -197,9 +197,10 @@ def sweep(
 
 
 def _link_in(dir_fd: int, name: str, info: os.stat_result, spool_dir: Path) -> bool:
-    """Put the file ``name`` (as ``info`` saw it) into the spool: a hard link made from a descriptor
-    opened without following a link, else a copy from that descriptor; False when the file is no
-    longer the one looked at (replaced, now a link or a FIFO) or cannot be read."""
+    """Put the file ``name`` (as ``info`` saw it) into the spool: a hard link by name that follows no
+    link, checked to be that very inode, else (another file system) a copy from a descriptor opened
+    without following a link; False when the file is no longer the one looked at (replaced, now a
+    link or a FIFO) or cannot be read."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
