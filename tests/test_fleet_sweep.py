@@ -262,3 +262,26 @@ def test_dumps_of_a_collector_without_ship_go_at_the_next_start_with_ship(
     assert _names(store_url) == [local.name]
     assert any(line.startswith(f"ship sweep of {dump_dir}: queued 1 dump (") for line in shipping.lines)
     assert (dump_dir / LEDGER_DIR / f"{local.name}.json").is_file()
+
+
+def test_a_file_modified_in_the_future_is_left_and_brings_no_early_sweep(
+    store_url: str, tmp_path: Path
+) -> None:
+    dump_dir = tmp_path / "dumps"
+    dump_dir.mkdir()
+    planted = _dump(dump_dir, 601)
+    later = time.time() + 30 * 86400
+    os.utime(planted, (later, later))  # "being written" for a month: must not make the shipper sweep non-stop
+    lines: list[str] = []
+    shipper = _shipper(store_url, dump_dir, lines, settle_s=0.0)
+    shipper.start()
+    try:
+        _wait(lambda: any(line.startswith("ship sweep") for line in lines), lines)
+        assert shipper.wait_idle(30)
+        due = shipper._sweep_at
+        assert due is not None and due - time.monotonic() > 500  # the next sweep is the periodic one
+    finally:
+        shipper.stop()
+    (line,) = [line for line in lines if line.startswith("ship sweep")]
+    assert line.endswith("queued 0 dumps (0 bytes) not shipped yet; left: 1 modified in the future"), line
+    assert _names(store_url) == []

@@ -114,8 +114,9 @@ class Shipper:
         self._sweep_at: float | None = None
         """Monotonic time of the next sweep (None: none due)."""
         self._sweep_for_room = False
-        self._swept_line = ""
         """The last sweep left dumps for want of room in the spool: sweep again once it is emptied."""
+        self._swept_line = ""
+        """What the last sweep said (the same leftovers are not said again every time)."""
         self._refused: dict[tuple[int, int, int, int], None] = {}
         """Files found not to be dumps (identity; oldest first, bounded): no sweep queues them again."""
         self.shipped_since = 0
@@ -182,8 +183,8 @@ class Shipper:
                 self._busy = True
             for dump in submitted:
                 self.spool.admit(dump)
-            if self._sweep_at is not None and time.monotonic() >= self._sweep_at and not self.failures:
-                self._sweep()
+            if self._sweep_at is not None and time.monotonic() >= self._sweep_at:
+                self._sweep()  # also during an outage: what it queues waits in the spool, within its bounds
             delay: float | None = None
             for entry in self.spool.entries():
                 if self._stopping:
@@ -249,8 +250,8 @@ class Shipper:
         if line and (result.queued or line != self._swept_line):  # the same leftovers are said once
             self.log(line)
         self._swept_line = line
-        if result.settling:
-            self._sweep_at = min(self._sweep_at, time.monotonic() + options.settle_s)
+        if result.settling:  # look again once they have settled (at most once a second)
+            self._sweep_at = min(self._sweep_at, time.monotonic() + max(options.settle_s, 1.0))
         self._sweep_for_room = result.no_room > 0
         if result.present and self.ledger is not None:
             with contextlib.suppress(OSError):

@@ -59,6 +59,8 @@ class SweepResult:
     """Dumps the ledger lists as shipped (nothing to do)."""
     settling: int = 0
     """Modified within the settling time: maybe still being written; the next sweep looks again."""
+    future: int = 0
+    """Modified more than a second in the future (a wrong clock, or planted): left, and no early sweep."""
     too_old: int = 0
     not_regular: int = 0
     """Named as dumps but links, FIFOs, directories, sockets or devices."""
@@ -79,6 +81,7 @@ class SweepResult:
         """One log line, or "" when there is nothing to say."""
         left = [
             (self.settling, "still being written (looked at again later)", ""),
+            (self.future, "modified in the future", ""),
             (self.too_old, "older than the sweep's age limit", ""),
             (self.not_regular, "not a regular file (a link, a FIFO …)", "not regular files (links, FIFOs …)"),
             (
@@ -126,7 +129,18 @@ def sweep(
     room_bytes = spool.max_bytes - sum(e.size for e in waiting)
     euid = os.geteuid()
     counts = dict.fromkeys(
-        ("shipped", "settling", "too_old", "not_regular", "foreign", "refused", "no_room", "too_large"), 0
+        (
+            "shipped",
+            "settling",
+            "future",
+            "too_old",
+            "not_regular",
+            "foreign",
+            "refused",
+            "no_room",
+            "too_large",
+        ),
+        0,
     )
     cut = ""
     present: set[str] = set()
@@ -160,6 +174,8 @@ def sweep(
                     counts["shipped"] += 1
                 elif refused(identity_of(info)):
                     counts["refused"] += 1
+                elif info.st_mtime_ns > now + 1_000_000_000:
+                    counts["future"] += 1
                 elif now - info.st_mtime_ns < settle_s * 1e9:
                     counts["settling"] += 1
                 elif max_age_s is not None and now - info.st_mtime_ns > max_age_s * 1e9:
