@@ -816,10 +816,11 @@ def test_gdb_print_command_names_absolute_paths(
     (tmp_path / "root").mkdir()
     monkeypatch.chdir(tmp_path)  # pasted later from another directory, the command still works
     code, out, _ = run_cli(
-        capsys, "gdb", "x.core", "--print-command", "--sysroot", "root", "--gdb", "/opt/gdb"
+        capsys, "gdb", "x.core", "--print-command", "--sysroot", "root", "--gdb", "bin/gdb"
     )
     assert code == 0
     command = shlex.split(out)
+    assert command[0] == str(tmp_path / "bin" / "gdb")
     assert command[command.index("-c") + 1] == str(built.path)
     assert f"set sysroot {tmp_path / 'root'}" in command
 

@@ -162,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_command:  # the command is run later, maybe from elsewhere: absolute paths
         path = Path(os.path.abspath(path))
         sysroot = Path(os.path.abspath(sysroot)) if sysroot is not None else None
+        gdb = os.path.abspath(gdb) if os.sep in gdb else gdb  # a bare name is looked up on PATH
     exe = os.path.abspath(args.exe) if args.exe and args.print_command else args.exe
     with _plain_core(path, keep=args.print_command) as core:
         plan = _plan(core, path, exe, sysroot)
