@@ -55,6 +55,7 @@ __all__ = [
     "hold",
     "not_held",
     "parse_record_name",
+    "pending",
     "record_name",
     "recover",
     "tidy",
@@ -337,6 +338,11 @@ def _parent_is_us(process: ProcessHandle | None) -> bool:
         return False
     fields = stat_line[stat_line.rfind(b")") + 1 :].split()
     return len(fields) > 1 and fields[1].isdigit() and int(fields[1]) == os.getpid()
+
+
+def pending() -> bool:
+    """Whether some release waits for :func:`tidy` (a loop calling it should not sleep long)."""
+    return bool(_stragglers)
 
 
 def tidy() -> None:

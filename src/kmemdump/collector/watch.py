@@ -1,8 +1,16 @@
 """Watching producers: a missed heartbeat, a death, or a new table.
 
-One :class:`Watcher` serves every table in its directories. It sleeps until the earliest moment
-a heartbeat could go stale (or a pidfd says a process died), so an idle collector costs next to
-nothing, and a stall is seen within a few milliseconds of its deadline.
+One :class:`Watcher` serves every table in its directories, and its idle cost grows with the
+deadlines it keeps, not with tables times wake-ups. It sleeps in ``poll`` until the earliest moment
+a heartbeat could go stale, a pidfd says a process died, or inotify says a table directory changed.
+A table is read only when its deadline may have passed: its last feed plus its timeout is a lower
+bound of its next deadline (feeds only move it later), so a process feeding every second with a
+5 s watchdog has its table read about once every four seconds, and a stall is still seen within a
+few milliseconds of its deadline. A producer that arms its watchdog or changes its timeout touches
+its table file, and inotify has the table read at once. Directories are listed again when inotify
+reports a change, and on a slow timer besides (``max_sleep``, :data:`_QUIET_S` by default; every
+:data:`_RESCAN_S` where inotify cannot be had). Each table is read at least that often anyway, to keep
+a recent consistent copy of it for a process that dies in the middle of an update.
 
 A table whose process is already gone when the watcher finds it (the process died before any
 collector ran) is removed; if the table names a persistent arena, one "death" dump of what the
@@ -31,12 +39,15 @@ from typing import Literal
 
 from kmemdump.collector.authority import ProcessHandle
 from kmemdump.collector.authority import check_authority
+from kmemdump.collector.dirwatch import Changes
+from kmemdump.collector.dirwatch import DirWatch
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.dump import DumpResult
 from kmemdump.collector.dump import ExitHold
 from kmemdump.collector.dump import dump_target
 from kmemdump.collector.exits import ExitListener
 from kmemdump.collector.exits import zombie_status
+from kmemdump.collector.hold import pending
 from kmemdump.collector.hold import recover
 from kmemdump.collector.hold import tidy
 from kmemdump.collector.identify import NotVisibleError
@@ -74,6 +85,15 @@ AFTER_HANG = ("leave", "kill", "abort")
 DEFAULT_MAX_DUMPS = 10
 """Hang dumps of one process before the collector stops dumping it (a death is always dumped)."""
 _RESCAN_S = 0.25
+"""Rescans without inotify; how soon a hung (or unreadable) table is read again."""
+_QUIET_S = 5.0
+"""The longest sleep: rescans with inotify, and the latest each table is read again."""
+_COALESCE_S = 0.05
+"""A burst of directory changes brings one rescan, this long after the first."""
+_EARLY_NS = 250_000_000
+"""Tables whose deadline may pass within this long are read together, in one wake-up."""
+_EXITS_S = 1.0
+"""The kernel's process events are drained at least this often (its socket buffer must not fill)."""
 _SHM = Path("/dev/shm")
 _LOOK_AGAIN_S = 1.0
 _ADOPT_TRIES = 3
@@ -123,6 +143,8 @@ class _Target:
     dumped_at_beat: int | None = None
     """Heartbeat counter at the last hang dump: one dump per stall, re-armed by a new beat."""
     deadline_ns: int | None = None
+    check_ns: int = 0
+    """When to read its header next (monotonic ns): its deadline's lower bound, or sooner."""
     limit_reported: bool = False
     """The max_dumps limit was logged for this process (once)."""
     table_pid: int = 0
@@ -146,7 +168,7 @@ class Watcher:
         after_hang: str = "leave",
         on_event: Callable[[Event], None] | None = None,
         only_pid: int | None = None,
-        max_sleep: float = _RESCAN_S,
+        max_sleep: float = _QUIET_S,
         max_dumps: int | None = DEFAULT_MAX_DUMPS,
         max_per_user: int | None = DEFAULT_MAX_PER_USER,
         retention: Policy | None = None,
@@ -187,27 +209,40 @@ class Watcher:
         self._unseen: set[Path] = set()
         self._poller = select.poll()
         self._by_fd: dict[int, tuple[int, int]] = {}
-        self._last_scan = 0.0
+        self._scan_at = 0.0
+        """When to list the directories again (monotonic): a change was reported, or the timer."""
+        self._dirwatch = DirWatch.open()
+        if self._dirwatch is not None:
+            self._poller.register(self._dirwatch.fileno(), select.POLLIN)
         self._emitted: list[Event] = []
+        self.header_reads = 0
+        """Heartbeat reads of watched tables so far (a statistic: what the idle cost grows with)."""
         self.death_of = death_of
         """How a target ended, asked first when it dies (``run`` passes its wait status)."""
         self._exits = ExitListener() if exit_events else None
-        """Every exit on the machine, heard from the kernel: read at each step, never waited on (an idle
-        collector must not wake for other processes' exits)."""
+        """Every exit on the machine, heard from the kernel: read at each step (at least every
+        :data:`_EXITS_S` while there are targets), never waited on (an idle collector must not wake for
+        other processes' exits)."""
 
     # --- discovery -----------------------------------------------------------------------
 
     def scan(self) -> list[Event]:
         """Pick up new tables; forget targets whose table vanished (a clean exit)."""
         mark = len(self._emitted)
-        self._last_scan = time.monotonic()
+        now = time.monotonic()
+        watching = self._dirwatch is not None
         seen: set[tuple[int, int]] = set()
         if self.rediscover is not None:
             self.directories = self.rediscover()
+            if self._dirwatch is not None:  # new users' directories appear there
+                watching = self._dirwatch.watch(str(_SHM), prefix="kmemdump-") and watching
         for directory in self.directories:
             names = self._list_dir(directory)
-            if names is None:
+            if names is None:  # not there yet, or not to be trusted: listed again on the short timer
+                watching = False
                 continue
+            if self._dirwatch is not None:
+                watching = self._dirwatch.watch(str(directory)) and watching
             arenas: list[tuple[tuple[int, int], Path]] = []
             for name in names:
                 path = directory / name
@@ -231,6 +266,10 @@ class Watcher:
             if target.pidfd is not None and not self._dead(target):
                 self._emit(Event("exit", target.pid, "table removed (clean exit)"))
             self._forget(ident)
+        self._scan_at = now + (self._quiet_s if watching else _RESCAN_S)
+        later = [when for when in self._later.values() if when > now]
+        if later:  # a table to look at again: a retry, one claimed elsewhere for now
+            self._scan_at = min(self._scan_at, *later)
         return self._emitted[mark:]
 
     def _list_dir(self, directory: Path) -> list[str] | None:
@@ -531,26 +570,58 @@ class Watcher:
             self._exits.drain()  # keep the socket's buffer from filling up: it would drop new exits
         timeout = self._timeout()
         for fd, _mask in self._poller.poll(max(0.0, timeout) * 1000):
+            if self._dirwatch is not None and fd == self._dirwatch.fileno():
+                self._on_changes(self._dirwatch.changed())
+                continue
             ident = self._by_fd.get(fd)
             if ident is not None:
                 self._on_death(ident)
         now = time.monotonic_ns()
         for target in list(self.targets.values()):
-            self._check_heartbeat(target, now)
-        if time.monotonic() - self._last_scan >= _RESCAN_S:
+            if target.check_ns <= now + _EARLY_NS:
+                self._check_heartbeat(target, now)
+        if time.monotonic() >= self._scan_at:
             self.scan()
         events, self._emitted = self._emitted, []
         return events
 
+    @property
+    def _quiet_s(self) -> float:
+        """The slow timer: directories listed and tables read again at least this often (with inotify)."""
+        return max(self.max_sleep, _RESCAN_S)
+
     def _timeout(self) -> float:
-        wake = self.max_sleep
+        """Seconds until the next thing to do: a table's deadline may have passed, a rescan is due,
+        a hold is to be finished; at most ``max_sleep``."""
         now = time.monotonic_ns()
-        for target in self.targets.values():
-            if target.deadline_ns is not None:
-                wake = min(wake, (target.deadline_ns - now) / 1e9)
+        wake = min(self.max_sleep, self._scan_at - time.monotonic())
+        if self.targets:
+            wake = min(wake, (min(t.check_ns for t in self.targets.values()) - now) / 1e9)
+        if pending():
+            wake = min(wake, _RESCAN_S)
+        if self._exits is not None and self._exits.fileno() >= 0 and self.targets:
+            wake = min(wake, _EXITS_S)
         return wake
 
+    def _on_changes(self, changes: Changes) -> None:
+        """What inotify said: names that came or went bring one listing a moment later (a burst of new
+        tables is listed once); a table touched by its producer (it armed or changed its watchdog) is
+        read at once."""
+        soon = time.monotonic() + _COALESCE_S
+        if changes.listed or changes.overflow:
+            self._scan_at = min(self._scan_at, soon)
+        if changes.touched:
+            known = {str(target.table): target for target in self.targets.values()}
+            for name in changes.touched:
+                target = known.get(name)
+                if target is not None:
+                    target.check_ns = 0
+                else:  # not watched (yet): adopting it may be due now
+                    self._scan_at = min(self._scan_at, soon)
+
     def _check_heartbeat(self, target: _Target, now: int) -> None:
+        target.check_ns = now + int(_RESCAN_S * 1e9)  # unless the header says when (below)
+        self.header_reads += 1
         try:
             header = target.reader.header()
         except (KmemdumpError, OSError) as err:
@@ -563,7 +634,11 @@ class Watcher:
             with contextlib.suppress(KmemdumpError, OSError):
                 target.snapshot = target.reader.snapshot(retries=3)
         if not header.hung(now):
-            target.deadline_ns = header.deadline_ns
+            target.deadline_ns = deadline = header.deadline_ns
+            # nothing can happen before its deadline (a feed moves it later): read it then, or after the
+            # quiet period (for a recent copy of the table) when it has no watchdog
+            quiet = now + int(self._quiet_s * 1e9)
+            target.check_ns = quiet if deadline is None else min(deadline, quiet)
             return
         target.deadline_ns = None
         if target.dumped_at_beat == header.heartbeat:
@@ -775,6 +850,11 @@ class Watcher:
             self._forget(ident)
         if self._exits is not None:
             self._exits.close()
+        if self._dirwatch is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._poller.unregister(self._dirwatch.fileno())
+            self._dirwatch.close()
+            self._dirwatch = None
 
 
 _AFTER_SIGNALS = {"kill": signal.SIGKILL, "abort": signal.SIGABRT}

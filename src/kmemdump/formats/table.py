@@ -552,13 +552,16 @@ class TableWriter:
         """
         return self._u64, self._next_beat, self._on_tick
 
-    def set_watchdog(self, timeout_ns: int) -> None:
-        """Publish the watchdog timeout (0 disables it)."""
+    def set_watchdog(self, timeout_ns: int) -> bool:
+        """Publish the watchdog timeout (0 disables it); True when it differs from the one published
+        before (a collector may then expect the next deadline later than it now is)."""
         if isinstance(timeout_ns, bool) or not isinstance(timeout_ns, int) or not 0 <= timeout_ns <= _U64_MAX:
             raise InvalidRegionError(
                 "watchdog timeout must be an int of nanoseconds >= 0", timeout_ns=timeout_ns
             )
+        changed = self._u64[_W_WATCHDOG_TIMEOUT_NS] != timeout_ns
         self._u64[_W_WATCHDOG_TIMEOUT_NS] = timeout_ns
+        return changed
 
     def set_state(self, state: TableState) -> None:
         self._u32[_I_STATE] = TableState(state)

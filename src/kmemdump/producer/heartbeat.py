@@ -130,11 +130,14 @@ def _refresh_locked() -> None:
     if writer is None:
         _point_nowhere()
         return
-    writer.set_watchdog(_state.timeout_ns)
+    changed = writer.set_watchdog(_state.timeout_ns)
     writer.set_flag(FLAG_FEEDER, _state.feeder is not None)
     _point(*writer.feed_binding())
     if _state.timeout_ns:
         feed()  # arming counts as a beat: the deadline starts now, not at some old feed
+    touch = getattr(_state.backend, "touch", None)
+    if changed and touch is not None:
+        touch()  # a collector reads a table when its deadline may have passed: this one may be sooner
 
 
 def _as_beating(backend: object) -> Beating | None:

@@ -391,6 +391,16 @@ class SharedTableBackend:
         live_paths.add(str(self._path))
         self.grant_ptrace()
 
+    def touch(self) -> None:
+        """Change the table file's times, which a collector watching the directory hears (inotify): it
+        reads the table when told so, or when the deadline it last read may have passed. Called after
+        the watchdog is armed or its timeout changed, whose next deadline may come sooner."""
+        # by its name: inotify names the file by the name it was reached through (the descriptors
+        # were opened under a temporary name, removed since)
+        if self._path is not None and self._dir_fd >= 0 and self._owner_pid == os.getpid():
+            with contextlib.suppress(OSError):
+                os.utime(self._path.name, dir_fd=self._dir_fd, follow_symlinks=False)
+
     def _hold_live_lock(self, fd: int, writer: TableWriter) -> None:
         """Lock the new table file for as long as this process lives, and say so in its header.
 
