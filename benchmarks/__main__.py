@@ -43,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and name not in args.only:
             continue
         print(f"running {name} (load average {os.getloadavg()[0]:.2f}) …", file=sys.stderr, flush=True)
-        rows.extend(suite(config))
+        try:
+            rows.extend(suite(config))
+        except Exception as err:  # one suite's failure is a row: the others still run
+            rows.append(
+                Row(f"{name}: the suite failed", float("nan"), "", None, "", None, "runs", False, repr(err))
+            )
     if args.json:
         print(json.dumps([asdict(r) | {"met": r.met} for r in rows], indent=2))
     else:

@@ -101,7 +101,7 @@ def idle_collector(config: Config) -> list[Row]:
 class _Collector:
     """``kmemdump watch`` with its log read by a thread: adoptions counted, lines kept."""
 
-    def __init__(self, tables: Path, dumps: Path) -> None:
+    def __init__(self, tables: Path, dumps: Path, count: int) -> None:
         argv = [
             *kmemdump_command(),
             "watch",
@@ -111,6 +111,8 @@ class _Collector:
             str(dumps),
             "--max-dumps",
             "100000",
+            "--max-per-user",
+            str(count + 16),  # every table is one user's here (the default quota would leave some out)
         ]
         self.proc = subprocess.Popen(
             argv, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=bench_env()
@@ -183,7 +185,7 @@ def _one(count: int, window: float, stalls: int) -> list[Row]:
             if spawner.stdout.readline().split() != ["ready", str(count - 1)]:
                 raise RuntimeError("the producers did not all start")
             hanger_pid = int(hanger.stdout.readline().split()[1])
-            collector = _Collector(tables, dumps)
+            collector = _Collector(tables, dumps, count)
             if not collector.wait_adopted(count, 120.0):
                 raise RuntimeError(f"the collector adopted {collector.adopted} of {count} tables")
             time.sleep(2.0)  # let the start-up settle (the measured window is what follows)

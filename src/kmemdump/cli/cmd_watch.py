@@ -113,10 +113,14 @@ def run(args: argparse.Namespace) -> int:
     options = dump_options(args)
     dirs = args.tables or table_dirs(all_users=os.geteuid() == 0)
     stopping = False
+    # the watcher may sleep for seconds when nothing is due: a signal ends its wait through this pipe
+    woken, wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
+        with contextlib.suppress(OSError):
+            os.write(wake, b"s")
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -149,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    watcher.wake_on(woken)
     sd_notify("READY=1\nSTATUS=watching")
 
     def should_stop() -> bool:  # between two steps of the watcher
@@ -161,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         sd_notify("STOPPING=1")
         watcher.close()
+        os.close(woken)
+        os.close(wake)
         if shipper is not None:
             shipper.stop()
     return 0

@@ -251,6 +251,7 @@ def supervise(
         only_pid=child.pid,
         death_of=None if tracer is not None else waited_death,
         exit_events=False,  # the parent learns the status itself
+        max_sleep=0.25,  # one table, read 4 times a second: the staging reserve follows its regions
     )
     notice = _OwnWatchdogNotice(child.pid, options.timeout if options.feeder else None, warn)
     # the loop sleeps in poll, woken by the tracer (an exit stop, its end) or else by the child's end
