@@ -581,6 +581,25 @@ def test_real_uids_root_reads_all_other_users_read_none() -> None:
         scratch.rmdir()
 
 
+def test_beat_reads_the_heartbeat_words_of_the_header(tmp_path: Path) -> None:
+    buf, writer = new_table(4)
+    writer.set_watchdog(2_000_000_000)
+    feed = writer.feed
+    feed()
+    feed()
+    path = write_file(tmp_path, bytes(buf))
+    with TableReader(path) as reader:
+        header, beat = reader.header(), reader.beat()
+    assert beat == (header.generation, header.heartbeat, header.last_feed_ns, header.watchdog_timeout_ns)
+    assert beat.heartbeat == 2 and beat.deadline_ns == header.deadline_ns
+    assert beat.hung(header.last_feed_ns + 2_000_000_000) and not beat.hung(
+        header.last_feed_ns + 1_999_999_999
+    )
+    short = write_file(tmp_path, bytes(buf[:60]), name="3-4.table")
+    with TableReader(short) as reader, pytest.raises(TableFormatError, match="truncated"):
+        reader.beat()
+
+
 def test_write_collector_pid(tmp_path: Path) -> None:
     path = write_file(tmp_path, bytes(sample_table()))
     write_collector_pid(path, 31337)

@@ -6,11 +6,13 @@ a heartbeat could go stale, a pidfd says a process died, or inotify says a table
 A table is read only when its deadline may have passed: its last feed plus its timeout is a lower
 bound of its next deadline (feeds only move it later), so a process feeding every second with a
 5 s watchdog has its table read about once every four seconds, and a stall is still seen within a
-few milliseconds of its deadline. A producer that arms its watchdog or changes its timeout touches
-its table file, and inotify has the table read at once. Directories are listed again when inotify
-reports a change, and on a slow timer besides (``max_sleep``, :data:`_QUIET_S` by default; every
-:data:`_RESCAN_S` where inotify cannot be had). Each table is read at least that often anyway, to keep
-a recent consistent copy of it for a process that dies in the middle of an update.
+few milliseconds of its deadline; between deadlines only the four heartbeat words are read
+(:meth:`TableReader.beat`), the whole header before anything is done. A producer that arms its
+watchdog or changes its timeout touches its table file, and inotify has the table read at once.
+Each table is read at least every ``max_sleep`` (:data:`_QUIET_S` by default) anyway, to keep a
+recent consistent copy of it for a process that dies in the middle of an update. Directories are
+listed again when inotify reports a change, and every :data:`_LIST_AGAIN_S` besides (every
+:data:`_RESCAN_S` where inotify cannot be had).
 
 A table whose process is already gone when the watcher finds it (the process died before any
 collector ran) is removed; if the table names a persistent arena, one "death" dump of what the
@@ -87,7 +89,10 @@ DEFAULT_MAX_DUMPS = 10
 _RESCAN_S = 0.25
 """Rescans without inotify; how soon a hung (or unreadable) table is read again."""
 _QUIET_S = 5.0
-"""The longest sleep: rescans with inotify, and the latest each table is read again."""
+"""The default longest sleep: the latest each table is read again."""
+_LIST_AGAIN_S = 60.0
+"""With inotify, the directories are listed again this often anyway (a safety net; a listing of 500
+tables costs about as much as 100 table reads)."""
 _COALESCE_S = 0.05
 """A burst of directory changes brings one rescan, this long after the first."""
 _EARLY_NS = 250_000_000
@@ -243,30 +248,29 @@ class Watcher:
                 continue
             if self._dirwatch is not None:
                 watching = self._dirwatch.watch(str(directory)) and watching
-            arenas: list[tuple[tuple[int, int], Path]] = []
+            arenas: list[tuple[tuple[int, int], str]] = []
             for name in names:
-                path = directory / name
-                ident = parse_file_name(path.name)
+                ident = parse_file_name(name)
                 if ident is None:  # an arena or a fault file: removed once nothing names it
-                    suffix = FAULT_SUFFIX if path.name.endswith(FAULT_SUFFIX) else ARENA_SUFFIX
-                    arena = parse_file_name(path.name, suffix)
+                    suffix = FAULT_SUFFIX if name.endswith(FAULT_SUFFIX) else ARENA_SUFFIX
+                    arena = parse_file_name(name, suffix)
                     if arena is not None and (self.only_pid is None or arena[0] == self.only_pid):
-                        arenas.append((arena, path))
+                        arenas.append((arena, name))
                     continue
                 if self.only_pid is not None and ident[0] != self.only_pid:
                     continue
                 seen.add(ident)
                 if ident not in self.targets:
-                    self._adopt(ident, path)
-            for ident, path in arenas:
+                    self._adopt(ident, directory / name)
+            for ident, name in arenas:
                 if ident not in seen:  # a table listed now took care of its arena
-                    self._check_orphan_arena(ident, path)
+                    self._check_orphan_arena(ident, directory / name)
         for ident in [k for k in self.targets if k not in seen]:
             target = self.targets[ident]
             if target.pidfd is not None and not self._dead(target):
                 self._emit(Event("exit", target.pid, "table removed (clean exit)"))
             self._forget(ident)
-        self._scan_at = now + (self._quiet_s if watching else _RESCAN_S)
+        self._scan_at = now + (max(self.max_sleep, _LIST_AGAIN_S) if watching else _RESCAN_S)
         later = [when for when in self._later.values() if when > now]
         if later:  # a table to look at again: a retry, one claimed elsewhere for now
             self._scan_at = min(self._scan_at, *later)
@@ -577,9 +581,9 @@ class Watcher:
             if ident is not None:
                 self._on_death(ident)
         now = time.monotonic_ns()
-        for target in list(self.targets.values()):
-            if target.check_ns <= now + _EARLY_NS:
-                self._check_heartbeat(target, now)
+        due = now + _EARLY_NS
+        for target in [t for t in self.targets.values() if t.check_ns <= due]:
+            self._check_heartbeat(target, now)
         if time.monotonic() >= self._scan_at:
             self.scan()
         events, self._emitted = self._emitted, []
@@ -623,7 +627,7 @@ class Watcher:
         target.check_ns = now + int(_RESCAN_S * 1e9)  # unless the header says when (below)
         self.header_reads += 1
         try:
-            header = target.reader.header()
+            header = target.reader.beat()  # the four words that say when; all is checked before a dump
         except (KmemdumpError, OSError) as err:
             target.errors += 1
             if target.errors == 1:
@@ -657,8 +661,11 @@ class Watcher:
     def _still_stale(self, target: _Target, beat: int, last_feed_ns: int) -> bool:
         """Confirm a hang with a second header read before dumping (or killing) anything."""
         try:
-            again = target.reader.header()
-        except (KmemdumpError, OSError):
+            again = target.reader.header()  # the whole header, checked
+        except (KmemdumpError, OSError) as err:
+            target.errors += 1
+            if target.errors == 1:
+                self._emit(Event("error", target.pid, f"table unreadable: {err}"))
             return False
         return again.heartbeat == beat and again.last_feed_ns == last_feed_ns
 
