@@ -183,6 +183,23 @@ def test_pytest_timeouts_own_marker_says_how_long_a_test_may_take(tmp_path: Path
     assert f"test_suite.py::test_deadlocks: dumped to {path}" in out
 
 
+def test_under_pytest_xdist_each_worker_dumps_its_own_hang(tmp_path: Path, dump_dir: Path) -> None:
+    pytest.importorskip("xdist", reason="pytest-xdist is not installed (the test extra has it)")
+    # WHEN the suite runs on two pytest-xdist workers
+    result = _pytest(tmp_path, "-n", "2", "--kmemdump-timeout=2", f"--kmemdump-dir={dump_dir}")
+    out = result.stdout
+    # THEN the worker that ran the deadlock dumped it (the controller, which runs no test, nothing)
+    assert result.returncode == 1, out + result.stderr
+    assert re.search(r"1 failed, 2 passed", out), out
+    (path,) = dump_dir.iterdir()
+    assert f"ran longer than 2 s; it was dumped from outside, with every thread's stack, to {path}" in out
+    with Dump.open(path) as dump:
+        assert dump.meta.pid != os.getpid()
+        record = dump.region("pytest.test")
+        assert dump.region_bytes(record).split(b"\0", 1)[0] == b"test_suite.py::test_deadlocks\n"
+    assert list((tmp_path / "tmp").glob("kmemdump-*")) == []  # every worker's table directory removed
+
+
 def test_without_the_option_the_plugin_does_nothing(tmp_path: Path) -> None:
     (tmp_path / "tables").mkdir()
     (tmp_path / "test_suite.py").write_text(
