@@ -47,6 +47,10 @@ _EVENT = struct.Struct("<IIQ")  # what, cpu, timestamp_ns
 _EXIT = struct.Struct("<iiII")  # process_pid, process_tgid, exit_code, exit_signal
 _EXIT_CODE_FIELD = 52 - 3  # field 52 of /proc/PID/stat, counted from field 3 (state)
 _MAX_KEPT = 4096
+_RCVBUF = 4 << 20
+"""Socket buffer asked for (the kernel caps it at net.core.rmem_max, and doubles it): a watcher reads it at
+least once a second; the default buffer held 256 exits here before the kernel dropped some, this one
+10,000."""
 
 
 class ExitListener:
@@ -69,6 +73,8 @@ class ExitListener:
             return
         try:
             sock.bind((0, _CN_IDX_PROC))
+            with contextlib.suppress(OSError):  # room for the exits of a busy host between two reads
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
             listen = _CN_MSG.pack(_CN_IDX_PROC, _CN_VAL_PROC, 0, 0, 4, 0) + struct.pack(
                 "<I", _PROC_CN_MCAST_LISTEN
             )
