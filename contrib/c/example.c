@@ -1,5 +1,6 @@
 /*
- * The seed's banner scenario from C: register a banner, feed the watchdog, then freeze.
+ * The banner scenario of the Linux kernel's kmemdump design, from C: register a banner, feed the
+ * watchdog, then freeze.
  *
  *     cc -O2 -o example example.c && ./example 0.5
  *
