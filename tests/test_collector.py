@@ -136,7 +136,8 @@ def test_frozen_process_dumped_exactly_once(mode: str, table_dir: Path, dump_dir
     assert len(hangs) == 1, [e.line() for e in first + later]
     meta = hangs[0].dump.meta  # type: ignore[union-attr]
     assert meta.reason == "hang" and meta.pid == info["pid"]
-    assert meta.heartbeat_age_s is not None and timeout <= meta.heartbeat_age_s < timeout + 2.0
+    # not before the deadline; how soon after it is a speed figure: python -m benchmarks --only detection
+    assert meta.heartbeat_age_s is not None and meta.heartbeat_age_s >= timeout
     assert len(list(dump_dir.iterdir())) == 1
     name, (rid, address, size) = "secret", info["regions"]["secret"]
     with CoreImage.open(hangs[0].dump.path) as core:  # type: ignore[union-attr]

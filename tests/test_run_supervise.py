@@ -20,6 +20,7 @@ import pytest
 
 from helpers_watch import KMEMDUMP
 from helpers_watch import WatchProcess
+from kmemdump.inspect.dumpfile import Dump
 
 pytestmark = pytest.mark.slow
 
@@ -156,23 +157,24 @@ def _functions(shown: dict) -> set[str]:  # type: ignore[type-arg]
     return {frame["function"] for thread in shown["stacks"]["threads"] for frame in thread["frames"]}
 
 
-def test_run_dumps_an_unmodified_two_lock_deadlock_within_its_timeout(
+def test_run_dumps_an_unmodified_two_lock_deadlock_once_its_timeout_passed(
     tmp_path: Path, table_dir: Path, dump_dir: Path
 ) -> None:
     timeout = 2.0
     run = Run(tmp_path, dump_dir, DEADLOCK, "--timeout", str(timeout), "--after-hang", "kill")
     try:
         pid = run.pid()
-        deadlocked_at = time.monotonic()
         line = run.wait_for(f"hang pid={pid} ")
-        took = time.monotonic() - deadlocked_at
         run.popen.wait(timeout=60)
     finally:
         run.stop()
-    assert took <= timeout + 1.0, f"dumped {took:.2f}s after the deadlock (timeout {timeout}s)"
     assert run.popen.returncode == 128 + signal.SIGKILL
-    shown = _show(line.split("dump=")[1].split()[0])
-    assert {"transfer", "restock"} <= _functions(shown)
+    dump = line.split("dump=")[1].split()[0]
+    # Not before the timeout; how soon after it is a speed figure: python -m benchmarks --only detection.
+    with Dump.open(dump) as opened:
+        age = opened.meta.heartbeat_age_s
+    assert age is not None and age >= timeout, age
+    assert {"transfer", "restock"} <= _functions(_show(dump))
 
 
 def test_run_of_a_program_that_feeds_its_own_watchdog_uses_its_heartbeat_and_says_so(
