@@ -20,11 +20,11 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from collections.abc import Callable
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from kmemdump.collector.ptrace import libc_ptrace
 from kmemdump.formats.corenotes import REGISTER_NAMES
 from kmemdump.formats.corenotes import SYSCALL_REGISTERS
 from kmemdump.formats.corenotes import pc_and_sp
@@ -71,21 +71,7 @@ class ThreadRegisters:
         return self.words[REGISTER_NAMES[self.machine].index(name)]
 
 
-_GetRegset = Callable[[int, int, int | None, int | None], int]
-
-
-def _load_ptrace() -> _GetRegset | None:
-    try:
-        func = ctypes.CDLL(None, use_errno=True).ptrace
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
-    func.restype = ctypes.c_long
-    call: _GetRegset = func
-    return call
-
-
-_ptrace = _load_ptrace()
+_ptrace = libc_ptrace
 
 
 class _Iovec(ctypes.Structure):

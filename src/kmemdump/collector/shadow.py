@@ -34,8 +34,9 @@ import errno
 import os
 import platform
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass
+
+from kmemdump.collector.ptrace import libc_ptrace
 
 __all__ = ["FATAL_BY_DEFAULT", "Shadow", "fatal_by_default", "make_shadow"]
 
@@ -119,23 +120,7 @@ class _Regs(ctypes.Structure):
     _fields_ = [(name, ctypes.c_ulonglong) for name in _REGISTERS]
 
 
-_Ptrace = Callable[[int, int, int | None, int | None], int]
-
-
-def _load_ptrace() -> _Ptrace | None:
-    if platform.machine() != "x86_64":
-        return None
-    try:
-        func = ctypes.CDLL(None, use_errno=True).ptrace
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
-    func.restype = ctypes.c_long
-    call: _Ptrace = func
-    return call
-
-
-_ptrace = _load_ptrace()
+_ptrace = libc_ptrace if platform.machine() == "x86_64" else None
 
 
 class _Failed(Exception):

@@ -51,6 +51,10 @@ If anything goes wrong inside the tracer, it detaches (``PTRACE_DETACH``, passin
 was holding) and ends its thread, which makes the kernel detach every other tracee: the child is
 never left stopped. :attr:`ExitTracer.failure` then says why, and the caller supervises the child
 without it.
+
+Why one module of this size: it is one state machine run by one thread (the kernel takes every
+ptrace request of a tracee from the thread that attached), and the signal, group-stop, exit and
+exec cases above share that thread's per-tracee state; split, each part would need the others'.
 """
 
 from __future__ import annotations
@@ -64,7 +68,6 @@ import signal
 import struct
 import threading
 import time
-from collections.abc import Callable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
@@ -72,6 +75,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from kmemdump.collector.exits import death_from_siginfo
+from kmemdump.collector.ptrace import libc_ptrace
 from kmemdump.collector.registers import ThreadRegisters
 from kmemdump.collector.registers import exit_syscalls
 from kmemdump.collector.registers import in_exec
@@ -128,21 +132,7 @@ taken with the threads that arrived, and the others are named in its death recor
 
 _STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
 
-_Ptrace = Callable[[int, int, int | None, int | None], int]
-
-
-def _load_ptrace() -> _Ptrace | None:
-    try:
-        func = ctypes.CDLL(None, use_errno=True).ptrace
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
-    func.restype = ctypes.c_long
-    call: _Ptrace = func
-    return call
-
-
-_ptrace = _load_ptrace()
+_ptrace = libc_ptrace
 
 
 def _request(request: int, tid: int, addr: int | None = None, data: int | None = None) -> int:
