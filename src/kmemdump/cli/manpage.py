@@ -11,7 +11,7 @@ import argparse
 
 from kmemdump._version import __version__
 
-__all__ = ["render"]
+__all__ = ["main", "render"]
 
 _SECTIONS = """\
 .SH EXIT STATUS

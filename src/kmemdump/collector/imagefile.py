@@ -44,7 +44,20 @@ from kmemdump.formats import zstd
 from kmemdump.formats.elf import EHDR_SIZE
 from kmemdump.procinfo import self_start_time
 
-__all__ = ["HEAD_ROOM", "STAGE_SIZE", "TEMP_PREFIX", "ImageFile", "parse_temp_name", "temp_name"]
+__all__ = [
+    "HEAD_ROOM",
+    "STAGE_SIZE",
+    "TEMP_PREFIX",
+    "ImageFile",
+    "chown_dump",
+    "exists_error",
+    "make_compressor",
+    "parse_temp_name",
+    "sync_dump_directory",
+    "temp_name",
+    "write_error",
+    "write_rest",
+]
 
 TEMP_PREFIX = ".kmemdump-"
 STAGE_SIZE = 4 << 20

@@ -5,6 +5,11 @@ UTF-8 JSON so ``readelf -n`` users and other languages can read it; see ``docs/d
 Format v1 lists the regions as JSON objects; v2, written for dumps of more than
 :data:`~kmemdump.formats.regiontable.INLINE_LIMIT` regions, packs them instead
 (:mod:`kmemdump.formats.regiontable`). Both are read.
+
+Why one module of this size: the note is one JSON document, and the writer (:func:`encode_meta`)
+and the validating reader (:func:`decode_meta` and its per-record checks) must agree on every key,
+type and bound of it; each record's dataclass sits beside the code that writes and checks it, so a
+field added to one is seen missing from the other two.
 """
 
 from __future__ import annotations

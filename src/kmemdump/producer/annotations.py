@@ -20,7 +20,7 @@ from kmemdump.errors import KmemdumpError
 from kmemdump.ids import NO_ID
 from kmemdump.producer.registry import Registry
 
-__all__ = ["ENTRY_POINT_GROUP", "Annotation", "AnnotationSection", "WalkReport", "section"]
+__all__ = ["ENTRY_POINT_GROUP", "Annotation", "AnnotationSection", "WalkReport", "caller_origin", "section"]
 
 log = logging.getLogger("kmemdump")
 

@@ -20,6 +20,7 @@ __all__ = [
     "Resolved",
     "buffer_address",
     "clean_name",
+    "make_region",
     "object_size",
     "resolve_target",
 ]
