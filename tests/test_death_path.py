@@ -26,6 +26,7 @@ from kmemdump.collector.dump import ExitHold
 from kmemdump.collector.dump import dump_target
 from kmemdump.collector.staging import CHUNK
 from kmemdump.collector.staging import Staging
+from kmemdump.errors import KmemdumpError
 from kmemdump.inspect.dumpfile import Dump
 from kmemdump.memory.core import CoreImage
 from kmemdump.procinfo import process_start_time
@@ -181,7 +182,7 @@ def test_release_runs_even_when_the_dump_fails(table_dir: Path, dump_dir: Path) 
         table = Path(child.recv())
         blocked = dump_dir / "not-a-directory"
         blocked.write_text("x")
-        with pytest.raises(Exception, match="dump"):
+        with pytest.raises(KmemdumpError, match="dump"):
             dump_target(
                 child.pid,
                 process_start_time(child.pid),

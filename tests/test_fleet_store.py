@@ -15,6 +15,7 @@ from conftest import STORE_BUCKET
 from helpers_seaweed import ACCESS_KEY
 from helpers_seaweed import SECRET_KEY
 from helpers_seaweed import free_ports
+from kmemdump.errors import KmemdumpError
 from kmemdump.fleet.awsconfig import resolve_settings
 from kmemdump.fleet.errors import ShipExtraMissingError
 from kmemdump.fleet.errors import StoreAuthError
@@ -66,7 +67,7 @@ def test_a_file_is_uploaded_from_its_path(store_url: str, tmp_path: Path) -> Non
     with open(out, "wb") as handle:
         assert store.download(key, handle) == len(data)
     assert out.read_bytes() == data
-    with open(tmp_path / "capped", "wb") as handle, pytest.raises(Exception, match="limit"):
+    with open(tmp_path / "capped", "wb") as handle, pytest.raises(KmemdumpError, match="limit"):
         store.download(key, handle, limit=len(data) - 1)
 
 

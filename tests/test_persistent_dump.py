@@ -29,6 +29,7 @@ from kmemdump.collector.dump import dump_target
 from kmemdump.collector.watch import Event
 from kmemdump.collector.watch import Watcher
 from kmemdump.errors import ForeignTableError
+from kmemdump.errors import KmemdumpError
 from kmemdump.errors import TableFormatError
 from kmemdump.errors import UnreadableMemoryError
 from kmemdump.formats import arena as afmt
@@ -415,5 +416,5 @@ def test_old_dumps_without_source_read_as_process() -> None:
     old = decode_meta(json.dumps(body).encode())
     assert old.regions[0].source == "process" and old.arena == "none"
     body["regions"][0]["source"] = "elsewhere"
-    with pytest.raises(Exception, match="unknown region source"):
+    with pytest.raises(KmemdumpError, match="unknown region source"):
         decode_meta(json.dumps(body).encode())
