@@ -534,3 +534,12 @@ def test_full_default_registry_costs_little_memory() -> None:
         tracemalloc.stop()
     assert len(registry) == DEFAULT_CAPACITY
     assert peak < 512 * 1024  # a few hundred entries: well under a megabyte of bookkeeping
+
+
+@pytest.mark.parametrize("name", [5, b"orders", ["orders"]])
+def test_a_name_that_is_not_a_str_is_refused_in_kmemdumps_terms(name: object) -> None:
+    registry = Registry(capacity=4)
+    for target, size in ((bytearray(8), None), (ctypes.addressof(ctypes.create_string_buffer(8)), 8)):
+        with pytest.raises(InvalidRegionError, match="name must be a str"):
+            registry.register(target, size, name=name)  # type: ignore[arg-type]
+    assert len(registry) == 0

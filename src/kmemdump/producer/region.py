@@ -99,6 +99,8 @@ class Resolved(NamedTuple):
 
 def clean_name(name: str) -> str:
     """Make ``name`` safe for the table: printable ASCII-or-UTF-8, at most ``NAME_MAX`` bytes."""
+    if not isinstance(name, str):
+        raise InvalidRegionError(f"name must be a str, not {type(name).__name__}")
     cleaned = "".join(ch if ch.isprintable() else "?" for ch in name)
     data = cleaned.encode("utf-8")[:NAME_MAX]
     return data.decode("utf-8", errors="ignore")
