@@ -553,9 +553,13 @@ def test_missing_directory(tmp_path: Path) -> None:
         write_core(tmp_path / "absent" / "c", [], [])
     assert caught.value.context["errno"] == errno.ENOENT
     (tmp_path / "file").write_bytes(b"")
-    with pytest.raises(CollectorError) as caught:
+    with pytest.raises(CollectorError, match="file is not a directory: choose a directory") as caught:
         write_core(tmp_path / "file" / "c", [], [])
     assert caught.value.context["errno"] == errno.ENOTDIR
+    # a directory that exists but takes no new files is not said to be missing
+    with pytest.raises(CollectorError, match="no file can be created in /proc/self") as caught:
+        write_core(Path("/proc/self/c"), [], [])
+    assert caught.value.context["errno"] == errno.ENOENT
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a tiny tmpfs")

@@ -123,8 +123,12 @@ def write_error(err: OSError, final: Path) -> CollectorError:
         what = f"{where} is on a read-only file system: choose another dump directory"
     elif code in (errno.EACCES, errno.EPERM):
         what = f"permission denied writing in {where}: fix the directory's permissions or choose another one"
-    elif code in (errno.ENOENT, errno.ENOTDIR):
+    elif code in (errno.ENOENT, errno.ENOTDIR) and not os.path.lexists(where):
         what = f"the dump directory {where} does not exist: create it or choose another one"
+    elif code in (errno.ENOENT, errno.ENOTDIR) and not os.path.isdir(where):
+        what = f"{where} is not a directory: choose a directory for the dumps"
+    elif code in (errno.ENOENT, errno.ENOTDIR):  # a directory that takes no new files (/proc/PID)
+        what = f"no file can be created in {where} ({err.strerror or err}): choose another dump directory"
     else:
         what = f"writing the dump in {where} failed: {err.strerror or err}"
     return CollectorError(what, path=str(final), errno=code)
