@@ -32,10 +32,10 @@ from kmemdump.errors import BackendError
 from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import RegistryFullError
 from kmemdump.formats.arena import ALIGNMENT
-from kmemdump.formats.arena import ARENA_SUFFIX
 from kmemdump.formats.arena import DEFAULT_ARENA_SIZE
 from kmemdump.formats.arena import HEADER_SIZE
 from kmemdump.formats.arena import arena_file_size
+from kmemdump.formats.arena import arena_path
 from kmemdump.formats.arena import check_arena_size
 from kmemdump.formats.arena import pack_header
 from kmemdump.formats.table import LIVE_LOCK_BYTE
@@ -189,7 +189,7 @@ class Arena:
             self._mm, self.base = self._create(dir_fd)
         finally:
             os.close(dir_fd)
-        self.path = self.directory / f"{self.owner_pid}-{self.start_time}{ARENA_SUFFIX}"
+        self.path = arena_path(self.directory, self.owner_pid, self.start_time)
         live_paths.add(str(self.path))
         self._data = memoryview(self._mm)[HEADER_SIZE : HEADER_SIZE + self.size]
 
@@ -210,7 +210,7 @@ class Arena:
             pack_header(mm, pid=pid, start_time=start, size=self.size, base=base, created_ns=time.time_ns())
             return base
 
-        final = f"{pid}-{start}{ARENA_SUFFIX}"
+        final = arena_path(self.directory, pid, start).name
         return create_mapped(
             dir_fd,
             self.directory,
