@@ -18,7 +18,9 @@ from kmemdump.cli.main import COMMANDS
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 CLI_DOC = DOCS / "cli.md"
-INTERNAL = (":mod:", ":class:", ":func:", ":meth:", ":data:", ":attr:", "``", "seed", "the patch")
+INTERNAL = (":mod:", ":class:", ":func:", ":meth:", ":data:", ":attr:", "``", "seed", "the patch", "sitecustomize")
+INTERNAL_BESIDE_OPTIONS = ("autoinit",)
+"""Words of the code that may appear only inside an option's name (--no-autoinit)."""
 
 
 def _help(*argv: str) -> str:
@@ -43,7 +45,17 @@ def test_help_speaks_to_users(command: str | None) -> None:
     text = _help(*([command] if command else []))
     for word in INTERNAL:
         assert word not in text, (command, word)
+    prose = re.sub(r"--[a-z][a-z0-9-]*", "", text)
+    for word in INTERNAL_BESIDE_OPTIONS:
+        assert word not in prose, (command, word)
     assert "xit status" in text  # every help says what the exit status means
+
+
+def test_run_help_gives_the_commands_exit_status_not_the_generic_one() -> None:
+    text = _help("run")
+    epilog = text[text.index("exit status:") :]
+    assert epilog.startswith("exit status: the command's (128 + N when signal N ended it)"), epilog
+    assert "0 success" not in text
 
 
 def test_demo_help_says_the_dump_is_kept() -> None:

@@ -1,7 +1,7 @@
 """Run a command under a collector: dump it when it hangs or dies; exit with its exit code.
 
-A Python program needs no change: kmemdump starts inside it through a sitecustomize hook
-(registering the banner and the Python layout, publishing a table, and feeding the watchdog from
+A Python program needs no change: kmemdump starts inside it through a start-up hook that run puts
+on the command's PYTHONPATH (registering the banner and the Python layout, publishing a table, and feeding the watchdog from
 a background thread). That thread beats only while some other thread of the program gets
 somewhere, so an unmodified program is dumped when every thread is stuck waiting on a lock (a
 deadlock), on whole-process stalls (SIGSTOP, a native call that holds the GIL) and on crashes; not
@@ -14,8 +14,7 @@ With --trace-exit the supervisor also traces the command (ptrace): the command s
 with its memory still mapped, whatever ends it (SIGKILL included), and its death dump is read from
 that memory instead of recording the ordinary regions as gone.
 
-Options go before '--'. The exit status is the command's (128 + N when signal N ended it; 127
-when it cannot be started; 2 for bad usage).
+Options go before '--'.
 """
 
 from __future__ import annotations
@@ -30,7 +29,12 @@ from kmemdump.cli.options import seconds
 from kmemdump.collector.watch import AFTER_HANG
 from kmemdump.collector.watch import Event
 
-__all__ = ["prepare", "run"]
+__all__ = ["EPILOG", "prepare", "run"]
+
+EPILOG = """\
+exit status: the command's (128 + N when signal N ended it); 127 the command cannot be started;
+1 kmemdump cannot watch it (e.g. the dump directory cannot be made); 2 bad usage
+"""
 
 
 def _capacity(text: str) -> int:
@@ -66,7 +70,8 @@ def prepare(parser: argparse.ArgumentParser) -> None:
         "--no-feeder",
         dest="feeder",
         action="store_false",
-        help="autoinit without the feeder thread: the program feeds the watchdog itself",
+        help="start kmemdump inside the command without the feeder thread: the program feeds the "
+        "watchdog itself",
     )
     parser.add_argument(
         "--no-deadlock-check",
@@ -85,13 +90,14 @@ def prepare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--faulthandler",
         action="store_true",
-        help="autoinit with init(faulthandler=True): a crash's Python traceback goes into the dump",
+        help="start kmemdump inside the command with init(faulthandler=True): a crash's Python "
+        "traceback goes into the dump",
     )
     parser.add_argument(
         "--excepthook",
         action="store_true",
-        help="autoinit with init(excepthook=True): an uncaught exception is recorded, and run says why "
-        "the command exited with status 1",
+        help="start kmemdump inside the command with init(excepthook=True): an uncaught exception is "
+        "recorded, and run says why the command exited with status 1",
     )
     parser.add_argument(
         "--capacity",
@@ -117,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         (args.faulthandler, "KMEMDUMP_FAULTHANDLER"),
         (args.excepthook, "KMEMDUMP_EXCEPTHOOK"),
     ):
-        if wanted:  # read by the autoinit hook in the command (docs/integrations.md)
+        if wanted:  # read by the start-up hook in the command (docs/integrations.md)
             os.environ[variable] = "1"
     if args.capacity is not None:
         os.environ["KMEMDUMP_CAPACITY"] = str(args.capacity)
