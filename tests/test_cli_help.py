@@ -18,7 +18,8 @@ from kmemdump.cli.main import COMMANDS
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 CLI_DOC = DOCS / "cli.md"
-INTERNAL = (":mod:", ":class:", ":func:", ":meth:", ":data:", ":attr:", "``", "seed", "the patch", "sitecustomize")
+INTERNAL = (":mod:", ":class:", ":func:", ":meth:", ":data:", ":attr:", "``", "seed", "the patch")
+INTERNAL += ("sitecustomize",)
 INTERNAL_BESIDE_OPTIONS = ("autoinit",)
 """Words of the code that may appear only inside an option's name (--no-autoinit)."""
 

@@ -1,14 +1,15 @@
 """Run a command under a collector: dump it when it hangs or dies; exit with its exit code.
 
-A Python program needs no change: kmemdump starts inside it through a start-up hook that run puts
-on the command's PYTHONPATH (registering the banner and the Python layout, publishing a table, and feeding the watchdog from
-a background thread). That thread beats only while some other thread of the program gets
-somewhere, so an unmodified program is dumped when every thread is stuck waiting on a lock (a
-deadlock), on whole-process stalls (SIGSTOP, a native call that holds the GIL) and on crashes; not
-on a pure-Python livelock. A program that arms its own watchdog (kmemdump.init(watchdog=S)) and
-calls kmemdump.feed() from its main loop is judged by its own heartbeat and timeout: the feeder
-stops, and run says which timeout is in force. The program's table is in the default table
-directory, where `kmemdump dump PID`, `ps` and `watch` find it (a `watch` leaves it to run).
+A Python program needs no change: kmemdump starts inside it through a start-up hook that run puts on
+the command's PYTHONPATH (registering the banner and the Python layout, publishing a table, and
+feeding the watchdog from a background thread). That thread beats only while some other thread of
+the program gets somewhere, so an unmodified program is dumped when every thread is stuck waiting on
+a lock (a deadlock), on whole-process stalls (SIGSTOP, a native call that holds the GIL) and on
+crashes; not on a pure-Python livelock. A program that arms its own watchdog
+(kmemdump.init(watchdog=S)) and calls kmemdump.feed() from its main loop is judged by its own
+heartbeat and timeout: the feeder stops, and run says which timeout is in force. The program's table
+is in the default table directory, where `kmemdump dump PID`, `ps` and `watch` find it (a `watch`
+leaves it to run).
 
 With --trace-exit the supervisor also traces the command (ptrace): the command stops at its exit
 with its memory still mapped, whatever ends it (SIGKILL included), and its death dump is read from

@@ -7,7 +7,10 @@ Standard library only.
 from __future__ import annotations
 
 import enum
-from typing import Final
+
+TYPE_CHECKING = False  # no typing at run time: import kmemdump loads this module
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = [
     "GRAPH_DEPTH_MASK",
@@ -41,11 +44,11 @@ class RegionKind(enum.IntEnum):
     snapshots; whole records are told from torn ones without a lock."""
 
 
-GRAPH_ROOT: Final = 1 << 31
+GRAPH_ROOT: Final[int] = 1 << 31
 """In an entry's graph word: the region is a Python object (kind OBJECT) whose object graph the collector
 walks in the live process at dump time, to the depth in the word's low bits."""
-GRAPH_DEPTH_MASK: Final = 0xFF
-MAX_GRAPH_DEPTH: Final = 64
+GRAPH_DEPTH_MASK: Final[int] = 0xFF
+MAX_GRAPH_DEPTH: Final[int] = 64
 """The deepest graph a producer may ask for."""
 
 
