@@ -224,9 +224,9 @@ def test_run_ended_by_sigterm_to_its_group_after_a_hang_dump_is_quiet(tmp_path: 
     test_run_forwards_sigterm_to_a_command_that_already_ended."""
     for attempt in range(3):
         ready = _fifo(tmp_path / f"ready{attempt}")
+        program = [sys.executable, "-c", SELF_DEADLOCK, str(ready)]
         run = subprocess.Popen(
-            [*KMEMDUMP, "run", "-q", "--timeout", "0.3", "--dir", str(dump_dir)]
-            + ["--", sys.executable, "-c", SELF_DEADLOCK, str(ready)],
+            [*KMEMDUMP, "run", "-q", "--timeout", "0.3", "--dir", str(dump_dir), "--", *program],
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,  # its own process group, as under a terminal or timeout(1)
