@@ -133,3 +133,55 @@ def test_producer_imports_on_bare_interpreter(python: str) -> None:
     assert _offenders(out["new"]) == []
     stdlib = set(out["stdlib"])
     assert [m for m in out["new"] if m.split(".")[0] not in stdlib | {"kmemdump"}] == []
+
+
+_CLI_PROBE = """
+import io, json, sys
+from contextlib import redirect_stderr, redirect_stdout
+from kmemdump.cli.main import main
+with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+    code = main(sys.argv[1:])
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+
+CLI_FORBIDDEN = {
+    # every command: argparse asks shutil for the width (with bz2 and lzma) unless given it
+    "*": {"shutil", "bz2", "lzma"},
+    "--version": {"argparse", "dataclasses", "pathlib", "typing"},
+    # ls and show: what a listing or a dump's report does not need
+    "ls": {
+        "typing",
+        "datetime",
+        "kmemdump.collector",
+        "kmemdump.fleet.url",
+        "kmemdump.formats.dumpindex",
+        "kmemdump.inspect.triage",
+        "kmemdump.formats.corenotes",
+        "kmemdump.formats.faults",
+        "kmemdump.formats.pycoreinfo",
+        "kmemdump.cli.cmd_show",
+    },
+    "show": {"typing", "datetime", "kmemdump.collector", "kmemdump.fleet.url", "kmemdump.cli.cmd_ls"},
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("command", ["--version", "ls", "show"])
+def test_the_command_line_loads_only_what_the_command_needs(command: str, tmp_path: Path) -> None:
+    """Start-up is import time: each command's modules, and no other command's (the figures are the
+    `cli` benchmark's, beside a bare interpreter)."""
+    argv = [command]
+    if command == "ls":
+        argv.append(str(tmp_path))
+    elif command == "show":
+        argv += [str(tmp_path / "no.core")]  # an error, after the command's own imports
+    result = subprocess.run(
+        [sys.executable, "-c", _CLI_PROBE, *argv], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["code"] == (1 if command == "show" else 0)
+    loaded = set(out["modules"])
+    forbidden = CLI_FORBIDDEN["*"] | CLI_FORBIDDEN[command]
+    found = {m for m in loaded for f in forbidden if m == f or m.startswith(f + ".")}
+    assert found == set(), sorted(found)

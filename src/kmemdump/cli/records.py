@@ -9,10 +9,12 @@ and nothing is trusted to be well formed.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from datetime import datetime
-from datetime import timezone
-from typing import Any
+import time
+
+TYPE_CHECKING = False  # show imports this module: typing and datetime would cost its start-up milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
 
 __all__ = [
     "asyncio_lines",
@@ -44,10 +46,13 @@ def text_lines(text: str, indent: str = "    ") -> list[str]:
 
 def _stamp(seconds: Any) -> str:
     try:
-        moment = datetime.fromtimestamp(float(seconds), tz=timezone.utc)
+        millis = int(float(seconds) * 1000 // 1)  # truncated to the millisecond, as before
+        moment = time.gmtime(millis // 1000)
+        if not 1 <= moment.tm_year <= 9999:
+            raise ValueError(moment.tm_year)
     except (OverflowError, OSError, ValueError, TypeError):
         return f"(time {seconds!r})"
-    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+    return time.strftime("%Y-%m-%d %H:%M:%S.", moment) + f"{millis % 1000:03d}"
 
 
 _ROLES = {"log": "log records", "exceptions": "uncaught exceptions", "asyncio": "event-loop snapshots"}

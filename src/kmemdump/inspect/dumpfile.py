@@ -25,8 +25,6 @@ from kmemdump.errors import KmemdumpError
 from kmemdump.errors import UnknownRegionError
 from kmemdump.errors import UnreadableMemoryError
 from kmemdump.formats import dumpmeta
-from kmemdump.formats.corenotes import Module
-from kmemdump.formats.corenotes import decode_modules
 from kmemdump.formats.dumpmeta import DumpMeta
 from kmemdump.formats.dumpmeta import GraphRecord
 from kmemdump.formats.dumpmeta import RegionRecord
@@ -38,8 +36,6 @@ from kmemdump.formats.elf import KMD_NOTE_STACKS
 from kmemdump.formats.elf import OWNER_KMEMDUMP
 from kmemdump.formats.elf import OWNER_PYCOREINFO
 from kmemdump.formats.elf import PYCOREINFO_NOTE
-from kmemdump.formats.faults import FaultText
-from kmemdump.formats.faults import decode_fault_note
 from kmemdump.formats.kinds import MAX_GRAPH_DEPTH
 from kmemdump.formats.kinds import RegionKind
 from kmemdump.ids import ID
@@ -54,6 +50,8 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Any
 
+    from kmemdump.formats.corenotes import Module
+    from kmemdump.formats.faults import FaultText
     from kmemdump.formats.pycoreinfo import PyCoreInfo
     from kmemdump.formats.ring import Ring
     from kmemdump.formats.stacks import Stacks
@@ -224,6 +222,8 @@ class Dump:
         if note is None:
             return None
         try:
+            from kmemdump.formats.corenotes import decode_modules  # on use: ls needs only the metadata
+
             return decode_modules(note.desc)
         except DumpFormatError:
             return None
@@ -319,6 +319,8 @@ class Dump:
         if note is None:
             return None, ""
         try:
+            from kmemdump.formats.faults import decode_fault_note
+
             return decode_fault_note(note.desc), ""
         except DumpFormatError as err:
             return None, str(err)
