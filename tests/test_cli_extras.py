@@ -245,6 +245,12 @@ def test_every_subcommand_without_an_optional_package(
                 _one_line_naming(result, "inspect")
             else:
                 _clean(result)
+    # the directory's upkeep, and completion
+    _clean(cli("prune", "--keep", "100", str(dumps)))
+    result = cli("completion", "bash")
+    _clean(result)
+    assert "_shtab_kmemdump" in result.out
+
     listing = cli("ls", str(setup.plain.parent))
     if zstd_missing:  # the compressed dump is reported, in one line, and the rest listed
         assert [line for line in listing.err_lines if setup.compressed.name in line] == listing.err_lines
@@ -270,3 +276,21 @@ def test_each_extra_brings_its_package() -> None:
     for extra, package in wanted.items():
         assert any(r.startswith(package) and f"extra == '{extra}'" in r for r in found), (extra, found)
         assert any(r.startswith(package) and "extra == 'collector'" in r for r in found), (package, found)
+
+
+def test_object_storage_without_obstore_is_one_line_naming_ship(hider: Path, tmp_path: Path) -> None:
+    """The ``ship`` extra (obstore): every command that reaches a bucket says so in one line, before any
+    network access, and exits 1."""
+    env = cli_env({"KMEMDUMP_TEST_HIDE": "obstore", "PYTHONPATH": str(hider)})
+    hidden = [sys.executable, "-c", "import obstore"]
+    probe = subprocess.run(hidden, env=env, capture_output=True, check=False)
+    assert probe.returncode != 0  # the hiding works
+    for argv in (
+        ["ls", "s3://bucket/prod"],
+        ["ls", "s3://bucket/prod", "--group"],
+        ["show", "s3://bucket/prod/host/kmemdump-1-2-hang-20261128T000000.000000Z.core"],
+        ["watch", "--ship", "s3://bucket/prod", "--tables", str(tmp_path), "--dir", str(tmp_path)],
+    ):
+        result = run_piped(argv, env=env, timeout=60)
+        assert result.code == 1, (argv, result.err)
+        _one_line_naming(result, "ship")

@@ -19,7 +19,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 FORBIDDEN_EXACT = {"ctypes", "_ctypes", "json", "importlib.metadata", "typing", "re", "dataclasses"}
-FORBIDDEN_EXACT |= {"inspect"}
+FORBIDDEN_EXACT |= {"inspect", "enum"}
 """Standard-library modules too heavy to load before they are needed (typing and re alone cost a few
 milliseconds of the 20 ms ``import kmemdump`` may take: annotations need typing only under mypy)."""
 

@@ -72,3 +72,49 @@ def test_every_command_line_example_parses() -> None:
             assert extra == [], line
             checked += 1
     assert checked >= 8
+
+
+def _picture() -> str:
+    return README.read_text().split("```", 4)[3].removeprefix("\n")
+
+
+def _header_labels(text: str) -> list[str]:
+    head = text.split("\n\n", 1)[0]
+    return [line.split(":", 1)[0] for line in head.splitlines()]
+
+
+def _sections(text: str) -> list[str]:
+    lines = text.splitlines()
+    return [lines[i - 1] for i in range(1, len(lines)) if lines[i] and set(lines[i]) == {"-"}]
+
+
+def _region_rows(text: str) -> list[tuple[str, ...]]:
+    block = text.split("\nRegions\n-------\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    return [tuple(line.split()[:4]) for line in block if line.strip() != "…"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_show_picture_matches_what_show_prints_for_the_demo(tmp_path: Path) -> None:
+    """The README's picture of `show` is the demo's dump as `show latest` prints it today: the same
+    header lines in the same order, the same sections, the same regions, the session decoded alike."""
+    env = {**os.environ, "KMEMDUMP_DUMPS": str(tmp_path), "KMEMDUMP_DIR": str(tmp_path / "tables")}
+    env.pop("COLUMNS", None)
+    cli = [sys.executable, "-m", "kmemdump.cli"]
+    demo = subprocess.run([*cli, "demo"], capture_output=True, text=True, env=env, timeout=90, check=False)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    show = subprocess.run(
+        [*cli, "show", "latest"], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert show.returncode == 0, show.stderr
+    real, picture = show.stdout, _picture()
+    assert _header_labels(picture) == _header_labels(real)
+    assert _sections(picture) == _sections(real)
+    assert _region_rows(picture) == _region_rows(real)
+    header = next(line for line in picture.splitlines() if line.startswith("  ID  LABEL"))
+    assert header in real.splitlines()  # the columns, in the widths of these rows
+    session = next(line for line in picture.splitlines() if line.startswith("    {'user': 'alice'"))
+    assert session in real.splitlines()
+    for line in picture.splitlines():  # every line the picture shows, beyond the ones that name this run
+        if line.startswith(("Contents:", "Reason:", "Capture:", "[1024]", "[1025]")):
+            assert line in real.splitlines(), line

@@ -1,9 +1,9 @@
 """kmemdump: register chosen memory regions so that an outside collector can dump just those.
 
 The producer side (this package's top level) uses only the standard library and stays cheap to
-import: ``import kmemdump`` loads the names of the errors, IDs and kinds, and each function or class
-of the producer's API the first time it is used (so the command line, which imports this package
-too, never loads the producer). See ``docs/api.md``.
+import: ``import kmemdump`` loads the errors, and the IDs, the kinds and each function or class of
+the producer's API the first time it is used (so the command line, which imports this package too,
+never loads the producer). See ``docs/api.md``.
 
     import kmemdump
     kmemdump.init(table=True, watchdog=5.0)
@@ -34,15 +34,15 @@ from kmemdump.errors import TableFormatError
 from kmemdump.errors import UnknownRegionError
 from kmemdump.errors import UnreadableMemoryError
 from kmemdump.errors import UsageError
-from kmemdump.formats.kinds import RegionFlags
-from kmemdump.formats.kinds import RegionKind
-from kmemdump.ids import ID
-from kmemdump.ids import NO_ID
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs milliseconds
 if TYPE_CHECKING:
     from typing import Any
 
+    from kmemdump.formats.kinds import RegionFlags
+    from kmemdump.formats.kinds import RegionKind
+    from kmemdump.ids import ID
+    from kmemdump.ids import NO_ID
     from kmemdump.producer.api import InitReport
     from kmemdump.producer.api import alloc
     from kmemdump.producer.api import alloc_with
@@ -74,6 +74,10 @@ if TYPE_CHECKING:
     from kmemdump.producer.registry import SwapReport
 
 _LAZY: dict[str, tuple[str, str]] = {
+    "ID": ("kmemdump.ids", "ID"),
+    "NO_ID": ("kmemdump.ids", "NO_ID"),
+    "RegionFlags": ("kmemdump.formats.kinds", "RegionFlags"),
+    "RegionKind": ("kmemdump.formats.kinds", "RegionKind"),
     "InitReport": ("kmemdump.producer.api", "InitReport"),
     "alloc": ("kmemdump.producer.api", "alloc"),
     "alloc_with": ("kmemdump.producer.api", "alloc_with"),
@@ -104,7 +108,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "SwapReport": ("kmemdump.producer.registry", "SwapReport"),
     "SharedTableBackend": ("kmemdump.producer.backends.table", "SharedTableBackend"),
 }
-"""The producer's API: each name is imported from its module the first time it is used."""
+"""The producer's API, and the IDs and kinds (enums: ``enum`` costs milliseconds to import): each name is
+imported from its module the first time it is used."""
 
 __all__ = [
     "ID",
