@@ -38,7 +38,6 @@ from kmemdump.cli.render import format_time
 from kmemdump.cli.render import json_text
 from kmemdump.cli.render import progress
 from kmemdump.errors import KmemdumpError
-from kmemdump.fleet.url import is_remote
 from kmemdump.inspect.dumpfile import DumpSummary
 from kmemdump.inspect.dumpfile import catalog
 from kmemdump.inspect.dumpfile import summarize
@@ -149,7 +148,7 @@ def prepare(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     wanted = DumpFilter.from_args(args)
-    if is_remote(args.dir) or isinstance(args.dir, str):  # a URL, or what looks like a mistyped one
+    if isinstance(args.dir, str):  # dir_or_url: a URL, or what looks like a mistyped one
         return run_remote(args, wanted)
     directory: Path = args.dir if args.dir is not None else default_dump_dir()
     skipped: list[tuple[Path, KmemdumpError]] = []

@@ -105,8 +105,9 @@ def prepare(parser: argparse.ArgumentParser) -> None:
         type=_capacity,
         default=None,
         metavar="N",
-        help="autoinit with init(capacity=N): the registry's slots (default 201); a program that calls "
-        "kmemdump.init(capacity=N) itself needs the same N here (its init raises otherwise)",
+        help="start kmemdump inside the command with init(capacity=N): the registry's slots (default "
+        "201); a program that calls kmemdump.init(capacity=N) itself needs the same N here (its init "
+        "raises otherwise)",
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="log only dumps and errors")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")

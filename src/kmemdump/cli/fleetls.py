@@ -12,10 +12,6 @@ import argparse
 import os
 import re
 import sys
-import threading
-from collections.abc import Iterable
-from datetime import date
-from datetime import timedelta
 from pathlib import Path
 
 from kmemdump.cli.render import Column
@@ -26,13 +22,17 @@ from kmemdump.cli.render import json_text
 from kmemdump.cli.render import printable
 from kmemdump.cli.render import progress
 from kmemdump.errors import KmemdumpError
-from kmemdump.fleet.url import StoreURL
-from kmemdump.formats.dumpindex import DumpIndex
 from kmemdump.inspect.dumpfile import plural
-from kmemdump.inspect.filters import DumpFilter
-from kmemdump.inspect.triage import Problem
-from kmemdump.inspect.triage import TriageRecord
-from kmemdump.inspect.triage import fold
+
+TYPE_CHECKING = False  # plain `kmemdump ls DIR` imports this module: the fleet's parts load on use
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from kmemdump.fleet.url import StoreURL
+    from kmemdump.formats.dumpindex import DumpIndex
+    from kmemdump.inspect.filters import DumpFilter
+    from kmemdump.inspect.triage import Problem
+    from kmemdump.inspect.triage import TriageRecord
 
 __all__ = [
     "SKIPPED_SHOWN",
@@ -71,6 +71,8 @@ def dir_or_url(text: str) -> str | Path:
     """ls's DIR argument: an ``s3://`` URL stays text (a path would fold its ``//``); ``s3:/x`` or
     ``s3:x`` (a mistyped URL, not an existing path) is refused rather than listed as a missing
     directory."""
+    if text[:3].lower() != "s3:":  # a path: the URL parser is not loaded for it
+        return Path(text)
     from kmemdump.fleet.url import is_remote
 
     if is_remote(text) or (text[:3].lower() == "s3:" and not os.path.lexists(text)):
@@ -94,6 +96,8 @@ def add_fleet_options(parser: argparse.ArgumentParser) -> None:
 
 def run_remote(args: argparse.Namespace, wanted: DumpFilter) -> int:
     """``ls s3://BUCKET/PREFIX`` with ``args``' filters and output options."""
+    import threading
+
     from kmemdump.fleet.remote import list_indexes
     from kmemdump.fleet.s3 import ObjectStore
     from kmemdump.fleet.url import parse_url
@@ -137,6 +141,11 @@ def run_remote(args: argparse.Namespace, wanted: DumpFilter) -> int:
 def _layout_hint(url: StoreURL) -> str:
     """A hint when the prefix reaches into the key layout (``PREFIX/DAY`` or ``PREFIX/DAY/HOST``),
     where nothing is listed: ls takes the shipping prefix and filters by day and host itself."""
+    from datetime import date
+    from datetime import timedelta
+
+    from kmemdump.fleet.url import StoreURL
+
     parts = url.prefix.split("/") if url.prefix else []
     for depth, flag in ((1, ""), (2, " --host {host}")):
         if len(parts) >= depth and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", parts[-depth]):
@@ -169,6 +178,8 @@ def _row(index: DumpIndex, where: str) -> list[str]:
 
 
 def _record(index: DumpIndex, where: str) -> TriageRecord:
+    from kmemdump.inspect.triage import TriageRecord
+
     return TriageRecord(
         index.signature,
         index.reason,
@@ -188,6 +199,7 @@ def local_records(paths: Iterable[Path], on_error: object = None) -> list[Triage
     from kmemdump.inspect.dumpfile import Dump
     from kmemdump.inspect.dumpfile import command_line
     from kmemdump.inspect.signature import compute_signature
+    from kmemdump.inspect.triage import TriageRecord
 
     records = []
     for path in progress(list(paths), "reading dumps"):
@@ -226,6 +238,8 @@ def print_problems(
     args: argparse.Namespace, records: list[TriageRecord], source: str, skipped: int = 0
 ) -> int:
     """The ``--group`` view of ``records``: one row per problem, the most frequent first."""
+    from kmemdump.inspect.triage import fold
+
     problems = fold(records)
     if args.json:
         document = {
