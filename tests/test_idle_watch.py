@@ -46,6 +46,11 @@ while True:
     msg = recv()
     if msg is None or msg == "exit":
         break
+    if msg == "churn":                         # arm and disarm as fast as it can (a watchdog per request)
+        send("churning")
+        while True:
+            kmemdump.watchdog(5.0)
+            kmemdump.watchdog(None)
     if msg == "arm-and-hang":                  # arm a short watchdog, feed it once, never again
         kmemdump.watchdog(0.5)
         send("armed")
@@ -149,6 +154,32 @@ def test_watchdog_armed_later_is_read_at_once(table_dir: Path, dump_dir: Path, i
             events = _until(watcher, "hang")
             assert [e.pid for e in events if e.kind == "hang"] == [pid]
             assert watcher.header_reads > before
+        finally:
+            watcher.close()
+
+
+def test_watchdogs_armed_per_request_wake_the_watcher_a_bounded_number_of_times(
+    table_dir: Path, dump_dir: Path, inotify: None
+) -> None:
+    # each arming touches the table; however fast they come, inotify is read at most once in 50 ms
+    with _producer(0) as child:
+        child.recv()
+        watcher = Watcher(
+            [table_dir], DumpOptions(dump_dir, stacks=False), exit_events=False, max_sleep=_NEVER
+        )
+        try:
+            watcher.scan()
+            watcher.step()
+            child.send("churn")
+            assert child.recv() == "churning"
+            steps, reads, start = 0, watcher.header_reads, time.monotonic()
+            while time.monotonic() - start < 1.0:
+                watcher.step()
+                steps += 1
+            elapsed = time.monotonic() - start
+            assert steps >= 2  # it was woken: the touches arrive
+            assert steps <= 2 * elapsed / 0.05 + 4, (steps, elapsed)  # a read, then a wake to listen again
+            assert watcher.header_reads - reads <= steps
         finally:
             watcher.close()
 

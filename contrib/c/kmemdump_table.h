@@ -89,8 +89,8 @@ int kmd_register(struct kmd_table *t, uint32_t id, const char *name, const void 
                  uint16_t kind);
 /* Remove a region; -1 with ENOENT when the id is not registered. */
 int kmd_unregister(struct kmd_table *t, uint32_t id);
-/* Arm (timeout > 0) or disarm (0) the watchdog; arming counts as a feed. A new timeout touches the
- * table file (its times), so that a collector reads it at once. */
+/* Arm (timeout > 0) or disarm (0) the watchdog; arming counts as a feed. Arming with a new timeout
+ * touches the table file (its times), so that a collector reads it at once. */
 void kmd_watchdog(struct kmd_table *t, uint64_t timeout_ns);
 /* Beat the heartbeat: two aligned stores and a clock read. */
 void kmd_feed(struct kmd_table *t);
@@ -278,7 +278,7 @@ void kmd_watchdog(struct kmd_table *t, uint64_t timeout_ns) {
     if (timeout_ns) kmd_feed(t);
     /* a collector reads the table when the deadline it last saw may have passed; a new timeout may
      * bring it sooner: touching the file tells a collector watching the directory to read it now */
-    if (before != timeout_ns) utimensat(AT_FDCWD, t->path, NULL, AT_SYMLINK_NOFOLLOW);
+    if (before != timeout_ns && timeout_ns) utimensat(AT_FDCWD, t->path, NULL, AT_SYMLINK_NOFOLLOW);
 }
 
 void kmd_feed(struct kmd_table *t) {

@@ -94,7 +94,8 @@ _LIST_AGAIN_S = 60.0
 """With inotify, the directories are listed again this often anyway (a safety net; a listing of 500
 tables costs about as much as 100 table reads)."""
 _COALESCE_S = 0.05
-"""A burst of directory changes brings one rescan, this long after the first."""
+"""A burst of directory changes brings one rescan, this long after the first; inotify is read at most
+once in this long."""
 _EARLY_NS = 250_000_000
 """Tables whose deadline may pass within this long are read together, in one wake-up."""
 _EXITS_S = 1.0
@@ -219,6 +220,8 @@ class Watcher:
         self._dirwatch = DirWatch.open()
         if self._dirwatch is not None:
             self._poller.register(self._dirwatch.fileno(), select.POLLIN)
+        self._muted_until: float | None = None
+        """Until when inotify is not waited on (monotonic), after its events were read: see _mute."""
         self._emitted: list[Event] = []
         self.header_reads = 0
         """Heartbeat reads of watched tables so far (a statistic: what the idle cost grows with)."""
@@ -570,12 +573,15 @@ class Watcher:
         """Wait for the next thing to happen (at most ``max_sleep``), handle it, return the events."""
         self._emitted = []
         tidy()
+        if self._muted_until is not None and time.monotonic() >= self._muted_until:
+            self._unmute()
         if self._exits is not None and self.targets:
             self._exits.drain()  # keep the socket's buffer from filling up: it would drop new exits
         timeout = self._timeout()
         for fd, _mask in self._poller.poll(max(0.0, timeout) * 1000):
             if self._dirwatch is not None and fd == self._dirwatch.fileno():
                 self._on_changes(self._dirwatch.changed())
+                self._mute()
                 continue
             ident = self._by_fd.get(fd)
             if ident is not None:
@@ -603,9 +609,24 @@ class Watcher:
             wake = min(wake, (min(t.check_ns for t in self.targets.values()) - now) / 1e9)
         if pending():
             wake = min(wake, _RESCAN_S)
+        if self._muted_until is not None:
+            wake = min(wake, self._muted_until - time.monotonic())
         if self._exits is not None and self._exits.fileno() >= 0 and self.targets:
             wake = min(wake, _EXITS_S)
         return wake
+
+    def _mute(self) -> None:
+        """Leave inotify unread for :data:`_COALESCE_S` after reading it: however fast producers come,
+        go or arm their watchdogs, their events wake the watcher at most 1/_COALESCE_S times a second
+        (a deadline that near is not a watchdog's)."""
+        if self._dirwatch is not None:
+            self._poller.modify(self._dirwatch.fileno(), 0)
+            self._muted_until = time.monotonic() + _COALESCE_S
+
+    def _unmute(self) -> None:
+        self._muted_until = None
+        if self._dirwatch is not None:
+            self._poller.modify(self._dirwatch.fileno(), select.POLLIN)
 
     def _on_changes(self, changes: Changes) -> None:
         """What inotify said: names that came or went bring one listing a moment later (a burst of new

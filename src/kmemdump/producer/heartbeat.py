@@ -136,7 +136,7 @@ def _refresh_locked() -> None:
     if _state.timeout_ns:
         feed()  # arming counts as a beat: the deadline starts now, not at some old feed
     touch = getattr(_state.backend, "touch", None)
-    if changed and touch is not None:
+    if changed and _state.timeout_ns and touch is not None:
         touch()  # a collector reads a table when its deadline may have passed: this one may be sooner
 
 

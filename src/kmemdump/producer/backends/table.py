@@ -394,7 +394,7 @@ class SharedTableBackend:
     def touch(self) -> None:
         """Change the table file's times, which a collector watching the directory hears (inotify): it
         reads the table when told so, or when the deadline it last read may have passed. Called after
-        the watchdog is armed or its timeout changed, whose next deadline may come sooner."""
+        the watchdog is armed with a new timeout, whose next deadline may come sooner."""
         # by its name: inotify names the file by the name it was reached through (the descriptors
         # were opened under a temporary name, removed since)
         if self._path is not None and self._dir_fd >= 0 and self._owner_pid == os.getpid():
