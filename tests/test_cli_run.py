@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -27,6 +28,17 @@ with open(sys.argv[1], "w") as ready:
     ready.write(f"{os.getpid()}\n")
 with open(sys.argv[2]) as never:
     never.read()
+"""
+
+
+# An unmodified program whose only thread deadlocks on a lock it holds: dumped as a hang one --timeout later.
+SELF_DEADLOCK = r"""
+import os, sys, threading
+lock = threading.Lock()
+lock.acquire()
+with open(sys.argv[1], "w") as ready:
+    ready.write(f"{os.getpid()}\n")
+lock.acquire()
 """
 
 
@@ -204,3 +216,59 @@ def test_run_forwards_sigterm_to_a_command_that_already_ended(
             run.wait()
     assert "Traceback" not in err, err
     assert run.returncode == 128 + signal.SIGTERM, err
+
+
+def _where_stuck(run_pid: int, pid: int) -> str:
+    """For a failure message: which of run and its command is still there, and in what state."""
+    lines = []
+    for name, who in (("run", run_pid), ("command", pid)):
+        try:
+            status = Path(f"/proc/{who}/status").read_text()
+        except OSError:
+            lines.append(f"{name} {who}: gone")
+            continue
+        wanted = ("State", "SigPnd", "ShdPnd", "SigBlk", "SigCgt", "TracerPid")
+        fields = [line for line in status.splitlines() if line.split(":")[0] in wanted]
+        threads = []
+        for task in sorted(Path(f"/proc/{who}/task").iterdir()):
+            with contextlib.suppress(OSError):
+                comm = (task / "comm").read_text().strip()
+                threads.append(f"{comm}:{(task / 'wchan').read_text()}:{_state(int(task.name))}")
+        lines.append(f"{name} {who}: {'; '.join(fields)}; threads {threads}")
+    return "\n".join(lines)
+
+
+def test_run_ended_by_sigterm_to_its_group_after_a_hang_dump_is_quiet(tmp_path: Path, dump_dir: Path) -> None:
+    """As GNU timeout, Ctrl-C in a terminal or a service manager stop it: SIGTERM to the whole process group
+    (run and its command at once) after the command's hang was dumped: run exits with the command's status,
+    without a traceback. Two tries; the race that once gave a ChildProcessError here is forced in
+    test_run_forwards_sigterm_to_a_command_that_already_ended."""
+    for attempt in range(2):
+        ready = _fifo(tmp_path / f"ready{attempt}")
+        program = [sys.executable, "-c", SELF_DEADLOCK, str(ready)]
+        run = subprocess.Popen(
+            [*KMEMDUMP, "run", "-q", "--timeout", "0.3", "--dir", str(dump_dir), "--", *program],
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group, as under a terminal or timeout(1)
+        )
+        try:
+            pid = _read_pid(ready)
+            assert run.stderr is not None
+            seen = []
+            while not any(line.startswith(f"kmemdump: hang pid={pid} ") for line in seen):
+                line = run.stderr.readline()
+                assert line, seen  # run ended before reporting the hang
+                seen.append(line)
+            os.killpg(run.pid, signal.SIGTERM)
+            try:
+                _, err = run.communicate(timeout=120)  # a hang guard: it takes well under a second
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"run did not end after SIGTERM:\n{_where_stuck(run.pid, pid)}")
+        finally:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+                run.wait()
+        err = "".join(seen) + err
+        assert "Traceback" not in err and "internal error" not in err, err
+        assert run.returncode == 128 + signal.SIGTERM, (attempt, run.returncode, err)
