@@ -299,3 +299,19 @@ def test_user_text_names_the_design_never_the_seed() -> None:
             if _SEED.search(text):
                 found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert found == []
+
+
+_PATH = re.compile(r"(?<![\w/.-])((?:src|tests|docs|contrib|benchmarks)/[\w./-]*\w)(?:::(\w+))?")
+
+
+def test_every_path_and_test_the_docs_name_exists() -> None:
+    """Each repository path the README and docs/ name is in the tree, and each ``tests/…::name`` is a test."""
+    missing = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for path, test in _PATH.findall(doc.read_text(encoding="utf-8")):
+            target = ROOT / path
+            if not target.exists():
+                missing.append(f"{doc.name}: {path}")
+            elif test and not re.search(rf"^(?:def |async def )?{test}\b", target.read_text(), re.MULTILINE):
+                missing.append(f"{doc.name}: {path}::{test}")
+    assert missing == []
