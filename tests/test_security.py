@@ -453,3 +453,85 @@ def test_a_table_that_met_a_full_descriptor_table_is_retried_not_given_up(
     assert "error" not in got, got
     assert any("will retry" in line and "Too many open files" in line for line in got["first"]), got["first"]
     assert any(line.startswith("hang ") for line in got["later"]), got["later"]
+
+
+def _lock_holder(directory: Path) -> Any:
+    """A producer that takes the collectors' act lock on its own table (any writer of a table can), then
+    stops feeding: every collector that dumps it meets the lock."""
+
+    def work(send: Send) -> None:
+        import fcntl
+        import struct
+
+        from kmemdump.formats.table import ACT_LOCK_BYTE
+
+        report = kmemdump.init(table=True, directory=directory, watchdog=0.3, pycoreinfo=False)
+        fd = os.open(report.table, os.O_RDWR)
+        lock = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, ACT_LOCK_BYTE, 1, 0)
+        fcntl.fcntl(fd, 37, lock)  # F_OFD_SETLK: held as long as this descriptor is open
+        send({"table": report.table})
+        time.sleep(3600)
+
+    return work
+
+
+def test_a_user_holding_the_act_lock_on_their_own_tables_does_not_delay_anothers_hang(
+    users: list[User], dumps: Path
+) -> None:
+    """Two stalled processes of the attacker hold the lock a collector takes while dumping. The watcher
+    waited 10 s on each (the victim's 0.3 s hang was dumped 20 s late); now it never waits on it."""
+    attacker, victim = users
+    with (
+        as_user(attacker, _lock_holder(_user_dir(attacker))) as first,
+        as_user(attacker, _lock_holder(_user_dir(attacker))) as second,
+    ):
+        first.recv()
+        second.recv()
+        time.sleep(0.4)  # both stalled before the victim starts: the watcher meets them first
+        with as_user(victim, _producer(_user_dir(victim))) as producer:
+            producer.recv()
+            watcher = Watcher([_user_dir(attacker), _user_dir(victim)], DumpOptions(dumps, stacks=False))
+            try:
+                events = _collect(
+                    watcher,
+                    25.0,
+                    until=lambda evs: any(e.kind == "hang" and e.pid == producer.pid for e in evs),
+                )
+                events += _collect(watcher, 0.6)  # the attackers' stalls are tried again, not said again
+            finally:
+                watcher.close()
+            hang = next((e for e in events if e.kind == "hang" and e.pid == producer.pid), None)
+            assert hang is not None and hang.dump is not None, [e.line() for e in events]
+            assert hang.dump.meta.heartbeat_age_s is not None and hang.dump.meta.heartbeat_age_s < 0.3 + 1.0
+            for holder in (first, second):
+                put_off = [e for e in events if e.pid == holder.pid and "put off" in e.message]
+                assert len(put_off) == 1, [e.line() for e in events]
+                assert "another collector is dumping" in put_off[0].message
+    assert [p.name for p in dumps.iterdir() if f"-{producer.pid}-" in p.name] and len(
+        list(dumps.iterdir())
+    ) == 1
+
+
+def test_a_table_naming_another_users_zombie_learns_nothing_of_its_end(
+    users: list[User], dumps: Path
+) -> None:
+    """A root process's child has ended (exit status 42) and is not reaped yet: it is dead, but still
+    root's. A table naming it got a death dump owned by the attacker, saying how root's process ended."""
+    attacker = users[0]
+    code = "import os\npid = os.fork()\nif pid == 0:\n    os._exit(42)\nsend(pid)\nblock()\n"
+    with spawn_child(code) as parent:
+        zombie = parent.recv()
+        deadline = time.monotonic() + 5
+        while thread_state(zombie, zombie) != "Z" and time.monotonic() < deadline:
+            time.sleep(0.005)
+        start = process_start_time(zombie)
+        _plant(attacker, f"{zombie}-{start}.table", _forged_table(zombie, start, 0x1000, 8))
+        watcher = Watcher([_user_dir(attacker)], DumpOptions(dumps, stacks=False))
+        try:
+            events = _collect(watcher, 1.0)
+        finally:
+            watcher.close()
+        assert [e.kind for e in events] == ["skip"], [e.line() for e in events]
+        assert "ended process of another user" in events[0].message
+        assert list(dumps.iterdir()) == []
+        assert thread_state(zombie, zombie) == "Z"  # not reaped by anyone but its parent

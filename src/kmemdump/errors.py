@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AccessDeniedError",
     "BackendError",
+    "CollectorBusyError",
     "CollectorError",
     "DecodeError",
     "DumpFormatError",
@@ -135,6 +136,10 @@ class DumpFormatError(KmemdumpError):
 
 class CollectorError(KmemdumpError):
     """The collector could not complete an operation on a target."""
+
+
+class CollectorBusyError(CollectorError):
+    """Another collector is dumping the same process right now (it holds the table's act lock)."""
 
 
 class ProcessGoneError(CollectorError, ProcessLookupError):

@@ -30,10 +30,11 @@ from types import TracebackType
 from kmemdump.errors import AccessDeniedError
 from kmemdump.errors import CollectorError
 from kmemdump.errors import ForeignProcessError
+from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.procinfo import parse_start_time
 
-__all__ = ["Credentials", "ProcessHandle", "check_authority", "parse_ids"]
+__all__ = ["Credentials", "ProcessHandle", "check_authority", "ended_owner", "parse_ids"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,3 +259,21 @@ def check_authority(
             uids=",".join(str(u) for u in creds.uids),
         )
     return creds
+
+
+def ended_owner(pid: int, start_time: int) -> int | None:
+    """The real uid of ``(pid, start_time)`` once it has ended but is not reaped yet (a zombie keeps its
+    ``/proc/PID/status``); None when nothing says (reaped, or the pid is another process's now)."""
+    try:
+        proc_fd = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    handle = ProcessHandle(pid, start_time, -1, proc_fd)
+    try:
+        if parse_start_time(handle.read(b"stat")) != start_time:
+            return None
+        return parse_ids(handle.read(b"status"), b"Uid")[0]
+    except (KmemdumpError, OSError, ValueError):
+        return None
+    finally:
+        handle.close()

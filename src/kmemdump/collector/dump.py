@@ -55,6 +55,7 @@ from kmemdump.collector.stacks import with_native_ids
 from kmemdump.collector.staging import StagedImage
 from kmemdump.collector.staging import Staging
 from kmemdump.collector.threads import thread_states
+from kmemdump.errors import CollectorBusyError
 from kmemdump.errors import CollectorError
 from kmemdump.errors import DumpFormatError
 from kmemdump.errors import KmemdumpError
@@ -206,7 +207,7 @@ def acting_on(table: Path, pid: int, wait: float = ACT_WAIT_S, dir_fd: int | Non
 
     An exclusive lock on byte :data:`~kmemdump.formats.table.ACT_LOCK_BYTE` of the table file,
     released when the dump ends (or the collector dies). Another collector dumping the same process
-    is waited for up to ``wait`` seconds, then :class:`CollectorError` says who holds it. A table
+    is waited for up to ``wait`` seconds, then :class:`CollectorBusyError` says who holds it. A table
     that cannot be opened for writing is dumped without the lock (the dump reads it anyway).
     """
     try:
@@ -222,7 +223,7 @@ def acting_on(table: Path, pid: int, wait: float = ACT_WAIT_S, dir_fd: int | Non
                     holder: int | str = parse_header(os.pread(fd, HEADER_SIZE, 0)).collector_pid
                 except (KmemdumpError, OSError):
                     holder = "unknown"
-                raise CollectorError(
+                raise CollectorBusyError(
                     "another collector is dumping this process right now",
                     pid=pid,
                     collector_pid=holder or "unknown",
@@ -265,6 +266,7 @@ def dump_target(
     registers: Mapping[int, ThreadRegisters] | None = None,
     table_pid: int | None = None,
     exit_hold: ExitHold | None = None,
+    act_wait: float = ACT_WAIT_S,
 ) -> DumpResult:
     """Dump the regions of the process ``(pid, start_time)`` published in ``table``.
 
@@ -288,6 +290,10 @@ def dump_target(
 
     ``exit_hold`` is how to let go a process the caller holds at its exit (``held="exit stop"``):
     it is let go as soon as nothing more needs it, before the file is written (:class:`ExitHold`).
+
+    ``act_wait`` is how long to wait for another collector's dump of the same process
+    (:func:`acting_on`); past it, :class:`CollectorBusyError`. The watcher passes 0: whoever can write
+    the table can take that lock, and its one loop must not wait on a lock any user can hold.
     """
     captured_ns = time.time_ns()
     process: ProcessHandle | None = None
@@ -320,7 +326,7 @@ def dump_target(
         )
         path = options.directory / _file_name(pid, start_time, reason, captured_ns)
         with (
-            acting_on(table, pid, dir_fd=dir_fd),
+            acting_on(table, pid, wait=act_wait, dir_fd=dir_fd),
             CoreWriter(
                 path, compress=options.compress, owner=_dump_owner(uid, options), durable=options.durable
             ) as sink,

@@ -41,6 +41,7 @@ from typing import Literal
 
 from kmemdump.collector.authority import ProcessHandle
 from kmemdump.collector.authority import check_authority
+from kmemdump.collector.authority import ended_owner
 from kmemdump.collector.dirwatch import Changes
 from kmemdump.collector.dirwatch import DirWatch
 from kmemdump.collector.dump import DumpOptions
@@ -57,6 +58,7 @@ from kmemdump.collector.identify import identify
 from kmemdump.collector.registers import ThreadRegisters
 from kmemdump.collector.retention import Policy
 from kmemdump.collector.retention import enforce as enforce_retention
+from kmemdump.errors import CollectorBusyError
 from kmemdump.errors import ForeignProcessError
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
@@ -159,6 +161,8 @@ class _Target:
     """The table file's owner: the user on whose behalf the process is dumped."""
     ended_by_us: bool = False
     """We killed or aborted it after its hang dump: its death needs no second dump."""
+    busy_said: bool = False
+    """A dump of it met another collector's lock on its table (said once; retried at the next step)."""
     errors: int = 0
     dumps: list[DumpResult] = field(default_factory=list)
 
@@ -825,12 +829,23 @@ class Watcher:
                 table_owner=target.owner,
                 then_signal=then_signal,
                 exit_hold=exit_hold,
+                act_wait=0.0,  # one loop serves all users: it never waits on a lock any table writer can take
             )
+        except CollectorBusyError as err:
+            if reason == "hang":
+                target.dumped_at_beat = None  # the stall is tried again at the next step
+            what = "put off" if reason == "hang" else "failed"
+            event = Event("error", target.pid, f"{reason} dump {what}: {err}")
+            if target.busy_said:
+                return event
+            target.busy_said = True
+            return self._emit(event)
         except KmemdumpError as err:
             return self._emit(Event("error", target.pid, f"{reason} dump failed: {err}"))
         except OSError as err:
             return self._emit(Event("error", target.pid, f"{reason} dump failed: {err}"))
         target.dumps.append(result)
+        target.busy_said = False
         event = self._emit(Event(reason, target.pid, why, result))
         self._retain(result)
         return event
@@ -915,7 +930,17 @@ def _check_owner(pid: int, start_time: int, owner: int, options: DumpOptions) ->
     try:
         process = ProcessHandle.open(pid, start_time)
     except ProcessGoneError:
-        return  # ended already (a zombie): its death is handled as any other, and only its arena is read
+        # ended already: its death is handled as any other, and only its arena is read; but a zombie
+        # still says whose it was, and another user's end (its exit status) is not the table's to learn
+        ended = ended_owner(pid, start_time)
+        if ended is not None and ended != owner:
+            raise ForeignProcessError(
+                "the table names an ended process of another user; left alone",
+                pid=pid,
+                table_owner=owner,
+                process_uid=ended,
+            ) from None
+        return
     with process:
         check_authority(process, owner, allow_nondumpable=options.allow_nondumpable)
 
