@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import stat
 import sys
 import time
@@ -535,3 +536,91 @@ def test_a_table_naming_another_users_zombie_learns_nothing_of_its_end(
         assert "ended process of another user" in events[0].message
         assert list(dumps.iterdir()) == []
         assert thread_state(zombie, zombie) == "Z"  # not reaped by anyone but its parent
+
+
+def _swallowing_tracer(directory: Path, program: Path, delay: float) -> Any:
+    """As the user: a producer P with big regions, traced by its parent T. The collector's ptrace hold is
+    refused (P is traced already) and it falls back to SIGSTOP, which T swallows (it detaches), so P
+    runs on; ``delay`` seconds later P executes ``program`` (set-uid root) while the collector copies."""
+
+    def work(send: Send) -> None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+        go_r, go_w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # P
+            try:
+                report = kmemdump.init(table=True, directory=directory, pycoreinfo=False)
+                for index in range(4):
+                    kmemdump.alloc(64 << 20, name=f"big{index}")[:] = os.urandom(64 << 20)
+                os.write(ready_w, str(report.table).encode())
+                os.read(go_r, 1)
+                time.sleep(delay)
+                os.execv(program, [str(program), "3600"])
+            finally:
+                os._exit(1)
+        table = os.read(ready_r, 4096).decode()
+        assert libc.ptrace(0x4206, pid, None, None) == 0, ctypes.get_errno()  # PTRACE_SEIZE
+        send({"pid": pid, "table": table})
+        while True:
+            _, status = os.waitpid(pid, 0x40000000)
+            if not os.WIFSTOPPED(status):
+                return
+            sig = os.WSTOPSIG(status)
+            if sig == signal.SIGSTOP and status >> 16 == 0:  # the collector's stop, on its way in
+                libc.ptrace(17, pid, None, None)  # PTRACE_DETACH, passing no signal: swallowed
+                os.write(go_w, b"g")
+                send("swallowed")
+                time.sleep(3600)
+            libc.ptrace(7, pid, None, ctypes.c_void_p(sig))  # PTRACE_CONT
+
+    return work
+
+
+def test_a_process_whose_tracer_swallows_the_stop_and_that_execs_a_set_uid_program_is_not_kept(
+    users: list[User], dumps: Path
+) -> None:
+    """The SIGSTOP fallback assumed the process was held (the dump said so) and the check made after
+    the hold was final; a process whose tracer swallowed the stop ran on and executed a set-uid root
+    program during the copy, and the dump went on reading it. Now a stop that did not take holds
+    nothing, and the ids and program image are compared again before a dump is kept."""
+    owner = users[0]
+    tools = public_dir("kmemdump-sec-suid-", 0o755)
+    suid_sleep = tools / "sleep"
+    shutil.copy("/usr/bin/sleep", suid_sleep)
+    os.chmod(suid_sleep, 0o4755)  # set-uid root
+    victim_pid = 0
+    try:
+        with as_user(owner, _swallowing_tracer(_user_dir(owner), suid_sleep, 1.1)) as tracer:
+            info = tracer.recv()
+            victim_pid = info["pid"]
+            start = process_start_time(victim_pid)
+            outcome: BaseException | None = None
+            try:
+                dump_target(
+                    victim_pid,
+                    start,
+                    Path(info["table"]),
+                    reason="request",
+                    options=DumpOptions(dumps, stacks=False, compress=True),
+                )
+            except ForeignProcessError as err:
+                outcome = err
+            assert tracer.recv() == "swallowed"  # the attack took place
+            euid = _status_uids(victim_pid)[1]
+            if outcome is None:
+                assert euid == owner.uid, "a dump was kept of a process that became set-uid root meanwhile"
+                pytest.skip("the copy ended before the exec: this machine copied too fast to show the race")
+            assert "dump discarded" in str(outcome), outcome
+            assert [p.name for p in dumps.iterdir()] == []  # nothing kept, no temporary file either
+            assert thread_state(victim_pid, victim_pid) not in ("T", "t")  # not left stopped
+    finally:
+        if victim_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim_pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(victim_pid, os.WNOHANG)
+        shutil.rmtree(tools, ignore_errors=True)

@@ -34,7 +34,7 @@ from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.procinfo import parse_start_time
 
-__all__ = ["Credentials", "ProcessHandle", "check_authority", "ended_owner", "parse_ids"]
+__all__ = ["Credentials", "ProcessHandle", "check_authority", "check_unchanged", "ended_owner", "parse_ids"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +76,11 @@ def parse_ids(status: bytes, key: bytes) -> tuple[int, int, int, int]:
             a, b, c, d = (int(f) for f in fields)
             return a, b, c, d
     raise ValueError(f"no {key.decode()} line")
+
+
+_IMAGE_FIELDS = (23, 24, 25, 42, 43, 44, 45, 46, 47, 48)
+"""Indexes, counted after the state letter, of startcode, endcode, startstack, start_data, end_data,
+start_brk, arg_start, arg_end, env_start and env_end."""
 
 
 class ProcessHandle:
@@ -165,15 +170,32 @@ class ProcessHandle:
 
     def credentials(self) -> Credentials:
         """The process's ids now (read through its ``/proc`` directory), checked alive afterwards."""
+        creds = self.last_credentials()
+        if not self.alive():
+            raise ProcessGoneError(f"process {self.pid} is gone", pid=self.pid)
+        return creds
+
+    def last_credentials(self) -> Credentials:
+        """The process's ids now, or the last it had when it has ended but is not reaped (a zombie)."""
         status, info = self._read(b"status")
         try:
             uids = parse_ids(status, b"Uid")
             gids = parse_ids(status, b"Gid")
         except ValueError as err:
             raise CollectorError(f"cannot parse /proc/{self.pid}/status: {err}", pid=self.pid) from err
-        if not self.alive():
-            raise ProcessGoneError(f"process {self.pid} is gone", pid=self.pid)
         return Credentials(uids, gids, info.st_uid)
+
+    def image(self) -> tuple[int, ...]:
+        """Where its program's code, data, heap, stack, arguments and environment start and end
+        (``/proc/PID/stat`` fields 26-28 and 45-51): set anew, with fresh random bases, by every
+        ``execve``, so a change says that another program now runs in the process. All zeros once it
+        has ended (no memory left), or for a reader the kernel does not show them to."""
+        stat = self.read(b"stat")
+        fields = stat[stat.rfind(b")") + 1 :].split()
+        picked = [fields[i] for i in (*_IMAGE_FIELDS,) if i < len(fields)]
+        if len(picked) != len(_IMAGE_FIELDS) or not all(f.isdigit() and len(f) <= 20 for f in picked):
+            raise CollectorError(f"cannot parse /proc/{self.pid}/stat", pid=self.pid)
+        return tuple(int(f) for f in picked)
 
     def tids(self) -> list[int]:
         """The ids of the process's threads now (empty once it is gone)."""
@@ -277,3 +299,48 @@ def ended_owner(pid: int, start_time: int) -> int | None:
         return None
     finally:
         handle.close()
+
+
+def check_unchanged(
+    process: ProcessHandle,
+    before: tuple[Credentials, tuple[int, ...]],
+    *,
+    held_by_ptrace: bool,
+) -> None:
+    """Raise :class:`ForeignProcessError` unless ``process`` still runs the program, with the ids, it
+    had when ``before`` (its credentials and :meth:`~ProcessHandle.image`) was taken.
+
+    Made after everything was read from it and before the dump is kept: a process that was not
+    held by ptrace (a SIGSTOP another tracer could swallow, a stop its own tracer could end,
+    ``--no-stop``) could have executed a set-id program meanwhile, and what was read since would
+    then be that program's. One that ended meanwhile proves nothing unless ptrace held it (then
+    it could not exec); its credentials are still compared while it is a zombie.
+    """
+    creds, image = before
+    try:
+        now = process.last_credentials()
+        image_now = process.image() if process.alive() else None
+    except ProcessGoneError:
+        if held_by_ptrace:
+            return
+        raise ForeignProcessError(
+            "the process ended while it was dumped without a ptrace hold: nothing proves it still ran "
+            "its owner's program; dump discarded",
+            pid=process.pid,
+        ) from None
+    if now.uids != creds.uids or now.gids != creds.gids:
+        raise ForeignProcessError(
+            "the process changed its ids while it was dumped (a set-id program?); dump discarded",
+            pid=process.pid,
+            uids=",".join(str(u) for u in now.uids),
+        )
+    if image_now is not None and image_now != image:
+        raise ForeignProcessError(
+            "the process executed another program while it was dumped; dump discarded", pid=process.pid
+        )
+    if image_now is None and not held_by_ptrace:
+        raise ForeignProcessError(
+            "the process ended while it was dumped without a ptrace hold: nothing proves it still ran "
+            "its owner's program; dump discarded",
+            pid=process.pid,
+        )

@@ -29,8 +29,10 @@ from typing import Any
 from typing import Protocol
 
 from kmemdump._version import __version__
+from kmemdump.collector.authority import Credentials
 from kmemdump.collector.authority import ProcessHandle
 from kmemdump.collector.authority import check_authority
+from kmemdump.collector.authority import check_unchanged
 from kmemdump.collector.capture import Capture
 from kmemdump.collector.capture import CaptureLevel
 from kmemdump.collector.capture import capture_ranges
@@ -305,8 +307,10 @@ def dump_target(
     try:
         owner = table_owner if table_owner is not None else _table_owner(table, dir_fd, snapshot)
         creds = None
+        before: tuple[Credentials, tuple[int, ...]] | None = None
         if process is not None:
             creds = check_authority(process, owner, allow_nondumpable=options.allow_nondumpable)
+            before = (creds, process.image())  # compared again before the dump is kept
             if argv is None:
                 argv = _cmdline(process)
             if exe is None:
@@ -323,6 +327,7 @@ def dump_target(
             job,
             table_pid=pid if table_pid is None else table_pid,
             memory_pid=exit_hold.shadow or pid if exit_hold is not None else pid,
+            before=before,
         )
         path = options.directory / _file_name(pid, start_time, reason, captured_ns)
         with (
@@ -371,6 +376,8 @@ class _Job:
     """The pid the table names the process by (its own pid namespace's)."""
     memory_pid: int = 0
     """Where its regions are read: the process, or its shadow (:mod:`.shadow`)."""
+    before: tuple[Credentials, tuple[int, ...]] | None = None
+    """The process's ids and program image when it was checked (:func:`check_unchanged`)."""
 
 
 def _table_owner(table: Path, dir_fd: int | None, snapshot: TableSnapshot | None) -> int:
@@ -472,7 +479,7 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
     current, snapshot, table_torn = _held_snapshot(job, options, process, snapshot)
     with current:
         if process is not None and current.method in ("ptrace", "SIGSTOP"):
-            # held now, it cannot exec: its credentials are final for this dump
+            # held now: checked again (and once more before the dump is kept, check_unchanged)
             check_authority(process, job.uid, allow_nondumpable=options.allow_nondumpable)
         t0 = time.perf_counter()
         hexversion = snapshot.header.py_hexversion
@@ -572,6 +579,9 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
             notes.append(Note(OWNER_KMEMDUMP, KMD_NOTE_STACKS, stacks_note))
         if fault is not None:
             notes.append(Note(OWNER_KMEMDUMP, KMD_NOTE_FAULTS, encode_fault_note(fault)))
+        if process is not None and job.before is not None and current.method != "exit stop":
+            # nothing is kept of a process that became another program (or another user's) meanwhile
+            check_unchanged(process, job.before, held_by_ptrace=current.method == "ptrace")
         result = DumpResult(sink.finish(notes), meta)
         if then_signal is not None and process is not None:
             # still held: the process that was dumped is the one signalled, and it cannot have

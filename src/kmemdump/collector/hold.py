@@ -114,8 +114,10 @@ class Hold:
         tids: tuple[int, ...] = (),
         record: tuple[int, str] | None = None,
         parent_is_us: bool = False,
+        sent_stop: bool = False,
     ) -> None:
         self.pid = pid
+        self._sent_stop = sent_stop
         self._parent_is_us = parent_is_us
         self.method: Held = method
         self._process = process
@@ -149,7 +151,7 @@ class Hold:
         self._released = True
         if self.method == "ptrace":
             _release_all(self.pid, dict(self._seized), self._parent_is_us)
-        elif self.method == "SIGSTOP" and self._process is not None:
+        elif (self.method == "SIGSTOP" or self._sent_stop) and self._process is not None:
             self._process.send_signal(signal.SIGCONT)
         if self._record is not None:
             dir_fd, name = self._record
@@ -367,9 +369,14 @@ def _hold_sigstop(process: ProcessHandle, records: Path | None, settle: float) -
             os.close(record[0])
         raise ProcessGoneError(f"process {process.pid} is gone", pid=process.pid)
     deadline = time.monotonic() + settle
-    while not _all_stopped(process) and time.monotonic() < deadline:
+    while not (stopped := _all_stopped(process)) and time.monotonic() < deadline:
         time.sleep(0.0005)  # the kernel parks the threads one by one; bounded
-    return Hold(process.pid, "SIGSTOP", process=process, tids=tuple(process.tids()), record=record)
+    # a stop that did not take (swallowed by another tracer, or a thread that never parked) holds
+    # nothing: said so (method ""), and still undone at the release
+    method: Held = "SIGSTOP" if stopped else ""
+    return Hold(
+        process.pid, method, process=process, tids=tuple(process.tids()), record=record, sent_stop=True
+    )
 
 
 def _all_stopped(process: ProcessHandle) -> bool:
