@@ -56,21 +56,26 @@ def app(environ, start_response):
 """
 
 
-def _recipe() -> str:
+def _recipe(title: str = "# gunicorn.conf.py\n") -> str:
     blocks = re.findall(r"```python\n(.*?)```", RECIPES.read_text(), re.S)
-    (conf,) = [b for b in blocks if b.startswith("# gunicorn.conf.py")]
+    (conf,) = [b for b in blocks if b.startswith(title)]
     return conf
 
 
 class Gunicorn:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(
+        self, tmp_path: Path, *, conf: str | None = None, workers: int = 2, worker_class: str = "sync"
+    ) -> None:
+        self.count = workers
         (tmp_path / "app.py").write_text(APP)
-        (tmp_path / "gunicorn.conf.py").write_text(_recipe())
+        (tmp_path / "gunicorn.conf.py").write_text(conf if conf is not None else _recipe())
         self.socket = tmp_path / "gunicorn.sock"
         self.popen = subprocess.Popen(
             [
                 sys.executable, "-m", "gunicorn", "--config", str(tmp_path / "gunicorn.conf.py"),
-                "--workers", "2", "--worker-class", "sync", "--timeout", "120", "--graceful-timeout", "5",
+                "--workers", str(workers), "--worker-class", worker_class,
+                *(["--threads", "4"] if worker_class == "gthread" else []),
+                "--timeout", "120", "--graceful-timeout", "5",
                 "--bind", f"unix:{self.socket}", "app:app",
             ],
             cwd=tmp_path,
@@ -84,7 +89,7 @@ class Gunicorn:
         """The worker pids gunicorn logs, once both are booted (its own readiness lines)."""
         assert self.popen.stderr is not None
         pids: list[int] = []
-        while len(pids) < 2:
+        while len(pids) < self.count:
             line = self.popen.stderr.readline()
             assert line, "gunicorn exited"
             found = re.search(r"Booting worker with pid: (\d+)", line)
@@ -172,3 +177,38 @@ def test_stopping_gunicorn_with_sigterm_leaves_no_table_and_no_dump(
         server.stop()
     assert list(dump_dir.iterdir()) == [], watch.lines
     assert list(table_dir.iterdir()) == []
+
+
+def test_a_deadlocked_request_of_a_threaded_worker_is_dumped_while_others_finish(
+    tmp_path: Path, table_dir: Path, dump_dir: Path
+) -> None:
+    """gthread: a request deadlocks while others come and finish in the same worker. With the sync
+    recipe's hooks the finished requests disarm the shared watchdog and the hang is never dumped."""
+    server = Gunicorn(
+        tmp_path, conf=_recipe("# gunicorn.conf.py (threaded workers)\n"), workers=1, worker_class="gthread"
+    )
+    try:
+        with WatchProcess(table_dir, dump_dir) as watch:
+            (worker,) = server.workers()
+            for pid in (server.popen.pid, worker):
+                watch.wait_for(f"watch pid={pid} ")
+            stuck = server.request("/deadlock")
+            for _ in range(3):
+                assert server.get("/").endswith(b"ok\n")  # requests beside it finish
+            line = watch.wait_for(lambda text: text.startswith("hang pid="), timeout=15)
+            assert int(line.split()[1].removeprefix("pid=")) == worker
+            watch.stop()
+            stuck.close()
+    finally:
+        server.stop()
+    (dump,) = dump_dir.iterdir()
+    shown = _show(dump)
+    assert shown["dump"]["pid"] == worker and shown["dump"]["reason"] == "hang"
+    assert (
+        shown["dump"]["heartbeat_age_s"] < 2 * 2.0 + 1.0
+    )  # within twice HANG_AFTER of its start, and a beat
+    requests = next(r for r in shown["regions"] if r["name"] == "requests")
+    assert "GET /deadlock" in json.dumps(requests["decoded"])
+    threads = {t["name"]: [f["function"] for f in t["frames"]] for t in shown["stacks"]["threads"]}
+    assert any("transfer" in frames for frames in threads.values()), threads
+    assert any("restock" in frames for frames in threads.values()), threads
