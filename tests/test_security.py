@@ -624,3 +624,52 @@ def test_a_process_whose_tracer_swallows_the_stop_and_that_execs_a_set_uid_progr
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(victim_pid, os.WNOHANG)
         shutil.rmtree(tools, ignore_errors=True)
+
+
+def test_thousands_of_directories_and_names_from_one_user_do_not_blind_the_collector(
+    users: list[User], dumps: Path
+) -> None:
+    """Making 3,000 fallback-looking table directories took a user 0.1 s; the collector compared every
+    new one with every one listed before at each scan (seconds per scan, minutes with 20,000: another
+    user's hang was not even adopted). A directory stuffed with junk names was read whole at each scan."""
+    from kmemdump.cli.options import MAX_FALLBACK_DIRS
+    from kmemdump.cli.options import table_dirs
+
+    attacker, victim = users
+
+    def flood(send: Send) -> None:
+        import secrets
+
+        for _ in range(3000):
+            os.mkdir(f"/dev/shm/kmemdump-{attacker.uid}.{secrets.token_hex(8)}", 0o700)
+        own = _user_dir(attacker)
+        own.mkdir(mode=0o700)
+        for index in range(5000):
+            os.close(os.open(own / f"junk{index}", os.O_WRONLY | os.O_CREAT, 0o600))
+        send("flooded")
+
+    with as_user(attacker, flood) as flooder:
+        assert flooder.recv() == "flooded"
+    listed = table_dirs(all_users=True)
+    assert sum(1 for d in listed if d.name.startswith(f"kmemdump-{attacker.uid}.")) == MAX_FALLBACK_DIRS
+    with as_user(victim, _producer(_user_dir(victim))) as producer:
+        producer.recv()
+        watcher = Watcher(
+            table_dirs(all_users=True),
+            DumpOptions(dumps, stacks=False),
+            rediscover=lambda: table_dirs(all_users=True),
+            only_pid=producer.pid,  # other tests' tables in /dev/shm are not this one's
+        )
+        started = time.monotonic()
+        try:
+            events = _collect(
+                watcher, 15.0, until=lambda evs: any(e.kind == "hang" and e.pid == producer.pid for e in evs)
+            )
+        finally:
+            watcher.close()
+        hang = next((e for e in events if e.kind == "hang" and e.pid == producer.pid), None)
+        assert hang is not None and hang.dump is not None, [e.line() for e in events][-5:]
+        assert hang.dump.meta.heartbeat_age_s is not None and hang.dump.meta.heartbeat_age_s < 0.3 + 1.0
+        assert time.monotonic() - started < 10
+        full = [e for e in events if "holds more than" in e.message]
+        assert len(full) == 1 and str(_user_dir(attacker)) in full[0].message  # said once

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -71,30 +72,51 @@ def default_dump_dir() -> Path:
     return Path(state) / "kmemdump" / "dumps"
 
 
+MAX_FALLBACK_DIRS = 64
+"""Private fallback table directories of one user listed at most (the newest): a user who makes
+thousands of them costs the collector no more than this (the watcher keeps those it watches)."""
+
+
 def table_dirs(all_users: bool) -> list[Path]:
     """Where producers publish tables: ours, or (as root) every user's.
 
     Ours: ``$KMEMDUMP_DIR`` or ``/dev/shm/kmemdump-<uid>``, and the private fallbacks
     ``/dev/shm/kmemdump-<uid>.<hex>`` a producer makes when that directory was squatted. As root:
     every ``/dev/shm/kmemdump-<uid>`` and ``kmemdump-<uid>.<hex>`` (names with ASCII digits only; the
-    watcher also checks each one's owner against its name).
+    watcher also checks each one's owner against its name). Fallbacks are listed only when they are
+    directories owned by the uid of their name, at most :data:`MAX_FALLBACK_DIRS` per user.
     """
     from kmemdump.formats.table import default_dir
     from kmemdump.formats.table import parse_dir_name
 
     dirs = [Path(default_dir())]
+    seen = set(dirs)
     uid = os.geteuid()
     try:
         names = sorted(os.listdir("/dev/shm"))
     except OSError:
         names = []
+    fallbacks: dict[int, list[tuple[float, Path]]] = {}
     for name in names:
         owner = parse_dir_name(name)
         if owner is None or (not all_users and not (owner == uid and "." in name)):
             continue
         path = Path("/dev/shm") / name
-        if path not in dirs:
-            dirs.append(path)
+        if path in seen:
+            continue
+        if "." in name:  # a fallback: only its owner's, at most MAX_FALLBACK_DIRS of them
+            try:
+                info = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISDIR(info.st_mode) and info.st_uid == owner:
+                fallbacks.setdefault(owner, []).append((info.st_mtime, path))
+            continue
+        seen.add(path)
+        dirs.append(path)
+    for found in fallbacks.values():
+        found.sort(reverse=True)  # the newest: where a process that just started publishes
+        dirs.extend(path for _, path in found[:MAX_FALLBACK_DIRS])
     return dirs
 
 

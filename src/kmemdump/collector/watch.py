@@ -110,6 +110,8 @@ _RETRY_MAX_S = 8.0
 """The longest pause before a table that failed for a passing reason is looked at again."""
 DEFAULT_MAX_PER_USER = 256
 """Tables of one user watched at once unless told otherwise."""
+_MAX_NAMES = 4096
+"""Names of one table directory looked at in one scan (a table, an arena and a fault file per process)."""
 _GRACE_NS = 5_000_000_000
 """How long a new table that names another collector is left to it."""
 
@@ -204,6 +206,8 @@ class Watcher:
         self._dirs: dict[Path, tuple[int, int, int]] = {}
         """Each table directory as last checked: (device, inode, owner)."""
         self._dir_warned: set[tuple[Path, str]] = set()
+        self._truncated: set[Path] = set()
+        """Directories this scan listed only in part (:data:`_MAX_NAMES`)."""
         self.rediscover = rediscover
         """Lists the table directories anew at every scan (new users' directories appear)."""
         self._over_quota: set[int] = set()
@@ -244,8 +248,12 @@ class Watcher:
         now = time.monotonic()
         watching = self._dirwatch is not None
         seen: set[tuple[int, int]] = set()
+        self._truncated.clear()
         if self.rediscover is not None:
-            self.directories = self.rediscover()
+            found = self.rediscover()
+            listed = set(found)
+            watched = {target.table.parent for target in self.targets.values()}  # never dropped from sight
+            self.directories = found + sorted(watched - listed)
             if self._dirwatch is not None:  # new users' directories appear there
                 watching = self._dirwatch.watch(str(_SHM), prefix="kmemdump-") and watching
         for directory in self.directories:
@@ -274,6 +282,8 @@ class Watcher:
                     self._check_orphan_arena(ident, directory / name)
         for ident in [k for k in self.targets if k not in seen]:
             target = self.targets[ident]
+            if target.table.parent in self._truncated:
+                continue  # not listed whole: its absence says nothing
             if target.pidfd is not None and not self._dead(target):
                 self._emit(Event("exit", target.pid, "table removed (clean exit)"))
             self._forget(ident)
@@ -313,7 +323,7 @@ class Watcher:
                 )
                 return None
             self._dirs[directory] = (info.st_dev, info.st_ino, info.st_uid)
-            return os.listdir(fd)
+            return self._names(directory, fd)
         except OSError as err:
             passing = err.errno in _TRANSIENT_ERRNOS
             self._dir_problem(
@@ -324,6 +334,28 @@ class Watcher:
             return None
         finally:
             os.close(fd)
+
+    def _names(self, directory: Path, fd: int) -> list[str]:
+        """At most :data:`_MAX_NAMES` names of a directory: a user who fills theirs with junk costs one
+        scan no more than that (said once)."""
+        names: list[str] = []
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                if len(names) >= _MAX_NAMES:
+                    self._truncated.add(directory)
+                    if (directory, "full") not in self._dir_warned:
+                        self._dir_warned.add((directory, "full"))
+                        self._emit(
+                            Event(
+                                "skip",
+                                0,
+                                f"table directory {directory} holds more than {_MAX_NAMES} names; "
+                                "only the first are looked at",
+                            )
+                        )
+                    break
+                names.append(entry.name)
+        return names
 
     def _dir_problem(self, directory: Path, problem: str, *, final: bool = True) -> None:
         """Say once what is wrong with a table directory (it is looked at again at every scan)."""
