@@ -673,3 +673,41 @@ def test_thousands_of_directories_and_names_from_one_user_do_not_blind_the_colle
         assert time.monotonic() - started < 10
         full = [e for e in events if "holds more than" in e.message]
         assert len(full) == 1 and str(_user_dir(attacker)) in full[0].message  # said once
+
+
+def test_the_dump_directory_the_service_creates_is_the_operators_groups(
+    users: list[User], table_dir: Path
+) -> None:
+    """Under the unit's UMask=0077 the dump directory came out 0700 root:root: not even the operators'
+    group (--group) could read a dump. It is made 0750 and given to that group."""
+    from helpers_watch import WatchProcess
+
+    operator, other = users
+    base = public_dir("kmemdump-sec-state-", 0o751)  # the unit's StateDirectoryMode
+    dumps = base / "dumps"
+    try:
+        with spawn_child(_HANGS) as producer:
+            assert producer.recv() == "ready"
+            umask = os.umask(0o077)  # the unit's UMask, inherited by the collector
+            try:
+                watch = WatchProcess(table_dir, dumps, "--group", str(operator.gid))
+            finally:
+                os.umask(umask)
+            with watch:
+                watch.wait_for(f"hang pid={producer.pid} ")
+        info = dumps.stat()
+        assert (stat.S_IMODE(info.st_mode), info.st_gid) == (0o750, operator.gid)
+
+        def read(send: Send) -> None:
+            try:
+                (dump,) = os.listdir(dumps)
+                send((dumps / dump).read_bytes()[:4].hex())
+            except OSError as err:
+                send(f"refused: {err.strerror}")
+
+        with as_user(operator, read) as reader:
+            assert reader.recv() == b"\x7fELF".hex()  # the operators read every dump
+        with as_user(other, read) as reader:
+            assert reader.recv().startswith("refused")  # nobody else lists them
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -378,7 +378,13 @@ def dump_options(args: argparse.Namespace) -> DumpOptions:
             raise zstd.missing("--compress") from None
     directory = args.dir or default_dump_dir()
     try:
+        made = not directory.exists()
         directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+        if made:  # 0750 whatever the umask (the service's is 0077), and the operators' group as root
+            os.chmod(directory, 0o750)
+            group = getattr(args, "group", None)
+            if os.geteuid() == 0 and group is not None:
+                os.chown(directory, -1, group)
     except OSError as err:
         raise CollectorError(
             f"cannot create the dump directory ({err.strerror}); create it or choose another with --dir",
