@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import stat
 import sys
+import time
 from pathlib import Path
 
 from kmemdump.errors import CollectorError
@@ -84,40 +84,62 @@ def table_dirs(all_users: bool) -> list[Path]:
     ``/dev/shm/kmemdump-<uid>.<hex>`` a producer makes when that directory was squatted. As root:
     every ``/dev/shm/kmemdump-<uid>`` and ``kmemdump-<uid>.<hex>`` (names with ASCII digits only; the
     watcher also checks each one's owner against its name). Fallbacks are listed only when they are
-    directories owned by the uid of their name, at most :data:`MAX_FALLBACK_DIRS` per user.
+    directories owned by the uid of their name, at most :data:`MAX_FALLBACK_DIRS` per user. The
+    listing of ``/dev/shm`` is read again only when that directory changed since the last call.
     """
     from kmemdump.formats.table import default_dir
+
+    first = Path(default_dir())
+    now = time.monotonic()
+    try:
+        stamp = (os.stat(_SHM).st_mtime_ns, all_users, os.geteuid())
+    except OSError:
+        stamp = None
+    cached = _shm_listing.get("dirs")
+    if stamp is None or cached is None or cached[0] != stamp or now - cached[1] > _SHM_RELIST_S:
+        cached = (stamp, now, _list_shm(all_users))
+        _shm_listing["dirs"] = cached
+    return [first, *(path for path in cached[2] if path != first)]
+
+
+_SHM = "/dev/shm"
+_SHM_RELIST_S = 5.0
+"""A listing of /dev/shm is used again for at most this long (a change within the same clock tick as
+the listing leaves the directory's mtime as it was)."""
+_shm_listing: dict[str, tuple[tuple[int, bool, int] | None, float, list[Path]]] = {}
+"""The last listing of /dev/shm's table directories: the mtime and the moment it was taken at."""
+
+
+def _list_shm(all_users: bool) -> list[Path]:
     from kmemdump.formats.table import parse_dir_name
 
-    dirs = [Path(default_dir())]
-    seen = set(dirs)
     uid = os.geteuid()
+    primary: list[str] = []
+    fallbacks: dict[int, list[tuple[int, str]]] = {}
     try:
-        names = sorted(os.listdir("/dev/shm"))
+        entries = list(os.scandir(_SHM))
     except OSError:
-        names = []
-    fallbacks: dict[int, list[tuple[float, Path]]] = {}
-    for name in names:
-        owner = parse_dir_name(name)
-        if owner is None or (not all_users and not (owner == uid and "." in name)):
+        entries = []
+    for entry in entries:
+        owner = parse_dir_name(entry.name)
+        if owner is None or (not all_users and not (owner == uid and "." in entry.name)):
             continue
-        path = Path("/dev/shm") / name
-        if path in seen:
+        if "." not in entry.name:
+            primary.append(entry.path)
             continue
-        if "." in name:  # a fallback: only its owner's, at most MAX_FALLBACK_DIRS of them
-            try:
-                info = os.lstat(path)
-            except OSError:
+        try:  # a fallback: only its owner's, at most MAX_FALLBACK_DIRS of them
+            if not entry.is_dir(follow_symlinks=False):
                 continue
-            if stat.S_ISDIR(info.st_mode) and info.st_uid == owner:
-                fallbacks.setdefault(owner, []).append((info.st_mtime, path))
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
             continue
-        seen.add(path)
-        dirs.append(path)
+        if info.st_uid == owner:
+            fallbacks.setdefault(owner, []).append((info.st_mtime_ns, entry.path))
+    paths = sorted(primary)
     for found in fallbacks.values():
         found.sort(reverse=True)  # the newest: where a process that just started publishes
-        dirs.extend(path for _, path in found[:MAX_FALLBACK_DIRS])
-    return dirs
+        paths.extend(path for _, path in found[:MAX_FALLBACK_DIRS])
+    return [Path(path) for path in paths]
 
 
 def add_tables_option(parser: argparse.ArgumentParser, verb: str) -> None:
