@@ -19,6 +19,7 @@ from __future__ import annotations
 from kmemdump._version import __version__
 from kmemdump.errors import AccessDeniedError
 from kmemdump.errors import BackendError
+from kmemdump.errors import CollectorBusyError
 from kmemdump.errors import CollectorError
 from kmemdump.errors import DecodeError
 from kmemdump.errors import DumpFormatError
@@ -117,6 +118,7 @@ __all__ = [
     "AccessDeniedError",
     "Backend",
     "BackendError",
+    "CollectorBusyError",
     "CollectorError",
     "DecodeError",
     "DumpFormatError",
