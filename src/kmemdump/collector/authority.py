@@ -334,13 +334,15 @@ def check_unchanged(
             pid=process.pid,
             uids=",".join(str(u) for u in now.uids),
         )
-    if image_now is not None and image_now != image:
-        raise ForeignProcessError(
-            "the process executed another program while it was dumped; dump discarded", pid=process.pid
-        )
-    if image_now is None and not held_by_ptrace:
+    # an ending process has no memory left: its image reads as zeros before its pidfd says it ended
+    ended = image_now is None or (any(image) and not any(image_now))
+    if ended and not held_by_ptrace:
         raise ForeignProcessError(
             "the process ended while it was dumped without a ptrace hold: nothing proves it still ran "
             "its owner's program; dump discarded",
             pid=process.pid,
+        )
+    if not ended and image_now != image:
+        raise ForeignProcessError(
+            "the process executed another program while it was dumped; dump discarded", pid=process.pid
         )
