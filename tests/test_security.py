@@ -711,3 +711,30 @@ def test_the_dump_directory_the_service_creates_is_the_operators_groups(
             assert reader.recv().startswith("refused")  # nobody else lists them
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_directories_named_like_arenas_or_fault_files_are_not_logged_at_every_scan(
+    users: list[User], dumps: Path
+) -> None:
+    """A directory named ``<pid>-<start>.fault`` (or ``.arena``) of a gone process cannot be unlinked:
+    the watcher said "removing it" at every scan, one log line per such name each time (a user's 4,096
+    of them flooded the log with thousands of lines a second)."""
+    attacker = users[0]
+
+    def work(send: Send) -> None:
+        own = _user_dir(attacker)
+        own.mkdir(mode=0o700)
+        for index in range(20):
+            (own / f"{2**22 + index}-1.fault").mkdir()
+            (own / f"{2**22 + index}-1.arena").mkdir()
+        send("made")
+
+    with as_user(attacker, work) as child:
+        assert child.recv() == "made"
+    watcher = Watcher([_user_dir(attacker)], DumpOptions(dumps))
+    try:
+        events = _collect(watcher, 1.2)
+    finally:
+        watcher.close()
+    assert [e.line() for e in events] == []
+    assert len(os.listdir(_user_dir(attacker))) == 40  # left as they are

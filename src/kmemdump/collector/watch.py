@@ -29,6 +29,7 @@ import logging
 import os
 import select
 import signal
+import stat
 import time
 from collections.abc import Callable
 from collections.abc import Iterable
@@ -562,8 +563,13 @@ class Watcher:
         pid, start_time = ident
         if ident in self.targets or path.with_name(f"{pid}-{start_time}.table").exists():
             return
-        if not (path.exists() or path.is_symlink()) or _arena_held(path):
-            return  # gone already, or its process still holds it (wherever that process is)
+        try:
+            if stat.S_ISDIR(os.lstat(path).st_mode):
+                return  # a directory by that name cannot be removed: said never, not at every scan
+        except OSError:
+            return  # gone already
+        if _arena_held(path):
+            return  # its process still holds it (wherever that process is)
         try:
             if process_start_time(pid) == start_time:
                 return  # alive: its table may be on its way, or it runs without one
