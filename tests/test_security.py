@@ -738,3 +738,43 @@ def test_directories_named_like_arenas_or_fault_files_are_not_logged_at_every_sc
         watcher.close()
     assert [e.line() for e in events] == []
     assert len(os.listdir(_user_dir(attacker))) == 40  # left as they are
+
+
+def _big_stall(directory: Path, size: int) -> Any:
+    """A producer with ``size`` bytes of registered (random) memory whose watchdog runs out at once."""
+
+    def work(send: Send) -> None:
+        kmemdump.init(table=True, directory=directory, watchdog=0.3, pycoreinfo=False)
+        kmemdump.alloc(size, name="big")[:] = os.urandom(size)
+        kmemdump.feed()
+        send("ready")
+        time.sleep(3600)
+
+    return work
+
+
+def test_one_users_many_big_hangs_delay_anothers_by_one_dump_at_most(users: list[User], dumps: Path) -> None:
+    """Every stalled process was dumped in turn in one step: three of the attacker's, found first, were
+    all dumped before the victim's (4 of 512 MiB made a 0.3 s hang 9.7 s late; 256 would take minutes).
+    Now a step dumps one process, and the next starts with the user whose dumps took least time."""
+    attacker, victim = users
+    holders = [as_user(attacker, _big_stall(_user_dir(attacker), 16 << 20)) for _ in range(3)]
+    try:
+        for holder in holders:
+            assert holder.recv() == "ready"
+        with as_user(victim, _producer(_user_dir(victim))) as producer:
+            producer.recv()
+            time.sleep(0.4)  # every one of them is stale before the collector looks
+            watcher = Watcher(
+                [_user_dir(attacker), _user_dir(victim)], DumpOptions(dumps, stacks=False, compress=True)
+            )
+            try:
+                events = _collect(watcher, 30.0, until=lambda evs: sum(e.kind == "hang" for e in evs) == 4)
+            finally:
+                watcher.close()
+            order = [e.pid for e in events if e.kind == "hang"]
+            assert len(order) == 4, [e.line() for e in events]
+            assert order.index(producer.pid) <= 1, order  # after one of the attacker's at most
+    finally:
+        for holder in holders:
+            holder.kill()

@@ -111,6 +111,8 @@ _RETRY_MAX_S = 8.0
 """The longest pause before a table that failed for a passing reason is looked at again."""
 DEFAULT_MAX_PER_USER = 256
 """Tables of one user watched at once unless told otherwise."""
+_SPENT_HALF_LIFE_S = 60.0
+"""How fast a user's past dump time is forgotten when hung processes are ordered."""
 _MAX_NAMES = 4096
 """Names of one table directory looked at in one scan (a table, an arena and a fault file per process)."""
 _GRACE_NS = 5_000_000_000
@@ -212,6 +214,11 @@ class Watcher:
         self.rediscover = rediscover
         """Lists the table directories anew at every scan (new users' directories appear)."""
         self._over_quota: set[int] = set()
+        self._spent: dict[int, float] = {}
+        """Per user: the collector's time their dumps took (decaying), so that one user's big dumps
+        delay another user's hang by one dump at most, never by all of theirs."""
+        self._spent_at: dict[int, float] = {}
+        self._last_spent = 0.0
         self.max_per_user = max_per_user
         """Watched tables per user at most (None: no limit)."""
         self.retention = retention if retention is not None and not retention.empty else None
@@ -630,8 +637,10 @@ class Watcher:
                 self._on_death(ident)
         now = time.monotonic_ns()
         due = now + _EARLY_NS
-        for target in [t for t in self.targets.values() if t.check_ns <= due]:
-            self._check_heartbeat(target, now)
+        ready = [t for t in self.targets.values() if t.check_ns <= due]
+        for target in sorted(ready, key=lambda t: self._spent_by(t.owner)):
+            if self._check_heartbeat(target, now):
+                break  # one dump a step: the next serves first the user whose dumps took least time
         if time.monotonic() >= self._scan_at:
             self.scan()
         events, self._emitted = self._emitted, []
@@ -686,7 +695,9 @@ class Watcher:
                 else:  # not watched (yet): adopting it may be due now
                     self._scan_at = min(self._scan_at, soon)
 
-    def _check_heartbeat(self, target: _Target, now: int) -> None:
+    def _check_heartbeat(self, target: _Target, now: int) -> bool:
+        """Dump the target if its heartbeat is stale; True when that took the collector's time (a dump
+        put off for another collector's lock, or one over the max_dumps limit, takes none)."""
         target.check_ns = now + int(_RESCAN_S * 1e9)  # unless the header says when (below)
         self.header_reads += 1
         try:
@@ -695,7 +706,7 @@ class Watcher:
             target.errors += 1
             if target.errors == 1:
                 self._emit(Event("error", target.pid, f"table unreadable: {err}"))
-            return
+            return False
         if header.generation % 2 == 0 and header.generation != _generation(target.snapshot):
             # keep the latest consistent picture, for a process that dies or freezes mid-update
             with contextlib.suppress(KmemdumpError, OSError):
@@ -706,20 +717,22 @@ class Watcher:
             # quiet period (for a recent copy of the table) when it has no watchdog
             quiet = now + int(self._quiet_s * 1e9)
             target.check_ns = quiet if deadline is None else min(deadline, quiet)
-            return
+            return False
         target.deadline_ns = None
         if target.dumped_at_beat == header.heartbeat:
-            return  # this stall was dumped already
+            return False  # this stall was dumped already
         if not self._still_stale(target, header.heartbeat, header.last_feed_ns):
-            return  # a second read disagrees: a beat landed meanwhile (or a torn read); look again
+            return False  # a second read disagrees: a beat landed meanwhile (or a torn read); look again
         target.dumped_at_beat = header.heartbeat
         age = (now - header.last_feed_ns) / 1e9
         timeout = header.watchdog_timeout_ns / 1e9
         sig = _AFTER_SIGNALS.get(self.after_hang)
         why = f"heartbeat {age:.3f}s old (timeout {timeout:g}s)"
+        self._last_spent = 0.0
         event = self._dump(target, "hang", why, then_signal=sig)
         if event.dump is not None and sig is not None:
             target.ended_by_us = True
+        return self._last_spent > 0.0
 
     def _still_stale(self, target: _Target, beat: int, last_feed_ns: int) -> bool:
         """Confirm a hang with a second header read before dumping (or killing) anything."""
@@ -850,6 +863,7 @@ class Watcher:
                 return event
             target.limit_reported = True
             return self._emit(event)
+        began = time.monotonic()
         try:
             result = dump_target(
                 target.pid,
@@ -869,7 +883,7 @@ class Watcher:
                 exit_hold=exit_hold,
                 act_wait=0.0,  # one loop serves all users: it never waits on a lock any table writer can take
             )
-        except CollectorBusyError as err:
+        except CollectorBusyError as err:  # nothing was done: no time spent
             if reason == "hang":
                 target.dumped_at_beat = None  # the stall is tried again at the next step
             what = "put off" if reason == "hang" else "failed"
@@ -878,15 +892,30 @@ class Watcher:
                 return event
             target.busy_said = True
             return self._emit(event)
-        except KmemdumpError as err:
+        except (KmemdumpError, OSError) as err:
+            self._spend(target.owner, began)
             return self._emit(Event("error", target.pid, f"{reason} dump failed: {err}"))
-        except OSError as err:
-            return self._emit(Event("error", target.pid, f"{reason} dump failed: {err}"))
+        self._spend(target.owner, began)
         target.dumps.append(result)
         target.busy_said = False
         event = self._emit(Event(reason, target.pid, why, result))
         self._retain(result)
         return event
+
+    def _spend(self, owner: int, began: float) -> None:
+        """Count the collector's time a dump of ``owner``'s took (halved every :data:`_SPENT_HALF_LIFE_S`)."""
+        now = time.monotonic()
+        self._spent[owner] = self._spent_by(owner, now) + (now - began)
+        self._spent_at[owner] = now
+        self._last_spent = now - began
+
+    def _spent_by(self, owner: int, now: float | None = None) -> float:
+        """The collector's time ``owner``'s dumps took lately: the user with least goes first."""
+        spent = self._spent.get(owner, 0.0)
+        if not spent:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        return float(spent * 0.5 ** ((now - self._spent_at[owner]) / _SPENT_HALF_LIFE_S))
 
     def _retain(self, result: DumpResult) -> None:
         """Apply the retention policy after a dump: oldest dumps removed first, each said in the log."""
