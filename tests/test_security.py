@@ -599,13 +599,13 @@ def test_a_process_whose_tracer_swallows_the_stop_and_that_execs_a_set_uid_progr
             victim_pid = info["pid"]
             start = process_start_time(victim_pid)
             outcome: BaseException | None = None
-            try:
+            try:  # with the stacks: py-spy's time after the copy widens the window the exec lands in
                 dump_target(
                     victim_pid,
                     start,
                     Path(info["table"]),
                     reason="request",
-                    options=DumpOptions(dumps, stacks=False, compress=True),
+                    options=DumpOptions(dumps, stacks=True, compress=True),
                 )
             except ForeignProcessError as err:
                 outcome = err
