@@ -112,7 +112,9 @@ def test_a_pytest_that_dies_in_a_test_is_dumped_and_its_files_removed(tmp_path: 
     assert result.returncode == -11, result.stdout + result.stderr
     (path,) = dump_dir.iterdir()
     assert "-death-" in path.name
-    assert f"process died (killed by SIGSEGV) dump={path}" in result.stderr
+    # how the collector learned of the death may vary its words: the line names the signal and the dump
+    died = [line for line in result.stderr.splitlines() if f"dump={path}" in line]
+    assert died and "SIGSEGV" in died[0], result.stderr
     with Dump.open(path) as dump:
         record = dump.region("pytest.test")
         assert dump.region_bytes(record).split(b"\0", 1)[0] == b"test_suite.py::test_crashes\n"

@@ -58,6 +58,7 @@ __all__ = [
     "Capture",
     "CaptureLevel",
     "capture_ranges",
+    "clip_to_maps",
     "merge_ranges",
     "split_at",
 ]

@@ -110,7 +110,7 @@ from kmemdump.memory.process import ProcessMemory
 from kmemdump.procinfo import process_exe
 from kmemdump.procinfo import process_start_time
 
-__all__ = ["DumpOptions", "DumpResult", "ExitHold", "dump_target"]
+__all__ = ["DumpOptions", "DumpResult", "ExitHold", "acting_on", "dump_target"]
 
 MAX_REGION_DEFAULT = 256 * 1024 * 1024
 GRAPH_OBJECTS_DEFAULT = 100_000

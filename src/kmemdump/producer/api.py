@@ -155,7 +155,7 @@ def alloc(
     return _alloc.alloc_persistent(_registry, arena, size, id=id, name=name)
 
 
-def persistent_buffer(size: int, *, kind: RegionKind, name: str) -> memoryview:
+def _persistent_buffer(size: int, *, kind: RegionKind, name: str) -> memoryview:
     """A zeroed persistent buffer registered as ``kind`` (one of our formats, such as a record ring).
 
     For kmemdump's own integrations (:mod:`kmemdump.logging` …); give it back with :func:`free`.
@@ -168,7 +168,7 @@ class _RingHost:
     persistent buffers of kind ``RING`` in the default registry."""
 
     def allocate(self, size: int, name: str) -> tuple[memoryview, int]:
-        view = persistent_buffer(size, kind=RegionKind.RING, name=name)
+        view = _persistent_buffer(size, kind=RegionKind.RING, name=name)
         return view, _registry.ids_of(view)[0]
 
     def free(self, view: memoryview) -> None:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from typing import Protocol
 from typing import cast
 
+from kmemdump.errors import UsageError
 from kmemdump.formats.table import FLAG_FEEDER
 from kmemdump.formats.table import HEADER_SIZE
 from kmemdump.formats.table import make_feed
@@ -193,7 +194,7 @@ def set_watchdog(timeout_s: float | None) -> None:
         or not math.isfinite(timeout_s)
         or timeout_s < 0
     ):
-        raise ValueError(f"watchdog timeout must be a positive number of seconds, not {timeout_s!r}")
+        raise UsageError(f"watchdog timeout must be a positive number of seconds, not {timeout_s!r}")
     else:
         timeout_ns = max(1, round(timeout_s * 1e9))
     with _state.lock:
@@ -246,7 +247,7 @@ class Feeder(threading.Thread):
             or not math.isfinite(interval)
             or interval <= 0
         ):
-            raise ValueError(f"feeder interval must be a positive number of seconds, not {interval!r}")
+            raise UsageError(f"feeder interval must be a positive number of seconds, not {interval!r}")
         self.interval = interval
         self.check_progress = check_progress
         self.on_behalf = on_behalf
