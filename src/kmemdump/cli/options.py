@@ -1,4 +1,8 @@
-"""Options and defaults shared by several subcommands."""
+"""Options and defaults shared by several subcommands.
+
+Why one module of this size: each option that two or more subcommands take is declared once here,
+with its checks and its help text, so the subcommand modules stay small; the declarations are
+independent of one another and read one at a time."""
 
 from __future__ import annotations
 

@@ -2,11 +2,18 @@
 
 This is the "upper level firmware" step of the Linux kernel's kmemdump design: read the shared
 table, find each entry's start and size, copy it. The target is identified by (pid, start time),
-held with SIGSTOP while its memory is copied (unless told not to), and released afterwards.
+held while its memory is copied (unless told not to) — with ``PTRACE_SEIZE`` and
+``PTRACE_INTERRUPT``, which the kernel undoes if the collector dies, or with SIGSTOP and a recovery
+record where ptrace is refused — and released afterwards.
 
 A live process's regions are read from its memory. Once it is gone (a death dump), regions the
 table flags PERSISTENT are read from its arena file instead (:class:`ArenaMemory`); the others are
 recorded as "gone".
+
+Why one module of this size: one dump is one sequence under one hold (snapshot, hold, observe,
+walk the object graphs, copy, stacks, release, write), and its steps share the job's state and the
+rule of when the target may be let go. The steps that stand alone live in their own modules
+(:mod:`.capture`, :mod:`.graphs`, :mod:`.runs`, :mod:`.staging`, :mod:`.corewriter`, :mod:`.imagefile`).
 """
 
 from __future__ import annotations

@@ -18,6 +18,12 @@ A table whose process is already gone when the watcher finds it (the process die
 collector ran) is removed; if the table names a persistent arena, one "death" dump of what the
 arena holds is written first. An arena file left without a table by a process that is gone is
 removed as well.
+
+Why one module of this size: the watcher is one loop over one set of targets. Discovery, deadlines,
+deaths, the per-user limits and the order of dumps all read and change the same per-target state, and
+its invariants are easier to keep in one place than spread over several files; what stands alone
+(inotify in :mod:`.dirwatch`, exit events in :mod:`.exits`, holds in :mod:`.hold`, retention in
+:mod:`.retention`) lives apart.
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ records why they are unavailable, and the commands say so.
 :func:`catalog` numbers the dumps of a directory, oldest first, from their file names alone (the
 numbers ``kmemdump ls`` shows and the other commands accept); :func:`list_dumps` summarises them,
 reporting (not raising on) files it cannot read.
+
+Why one module of this size: :class:`Dump` and the directory catalog share the dump-name grammar and
+the summary types every reader command uses. The catalog could stand as a module of its own; it has
+not been moved yet because every reader command imports it from here.
 """
 
 from __future__ import annotations
