@@ -25,6 +25,19 @@ settings.load_profile("ci" if FULL else "dev")
 _STRESS: list[str] = []
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_gdb_copies_left() -> Iterator[None]:
+    """``kmemdump gdb --print-command`` keeps the copy of a compressed or downloaded dump it names (the
+    printed command must work later); the suite removes the copies its own runs kept."""
+    import tempfile
+
+    scratch = Path(tempfile.gettempdir())
+    before = set(scratch.glob("kmemdump-gdb-*"))
+    yield
+    for kept in set(scratch.glob("kmemdump-gdb-*")) - before:
+        shutil.rmtree(kept, ignore_errors=True)
+
+
 @pytest.fixture
 def table_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A private table directory (0700), also exported as $KMEMDUMP_DIR for children."""
