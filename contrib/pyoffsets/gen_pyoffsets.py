@@ -10,20 +10,34 @@ Release builds of one minor version share these layouts (checked: pyenv's 3.11.7
 debug (``Py_DEBUG``) and free-threaded builds do not, and the walker refuses them.
 """
 
+import contextlib
+
 import gdb  # type: ignore[import-not-found]  # only inside gdb
 
 WANTED = {
     "_PyRuntimeState": ["interpreters.head", "interpreters.main", "gilstate.tstate_current", "ceval.gil"],
     "PyInterpreterState": [
-        "next", "tstate_head", "threads.head", "modules", "imports.modules", "sysdict", "builtins",
-        "ceval.gil", "gc",
+        "next",
+        "tstate_head",
+        "threads.head",
+        "modules",
+        "imports.modules",
+        "sysdict",
+        "builtins",
+        "ceval.gil",
+        "gc",
     ],
     "PyThreadState": ["next", "interp", "frame", "cframe", "current_frame", "thread_id", "native_thread_id"],
     "_PyCFrame": ["current_frame"],
     "_PyInterpreterFrame": ["f_code", "f_executable", "previous", "owner"],
     "PyFrameObject": ["f_back", "f_code", "f_lasti"],
     "PyCodeObject": [
-        "co_filename", "co_name", "co_qualname", "co_firstlineno", "co_varnames", "co_localsplusnames",
+        "co_filename",
+        "co_name",
+        "co_qualname",
+        "co_firstlineno",
+        "co_varnames",
+        "co_localsplusnames",
         "co_linetable",
     ],
     "PyASCIIObject": ["length", "state"],
@@ -52,9 +66,7 @@ for struct_name, fields in WANTED.items():
         continue
     entry = {"sizeof": kind.sizeof}
     for name in fields:
-        try:
+        with contextlib.suppress(gdb.error):  # a field not in this version is left out
             entry[name] = int(gdb.parse_and_eval(f"(long)&((({kind} *)0)->{name})"))
-        except gdb.error:
-            pass  # not in this version
     table[struct_name] = entry
 print(f"    {MINOR!r}: {table!r},")  # noqa: F821 - MINOR is set by the gdb command line
