@@ -293,9 +293,7 @@ class TableHeader:
     @property
     def deadline_ns(self) -> int | None:
         """The monotonic time (ns) by which the next feed is due; None without a watchdog or a feed."""
-        if not self.watchdog_timeout_ns or not self.heartbeat:
-            return None
-        return self.last_feed_ns + self.watchdog_timeout_ns
+        return _deadline(self.heartbeat, self.last_feed_ns, self.watchdog_timeout_ns)
 
     def hung(self, now_ns: int) -> bool:
         """The hang rule: a watchdog is armed and no feed came within its timeout before ``now_ns``."""
@@ -315,14 +313,19 @@ class TableBeat(NamedTuple):
     @property
     def deadline_ns(self) -> int | None:
         """As :attr:`TableHeader.deadline_ns`."""
-        if not self.watchdog_timeout_ns or not self.heartbeat:
-            return None
-        return self.last_feed_ns + self.watchdog_timeout_ns
+        return _deadline(self.heartbeat, self.last_feed_ns, self.watchdog_timeout_ns)
 
     def hung(self, now_ns: int) -> bool:
         """As :meth:`TableHeader.hung`."""
         deadline = self.deadline_ns
         return deadline is not None and now_ns >= deadline
+
+
+def _deadline(heartbeat: int, last_feed_ns: int, watchdog_timeout_ns: int) -> int | None:
+    """When the next feed is due, for header and beat alike; None without a watchdog or a feed."""
+    if not watchdog_timeout_ns or not heartbeat:
+        return None
+    return last_feed_ns + watchdog_timeout_ns
 
 
 _BEAT_STRUCT: Final = struct.Struct("<QQQQ")
