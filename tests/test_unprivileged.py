@@ -1,21 +1,18 @@
 """Unprivileged operation: a producer and a collector that run as one ordinary user, with no capability.
 
 The test process is root only so that it can make both sides ``nobody``: each side is a forked copy of it
-that drops to uid/gid 65534 before doing anything, then answers the test through a pipe. Everything the two
-sides import is imported here first: on this machine kind the interpreter lives under /root, where nobody may
-not read, so a lazy import after the drop would fail for reasons that have nothing to do with kmemdump.
+(``helpers_users.as_user``) that drops to uid/gid 65534 before doing anything, then answers the test through
+a pipe. Everything the two sides import is imported here first: on machines like this one the interpreter
+lives under /root, where nobody may not read, so a lazy import after the drop would fail for reasons that
+have nothing to do with kmemdump.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +27,9 @@ import kmemdump.memory.process
 import kmemdump.producer.arena
 import kmemdump.producer.backends.table
 import kmemdump.producer.region
+from helpers_users import Send
+from helpers_users import User
+from helpers_users import as_user
 
 NOBODY = 65534
 
@@ -39,43 +39,7 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run both sides as an ordinary user"),
 ]
 
-Send = Callable[[Any], None]
-
-
-def _as_nobody(work: Callable[[Send], None]) -> tuple[int, int]:
-    """Fork; the child drops to nobody and runs ``work(send)``; ``send`` writes a JSON line to the test."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        status = 0
-
-        def send(message: Any) -> None:
-            os.write(write_end, (json.dumps(message) + "\n").encode())
-
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setresgid(NOBODY, NOBODY, NOBODY)
-            os.setresuid(NOBODY, NOBODY, NOBODY)
-            work(send)
-        except BaseException as err:  # report anything, as JSON, and leave
-            send({"error": f"{type(err).__name__}: {err}"})
-            status = 1
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    return pid, read_end
-
-
-def _recv(fd: int) -> Any:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = os.read(fd, 65536)
-        assert chunk, "the child died without answering"
-        data += chunk
-    message = json.loads(data)
-    assert not (isinstance(message, dict) and "error" in message), message
-    return message
+NOBODY_USER = User("nobody", NOBODY, NOBODY)
 
 
 @pytest.fixture
@@ -107,48 +71,43 @@ def test_a_user_dumps_its_own_process_without_privileges(public_tmp: Path) -> No
         send({"table": report.table, "uid": os.getuid(), "warned": warned})
         os.read(hold_r, 1)  # stays alive until the test lets go
 
-    pids: list[int] = []
-    try:
-        producer_pid, producer_out = _as_nobody(producer)
-        pids.append(producer_pid)
-        info = _recv(producer_out)
-        assert info["uid"] == NOBODY and Path(info["table"]).stat().st_uid == NOBODY
-        assert len(info["warned"]) == 1 and "PR_SET_DUMPABLE, 1" in info["warned"][0]
+    # dropping from root clears the dumpable flag: the producer starts non-dumpable, as the test wants
+    with as_user(NOBODY_USER, producer, dumpable=False) as producer_side:
+        try:
+            info = producer_side.recv()
+            assert info["uid"] == NOBODY and Path(info["table"]).stat().st_uid == NOBODY
+            assert len(info["warned"]) == 1 and "PR_SET_DUMPABLE, 1" in info["warned"][0]
+            producer_pid = producer_side.pid
 
-        def collector(send: Send) -> None:
-            from kmemdump.collector.dump import DumpOptions
-            from kmemdump.collector.dump import dump_target
-            from kmemdump.memory.core import CoreImage
-            from kmemdump.procinfo import process_start_time
+            def collector(send: Send) -> None:
+                from kmemdump.collector.dump import DumpOptions
+                from kmemdump.collector.dump import dump_target
+                from kmemdump.memory.core import CoreImage
+                from kmemdump.procinfo import process_start_time
 
-            start = process_start_time(producer_pid)
-            result = dump_target(
-                producer_pid, start, Path(info["table"]), reason="request", options=DumpOptions(dumps)
-            )
-            record = next(r for r in result.meta.regions if r.name == "secret")
-            with CoreImage.open(result.path) as core:
-                data = core.read(record.address, record.size)
-            send(
-                {
-                    "uid": os.getuid(),
-                    "status": record.status,
-                    "data": data.decode(),
-                    "stacks": result.meta.stacks,
-                    "owner": result.path.stat().st_uid,
-                    # py-spy reads the interpreter's binary; here it lives under /root, closed to nobody
-                    "binary_readable": os.access(os.path.realpath(sys.executable), os.R_OK),
-                }
-            )
+                start = process_start_time(producer_pid)
+                result = dump_target(
+                    producer_pid, start, Path(info["table"]), reason="request", options=DumpOptions(dumps)
+                )
+                record = next(r for r in result.meta.regions if r.name == "secret")
+                with CoreImage.open(result.path) as core:
+                    data = core.read(record.address, record.size)
+                send(
+                    {
+                        "uid": os.getuid(),
+                        "status": record.status,
+                        "data": data.decode(),
+                        "stacks": result.meta.stacks,
+                        "owner": result.path.stat().st_uid,
+                        # py-spy reads the interpreter's binary; here it lives under /root, closed to nobody
+                        "binary_readable": os.access(os.path.realpath(sys.executable), os.R_OK),
+                    }
+                )
 
-        collector_pid, collector_out = _as_nobody(collector)
-        pids.append(collector_pid)
-        got = _recv(collector_out)
-    finally:
-        os.write(hold_w, b"x")
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            with as_user(NOBODY_USER, collector, dumpable=False) as collector_side:
+                got = collector_side.recv()
+        finally:
+            os.write(hold_w, b"x")
     stacks = got.pop("stacks")
     readable = got.pop("binary_readable")
     assert got == {"uid": NOBODY, "status": "ok", "data": "nobody's secret!", "owner": NOBODY}
