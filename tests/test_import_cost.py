@@ -185,3 +185,28 @@ def test_the_command_line_loads_only_what_the_command_needs(command: str, tmp_pa
     forbidden = CLI_FORBIDDEN["*"] | CLI_FORBIDDEN[command]
     found = {m for m in loaded for f in forbidden if m == f or m.startswith(f + ".")}
     assert found == set(), sorted(found)
+
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "kmemdump"
+
+
+def _imported(argv: list[str]) -> set[str]:
+    """The modules a fresh interpreter running ``argv`` imports (``-X importtime``'s list, on stderr)."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", *argv], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
+    return {row.rpartition("|")[2].strip() for row in rows} - {"imported package"}
+
+
+@pytest.mark.timeout(60)
+def test_the_kmemdump_command_imports_no_regular_expressions_for_its_version() -> None:
+    """The installed command is a script of its own (pip's entry-point wrapper imports ``re`` first,
+    a third of ``kmemdump --version``); run by path, it loads neither ``re`` nor argparse."""
+    loaded = _imported([str(SCRIPT), "--version"])
+    assert "kmemdump.cli.main" in loaded
+    assert loaded & {"re", "enum", "argparse", "typing", "dataclasses", "pathlib", "json"} == set()
+    installed = Path(sys.executable).parent / "kmemdump"
+    if installed.exists():  # this environment's command is that script, its first line rewritten
+        assert installed.read_text().splitlines()[1:] == SCRIPT.read_text().splitlines()[1:]
