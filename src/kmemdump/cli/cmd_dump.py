@@ -23,8 +23,8 @@ from kmemdump.collector.identify import find_table
 from kmemdump.errors import CollectorError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.formats.dumpmeta import DumpMeta
-from kmemdump.inspect.dumpfile import plural
-from kmemdump.inspect.dumpfile import what_is_missing
+from kmemdump.inspect.wording import plural
+from kmemdump.inspect.wording import what_is_missing
 from kmemdump.procinfo import process_start_time
 
 __all__ = ["EPILOG", "prepare", "run"]

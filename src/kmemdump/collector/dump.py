@@ -49,8 +49,6 @@ from kmemdump.collector.coreshape import ProcessShape
 from kmemdump.collector.coreshape import observe
 from kmemdump.collector.coreshape import process_notes
 from kmemdump.collector.corewriter import CoreWriter
-from kmemdump.collector.graphs import GraphLimits
-from kmemdump.collector.graphs import walk_graph
 from kmemdump.collector.hold import Hold
 from kmemdump.collector.hold import hold
 from kmemdump.collector.hold import not_held
@@ -99,7 +97,6 @@ from kmemdump.formats.faults import encode_fault_note
 from kmemdump.formats.faults import fault_path_of
 from kmemdump.formats.faults import read_fault_file
 from kmemdump.formats.kinds import RegionKind
-from kmemdump.formats.pycoreinfo import PyCoreInfo
 from kmemdump.formats.stacks import encode_stacks
 from kmemdump.formats.table import ACT_LOCK_BYTE
 from kmemdump.formats.table import HEADER_SIZE
@@ -116,6 +113,10 @@ from kmemdump.memory.arena import ArenaMemory
 from kmemdump.memory.process import ProcessMemory
 from kmemdump.procinfo import process_exe
 from kmemdump.procinfo import process_start_time
+
+TYPE_CHECKING = False  # the layout decoder is loaded only to walk object graphs
+if TYPE_CHECKING:
+    from kmemdump.formats.pycoreinfo import PyCoreInfo
 
 __all__ = ["DumpOptions", "DumpResult", "ExitHold", "acting_on", "dump_target"]
 
@@ -793,6 +794,9 @@ def _walk_graphs(
     roots = [entry for entry in snapshot.entries if entry.graph_depth is not None]
     if not roots:
         return [], []
+    from kmemdump.collector.graphs import GraphLimits  # with the decoder: only for a process with roots
+    from kmemdump.collector.graphs import walk_graph
+
     planned, _ = _plan(snapshot, options)
     layout = next((item for item in planned if item[0].id == ID.PYCOREINFO), None)
     graphs: list[GraphRecord] = []
@@ -846,6 +850,8 @@ def _layout(
     blob = mem.read_upto(entry.address, size)
     if len(blob) != entry.size:
         return None, "no Python layout to walk with: the PYCOREINFO region could not be read whole"
+    from kmemdump.formats.pycoreinfo import PyCoreInfo
+
     try:
         return PyCoreInfo.decode(blob), ""
     except DumpFormatError as err:

@@ -23,7 +23,6 @@ import contextlib
 import errno
 import os
 import select
-import socket
 import struct
 import time
 
@@ -61,6 +60,8 @@ class ExitListener:
     """
 
     def __init__(self) -> None:
+        import socket  # only a collector that listens for exits needs it (not kmemdump dump)
+
         self.wanted: set[int] = set()
         self.failure = ""
         self._sock: socket.socket | None = None

@@ -31,7 +31,6 @@ import fcntl
 import mmap
 import os
 import queue
-import secrets
 import struct
 import threading
 from pathlib import Path
@@ -71,7 +70,7 @@ _SKIPPABLE = 0x184D2A50  # the first of the zstd skippable-frame magic numbers
 def temp_name(final: str) -> str:
     """The hidden name a file is written under before it gets the name ``final``:
     ``.<final>.<collector pid>-<its start time>.<12 hex digits>.tmp``."""
-    return f".{final}.{os.getpid()}-{self_start_time()}.{secrets.token_hex(6)}.tmp"
+    return f".{final}.{os.getpid()}-{self_start_time()}.{os.urandom(6).hex()}.tmp"
 
 
 def parse_temp_name(name: str) -> tuple[int, int] | None:

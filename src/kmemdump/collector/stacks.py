@@ -12,8 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -47,6 +45,8 @@ def find_py_spy() -> str | None:
     beside = Path(sys.executable).with_name("py-spy")
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
+    import shutil  # with bz2 and lzma: only when stacks are taken (dump --no-stacks needs none)
+
     return shutil.which("py-spy")
 
 
@@ -55,6 +55,8 @@ def take_stacks(pid: int, *, timeout: float = 10.0) -> Stacks:
     exe = find_py_spy()
     if exe is None:
         raise StacksUnavailable(f"py-spy is not installed (pip install '{STACKS_EXTRA}')")
+    import subprocess
+
     try:
         proc = subprocess.run(
             [exe, "dump", "--pid", str(pid), "--json", "--nonblocking"],
@@ -124,6 +126,8 @@ def with_activity(stacks: Stacks, in_syscall: dict[int, bool]) -> Stacks:
 
 @functools.cache
 def _version(exe: str) -> str:
+    import subprocess
+
     try:
         out = subprocess.run([exe, "--version"], capture_output=True, timeout=5, check=False).stdout
     except (OSError, subprocess.TimeoutExpired):

@@ -44,6 +44,8 @@ from kmemdump.formats.kinds import MAX_GRAPH_DEPTH
 from kmemdump.formats.kinds import RegionKind
 from kmemdump.ids import ID
 from kmemdump.ids import id_label
+from kmemdump.inspect.wording import plural
+from kmemdump.inspect.wording import what_is_missing
 from kmemdump.memory.core import CoreImage
 
 TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
@@ -88,27 +90,6 @@ def _warn_skipped(path: Path, err: KmemdumpError) -> None:
 
 DUMP_SUFFIXES = (".core", ".core.zst")
 """File names :func:`dump_files` picks up (dump writers' temporary files start with a dot)."""
-
-
-def plural(count: int, word: str, many: str | None = None) -> str:
-    """``1 thread``, ``2 threads``; ``many`` for irregular plurals."""
-    return f"{count} {word if count == 1 else many or word + 's'}"
-
-
-def what_is_missing(meta: DumpMeta) -> str:
-    """A few words on what a partial dump lacks (``2 regions, the layout``), for one-line listings."""
-    parts = []
-    regions = sum(1 for r in meta.regions if r.status != "ok")
-    if regions:
-        parts.append(plural(regions, "region"))
-    if any(line.startswith("the Python layout") for line in meta.missing):
-        parts.append("the layout")
-    graphs = sum(1 for g in meta.graphs if g.status != "ok")
-    if graphs:
-        parts.append(plural(graphs, "object graph"))
-    if not parts and meta.partial:
-        parts.append("the process was gone")
-    return ", ".join(parts)
 
 
 def kind_name(kind: int) -> str:
