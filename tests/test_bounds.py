@@ -30,6 +30,7 @@ from kmemdump.formats.elf import OWNER_KMEMDUMP
 from kmemdump.formats.elf import Note
 from kmemdump.formats.elf import Segment
 from kmemdump.formats.elf import prstatus_note
+from kmemdump.inspect.dumpfile import Dump
 from kmemdump.memory.core import CoreImage
 from kmemdump.procinfo import process_start_time
 
@@ -267,3 +268,59 @@ def test_the_cli_runs_prune_help() -> None:
         [sys.executable, "-m", "kmemdump.cli", "prune", "--help"], check=False, capture_output=True, text=True
     )
     assert out.returncode == 0 and "--keep-total-size" in out.stdout
+
+
+_TWO_REGIONS = """
+import kmemdump
+kmemdump.init(table=True, pycoreinfo=False)
+a = kmemdump.alloc(32, name="a")
+a[:] = b"A" * 32
+send(str(kmemdump.current_backend().path))
+block()
+"""
+
+
+def test_a_process_held_mid_update_every_time_is_dumped_from_the_copy_taken_while_it_ran(
+    table_dir: Path, dump_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy of the table taken before the hold is the fallback when every hold lands in the
+    middle of an update (here: the generation made odd each time the process is held, as a producer
+    caught between the two increments leaves it); it is parsed only then, and the dump says so."""
+    import kmemdump.collector.dump as dump_module
+    from kmemdump.formats.table import OFF_GENERATION
+
+    real_hold = dump_module._take_hold
+    holds: list[str] = []
+
+    def held_mid_update(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        hold = real_hold(*args, **kwargs)  # type: ignore[arg-type]
+        holds.append(hold.method)
+        with table.open("r+b") as handle:  # the word the producer's next update would make even again
+            handle.seek(OFF_GENERATION)
+            generation = int.from_bytes(handle.read(8), "little")
+            handle.seek(OFF_GENERATION)
+            handle.write((generation | 1).to_bytes(8, "little"))
+        real_release = hold.release
+
+        def release() -> None:
+            with table.open("r+b") as handle:
+                handle.seek(OFF_GENERATION)
+                handle.write(generation.to_bytes(8, "little"))
+            real_release()
+
+        hold.release = release
+        return hold
+
+    with spawn_child(_TWO_REGIONS) as child:
+        table = Path(child.recv())
+        start = process_start_time(child.pid)
+        monkeypatch.setattr(dump_module, "_take_hold", held_mid_update)
+        result = dump_target(
+            child.pid, start, table, reason="request", options=DumpOptions(dump_dir, stacks=False)
+        )
+    # let go and held again, five times
+    assert len(holds) == 5 and len(set(holds)) == 1 and holds[0] in ("ptrace", "SIGSTOP")
+    assert result.meta.table_torn
+    with Dump.open(result.path) as dump:
+        record = next(r for r in dump.meta.regions if r.name == "a")
+        assert (record.status, dump.region_bytes(record)) == ("ok", b"A" * 32)

@@ -145,6 +145,37 @@ def test_unreadable_page_gives_the_prefix_and_later_ranges_still_read(
         assert memory.read_upto(base, 1 << 62) == content[:PAGE]
 
 
+@pytest.mark.parametrize("force_proc_mem", [False, True], ids=["process_vm_readv", "proc-pid-mem"])
+def test_ranges_given_as_columns_read_as_the_same_ranges_given_as_tuples(
+    hole_child: tuple[Child, int, bytes], force_proc_mem: bool
+) -> None:
+    child, base, content = hole_child
+    ranges = [
+        (base + 8, 100, 0),
+        (base + PAGE - 10, 20, 100),  # straddles the start of the hole: its prefix
+        (base + PAGE + 8, 16, 120),  # inside it: nothing
+        (base + 2 * PAGE, 64, 136),
+        *((base + 2 * PAGE + 80 * i, 64, 200 + 64 * i) for i in range(1500)),  # more than IOV_MAX
+    ]
+    ranges = [(address, size, at) for address, size, at in ranges if address + size <= base + 3 * PAGE]
+    length = max(offset + size for _, size, offset in ranges)
+    with ProcessMemory(child.pid, force_proc_mem=force_proc_mem) as memory:
+        by_tuples, by_columns = bytearray(b"\x01" * length), bytearray(b"\x01" * length)
+        done = memory.read_scattered(ranges, by_tuples)
+        columns = [list(column) for column in zip(*ranges, strict=True)]
+        assert memory.read_columns(*columns, by_columns) == done
+        assert by_columns == by_tuples
+        if not force_proc_mem:  # /proc/PID/mem reads PROT_NONE pages
+            assert done[1:3] == [10, 0]
+        for (address, _, offset), got in zip(ranges, done, strict=True):
+            assert by_columns[offset : offset + got] == content[address - base : address - base + got]
+        with pytest.raises(ValueError, match="differ in length"):
+            memory.read_columns([base], [1, 2], [0], bytearray(4))
+        with pytest.raises(ValueError, match="does not fit"):
+            memory.read_columns([base], [8], [0], bytearray(4))
+        assert memory.read_columns([], [], [], bytearray(4)) == []
+
+
 def test_proc_mem_reads_protected_pages(hole_child: tuple[Child, int, bytes]) -> None:
     child, base, content = hole_child
     with ProcessMemory(child.pid, force_proc_mem=True) as memory:

@@ -107,6 +107,33 @@ def test_regions_a_few_bytes_apart_share_one_segment_and_the_gaps_are_zeros(
     assert b"\xaa" * 16 not in path.read_bytes()
 
 
+def test_regions_cut_by_max_region_are_partial_and_hold_their_first_bytes(
+    table_dir: Path, dump_dir: Path
+) -> None:
+    # GIVEN the same regions, dumped with max_region 40: every read succeeds, but none whole
+    with spawn_child(PRODUCER) as child:
+        info = child.recv()
+        pid = child.pid
+        result = dump_target(
+            pid,
+            process_start_time(pid),
+            Path(info["table"]),
+            reason="request",
+            options=DumpOptions(dump_dir, stacks=False, threads=-1, max_region=40),
+        )
+    layout = {k: tuple(v) for k, v in info["layout"].items()}
+    with Dump.open(result.path) as dump:
+        by_name = {r.name: r for r in dump.meta.regions}
+        for i in range(8):
+            record = by_name[f"r{i}"]
+            assert (record.status, record.stored, record.size) == ("partial", 40, 64)
+            assert dump.region_bytes(record) == bytes([i + 1]) * 40
+        assert (by_name["far"].status, dump.region_bytes(by_name["far"])) == ("partial", b"\x55" * 40)
+        assert (by_name["cut"].status, by_name["cut"].stored) == ("partial", 32)
+        # bytes 40..64 of a region were not asked for: zeros (a gap of the run), not the process's
+        assert dump.core.read(layout["r0"][0] + 40, 24) == bytes(24)
+
+
 def test_gdb_reads_the_regions_of_a_run_at_their_addresses(table_dir: Path, dump_dir: Path) -> None:
     gdb = require_tool("gdb")
     path, layout, _ = _dump(table_dir, dump_dir)

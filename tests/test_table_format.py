@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck
+from hypothesis import event
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -485,6 +486,72 @@ def test_hostile_files_raise_only_table_format_error(
         path = write_file(Path(scratch), bytes(buf[:end]))
         with contextlib.suppress(TableFormatError):
             _check_consistent(read_table(path, retries=2), end)
+
+
+ENTRY_FIELDS_ALL = [
+    (_entry(slot, off), code)
+    for slot in (0, 1, 2, 5, 7)
+    for off, code in ((0, "32s"), (32, "I"), (36, "I"), (40, "Q"), (48, "Q"), (56, "H"), (58, "H"), (60, "I"))
+]
+
+
+@st.composite
+def entry_writes(draw: st.DrawFn) -> tuple[int, bytes]:
+    offset, code = draw(st.sampled_from(ENTRY_FIELDS_ALL))
+    if code.endswith("s"):
+        width = int(code[:-1])
+        return offset, draw(st.binary(min_size=width, max_size=width))
+    limit = 2 ** (8 * struct.calcsize(code)) - 1
+    interesting = [v for v in [*INTERESTING, GRAPH_ROOT | 3, int(RegionKind.OBJECT)] if v <= limit]
+    number = draw(st.one_of(st.sampled_from(interesting), st.integers(0, limit)))
+    return offset, struct.pack("<" + code, number)
+
+
+@settings(max_examples=examples(1500), deadline=None)
+@given(changes=st.lists(entry_writes(), min_size=1, max_size=4))
+def test_the_column_parse_accepts_exactly_what_the_slot_by_slot_parse_accepts(
+    changes: list[tuple[int, bytes]],
+) -> None:
+    """parse_table checks a table column by column and falls back to the slot-by-slot loop (which
+    names the bad slot) only when a check fails: the fast path must never accept a table the loop
+    refuses, and must build the same entries when both accept it."""
+    buf = sample_table()
+    for offset, value in changes:
+        buf[offset : offset + len(value)] = value
+    rows = list(fmt.ENTRY_STRUCT.iter_unpack(bytes(buf[HEADER_SIZE : table_size(8)])))
+    bounds = (ARENA_BASE, ARENA_BASE + ARENA_SIZE)
+    fast = fmt._entries_at_once(rows, *bounds)
+    try:
+        careful = fmt._entries_one_by_one(rows, *bounds)
+    except TableFormatError:
+        event("refused")
+        assert fast is None
+        return
+    event("accepted")
+    assert fast is not None  # the same checks: a table the loop accepts passes the columns' too
+    assert fast == careful
+    assert [(e.slot, e.name, e.kind, type(e.kind)) for e in fast] == [
+        (e.slot, e.name, e.kind, type(e.kind)) for e in careful
+    ]
+
+
+def test_a_large_valid_table_is_parsed_column_by_column_into_the_same_entries() -> None:
+    buf, writer = new_table(3000)
+    writer.set_arena(ARENA_BASE, ARENA_SIZE)
+    for slot in range(0, 3000, 2):
+        region_id = 5000 - slot  # slots in the opposite order to the IDs
+        kind = RegionKind.OBJECT if slot % 3 else RegionKind.BUFFER
+        graph = graph_word(2) if kind == RegionKind.OBJECT and slot % 7 == 0 else 0
+        writer.put(slot, region_id, f"r{slot % 5}", 0x7F00_0000_0000 + slot * 80, 64, kind, graph=graph)
+    writer.put(1, 7, "kept", ARENA_BASE + 64, 32, RegionKind.BUFFER, flags=RegionFlags.PERSISTENT)
+    rows = list(fmt.ENTRY_STRUCT.iter_unpack(bytes(buf[HEADER_SIZE : table_size(3000)])))
+    bounds = (ARENA_BASE, ARENA_BASE + ARENA_SIZE)
+    fast = fmt._entries_at_once(rows, *bounds)
+    assert fast is not None and len(fast) == 1501
+    assert fast == fmt._entries_one_by_one(rows, *bounds)
+    snapshot = parse_table(bytes(buf))
+    assert [e.id for e in snapshot.entries] == sorted(e.id for e in fast)
+    assert {e.graph_depth for e in snapshot.entries} == {None, 2}
 
 
 # --- read_table: the file and the seqlock ---------------------------------------------------------------

@@ -16,13 +16,18 @@ no segment claims bytes the process did not give.
 from __future__ import annotations
 
 import bisect
+import operator
 from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from operator import attrgetter
+from operator import itemgetter
 
 from kmemdump.formats.dumpmeta import RegionRecord
 from kmemdump.formats.dumpmeta import Status
 from kmemdump.formats.dumpmeta import region_record
+from kmemdump.formats.dumpmeta import region_records
 from kmemdump.formats.elf import PHDR_SIZE
 from kmemdump.formats.table import TableEntry
 from kmemdump.ids import ID
@@ -59,21 +64,23 @@ def plan_runs(items: Sequence[Planned], avoid: Sequence[tuple[int, int]] = ()) -
     members: list[Planned] = []
     start = end = 0
     starts = [lo for lo, _ in avoid]
-    for item in sorted(items, key=_address):
-        first = item[0].address
-        last = first + item[1]
+    firsts: list[int] = list(map(_ADDRESS_OF, map(_first, items)))
+    lasts: list[int] = list(map(operator.add, firsts, map(_second, items)))
+    for index in sorted(range(len(firsts)), key=firsts.__getitem__):  # address order, stable
+        first = firsts[index]
+        last = lasts[index]
         if (
             members
             and first <= end + GAP
             and (last if last > end else end) - start <= SPAN
-            and (first <= end or not _meets(avoid, starts, end, first))
+            and (first <= end or not avoid or not _meets(avoid, starts, end, first))
         ):
-            members.append(item)
+            members.append(items[index])
             end = max(end, last)
             continue
         if members:
             runs.append(Run(start, end, members))
-        start, end, members = first, last, [item]
+        start, end, members = first, last, [items[index]]
     if members:
         runs.append(Run(start, end, members))
     return runs
@@ -85,12 +92,12 @@ def _meets(avoid: Sequence[tuple[int, int]], starts: list[int], lo: int, hi: int
     return index >= 0 and avoid[index][1] > lo
 
 
-def _address(item: Planned) -> int:
-    return item[0].address
-
-
 _KEPT = (ID.BANNER, ID.PYCOREINFO)
 """Regions whose bytes the collector reads itself: who the process was, and the Python layout."""
+_KEPT_IDS = frozenset(int(region_id) for region_id in _KEPT)
+_first, _second = itemgetter(0), itemgetter(1)
+_ID_OF, _NAME_OF, _KIND_OF = attrgetter("id"), attrgetter("name"), attrgetter("kind")
+_ADDRESS_OF, _SIZE_OF = attrgetter("address"), attrgetter("size")
 
 
 def copy_runs(
@@ -132,42 +139,107 @@ def _copy_batch(  # noqa: PLR0917 - copy_runs's arguments, passed on
     kept: dict[int, bytes] | None,
 ) -> bytes | None:
     buffer = bytearray(span)
-    ranges: list[tuple[int, int, int]] = []
+    members = [item for run in batch for item in run.members]
+    entries: list[TableEntry] = list(map(_first, members))
+    sizes: list[int] = list(map(_second, members))
+    addresses: list[int] = list(map(_ADDRESS_OF, entries))
+    origins: list[int] = []  # where each run's first byte lands in the buffer, less its address
     base = 0
     for run in batch:
-        origin = base - run.start
-        ranges.extend((entry.address, size, origin + entry.address) for entry, size in run.members)
+        origins += repeat(base - run.start, len(run.members))
         base += run.end - run.start
-    done = mem.read_scattered(ranges, buffer)
+    offsets = list(map(operator.add, addresses, origins))
+    done = mem.read_columns(addresses, sizes, offsets, buffer)
     view = memoryview(buffer)
+    if done == sizes and sizes == list(map(_SIZE_OF, entries)):
+        return _all_whole(batch, view, entries, addresses, sizes, offsets, add, records, copied, kept)
     pycoreinfo = None
     index = 0
     base = 0
     for run in batch:
-        members = run.members
-        got = done[index : index + len(members)]
-        index += len(members)
-        whole = all(g == size for g, (_, size) in zip(got, members, strict=True))
-        if whole:
-            add(run.start, view[base : base + run.end - run.start])
-        for (entry, _), stored in zip(members, got, strict=True):
-            offset = base + entry.address - run.start
-            if not whole and stored:
-                add(entry.address, view[offset : offset + stored])
-            status: Status
-            if stored == entry.size:
-                status = "ok"
-                if entry.id in _KEPT:
-                    data = bytes(view[offset : offset + stored])
-                    if entry.id == ID.PYCOREINFO:
-                        pycoreinfo = data
-                    if kept is not None:
-                        kept[entry.id] = data
-            else:
-                status = "partial" if stored else "unreadable"
-            records.append(
-                region_record(entry.id, entry.name, entry.kind, entry.address, entry.size, stored, status)
-            )
-            copied.add(entry.id)
+        got = done[index : index + len(run.members)]
+        index += len(run.members)
+        pycoreinfo = _store_run(run, base, got, view, add, records, copied, kept) or pycoreinfo
         base += run.end - run.start
+    return pycoreinfo
+
+
+def _all_whole(  # noqa: PLR0917 - _copy_batch's state, passed once
+    batch: list[Run],
+    view: memoryview,
+    entries: list[TableEntry],
+    addresses: list[int],
+    sizes: list[int],
+    offsets: list[int],
+    add: Callable[[int, memoryview], int],
+    records: list[RegionRecord],
+    copied: set[int],
+    kept: dict[int, bytes] | None,
+) -> bytes | None:
+    """The common case, every region of the batch read whole: a segment a run, and the records made
+    column by column (no Python loop over the regions)."""
+    base = 0
+    for run in batch:
+        add(run.start, view[base : base + run.end - run.start])
+        base += run.end - run.start
+    ids: list[int] = list(map(_ID_OF, entries))
+    records += region_records(
+        ids,
+        map(_NAME_OF, entries),
+        map(_KIND_OF, entries),
+        addresses,
+        sizes,
+        sizes,
+        repeat("ok"),
+        repeat(""),
+        repeat("process"),
+    )
+    copied.update(ids)
+    pycoreinfo = None
+    for region_id in _KEPT_IDS.intersection(ids):
+        at = ids.index(region_id)
+        data = bytes(view[offsets[at] : offsets[at] + sizes[at]])
+        if region_id == ID.PYCOREINFO:
+            pycoreinfo = data
+        if kept is not None:
+            kept[region_id] = data
+    return pycoreinfo
+
+
+def _store_run(  # noqa: PLR0917 - _copy_batch's state, passed once
+    run: Run,
+    base: int,
+    got: list[int],
+    view: memoryview,
+    add: Callable[[int, memoryview], int],
+    records: list[RegionRecord],
+    copied: set[int],
+    kept: dict[int, bytes] | None,
+) -> bytes | None:
+    """Store one run of a batch some region of which was not read whole (``got``: the bytes read of
+    each member): the run as one segment when its regions were, else each region's readable prefix."""
+    members = run.members
+    whole = all(g == size for g, (_, size) in zip(got, members, strict=True))
+    if whole:
+        add(run.start, view[base : base + run.end - run.start])
+    pycoreinfo = None
+    for (entry, _), stored in zip(members, got, strict=True):
+        offset = base + entry.address - run.start
+        if not whole and stored:
+            add(entry.address, view[offset : offset + stored])
+        status: Status
+        if stored == entry.size:
+            status = "ok"
+            if entry.id in _KEPT:
+                data = bytes(view[offset : offset + stored])
+                if entry.id == ID.PYCOREINFO:
+                    pycoreinfo = data
+                if kept is not None:
+                    kept[entry.id] = data
+        else:
+            status = "partial" if stored else "unreadable"
+        records.append(
+            region_record(entry.id, entry.name, entry.kind, entry.address, entry.size, stored, status)
+        )
+        copied.add(entry.id)
     return pycoreinfo

@@ -31,6 +31,8 @@ status, error, source)``, so that :mod:`kmemdump.formats.dumpmeta` can build its
 
 from __future__ import annotations
 
+import itertools
+import operator
 import struct
 import sys
 from array import array
@@ -38,7 +40,7 @@ from collections.abc import Sequence
 
 from kmemdump.errors import DumpFormatError
 
-__all__ = ["INLINE_LIMIT", "MAX_RECORDS", "Record", "pack_regions", "unpack_regions"]
+__all__ = ["INLINE_LIMIT", "MAX_RECORDS", "Record", "pack_columns", "pack_regions", "unpack_regions"]
 
 INLINE_LIMIT = 64
 """Up to this many regions the metadata lists them as JSON objects (format v1); more are packed."""
@@ -71,14 +73,30 @@ def _column(code: str, values: Sequence[int] | list[int]) -> bytes:
 
 def pack_regions(records: Sequence[Record]) -> str:
     """The records as the base64 text of a packed table."""
-    ids = [r[0] for r in records]
-    addresses = [r[3] for r in records]
-    strings: dict[str, int] = {"": 0}
-    names = [strings.setdefault(r[1], len(strings)) for r in records]
-    errors = [strings.setdefault(r[7], len(strings)) for r in records]
+    if not records:
+        return pack_columns([], [], [], [], [], [], [], [], [])
+    return pack_columns(*zip(*records, strict=True))
+
+
+def pack_columns(  # noqa: PLR0917 - one column per field of a record, in its order
+    ids: Sequence[int],
+    names: Sequence[str],
+    kinds: Sequence[int],
+    addresses: Sequence[int],
+    sizes: Sequence[int],
+    stored: Sequence[int],
+    statuses: Sequence[str],
+    errors: Sequence[str],
+    sources: Sequence[str],
+) -> str:
+    """:func:`pack_regions` of records given as columns (the collector has them so, and a column is
+    packed at C speed: no loop over the records here)."""
+    strings: dict[str, int] = dict.fromkeys(("",), 0)
+    for text in (*dict.fromkeys(names), *dict.fromkeys(errors)):  # first-seen order, as records name them
+        strings.setdefault(text, len(strings))
     try:
-        statuses = bytes([_STATUS_INDEX[r[6]] for r in records])
-        sources = bytes([_SOURCE_INDEX[r[8]] for r in records])
+        status_column = bytes(map(_STATUS_INDEX.__getitem__, statuses))
+        source_column = bytes(map(_SOURCE_INDEX.__getitem__, sources))
     except KeyError as err:
         raise ValueError(f"unknown region status or source {err}") from None
     table = [struct.pack("<I", len(strings))]
@@ -86,25 +104,40 @@ def pack_regions(records: Sequence[Record]) -> str:
         raw = text.encode("utf-8")
         table.append(struct.pack("<I", len(raw)))
         table.append(raw)
+    count = len(ids)
     payload = b"".join(
         (
-            _column("I", [(b - a) & _M32 for a, b in zip([0, *ids], ids, strict=False)]),
-            _column("I", [r[2] for r in records]),
-            _column("Q", [(b - a) & _M64 for a, b in zip([0, *addresses], addresses, strict=False)]),
-            _column("Q", [r[4] for r in records]),
-            _column("Q", [r[4] - r[5] for r in records]),
-            statuses,
-            sources,
-            _column("I", names),
-            _column("I", errors),
+            _deltas("I", ids),
+            _column("I", kinds),
+            _deltas("Q", addresses),
+            _column("Q", sizes),
+            _column("Q", list(map(operator.sub, sizes, stored))),
+            status_column,
+            source_column,
+            _column("I", list(map(strings.__getitem__, names))),
+            _column("I", list(map(strings.__getitem__, errors))),
             *table,
         )
     )
     import base64
     import zlib
 
-    packed = _HEAD.pack(_MAGIC, len(records), len(payload)) + zlib.compress(payload, 6)
+    packed = _HEAD.pack(_MAGIC, count, len(payload)) + zlib.compress(payload, 1)  # 6: 2x the time, 1 KiB less
     return base64.b64encode(packed).decode("ascii")
+
+
+def _deltas(code: str, values: Sequence[int]) -> bytes:
+    """The column of each value's difference from the one before (the first: from 0), modulo
+    2**32 (``code`` "I") or 2**64 ("Q"): stored as the signed type of that size where every
+    difference fits one (the same bytes, no masking a value), else masked."""
+    deltas = list(map(operator.sub, values, itertools.chain((0,), values)))
+    try:
+        column = array(code.lower(), deltas)
+    except OverflowError:
+        column = array(code, map((_M32 if code == "I" else _M64).__and__, deltas))
+    if not _LITTLE:
+        column.byteswap()
+    return column.tobytes()
 
 
 def unpack_regions(text: str) -> list[Record]:

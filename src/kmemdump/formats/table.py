@@ -29,9 +29,15 @@ import stat
 import struct
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import add
+from operator import itemgetter
+from operator import not_
 from pathlib import Path
+from typing import Any
 from typing import Final
 from typing import NamedTuple
 
@@ -886,11 +892,78 @@ def parse_table(data: ReadableBuffer) -> TableSnapshot:
         )
     arena_lo, arena_hi = _arena_bounds(header)
     blob = data if isinstance(data, bytes) and length == need else bytes(data[:need])
+    rows = list(ENTRY_STRUCT.iter_unpack(memoryview(blob)[HEADER_SIZE:need]))
+    entries = _entries_at_once(rows, arena_lo, arena_hi)
+    if entries is None:  # some slot is malformed: the careful loop says which, and why
+        entries = _entries_one_by_one(rows, arena_lo, arena_hi)
+    if len(entries) != header.count:
+        raise TableFormatError(
+            f"count says {header.count} live entries, the slots hold {len(entries)}", offset=OFF_COUNT
+        )
+    entries.sort(key=_by_id)
+    return TableSnapshot(header, tuple(entries))
+
+
+def _entries_at_once(rows: list[tuple[Any, ...]], arena_lo: int, arena_hi: int) -> list[TableEntry] | None:
+    """The live entries when every slot passes :func:`parse_table`'s checks, made column by column at
+    C speed (a dump of 10,000 regions parses its table in a few milliseconds); None as soon as any
+    check fails, for :func:`_entries_one_by_one` to find the slot. It accepts nothing that loop refuses."""
+    ids_all = list(map(itemgetter(1), rows))
+    live = list(itertools.compress(rows, ids_all))
+    free = list(itertools.compress(rows, map(not_, ids_all)))
+    if free.count(_FREE_FIELDS) != len(free):
+        return None
+    count = len(live)
+    if not count:
+        return []
+    raw_names, ids, valids, addresses, sizes, kinds, flags, graphs = zip(*live, strict=True)
+    if (
+        valids.count(VALID) != count
+        or 0 in sizes
+        or max(map(add, addresses, sizes)) > _ADDRESS_LIMIT
+        or not set(kinds).issubset(_KINDS)
+        or len(set(ids)) != count
+    ):
+        return None
+    names: dict[bytes, str] = {}  # tables repeat names ("bytearray" ten thousand times): decode each once
+    for raw in set(raw_names):
+        end = raw.find(0)
+        if end < 0:
+            return None
+        try:
+            names[raw] = raw[:end].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if any(flags):
+        for flag, address, size in itertools.compress(zip(flags, addresses, sizes, strict=True), flags):
+            if flag & ~KNOWN_ENTRY_FLAGS or not arena_lo <= address or address + size > arena_hi:
+                return None
+    if any(graphs):
+        for graph, kind in itertools.compress(zip(graphs, kinds, strict=True), graphs):
+            if kind != _OBJECT or not _graph_ok(graph):
+                return None
+    entries: list[TableEntry] = list(map(object.__new__, itertools.repeat(TableEntry, count)))
+    columns: tuple[Iterable[Any], ...] = (
+        itertools.compress(itertools.count(), ids_all),  # the slots
+        ids,
+        map(names.__getitem__, raw_names),
+        addresses,
+        sizes,
+        map(_KINDS.__getitem__, kinds),
+        flags,
+        graphs,
+    )
+    for set_field, column in zip(_ENTRY_FIELDS, columns, strict=True):
+        deque(map(set_field, entries, column), 0)  # the slots' own descriptors, as _new_entry does
+    return entries
+
+
+def _entries_one_by_one(rows: list[tuple[Any, ...]], arena_lo: int, arena_hi: int) -> list[TableEntry]:
+    """The live entries, slot by slot: raises :class:`TableFormatError` at the first malformed slot."""
     entries: list[TableEntry] = []
     seen: set[int] = set()
     names: dict[bytes, str] = {}  # tables repeat names ("bytearray" ten thousand times): decode each once
-    slots = ENTRY_STRUCT.iter_unpack(memoryview(blob)[HEADER_SIZE:need])
-    for slot, fields in enumerate(slots):
+    for slot, fields in enumerate(rows):
         region_id = fields[1]
         if region_id == 0:
             if fields != _FREE_FIELDS:
@@ -926,12 +999,7 @@ def parse_table(data: ReadableBuffer) -> TableSnapshot:
             raise _entry_error(f"id {region_id} appears in two slots", slot, ENTRY_ID)
         seen.add(region_id)
         entries.append(_new_entry(slot, region_id, name, address, size, region_kind, flags, graph))
-    if len(entries) != header.count:
-        raise TableFormatError(
-            f"count says {header.count} live entries, the slots hold {len(entries)}", offset=OFF_COUNT
-        )
-    entries.sort(key=_by_id)
-    return TableSnapshot(header, tuple(entries))
+    return entries
 
 
 def _entry_name(raw: bytes, slot: int) -> str:
@@ -1129,6 +1197,12 @@ class TableReader:
         accepts the copy only if both reads are equal and even (and the copy holds the same
         value). After ``retries`` failed attempts it raises :class:`TableFormatError`.
         """
+        return parse_table(self.copy(retries=retries))
+
+    def copy(self, *, retries: int = 100) -> bytes:
+        """The bytes of a consistent copy (the seqlock read of :meth:`snapshot`), not yet checked
+        beyond the header: :func:`parse_table` them when needed (a fallback that is rarely used
+        costs one ``pread``, not a parse)."""
         need = self.header().table_size
         size = os.fstat(self._fd).st_size
         if size < need:
@@ -1144,7 +1218,7 @@ class TableReader:
             if len(data) < need:
                 raise TableFormatError("table file shrank while being read", length=len(data), needed=need)
             if self._generation() == generation and _U64.unpack_from(data, OFF_GENERATION)[0] == generation:
-                return parse_table(data)
+                return data
         raise TableFormatError(
             f"table kept changing: no stable even generation in {max(1, retries)} attempts",
             path=self.path,

@@ -254,27 +254,48 @@ class ProcessMemory:
         try:
             if view.readonly:
                 raise TypeError("read_scattered needs a writable buffer")
-            length = view.nbytes
             if not ranges:
                 return []
             remote = [r[0] for r in ranges]
             sizes = [r[1] for r in ranges]
             offsets = [r[2] for r in ranges]
-            if min(offsets) < 0 or min(sizes) < 0 or max(map(operator.add, offsets, sizes)) > length:
-                raise ValueError(f"a range does not fit in the {length}-byte buffer")
-            if min(remote) < 0 or max(map(operator.add, remote, sizes)) > _ADDRESS_END:
-                sizes = [_clamp(address, size) for address, size in zip(remote, sizes, strict=True)]
-            anchor = ctypes.c_char.from_buffer(view)
-            try:
-                base = ctypes.addressof(anchor)
-                done = self._scatter_fast(remote, sizes, offsets, base)
-                if done is None:
-                    done = self._transfer(remote, [base + offset for offset in offsets], sizes)
-                return done
-            finally:
-                del anchor
+            return self._scattered(view, remote, sizes, offsets)
         finally:
             view.release()
+
+    def read_columns(self, remote: list[int], sizes: list[int], offsets: list[int], buffer: Any) -> list[int]:
+        """:meth:`read_scattered` of the ranges ``(remote[i], sizes[i], offsets[i])``, given as
+        columns (no tuple a range: what a dump of many regions builds at least cost)."""
+        if not len(remote) == len(sizes) == len(offsets):
+            raise ValueError("the columns of ranges differ in length")
+        view = memoryview(buffer).cast("B")
+        try:
+            if view.readonly:
+                raise TypeError("read_columns needs a writable buffer")
+            if not remote:
+                return []
+            return self._scattered(view, remote, sizes, offsets)
+        finally:
+            view.release()
+
+    def _scattered(
+        self, view: memoryview, remote: list[int], sizes: list[int], offsets: list[int]
+    ) -> list[int]:
+        """The reads of :meth:`read_scattered` into ``view`` (writable, not empty ranges)."""
+        length = view.nbytes
+        if min(offsets) < 0 or min(sizes) < 0 or max(map(operator.add, offsets, sizes)) > length:
+            raise ValueError(f"a range does not fit in the {length}-byte buffer")
+        if min(remote) < 0 or max(map(operator.add, remote, sizes)) > _ADDRESS_END:
+            sizes = [_clamp(address, size) for address, size in zip(remote, sizes, strict=True)]
+        anchor = ctypes.c_char.from_buffer(view)
+        try:
+            base = ctypes.addressof(anchor)
+            done = self._scatter_fast(remote, sizes, offsets, base)
+            if done is None:
+                done = self._transfer(remote, [base + offset for offset in offsets], sizes)
+            return done
+        finally:
+            del anchor
 
     def _scatter_fast(
         self, remote: list[int], sizes: list[int], offsets: list[int], base: int
