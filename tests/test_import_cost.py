@@ -159,9 +159,23 @@ CLI_FORBIDDEN = {
         "kmemdump.formats.corenotes",
         "kmemdump.formats.faults",
         "kmemdump.formats.pycoreinfo",
+        "kmemdump.formats.stacks",
         "kmemdump.cli.cmd_show",
+        "signal",
+        "pprint",
     },
-    "show": {"typing", "datetime", "kmemdump.collector", "kmemdump.fleet.url", "kmemdump.cli.cmd_ls"},
+    # show: the stacks' decoder for a dump with stacks, pprint for one with objects, signal's enums to
+    # name a signal that ended a process
+    "show": {
+        "typing",
+        "datetime",
+        "kmemdump.collector",
+        "kmemdump.fleet.url",
+        "kmemdump.cli.cmd_ls",
+        "kmemdump.formats.stacks",
+        "signal",
+        "pprint",
+    },
     # dump: the writer, not the reader; the object-graph walker and its decoder only for a process with
     # roots, py-spy's helpers only with stacks, the exit listener's socket only in a collector
     "dump": {

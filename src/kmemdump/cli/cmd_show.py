@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import pprint
 import shlex
 from dataclasses import dataclass
 
@@ -33,7 +32,6 @@ from kmemdump.formats.dumpmeta import GraphRecord
 from kmemdump.formats.dumpmeta import RegionRecord
 from kmemdump.formats.dumpmeta import ThreadState
 from kmemdump.formats.kinds import RegionKind
-from kmemdump.formats.stacks import ThreadStack
 from kmemdump.ids import id_label
 from kmemdump.inspect.cpython import INT_TEXT_BITS
 from kmemdump.inspect.cpython import Unresolved
@@ -48,6 +46,8 @@ from kmemdump.inspect.dumpfile import pycoreinfo_summary
 TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
 if TYPE_CHECKING:
     from typing import Any
+
+    from kmemdump.formats.stacks import ThreadStack
 
 __all__ = ["EPILOG", "document", "prepare", "run"]
 
@@ -379,6 +379,8 @@ class _Shown:
 
 def _value_lines(value: Any) -> list[str]:
     """A decoded object as Python-like text; markers become ``<...>``."""
+    import pprint  # only for a dump with objects to print
+
     return pprint.pformat(_readable(to_python(value)), width=100, sort_dicts=False).splitlines()
 
 

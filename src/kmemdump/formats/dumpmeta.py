@@ -15,7 +15,6 @@ field added to one is seen missing from the other two.
 from __future__ import annotations
 
 import json
-import signal
 from collections import deque
 from dataclasses import asdict
 from dataclasses import dataclass
@@ -196,19 +195,23 @@ class GraphRecord:
     """Why it was not walked, or what was left out (the first piece, and how many)."""
 
 
-# si_code values worth a word (<asm-generic/siginfo.h>): who sent a signal, or what fault raised it
+# si_code values worth a word (<asm-generic/siginfo.h>): who sent a signal, or what fault raised it.
+# The fault signals by number (SIGSEGV 11, SIGBUS 7, SIGFPE 8, SIGILL 4 on x86_64 and aarch64 alike): the
+# signal module builds its enums on import, which readers of a dump need only to name a signal.
 _SENDERS: dict[int, str] = {0: "kill()", -1: "sigqueue()", -6: "tkill()/tgkill()"}
 _SI_KERNEL = 0x80
 _FAULTS: dict[int, dict[int, str]] = {
-    int(signal.SIGSEGV): {1: "SEGV_MAPERR: address not mapped", 2: "SEGV_ACCERR: no permission"},
-    int(signal.SIGBUS): {1: "BUS_ADRALN: misaligned", 2: "BUS_ADRERR: no such address", 3: "BUS_OBJERR"},
-    int(signal.SIGFPE): {1: "FPE_INTDIV: integer divide by zero", 2: "FPE_INTOVF", 3: "FPE_FLTDIV"},
-    int(signal.SIGILL): {1: "ILL_ILLOPC: illegal opcode", 2: "ILL_ILLOPN", 4: "ILL_ILLTRP"},
+    11: {1: "SEGV_MAPERR: address not mapped", 2: "SEGV_ACCERR: no permission"},
+    7: {1: "BUS_ADRALN: misaligned", 2: "BUS_ADRERR: no such address", 3: "BUS_OBJERR"},
+    8: {1: "FPE_INTDIV: integer divide by zero", 2: "FPE_INTOVF", 3: "FPE_FLTDIV"},
+    4: {1: "ILL_ILLOPC: illegal opcode", 2: "ILL_ILLOPN", 4: "ILL_ILLTRP"},
 }
 
 
 def signal_name(number: int) -> str:
     """``SIGSEGV`` for 11; ``SIGRTMIN+3`` and ``signal 70`` for the others."""
+    import signal
+
     try:
         return signal.Signals(number).name
     except ValueError:
