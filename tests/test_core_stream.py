@@ -31,8 +31,8 @@ def _payload(size: int, seed: int) -> bytes:
     return (block * (size // 4096 + 1))[:size]
 
 
-def _stream(path: Path, *, chunk: int = 1_000_003) -> CoreWriter:
-    writer = CoreWriter(path)
+def _stream(path: Path, *, chunk: int = 1_000_003, durable: bool = True) -> CoreWriter:
+    writer = CoreWriter(path, durable=durable)
     for seed, (address, size) in enumerate(SEGMENTS):
         data = memoryview(_payload(size, seed))
         writer.begin(address)
@@ -43,14 +43,16 @@ def _stream(path: Path, *, chunk: int = 1_000_003) -> CoreWriter:
     return writer
 
 
-@pytest.mark.parametrize("where", ["disk", "tmpfs"])
+@pytest.mark.parametrize("where", ["disk", "disk, page cache", "tmpfs"])
 def test_streamed_core_reads_back_exactly(where: str, tmp_path: Path) -> None:
-    base = tmp_path if where == "disk" else Path("/dev/shm")
+    # disk: O_DIRECT (durable); disk, page cache (the default): 1 MiB a pwrite; tmpfs: no O_DIRECT
+    base = tmp_path if where.startswith("disk") else Path("/dev/shm")
     if where == "tmpfs" and not base.is_dir():
         pytest.skip("no /dev/shm on this machine")
-    path = base / f"streamed-{os.getpid()}-{where}.core"
+    path = base / f"streamed-{os.getpid()}-{where.replace(', ', '-').replace(' ', '-')}.core"
     try:
-        writer = _stream(path)
+        writer = _stream(path, durable=where != "disk, page cache")
+        assert not writer.direct or where != "disk, page cache"
         final = writer.finish([Note("KMEMDUMP", KMD_NOTE_META, b'{"hello": 1}')])
         if where == "tmpfs":
             assert not writer.direct  # tmpfs has no O_DIRECT: ordinary writes

@@ -154,10 +154,18 @@ def sync_dump_directory(directory: Path, final: Path) -> None:
         ) from err
 
 
+PIECE = 1 << 20
+"""The most one ``pwrite`` through the page cache hands the kernel. A bigger write lets it make the
+file's pages of the largest folios, whose allocation compacts memory when it is fragmented: on our
+development VMs (ext4, Linux 6.18) 64 MiB written 4 MiB a call took 15 ms or, as often as not after
+memory was freed and handed back to the host, 110-170 ms; 1 MiB a call, 15-22 ms every time."""
+
+
 def write_rest(fd: int, view: memoryview, offset: int) -> None:
-    """``pwrite`` all of ``view`` at ``offset``, resuming after short writes."""
+    """``pwrite`` all of ``view`` at ``offset``, at most :data:`PIECE` bytes a call, resuming after
+    short writes."""
     while view.nbytes:
-        written = os.pwrite(fd, view, offset)
+        written = os.pwrite(fd, view[:PIECE], offset)
         if written <= 0:
             raise OSError(errno.EIO, "write made no progress")
         view = view[written:]
@@ -286,13 +294,17 @@ class ImageFile:
                 self._free[index].set()
 
     def _pwrite(self, view: memoryview, offset: int) -> None:
+        if not self.direct:
+            write_rest(self._fd, view, offset)
+            return
         try:
             written = os.pwrite(self._fd, view, offset)
         except OSError as err:
-            if err.errno != errno.EINVAL or not self.direct:
+            if err.errno != errno.EINVAL:
                 raise
             self._buffered()  # O_DIRECT refused after all: carry on with ordinary writes
-            written = os.pwrite(self._fd, view, offset)
+            write_rest(self._fd, view, offset)
+            return
         if written != view.nbytes:
             write_rest(self._fd, view[written:], offset + written)
 
