@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["KMEMDUMP", "WatchProcess"]
+__all__ = ["KMEMDUMP", "WatchProcess", "open_files"]
 
 KMEMDUMP = [sys.executable, "-m", "kmemdump.cli"]
 
@@ -114,3 +114,15 @@ class WatchProcess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def open_files(pid: int | str = "self") -> list[str]:
+    """What each descriptor of ``pid`` names (``/proc/PID/fd``): a path, ``anon_inode:[pidfd]`` …; a
+    descriptor closed while it is listed is left out."""
+    names: list[str] = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            names.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:
+            continue
+    return names

@@ -1,8 +1,8 @@
-"""The idle collector: a table read only when its deadline may have passed, inotify, pidfds.
+"""The idle collector: a table read only when its deadline may have passed, inotify, deaths without pidfds.
 
 Real producers (child processes) and a real :class:`Watcher`. Where a test must show that something
 woke the watcher, the watcher is given ``max_sleep=3600``: its slow timer then never fires within the
-test, so the wake-up can only have come from what the test names (inotify, a pidfd, a deadline). No
+test, so the wake-up can only have come from what the test names (inotify, a deadline). No
 assertion is about speed: counts of reads are upper bounds that a slow machine only lowers.
 """
 
@@ -23,6 +23,7 @@ import pytest
 
 from helpers_child import Child
 from helpers_child import spawn_child
+from helpers_watch import open_files
 from kmemdump.collector.dirwatch import DirWatch
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.watch import Event
@@ -184,8 +185,11 @@ def test_watchdogs_armed_per_request_wake_the_watcher_a_bounded_number_of_times(
             watcher.close()
 
 
-def test_death_is_seen_through_the_pidfd(table_dir: Path, dump_dir: Path) -> None:
-    # no watchdog, no timer, no process events: only the pidfd can end the step's wait
+def test_death_is_seen_through_inotify_without_a_pidfd(
+    table_dir: Path, dump_dir: Path, inotify: None
+) -> None:
+    # no watchdog, no timer, no process events: only inotify (the dead producer's last close of its
+    # table) can end the step's wait; the watcher holds no pidfd for it
     with _producer(0) as child:
         pid = child.recv()["pid"]
         watcher = Watcher(
@@ -195,8 +199,9 @@ def test_death_is_seen_through_the_pidfd(table_dir: Path, dump_dir: Path) -> Non
             watcher.scan()
             watcher.step()
             reads = watcher.header_reads
+            assert "anon_inode:[pidfd]" not in open_files()
             child.kill()
-            events = watcher.step()  # one step: woken by the pidfd
+            events = _until(watcher, "death")  # each step ends only on an inotify event or a recheck
             deaths = [e for e in events if e.kind == "death"]
             assert [e.pid for e in deaths] == [pid], [e.line() for e in events]
             assert deaths[0].dump is not None and deaths[0].dump.path.exists()

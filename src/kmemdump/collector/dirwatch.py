@@ -3,7 +3,13 @@
 :class:`DirWatch` is one inotify descriptor watching directories for names that appear or go
 (``IN_CREATE``, ``IN_MOVED_TO``, ``IN_DELETE``, ``IN_MOVED_FROM``), for a file's times changing
 (``IN_ATTRIB``: a producer touches its table when it arms or changes its watchdog, so that a collector
-reads it at once instead of at its next quiet read) and for the directory itself going. The watcher
+reads it at once instead of at its next quiet read), for a file opened for writing being closed for the
+last time (``IN_CLOSE_WRITE``: a producer's exit closes its table and arena, so the collector learns of a
+death without a pidfd per process; its own read-only opens raise only ``IN_CLOSE_NOWRITE``, which is not
+watched) and for the directory itself going. Files unlinked since they were opened are reported too (no
+``IN_EXCL_UNLINK``): a producer builds its table under a temporary name and links it into place, so its
+descriptor and mapping name the temporary file, unlinked since, and their last close is reported under
+that name (``.<pid>-<start time>-<tag>.tmp``). The watcher
 polls its descriptor with everything else; it lists a directory again only when told (and, as a
 safety net, on a slow timer). Where inotify is missing or refused (no more instances or watches for
 this user, a seccomp filter) :meth:`DirWatch.open` gives None, :meth:`DirWatch.watch` False, and the
@@ -22,6 +28,7 @@ from dataclasses import dataclass
 __all__ = ["Changes", "DirWatch"]
 
 _IN_ATTRIB = 0x00000004
+_IN_CLOSE_WRITE = 0x00000008
 _IN_MOVED_FROM = 0x00000040
 _IN_MOVED_TO = 0x00000080
 _IN_CREATE = 0x00000100
@@ -32,11 +39,10 @@ _IN_Q_OVERFLOW = 0x00004000
 _IN_IGNORED = 0x00008000
 _IN_ONLYDIR = 0x01000000
 _IN_DONT_FOLLOW = 0x02000000
-_IN_EXCL_UNLINK = 0x04000000
 _LISTING = _IN_CREATE | _IN_MOVED_TO | _IN_DELETE | _IN_MOVED_FROM
 _GONE = _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_IGNORED
-_MASK = _LISTING | _IN_ATTRIB | _IN_DELETE_SELF | _IN_MOVE_SELF
-_FLAGS = _IN_ONLYDIR | _IN_DONT_FOLLOW | _IN_EXCL_UNLINK
+_MASK = _LISTING | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_DELETE_SELF | _IN_MOVE_SELF
+_FLAGS = _IN_ONLYDIR | _IN_DONT_FOLLOW
 _EVENT = struct.Struct("iIII")
 _READ_SIZE = 64 * 1024
 
@@ -70,9 +76,11 @@ class Changes:
     """Paths (directory/name) whose attributes changed: a table to read now."""
     overflow: bool
     """Events were lost (the kernel's queue overflowed, or the descriptor failed): list everything."""
+    closed: frozenset[str] = frozenset()
+    """Paths (directory/name) of files closed after writing: the hint of a producer's exit."""
 
     def __bool__(self) -> bool:
-        return bool(self.listed or self.touched or self.overflow)
+        return bool(self.listed or self.touched or self.closed or self.overflow)
 
 
 class DirWatch:
@@ -120,6 +128,7 @@ class DirWatch:
         """Read every pending event (the descriptor is non-blocking)."""
         listed: set[str] = set()
         touched: set[str] = set()
+        closed: set[str] = set()
         overflow = False
         while self._fd >= 0:
             try:
@@ -131,10 +140,10 @@ class DirWatch:
                 break
             if not data:
                 break
-            overflow = self._parse(data, listed, touched) or overflow
-        return Changes(frozenset(listed), frozenset(touched), overflow)
+            overflow = self._parse(data, listed, touched, closed) or overflow
+        return Changes(frozenset(listed), frozenset(touched), overflow, frozenset(closed))
 
-    def _parse(self, data: bytes, listed: set[str], touched: set[str]) -> bool:
+    def _parse(self, data: bytes, listed: set[str], touched: set[str], closed: set[str]) -> bool:
         overflow = False
         at = 0
         while at + _EVENT.size <= len(data):
@@ -158,8 +167,12 @@ class DirWatch:
                 continue
             if mask & _LISTING:
                 listed.add(directory)
-            elif mask & _IN_ATTRIB:
-                touched.add(os.path.join(directory, os.fsdecode(name)))
+            elif mask & (_IN_ATTRIB | _IN_CLOSE_WRITE):
+                path = os.path.join(directory, os.fsdecode(name))
+                if mask & _IN_ATTRIB:
+                    touched.add(path)
+                if mask & _IN_CLOSE_WRITE:
+                    closed.add(path)
         return overflow
 
     def close(self) -> None:

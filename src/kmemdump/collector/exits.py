@@ -64,6 +64,7 @@ class ExitListener:
 
         self.wanted: set[int] = set()
         self.failure = ""
+        self._news: set[int] = set()
         self._sock: socket.socket | None = None
         self._statuses: dict[int, int] = {}
         self._ack: int | None = None
@@ -137,7 +138,14 @@ class ExitListener:
                     pid, tgid, code, _exit_signal = _EXIT.unpack_from(data, body + _EVENT.size)
                     if pid == tgid and tgid in self.wanted and len(self._statuses) < _MAX_KEPT:
                         self._statuses[tgid] = code
+                        self._news.add(tgid)
             offset += (length + 3) & ~3
+
+    def news(self) -> set[int]:
+        """The wanted pids whose exit was heard since the last call (their statuses stay for
+        :meth:`take`): a watcher that keeps no pidfd per process checks these at once."""
+        news, self._news = self._news, set()
+        return news
 
     def take(self, pid: int, wait: float = 0.0) -> int | None:
         """The exit status heard for ``pid`` (forgotten once taken), waiting up to ``wait`` seconds

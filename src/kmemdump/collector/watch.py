@@ -2,7 +2,10 @@
 
 One :class:`Watcher` serves every table in its directories, and its idle cost grows with the
 deadlines it keeps, not with tables times wake-ups. It sleeps in ``poll`` until the earliest moment
-a heartbeat could go stale, a pidfd says a process died, or inotify says a table directory changed.
+a heartbeat could go stale, or inotify says a table directory changed (a name came or went, a table
+was touched, or a file was closed after writing: a producer's exit closes its table). No descriptor
+is held per process: whether a process lives is asked (:mod:`.liveness`) when inotify or the kernel's
+process events hint at its end, and before each read of its table.
 A table is read only when its deadline may have passed: its last feed plus its timeout is a lower
 bound of its next deadline (feeds only move it later), so a process feeding every second with a
 5 s watchdog has its table read about once every four seconds, and a stall is still seen within a
@@ -62,6 +65,7 @@ from kmemdump.collector.hold import recover
 from kmemdump.collector.hold import tidy
 from kmemdump.collector.identify import NotVisibleError
 from kmemdump.collector.identify import identify
+from kmemdump.collector.liveness import liveness
 from kmemdump.collector.registers import ThreadRegisters
 from kmemdump.collector.retention import Policy
 from kmemdump.collector.retention import enforce as enforce_retention
@@ -77,6 +81,7 @@ from kmemdump.formats.dumpmeta import Held
 from kmemdump.formats.faults import FAULT_SUFFIX
 from kmemdump.formats.faults import fault_path_of
 from kmemdump.formats.table import LIVE_LOCK_BYTE
+from kmemdump.formats.table import TABLE_SUFFIX
 from kmemdump.formats.table import TableReader
 from kmemdump.formats.table import TableSnapshot
 from kmemdump.formats.table import lock_held
@@ -155,7 +160,6 @@ class _Target:
     start_time: int
     table: Path
     reader: TableReader
-    pidfd: int | None
     argv: list[str]
     exe: str | None
     snapshot: TableSnapshot | None = None
@@ -175,6 +179,10 @@ class _Target:
     busy_said: bool = False
     """A dump of it met another collector's lock on its table (said once; retried at the next step)."""
     errors: int = 0
+    dying: int = 0
+    """Checks in a row that found its main thread ending: the next is a little later each time."""
+    ident: tuple[int, int] = (0, 0)
+    """Its table's name: the key of :attr:`Watcher.targets`."""
     dumps: list[DumpResult] = field(default_factory=list)
 
 
@@ -236,7 +244,6 @@ class Watcher:
         self._elsewhere: set[Path] = set()
         self._unseen: set[Path] = set()
         self._poller = select.poll()
-        self._by_fd: dict[int, tuple[int, int]] = {}
         self._scan_at = 0.0
         """When to list the directories again (monotonic): a change was reported, or the timer."""
         self._dirwatch = DirWatch.open()
@@ -298,7 +305,11 @@ class Watcher:
             target = self.targets[ident]
             if target.table.parent in self._truncated:
                 continue  # not listed whole: its absence says nothing
-            if target.pidfd is not None and not self._dead(target):
+            if target.ended_by_us:
+                self._emit(Event("exit", target.pid, f"ended ({self.after_hang}) after its hang dump"))
+            elif liveness(target.pid, target.start_time) == "ended":
+                self._emit(Event("exit", target.pid, "exited cleanly"))
+            else:
                 self._emit(Event("exit", target.pid, "table removed (clean exit)"))
             self._forget(ident)
         self._scan_at = now + (max(self.max_sleep, _LIST_AGAIN_S) if watching else _RESCAN_S)
@@ -424,7 +435,6 @@ class Watcher:
             found = identify(pid, start_time, reader.header(), reader.fileno())
             _check_owner(found.pid, start_time, reader.owner, self.options)
             snapshot = reader.snapshot(retries=_ADOPT_TRIES)  # a table that never settles waits its turn
-            pidfd = os.pidfd_open(found.pid)
             adopted = True
         except NotVisibleError as err:
             self._out_of_sight(pid, path, err)
@@ -450,9 +460,8 @@ class Watcher:
             if reader is not None and not adopted:
                 reader.close()  # and with it the claim
         pid = found.pid
-        target = _Target(
-            pid, start_time, path, reader, pidfd, process_cmdline(pid), process_exe(pid), snapshot
-        )
+        target = _Target(pid, start_time, path, reader, process_cmdline(pid), process_exe(pid), snapshot)
+        target.ident = ident
         target.table_pid = found.table_pid
         target.owner = reader.owner
         with contextlib.suppress(OSError):
@@ -460,8 +469,6 @@ class Watcher:
         self.targets[ident] = target
         if self._exits is not None:
             self._exits.wanted.add(pid)
-        self._by_fd[pidfd] = ident
-        self._poller.register(pidfd, select.POLLIN)
         self._retries.pop(path, None)
         self._emit(Event("watch", pid, f"{' '.join(target.argv)[:80]!r} table={path}"))
 
@@ -599,11 +606,6 @@ class Watcher:
         target.reader.close()
         if self._exits is not None:
             self._exits.wanted.discard(target.pid)
-        if target.pidfd is not None:
-            self._poller.unregister(target.pidfd)
-            del self._by_fd[target.pidfd]
-            os.close(target.pidfd)
-            target.pidfd = None
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -632,15 +634,12 @@ class Watcher:
             self._unmute()
         if self._exits is not None and self.targets:
             self._exits.drain()  # keep the socket's buffer from filling up: it would drop new exits
+            self._check_soon(self._exits.news())
         timeout = self._timeout()
         for fd, _mask in self._poller.poll(max(0.0, timeout) * 1000):
             if self._dirwatch is not None and fd == self._dirwatch.fileno():
                 self._on_changes(self._dirwatch.changed())
                 self._mute()
-                continue
-            ident = self._by_fd.get(fd)
-            if ident is not None:
-                self._on_death(ident)
         now = time.monotonic_ns()
         due = now + _EARLY_NS
         ready = [t for t in self.targets.values() if t.check_ns <= due]
@@ -692,6 +691,10 @@ class Watcher:
         soon = time.monotonic() + _COALESCE_S
         if changes.listed or changes.overflow:
             self._scan_at = min(self._scan_at, soon)
+        if changes.overflow:  # a producer's last close may be among the events lost: ask each
+            self._check_soon(target.pid for target in self.targets.values())
+        elif changes.closed:
+            self._check_soon(_closed_pids(changes.closed))
         if changes.touched:
             known = {str(target.table): target for target in self.targets.values()}
             for name in changes.touched:
@@ -701,9 +704,32 @@ class Watcher:
                 else:  # not watched (yet): adopting it may be due now
                     self._scan_at = min(self._scan_at, soon)
 
+    def _check_soon(self, pids: Iterable[int]) -> None:
+        """Something hinted that these processes ended (a last close of their files, an exit event):
+        whether they did is asked at once, in this step (:meth:`_check_heartbeat`)."""
+        wanted = set(pids)
+        if not wanted:
+            return
+        for target in self.targets.values():
+            if target.pid in wanted or target.table_pid in wanted:
+                target.check_ns = 0
+
     def _check_heartbeat(self, target: _Target, now: int) -> bool:
-        """Dump the target if its heartbeat is stale; True when that took the collector's time (a dump
-        put off for another collector's lock, or one over the max_dumps limit, takes none)."""
+        """Dump the target if it died or its heartbeat is stale; True when that took the collector's
+        time (a dump put off for another collector's lock, or one over the max_dumps limit, takes
+        none)."""
+        state = liveness(target.pid, target.start_time)
+        if state != "alive":
+            if state == "ended":
+                self._last_spent = 0.0
+                self._on_death(target.ident)
+                return self._last_spent > 0.0
+            # inside its exit (a hint came from its last close), or its main thread ended before the others
+            target.dying += 1
+            pause = min(0.002 * 2 ** min(target.dying, 16), self._quiet_s)
+            target.check_ns = now + int(pause * 1e9)
+            return False
+        target.dying = 0
         target.check_ns = now + int(_RESCAN_S * 1e9)  # unless the header says when (below)
         self.header_reads += 1
         try:
@@ -822,8 +848,8 @@ class Watcher:
         exit_hold: ExitHold | None = None,
     ) -> Event | None:
         """Dump ``pid`` as a death now, while something holds it at its exit with its memory mapped
-        (a ptrace exit stop, under ``kmemdump run --trace-exit``); then forget it, so that its pidfd's
-        report of the exit brings no second dump. ``exit_hold`` says how to let it go as soon as nothing
+        (a ptrace exit stop, under ``kmemdump run --trace-exit``); then forget it, so that the report of
+        the exit brings no second dump. ``exit_hold`` says how to let it go as soon as nothing
         more needs it, before the file is written (see :func:`dump_target`).
 
         Returns None, dumping nothing, when the watcher holds no table for it (a clean exit removed
@@ -950,12 +976,6 @@ class Watcher:
         if outcome.kept:
             self._emit(Event("skip", 0, outcome.kept_line()))
 
-    def _dead(self, target: _Target) -> bool:
-        if target.pidfd is None:
-            return True
-        ready = select.select([target.pidfd], [], [], 0)[0]
-        return bool(ready)
-
     def _emit(self, event: Event) -> Event:
         self._emitted.append(event)
         self.on_event(event)
@@ -1016,6 +1036,26 @@ def _check_owner(pid: int, start_time: int, owner: int, options: DumpOptions) ->
         return
     with process:
         check_authority(process, owner, allow_nondumpable=options.allow_nondumpable)
+
+
+def _closed_pids(paths: Iterable[str]) -> set[int]:
+    """The pids named by files closed after writing: tables, arenas, fault files, and the temporary
+    names a producer builds them under (``.<pid>-<start time>-<tag>.tmp``; its descriptors and mappings
+    keep that name after the file is linked into place and the temporary name removed)."""
+    pids: set[int] = set()
+    for path in paths:
+        name = os.path.basename(path)
+        if name.startswith(".") and name.endswith(".tmp"):
+            pid_text = name[1:].partition("-")[0]
+            if pid_text.isascii() and pid_text.isdigit() and len(pid_text) <= 10:
+                pids.add(int(pid_text))
+            continue
+        for suffix in (TABLE_SUFFIX, ARENA_SUFFIX, FAULT_SUFFIX):
+            ident = parse_file_name(name, suffix)
+            if ident is not None:
+                pids.add(ident[0])
+                break
+    return pids
 
 
 def _companions(table: Path) -> tuple[Path, Path]:
