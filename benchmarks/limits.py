@@ -62,6 +62,12 @@ class Staging:
         return memoryview(self.buffer)[:size]
 
 
+_PIECE = 1 << 20
+"""Buffered writes go 1 MiB a call, the fastest way into the page cache here: one write of 64 MiB
+lets ext4 (Linux 6.18) allocate its largest folios, which took 110-190 ms instead of about 15 as
+often as not once freed memory had gone back to the host (the dumps write 1 MiB a call too)."""
+
+
 def write_file(directory: Path, data: memoryview, *, fsync: bool, direct: bool = False) -> tuple[int, Path]:
     """Write ``data`` to a new file in ``directory`` (buffered, or with ``O_DIRECT`` in whole blocks),
     fsync it if asked; the ns taken and the file (kept: the caller removes it)."""
@@ -73,8 +79,9 @@ def write_file(directory: Path, data: memoryview, *, fsync: bool, direct: bool =
         view = data
         if direct and view.nbytes % _BLOCK:
             view = view[: view.nbytes - view.nbytes % _BLOCK]  # the tail goes through the page cache
+        piece = view.nbytes if direct else _PIECE
         while view.nbytes:
-            view = view[os.write(fd, view) :]
+            view = view[os.write(fd, view[:piece]) :]
         if direct and data.nbytes % _BLOCK:
             os.close(fd)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND)
