@@ -24,18 +24,33 @@ from types import TracebackType
 __all__ = ["KMEMDUMP", "WatchProcess", "open_files"]
 
 KMEMDUMP = [sys.executable, "-m", "kmemdump.cli"]
+_LIMITED = (
+    "import os, resource, sys; n = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+)
+"""Runs the rest of its arguments under Python in its own process (exec), allowed only ``argv[1]``
+descriptors, soft and hard (``watch`` cannot raise them)."""
 
 
 class WatchProcess:
     """``kmemdump watch --tables DIR --dir DUMPS`` running beside the test."""
 
     def __init__(
-        self, tables: Path | Sequence[Path], dumps: Path, *extra: str, prefix: Sequence[str] = ()
+        self,
+        tables: Path | Sequence[Path],
+        dumps: Path,
+        *extra: str,
+        prefix: Sequence[str] = (),
+        max_files: int | None = None,
     ) -> None:
+        """``max_files``: the collector's descriptor limit (soft and hard), when given."""
         dirs = [tables] if isinstance(tables, Path) else list(tables)
         args = [arg for d in dirs for arg in ("--tables", str(d))]
+        command = (
+            KMEMDUMP if max_files is None else [sys.executable, "-c", _LIMITED, str(max_files), *KMEMDUMP[1:]]
+        )
         self.popen = subprocess.Popen(
-            [*prefix, *KMEMDUMP, "watch", *args, "--dir", str(dumps), *extra],
+            [*prefix, *command, "watch", *args, "--dir", str(dumps), *extra],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

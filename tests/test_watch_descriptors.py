@@ -8,6 +8,7 @@ before each read of its table. Real producers, real kills; readiness through pip
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers_child import spawn_child
+from helpers_watch import WatchProcess
 from helpers_watch import open_files
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.exits import ExitListener
@@ -96,3 +98,131 @@ def test_a_death_is_seen_while_a_forked_child_keeps_the_table_mapped(
                 watcher.close()
         finally:
             os.kill(child, signal.SIGKILL)  # not ours to reap: init or a subreaper does
+
+
+_FLEET = r"""
+import os, sys
+import kmemdump
+count = int(sys.argv[1])
+hold_r, hold_w = os.pipe()
+ready_r, ready_w = os.pipe()
+go_r, go_w = os.pipe()
+pids = []
+for i in range(count + 1):
+    pid = os.fork()
+    if pid == 0:
+        os.close(hold_w)
+        os.close(ready_r)
+        os.close(go_w)
+        kmemdump.init(table=True)
+        os.write(ready_w, b"r")
+        if i == count:                 # the last one hangs when told: armed, fed once, never again
+            os.read(go_r, 1)
+            kmemdump.watchdog(0.5)
+            os.write(ready_w, b"h")
+        os.read(hold_r, 1)             # until the fleet's parent closes the pipe (it ends)
+        kmemdump.shutdown()
+        os._exit(0)
+    pids.append(pid)
+os.close(hold_r)
+os.close(ready_w)
+got = 0
+while got < count + 1:
+    got += len(os.read(ready_r, count + 1 - got))
+send({"idle": pids[:-1], "hung": pids[-1]})
+assert recv() == "hang"
+os.write(go_w, b"g")
+os.read(ready_r, 1)
+send("hanging")
+block()
+os.close(hold_w)                       # the idle ones exit cleanly
+for pid in pids:
+    os.waitpid(pid, 0)
+"""
+
+
+def _count(lines: list[str], prefix: str) -> int:
+    return sum(1 for line in lines if line.startswith(prefix))
+
+
+def test_idle_tables_cost_no_descriptor_and_a_hang_is_dumped_under_a_low_limit(
+    table_dir: Path, dump_dir: Path
+) -> None:
+    # 200 idle producers and one that hangs, watched by a real collector allowed 64 descriptors: it
+    # adopts all 201 (a descriptor each would need 3 times its limit), its descriptors stay as many as
+    # before the first table, and the hang is dumped
+    count, limit = 200, 64
+    with WatchProcess(table_dir, dump_dir, "--no-stacks", max_files=limit) as watch:
+        collector = watch.popen.pid
+        before = open_files(collector)
+        with spawn_child(_FLEET, args=[str(count)]) as fleet:
+            pids = fleet.recv(timeout=120)
+            hung = pids["hung"]
+            for pid in [*pids["idle"], hung]:
+                watch.wait_for(f"watch pid={pid} ")
+            after = open_files(collector)
+            with open(f"/proc/{collector}/maps") as handle:
+                claims = sum(1 for line in handle if line.rstrip().endswith(".table"))
+            fleet.send("hang")
+            assert fleet.recv() == "hanging"
+            line = watch.wait_for(f"hang pid={hung} ")
+            fleet.release()  # every producer exits cleanly
+            assert fleet.wait(timeout=120) == 0
+        watch.wait_for(lambda _: _count(watch.lines, "exit ") == count + 1)
+    print(f"collector descriptors: {len(before)} before, {len(after)} watching {count + 1} tables")
+    assert len(after) <= len(before), (before, after)
+    assert not [name for name in after if name.endswith(".table")]
+    assert "anon_inode:[pidfd]" not in after
+    assert claims == count + 1  # each claim a one-page mapping of its table, no descriptor
+    dump = Path(line.split(" dump=")[1].split()[0])
+    assert dump.is_file() and dump.parent == dump_dir
+    assert not [text for text in watch.lines if text.startswith(("error", "death"))], watch.lines
+
+
+def test_a_claim_without_a_descriptor_refuses_a_second_collector_until_the_first_is_killed(
+    table_dir: Path, tmp_path: Path
+) -> None:
+    first_dumps, second_dumps = tmp_path / "first", tmp_path / "second"
+    first_dumps.mkdir()
+    second_dumps.mkdir()
+    with spawn_child("import kmemdump\nsend(kmemdump.init(table=True).table)\nblock()\n") as child:
+        table = child.recv()
+        with WatchProcess(table_dir, first_dumps) as first:
+            first.wait_for(f"watch pid={child.pid} ")
+            assert table not in open_files(first.popen.pid)  # its claim holds no descriptor …
+            with open(f"/proc/{first.popen.pid}/maps") as maps:
+                assert table in maps.read()  # … but a mapping of the table
+            with WatchProcess(table_dir, second_dumps) as second:
+                skipped = second.wait_for(f"skip pid={child.pid} ")
+                assert f"watched by another collector (pid {first.popen.pid})" in skipped
+                first.popen.kill()  # SIGKILL: the kernel drops its lock with its mapping
+                first.popen.wait()
+                second.wait_for(f"watch pid={child.pid} ")
+                child.kill()  # and the one that took over still sees the death
+                line = second.wait_for(f"death pid={child.pid} ")
+                assert " dump=" in line
+    assert list(first_dumps.iterdir()) == []
+    assert len(list(second_dumps.iterdir())) == 1
+
+
+def test_a_table_replaced_under_its_name_is_never_read_as_the_one_adopted(
+    table_dir: Path, dump_dir: Path
+) -> None:
+    # every read opens the table anew by its name: another file there (same name, another inode) is not
+    # the one adopted; the watcher lets the old one go and adopts the new one with every check
+    with spawn_child("import kmemdump\nsend(kmemdump.init(table=True).table)\nblock()\n") as child:
+        table = Path(child.recv())
+        watcher = Watcher([table_dir], DumpOptions(dump_dir, stacks=False), exit_events=False, max_sleep=0.5)
+        try:
+            assert [e.kind for e in watcher.scan()] == ["watch"]
+            (target,) = watcher.targets.values()
+            copy = table.with_name("copy")
+            shutil.copyfile(table, copy)
+            os.rename(copy, table)
+            events = _until(watcher, "watch")
+            (again,) = watcher.targets.values()
+            assert again is not target and again.identity == (os.stat(table).st_dev, os.stat(table).st_ino)
+            assert again.identity != target.identity
+            assert not [e for e in events if e.kind in ("death", "hang", "error")], [e.line() for e in events]
+        finally:
+            watcher.close()

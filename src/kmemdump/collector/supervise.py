@@ -192,7 +192,11 @@ class _OwnWatchdogNotice:
         if target is None:
             return
         try:
-            header = target.reader.header()
+            reader = target.open()
+            if reader is None:
+                return
+            with reader:
+                header = reader.header()
         except (KmemdumpError, OSError):
             return
         if header.feeder or not header.watchdog_timeout_ns:

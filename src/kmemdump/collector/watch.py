@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import select
@@ -52,6 +51,8 @@ from typing import Literal
 from kmemdump.collector.authority import ProcessHandle
 from kmemdump.collector.authority import check_authority
 from kmemdump.collector.authority import ended_owner
+from kmemdump.collector.claim import Claim
+from kmemdump.collector.claim import try_claim
 from kmemdump.collector.dirwatch import Changes
 from kmemdump.collector.dirwatch import DirWatch
 from kmemdump.collector.dump import DumpOptions
@@ -82,6 +83,7 @@ from kmemdump.formats.faults import FAULT_SUFFIX
 from kmemdump.formats.faults import fault_path_of
 from kmemdump.formats.table import LIVE_LOCK_BYTE
 from kmemdump.formats.table import TABLE_SUFFIX
+from kmemdump.formats.table import TableBeat
 from kmemdump.formats.table import TableReader
 from kmemdump.formats.table import TableSnapshot
 from kmemdump.formats.table import lock_held
@@ -159,7 +161,10 @@ class _Target:
     pid: int
     start_time: int
     table: Path
-    reader: TableReader
+    claim: Claim
+    """This collector's lock on the table, held without a descriptor (:mod:`.claim`)."""
+    identity: tuple[int, int]
+    """The table file's ``(st_dev, st_ino)`` when adopted: every later open must find that file."""
     argv: list[str]
     exe: str | None
     snapshot: TableSnapshot | None = None
@@ -183,7 +188,31 @@ class _Target:
     """Checks in a row that found its main thread ending: the next is a little later each time."""
     ident: tuple[int, int] = (0, 0)
     """Its table's name: the key of :attr:`Watcher.targets`."""
+    lost: bool = False
+    """Its table's name no longer leads to the file adopted (removed, or replaced): the next listing
+    forgets it, and adopts afresh a file found under that name."""
     dumps: list[DumpResult] = field(default_factory=list)
+
+    def open(self) -> TableReader | None:
+        """The table opened anew for one read (no descriptor is kept between reads): by its name in
+        its directory, neither followed through a link; None when that name no longer leads to the
+        file adopted (removed, replaced, its directory replaced by a link)."""
+        try:
+            dir_fd = os.open(self.table.parent, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as err:
+            if err.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+                return None
+            raise
+        try:
+            reader = TableReader(self.table, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        finally:
+            os.close(dir_fd)
+        if reader.identity != self.identity or reader.owner != self.owner:
+            reader.close()
+            return None
+        return reader
 
 
 class Watcher:
@@ -296,7 +325,11 @@ class Watcher:
                 if self.only_pid is not None and ident[0] != self.only_pid:
                     continue
                 seen.add(ident)
-                if ident not in self.targets:
+                known = self.targets.get(ident)
+                if known is not None and known.lost:  # another file under its name now: adopted afresh
+                    self._forget(ident)
+                    known = None
+                if known is None:
                     self._adopt(ident, directory / name)
             for ident, name in arenas:
                 if ident not in seen:  # a table listed now took care of its arena
@@ -420,7 +453,6 @@ class Watcher:
         if self._later.get(path, 0.0) > time.monotonic():
             return  # another collector's, or out of sight: looked at again a little later
         reader: TableReader | None = None
-        adopted = False
         try:
             reader = TableReader(path)
             dir_owner = self._dirs.get(path.parent, (0, 0, 0))[2]
@@ -435,7 +467,7 @@ class Watcher:
             found = identify(pid, start_time, reader.header(), reader.fileno())
             _check_owner(found.pid, start_time, reader.owner, self.options)
             snapshot = reader.snapshot(retries=_ADOPT_TRIES)  # a table that never settles waits its turn
-            adopted = True
+            claim = Claim.hold(reader.fileno())  # the lock outlives the descriptor, closed below
         except NotVisibleError as err:
             self._out_of_sight(pid, path, err)
             return
@@ -457,10 +489,12 @@ class Watcher:
             self._emit(Event("error", pid, f"skipping table {path}: {err}"))
             return
         finally:
-            if reader is not None and not adopted:
-                reader.close()  # and with it the claim
+            if reader is not None:
+                reader.close()  # and with it the lock, unless the claim holds it now
         pid = found.pid
-        target = _Target(pid, start_time, path, reader, process_cmdline(pid), process_exe(pid), snapshot)
+        target = _Target(
+            pid, start_time, path, claim, reader.identity, process_cmdline(pid), process_exe(pid), snapshot
+        )
         target.ident = ident
         target.table_pid = found.table_pid
         target.owner = reader.owner
@@ -503,14 +537,13 @@ class Watcher:
     def _claim(self, reader: TableReader, pid: int, path: Path) -> bool:
         """Make this collector the one that watches the table; False (said once) when another is.
 
-        An exclusive ``flock`` on the table file, held as long as the table is watched (the reader
-        stays open) and dropped by the kernel when this collector dies, so another one takes over.
+        An exclusive ``flock`` on the table file, held as long as the table is watched (by a
+        :class:`~kmemdump.collector.claim.Claim`, without a descriptor) and dropped by the kernel when
+        this collector dies, so another one takes over.
         """
         if self._supervised_elsewhere(reader, path):
             return False
-        try:
-            fcntl.flock(reader.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not try_claim(reader.fileno()):
             self._later[path] = time.monotonic() + _LOOK_AGAIN_S
             if path not in self._elsewhere:
                 self._elsewhere.add(path)
@@ -603,7 +636,7 @@ class Watcher:
 
     def _forget(self, ident: tuple[int, int]) -> None:
         target = self.targets.pop(ident)
-        target.reader.close()
+        target.claim.release()
         if self._exits is not None:
             self._exits.wanted.discard(target.pid)
 
@@ -733,28 +766,18 @@ class Watcher:
         target.check_ns = now + int(_RESCAN_S * 1e9)  # unless the header says when (below)
         self.header_reads += 1
         try:
-            header = target.reader.beat()  # the four words that say when; all is checked before a dump
+            reader = target.open()
         except (KmemdumpError, OSError) as err:
-            target.errors += 1
-            if target.errors == 1:
-                self._emit(Event("error", target.pid, f"table unreadable: {err}"))
+            self._unreadable(target, err)
             return False
-        if header.generation % 2 == 0 and header.generation != _generation(target.snapshot):
-            # keep the latest consistent picture, for a process that dies or freezes mid-update
-            with contextlib.suppress(KmemdumpError, OSError):
-                target.snapshot = target.reader.snapshot(retries=3)
-        if not header.hung(now):
-            target.deadline_ns = deadline = header.deadline_ns
-            # nothing can happen before its deadline (a feed moves it later): read it then, or after the
-            # quiet period (for a recent copy of the table) when it has no watchdog
-            quiet = now + int(self._quiet_s * 1e9)
-            target.check_ns = quiet if deadline is None else min(deadline, quiet)
+        if reader is None:  # gone (a clean exit, an exec) or replaced: the next listing says which
+            target.lost = True
+            self._scan_at = min(self._scan_at, time.monotonic() + _COALESCE_S)
             return False
-        target.deadline_ns = None
-        if target.dumped_at_beat == header.heartbeat:
-            return False  # this stall was dumped already
-        if not self._still_stale(target, header.heartbeat, header.last_feed_ns):
-            return False  # a second read disagrees: a beat landed meanwhile (or a torn read); look again
+        with reader:
+            header = self._stale_beat(target, reader, now)
+        if header is None:
+            return False
         target.dumped_at_beat = header.heartbeat
         age = (now - header.last_feed_ns) / 1e9
         timeout = header.watchdog_timeout_ns / 1e9
@@ -766,16 +789,41 @@ class Watcher:
             target.ended_by_us = True
         return self._last_spent > 0.0
 
-    def _still_stale(self, target: _Target, beat: int, last_feed_ns: int) -> bool:
-        """Confirm a hang with a second header read before dumping (or killing) anything."""
+    def _stale_beat(self, target: _Target, reader: TableReader, now: int) -> TableBeat | None:
+        """Read the heartbeat (and, when it changed, a fresh snapshot); the beat when it is stale, its
+        stall not dumped yet, and a second read of the whole header agrees; None otherwise."""
         try:
-            again = target.reader.header()  # the whole header, checked
+            header = reader.beat()  # the four words that say when; all is checked before a dump
         except (KmemdumpError, OSError) as err:
-            target.errors += 1
-            if target.errors == 1:
-                self._emit(Event("error", target.pid, f"table unreadable: {err}"))
-            return False
-        return again.heartbeat == beat and again.last_feed_ns == last_feed_ns
+            self._unreadable(target, err)
+            return None
+        if header.generation % 2 == 0 and header.generation != _generation(target.snapshot):
+            # keep the latest consistent picture, for a process that dies or freezes mid-update
+            with contextlib.suppress(KmemdumpError, OSError):
+                target.snapshot = reader.snapshot(retries=3)
+        if not header.hung(now):
+            target.deadline_ns = deadline = header.deadline_ns
+            # nothing can happen before its deadline (a feed moves it later): read it then, or after the
+            # quiet period (for a recent copy of the table) when it has no watchdog
+            quiet = now + int(self._quiet_s * 1e9)
+            target.check_ns = quiet if deadline is None else min(deadline, quiet)
+            return None
+        target.deadline_ns = None
+        if target.dumped_at_beat == header.heartbeat:
+            return None  # this stall was dumped already
+        try:
+            again = reader.header()  # the whole header, checked, before dumping (or killing) anything
+        except (KmemdumpError, OSError) as err:
+            self._unreadable(target, err)
+            return None
+        if again.heartbeat != header.heartbeat or again.last_feed_ns != header.last_feed_ns:
+            return None  # a beat landed meanwhile (or a torn read); look again
+        return header
+
+    def _unreadable(self, target: _Target, err: BaseException) -> None:
+        target.errors += 1
+        if target.errors == 1:
+            self._emit(Event("error", target.pid, f"table unreadable: {err}"))
 
     def _on_death(self, ident: tuple[int, int]) -> None:
         target = self.targets.get(ident)

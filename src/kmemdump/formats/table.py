@@ -1156,8 +1156,11 @@ class TableReader:
     def __init__(self, path: str | os.PathLike[str], *, dir_fd: int | None = None) -> None:
         self.path = os.fspath(path)  # not a Path: building one costs more than the read
         self._fd = _open_table(path, os.O_RDONLY, dir_fd)
-        self.owner = os.fstat(self._fd).st_uid
+        info = os.fstat(self._fd)
+        self.owner = info.st_uid
         """The uid that owns the table file."""
+        self.identity = (info.st_dev, info.st_ino)
+        """``(st_dev, st_ino)``: which file this is, whatever its name leads to later."""
 
     def fileno(self) -> int:
         return self._fd
