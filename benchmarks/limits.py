@@ -64,7 +64,7 @@ class Staging:
 
 _PIECE = 1 << 20
 """Buffered writes go 1 MiB a call, the fastest way into the page cache here: one write of 64 MiB
-lets ext4 (Linux 6.18) allocate its largest folios, which took 110-190 ms instead of about 15 as
+(ext4, Linux 6.18: its largest page-cache folios, most likely) took 110-190 ms instead of about 15 as
 often as not once freed memory had gone back to the host (the dumps write 1 MiB a call too)."""
 
 

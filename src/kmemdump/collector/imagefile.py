@@ -155,10 +155,10 @@ def sync_dump_directory(directory: Path, final: Path) -> None:
 
 
 PIECE = 1 << 20
-"""The most one ``pwrite`` through the page cache hands the kernel. A bigger write lets it make the
-file's pages of the largest folios, whose allocation compacts memory when it is fragmented: on our
-development VMs (ext4, Linux 6.18) 64 MiB written 4 MiB a call took 15 ms or, as often as not after
-memory was freed and handed back to the host, 110-170 ms; 1 MiB a call, 15-22 ms every time."""
+"""The most one ``pwrite`` through the page cache hands the kernel. On our development VMs (ext4,
+Linux 6.18) 64 MiB written 4 MiB a call took 15 ms or, as often as not after memory was freed and
+handed back to the host, 110-170 ms (the largest page-cache folios, most likely); 1 MiB a call,
+15-22 ms every time."""
 
 
 def write_rest(fd: int, view: memoryview, offset: int) -> None:
