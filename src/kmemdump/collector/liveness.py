@@ -2,7 +2,8 @@
 
 The watcher keeps no pidfd per watched process (an idle table costs no descriptor): it asks
 :func:`liveness` when something hints at a death (inotify saw a table, arena or fault file closed
-after writing, the kernel's process events reported an exit) and before each read of the table.
+after writing, the kernel's process events reported an exit), before a stale heartbeat is taken for
+a hang, and at least once every quiet period (a child that inherited the table hides the close).
 ``/proc/PID/stat`` answers for the common case in one read: the pid is gone, or now names a process
 with another start time (ours ended and the pid was reused), or it is ours and running. Only a
 process whose main thread ended or is ending (state ``Z``/``X``, or the kernel's ``PF_EXITING``

@@ -5,7 +5,8 @@ deadlines it keeps, not with tables times wake-ups. It sleeps in ``poll`` until 
 a heartbeat could go stale, or inotify says a table directory changed (a name came or went, a table
 was touched, or a file was closed after writing: a producer's exit closes its table). No descriptor
 is held per process: whether a process lives is asked (:mod:`.liveness`) when inotify or the kernel's
-process events hint at its end, and before each read of its table.
+process events hint at its end, before a stale heartbeat is taken for a hang, and at least once every
+quiet period (``max_sleep``).
 A table is read only when its deadline may have passed: its last feed plus its timeout is a lower
 bound of its next deadline (feeds only move it later), so a process feeding every second with a
 5 s watchdog has its table read about once every four seconds, and a stall is still seen within a
@@ -186,6 +187,11 @@ class _Target:
     errors: int = 0
     dying: int = 0
     """Checks in a row that found its main thread ending: the next is a little later each time."""
+    suspect: bool = True
+    """Something hinted at its end (or it is new, or ending): whether it lives is asked at its next check."""
+    alive_ns: int = 0
+    """When it was last found alive (monotonic ns): asked again at least every quiet period, and before
+    a stale heartbeat is taken for a hang."""
     ident: tuple[int, int] = (0, 0)
     """Its table's name: the key of :attr:`Watcher.targets`."""
     lost: bool = False
@@ -745,24 +751,17 @@ class Watcher:
             return
         for target in self.targets.values():
             if target.pid in wanted or target.table_pid in wanted:
+                target.suspect = True
                 target.check_ns = 0
 
     def _check_heartbeat(self, target: _Target, now: int) -> bool:
         """Dump the target if it died or its heartbeat is stale; True when that took the collector's
         time (a dump put off for another collector's lock, or one over the max_dumps limit, takes
         none)."""
-        state = liveness(target.pid, target.start_time)
-        if state != "alive":
-            if state == "ended":
-                self._last_spent = 0.0
-                self._on_death(target.ident)
-                return self._last_spent > 0.0
-            # inside its exit (a hint came from its last close), or its main thread ended before the others
-            target.dying += 1
-            pause = min(0.002 * 2 ** min(target.dying, 16), self._quiet_s)
-            target.check_ns = now + int(pause * 1e9)
-            return False
-        target.dying = 0
+        if target.suspect or now - target.alive_ns >= int(self._quiet_s * 1e9):
+            ended = self._check_alive(target, now)  # hinted, or the periodic check (a child kept its table)
+            if ended is not None:
+                return ended
         target.check_ns = now + int(_RESCAN_S * 1e9)  # unless the header says when (below)
         self.header_reads += 1
         try:
@@ -778,6 +777,10 @@ class Watcher:
             header = self._stale_beat(target, reader, now)
         if header is None:
             return False
+        if target.alive_ns != now:  # a stale heartbeat may be a death nothing hinted: not a hang then
+            ended = self._check_alive(target, now)
+            if ended is not None:
+                return ended
         target.dumped_at_beat = header.heartbeat
         age = (now - header.last_feed_ns) / 1e9
         timeout = header.watchdog_timeout_ns / 1e9
@@ -788,6 +791,27 @@ class Watcher:
         if event.dump is not None and sig is not None:
             target.ended_by_us = True
         return self._last_spent > 0.0
+
+    def _check_alive(self, target: _Target, now: int) -> bool | None:
+        """Ask whether the target still lives (:func:`~kmemdump.collector.liveness.liveness`). None
+        when it does; otherwise its death is handled (or, while it is ending, asked again shortly) and
+        the answer is whether that took the collector's time."""
+        state = liveness(target.pid, target.start_time)
+        if state == "alive":
+            target.suspect = False
+            target.dying = 0
+            target.alive_ns = now
+            return None
+        if state == "ended":
+            self._last_spent = 0.0
+            self._on_death(target.ident)
+            return self._last_spent > 0.0
+        # inside its exit (a hint came from its last close), or its main thread ended before the others
+        target.suspect = True
+        target.dying += 1
+        pause = min(0.002 * 2 ** min(target.dying, 16), self._quiet_s)
+        target.check_ns = now + int(pause * 1e9)
+        return False
 
     def _stale_beat(self, target: _Target, reader: TableReader, now: int) -> TableBeat | None:
         """Read the heartbeat (and, when it changed, a fresh snapshot); the beat when it is stale, its
