@@ -226,3 +226,51 @@ def test_a_table_replaced_under_its_name_is_never_read_as_the_one_adopted(
             assert not [e for e in events if e.kind in ("death", "hang", "error")], [e.line() for e in events]
         finally:
             watcher.close()
+
+
+def test_an_empty_fallback_table_directory_is_removed_once_no_producer_uses_it(
+    tmp_path: Path, dump_dir: Path
+) -> None:
+    # a table directory writable by others is refused: the producer publishes in a private fallback,
+    # /dev/shm/kmemdump-<uid>.<hex>, which nothing removed once its producers were gone
+    refused = tmp_path / "shared"
+    refused.mkdir()
+    refused.chmod(0o777)
+    producer_code = (
+        "import sys, kmemdump\nreport = kmemdump.init(table=True, directory=sys.argv[1])\n"
+        "send(report.table)\nblock()\n"
+    )
+    holder_code = (
+        "import sys\nfrom pathlib import Path\nfrom kmemdump.producer.sharedfile import open_private_dir\n"
+        "fd = open_private_dir(Path(sys.argv[1]))\nsend('holding')\nblock()\n"
+    )
+    fallback: Path | None = None
+    try:
+        with spawn_child(producer_code, args=[str(refused)]) as producer:
+            fallback = Path(producer.recv()).parent
+            assert fallback.parent == Path("/dev/shm") and fallback.name.startswith(
+                f"kmemdump-{os.geteuid()}."
+            )
+            watcher = Watcher([fallback], DumpOptions(dump_dir, stacks=False), exit_events=False)
+            try:
+                assert [e.kind for e in watcher.scan()] == ["watch"]
+                with spawn_child(holder_code, args=[str(fallback)]) as holder:
+                    assert holder.recv() == "holding"  # about to publish there: its lock says so
+                    producer.release()
+                    assert producer.wait() == 0  # a clean exit: its files are gone
+                    assert os.listdir(fallback) == []
+                    assert [e.kind for e in watcher.scan()] == ["exit"]
+                    assert fallback.is_dir()  # empty, but in use
+                    holder.release()
+                    assert holder.wait() == 0
+                events = watcher.scan()
+                assert [e.line() for e in events] == [
+                    f"skip pid=0 fallback table directory {fallback} is empty and unused; removed it"
+                ]
+                assert not fallback.exists()
+                assert watcher.scan() == []
+            finally:
+                watcher.close()
+    finally:
+        if fallback is not None:
+            shutil.rmtree(fallback, ignore_errors=True)

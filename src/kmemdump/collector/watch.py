@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import select
@@ -340,6 +341,8 @@ class Watcher:
             for ident, name in arenas:
                 if ident not in seen:  # a table listed now took care of its arena
                     self._check_orphan_arena(ident, directory / name)
+            if not names and _is_fallback(directory):
+                self._remove_unused(directory)
         for ident in [k for k in self.targets if k not in seen]:
             target = self.targets[ident]
             if target.table.parent in self._truncated:
@@ -430,6 +433,41 @@ class Watcher:
                 self._emit(Event("skip", 0, f"table directory {directory} {problem}: left alone"))
             else:
                 self._emit(Event("error", 0, f"table directory {directory} {problem}"))
+
+    def _remove_unused(self, directory: Path) -> None:
+        """Remove an empty fallback table directory (``/dev/shm/kmemdump-<uid>.<hex>``) no producer uses:
+        its producers ended (their files removed by them, or by this collector after a death). Every
+        producer holds a shared ``flock`` on its table directory while it may publish there (a forked
+        child too), so the exclusive one taken here first is had only when none does."""
+        known = self._dirs.get(directory)
+        if known is None:
+            return
+        try:
+            shm = os.open(_SHM, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            fd = os.open(
+                directory.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=shm
+            )
+            try:
+                info = os.fstat(fd)
+                if (info.st_dev, info.st_ino) != known[:2]:
+                    return
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: a producer uses it
+                with os.scandir(fd) as entries:
+                    if next(entries, None) is not None:
+                        return  # a file came meanwhile
+                os.rmdir(directory.name, dir_fd=shm)  # only ever an empty directory
+            finally:
+                os.close(fd)
+        except OSError:
+            return
+        finally:
+            os.close(shm)
+        self._dirs.pop(directory, None)
+        self.directories = [d for d in self.directories if d != directory]
+        self._emit(Event("skip", 0, f"fallback table directory {directory} is empty and unused; removed it"))
 
     def _unlink(self, *paths: Path) -> None:
         """Remove files of a checked table directory, through the directory itself: if its name now
@@ -1108,6 +1146,11 @@ def _check_owner(pid: int, start_time: int, owner: int, options: DumpOptions) ->
         return
     with process:
         check_authority(process, owner, allow_nondumpable=options.allow_nondumpable)
+
+
+def _is_fallback(directory: Path) -> bool:
+    """A producer's private fallback table directory, ``/dev/shm/kmemdump-<uid>.<hex>``."""
+    return directory.parent == _SHM and "." in directory.name and parse_dir_name(directory.name) is not None
 
 
 def _closed_pids(paths: Iterable[str]) -> set[int]:

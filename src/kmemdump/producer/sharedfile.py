@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import fcntl
 import itertools
 import logging
 import mmap
@@ -226,7 +227,37 @@ def open_table_dir(directory: Path) -> tuple[int, Path, str]:
 
 
 def open_private_dir(directory: Path) -> int:
-    """Create or check the table directory and return an ``O_DIRECTORY`` descriptor for it."""
+    """Create or check the table directory and return an ``O_DIRECTORY`` descriptor for it.
+
+    The descriptor holds a shared ``flock`` on the directory for as long as it (or a forked child's
+    copy) is open: a collector removes an empty fallback directory only under an exclusive one, so
+    never one a producer is about to publish in. A directory removed between its creation and the lock
+    is made again.
+    """
+    for _ in range(_DIR_TRIES):
+        dir_fd = _open_private_dir(directory)
+        try:
+            fcntl.flock(dir_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # a collector is removing it right now: make it again
+            os.close(dir_fd)
+            continue
+        except OSError:
+            pass  # no flock on this file system: no collector can lock it to remove it either
+        try:
+            info = os.fstat(dir_fd)
+            named = os.lstat(directory)
+            if (named.st_dev, named.st_ino) == (info.st_dev, info.st_ino):
+                return dir_fd
+        except OSError:  # removed before our lock: made again
+            pass
+        os.close(dir_fd)
+    raise BackendError("the table directory kept being removed while it was opened", path=str(directory))
+
+
+_DIR_TRIES = 8
+
+
+def _open_private_dir(directory: Path) -> int:
     created = False
     try:
         os.mkdir(directory, DIR_MODE)
