@@ -277,3 +277,21 @@ def test_an_empty_fallback_table_directory_is_removed_once_no_producer_uses_it(
     finally:
         if fallback is not None:
             shutil.rmtree(fallback, ignore_errors=True)
+
+
+def test_a_producer_removes_its_empty_fallback_directory_at_a_clean_exit(tmp_path: Path) -> None:
+    refused = tmp_path / "shared"
+    refused.mkdir()
+    refused.chmod(0o777)  # writable by others: refused, a private fallback is made
+    code = "import sys, kmemdump\nsend(kmemdump.init(table=True, directory=sys.argv[1]).table)\nblock()\n"
+    fallback: Path | None = None
+    try:
+        with spawn_child(code, args=[str(refused)]) as producer:
+            fallback = Path(producer.recv()).parent
+            assert fallback.name.startswith(f"kmemdump-{os.geteuid()}.") and fallback.is_dir()
+            producer.release()
+            assert producer.wait() == 0
+        assert not fallback.exists()  # no collector ran: the producer took it along
+    finally:
+        if fallback is not None:
+            shutil.rmtree(fallback, ignore_errors=True)

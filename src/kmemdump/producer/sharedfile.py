@@ -328,6 +328,29 @@ def _run_exit_hooks() -> None:
             hook()
         except Exception:
             log.exception("kmemdump exit hook %r failed", hook)
+    _remove_empty_fallbacks()
+
+
+def _remove_empty_fallbacks() -> None:
+    """At a clean exit, once this process's files are removed: remove the private fallback directories
+    it used if they are empty and no other process may publish there (each holds a shared ``flock`` on
+    its table directory, a forked child too; the exclusive one is had only when none does). One left
+    behind is removed by the collector watching it, later."""
+    for directory in set(_fallbacks.values()):
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with os.scandir(fd) as entries:
+                empty = next(entries, None) is None
+            if empty:
+                os.rmdir(directory)  # never a link, never a directory that holds anything
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 atexit.register(_run_exit_hooks)
