@@ -153,3 +153,39 @@ def test_pool_terminate_ends_a_worker_whose_main_thread_cannot_run_python(
     assert float(app.stdout) < 10  # the worker ended on SIGTERM; Pool.terminate() returned
     assert not Path(ready.read_text().split()[1]).exists()  # its table went with it
     assert list(dump_dir.iterdir()) == [], watch.lines
+
+
+def _blocked(pid: int, tid: int) -> int:
+    for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+        if line.startswith("SigBlk:"):
+            return int(line.split()[1], 16)
+    raise AssertionError(f"no SigBlk line for thread {tid}")
+
+
+def test_kmemdumps_threads_leave_process_signals_to_the_program(table_dir: Path) -> None:
+    """A SIGTERM the kernel gave to the feeder thread while the main thread slept in a deadlocked
+    lock.acquire() woke nothing: after a hang dump the program was now and then not ended by SIGTERM.
+    kmemdump's own threads block every signal sent to the process as a whole (not the faults, which
+    faulthandler must see in the thread that faulted), so the main thread takes it and the program ends."""
+    code = r"""
+import os, threading, kmemdump
+kmemdump.init(table=True, watchdog=60.0)
+feeder = kmemdump.start_feeder(0.05)
+while feeder.native_id is None:
+    pass
+lock = threading.Lock()
+lock.acquire()
+send({"main": threading.get_native_id(), "feeder": feeder.native_id})
+lock.acquire()  # deadlocked: only a signal handler ends it
+"""
+    with spawn_child(code) as child:
+        ids = child.recv()
+        feeder, main = _blocked(child.pid, ids["feeder"]), _blocked(child.pid, ids["main"])
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM, signal.SIGUSR1):
+            assert feeder & (1 << (signum - 1)), f"the feeder thread takes {signum.name}"
+            assert not main & (1 << (signum - 1)), f"the main thread blocks {signum.name}"
+        for signum in (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGABRT):
+            assert not feeder & (1 << (signum - 1)), f"the feeder thread blocks {signum.name}"
+        child.popen.send_signal(signal.SIGTERM)
+        assert child.wait() == -signal.SIGTERM
+    assert list(table_dir.iterdir()) == []  # the graceful stop's handler ran: no table left

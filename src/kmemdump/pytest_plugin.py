@@ -217,6 +217,9 @@ class Recorder:
     # --- the collector's events -------------------------------------------------------------------
 
     def _read(self) -> None:
+        from kmemdump.producer.stopping import leave_signals_to_the_program
+
+        leave_signals_to_the_program()  # pytest-timeout's SIGALRM, a SIGTERM: for the main thread
         sidecar = self.sidecar
         assert sidecar is not None and sidecar.stdout is not None
         for line in sidecar.stdout:

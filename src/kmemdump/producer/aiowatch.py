@@ -43,6 +43,7 @@ from kmemdump.producer import api
 from kmemdump.producer import heartbeat
 from kmemdump.producer.forksafe import fork_safe_lock
 from kmemdump.producer.rings import PersistentRing
+from kmemdump.producer.stopping import leave_signals_to_the_program
 
 __all__ = ["DEFAULT_MAX_TASKS", "SNAPSHOT_SIZE", "LoopWatch", "current_watch", "watch_loop"]
 
@@ -103,6 +104,7 @@ class LoopWatch:
     # --- the monitor thread -------------------------------------------------------------------
 
     def _watch(self) -> None:
+        leave_signals_to_the_program()
         period = self.timeout / 8
         while not self.stopped:
             self._wake.wait(period)

@@ -30,6 +30,7 @@ from kmemdump.formats.table import FLAG_FEEDER
 from kmemdump.formats.table import HEADER_SIZE
 from kmemdump.formats.table import make_feed
 from kmemdump.producer.forksafe import fork_safe_lock
+from kmemdump.producer.stopping import leave_signals_to_the_program
 
 if TYPE_CHECKING:
     from kmemdump.formats.table import TableWriter
@@ -262,6 +263,7 @@ class Feeder(threading.Thread):
         return timeout_ns / 4e9 if timeout_ns else DEFAULT_FEEDER_INTERVAL
 
     def run(self) -> None:
+        leave_signals_to_the_program()
         probe = None
         if self.check_progress:
             from kmemdump.producer.progress import ProgressProbe

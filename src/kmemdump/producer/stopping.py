@@ -43,7 +43,15 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-__all__ = ["BACKSTOP_S", "QUIET_THREADS", "STOP_SIGNALS", "at_process_end", "install", "installed"]
+__all__ = [
+    "BACKSTOP_S",
+    "QUIET_THREADS",
+    "STOP_SIGNALS",
+    "at_process_end",
+    "install",
+    "installed",
+    "leave_signals_to_the_program",
+]
 
 log = logging.getLogger("kmemdump")
 
@@ -59,6 +67,36 @@ _cleanup: list[Callable[[], None]] = []
 _installed: set[int] = set()
 _mp_hooked: set[int] = set()
 """Pids in which :func:`at_process_end` hooked the cleanup already."""
+
+
+_SYNCHRONOUS = frozenset(
+    [
+        signal.SIGSEGV,
+        signal.SIGBUS,
+        signal.SIGFPE,
+        signal.SIGILL,
+        signal.SIGTRAP,
+        signal.SIGABRT,
+        signal.SIGSYS,
+    ]
+)
+"""Signals a thread raises itself (a fault, ``abort``): never blocked, or faulthandler would not run."""
+
+
+def leave_signals_to_the_program() -> None:
+    """Block, in the calling thread (one of kmemdump's own), every signal sent to the process as a whole.
+
+    The kernel gives such a signal to any thread that does not block it. Python's C-level handler only
+    notes it, and the Python handler runs when the *main* thread next executes Python code; a signal
+    taken by one of our threads (the feeder, in its timed wait) while the main thread sleeps in C (a
+    deadlocked ``lock.acquire()``) wakes nothing. Seen: a program that deadlocked, was dumped for its hang
+    and then got SIGTERM now and then did not end, its main thread still waiting on its lock (about 1 run
+    in 60 under load; the likely moment is a stop that arrives while the dump holds every thread, taken by
+    the feeder when it wakes first at the release). Blocked here, such a signal goes to a thread of the
+    program's, the main thread first.
+    """
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - _SYNCHRONOUS)
 
 
 def installed() -> tuple[signal.Signals, ...]:
@@ -112,6 +150,7 @@ def _start_backstop() -> None:
 
 
 def _watch_wakeups(read_fd: int) -> None:
+    leave_signals_to_the_program()
     QUIET_THREADS.add(threading.get_native_id())
     while True:
         try:
