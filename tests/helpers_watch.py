@@ -16,12 +16,18 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-__all__ = ["KMEMDUMP", "WatchProcess", "open_files"]
+if TYPE_CHECKING:
+    from kmemdump.collector.watch import Event
+    from kmemdump.collector.watch import Watcher
+
+__all__ = ["KMEMDUMP", "WatchProcess", "open_files", "step_until"]
 
 KMEMDUMP = [sys.executable, "-m", "kmemdump.cli"]
 _LIMITED = (
@@ -141,3 +147,14 @@ def open_files(pid: int | str = "self") -> list[str]:
         except FileNotFoundError:
             continue
     return names
+
+
+def step_until(watcher: Watcher, done: str, guard: float = 60.0) -> list[Event]:
+    """Step an in-process :class:`Watcher` until an event of kind ``done`` (the guard only ends a hung
+    test); the events seen on the way."""
+    events: list[Event] = []
+    end = time.monotonic() + guard
+    while not any(e.kind == done for e in events):
+        assert time.monotonic() < end, f"no {done!r} event within {guard}s: {[e.line() for e in events]}"
+        events.extend(watcher.step())
+    return events

@@ -24,9 +24,9 @@ import pytest
 from helpers_child import Child
 from helpers_child import spawn_child
 from helpers_watch import open_files
+from helpers_watch import step_until
 from kmemdump.collector.dirwatch import DirWatch
 from kmemdump.collector.dump import DumpOptions
-from kmemdump.collector.watch import Event
 from kmemdump.collector.watch import Watcher
 
 pytestmark = pytest.mark.slow
@@ -62,16 +62,6 @@ while True:
 
 def _producer(timeout: float) -> Child:
     return spawn_child(_PRODUCER, args=[str(timeout)])
-
-
-def _until(watcher: Watcher, done: str, guard: float = 60.0) -> list[Event]:
-    """Step until an event of kind ``done`` (the guard only ends a hung test)."""
-    events: list[Event] = []
-    end = time.monotonic() + guard
-    while not any(e.kind == done for e in events):
-        assert time.monotonic() < end, f"no {done!r} event within {guard}s: {[e.line() for e in events]}"
-        events.extend(watcher.step())
-    return events
 
 
 @pytest.fixture
@@ -116,7 +106,7 @@ def test_hang_is_dumped_at_its_deadline_with_few_reads(
             watcher.scan()
             watcher.step()
             os.kill(pid, signal.SIGSTOP)  # the feeder thread stops with the rest: a whole-process stall
-            events = _until(watcher, "hang")
+            events = step_until(watcher, "hang")
             hang = next(e for e in events if e.kind == "hang")
             assert hang.pid == pid and hang.dump is not None and hang.dump.path.exists()
             # read once at adoption, then at (or batched just before) each deadline it saw: a handful
@@ -132,7 +122,7 @@ def test_new_table_is_picked_up_through_inotify(table_dir: Path, dump_dir: Path,
         assert watcher.scan() == []  # an empty directory, now watched; the next listing would be in an hour
         with _producer(0) as child:
             pid = child.recv()["pid"]
-            events = _until(watcher, "watch")
+            events = step_until(watcher, "watch")
             assert [e.pid for e in events if e.kind == "watch"] == [pid]
     finally:
         watcher.close()
@@ -152,7 +142,7 @@ def test_watchdog_armed_later_is_read_at_once(table_dir: Path, dump_dir: Path, i
             before = watcher.header_reads
             child.send("arm-and-hang")
             assert child.recv() == "armed"
-            events = _until(watcher, "hang")
+            events = step_until(watcher, "hang")
             assert [e.pid for e in events if e.kind == "hang"] == [pid]
             assert watcher.header_reads > before
         finally:
@@ -201,7 +191,7 @@ def test_death_is_seen_through_inotify_without_a_pidfd(
             reads = watcher.header_reads
             assert "anon_inode:[pidfd]" not in open_files()
             child.kill()
-            events = _until(watcher, "death")  # each step ends only on an inotify event or a recheck
+            events = step_until(watcher, "death")  # each step ends only on an inotify event or a recheck
             deaths = [e for e in events if e.kind == "death"]
             assert [e.pid for e in deaths] == [pid], [e.line() for e in events]
             assert deaths[0].dump is not None and deaths[0].dump.path.exists()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -18,9 +17,9 @@ import pytest
 from helpers_child import spawn_child
 from helpers_watch import WatchProcess
 from helpers_watch import open_files
+from helpers_watch import step_until
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.exits import ExitListener
-from kmemdump.collector.watch import Event
 from kmemdump.collector.watch import Watcher
 from kmemdump.memory.core import CoreImage
 
@@ -40,15 +39,6 @@ if child == 0:
 send({"pid": os.getpid(), "child": child})
 block()
 """
-
-
-def _until(watcher: Watcher, done: str, guard: float = 60.0) -> list[Event]:
-    events: list[Event] = []
-    end = time.monotonic() + guard
-    while not any(e.kind == done for e in events):
-        assert time.monotonic() < end, f"no {done!r} event within {guard}s: {[e.line() for e in events]}"
-        events.extend(watcher.step())
-    return events
 
 
 @pytest.mark.parametrize("told_by", ["periodic check", "exit events"])
@@ -81,7 +71,7 @@ def test_a_death_is_seen_while_a_forked_child_keeps_the_table_mapped(
                 assert watcher.step() == []  # its first check: alive; the next comes only as the test says
                 assert "anon_inode:[pidfd]" not in open_files()
                 producer.kill()
-                events = _until(watcher, "death")
+                events = step_until(watcher, "death")
                 os.kill(
                     child, 0
                 )  # the child lives on, its parent's table still mapped: no close told of the death
@@ -222,7 +212,7 @@ def test_a_table_replaced_under_its_name_is_never_read_as_the_one_adopted(
             copy = table.with_name("copy")
             shutil.copyfile(table, copy)
             os.rename(copy, table)
-            events = _until(watcher, "watch")
+            events = step_until(watcher, "watch")
             (again,) = watcher.targets.values()
             assert again is not target and again.identity == (os.stat(table).st_dev, os.stat(table).st_ino)
             assert again.identity != target.identity
