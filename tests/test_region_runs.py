@@ -12,6 +12,7 @@ from elftools.elf.elffile import ELFFile
 
 from conftest import require_tool
 from helpers_child import spawn_child
+from kmemdump.collector.dump import MAX_REGION_DEFAULT
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.dump import dump_target
 from kmemdump.collector.runs import GAP
@@ -61,7 +62,9 @@ def _loads(path: Path) -> list[tuple[int, int]]:
         ]
 
 
-def _dump(table_dir: Path, dump_dir: Path) -> tuple[Path, dict[str, Any], int]:
+def _dump(
+    table_dir: Path, dump_dir: Path, max_region: int = MAX_REGION_DEFAULT
+) -> tuple[Path, dict[str, Any], int]:
     with spawn_child(PRODUCER) as child:
         info = child.recv()
         pid = child.pid
@@ -70,7 +73,7 @@ def _dump(table_dir: Path, dump_dir: Path) -> tuple[Path, dict[str, Any], int]:
             process_start_time(pid),
             Path(info["table"]),
             reason="request",
-            options=DumpOptions(dump_dir, stacks=False, threads=-1),
+            options=DumpOptions(dump_dir, stacks=False, threads=-1, max_region=max_region),
         )
         return result.path, {k: tuple(v) for k, v in info["layout"].items()}, pid
 
@@ -111,18 +114,8 @@ def test_regions_cut_by_max_region_are_partial_and_hold_their_first_bytes(
     table_dir: Path, dump_dir: Path
 ) -> None:
     # GIVEN the same regions, dumped with max_region 40: every read succeeds, but none whole
-    with spawn_child(PRODUCER) as child:
-        info = child.recv()
-        pid = child.pid
-        result = dump_target(
-            pid,
-            process_start_time(pid),
-            Path(info["table"]),
-            reason="request",
-            options=DumpOptions(dump_dir, stacks=False, threads=-1, max_region=40),
-        )
-    layout = {k: tuple(v) for k, v in info["layout"].items()}
-    with Dump.open(result.path) as dump:
+    path, layout, _ = _dump(table_dir, dump_dir, max_region=40)
+    with Dump.open(path) as dump:
         by_name = {r.name: r for r in dump.meta.regions}
         for i in range(8):
             record = by_name[f"r{i}"]
