@@ -11,7 +11,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +97,7 @@ def dump_in_process(target: Producer, directory: Path, **options: Any) -> tuple[
     from kmemdump.collector.dump import dump_target
     from kmemdump.procinfo import process_start_time
 
-    known = {f.name for f in fields(DumpOptions)}
+    known = _option_names()
     chosen = {k: v for k, v in options.items() if k in known}
     start_time = process_start_time(target.pid)
     t0 = time.perf_counter_ns()
@@ -109,9 +108,18 @@ def dump_in_process(target: Producer, directory: Path, **options: Any) -> tuple[
 
 
 def has_option(name: str) -> bool:
+    return name in _option_names()
+
+
+def _option_names() -> set[str]:
+    """The fields of this version's DumpOptions (a record class; a dataclass in older checkouts)."""
     from kmemdump.collector.dump import DumpOptions
 
-    return name in {f.name for f in fields(DumpOptions)}
+    try:
+        from kmemdump.record import fields
+    except ImportError:
+        from dataclasses import fields  # type: ignore[assignment]
+    return {f.name for f in fields(DumpOptions)}
 
 
 def bench_env(**extra: str) -> dict[str, str]:

@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +63,7 @@ from kmemdump.memory.core import CoreImage
 from kmemdump.producer.python.live import probe
 from kmemdump.producer.region import Region
 from kmemdump.producer.registry import Registry
+from kmemdump.record import replace
 
 BANNER_TEXT = "kmemdump banner: test process\nargv: python app.py --serve\n"
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import bisect
 import collections
 import ctypes
-import dataclasses
 import enum
 import functools
 import json
@@ -32,6 +31,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from budget import examples
+from kmemdump import record as records
 from kmemdump.errors import DecodeError
 from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import UnreadableMemoryError
@@ -339,7 +339,7 @@ def test_type_object_decodes_to_its_name(info: PyCoreInfo) -> None:
 def test_type_outside_the_map_is_read_from_the_dump(live: pylive.LiveInfo) -> None:
     bare = live.info
     assert bare is not None
-    info = dataclasses.replace(
+    info = records.replace(
         bare, types={k: v for k, v in bare.types.items() if v.name != "collections.Counter"}
     )
     counter = collections.Counter(a=2)
@@ -459,7 +459,7 @@ def test_split_dict_decodes_in_insertion_order(info: PyCoreInfo) -> None:
 def test_split_dict_without_values_layout_is_reported(info: PyCoreInfo) -> None:
     # GIVEN a PYCOREINFO from a producer that predates the values layouts
     attrs = Widget().__dict__
-    old = dataclasses.replace(info, layout=layouts.without_instances(info.layout))
+    old = records.replace(info, layout=layouts.without_instances(info.layout))
     decoded = decode(LiveRanges(regions_of(attrs)), id(attrs), old)
     if info.layout.dict_keys_layout == "dk_size":  # 3.10 split tables needed no new field
         assert decoded.value == {"size": 3}
@@ -565,7 +565,7 @@ def test_instance_with_missing_storage_is_reported_not_raised(info: PyCoreInfo) 
     only_object = decode(LiveRanges([(id(session), object.__sizeof__(session))]), id(session), info)
     assert only_object.value["attrs"]["$missing"] == f"0x{id(session):x}"  # type: ignore[index, call-overload]
     assert "not in dump" in only_object.missing[0]
-    old = dataclasses.replace(info, layout=layouts.without_instances(info.layout))
+    old = records.replace(info, layout=layouts.without_instances(info.layout))
     decoded = decode(LiveRanges(regions_of(session)), id(session), old)
     assert decoded.value == {"$object": f"0x{id(session):x}", "type": f"{__name__}.Session"}
     assert "no decoder handles" in decoded.missing[0]
@@ -580,7 +580,7 @@ def test_bad_arguments_raise_decode_error(info: PyCoreInfo) -> None:
     with pytest.raises(DecodeError, match="max_items"):
         decode(mem, 1, info, max_items=True)
     with pytest.raises(DecodeError, match="64-bit"):
-        decode(mem, 1, dataclasses.replace(info, pointer_size=4))
+        decode(mem, 1, records.replace(info, pointer_size=4))
 
 
 def test_null_and_impossible_addresses_are_missing(info: PyCoreInfo) -> None:
@@ -684,7 +684,7 @@ LAYOUT_VERSIONS = {layout: version for version, layout in reversed(list(layouts.
 def _info_with_layout(version: tuple[int, int]) -> PyCoreInfo:
     found = pylive.default().info
     assert found is not None
-    return dataclasses.replace(found, layout=layouts.TABLE[version])
+    return records.replace(found, layout=layouts.TABLE[version])
 
 
 @pytest.mark.parametrize(
@@ -961,7 +961,7 @@ def test_decodes_objects_from_another_interpreter(python: Path, tmp_path: Path) 
     slotted = decode(memory, objects["slotted"]["address"], info)
     assert "no __dict__" in slotted.missing[0] and "attrs" not in slotted.value  # type: ignore[operator]
     # a blob without the instance fields (an older producer) reports them, and decodes the rest
-    old = dataclasses.replace(info, layout=layouts.without_instances(info.layout))
+    old = records.replace(info, layout=layouts.without_instances(info.layout))
     session = decode(memory, objects["session"]["address"], old)
     assert session.value == {"$object": f"0x{objects['session']['address']:x}", "type": "__main__.Session"}
     assert "no decoder handles" in session.missing[0]

@@ -1,6 +1,6 @@
 """The house rules, checked on the source: which part may import which, and no import cycle.
 
-The package is layered, bottom up: the shared vocabulary (``errors``, ``ids``, ``_version``,
+The package is layered, bottom up: the shared vocabulary (``errors``, ``ids``, ``_version``, ``record``,
 ``procinfo``, ``files``), ``formats`` (the bytes), ``producer`` (what ``import kmemdump`` runs),
 ``memory`` (the sources behind one ``read``), ``inspect`` (decoding), ``fleet`` (object storage: shipping,
 remote listing, triage), ``collector``, ``cli``. An
@@ -34,7 +34,7 @@ ALLOWED: dict[str, set[str]] = {
 }
 PROGRAMS = {"kmemdump.cli.demo_target"}
 """Producer programs the command line runs in a child process: they import kmemdump as users do."""
-VOCABULARY = {"errors", "ids", "_version", "procinfo", "files"}
+VOCABULARY = {"errors", "ids", "_version", "procinfo", "files", "record"}
 FACADE = {"logging", "asyncio", "pytest_plugin"}
 """Public modules beside the package's ``__init__`` (``kmemdump.logging`` …): thin faces of the producer."""
 
@@ -60,8 +60,9 @@ def _module_name(path: Path) -> str:
 
 
 @cache
-def _imports() -> dict[str, set[str]]:
-    """Every module of the package and the modules it imports (absolute names, relative resolved)."""
+def _imports(*, at_run_time: bool = False) -> dict[str, set[str]]:
+    """Every module of the package and the modules it imports (absolute names, relative resolved);
+    with ``at_run_time``, leaving out those imported only for type checkers (``if TYPE_CHECKING:``)."""
     found: dict[str, set[str]] = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         if "autoinit" in path.parts:  # runs as a top-level sitecustomize, imports kmemdump as a user
@@ -69,7 +70,11 @@ def _imports() -> dict[str, set[str]]:
         name = _module_name(path)
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        unseen = _type_checking_blocks(tree) if at_run_time else set()
+        for node in ast.walk(tree):
+            if id(node) in unseen:
+                continue
             if isinstance(node, ast.Import):
                 targets.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -86,6 +91,16 @@ def _imports() -> dict[str, set[str]]:
                         targets.add(candidate)
         found[name] = targets
     return found
+
+
+def _type_checking_blocks(tree: ast.AST) -> set[int]:
+    """The ids of the nodes inside ``if TYPE_CHECKING:`` bodies (never run)."""
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            for child in node.body:
+                inside.update(id(n) for n in ast.walk(child))
+    return inside
 
 
 def _internal(module: str) -> bool:
@@ -116,7 +131,7 @@ def test_the_producer_imports_only_the_standard_library() -> None:
     stdlib = sys.stdlib_module_names
     foreign = [
         f"{module} imports {target}"
-        for module, targets in _imports().items()
+        for module, targets in _imports(at_run_time=True).items()
         if _part(module) in ("producer", "vocabulary") or module in _PRODUCER_FORMATS
         for target in targets
         if not _internal(target) and target.split(".")[0] not in stdlib and target != "__future__"

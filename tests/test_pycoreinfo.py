@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import json
 import struct
 import subprocess
@@ -18,6 +17,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from budget import examples
+from kmemdump import record as records
 from kmemdump.errors import DecodeError
 from kmemdump.errors import DumpFormatError
 from kmemdump.formats import pycoreinfo
@@ -31,9 +31,7 @@ from kmemdump.producer.python import live as pylive
 from kmemdump.producer.python import selftest
 
 # Instance attribute storage (added later, with defaults): a wrong value disables only attributes.
-_INSTANCE_FIELDS = frozenset(
-    f.name for f in dataclasses.fields(Layout) if f.default is not dataclasses.MISSING
-)
+_INSTANCE_FIELDS = frozenset(f.name for f in records.fields(Layout) if f.default is not records.MISSING)
 
 
 @pytest.fixture(scope="module")
@@ -146,9 +144,7 @@ def test_missing_key(key: str, info: PyCoreInfo) -> None:
         pycoreinfo.decode(_blob(payload))
 
 
-@pytest.mark.parametrize(
-    "field", [f.name for f in dataclasses.fields(Layout) if f.name not in _INSTANCE_FIELDS]
-)
+@pytest.mark.parametrize("field", [f.name for f in records.fields(Layout) if f.name not in _INSTANCE_FIELDS])
 def test_missing_layout_field(field: str, info: PyCoreInfo) -> None:
     payload = _payload(info)
     del payload["layout"][field]
@@ -209,7 +205,7 @@ def test_unknown_keys_are_ignored(info: PyCoreInfo) -> None:
 def test_info_is_immutable(info: PyCoreInfo) -> None:
     with pytest.raises(TypeError):
         info.types[1] = TypeEntry("x", 0)  # type: ignore[index]
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         info.hexversion = 0  # type: ignore[misc]
 
 
@@ -296,7 +292,7 @@ _UNUSED_IN_310 = ("dk_log2_index_bytes", "dk_kind", "dk_entry_unicode")
 def _corruptions(instance: bool = False) -> list[Any]:
     layout = layouts.TABLE.get(sys.version_info[:2]) or layouts.TABLE[max(layouts.TABLE)]
     params: list[Any] = []
-    for field in dataclasses.fields(Layout):
+    for field in records.fields(Layout):
         value = getattr(layout, field.name)
         if (field.name in _INSTANCE_FIELDS) != instance:
             continue
@@ -327,7 +323,7 @@ def test_self_test_rejects_a_wrong_offset(field: str, wrong: Any) -> None:
     # GIVEN the right table with one field changed
     good = layouts.runtime_layout().layout
     assert good is not None
-    bad = dataclasses.replace(good, **{field: wrong})
+    bad = records.replace(good, **{field: wrong})
     # WHEN probing with it THEN decoding is disabled, with a reason, instead of lying
     result = pylive.probe(bad)
     assert not result.enabled
@@ -343,7 +339,7 @@ def test_a_wrong_instance_offset_disables_only_attributes(field: str, wrong: Any
     # GIVEN the right layout with one of the instance attribute fields changed
     good = layouts.runtime_layout().layout
     assert good is not None and good.instance_dict
-    bad = dataclasses.replace(good, **{field: wrong})
+    bad = records.replace(good, **{field: wrong})
     # WHEN probing with it THEN the other decoders stay, attribute decoding goes, and the note says why
     assert selftest.self_test(bad) != ""
     result = pylive.probe(bad)
@@ -412,8 +408,9 @@ def test_build_layout_is_the_shared_probe() -> None:
 
 
 CORRUPT_EVERY_FIELD = r"""
-import dataclasses, json, sys
+import json, sys
 sys.path.insert(0, sys.argv[1])
+from kmemdump import record as records
 from kmemdump.producer.python import layout as layouts
 from kmemdump.producer.python import live as pylive
 from kmemdump.producer.python import selftest
@@ -426,9 +423,9 @@ UNUSED_IN_310 = ("dk_log2_index_bytes", "dk_kind", "dk_entry_unicode")
 choice = layouts.runtime_layout()
 good = choice.layout
 report = {"source": choice.source, "good": selftest.self_test(good), "undetected": []}
-for field in dataclasses.fields(Layout):
+for field in records.fields(Layout):
     value = getattr(good, field.name)
-    if field.default is not dataclasses.MISSING and not value:
+    if field.default is not records.MISSING and not value:
         continue  # an instance storage field this version does not use
     if isinstance(value, str):
         wrong = [OTHER[value]]
@@ -441,7 +438,7 @@ for field in dataclasses.fields(Layout):
     else:
         wrong = [value + 8] + ([value - 8] if value >= 8 else [])
     for w in wrong:
-        if not selftest.self_test(dataclasses.replace(good, **{field.name: w})):
+        if not selftest.self_test(records.replace(good, **{field.name: w})):
             report["undetected"].append(f"{field.name}={w}")
 print(json.dumps(report))
 """

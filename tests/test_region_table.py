@@ -6,7 +6,6 @@ import base64
 import json
 import struct
 import zlib
-from dataclasses import astuple
 
 import pytest
 from hypothesis import given
@@ -26,6 +25,7 @@ from kmemdump.formats.regiontable import Record
 from kmemdump.formats.regiontable import pack_columns
 from kmemdump.formats.regiontable import pack_regions
 from kmemdump.formats.regiontable import unpack_regions
+from kmemdump.record import fields
 from tests.budget import examples
 
 
@@ -107,19 +107,23 @@ def test_the_fast_constructor_builds_equal_records() -> None:
         fast.stored = 0  # type: ignore[misc]  # still frozen
 
 
+def _astuple(record: RegionRecord) -> tuple[object, ...]:
+    return tuple(getattr(record, f.name) for f in fields(record))
+
+
 def test_the_column_builders_make_what_the_record_builders_make() -> None:
     records = [
         RegionRecord(16 + i, f"n{i % 3}", i % 4, 0x1000 + 80 * i, 64, 64 - i % 2, "ok", "", "process")
         for i in range(300)
     ]
     records[5] = RegionRecord(9, "é☃", 2, 0x100, 8, 0, "gone", "why", "arena")
-    columns = [list(column) for column in zip(*(astuple(r) for r in records), strict=True)]
+    columns = [list(column) for column in zip(*(_astuple(r) for r in records), strict=True)]
     built = region_records(*columns)
     assert built == records
     assert [hash(r) for r in built] == [hash(r) for r in records]
     with pytest.raises(AttributeError):
         built[0].stored = 0  # type: ignore[misc]  # still frozen
-    as_rows = [astuple(r) for r in records]
+    as_rows = [_astuple(r) for r in records]
     assert pack_columns(*columns) == pack_regions(as_rows)  # type: ignore[arg-type]
     assert unpack_regions(pack_columns(*columns)) == as_rows
     with pytest.raises(ValueError, match="unknown region status"):

@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from kmemdump.cli.options import DUMP_HELP
@@ -46,6 +45,7 @@ from kmemdump.inspect.binaries import find_binaries
 from kmemdump.inspect.binaries import interpreter_file
 from kmemdump.inspect.binaries import missing_interpreter
 from kmemdump.inspect.dumpfile import Dump
+from kmemdump.record import frozen
 
 TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
 if TYPE_CHECKING:
@@ -139,7 +139,7 @@ def gdb_command(
     return [*command, "-c", str(core), *after, *extra]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Plan:
     exe: str | None
     before: tuple[str, ...] = ()

@@ -9,7 +9,6 @@ are shown; a partially stored region says so on stderr.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 from kmemdump.cli.options import REGION_HELP
@@ -22,6 +21,7 @@ from kmemdump.cli.render import json_text
 from kmemdump.ids import id_label
 from kmemdump.inspect.dumpfile import Dump
 from kmemdump.inspect.dumpfile import kind_name
+from kmemdump.record import asdict
 
 __all__ = ["EPILOG", "prepare", "run"]
 
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     start = record.address + args.offset
     if args.json:
         region = {
-            **dataclasses.asdict(record),
+            **asdict(record),
             "label": id_label(record.id),
             "kind_name": kind_name(record.kind),
         }

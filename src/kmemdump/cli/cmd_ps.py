@@ -15,8 +15,6 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import asdict
-from dataclasses import dataclass
 from pathlib import Path
 
 from kmemdump.cli.options import add_tables_option
@@ -34,6 +32,8 @@ from kmemdump.formats.table import TableHeader
 from kmemdump.formats.table import TableReader
 from kmemdump.formats.table import parse_file_name
 from kmemdump.procinfo import process_cmdline
+from kmemdump.record import asdict
+from kmemdump.record import frozen
 
 __all__ = ["EPILOG", "Producer", "prepare", "producers", "run"]
 
@@ -56,7 +56,7 @@ _COLUMNS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Producer:
     """One table and what it says about its process, as of the moment it was read."""
 

@@ -12,9 +12,7 @@ everything as one JSON document, decoded values included.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shlex
-from dataclasses import dataclass
 
 from kmemdump.cli import records
 from kmemdump.cli.options import add_dump_argument
@@ -42,6 +40,9 @@ from kmemdump.inspect.dumpfile import command_line
 from kmemdump.inspect.dumpfile import kind_name
 from kmemdump.inspect.dumpfile import plural
 from kmemdump.inspect.dumpfile import pycoreinfo_summary
+from kmemdump.record import asdict
+from kmemdump.record import fields
+from kmemdump.record import frozen
 
 TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
 if TYPE_CHECKING:
@@ -110,12 +111,12 @@ def run(args: argparse.Namespace) -> int:
 def document(dump: Dump, decoded: dict[int, DecodedRegion] | None) -> dict[str, Any]:
     """The whole dump as one JSON-able document (``decoded`` None leaves values out)."""
     meta = dump.meta
-    about = {f.name: getattr(meta, f.name) for f in dataclasses.fields(meta) if f.name != "regions"}
+    about = {f.name: getattr(meta, f.name) for f in fields(meta) if f.name != "regions"}
     about["argv"] = list(meta.argv)
     if meta.death is not None:
-        about["death"] = {**dataclasses.asdict(meta.death), "description": meta.death.describe()}
-    about["threads"] = [{**dataclasses.asdict(t), "description": t.describe()} for t in meta.threads]
-    about["graphs"] = [dataclasses.asdict(g) for g in meta.graphs]
+        about["death"] = {**asdict(meta.death), "description": meta.death.describe()}
+    about["threads"] = [{**asdict(t), "description": t.describe()} for t in meta.threads]
+    about["graphs"] = [asdict(g) for g in meta.graphs]
     about["missing"] = list(meta.missing)
     about["python_version"] = meta.python_version
     about["stored_bytes"] = meta.stored_bytes
@@ -123,7 +124,7 @@ def document(dump: Dump, decoded: dict[int, DecodedRegion] | None) -> dict[str, 
     regions = []
     for record in meta.regions:
         entry: dict[str, Any] = {
-            **dataclasses.asdict(record),
+            **asdict(record),
             "label": id_label(record.id),
             "kind_name": kind_name(record.kind),
         }
@@ -145,9 +146,9 @@ def document(dump: Dump, decoded: dict[int, DecodedRegion] | None) -> dict[str, 
         "stacks": {
             "state": dump.stacks_state,
             "source": None if stacks is None else stacks.source,
-            "threads": [] if stacks is None else [dataclasses.asdict(t) for t in stacks.threads],
+            "threads": [] if stacks is None else [asdict(t) for t in stacks.threads],
         },
-        "faulthandler": None if fault is None else {**dataclasses.asdict(fault), "cut": fault.cut},
+        "faulthandler": None if fault is None else {**asdict(fault), "cut": fault.cut},
         "faulthandler_error": dump.faulthandler_error or None,
     }
 
@@ -367,7 +368,7 @@ def _show_decoded(
         out.line(f"    … {len(decoded.missing) - MAX_MISSING} more missing pieces")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Shown:
     """Stands in for a decoder marker so that pprint prints ``text`` as it is."""
 

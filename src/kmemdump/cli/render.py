@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+
+from kmemdump.record import frozen
 
 TYPE_CHECKING = False  # typing is imported for mypy only: the command line starts faster without it
 if TYPE_CHECKING:
@@ -179,7 +180,7 @@ def progress(items: Sequence[T], description: str, *, stream: IO[str] | None = N
 # --- tables that fit the terminal ------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Column:
     """One table column: its header, how it lines up, and what may happen to it on a narrow terminal.
 

@@ -24,7 +24,6 @@ import errno
 import os
 import select
 import signal
-from dataclasses import dataclass
 from types import TracebackType
 
 from kmemdump.errors import AccessDeniedError
@@ -33,11 +32,12 @@ from kmemdump.errors import ForeignProcessError
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.procinfo import parse_start_time
+from kmemdump.record import frozen
 
 __all__ = ["Credentials", "ProcessHandle", "check_authority", "check_unchanged", "ended_owner", "parse_ids"]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Credentials:
     """A process's ids as ``/proc/PID/status`` gives them, and the owner of its ``/proc`` files."""
 

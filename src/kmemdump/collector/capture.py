@@ -36,7 +36,6 @@ import itertools
 import struct
 from collections.abc import Iterable
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 from typing import get_args
 
@@ -51,6 +50,7 @@ from kmemdump.formats.corenotes import AT_SYSINFO_EHDR
 from kmemdump.formats.elfimage import DT_DEBUG
 from kmemdump.formats.elfimage import dynamic_entries
 from kmemdump.memory.process import ProcessMemory
+from kmemdump.record import frozen
 
 __all__ = [
     "CAPTURE_LEVELS",
@@ -76,7 +76,7 @@ _RED_ZONE = 128  # x86_64 code may use 128 bytes below the stack pointer
 _BLANK = bytes([0, *([ord("*")] * 255)])
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Capture:
     """The ranges a capture level adds, and what could not be had (``problems``, one line each)."""
 

@@ -19,7 +19,6 @@ import re
 from collections.abc import Iterable
 from collections.abc import Mapping
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from kmemdump.collector.registers import ThreadRegisters
 from kmemdump.collector.registers import read_registers
@@ -44,6 +43,9 @@ from kmemdump.formats.elfimage import parse_image_header
 from kmemdump.memory.process import ProcessMemory
 from kmemdump.procinfo import read_proc
 from kmemdump.procinfo import stat_fields
+from kmemdump.record import frozen
+from kmemdump.record import mutable
+from kmemdump.record import setters
 
 __all__ = ["MapEntry", "ProcessShape", "ThreadInfo", "observe", "parse_maps", "process_notes"]
 
@@ -55,7 +57,7 @@ _LIBPYTHON = re.compile(r"/libpython3\.\d+[^/]*\.so[^/]*$")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MapEntry:
     """One line of ``/proc/PID/maps``."""
 
@@ -74,7 +76,7 @@ class MapEntry:
         return (self.dev, self.inode, self.path) if self.inode and self.path.startswith("/") else None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ThreadInfo:
     """One thread: its registers and what ``/proc/PID/task/TID`` says of it."""
 
@@ -85,7 +87,7 @@ class ThreadInfo:
     sighold: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ProcessShape:
     """A held target as a debugger sees it (see :func:`observe`)."""
 
@@ -125,7 +127,7 @@ class ProcessShape:
         return next((i for i in self.images if i.base == module.base), None)
 
 
-_MAP_FIELDS = tuple(getattr(MapEntry, name).__set__ for name in MapEntry.__slots__)
+_MAP_FIELDS = setters(MapEntry)
 
 
 def parse_maps(text: bytes) -> list[MapEntry]:
@@ -255,7 +257,7 @@ def observe(
     )
 
 
-@dataclass(slots=True)
+@mutable
 class _Run:
     """Consecutive mappings of one file (anonymous memory between them allowed): one loaded image."""
 

@@ -23,7 +23,8 @@ import ctypes
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from kmemdump.record import frozen
 
 __all__ = ["Changes", "DirWatch"]
 
@@ -66,7 +67,7 @@ def _load() -> tuple[_Init, _AddWatch] | None:
 _calls = _load()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Changes:
     """What :meth:`DirWatch.changed` saw since it was last asked."""
 

@@ -29,8 +29,6 @@ import time
 from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
-from dataclasses import dataclass
-from dataclasses import replace
 from datetime import datetime
 from datetime import timezone
 from operator import attrgetter
@@ -117,6 +115,8 @@ from kmemdump.memory.arena import ArenaMemory
 from kmemdump.memory.process import ProcessMemory
 from kmemdump.procinfo import process_exe
 from kmemdump.procinfo import process_start_time
+from kmemdump.record import frozen
+from kmemdump.record import replace
 
 TYPE_CHECKING = False  # the layout decoder is loaded only to walk object graphs
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ GRAPH_BYTES_DEFAULT = 16 * 1024 * 1024
 GRAPH_SECONDS_DEFAULT = 2.0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DumpOptions:
     """How to dump: where, how much, and how gently."""
 
@@ -172,7 +172,7 @@ class DumpOptions:
     meanwhile): past it no more objects are decoded, and the graphs not begun are skipped."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ExitHold:
     """A process its caller holds at its exit (``run --trace-exit``'s tracer), and how to let it go.
 
@@ -192,7 +192,7 @@ class ExitHold:
     """Ends the shadow once the regions are read from it (its memory is then released)."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DumpResult:
     path: Path
     meta: DumpMeta
@@ -417,7 +417,7 @@ def dump_target(
             process.close()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Job:
     """The facts about one dump fixed before copying starts."""
 

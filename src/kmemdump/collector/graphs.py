@@ -17,7 +17,6 @@ the walk, never the walk.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from operator import itemgetter
 
 from kmemdump.errors import UnreadableMemoryError
@@ -26,6 +25,7 @@ from kmemdump.formats.pycoreinfo import PyCoreInfo
 from kmemdump.formats.table import TableEntry
 from kmemdump.inspect.cpython import decode
 from kmemdump.memory.process import ProcessMemory
+from kmemdump.record import frozen
 
 __all__ = ["GraphLimits", "LiveReader", "walk_graph"]
 
@@ -38,7 +38,7 @@ _GAP = 64
 """Recorded ranges closer than this are stored as one segment (the gap bytes are read too)."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class GraphLimits:
     """How far one walk may go."""
 

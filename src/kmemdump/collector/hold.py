@@ -34,8 +34,6 @@ import signal
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from dataclasses import field
 from pathlib import Path
 from types import TracebackType
 
@@ -47,6 +45,9 @@ from kmemdump.errors import ProcessGoneError
 from kmemdump.formats.dumpmeta import Held
 from kmemdump.procinfo import process_start_time
 from kmemdump.procinfo import self_start_time
+from kmemdump.record import field
+from kmemdump.record import frozen
+from kmemdump.record import mutable
 
 __all__ = [
     "RECORD_PREFIX",
@@ -74,7 +75,7 @@ RECORD_PREFIX = ".kmemdump-hold."
 """Recovery records: ``.kmemdump-hold.<collector pid>-<its start>.<target pid>-<its start>``."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HeldThread:
     tid: int
     ptrace_stopped: bool
@@ -82,7 +83,7 @@ class HeldThread:
     that took the hold, until :meth:`Hold.release`."""
 
 
-@dataclass(slots=True)
+@mutable
 class _Seized:
     stopped: bool = False
     gone: bool = False
@@ -90,7 +91,7 @@ class _Seized:
     """A signal the thread was stopped for (a signal-delivery stop): passed on at the detach."""
 
 
-@dataclass(slots=True)
+@mutable
 class _Straggler:
     pid: int
     parent_is_us: bool

@@ -17,7 +17,6 @@ the process is not in it): never a false death, never a live table deleted.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from kmemdump.errors import CollectorError
@@ -31,6 +30,7 @@ from kmemdump.formats.table import table_path
 from kmemdump.procinfo import ns_pids
 from kmemdump.procinfo import pid_namespace
 from kmemdump.procinfo import process_start_time
+from kmemdump.record import frozen
 
 __all__ = ["Identity", "NotVisibleError", "find_table", "identify", "locate_in_namespace", "own_namespace"]
 
@@ -39,7 +39,7 @@ class NotVisibleError(CollectorError):
     """The producer is alive (or may be) in a pid namespace this collector cannot see into."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Identity:
     """A table's producer, found."""
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
-from dataclasses import field
 
 from kmemdump.collector.coreshape import ProcessShape
 from kmemdump.collector.pyoffsets import OFFSETS
@@ -28,6 +26,9 @@ from kmemdump.errors import UnreadableMemoryError
 from kmemdump.formats.elfimage import dynamic_entries
 from kmemdump.formats.elfimage import find_dynamic_symbol
 from kmemdump.memory.process import ProcessMemory
+from kmemdump.record import field
+from kmemdump.record import frozen
+from kmemdump.record import mutable
 
 __all__ = ["PyStateError", "PyStateWalk", "PyThread", "walk_python"]
 
@@ -46,7 +47,7 @@ class PyStateError(Exception):
     """Why the interpreter's state could not be walked (unsupported version, layout mismatch …)."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PyThread:
     """One Python thread as found: its thread state, native thread and frames (innermost first)."""
 
@@ -57,7 +58,7 @@ class PyThread:
     functions: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PyStateWalk:
     """What :func:`walk_python` found: the ranges to store and the threads they describe."""
 
@@ -67,7 +68,7 @@ class PyStateWalk:
     threads: tuple[PyThread, ...]
 
 
-@dataclass
+@mutable
 class _Walker:
     mem: ProcessMemory
     table: dict[str, dict[str, int]]

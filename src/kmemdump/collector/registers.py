@@ -21,7 +21,6 @@ import ctypes
 import errno
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Literal
 
 from kmemdump.collector.ptrace import libc_ptrace
@@ -30,6 +29,7 @@ from kmemdump.formats.corenotes import SYSCALL_REGISTERS
 from kmemdump.formats.corenotes import pc_and_sp
 from kmemdump.formats.corenotes import registers_from
 from kmemdump.formats.elf import check_machine
+from kmemdump.record import frozen
 
 __all__ = [
     "RegisterSource",
@@ -50,7 +50,7 @@ RegisterSource = Literal["ptrace", "syscall", "none"]
 from ``/proc/PID/task/TID/syscall``, or nowhere (running, gone, refused)."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ThreadRegisters:
     """One thread's general registers as ``pr_reg`` words (zeros where unknown)."""
 

@@ -33,13 +33,13 @@ import stat
 import time
 from collections.abc import Callable
 from collections.abc import Iterable
-from dataclasses import dataclass
-from dataclasses import replace
 from pathlib import Path
 
 from kmemdump.errors import CollectorError
 from kmemdump.fleet.ledger import Ledger
 from kmemdump.fleet.ledger import LedgerError
+from kmemdump.record import frozen
+from kmemdump.record import replace
 
 __all__ = [
     "UNSHIPPED",
@@ -59,7 +59,7 @@ __all__ = [
 _REASONS = ("hang", "death", "request")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Limits:
     """At most ``count`` dumps, ``size`` bytes, none older than ``age_s`` seconds (None: no limit)."""
 
@@ -86,7 +86,7 @@ UNSHIPPED = ("auto", "protect", "last", "ignore")
 """What retention does with dumps not shipped yet (see the module)."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Policy:
     per_user: Limits = Limits()
     total: Limits = Limits()
@@ -114,7 +114,7 @@ class Policy:
         return self.unshipped
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DumpFile:
     name: str
     uid: int
@@ -124,13 +124,13 @@ class DumpFile:
     """Confirmed stored in the object store (the ledger's record matches this very file)."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Removal:
     file: DumpFile
     why: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RetentionPlan:
     removals: tuple[Removal, ...]
     kept: tuple[Removal, ...]

@@ -19,7 +19,6 @@ import bisect
 import operator
 from collections.abc import Callable
 from collections.abc import Sequence
-from dataclasses import dataclass
 from itertools import repeat
 from operator import attrgetter
 from operator import itemgetter
@@ -32,6 +31,7 @@ from kmemdump.formats.elf import PHDR_SIZE
 from kmemdump.formats.table import TableEntry
 from kmemdump.ids import ID
 from kmemdump.memory.process import ProcessMemory
+from kmemdump.record import mutable
 
 __all__ = ["GAP", "SPAN", "Run", "copy_runs", "plan_runs"]
 
@@ -44,7 +44,7 @@ Planned = tuple[TableEntry, int]
 """A table entry and how many of its bytes to store (its size, or less under ``max_region``)."""
 
 
-@dataclass(slots=True)
+@mutable
 class Run:
     """Regions stored as one segment: ``[start, end)`` of the process's memory."""
 

@@ -34,9 +34,9 @@ import errno
 import os
 import platform
 import signal
-from dataclasses import dataclass
 
 from kmemdump.collector.ptrace import libc_ptrace
+from kmemdump.record import frozen
 
 __all__ = ["FATAL_BY_DEFAULT", "Shadow", "fatal_by_default", "make_shadow"]
 
@@ -145,7 +145,7 @@ def _set(tid: int, regs: _Regs) -> None:
     _request(_PTRACE_SETREGS, tid, 0, ctypes.addressof(regs))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Shadow:
     """The process that keeps a dead process's memory: read it by ``pid``, end it with :meth:`kill`."""
 

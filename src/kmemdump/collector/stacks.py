@@ -13,12 +13,12 @@ import functools
 import json
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from kmemdump.formats.stacks import Frame
 from kmemdump.formats.stacks import Stacks
 from kmemdump.formats.stacks import ThreadStack
+from kmemdump.record import replace
 
 __all__ = [
     "STACKS_EXTRA",

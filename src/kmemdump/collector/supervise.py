@@ -16,7 +16,6 @@ import subprocess
 import time
 from collections.abc import Callable
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -31,11 +30,12 @@ from kmemdump.collector.watch import Watcher
 from kmemdump.errors import AccessDeniedError
 from kmemdump.errors import KmemdumpError
 from kmemdump.formats.table import default_dir
+from kmemdump.record import frozen
 
 __all__ = ["SuperviseOptions", "autoinit_env", "supervise"]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SuperviseOptions:
     """How to supervise: the watchdog, what to do after a hang, how kmemdump gets into the command."""
 

@@ -69,9 +69,6 @@ import struct
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from dataclasses import field
-from dataclasses import replace
 from pathlib import Path
 
 from kmemdump.collector.exits import death_from_siginfo
@@ -88,6 +85,9 @@ from kmemdump.errors import AccessDeniedError
 from kmemdump.errors import CollectorError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.formats.dumpmeta import Death
+from kmemdump.record import field
+from kmemdump.record import frozen
+from kmemdump.record import replace
 
 __all__ = [
     "GATHER_BOUND",
@@ -228,7 +228,7 @@ def describe_status(status: int) -> str:
     return f"status {status:#x}"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ExitStop:
     """The child's main thread stopped at its exit, memory still mapped, until :meth:`ExitTracer.resume`."""
 
@@ -258,7 +258,7 @@ class ExitStop:
         return replace(death_from_siginfo(self.status, self.siginfo), tid=self.first_tid, late=self.late)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ExecStop:
     """The child after an ``execve``, held before the new program runs, until :meth:`ExitTracer.resume`."""
 

@@ -44,9 +44,6 @@ import time
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Mapping
-from dataclasses import dataclass
-from dataclasses import field
-from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -96,6 +93,10 @@ from kmemdump.formats.table import write_collector_pid
 from kmemdump.procinfo import process_cmdline
 from kmemdump.procinfo import process_exe
 from kmemdump.procinfo import process_start_time
+from kmemdump.record import field
+from kmemdump.record import frozen
+from kmemdump.record import mutable
+from kmemdump.record import replace
 
 __all__ = ["AFTER_HANG", "DEFAULT_MAX_DUMPS", "DEFAULT_MAX_PER_USER", "Event", "EventKind", "Watcher"]
 
@@ -138,7 +139,7 @@ EventKind = Literal["watch", "hang", "death", "exit", "error", "skip"]
 """A new table adopted; a hang dumped; a death dumped; a clean exit; a failure; something left alone."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Event:
     """Something the collector noticed or did; one log line each."""
 
@@ -158,7 +159,7 @@ class Event:
         return text
 
 
-@dataclass
+@mutable
 class _Target:
     pid: int
     start_time: int

@@ -21,13 +21,13 @@ from __future__ import annotations
 import configparser
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from dataclasses import field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from kmemdump.fleet.errors import StoreAuthError
 from kmemdump.fleet.errors import StoreConfigError
+from kmemdump.record import field
+from kmemdump.record import frozen
 
 __all__ = ["DEFAULT_REGION", "StoreSettings", "resolve_settings"]
 
@@ -41,7 +41,7 @@ _CHAIN_VARIABLES = (
 _UNSUPPORTED = ("sso_session", "sso_start_url", "role_arn", "credential_process", "source_profile")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StoreSettings:
     """How to reach the store; secrets are left out of ``repr``."""
 

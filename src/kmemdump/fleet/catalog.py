@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 from datetime import datetime
 from datetime import timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ from kmemdump.formats.dumpmeta import DumpMeta
 from kmemdump.inspect.dumpfile import Dump
 from kmemdump.inspect.dumpfile import command_line
 from kmemdump.inspect.signature import compute_signature
+from kmemdump.record import frozen
 
 __all__ = [
     "INDEX_SUFFIX",
@@ -89,7 +89,7 @@ def index_key_of(key: str) -> str:
     return key + INDEX_SUFFIX
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class KeyFacts:
     """What a key of kmemdump's layout says without reading the object."""
 
@@ -121,7 +121,7 @@ def parse_key(key: str) -> KeyFacts | None:
     return KeyFacts(day, host, int(match["pid"]), int(match["start"]), match["reason"], captured_ns, kind)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Digest:
     size: int
     sha256: str

@@ -23,9 +23,10 @@ import os
 import secrets
 import stat
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from kmemdump.record import frozen
 
 __all__ = ["LEDGER_DIR", "MAX_RECORD", "Ledger", "LedgerError", "ShippedRecord", "identity_of"]
 
@@ -40,7 +41,7 @@ class LedgerError(OSError):
     """The ledger cannot be used (not a directory of this user's, or not writable only by them)."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ShippedRecord:
     name: str
     identity: tuple[int, int, int, int]

@@ -20,7 +20,6 @@ import datetime as dt
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 from typing import Any
@@ -37,6 +36,7 @@ from kmemdump.fleet.errors import StoreNotFoundError
 from kmemdump.fleet.errors import StoreTooLargeError
 from kmemdump.fleet.errors import StoreUnavailableError
 from kmemdump.fleet.url import StoreURL
+from kmemdump.record import frozen
 
 __all__ = ["SINGLE_PUT_LIMIT", "ObjectInfo", "ObjectStore", "PutOutcome", "require_client"]
 
@@ -45,7 +45,7 @@ SINGLE_PUT_LIMIT = 64 * 1024 * 1024
 """Files up to this size are sent in one conditional PUT; larger ones in a multipart upload."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ObjectInfo:
     key: str
     size: int

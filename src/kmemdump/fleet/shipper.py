@@ -24,8 +24,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from dataclasses import replace
 from pathlib import Path
 
 from kmemdump.errors import DumpFormatError
@@ -47,6 +45,8 @@ from kmemdump.fleet.url import StoreURL
 from kmemdump.formats.dumpindex import MAX_INDEX_BYTES
 from kmemdump.formats.dumpindex import DumpIndex
 from kmemdump.formats.dumpindex import encode_index
+from kmemdump.record import frozen
+from kmemdump.record import replace
 
 __all__ = ["DEFAULT_SPOOL_BYTES", "DEFAULT_SPOOL_DUMPS", "ShipOptions", "Shipper", "backoff_delay"]
 
@@ -54,7 +54,7 @@ DEFAULT_SPOOL_BYTES = 4 * 1024**3
 DEFAULT_SPOOL_DUMPS = 1000
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ShipOptions:
     url: StoreURL
     spool: Path

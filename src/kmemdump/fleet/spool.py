@@ -23,10 +23,11 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from kmemdump.record import frozen
+from kmemdump.record import replace
 
 __all__ = ["MANIFEST_SUFFIX", "Spool", "SpoolEntry"]
 
@@ -36,7 +37,7 @@ _VERSION = 1
 _MAX_MANIFEST = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SpoolEntry:
     name: str
     path: Path

@@ -34,7 +34,6 @@ import shutil
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from kmemdump.fleet.catalog import is_dump_name
@@ -42,6 +41,7 @@ from kmemdump.fleet.ledger import Ledger
 from kmemdump.fleet.ledger import identity_of
 from kmemdump.fleet.spool import MANIFEST_SUFFIX
 from kmemdump.fleet.spool import Spool
+from kmemdump.record import frozen
 
 __all__ = ["SCAN_LIMIT", "SWEEP_SECONDS", "SweepResult", "sweep"]
 
@@ -51,7 +51,7 @@ SWEEP_SECONDS = 10.0
 """How long one sweep may take before it stops (the rest waits for the next one)."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SweepResult:
     queued: int = 0
     queued_bytes: int = 0

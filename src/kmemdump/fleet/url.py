@@ -7,9 +7,9 @@ characters are refused, so every key kmemdump builds is one the stores and their
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from kmemdump.fleet.errors import StoreURLError
+from kmemdump.record import frozen
 
 __all__ = ["SCHEME", "StoreURL", "check_key", "is_remote", "parse_url"]
 
@@ -22,7 +22,7 @@ def is_remote(text: object) -> bool:
     return isinstance(text, str) and text.lower().startswith(SCHEME)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StoreURL:
     """A bucket and a prefix inside it (``""`` for the whole bucket)."""
 

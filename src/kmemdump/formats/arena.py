@@ -15,12 +15,12 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import TableFormatError
+from kmemdump.record import frozen
 
 __all__ = [
     "ALIGNMENT",
@@ -72,7 +72,7 @@ HEADER_STRUCT: Final = struct.Struct("<8sHH4xI4xQQQQ8x")
 assert HEADER_STRUCT.size == HEADER_SIZE
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ArenaHeader:
     """The arena file's header, checked as far as the header alone allows."""
 

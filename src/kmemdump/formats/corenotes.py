@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from kmemdump.errors import DumpFormatError
@@ -24,6 +23,7 @@ from kmemdump.formats.elf import KMD_NOTE_MODULES
 from kmemdump.formats.elf import OWNER_CORE
 from kmemdump.formats.elf import OWNER_KMEMDUMP
 from kmemdump.formats.elf import Note
+from kmemdump.record import frozen
 
 __all__ = [
     "AT_BASE",
@@ -117,7 +117,7 @@ def parse_auxv(desc: bytes) -> dict[int, int]:
 # --- NT_FILE ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FileMapping:
     """One file-backed mapping: ``[start, end)`` maps ``path`` from byte ``offset`` on."""
 
@@ -166,7 +166,7 @@ MODULES_FORMAT = "kmemdump-modules"
 _MODULES_VERSION = 1
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Module:
     """An ELF file mapped by the process: where its image starts, and its build-id."""
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict
-from dataclasses import dataclass
 from typing import Any
 
 from kmemdump.errors import DumpFormatError
+from kmemdump.record import asdict
+from kmemdump.record import frozen
 
 __all__ = ["INDEX_FORMAT", "INDEX_VERSION", "MAX_INDEX_BYTES", "DumpIndex", "decode_index", "encode_index"]
 
@@ -26,7 +26,7 @@ _MAX_TEXT = 4096
 _HEX = re.compile(r"[0-9a-f]+\Z")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DumpIndex:
     """What ``kmemdump ls`` shows of a shipped dump, and where the dump is."""
 

@@ -16,10 +16,6 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from dataclasses import asdict
-from dataclasses import dataclass
-from dataclasses import field
-from dataclasses import fields
 from itertools import repeat
 from operator import attrgetter
 
@@ -27,6 +23,11 @@ from kmemdump.errors import DumpFormatError
 from kmemdump.formats.regiontable import INLINE_LIMIT
 from kmemdump.formats.regiontable import pack_columns
 from kmemdump.formats.regiontable import unpack_regions
+from kmemdump.record import asdict
+from kmemdump.record import field
+from kmemdump.record import fields
+from kmemdump.record import frozen
+from kmemdump.record import setters
 
 TYPE_CHECKING = False  # typing is not imported at run time (it costs the command line milliseconds)
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ GRAPH_MAX_BYTES = 64 * 1024 * 1024
 root with its graph record's bounds (which a dump may lie about) but never past these."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RegionRecord:
     """One table entry as the collector found it, and what it stored of it."""
 
@@ -118,7 +119,7 @@ class RegionRecord:
     """One of :data:`SOURCES`; dumps written before persistent regions existed say nothing (process)."""
 
 
-_RECORD_FIELDS = tuple(getattr(RegionRecord, name).__set__ for name in RegionRecord.__slots__)
+_RECORD_FIELDS = setters(RegionRecord)
 
 
 def region_record(  # noqa: PLR0917 - the dataclass's fields, in order
@@ -172,7 +173,7 @@ def region_records(  # noqa: PLR0917 - the dataclass's fields, in order
     return records
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class GraphRecord:
     """A live object graph (a root published with its depth), as the collector walked it at dump time.
 
@@ -221,7 +222,7 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Death:
     """How the process ended, as far as the collector could learn it.
 
@@ -330,7 +331,7 @@ _STATES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ThreadState:
     """One thread as the collector saw it just before it held the process (``/proc/PID/task/TID``)."""
 
@@ -391,7 +392,7 @@ class ThreadState:
         return text + (f" ({', '.join(extras)})" if extras else "")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DumpMeta:
     """Everything the dump says about itself besides the memory."""
 
@@ -464,7 +465,7 @@ class DumpMeta:
         return f"{v >> 24}.{(v >> 16) & 0xFF}.{(v >> 8) & 0xFF}"
 
 
-_RECORD_GETTERS = tuple(attrgetter(name) for name in RegionRecord.__slots__)
+_RECORD_GETTERS = tuple(attrgetter(f.name) for f in fields(RegionRecord))
 """Each field of a region record, in order: the columns of a packed table."""
 _PLAIN_FIELDS = tuple(
     f.name

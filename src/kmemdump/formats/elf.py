@@ -13,12 +13,12 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from dataclasses import dataclass
-from dataclasses import field
 
 from kmemdump.errors import CollectorError
 from kmemdump.errors import DumpFormatError
 from kmemdump.errors import InvalidRegionError
+from kmemdump.record import field
+from kmemdump.record import frozen
 
 TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ def check_machine(machine: int | None) -> int:
 # --- notes and segments ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Note:
     """One ELF note: ``owner`` (the note's name), ``type`` and the raw descriptor bytes."""
 
@@ -189,7 +189,7 @@ class Note:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Segment:
     """Bytes copied from ``address`` in the target; stored as one ``PT_LOAD``."""
 
@@ -213,7 +213,7 @@ class Segment:
         object.__setattr__(self, "size", size)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LoadSegment:
     """A ``PT_LOAD`` of a core: ``size`` bytes of memory from ``address``, stored at file ``offset``."""
 
@@ -339,7 +339,7 @@ def siginfo_note(
     return Note(OWNER_CORE, NT_SIGINFO, bytes(desc))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PrStatus:
     """The decoded fields of an ``NT_PRSTATUS`` note."""
 
@@ -364,7 +364,7 @@ def parse_prstatus(desc: bytes, machine: int) -> PrStatus:
     return PrStatus(pid, cursig, ppid, pgrp, sid, registers)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PsInfo:
     """The decoded fields of an ``NT_PRPSINFO`` note."""
 

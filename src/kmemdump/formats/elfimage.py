@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from kmemdump.record import frozen
 
 __all__ = [
     "PT_DYNAMIC",
@@ -58,7 +59,7 @@ class ElfImageError(ValueError):
     """The bytes are not a sound 64-bit little-endian ELF image."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ProgramHeader:
     type: int
     flags: int
@@ -68,7 +69,7 @@ class ProgramHeader:
     memsz: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ImageHeader:
     """An ELF header and its program headers, as mapped at ``base`` (the file's offset 0)."""
 

@@ -13,12 +13,12 @@ Standard library only: the producer imports this module.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from kmemdump.errors import DumpFormatError
 from kmemdump.formats.table import open_owned_file
+from kmemdump.record import frozen
 
 __all__ = [
     "FAULT_SUFFIX",
@@ -35,7 +35,7 @@ MAX_FAULT_BYTES: Final = 256 * 1024
 """A reader keeps at most this many bytes, the last ones (a crash comes last)."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FaultText:
     """What a fault file held: its text (the end of it, when longer than the bound)."""
 

@@ -25,14 +25,16 @@ that later producers may add facts; missing or mistyped keys are errors.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import struct
 import types
-from dataclasses import dataclass
 
 from kmemdump.errors import DecodeError
 from kmemdump.errors import DumpFormatError
+from kmemdump.record import MISSING
+from kmemdump.record import fields
+from kmemdump.record import frozen
+from kmemdump.record import replace
 
 TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
 if TYPE_CHECKING:
@@ -102,7 +104,7 @@ KEYS_SPLIT: Final[int] = 2
 """``dk_kind`` of shared-key tables; their values live in the dict's ``ma_values``."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class KeysGeometry:
     """Where things are in one dict keys object, computed from its header."""
 
@@ -130,7 +132,7 @@ class KeysGeometry:
         return self.entries_offset + self.nentries * self.entry_size
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Layout:
     """Byte offsets (from the object's address) and bit numbers of the fields the decoders read."""
 
@@ -247,16 +249,16 @@ class Layout:
 
     def to_json(self) -> dict[str, int | str]:
         """The layout as a JSON object (field name -> value)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_json(cls, data: object) -> Layout:
         """Check and convert a ``layout`` JSON object; raises :class:`DumpFormatError`."""
         obj = _as_object(data, "layout")
         values: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
+        for field in fields(cls):
             where = f"layout.{field.name}"
-            if field.name not in obj and field.default is not dataclasses.MISSING:
+            if field.name not in obj and field.default is not MISSING:
                 continue  # a fact added later: an older producer did not know it
             if field.name == "int_layout":
                 values[field.name] = _choice(obj, field.name, INT_LAYOUTS, where)
@@ -274,7 +276,7 @@ class Layout:
         return cls(**values)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TypeEntry:
     """What the reader knows about one type object: its name, ``tp_flags`` and decodable base.
 
@@ -288,7 +290,7 @@ class TypeEntry:
     base: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PyCoreInfo:
     """The decoded PYCOREINFO payload. ``types`` and ``constants`` are keyed by address."""
 
@@ -324,7 +326,7 @@ class PyCoreInfo:
         """A copy whose type map also holds ``extra`` (which wins on conflicts)."""
         merged = dict(self.types)
         merged.update(extra)
-        return dataclasses.replace(self, types=merged)
+        return replace(self, types=merged)
 
     def to_json(self) -> dict[str, Any]:
         """The payload as a JSON object."""

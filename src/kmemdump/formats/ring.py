@@ -21,11 +21,11 @@ import enum
 import itertools
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
 
 from kmemdump.errors import DecodeError
 from kmemdump.errors import InvalidRegionError
+from kmemdump.record import frozen
 
 __all__ = [
     "CUT",
@@ -195,7 +195,7 @@ def _cut(data: bytes, room: int) -> bytes:
 # --- reading ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RingRecord:
     """One whole record read back."""
 
@@ -213,7 +213,7 @@ class RingRecord:
         return level_name(self.level)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Ring:
     """A ring read back: its geometry and its whole records, oldest first."""
 

@@ -6,9 +6,9 @@ Taken by the collector out of process while the target is held, read by the insp
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 from kmemdump.errors import DumpFormatError
+from kmemdump.record import frozen
 
 TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
 if TYPE_CHECKING:
@@ -20,14 +20,14 @@ STACKS_FORMAT = "kmemdump-stacks"
 _VERSION = 1
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Frame:
     function: str
     filename: str
     line: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ThreadStack:
     """One thread's Python stack, innermost frame first."""
 
@@ -39,7 +39,7 @@ class ThreadStack:
     frames: tuple[Frame, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Stacks:
     source: str
     """Which reader took them (e.g. ``py-spy 0.4.3``)."""

@@ -32,7 +32,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from collections.abc import Iterable
-from dataclasses import dataclass
 from operator import add
 from operator import itemgetter
 from operator import not_
@@ -50,6 +49,8 @@ from kmemdump.formats.kinds import MAX_GRAPH_DEPTH
 from kmemdump.formats.kinds import NAME_MAX
 from kmemdump.formats.kinds import RegionFlags
 from kmemdump.formats.kinds import RegionKind
+from kmemdump.record import frozen
+from kmemdump.record import setters
 
 __all__ = [
     "ACT_LOCK_BYTE",
@@ -248,7 +249,7 @@ _STATES: Final = {int(state): state for state in TableState}
 # --- results -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TableHeader:
     """Every header field, validated as far as the header alone allows."""
 
@@ -343,7 +344,7 @@ assert (OFF_HEARTBEAT, OFF_LAST_FEED_NS, OFF_WATCHDOG_TIMEOUT_NS) == (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TableEntry:
     """One live entry: where it sat in the table and the region it describes."""
 
@@ -372,7 +373,7 @@ class TableEntry:
         return bool(self.flags & _PERSISTENT)
 
 
-_ENTRY_FIELDS = tuple(getattr(TableEntry, name).__set__ for name in TableEntry.__slots__)
+_ENTRY_FIELDS = setters(TableEntry)
 
 
 def _new_entry(  # noqa: PLR0917 - the dataclass's fields, in order
@@ -394,7 +395,7 @@ def _new_entry(  # noqa: PLR0917 - the dataclass's fields, in order
     return entry
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TableSnapshot:
     """A consistent copy of a table: the header and the live entries, sorted by ID."""
 

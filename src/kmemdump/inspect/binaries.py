@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +20,7 @@ from kmemdump.formats.elfimage import PT_NOTE
 from kmemdump.formats.elfimage import ElfImageError
 from kmemdump.formats.elfimage import build_id_from_notes
 from kmemdump.formats.elfimage import parse_image_header
+from kmemdump.record import frozen
 
 __all__ = [
     "DEBUG_DIRECTORY",
@@ -42,7 +42,7 @@ BinaryStatus = Literal["ok", "debuginfo", "missing", "unreadable", "mismatch", "
 no build-id for it (the file is used when present)."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Binary:
     """One recorded module and what was found for it here."""
 

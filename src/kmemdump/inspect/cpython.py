@@ -42,8 +42,6 @@ import sys
 import time
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass
-from dataclasses import field
 
 from kmemdump.errors import DecodeError
 from kmemdump.errors import UnreadableMemoryError
@@ -51,6 +49,8 @@ from kmemdump.formats.pycoreinfo import CONSTANT_NAMES
 from kmemdump.formats.pycoreinfo import KEYS_SPLIT
 from kmemdump.formats.pycoreinfo import KeysGeometry
 from kmemdump.formats.pycoreinfo import PyCoreInfo
+from kmemdump.record import field
+from kmemdump.record import frozen
 
 TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ _USER_END: Final = 1 << 56
 """No user-space pointer reaches this high (x86_64 with 5-level paging stops just below it)."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Decoded:
     """One decoded object: its type's name, its value, and what could not be read."""
 
@@ -127,7 +127,7 @@ class Decoded:
     """True when the ``deadline`` passed before everything was decoded."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Unresolved:
     """What :func:`to_python` puts where the value held a marker (``cycle``, ``missing``, ``object``)."""
 

@@ -17,10 +17,8 @@ not been moved yet because every reader command imports it from here.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from kmemdump.errors import DecodeError
@@ -47,6 +45,8 @@ from kmemdump.ids import id_label
 from kmemdump.inspect.wording import plural
 from kmemdump.inspect.wording import what_is_missing
 from kmemdump.memory.core import CoreImage
+from kmemdump.record import asdict
+from kmemdump.record import frozen
 
 TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ def kind_name(kind: int) -> str:
         return f"kind{kind}"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DecodedRegion:
     """What a region's bytes mean, or why they cannot be decoded (``error``)."""
 
@@ -122,7 +122,7 @@ class DecodedRegion:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DumpSummary:
     """One line of ``kmemdump ls``: what, when, whose, how big."""
 
@@ -153,7 +153,7 @@ class DumpSummary:
         return f"partial: {self.lacking}" if self.lacking else "partial"
 
     def to_json(self) -> dict[str, Any]:
-        body = dataclasses.asdict(self)
+        body = asdict(self)
         body["path"] = str(self.path)
         body["missing"] = list(self.missing)
         del body["lacking"]  # the text listing's few words; "missing" says it all
@@ -641,7 +641,7 @@ def _days_since_epoch(year: int, month: int, day: int) -> int:
     return era * 146097 + of_cycle - 719468
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CatalogEntry:
     """One dump of a directory, as far as its name (or, for another name, its metadata) tells."""
 

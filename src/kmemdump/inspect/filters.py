@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable
-from dataclasses import dataclass
+
+from kmemdump.record import frozen
 
 __all__ = ["DumpFilter"]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DumpFilter:
     """Empty sets and None mean "any"; ``until_ns`` is exclusive."""
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 
 from kmemdump.formats.dumpmeta import DumpMeta
 from kmemdump.formats.stacks import Stacks
 from kmemdump.formats.stacks import ThreadStack
+from kmemdump.record import frozen
 
 __all__ = ["SIGNATURE_FRAMES", "Signature", "compute_signature", "normalise_frame", "program_name"]
 
@@ -34,7 +34,7 @@ SIGNATURE_FRAMES = 5
 _FEEDER = "kmemdump-feeder"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Signature:
     id: str
     frames: tuple[str, ...]

@@ -8,13 +8,14 @@ from the dumps of a directory.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
+
+from kmemdump.record import frozen
 
 __all__ = ["Problem", "TriageRecord", "fold"]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TriageRecord:
     signature: str
     reason: str
@@ -29,7 +30,7 @@ class TriageRecord:
     death: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Problem:
     signature: str
     reason: str

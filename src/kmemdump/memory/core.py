@@ -11,7 +11,6 @@ from __future__ import annotations
 import bisect
 import mmap
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from kmemdump.errors import DumpFormatError
@@ -22,6 +21,7 @@ from kmemdump.formats.elf import LoadSegment
 from kmemdump.formats.elf import Note
 from kmemdump.formats.elf import find_note
 from kmemdump.formats.elf import parse_core
+from kmemdump.record import frozen
 
 TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["CoreImage"]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Piece:
     start: int
     end: int

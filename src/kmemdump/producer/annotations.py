@@ -11,14 +11,15 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from dataclasses import dataclass
-from dataclasses import field
 from typing import Any
 from typing import TypeVar
 
 from kmemdump.errors import KmemdumpError
 from kmemdump.ids import NO_ID
 from kmemdump.producer.registry import Registry
+from kmemdump.record import field
+from kmemdump.record import frozen
+from kmemdump.record import mutable
 
 __all__ = ["ENTRY_POINT_GROUP", "Annotation", "AnnotationSection", "WalkReport", "caller_origin", "section"]
 
@@ -29,7 +30,7 @@ ENTRY_POINT_GROUP = "kmemdump.annotations"
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Annotation:
     """One recorded static region: what, under which ID and name, and where it was declared."""
 
@@ -41,7 +42,7 @@ class Annotation:
     origin: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class WalkReport:
     """What a walk registered, and what it could not."""
 
@@ -50,7 +51,7 @@ class WalkReport:
     """(origin, error) for each annotation or entry point that failed."""
 
 
-@dataclass
+@mutable
 class AnnotationSection:
     """The list of annotations, and the registry they go to once walked."""
 

@@ -7,7 +7,6 @@ import os
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import IO
 from typing import TYPE_CHECKING
 from typing import Any
@@ -33,6 +32,7 @@ from kmemdump.producer.heartbeat import stop_feeder
 from kmemdump.producer.region import Region
 from kmemdump.producer.registry import Registry
 from kmemdump.producer.registry import SwapReport
+from kmemdump.record import frozen
 
 if TYPE_CHECKING:
     from kmemdump.producer.arena import Arena
@@ -277,7 +277,7 @@ def _attach_watchdog(backend: Backend | None) -> None:
 # --- init ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class InitReport:
     """What :func:`init` did."""
 

@@ -7,13 +7,13 @@ imported lazily, on the first registration that needs it, to keep ``import kmemd
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from typing import Any
 from typing import NamedTuple
 
 from kmemdump.errors import InvalidRegionError
 from kmemdump.formats.kinds import NAME_MAX
 from kmemdump.formats.kinds import RegionKind
+from kmemdump.record import frozen
 
 __all__ = [
     "Region",
@@ -29,7 +29,7 @@ _ADDRESS_LIMIT = 2**64
 _OBJECT_SIZEOF: Any = object.__sizeof__
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Region:
     """One registered region, as the registry and every backend see it."""
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import heapq
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 from typing import Final
 
@@ -44,6 +43,7 @@ from kmemdump.producer.region import Resolved
 from kmemdump.producer.region import clean_name
 from kmemdump.producer.region import make_region
 from kmemdump.producer.region import resolve_target
+from kmemdump.record import frozen
 
 __all__ = ["DEFAULT_CAPACITY", "MAX_CAPACITY", "Registry", "ReplayFailure", "SwapReport"]
 
@@ -59,7 +59,7 @@ _GRAPH_SHIFT = 16
 """An entry's flags int holds its RegionFlags below this bit and its graph word from it on."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReplayFailure:
     """A region the new backend refused while the registry replayed it."""
 
@@ -67,7 +67,7 @@ class ReplayFailure:
     error: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SwapReport:
     """The outcome of :meth:`Registry.backend_register`."""
 

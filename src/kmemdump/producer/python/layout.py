@@ -13,15 +13,15 @@ against live objects (see :func:`kmemdump.producer.python.live.probe`).
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
 from kmemdump.formats.pycoreinfo import Layout
+from kmemdump.record import frozen
+from kmemdump.record import replace
 
 __all__ = ["TABLE", "LayoutChoice", "free_threaded", "runtime_layout", "without_instances"]
 
@@ -72,10 +72,8 @@ _V312 = Layout(
 )
 # 3.10 and 3.11 still carry wstr/wstr_length in str objects and keep the sign in ob_size.
 # 3.13 (offsets not in _Py_DebugOffsets): inline values follow the object.
-_V313 = dataclasses.replace(
-    _V312, instance_dict="inline", flag_inline_values=1 << 2, dict_values_layout="header"
-)
-_V311 = dataclasses.replace(
+_V313 = replace(_V312, instance_dict="inline", flag_inline_values=1 << 2, dict_values_layout="header")
+_V311 = replace(
     _V312,
     str_ascii_data=48,
     str_compact_data=72,
@@ -85,7 +83,7 @@ _V311 = dataclasses.replace(
     managed_values=32,
 )
 # 3.10 dict keys: Py_ssize_t dk_size, a lookup function pointer, and 24-byte entries only.
-_V310 = dataclasses.replace(
+_V310 = replace(
     _V311,
     dict_keys_layout="dk_size",
     dk_log2_index_bytes=0,
@@ -133,7 +131,7 @@ _DEBUG_313: Final[Mapping[str, int]] = MappingProxyType(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LayoutChoice:
     """The layout picked for this interpreter before any check: where from, and any remark."""
 
@@ -204,7 +202,7 @@ def _layout_313(off: Mapping[str, int], free_threaded: bool) -> Layout:
     """
     header = off["pyobject.size"]
     ascii_size = off["unicode_object.asciiobject_size"]
-    layout = dataclasses.replace(
+    layout = replace(
         _V313,
         ob_type=off["pyobject.ob_type"],
         tp_name=off["type_object.tp_name"],
@@ -232,13 +230,13 @@ def _layout_313(off: Mapping[str, int], free_threaded: bool) -> Layout:
         bytearray_ob_start=header + 24,
     )
     if free_threaded:  # ``interned`` is a whole byte there (unverified; the self-test decides)
-        layout = dataclasses.replace(layout, str_kind_shift=8, str_compact_bit=11, str_ascii_bit=12)
+        layout = replace(layout, str_kind_shift=8, str_compact_bit=11, str_ascii_bit=12)
     return layout
 
 
 def without_instances(layout: Layout) -> Layout:
     """``layout`` with instance attribute decoding turned off (its fields at their defaults)."""
-    return dataclasses.replace(
+    return replace(
         layout,
         tp_basicsize=0,
         tp_dictoffset=0,
