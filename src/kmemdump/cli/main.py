@@ -25,8 +25,9 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Iterable
     from collections.abc import Sequence
+    from typing import Any
 
-__all__ = ["COMMANDS", "DESCRIPTION", "build_parser", "entry", "main"]
+__all__ = ["COMMANDS", "DESCRIPTION", "build_parser", "command_parser", "entry", "main"]
 
 DESCRIPTION = """\
 Selective, out-of-process memory dumps: a process registers the memory that matters, and when
@@ -79,11 +80,17 @@ def _terminal_width() -> int:
     return columns or 80
 
 
-def build_parser(commands: Iterable[str] | None = None, *, others: bool = True) -> argparse.ArgumentParser:
+def build_parser(
+    commands: Iterable[str] | None = None,
+    *,
+    others: bool = True,
+    made: dict[str, argparse.ArgumentParser] | None = None,
+) -> argparse.ArgumentParser:
     """The parser; only the subcommands in ``commands`` (default: all) are imported and given options.
 
     The others are listed without options (for the top-level help and its errors), or, with
-    ``others=False``, left out: a command line that names its command needs no other parser."""
+    ``others=False``, left out: a command line that names its command needs no other parser.
+    ``made`` receives each subcommand's parser by name."""
     import argparse
     import importlib
 
@@ -109,7 +116,32 @@ def build_parser(commands: Iterable[str] | None = None, *, others: bool = True) 
         )
         module.prepare(child)
         child.set_defaults(_run=module.run, _parser=child)
+        if made is not None:
+            made[name] = child
     return parser
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name`` alone (for its usage and errors)."""
+    made: dict[str, argparse.ArgumentParser] = {}
+    build_parser([name], others=False, made=made)
+    return made[name]
+
+
+def _quick(chosen: str, words: list[str]) -> Any:
+    """The arguments of ``kmemdump COMMAND ...`` parsed without argparse (which with ``re`` costs a
+    bare interpreter's start-up again), when the command offers that for its common forms: its
+    ``quick_parse(words)`` returns the namespace argparse would, or None to leave it to argparse
+    (tests/test_quick_parse.py holds each to the argparse parser)."""
+    if not words or words[0] != chosen:  # a global option first (-v): argparse
+        return None
+    __import__(f"kmemdump.cli.cmd_{chosen}")
+    module = sys.modules[f"kmemdump.cli.cmd_{chosen}"]
+    quick = getattr(module, "quick_parse", None)
+    args = None if quick is None else quick(words[1:])
+    if args is not None:
+        args.command, args.verbose, args._run = chosen, False, module.run
+    return args
 
 
 def _chosen(argv: Sequence[str]) -> str | None:
@@ -132,11 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kmemdump {__version__}")
         return 0
     chosen = _chosen(words)
-    parser = build_parser([chosen], others=False) if chosen else build_parser([])
-    args, extra = parser.parse_known_args(words)
-    command_parser: argparse.ArgumentParser = args._parser
-    if extra:  # an unknown option of the subcommand: its own usage, not the top level's
-        command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = _quick(chosen, words) if chosen else None
+    if args is None:
+        parser = build_parser([chosen], others=False) if chosen else build_parser([])
+        args, extra = parser.parse_known_args(words)
+        if extra:  # an unknown option of the subcommand: its own usage, not the top level's
+            args._parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.verbose:
         import logging
 
@@ -147,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(err)
         return 2
     except UsageError as err:
-        command_parser.error(str(err))  # exits 2 with the command's usage
+        usage: argparse.ArgumentParser = getattr(args, "_parser", None) or command_parser(args.command)
+        usage.error(str(err))  # exits 2 with the command's usage
     except (ProcessGoneError, InvalidRegionError) as err:
         _report(err)
         return 2
