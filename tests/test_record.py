@@ -210,6 +210,20 @@ def test_fields_asdict_and_match() -> None:
         fields(DataPoint)
 
 
+def test_asdict_rebuilds_named_tuples_as_dataclasses_does() -> None:
+    from collections import namedtuple
+
+    Pair = namedtuple("Pair", "left right")
+
+    @frozen
+    class Holder:
+        pair: Any
+
+    held = Holder(Pair(Point(1, "a"), 2))
+    assert asdict(held) == {"pair": Pair(asdict(Point(1, "a")), 2)}
+    assert type(asdict(held)["pair"]) is Pair
+
+
 def test_setters_build_the_same_record_without_init() -> None:
     made = object.__new__(Point)
     for set_field, value in zip(setters(Point), (1, "a", (), None, []), strict=True):

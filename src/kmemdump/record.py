@@ -131,6 +131,8 @@ def asdict(value: Any) -> dict[str, Any]:
 def _plain(value: Any) -> Any:
     if hasattr(type(value), "__record_fields__"):
         return asdict(value)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple takes its fields apart
+        return type(value)(*(_plain(v) for v in value))
     if isinstance(value, (list, tuple)):
         return type(value)(_plain(v) for v in value)
     if isinstance(value, dict):
