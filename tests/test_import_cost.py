@@ -177,8 +177,11 @@ CLI_FORBIDDEN = {
         "pprint",
     },
     # dump: the writer, not the reader; the object-graph walker and its decoder only for a process with
-    # roots, py-spy's helpers only with stacks, the exit listener's socket only in a collector
+    # roots, py-spy's helpers only with stacks, the exit listener's socket only in a collector; its
+    # command line parsed without argparse (cmd_dump.quick_parse)
     "dump": {
+        "argparse",
+        "gettext",
         "secrets",
         "socket",
         "kmemdump.inspect.dumpfile",

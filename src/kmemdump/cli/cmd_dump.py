@@ -8,10 +8,9 @@ installed).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 
+from kmemdump.cli.options import DEFAULT_BUDGET
 from kmemdump.cli.options import add_dump_options
 from kmemdump.cli.options import add_tables_option
 from kmemdump.cli.options import dump_options
@@ -22,12 +21,17 @@ from kmemdump.collector.dump import dump_target
 from kmemdump.collector.identify import find_table
 from kmemdump.errors import CollectorError
 from kmemdump.errors import ProcessGoneError
-from kmemdump.formats.dumpmeta import DumpMeta
 from kmemdump.inspect.wording import plural
 from kmemdump.inspect.wording import what_is_missing
 from kmemdump.procinfo import process_start_time
 
-__all__ = ["EPILOG", "prepare", "run"]
+TYPE_CHECKING = False  # argparse is built only for help, errors and rare forms (quick_parse)
+if TYPE_CHECKING:
+    import argparse
+
+    from kmemdump.formats.dumpmeta import DumpMeta
+
+__all__ = ["EPILOG", "prepare", "quick_parse", "run"]
 
 EPILOG = """\
 exit status: 0 dumped; 1 the dump failed (no table, no access, no space); 2 bad usage or no such process
@@ -42,6 +46,95 @@ def prepare(parser: argparse.ArgumentParser) -> None:
     add_dump_options(parser)
     add_tables_option(parser, "search")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+_FLAGS = {
+    "--compress": ("compress", True),
+    "--durable": ("durable", True),
+    "--no-stop": ("stop", False),
+    "--no-stacks": ("stacks", False),
+    "--allow-nondumpable": ("allow_nondumpable", True),
+    "--json": ("json", True),
+}
+_VALUED = {"--dir", "--budget", "--max-region", "--capture", "--group", "--tables"}
+
+
+def quick_parse(words: list[str]) -> argparse.Namespace | None:
+    """``dump PID [OPTIONS]`` parsed without argparse: the namespace :func:`prepare`'s parser makes of
+    ``words``, or None for anything else (help, an abbreviated or unknown option, ``--``, a value
+    that looks like an option or that argparse would refuse), which argparse then handles."""
+    import types
+
+    from kmemdump.cli.options import option_value
+
+    values: dict[str, object] = {
+        "pid": None,
+        "dir": None,
+        "budget": DEFAULT_BUDGET,
+        "max_region": None,
+        "compress": False,
+        "durable": False,
+        "stop": True,
+        "stacks": True,
+        "capture": "regions",
+        "allow_nondumpable": False,
+        "group": None,
+        "tables": None,
+        "json": False,
+    }
+    at = 0
+    while at < len(words):
+        word = words[at]
+        at += 1
+        if not word.startswith("-"):
+            if values["pid"] is not None or not (word.isascii() and word.isdigit()):
+                return None
+            values["pid"] = option_value(pid_number, word)
+            if values["pid"] is None:
+                return None
+            continue
+        name, equals, given = word.partition("=")
+        if name in _FLAGS and not equals:
+            key, flag = _FLAGS[name]
+            values[key] = flag
+            continue
+        if name not in _VALUED:
+            return None  # -h, --help, --, an abbreviation, an unknown option: argparse's
+        if not equals:
+            if at == len(words):
+                return None
+            given = words[at]
+            at += 1
+        if not given or given.startswith("-"):
+            return None
+        value = _option(name, given)
+        if value is None:
+            return None
+        if name == "--tables":
+            values["tables"] = [*(values["tables"] or []), value]  # type: ignore[misc]
+        else:
+            values[name[2:].replace("-", "_")] = value
+    if values["pid"] is None:
+        return None
+    return types.SimpleNamespace(**values)  # type: ignore[return-value]
+
+
+def _option(name: str, given: str) -> object:
+    """The value of option ``name`` as its argparse type makes it, or None where argparse would refuse."""
+    from pathlib import Path
+
+    from kmemdump.cli.options import option_value
+    from kmemdump.cli.options import parse_size
+
+    if name in ("--dir", "--tables"):
+        return Path(given)
+    if name in ("--budget", "--max-region"):
+        return option_value(parse_size, given)
+    if name == "--capture":
+        return given if given in ("regions", "stacks") else None
+    if given.isascii() and given.isdigit():  # --group: a number (a name is looked up by argparse's path)
+        return int(given)
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
     result = dump_target(args.pid, start_time, path, reason="request", options=options, table_pid=table_pid)
     meta = result.meta
     if args.json:
+        import json
+
         print(
             json.dumps(
                 {

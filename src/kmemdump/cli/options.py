@@ -6,7 +6,6 @@ independent of one another and read one at a time."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -18,6 +17,9 @@ from kmemdump.errors import UnreadableMemoryError
 
 TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+
     from kmemdump.collector.dump import DumpOptions
     from kmemdump.collector.retention import Policy
 
@@ -40,6 +42,7 @@ __all__ = [
     "default_dump_dir",
     "dump_options",
     "dump_path",
+    "option_value",
     "parse_duration",
     "parse_size",
     "pid_number",
@@ -176,6 +179,22 @@ def check_table_dirs(dirs: list[Path]) -> None:
             raise UsageError(f"--tables {directory}: cannot be read ({err.strerror})") from None
 
 
+def _invalid(message: str) -> Exception:
+    """argparse's error for a bad option value (argparse is imported only then: see quick_parse)."""
+    import argparse
+
+    return argparse.ArgumentTypeError(message)
+
+
+def option_value(convert: Callable[[str], object], text: str) -> object:
+    """``convert(text)``, or None where it refuses the text (a ``quick_parse`` then leaves the
+    command line to argparse, which reports the error)."""
+    try:
+        return convert(text)
+    except Exception:  # any refusal: argparse parses it again and says why
+        return None
+
+
 def parse_size(text: str) -> int:
     """``4096``, ``64k``, ``1.5MiB`` → bytes."""
     raw = text.strip().lower()
@@ -186,9 +205,9 @@ def parse_size(text: str) -> int:
     try:
         value = float(number)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+        raise _invalid(f"not a size: {text!r}") from None
     if unit not in _UNITS or value <= 0:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+        raise _invalid(f"not a size: {text!r}")
     return int(value * _UNITS[unit])
 
 
@@ -197,9 +216,9 @@ def pid_number(text: str) -> int:
     try:
         value = int(text, 10)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a process id: {text!r}") from None
+        raise _invalid(f"not a process id: {text!r}") from None
     if value <= 0 or value >= 2**31:
-        raise argparse.ArgumentTypeError(f"not a process id: {text!r} (a pid is a positive number)")
+        raise _invalid(f"not a process id: {text!r} (a pid is a positive number)")
     return value
 
 
@@ -208,9 +227,9 @@ def seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        raise _invalid(f"not a number of seconds: {text!r}") from None
     if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+        raise _invalid(f"must be a positive number of seconds: {text!r}")
     return value
 
 
@@ -288,15 +307,15 @@ def parse_duration(text: str) -> float:
     try:
         value = float(number)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r}") from None
+        raise _invalid(f"not a duration: {text!r}") from None
     if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r}")
+        raise _invalid(f"not a duration: {text!r}")
     return value * _DURATIONS[unit]
 
 
 def _count_limit(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
+        raise _invalid(f"not a positive number: {text!r}")
     return int(text)
 
 
@@ -443,7 +462,7 @@ def _group(text: str) -> int:
     try:
         return grp.getgrnam(text).gr_gid
     except KeyError:
-        raise argparse.ArgumentTypeError(f"no such group: {text!r}") from None
+        raise _invalid(f"no such group: {text!r}") from None
 
 
 # --- the inspector commands: which dump, which bytes of a region ------------------------------
@@ -590,9 +609,9 @@ def _count(text: str) -> int:
     try:
         value = int(text, 0)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a byte count: {text!r}") from None
+        raise _invalid(f"not a byte count: {text!r}") from None
     if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+        raise _invalid(f"must not be negative: {text!r}")
     return value
 
 
