@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from budget import examples
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from budget import examples
 from kmemdump.cli import cmd_dump
 from kmemdump.cli.main import build_parser
 from kmemdump.cli.main import main
