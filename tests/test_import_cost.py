@@ -218,6 +218,63 @@ def test_the_command_line_loads_only_what_the_command_needs(command: str, tmp_pa
     assert found == set(), sorted(found)
 
 
+_PRODUCER = """
+import os, kmemdump
+kmemdump.init(table=True)
+data = bytearray(os.urandom(1 << 20))
+kmemdump.register(data, name="data")
+send({"pid": os.getpid()})
+block()
+"""
+
+_DUMP_PROBE = """
+import sys
+from kmemdump.cli.main import main
+code = main(sys.argv[1:])
+print()
+print(code)
+print(" ".join(sorted(sys.modules)))
+"""  # as _CLI_PROBE, without json (it is one of the modules looked for)
+
+DUMP_RUN_FORBIDDEN = CLI_FORBIDDEN["dump"] | {
+    # what a dump of a Python process with --no-stacks does without: JSON notes come from the C encoder
+    # (formats.jsonwrite), the host's name and machine from os.uname(), no py-spy helpers
+    "json",
+    "platform",
+    "shlex",
+    "kmemdump.collector.stacks",
+    "kmemdump.formats.stacks",
+}
+
+
+@pytest.mark.timeout(120)
+def test_dump_of_a_real_process_loads_only_what_the_dump_needs(tmp_path: Path) -> None:
+    """``dump PID --no-stacks`` of a live producer, the dump done (not an error before it): the modules
+    it loaded on the way, at import and at run time."""
+    from helpers_child import spawn_child
+
+    tables, dumps = tmp_path / "tables", tmp_path / "dumps"
+    env = {**os.environ, "KMEMDUMP_DIR": str(tables)}
+    with spawn_child(_PRODUCER, env=env) as child:
+        pid = child.recv()["pid"]
+        argv = ["dump", str(pid), "--tables", str(tables), "--dir", str(dumps), "--no-stacks"]
+        result = subprocess.run(
+            [sys.executable, "-c", _DUMP_PROBE, *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr
+    code, modules = result.stdout.strip().splitlines()[-2:]
+    assert code == "0"
+    assert len(list(dumps.glob("*.core"))) == 1
+    loaded = set(modules.split())
+    forbidden = CLI_FORBIDDEN["*"] | DUMP_RUN_FORBIDDEN
+    found = {m for m in loaded for f in forbidden if m == f or m.startswith(f + ".")}
+    assert found == set(), sorted(found)
+
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "kmemdump"
 
 

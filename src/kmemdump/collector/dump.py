@@ -21,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import platform
-import shlex
 import signal
 import threading
 import time
@@ -33,8 +31,6 @@ from datetime import datetime
 from datetime import timezone
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
-from typing import Protocol
 
 from kmemdump._version import __version__
 from kmemdump.collector.authority import Credentials
@@ -56,10 +52,6 @@ from kmemdump.collector.hold import not_held
 from kmemdump.collector.registers import ThreadRegisters
 from kmemdump.collector.runs import copy_runs
 from kmemdump.collector.runs import plan_runs
-from kmemdump.collector.stacks import StacksUnavailable
-from kmemdump.collector.stacks import take_stacks
-from kmemdump.collector.stacks import with_activity
-from kmemdump.collector.stacks import with_native_ids
 from kmemdump.collector.staging import StagedImage
 from kmemdump.collector.staging import Staging
 from kmemdump.collector.threads import thread_states
@@ -98,7 +90,6 @@ from kmemdump.formats.faults import encode_fault_note
 from kmemdump.formats.faults import fault_path_of
 from kmemdump.formats.faults import read_fault_file
 from kmemdump.formats.kinds import RegionKind
-from kmemdump.formats.stacks import encode_stacks
 from kmemdump.formats.table import ACT_LOCK_BYTE
 from kmemdump.formats.table import HEADER_SIZE
 from kmemdump.formats.table import TableEntry
@@ -118,8 +109,11 @@ from kmemdump.procinfo import process_start_time
 from kmemdump.record import frozen
 from kmemdump.record import replace
 
-TYPE_CHECKING = False  # the layout decoder is loaded only to walk object graphs
+TYPE_CHECKING = False  # the layout decoder is loaded only to walk object graphs, py-spy's helpers for stacks
 if TYPE_CHECKING:
+    from typing import Any
+    from typing import Protocol
+
     from kmemdump.formats.pycoreinfo import PyCoreInfo
 
 __all__ = ["DumpOptions", "DumpResult", "ExitHold", "acting_on", "dump_target"]
@@ -596,7 +590,7 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
             pid=pid,
             start_time=start_time,
             captured_ns=captured_ns,
-            host=platform.node(),
+            host=os.uname().nodename,  # platform.node(), without platform's regular expressions
             argv=argv,
             exe=exe,
             uid=job.uid,
@@ -975,6 +969,8 @@ def _from_banner(banner: bytes | None) -> tuple[list[str], str | None]:
     for line in text.splitlines():
         key, _, value = line.partition(": ")
         if key == "argv" and value and value != "?":
+            import shlex
+
             try:
                 argv = shlex.split(value)
             except ValueError:
@@ -993,18 +989,19 @@ _CHUNK = 4 << 20
 """Regions this large are copied on their own, in pieces of the writer's buffer."""
 
 
-class _ChunkSource(Protocol):
-    def read_into(self, address: int, view: memoryview) -> int: ...
+if TYPE_CHECKING:
 
+    class _ChunkSource(Protocol):
+        def read_into(self, address: int, view: memoryview) -> int: ...
 
-class _Sink(Protocol):
-    """Where copied bytes go: the file (:class:`CoreWriter`) or memory (:class:`StagedImage`)."""
+    class _Sink(Protocol):
+        """Where copied bytes go: the file (:class:`CoreWriter`) or memory (:class:`StagedImage`)."""
 
-    def begin(self, address: int) -> None: ...
-    def space(self, wanted: int) -> memoryview: ...
-    def commit(self, count: int) -> None: ...
-    def end(self) -> int: ...
-    def add(self, address: int, data: Any) -> int: ...
+        def begin(self, address: int) -> None: ...
+        def space(self, wanted: int) -> memoryview: ...
+        def commit(self, count: int) -> None: ...
+        def end(self) -> int: ...
+        def add(self, address: int, data: Any) -> int: ...
 
 
 def _copy_large(mem: _ChunkSource, address: int, size: int, sink: _Sink) -> int:
@@ -1078,6 +1075,12 @@ def _stacks(
         return None, "process gone"
     if not hexversion:  # its table says so: a C program has no Python stacks to read
         return None, "not a Python process"
+    from kmemdump.collector.stacks import StacksUnavailable
+    from kmemdump.collector.stacks import take_stacks
+    from kmemdump.collector.stacks import with_activity
+    from kmemdump.collector.stacks import with_native_ids
+    from kmemdump.formats.stacks import encode_stacks
+
     try:
         stacks = take_stacks(pid)
     except StacksUnavailable as err:

@@ -32,7 +32,6 @@ import contextlib
 import ctypes
 import errno
 import os
-import platform
 import signal
 
 from kmemdump.collector.ptrace import libc_ptrace
@@ -120,7 +119,7 @@ class _Regs(ctypes.Structure):
     _fields_ = [(name, ctypes.c_ulonglong) for name in _REGISTERS]
 
 
-_ptrace = libc_ptrace if platform.machine() == "x86_64" else None
+_ptrace = libc_ptrace if os.uname().machine == "x86_64" else None
 
 
 class _Failed(Exception):

@@ -13,11 +13,13 @@ cannot be read is left empty. Bounded: at most :data:`MAX_THREADS` threads, smal
 from __future__ import annotations
 
 import os
-import platform
 import time
-from collections.abc import Mapping
 
 from kmemdump.formats.dumpmeta import ThreadState
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ["MAX_THREADS", "SYSCALL_NAMES", "syscall_name", "thread_states"]
 
@@ -49,7 +51,7 @@ _MACHINES = {"amd64": "x86_64", "arm64": "aarch64"}
 
 def syscall_name(number: int, machine: str | None = None) -> str:
     """The name of system call ``number`` on ``machine`` (this one by default), or ``syscall N``."""
-    arch = (machine or platform.machine()).lower()
+    arch = (machine or os.uname().machine).lower()  # platform.machine(), without platform
     table = SYSCALL_NAMES.get(_MACHINES.get(arch, arch), {})
     return table.get(number, f"syscall {number}")
 

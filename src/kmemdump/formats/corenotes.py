@@ -11,10 +11,7 @@ file, so that a reader can check that the binaries it loads are the ones the pro
 
 from __future__ import annotations
 
-import json
 import struct
-from collections.abc import Sequence
-from typing import Any
 
 from kmemdump.errors import DumpFormatError
 from kmemdump.formats.elf import EM_AARCH64
@@ -23,7 +20,13 @@ from kmemdump.formats.elf import KMD_NOTE_MODULES
 from kmemdump.formats.elf import OWNER_CORE
 from kmemdump.formats.elf import OWNER_KMEMDUMP
 from kmemdump.formats.elf import Note
+from kmemdump.formats.jsonwrite import dumps
 from kmemdump.record import frozen
+
+TYPE_CHECKING = False  # typing and json (the reader's) are not loaded to write a dump
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
 __all__ = [
     "AT_BASE",
@@ -195,11 +198,13 @@ def encode_modules(modules: Sequence[Module]) -> bytes:
             for m in modules
         ],
     }
-    return json.dumps(body).encode()
+    return dumps(body).encode()
 
 
 def decode_modules(data: bytes) -> tuple[Module, ...]:
     """The modules of a modules note; :class:`DumpFormatError` when it is not a valid one."""
+    import json
+
     try:
         body = json.loads(data.rstrip(b"\0").decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:

@@ -14,12 +14,12 @@ field added to one is seen missing from the other two.
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from itertools import repeat
 from operator import attrgetter
 
 from kmemdump.errors import DumpFormatError
+from kmemdump.formats.jsonwrite import dumps
 from kmemdump.formats.regiontable import INLINE_LIMIT
 from kmemdump.formats.regiontable import pack_columns
 from kmemdump.formats.regiontable import unpack_regions
@@ -505,7 +505,7 @@ def encode_meta(meta: DumpMeta) -> bytes:
     else:
         version = 2
         body["region_table"] = pack_columns(*(list(map(get, regions)) for get in _RECORD_GETTERS))
-    return json.dumps({"format": FORMAT_NAME, "version": version, **body}, sort_keys=True).encode()
+    return dumps({"format": FORMAT_NAME, "version": version, **body}, sort_keys=True).encode()
 
 
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
@@ -561,6 +561,8 @@ _REGION_DEFAULTS: dict[str, str] = {"error": "", "source": "process"}
 
 def decode_meta(data: bytes) -> DumpMeta:
     """Parse and check a KMEMDUMP note; anything malformed raises :class:`DumpFormatError`."""
+    import json  # the reader's: a dump's writer does without (jsonwrite)
+
     try:
         body = json.loads(data.rstrip(b"\0").decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
