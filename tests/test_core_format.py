@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import platform
 import random
 import re
 import shutil
@@ -379,7 +378,9 @@ def test_aarch64_core_on_any_host(tmp_path: Path) -> None:
 
 
 def test_unsupported_machine_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(platform, "machine", lambda: "riscv64")
+    real = os.uname()
+    riscv = os.uname_result((real.sysname, real.nodename, real.release, real.version, "riscv64"))
+    monkeypatch.setattr(os, "uname", lambda: riscv)
     with pytest.raises(CollectorError, match="x86_64 and aarch64 only, not for riscv64"):
         write_core(tmp_path / "c", [], [])
     with pytest.raises(CollectorError):

@@ -14,6 +14,8 @@ from helpers_child import spawn_child
 from helpers_interpreters import request_dump
 from kmemdump.collector import dump as dump_module
 from kmemdump.collector.dump import DumpOptions
+from kmemdump.collector.threads import CpuSample
+from kmemdump.collector.threads import sample_cpu
 from kmemdump.collector.threads import syscall_name
 from kmemdump.collector.threads import thread_states
 from kmemdump.formats.dumpmeta import ThreadState
@@ -152,3 +154,62 @@ def test_the_states_of_a_process_that_is_not_the_one_dumped_are_dropped() -> Non
     states, taken = dump_module._threads(job(process_start_time(os.getpid())), options)
     assert taken == "before the hold" and threading.get_native_id() in {t.tid for t in states}
     assert dump_module._threads(job(process_start_time(os.getpid()) + 1), options) == ((), "process gone")
+
+
+def test_a_window_opened_earlier_counts_from_its_sample() -> None:
+    """``sample_cpu`` opens the window (the CLI loads the dump's machinery meanwhile): the CPU time and
+    window recorded count from the sample, and a thread started after it is read without CPU time."""
+    stop = threading.Event()
+    spins = [0]
+
+    def spin() -> None:
+        while not stop.is_set():
+            spins[0] += 1
+
+    spinner = threading.Thread(target=spin, name="spinner")
+    spinner.start()
+    late = None
+    try:
+        sample = sample_cpu(os.getpid())
+        assert sample is not None and spinner.native_id in sample.on_cpu_ns
+        late = threading.Thread(target=stop.wait, name="late")
+        late.start()
+        time.sleep(0.03)  # work done during the window: longer than the window itself
+        states = {t.tid: t for t in thread_states(os.getpid(), window=0.005, sample=sample)}
+    finally:
+        stop.set()
+        spinner.join()
+        if late is not None:
+            late.join()
+    spun = states[spinner.native_id]
+    assert spun.window_ms is not None and spun.window_ms >= 30  # from the sample, not a new 5 ms
+    assert spun.cpu_ms is not None and spun.cpu_ms > 0
+    assert late.native_id is not None and states[late.native_id].cpu_ms is None  # started since
+    other = sample_cpu(2**22 + 12345)
+    assert other is None  # no such process
+    mine = {t.tid: t for t in thread_states(os.getpid(), window=0.001, sample=CpuSample(1, 0.0, {}))}
+    assert mine[threading.get_native_id()].window_ms is not None  # another pid's sample: a window of its own
+
+
+def test_kmemdump_dump_measures_the_threads_over_the_window_it_opened(tmp_path: Path) -> None:
+    """The command line opens the window before loading the dump's machinery: a spinning thread is
+    still told from a blocked one, and the window recorded is at least the 5 ms asked for."""
+    import subprocess
+    import sys
+
+    from kmemdump.inspect.dumpfile import Dump
+
+    with spawn_child(SPIN_AND_BLOCK) as child:
+        ready = child.recv()
+        tables = str(Path(ready["table"]).parent)
+        command = [sys.executable, "-m", "kmemdump.cli", "dump", str(child.pid), "--no-stacks"]
+        command += ["--tables", tables, "--dir", str(tmp_path), "--json"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    with Dump.open(json.loads(done.stdout)["path"]) as dump:
+        meta = dump.meta
+    by_tid = {t.tid: t for t in meta.threads}
+    spinner, waiter = by_tid[ready["spinner"]], by_tid[ready["waiter"]]
+    assert spinner.window_ms is not None and spinner.window_ms >= 5
+    assert spinner.state == "R" and spinner.cpu_ms is not None and spinner.cpu_ms > 0, spinner
+    assert waiter.cpu_ms is not None and waiter.window_ms is not None and not waiter.busy, waiter

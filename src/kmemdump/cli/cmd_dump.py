@@ -17,7 +17,6 @@ from kmemdump.cli.options import dump_options
 from kmemdump.cli.options import pid_number
 from kmemdump.cli.options import table_dirs
 from kmemdump.cli.render import format_size
-from kmemdump.collector.dump import dump_target
 from kmemdump.collector.identify import find_table
 from kmemdump.errors import CollectorError
 from kmemdump.errors import ProcessGoneError
@@ -141,6 +140,13 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.exists(f"/proc/{args.pid}"):
         raise ProcessGoneError(f"no process with pid {args.pid}")
     start_time = process_start_time(args.pid)
+    # The dump measures each thread's CPU use over a few milliseconds before it holds the process
+    # (collector.threads): the window opens here, and loading the dump's machinery fills it.
+    from kmemdump.collector.threads import sample_cpu
+
+    sample = sample_cpu(args.pid)
+    from kmemdump.collector.dump import dump_target
+
     options = dump_options(args)
     dirs = args.tables or table_dirs(all_users=os.geteuid() == 0)
     found = find_table(args.pid, start_time, dirs)
@@ -152,7 +158,9 @@ def run(args: argparse.Namespace) -> int:
             looked_in=", ".join(str(d) for d in dirs),
         )
     path, table_pid = found
-    result = dump_target(args.pid, start_time, path, reason="request", options=options, table_pid=table_pid)
+    result = dump_target(
+        args.pid, start_time, path, reason="request", options=options, table_pid=table_pid, cpu_sample=sample
+    )
     meta = result.meta
     if args.json:
         import json

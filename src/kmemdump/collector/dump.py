@@ -54,6 +54,7 @@ from kmemdump.collector.runs import copy_runs
 from kmemdump.collector.runs import plan_runs
 from kmemdump.collector.staging import StagedImage
 from kmemdump.collector.staging import Staging
+from kmemdump.collector.threads import CpuSample
 from kmemdump.collector.threads import thread_states
 from kmemdump.errors import CollectorBusyError
 from kmemdump.errors import CollectorError
@@ -325,6 +326,7 @@ def dump_target(
     table_pid: int | None = None,
     exit_hold: ExitHold | None = None,
     act_wait: float = ACT_WAIT_S,
+    cpu_sample: CpuSample | None = None,
 ) -> DumpResult:
     """Dump the regions of the process ``(pid, start_time)`` published in ``table``.
 
@@ -352,6 +354,9 @@ def dump_target(
     ``act_wait`` is how long to wait for another collector's dump of the same process
     (:func:`acting_on`); past it, :class:`CollectorBusyError`. The watcher passes 0: whoever can write
     the table can take that lock, and its one loop must not wait on a lock any user can hold.
+
+    ``cpu_sample`` is a window on the threads' CPU use opened earlier (:func:`.threads.sample_cpu`,
+    by a caller that had work to do meanwhile): only what is left of ``options.threads`` is waited.
     """
     captured_ns = time.time_ns()
     process: ProcessHandle | None = None
@@ -384,6 +389,7 @@ def dump_target(
             table_pid=pid if table_pid is None else table_pid,
             memory_pid=exit_hold.shadow or pid if exit_hold is not None else pid,
             before=before,
+            cpu_sample=cpu_sample,
         )
         path = options.directory / _file_name(pid, start_time, reason, captured_ns)
         with (
@@ -434,6 +440,8 @@ class _Job:
     """Where its regions are read: the process, or its shadow (:mod:`.shadow`)."""
     before: tuple[Credentials, tuple[int, ...]] | None = None
     """The process's ids and program image when it was checked (:func:`check_unchanged`)."""
+    cpu_sample: CpuSample | None = None
+    """The threads' CPU use sampled earlier: the start of the sampling window (:func:`_threads`)."""
 
 
 def _table_owner(table: Path, dir_fd: int | None, snapshot: TableSnapshot | None) -> int:
@@ -1047,7 +1055,7 @@ def _threads(job: _Job, options: DumpOptions) -> tuple[tuple[ThreadState, ...], 
         return (), "process gone"
     if job.held:
         return (), f"the process was already held ({job.held}) when the collector came"
-    states = thread_states(job.pid, window=options.threads)
+    states = thread_states(job.pid, window=options.threads, sample=job.cpu_sample)
     if not states:
         return (), "the threads could not be read"
     try:  # read by pid: still the same process afterwards, so they were all its threads

@@ -16,12 +16,13 @@ import os
 import time
 
 from kmemdump.formats.dumpmeta import ThreadState
+from kmemdump.record import frozen
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["MAX_THREADS", "SYSCALL_NAMES", "syscall_name", "thread_states"]
+__all__ = ["MAX_THREADS", "SYSCALL_NAMES", "CpuSample", "sample_cpu", "syscall_name", "thread_states"]
 
 MAX_THREADS = 4096
 """Threads read at most (a process with more gets the first ones, by thread id)."""
@@ -109,22 +110,62 @@ def _one(pid: int, tid: int) -> ThreadState | None:
     )
 
 
-def thread_states(pid: int, *, window: float = 0.02) -> tuple[ThreadState, ...]:
-    """The state of every thread of ``pid`` now (empty when it is gone or cannot be read).
+@frozen
+class CpuSample:
+    """Each thread's CPU time at the start of a sampling window (:func:`sample_cpu`)."""
 
-    With ``window`` > 0 the CPU time of each thread is read twice, ``window`` seconds apart, and
-    the difference recorded in :attr:`ThreadState.cpu_ms`.
-    """
+    pid: int
+    started: float
+    """:func:`time.monotonic` when the window began."""
+    on_cpu_ns: dict[int, int | None]
+    """Nanoseconds on a CPU so far, by thread id (None: not readable)."""
+
+
+def _tids(pid: int) -> list[int] | None:
     try:
         tids = sorted(int(name) for name in os.listdir(f"/proc/{pid}/task") if name.isdigit())
     except OSError:
-        return ()
-    tids = tids[:MAX_THREADS]
-    before: dict[int, int | None] = {}
+        return None
+    return tids[:MAX_THREADS]
+
+
+def sample_cpu(pid: int) -> CpuSample | None:
+    """Open a sampling window on ``pid`` now (None when its threads cannot be listed): a caller with
+    work to do before the threads are read (loading the dump's machinery) does it during the window
+    instead of sleeping through it, and passes the sample to :func:`thread_states`. Only
+    ``schedstat`` is read, which every user may read."""
     started = time.monotonic()
+    tids = _tids(pid)
+    if tids is None:
+        return None
+    return CpuSample(pid, started, {tid: _on_cpu_ns(pid, tid) for tid in tids})
+
+
+def thread_states(
+    pid: int, *, window: float = 0.02, sample: CpuSample | None = None
+) -> tuple[ThreadState, ...]:
+    """The state of every thread of ``pid`` now (empty when it is gone or cannot be read).
+
+    With ``window`` > 0 the CPU time of each thread is read twice, at least ``window`` seconds apart,
+    and the difference recorded in :attr:`ThreadState.cpu_ms` with the time between the reads
+    (:attr:`ThreadState.window_ms`). The first read is ``sample``'s when given (a window opened
+    earlier by :func:`sample_cpu`: only what is left of ``window`` is slept); a thread started
+    since is read without its CPU time.
+    """
+    tids = _tids(pid)
+    if tids is None:
+        return ()
+    before: dict[int, int | None] = {}
     if window > 0:
-        before = {tid: _on_cpu_ns(pid, tid) for tid in tids}
-        time.sleep(window)
+        if sample is not None and sample.pid == pid:
+            started, before = sample.started, sample.on_cpu_ns
+            left = window - (time.monotonic() - started)
+            if left > 0:
+                time.sleep(left)
+        else:
+            started = time.monotonic()
+            before = {tid: _on_cpu_ns(pid, tid) for tid in tids}
+            time.sleep(window)
     states = []
     for tid in tids:
         found = _one(pid, tid)
