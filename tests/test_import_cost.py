@@ -244,6 +244,19 @@ DUMP_RUN_FORBIDDEN = CLI_FORBIDDEN["dump"] | {
     "shlex",
     "kmemdump.collector.stacks",
     "kmemdump.formats.stacks",
+    # annotations need typing only under mypy; the file name's time is formatted by time.strftime
+    "typing",
+    "datetime",
+    # a request needs neither the exit tracer (with its exit listener and shadow), the staging memory
+    # of a death held at its exit, the arena of a process gone, nor the interpreter's state (--capture
+    # stacks only)
+    "kmemdump.collector.tracer",
+    "kmemdump.collector.exits",
+    "kmemdump.collector.shadow",
+    "kmemdump.collector.staging",
+    "kmemdump.memory.arena",
+    "kmemdump.collector.pystate",
+    "kmemdump.collector.pyoffsets",
 }
 
 

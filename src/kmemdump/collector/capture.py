@@ -34,16 +34,10 @@ from __future__ import annotations
 import bisect
 import itertools
 import struct
-from collections.abc import Iterable
-from collections.abc import Sequence
-from typing import Literal
-from typing import get_args
 
 from kmemdump.collector.coreshape import PAGE_SIZE
 from kmemdump.collector.coreshape import MapEntry
 from kmemdump.collector.coreshape import ProcessShape
-from kmemdump.collector.pystate import PyStateError
-from kmemdump.collector.pystate import walk_python
 from kmemdump.errors import KmemdumpError
 from kmemdump.formats.corenotes import AT_EXECFN
 from kmemdump.formats.corenotes import AT_SYSINFO_EHDR
@@ -51,6 +45,16 @@ from kmemdump.formats.elfimage import DT_DEBUG
 from kmemdump.formats.elfimage import dynamic_entries
 from kmemdump.memory.process import ProcessMemory
 from kmemdump.record import frozen
+
+TYPE_CHECKING = False  # typing for mypy only; the interpreter's state is walked (pystate) at "stacks" only
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from collections.abc import Sequence
+    from typing import Literal
+
+    CaptureLevel = Literal["regions", "stacks"]
+else:
+    CaptureLevel = str
 
 __all__ = [
     "CAPTURE_LEVELS",
@@ -63,8 +67,7 @@ __all__ = [
     "split_at",
 ]
 
-CaptureLevel = Literal["regions", "stacks"]
-CAPTURE_LEVELS: tuple[CaptureLevel, ...] = get_args(CaptureLevel)
+CAPTURE_LEVELS: tuple[CaptureLevel, ...] = ("regions", "stacks")
 STACK_BYTES = 64 << 10
 """Bytes of each thread's stack stored from its stack pointer up, at the ``stacks`` level."""
 _MAX_STACK_BYTES = 32 << 20  # of stack tops in all: 512 threads' worth
@@ -253,6 +256,9 @@ def capture_ranges(
         ranges.append((low, high - low))
     python = ""
     pthreads: list[int] = []
+    from kmemdump.collector.pystate import PyStateError
+    from kmemdump.collector.pystate import walk_python
+
     try:
         walk = walk_python(shape, mem, hexversion)
     except PyStateError as err:

@@ -19,7 +19,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from kmemdump.collector.imagefile import ImageFile
 from kmemdump.collector.imagefile import chown_dump
@@ -42,6 +41,10 @@ from kmemdump.formats.elf import check_machine
 from kmemdump.formats.elf import elf_header
 from kmemdump.formats.elf import program_headers
 from kmemdump.formats.elf import table_size
+
+TYPE_CHECKING = False  # typing for mypy only (the command line starts faster without it)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["CoreWriter", "parse_temp_name", "temp_name", "write_core"]
 

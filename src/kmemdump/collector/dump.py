@@ -27,8 +27,6 @@ import time
 from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
-from datetime import datetime
-from datetime import timezone
 from operator import attrgetter
 from pathlib import Path
 
@@ -52,8 +50,6 @@ from kmemdump.collector.hold import not_held
 from kmemdump.collector.registers import ThreadRegisters
 from kmemdump.collector.runs import copy_runs
 from kmemdump.collector.runs import plan_runs
-from kmemdump.collector.staging import StagedImage
-from kmemdump.collector.staging import Staging
 from kmemdump.collector.threads import CpuSample
 from kmemdump.collector.threads import thread_states
 from kmemdump.errors import CollectorBusyError
@@ -62,7 +58,6 @@ from kmemdump.errors import DumpFormatError
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.errors import TableFormatError
-from kmemdump.formats.arena import arena_path_of
 from kmemdump.formats.dumpmeta import GRAPH_MAX_BYTES
 from kmemdump.formats.dumpmeta import GRAPH_MAX_OBJECTS
 from kmemdump.formats.dumpmeta import Death
@@ -103,7 +98,6 @@ from kmemdump.formats.table import parse_header
 from kmemdump.formats.table import parse_table
 from kmemdump.formats.table import read_table
 from kmemdump.ids import ID
-from kmemdump.memory.arena import ArenaMemory
 from kmemdump.memory.process import ProcessMemory
 from kmemdump.procinfo import process_exe
 from kmemdump.procinfo import process_start_time
@@ -115,6 +109,8 @@ if TYPE_CHECKING:
     from typing import Any
     from typing import Protocol
 
+    from kmemdump.collector.staging import StagedImage
+    from kmemdump.collector.staging import Staging
     from kmemdump.formats.pycoreinfo import PyCoreInfo
 
 __all__ = ["DumpOptions", "DumpResult", "ExitHold", "acting_on", "dump_target"]
@@ -400,6 +396,8 @@ def dump_target(
         ):
             staged = None
             if exit_hold is not None and exit_hold.shadow is None:
+                from kmemdump.collector.staging import Staging  # a death held at its exit only
+
                 staged = (exit_hold.staging or Staging(0)).image()
             try:
                 return _dump_into(sink, job, options, snapshot, process, then_signal, staged, exit_hold)
@@ -818,6 +816,9 @@ def _copy_from_arena(
 ) -> tuple[list[RegionRecord], str]:
     """Copy persistent regions out of the arena file beside the table; returns the records and
     "ok", or why the arena could not be read (then every region is "unreadable" with that reason)."""
+    from kmemdump.formats.arena import arena_path_of  # a process gone: its persistent regions
+    from kmemdump.memory.arena import ArenaMemory
+
     path = arena_path_of(job.table)
     try:
         arena = ArenaMemory(
@@ -1121,5 +1122,6 @@ def _in_syscall(shape: ProcessShape, dying: int | None) -> dict[int, bool]:
 
 
 def _file_name(pid: int, start_time: int, reason: str, captured_ns: int) -> str:
-    stamp = datetime.fromtimestamp(captured_ns / 1e9, tz=timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    seconds, ns = divmod(captured_ns, 1_000_000_000)  # UTC to the microsecond (truncated), without datetime
+    stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(seconds))}.{ns // 1000:06d}Z"
     return f"kmemdump-{pid}-{start_time}-{reason}-{stamp}.core"

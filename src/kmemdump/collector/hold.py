@@ -39,7 +39,7 @@ from types import TracebackType
 
 from kmemdump.collector.authority import ProcessHandle
 from kmemdump.collector.corewriter import parse_temp_name
-from kmemdump.collector.tracer import ptrace_request
+from kmemdump.collector.ptrace import ptrace_request
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.formats.dumpmeta import Held

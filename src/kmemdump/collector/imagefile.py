@@ -34,7 +34,6 @@ import queue
 import struct
 import threading
 from pathlib import Path
-from typing import Any
 
 from kmemdump.errors import CollectorError
 from kmemdump.files import rename_noreplace
@@ -42,6 +41,10 @@ from kmemdump.files import sync_directory
 from kmemdump.formats import zstd
 from kmemdump.formats.elf import EHDR_SIZE
 from kmemdump.procinfo import self_start_time
+
+TYPE_CHECKING = False  # typing for mypy only (the command line starts faster without it)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "HEAD_ROOM",

@@ -9,9 +9,11 @@ each check for ``None`` and say, in their own terms, what they cannot do without
 from __future__ import annotations
 
 import ctypes
+import errno
+import os
 from collections.abc import Callable
 
-__all__ = ["Ptrace", "libc_ptrace", "load_ptrace"]
+__all__ = ["Ptrace", "libc_ptrace", "load_ptrace", "ptrace_request"]
 
 Ptrace = Callable[[int, int, int | None, int | None], int]
 """``ptrace(request, tid, addr, data)``: -1 on failure, with the error in :func:`ctypes.get_errno`."""
@@ -31,3 +33,15 @@ def load_ptrace() -> Ptrace | None:
 
 libc_ptrace = load_ptrace()
 """Loaded once at import; None where the C library has no ``ptrace``."""
+
+
+def ptrace_request(request: int, tid: int, addr: int | None = None, data: int | None = None) -> int:
+    """``ptrace(request, tid, addr, data)``; :class:`OSError` with the kernel's errno when it fails."""
+    if libc_ptrace is None:
+        raise OSError(errno.ENOSYS, "ptrace is not available from this Python (no libc ptrace)")
+    result = libc_ptrace(request, tid, addr, data)
+    if result == -1:
+        err = ctypes.get_errno()
+        if err:
+            raise OSError(err, os.strerror(err))
+    return result

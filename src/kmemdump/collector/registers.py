@@ -20,8 +20,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from collections.abc import Iterable
-from typing import Literal
 
 from kmemdump.collector.ptrace import libc_ptrace
 from kmemdump.formats.corenotes import REGISTER_NAMES
@@ -30,6 +28,17 @@ from kmemdump.formats.corenotes import pc_and_sp
 from kmemdump.formats.corenotes import registers_from
 from kmemdump.formats.elf import check_machine
 from kmemdump.record import frozen
+
+TYPE_CHECKING = False  # typing for mypy only (the command line starts faster without it)
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Literal
+
+    RegisterSource = Literal["ptrace", "syscall", "none"]
+    """Where a thread's registers came from: all of them by ptrace, stack pointer and program counter
+    from ``/proc/PID/task/TID/syscall``, or nowhere (running, gone, refused)."""
+else:
+    RegisterSource = str
 
 __all__ = [
     "RegisterSource",
@@ -44,10 +53,6 @@ __all__ = [
 
 PTRACE_GETREGSET = 0x4204
 NT_PRSTATUS = 1
-
-RegisterSource = Literal["ptrace", "syscall", "none"]
-"""Where a thread's registers came from: all of them by ptrace, stack pointer and program counter
-from ``/proc/PID/task/TID/syscall``, or nowhere (running, gone, refused)."""
 
 
 @frozen

@@ -17,8 +17,11 @@ from __future__ import annotations
 import contextlib
 import mmap
 from types import TracebackType
-from typing import Any
-from typing import Protocol
+
+TYPE_CHECKING = False  # typing for mypy only (the command line starts faster without it)
+if TYPE_CHECKING:
+    from typing import Any
+    from typing import Protocol
 
 __all__ = ["CHUNK", "StagedImage", "Staging"]
 
@@ -77,10 +80,12 @@ class Staging:
         self.close()
 
 
-class _Writer(Protocol):
-    def begin(self, address: int) -> None: ...
-    def write(self, data: Any) -> None: ...
-    def end(self) -> int: ...
+if TYPE_CHECKING:
+
+    class _Writer(Protocol):
+        def begin(self, address: int) -> None: ...
+        def write(self, data: Any) -> None: ...
+        def end(self) -> int: ...
 
 
 class StagedImage:

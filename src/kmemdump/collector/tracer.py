@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import os
 import queue
 import signal
@@ -72,7 +71,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from kmemdump.collector.exits import death_from_siginfo
-from kmemdump.collector.ptrace import libc_ptrace
+from kmemdump.collector.ptrace import ptrace_request
 from kmemdump.collector.registers import ThreadRegisters
 from kmemdump.collector.registers import exit_syscalls
 from kmemdump.collector.registers import in_exec
@@ -132,22 +131,7 @@ taken with the threads that arrived, and the others are named in its death recor
 
 _STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
 
-_ptrace = libc_ptrace
-
-
-def _request(request: int, tid: int, addr: int | None = None, data: int | None = None) -> int:
-    if _ptrace is None:
-        raise OSError(errno.ENOSYS, "ptrace is not available from this Python (no libc ptrace)")
-    result = _ptrace(request, tid, addr, data)
-    if result == -1:
-        err = ctypes.get_errno()
-        if err:
-            raise OSError(err, os.strerror(err))
-    return result
-
-
-ptrace_request = _request
-"""``ptrace(request, tid, addr, data)``; :class:`OSError` with the kernel's errno when it fails."""
+_request = ptrace_request  # (kmemdump.collector.ptrace: the hold needs it without this module)
 
 
 def seize(tid: int, options: int = TRACE_OPTIONS) -> None:

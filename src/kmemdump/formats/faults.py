@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Final
 
 from kmemdump.errors import DumpFormatError
 from kmemdump.formats.table import open_owned_file
 from kmemdump.record import frozen
+
+TYPE_CHECKING = False  # typing for mypy only (the command line starts faster without it)
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = [
     "FAULT_SUFFIX",

@@ -22,12 +22,15 @@ from array import array
 from collections.abc import Callable
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
 
 from kmemdump.errors import AccessDeniedError
 from kmemdump.errors import CollectorError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.errors import UnreadableMemoryError
+
+TYPE_CHECKING = False  # typing for mypy only (the command line starts faster without it)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["IOV_MAX", "ProcessMemory"]
 
