@@ -257,6 +257,7 @@ DUMP_RUN_FORBIDDEN = CLI_FORBIDDEN["dump"] | {
     "kmemdump.memory.arena",
     "kmemdump.collector.pystate",
     "kmemdump.collector.pyoffsets",
+    "queue",  # the writer's queue is _queue.SimpleQueue itself
 }
 
 

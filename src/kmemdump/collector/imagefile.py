@@ -30,10 +30,14 @@ import errno
 import fcntl
 import mmap
 import os
-import queue
 import struct
 import threading
 from pathlib import Path
+
+try:  # queue.SimpleQueue is this one; the queue module adds classes (and heapq) the writer does not use
+    from _queue import SimpleQueue
+except ImportError:  # pragma: no cover - not CPython
+    from queue import SimpleQueue
 
 from kmemdump.errors import CollectorError
 from kmemdump.files import rename_noreplace
@@ -205,7 +209,7 @@ class ImageFile:
         self._free = [threading.Event(), threading.Event()]
         for event in self._free:
             event.set()
-        self._jobs: queue.SimpleQueue[tuple[int, int, int] | None] = queue.SimpleQueue()
+        self._jobs: SimpleQueue[tuple[int, int, int] | None] = SimpleQueue()
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
         self._fd = -1
