@@ -258,6 +258,7 @@ DUMP_RUN_FORBIDDEN = CLI_FORBIDDEN["dump"] | {
     "kmemdump.collector.pystate",
     "kmemdump.collector.pyoffsets",
     "queue",  # the writer's queue is _queue.SimpleQueue itself
+    "kmemdump.fleet",  # cli.main loads the fleet's errors only for an error
 }
 
 
@@ -312,3 +313,49 @@ def test_the_kmemdump_command_imports_no_regular_expressions_for_its_version() -
     installed = Path(sys.executable).parent / "kmemdump"
     if installed.exists():  # this environment's command is that script, its first line rewritten
         assert installed.read_text().splitlines()[1:] == SCRIPT.read_text().splitlines()[1:]
+
+
+_GC_PROBE = """
+import gc, sys
+import kmemdump.cli.main as cli
+import kmemdump.cli.cmd_{command} as command
+real = command.run
+def run(args):
+    print("during", gc.isenabled(), gc.get_freeze_count() > 0, file=sys.stderr)
+    return real(args)
+run.__module__ = command.__name__
+command.run = run
+sys.argv = ["kmemdump", *sys.argv[1:]]
+try:
+    cli.entry()
+finally:
+    print("after", gc.isenabled(), gc.get_freeze_count() > 0, file=sys.stderr)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("command", "during", "after"),
+    [("ls", "during True True", "after True True"), ("dump", "during False False", "after False True")],
+)
+def test_the_command_line_pauses_the_collector_for_its_start_up(
+    command: str, during: str, after: str, tmp_path: Path
+) -> None:
+    """``entry`` pauses the cyclic collector while the command loads; a command that may run for long
+    (ls here; watch, run) has it back, with what the start-up made frozen, and a short, bounded one
+    (dump) runs without it; the exit freezes what is left instead of collecting it."""
+    argv = ["ls", str(tmp_path)] if command == "ls" else ["dump", "1", "--tables", str(tmp_path)]
+    probe = [sys.executable, "-c", _GC_PROBE.format(command=command), *argv]
+    result = subprocess.run(probe, capture_output=True, text=True, timeout=60, check=False)
+    lines = [line for line in result.stderr.splitlines() if line.startswith(("during", "after"))]
+    assert lines == [during, after], result.stderr
+
+
+def test_main_called_in_process_leaves_the_collector_alone(tmp_path: Path) -> None:
+    import gc
+
+    from kmemdump.cli.main import main
+
+    frozen = gc.get_freeze_count()
+    assert main(["ls", str(tmp_path)]) == 0
+    assert gc.isenabled() and gc.get_freeze_count() == frozen

@@ -30,7 +30,11 @@ if TYPE_CHECKING:
 
     from kmemdump.formats.dumpmeta import DumpMeta
 
-__all__ = ["EPILOG", "prepare", "quick_parse", "run"]
+__all__ = ["BOUNDED", "EPILOG", "prepare", "quick_parse", "run"]
+
+BOUNDED = True
+"""A dump is short, bounded work that loads most of its modules as it goes (during the threads'
+sampling window): the command line keeps the cyclic garbage collector paused through it (cli.main)."""
 
 EPILOG = """\
 exit status: 0 dumped; 1 the dump failed (no table, no access, no space); 2 bad usage or no such process

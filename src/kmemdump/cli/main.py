@@ -18,7 +18,6 @@ from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.errors import UsageError
-from kmemdump.fleet.errors import StoreURLError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -170,16 +169,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, extra = parser.parse_known_args(words)
         if extra:  # an unknown option of the subcommand: its own usage, not the top level's
             args._parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if not getattr(sys.modules.get(args._run.__module__), "BOUNDED", False):
+        _start_up_done()
     if args.verbose:
         import logging
 
         logging.basicConfig(level=logging.DEBUG, format="%(message)s", stream=sys.stderr)
     try:
         return int(args._run(args))
-    except StoreURLError as err:  # a bad s3:// URL: one line and its remedy, not the whole usage
-        _report(err)
-        return 2
     except UsageError as err:
+        from kmemdump.fleet.errors import StoreURLError  # here: a command without URLs loads no fleet
+
+        if isinstance(err, StoreURLError):  # a bad s3:// URL: one line and its remedy, not the whole usage
+            _report(err)
+            return 2
         usage: argparse.ArgumentParser = getattr(args, "_parser", None) or command_parser(args.command)
         usage.error(str(err))  # exits 2 with the command's usage
     except (ProcessGoneError, InvalidRegionError) as err:
@@ -221,5 +224,30 @@ def _quiet_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
+_paused = [False]
+"""Whether :func:`entry` paused the cyclic garbage collector for the start-up."""
+
+
+def _start_up_done() -> None:
+    """The command's modules are loaded: what the start-up made (modules, classes, functions) lives as
+    long as the process, so the collector leaves it alone from now on (``gc.freeze``), and collects
+    again if :func:`entry` had paused it."""
+    if _paused[0]:
+        import gc
+
+        _paused[0] = False
+        gc.freeze()
+        gc.enable()
+
+
 def entry() -> None:
-    sys.exit(main())
+    import gc
+
+    # The command line is mostly start-up: loading a command makes tens of thousands of objects that
+    # live until the end, and the cyclic collector walked them again and again while they were made
+    # (25 collections for 'kmemdump dump PID', 3 ms) and all once more at exit (3 ms more).
+    gc.disable()
+    _paused[0] = True
+    code = main()
+    gc.freeze()  # the exit: nothing is left to collect that the end of the process does not free
+    sys.exit(code)
