@@ -207,3 +207,65 @@ def test_ten_thousand_small_allocations_take_a_handful_of_segments(table_dir: Pa
         allocations = [r for r in dump.meta.regions if r.size == 64]
         values = sorted(int.from_bytes(dump.region_bytes(r)[:8], "little") for r in allocations)
         assert values == list(range(10_000))
+
+
+# Regions either side of the size read on its own (dump._ALONE) side by side, the largest running
+# into an unreadable page.
+ALONE_PRODUCER = r"""
+import ctypes, mmap, os
+import kmemdump
+kmemdump.init(table=True, pycoreinfo=False)
+alone = int(os.environ["ALONE"])
+page = mmap.PAGESIZE
+sizes = {"tiny": 64, "below": alone - 1, "at": alone, "mib": 1 << 20}
+span = sum(sizes.values()) + 4 * 16
+cut_at = (span + 3 * page) // page * page  # "cut" runs past the end of the readable pages
+m = mmap.mmap(-1, cut_at + page)
+base = buffer_address(m)
+layout, at = {}, 0
+for i, (name, size) in enumerate(sizes.items()):
+    m[at : at + size] = bytes([i + 1]) * size
+    layout[name] = (base + at, size)
+    at += size + 16  # 16 bytes apart: within a run's gap
+layout["cut"] = (base + cut_at - 2 * page, 3 * page)
+m[cut_at - 2 * page : cut_at] = b"\x55" * (2 * page)
+for name, (address, size) in layout.items():
+    kmemdump.register(address, size, name=name)
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.mprotect(ctypes.c_void_p(base + cut_at), page, 0) == 0
+send({"layout": layout, "table": str(kmemdump.current_backend().path)})
+block()
+"""
+
+
+def test_regions_read_on_their_own_or_in_runs_are_stored_alike(table_dir: Path, dump_dir: Path) -> None:
+    import os
+
+    from kmemdump.collector import dump as dump_module
+
+    alone = dump_module._ALONE
+    with spawn_child(ALONE_PRODUCER, env={**os.environ, "ALONE": str(alone)}) as child:
+        info = child.recv()
+        result = dump_target(
+            child.pid,
+            process_start_time(child.pid),
+            Path(info["table"]),
+            reason="request",
+            options=DumpOptions(dump_dir, stacks=False, threads=-1),
+        )
+    layout = {k: tuple(v) for k, v in info["layout"].items()}
+    loads = _loads(result.path)
+    # the regions of at least _ALONE bytes have a segment each; the smaller ones share a run
+    for name in ("at", "mib"):
+        assert layout[name] in loads
+    tiny, below = layout["tiny"], layout["below"]
+    assert (tiny[0], below[0] + below[1] - tiny[0]) in loads
+    with Dump.open(result.path) as dump:
+        by_name = {r.name: r for r in dump.meta.regions}
+        for i, name in enumerate(("tiny", "below", "at", "mib")):
+            record = by_name[name]
+            assert (record.status, record.stored) == ("ok", layout[name][1]), record
+            assert dump.region_bytes(record) == bytes([i + 1]) * layout[name][1]
+        cut = by_name["cut"]
+        assert (cut.status, cut.stored) == ("partial", 2 * cut.size // 3)
+        assert dump.region_bytes(cut) == b"\x55" * cut.stored
