@@ -293,10 +293,15 @@ def test_dump_of_a_real_process_loads_only_what_the_dump_needs(tmp_path: Path) -
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "kmemdump"
 
 
-def _imported(argv: list[str]) -> set[str]:
+def _imported(argv: list[str], env: dict[str, str] | None = None) -> set[str]:
     """The modules a fresh interpreter running ``argv`` imports (``-X importtime``'s list, on stderr)."""
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", *argv], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-X", "importtime", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=None if env is None else {**os.environ, **env},
     )
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
@@ -359,3 +364,50 @@ def test_main_called_in_process_leaves_the_collector_alone(tmp_path: Path) -> No
     frozen = gc.get_freeze_count()
     assert main(["ls", str(tmp_path)]) == 0
     assert gc.isenabled() and gc.get_freeze_count() == frozen
+
+
+LEAN_FORBIDDEN = {
+    # ls: a listing starts within 2x a bare interpreter; each of these costs 1-7 ms (benchmarks: cli)
+    "ls": {
+        "argparse",
+        "re",
+        "enum",
+        "pathlib",
+        "json",
+        "typing",
+        "functools",
+        "collections",
+        "shlex",
+        "datetime",
+        "dataclasses",
+        "urllib",
+        "logging",
+        "kmemdump.ids",
+        "kmemdump.formats.kinds",
+    },
+    # show: argparse, pathlib and shlex are not needed to show a dump (decoding loads what it decodes)
+    "show": {"argparse", "pathlib", "shlex", "typing", "datetime", "dataclasses", "urllib", "logging"},
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("command", ["ls", "show"])
+def test_ls_and_show_load_no_heavy_module(command: str, tmp_path: Path) -> None:
+    """The installed command on a directory of real dumps (the common forms quick_parse reads)."""
+    from helpers_fleet import write_dump
+
+    frames = [("wait", "/srv/app/worker.py", 12), ("main", "/srv/app/worker.py", 40)]
+    made = [
+        write_dump(tmp_path, host="web-1", pid=100 + n, reason="hang",
+                   captured_ns=(1_795_000_000 + n) * 10**9, threads=[("MainThread", True, frames)])
+        for n in range(3)
+    ]  # fmt: skip
+    argvs = {
+        "ls": [["ls", str(tmp_path)], ["ls", str(tmp_path), "-r", "-n", "2", "--pid", "101", "--plain"]],
+        "show": [["show", str(made[0])], ["show", "latest", "--plain"], ["show", "2", "--json"]],
+    }[command]
+    for argv in argvs:  # names and numbers refer to $KMEMDUMP_DUMPS
+        loaded = _imported([str(SCRIPT), *argv], env={"KMEMDUMP_DUMPS": str(tmp_path)})
+        assert f"kmemdump.cli.cmd_{command}" in loaded and "kmemdump.inspect.dumpfile" in loaded
+        heavy = {m for m in loaded for f in LEAN_FORBIDDEN[command] if m == f or m.startswith(f + ".")}
+        assert heavy == set(), (argv, sorted(heavy))

@@ -2,9 +2,10 @@
 
 A ``quick_parse(words)`` parses a command's common forms without argparse (start-up time): where it
 answers, the answer must be what ``kmemdump COMMAND words...`` gets from argparse, every attribute
-with the same value and type; for anything else (help, errors, abbreviations, ``--``) it returns None
-and argparse handles the command line. Hypothesis builds command lines from the command's options,
-good and bad values, repeats, unknown options and ``--``.
+with the same value and type; for anything else (help, errors, abbreviations, most ``--``) it returns
+None and argparse handles the command line. Hypothesis builds command lines from the command's
+options, good and bad values, repeats, unknown options and ``--``; the common forms must not be
+declined, or the fast path would be dead code.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
+import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given
@@ -22,6 +25,8 @@ from hypothesis import strategies as st
 
 from budget import examples
 from kmemdump.cli import cmd_dump
+from kmemdump.cli.main import COMMANDS
+from kmemdump.cli.main import _quick as _quick_main
 from kmemdump.cli.main import build_parser
 from kmemdump.cli.main import main
 
@@ -174,3 +179,245 @@ def test_dump_through_main_takes_the_quick_path_without_argparse(tmp_path: Path)
         main(["dump", "4242", "--budget", "lots"])
     assert stop.value.code == 2
     assert "argument --budget: not a size: 'lots'" in err.getvalue()
+
+
+# --- ls and show (kmemdump.cli.quick) ----------------------------------------------------------
+
+NOW = 1_795_000_000.0
+"""time.time() while both parsers run: ls --since 2h counts back from it."""
+
+_ERROR = "argparse error"
+
+
+def _argparse_attrs(command: str, words: list[str]) -> dict[str, Any] | str:
+    """What argparse makes of ``kmemdump COMMAND WORDS`` as ``main`` runs it (the attributes), or an error."""
+    parser = build_parser([command], others=False)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            args, extra = parser.parse_known_args([command, *words])
+    except SystemExit:
+        return _ERROR
+    if extra:
+        return _ERROR
+    found = dict(vars(args))
+    found.pop("_parser")
+    return found
+
+
+def _quick(command: str, words: list[str]) -> dict[str, Any] | None:
+    args = _quick_main(command, [command, *words])
+    return None if args is None else dict(vars(args))
+
+
+def _same(command: str, words: list[str]) -> dict[str, Any] | None:
+    """The quick namespace, checked against argparse's (None when the quick parse declined)."""
+    with mock.patch.object(time, "time", return_value=NOW):
+        quick = _quick(command, words)
+        full = _argparse_attrs(command, words)
+    if quick is not None:
+        assert full != _ERROR, f"quick parse accepted what argparse refuses: {words!r} -> {quick!r}"
+        assert quick == full, words
+        for key, value in full.items():  # same types too (Path, not str; int, not bool)
+            assert type(quick[key]) is type(value), (words, key)
+    return quick
+
+
+# --- ls ---------------------------------------------------------------------------------------------
+
+LS_FLAGS = ["-r", "--reverse", "--group", "--json", "--plain"]
+LS_OPTIONS = ["--pid", "--reason", "--since", "--until", "-n", "--last", "--host"]
+LS_VALUES = [
+    "1",
+    "3",
+    "0",
+    "-1",
+    "2147483648",
+    "0x10",
+    " 5",
+    "abc",
+    "hang",
+    "death",
+    "",
+    "2h",
+    "30s",
+    "1.5d",
+    "today",
+    "yesterday",
+    "2026-11-27",
+    "2026-11-27 09:49",
+    "2026-11-27T09:49:45Z",
+    "2026-13-01",
+    "web-1",
+    "dumps",
+    "/tmp/d",
+    "./d/",
+    "d//x",
+    "s3://bucket/prefix",
+    "s3:x",
+    "-x",
+    "--",
+    "-",
+    "x y",
+    "-a b",
+    "--json",
+    "-5",
+]
+LS_OTHER = ["-h", "--help", "--jso", "--rev", "-rn3", "-n=3", "--json=1", "-v", "--pid=", "--reason="]
+
+
+def _words(flags: list[str], options: list[str], values: list[str], other: list[str]) -> Any:
+    attached = st.builds(
+        lambda o, v: f"{o}={v}",
+        st.sampled_from([o for o in options if o.startswith("--")]),
+        st.sampled_from(values),
+    )
+    short = st.builds(
+        lambda o, v: f"{o}{v}",
+        st.sampled_from([o for o in options if not o.startswith("--")] or ["-x"]),
+        st.sampled_from(values),
+    )
+    word = st.one_of(
+        st.sampled_from(flags),
+        st.sampled_from(options),
+        st.sampled_from(values),
+        st.sampled_from(other),
+        attached,
+        short,
+        st.text(st.characters(codec="utf-8", exclude_characters="\0"), max_size=6),
+    )
+    return st.lists(word, max_size=7)
+
+
+@settings(max_examples=examples(1500), deadline=None)
+@given(words=_words(LS_FLAGS, LS_OPTIONS, LS_VALUES, LS_OTHER))
+def test_ls_quick_parse_matches_argparse(words: list[str]) -> None:
+    _same("ls", words)
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        [],
+        ["/tmp/dumps"],
+        ["--json"],
+        ["--plain"],
+        ["-r"],
+        ["--reverse", "/tmp/dumps"],
+        ["-n", "5"],
+        ["-n5"],
+        ["--last=5"],
+        ["--pid", "3"],
+        ["--pid=3"],
+        ["--pid", "3", "--pid", "4"],
+        ["--reason", "hang", "--reason=death"],
+        ["--since", "2h", "--until", "today"],
+        ["--host", "web-1", "--group"],
+        ["/tmp/dumps", "--json", "-r", "-n", "2"],
+        ["--", "-x"],
+        ["--json", "--", "-x"],
+        ["--json", "--json"],
+        ["-n", "2", "-n", "3"],
+        ["s3://bucket/prefix"],
+        ["d//x/"],
+        [""],
+    ],
+)
+def test_ls_common_forms_are_parsed_quickly(words: list[str]) -> None:
+    assert _same("ls", words) is not None, words
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["-h"],
+        ["--help"],
+        ["--rev"],  # an abbreviation: argparse's to resolve
+        ["-rn3"],  # combined short options
+        ["--unknown"],
+        ["a", "b"],  # two directories
+        ["--", "a", "b"],
+        ["a", "--", "b"],
+        ["--", "--"],
+        ["--"],
+        ["--pid"],  # no value
+        ["--pid", "-3"],  # a value that looks like an option
+        ["--pid", "0"],  # refused by its type: argparse says so
+        ["--pid=x"],
+        ["-n", "0"],
+        ["--since", "soon"],
+        ["--json=1"],
+        ["-"],
+        ["-5"],
+    ],
+)
+def test_ls_declines_what_argparse_must_handle(words: list[str]) -> None:
+    assert _same("ls", words) is None, words
+
+
+def test_ls_quick_values_have_argparse_types() -> None:
+    args = _same("ls", ["--pid", "7", "-n", "2", "--since", "2026-11-27", "./x/"])
+    assert args is not None
+    assert args["pid"] == [7] and args["last"] == 2 and isinstance(args["since"], int)
+    assert args["dir"] == "x" and args["command"] == "ls" and args["verbose"] is False
+
+
+# --- show -------------------------------------------------------------------------------------------
+
+SHOW_FLAGS = ["--json", "--no-decode", "--plain"]
+SHOW_OPTIONS = ["--dir"]
+SHOW_VALUES = [
+    "latest",
+    "last",
+    "3",
+    "pid:42",
+    "a.core",
+    "/tmp/x.core",
+    "s3://b/k",
+    "",
+    "-x",
+    "--",
+    "-",
+    "d/",
+    "x y",
+]
+SHOW_OTHER = ["-h", "--help", "--js", "--no", "--plain=1", "-v", "--dir="]
+
+
+@settings(max_examples=examples(1000), deadline=None)
+@given(words=_words(SHOW_FLAGS, SHOW_OPTIONS, SHOW_VALUES, SHOW_OTHER))
+def test_show_quick_parse_matches_argparse(words: list[str]) -> None:
+    _same("show", words)
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["/tmp/x.core"],
+        ["latest"],
+        ["3"],
+        ["pid:42"],
+        ["--json", "latest"],
+        ["latest", "--no-decode", "--plain"],
+        ["--dir", "/tmp/d", "2"],
+        ["--dir=/tmp/d/", "latest"],
+        ["--", "-x.core"],
+    ],
+)
+def test_show_common_forms_are_parsed_quickly(words: list[str]) -> None:
+    assert _same("show", words) is not None, words
+
+
+@pytest.mark.parametrize(
+    "words", [[], ["--json"], ["-h"], ["a", "b"], ["--dir"], ["--dir", "-d", "x"], ["--js", "x"]]
+)
+def test_show_declines_what_argparse_must_handle(words: list[str]) -> None:
+    assert _same("show", words) is None, words
+
+
+def test_every_quick_parse_is_tested() -> None:
+    """A subcommand that gains a quick_parse gains its test_NAME_quick_parse_matches_argparse here."""
+    import importlib
+
+    for name in COMMANDS:
+        if hasattr(importlib.import_module(f"kmemdump.cli.cmd_{name}"), "quick_parse"):
+            assert f"test_{name}_quick_parse_matches_argparse" in globals(), name

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="kmemdump-demo-") as tmp:
         tables = Path(tmp) / "tables"
         tables.mkdir(mode=0o700)
-        dumps = args.dir or default_dump_dir()
+        dumps = args.dir or Path(default_dump_dir())
         dumps.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, KMEMDUMP_DIR=str(tables))
         print(

@@ -149,7 +149,7 @@ class _Plan:
 
 def run(args: argparse.Namespace) -> int:
     args, extra = _split_arguments(args)
-    path = dump_path(args.dump, args.dir)
+    path = Path(dump_path(args.dump, args.dir))
     gdb = args.gdb
     if not args.print_command:
         found = shutil.which(gdb)

@@ -15,14 +15,13 @@ to $KMEMDUMP_DUMPS, else ~/.local/state/kmemdump/dumps; it may also be a single 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 from kmemdump.cli.fleetls import add_fleet_options
 from kmemdump.cli.fleetls import dir_or_url
+from kmemdump.cli.fleetls import is_url
 from kmemdump.cli.fleetls import local_records
 from kmemdump.cli.fleetls import print_problems
 from kmemdump.cli.fleetls import report_skipped
@@ -31,6 +30,9 @@ from kmemdump.cli.options import FILES
 from kmemdump.cli.options import completes
 from kmemdump.cli.options import default_dump_dir
 from kmemdump.cli.options import pid_number
+from kmemdump.cli.quick import Option
+from kmemdump.cli.quick import Positional
+from kmemdump.cli.quick import parse_words
 from kmemdump.cli.render import Column
 from kmemdump.cli.render import Output
 from kmemdump.cli.render import format_size
@@ -43,7 +45,11 @@ from kmemdump.inspect.dumpfile import catalog
 from kmemdump.inspect.dumpfile import summarize
 from kmemdump.inspect.filters import DumpFilter
 
-__all__ = ["EPILOG", "parse_when", "prepare", "run"]
+TYPE_CHECKING = False  # argparse and typing are imported for mypy only: ls starts without them
+if TYPE_CHECKING:
+    import argparse
+
+__all__ = ["EPILOG", "parse_when", "prepare", "quick_parse", "run"]
 
 EPILOG = """\
 WHEN is a UTC date or time as ls prints it ('2026-11-27', '2026-11-27 09:49', '2026-11-27T09:49:45'),
@@ -97,6 +103,8 @@ def parse_when(text: str, now: float | None = None) -> int:
     try:
         parsed = datetime.fromisoformat(text.strip().replace(" UTC", "").removesuffix("Z"))
     except ValueError:
+        import argparse
+
         raise argparse.ArgumentTypeError(
             f"not a time: {text!r} (e.g. '2026-11-27 09:49', 'today', '2h')"
         ) from None
@@ -107,6 +115,8 @@ def parse_when(text: str, now: float | None = None) -> int:
 
 def _count(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) == 0:
+        import argparse
+
         raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
     return int(text)
 
@@ -146,14 +156,57 @@ def prepare(parser: argparse.ArgumentParser) -> None:
     )
 
 
+_QUICK_FLAGS = {
+    "-r": ("reverse", True),
+    "--reverse": ("reverse", True),
+    "--group": ("group", True),
+    "--json": ("json", True),
+    "--plain": ("plain", True),
+}
+_QUICK_OPTIONS = {
+    "--pid": Option("pid", pid_number, append=True),
+    "--reason": Option("reason", append=True),
+    "--since": Option("since", parse_when),
+    "--until": Option("until", parse_when),
+    "-n": Option("last", _count),
+    "--last": Option("last", _count),
+    "--host": Option("host", append=True),
+}
+_QUICK_DEFAULTS = {
+    "dir": None,
+    "pid": None,
+    "reason": None,
+    "since": None,
+    "until": None,
+    "last": None,
+    "reverse": False,
+    "host": None,
+    "group": False,
+    "json": False,
+    "plain": False,
+}
+
+
+def quick_parse(words: list[str]) -> argparse.Namespace | None:
+    """ls's arguments as :func:`prepare`'s parser would read them, without argparse (see
+    :mod:`kmemdump.cli.quick`); None for what only argparse handles."""
+    return parse_words(
+        words,
+        defaults=_QUICK_DEFAULTS,
+        flags=_QUICK_FLAGS,
+        options=_QUICK_OPTIONS,
+        positional=Positional("dir", dir_or_url, required=False),
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     wanted = DumpFilter.from_args(args)
-    if isinstance(args.dir, str):  # dir_or_url: a URL, or what looks like a mistyped one
+    if args.dir is not None and is_url(args.dir):  # a URL, or what looks like a mistyped one
         return run_remote(args, wanted)
-    directory: Path = args.dir if args.dir is not None else default_dump_dir()
-    skipped: list[tuple[Path, KmemdumpError]] = []
+    directory: str = args.dir if args.dir is not None else default_dump_dir()
+    skipped: list[tuple[str, KmemdumpError]] = []
 
-    def on_error(path: Path, err: KmemdumpError) -> None:
+    def on_error(path: str, err: KmemdumpError) -> None:
         skipped.append((path, err))
 
     def say_skipped() -> None:  # once, before the table: whole lines, the first few named
@@ -220,7 +273,7 @@ def _row(index: int, summary: DumpSummary) -> list[str]:
         "partial" if summary.partial else "complete",
         summary.lacking if summary.partial else "",
         _short_command(summary.command),
-        summary.path.name,
+        os.path.basename(summary.path),
     ]
 
 

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    directory: Path = args.dir if args.dir is not None else default_dump_dir()
+    directory: Path = args.dir if args.dir is not None else Path(default_dump_dir())
     outcome = enforce(directory, policy, dry_run=args.dry_run)
     removed = outcome.removals
     if args.json:

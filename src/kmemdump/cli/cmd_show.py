@@ -11,12 +11,12 @@ everything as one JSON document, decoded values included.
 
 from __future__ import annotations
 
-import argparse
-import shlex
-
 from kmemdump.cli import records
 from kmemdump.cli.options import add_dump_argument
 from kmemdump.cli.options import dump_path
+from kmemdump.cli.quick import Option
+from kmemdump.cli.quick import Positional
+from kmemdump.cli.quick import parse_words
 from kmemdump.cli.render import Column
 from kmemdump.cli.render import Output
 from kmemdump.cli.render import format_address
@@ -40,17 +40,20 @@ from kmemdump.inspect.dumpfile import command_line
 from kmemdump.inspect.dumpfile import kind_name
 from kmemdump.inspect.dumpfile import plural
 from kmemdump.inspect.dumpfile import pycoreinfo_summary
+from kmemdump.inspect.dumpfile import shell_quote
 from kmemdump.record import asdict
 from kmemdump.record import fields
 from kmemdump.record import frozen
 
 TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
 if TYPE_CHECKING:
+    import argparse
+    from pathlib import Path
     from typing import Any
 
     from kmemdump.formats.stacks import ThreadStack
 
-__all__ = ["EPILOG", "document", "prepare", "run"]
+__all__ = ["EPILOG", "document", "prepare", "quick_parse", "run"]
 
 EPILOG = """\
 exit status: 0 shown; 1 not a dump, damaged, or unreadable; 2 bad usage
@@ -93,6 +96,29 @@ def prepare(parser: argparse.ArgumentParser) -> None:
         help="list the regions without decoding their contents",
     )
     parser.add_argument("--plain", action="store_true", help="plain text even on a terminal")
+
+
+def _path(text: str) -> Path:
+    from pathlib import Path  # only for --dir: show's own reading uses no pathlib
+
+    return Path(text)
+
+
+_QUICK_FLAGS = {"--json": ("json", True), "--no-decode": ("decode", False), "--plain": ("plain", True)}
+_QUICK_OPTIONS = {"--dir": Option("dir", _path)}
+_QUICK_DEFAULTS = {"dump": None, "dir": None, "json": False, "decode": True, "plain": False}
+
+
+def quick_parse(words: list[str]) -> argparse.Namespace | None:
+    """show's arguments as :func:`prepare`'s parser would read them, without argparse (see
+    :mod:`kmemdump.cli.quick`); None for what only argparse handles."""
+    return parse_words(
+        words,
+        defaults=_QUICK_DEFAULTS,
+        flags=_QUICK_FLAGS,
+        options=_QUICK_OPTIONS,
+        positional=Positional("dump"),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -254,7 +280,7 @@ def _readers_line(dump: Dump) -> str:
     from kmemdump.inspect.binaries import missing_interpreter
 
     interpreter = [m for m in modules if m.role in ("exe", "libpython")]
-    name = "DUMP" if dump.compressed else shlex.quote(str(dump.path))  # pystack reads no .zst
+    name = "DUMP" if dump.compressed else shell_quote(dump.path)  # pystack reads no .zst
     return missing_interpreter(find_binaries(interpreter), name, lead=True)
 
 

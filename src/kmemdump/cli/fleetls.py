@@ -8,12 +8,10 @@ accept as it is.
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
 import sys
-from pathlib import Path
 
+from kmemdump.cli.options import path_text
 from kmemdump.cli.render import Column
 from kmemdump.cli.render import Output
 from kmemdump.cli.render import format_size
@@ -26,6 +24,7 @@ from kmemdump.inspect.dumpfile import plural
 
 TYPE_CHECKING = False  # plain `kmemdump ls DIR` imports this module: the fleet's parts load on use
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Iterable
 
     from kmemdump.fleet.url import StoreURL
@@ -38,6 +37,7 @@ __all__ = [
     "SKIPPED_SHOWN",
     "add_fleet_options",
     "dir_or_url",
+    "is_url",
     "local_records",
     "print_problems",
     "report_skipped",
@@ -67,17 +67,21 @@ _PROBLEM_COLUMNS = (
 )
 
 
-def dir_or_url(text: str) -> str | Path:
-    """ls's DIR argument: an ``s3://`` URL stays text (a path would fold its ``//``); ``s3:/x`` or
-    ``s3:x`` (a mistyped URL, not an existing path) is refused rather than listed as a missing
-    directory."""
+def is_url(text: str) -> bool:
+    """Whether ls's DIR argument names a bucket: an ``s3://`` URL, or ``s3:/x`` or ``s3:x`` that is
+    not an existing path (a mistyped URL, refused by the URL parser rather than listed as a missing
+    directory)."""
     if text[:3].lower() != "s3:":  # a path: the URL parser is not loaded for it
-        return Path(text)
+        return False
     from kmemdump.fleet.url import is_remote
 
-    if is_remote(text) or (text[:3].lower() == "s3:" and not os.path.lexists(text)):
-        return text  # parse_url checks it (a one-line error)
-    return Path(text)
+    return is_remote(text) or not os.path.lexists(text)
+
+
+def dir_or_url(text: str) -> str:
+    """ls's DIR argument: an ``s3://`` URL (:func:`is_url`) as it is (a path would fold its ``//``),
+    a path as ``str(Path(text))`` writes it."""
+    return text if is_url(text) else path_text(text)
 
 
 def add_fleet_options(parser: argparse.ArgumentParser) -> None:
@@ -148,7 +152,7 @@ def _layout_hint(url: StoreURL) -> str:
 
     parts = url.prefix.split("/") if url.prefix else []
     for depth, flag in ((1, ""), (2, " --host {host}")):
-        if len(parts) >= depth and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", parts[-depth]):
+        if len(parts) >= depth and _is_day(parts[-depth]):
             base = StoreURL(url.bucket, "/".join(parts[:-depth]))
             day = parts[-depth]
             try:
@@ -161,6 +165,12 @@ def _layout_hint(url: StoreURL) -> str:
                 f"kmemdump ls {base} --since {day} --until {after}{flag.format(host=host)})"
             )
     return ""
+
+
+def _is_day(text: str) -> bool:
+    """``YYYY-MM-DD`` in ASCII digits."""
+    digits = text[:4] + text[5:7] + text[8:]
+    return len(text) == 10 and text[4] == text[7] == "-" and digits.isascii() and digits.isdigit()
 
 
 def _row(index: DumpIndex, where: str) -> list[str]:
@@ -194,7 +204,7 @@ def _record(index: DumpIndex, where: str) -> TriageRecord:
     )
 
 
-def local_records(paths: Iterable[Path], on_error: object = None) -> list[TriageRecord]:
+def local_records(paths: Iterable[str], on_error: object = None) -> list[TriageRecord]:
     """Triage records for local dump files (their signatures computed now)."""
     from kmemdump.inspect.dumpfile import Dump
     from kmemdump.inspect.dumpfile import command_line

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 from kmemdump.errors import CollectorError
 from kmemdump.errors import KmemdumpError
@@ -19,6 +18,7 @@ TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command 
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable
+    from pathlib import Path
 
     from kmemdump.collector.dump import DumpOptions
     from kmemdump.collector.retention import Policy
@@ -45,6 +45,7 @@ __all__ = [
     "option_value",
     "parse_duration",
     "parse_size",
+    "path_text",
     "pid_number",
     "retention_policy",
     "seconds",
@@ -70,13 +71,20 @@ _UNITS = {
 }
 
 
-def default_dump_dir() -> Path:
+def default_dump_dir() -> str:
     """``$KMEMDUMP_DUMPS``, else ``$XDG_STATE_HOME/kmemdump/dumps`` (``~/.local/state/...``)."""
     explicit = os.environ.get("KMEMDUMP_DUMPS")
     if explicit:
-        return Path(explicit)
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "kmemdump" / "dumps"
+        return path_text(explicit)
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(path_text(state), "kmemdump", "dumps")
+
+
+def path_text(path: str) -> str:
+    """``str(Path(path))`` without pathlib (which costs ``ls`` a third of its start-up): no doubled
+    or trailing slashes, no ``.`` parts; a leading ``//`` (but not ``///``) is kept, as POSIX allows."""
+    root = "//" if path.startswith("//") and not path.startswith("///") else "/" if path[:1] == "/" else ""
+    return root + "/".join(part for part in path.split("/") if part and part != ".") or "."
 
 
 MAX_FALLBACK_DIRS = 64
@@ -94,6 +102,8 @@ def table_dirs(all_users: bool) -> list[Path]:
     directories owned by the uid of their name, at most :data:`MAX_FALLBACK_DIRS` per user. The
     listing of ``/dev/shm`` is read again only when that directory changed since the last call.
     """
+    from pathlib import Path
+
     from kmemdump.formats.table import default_dir
 
     first = Path(default_dir())
@@ -118,6 +128,8 @@ _shm_listing: dict[str, tuple[tuple[int, bool, int] | None, float, list[Path]]] 
 
 
 def _list_shm(all_users: bool) -> list[Path]:
+    from pathlib import Path
+
     from kmemdump.formats.table import parse_dir_name
 
     uid = os.geteuid()
@@ -151,6 +163,8 @@ def _list_shm(all_users: bool) -> list[Path]:
 
 def add_tables_option(parser: argparse.ArgumentParser, verb: str) -> None:
     """``--tables DIR`` (repeatable): where to look for tables instead of the default places."""
+    from pathlib import Path
+
     parser.add_argument(
         "--tables",
         type=Path,
@@ -234,6 +248,8 @@ def seconds(text: str) -> float:
 
 
 def add_dump_options(parser: argparse.ArgumentParser) -> None:
+    from pathlib import Path
+
     parser.add_argument(
         "--dir",
         type=Path,
@@ -421,7 +437,9 @@ def dump_options(args: argparse.Namespace) -> DumpOptions:
             zstd.module()
         except ImportError:
             raise zstd.missing("--compress") from None
-    directory = args.dir or default_dump_dir()
+    from pathlib import Path
+
+    directory = args.dir or Path(default_dump_dir())
     try:
         made = not directory.exists()
         directory.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -510,6 +528,8 @@ def add_dump_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_dump_dir_option(parser: argparse.ArgumentParser, default: object = None) -> None:
+    from pathlib import Path
+
     action = parser.add_argument(
         "--dir",
         type=Path,
@@ -521,7 +541,7 @@ def add_dump_dir_option(parser: argparse.ArgumentParser, default: object = None)
     completes(action, DIRECTORIES)
 
 
-def dump_path(given: str | os.PathLike[str], directory: Path | None = None) -> Path:
+def dump_path(given: str | os.PathLike[str], directory: str | os.PathLike[str] | None = None) -> str:
     """The dump file a DUMP argument means (see :data:`DUMP_HELP`); :class:`NoSuchDumpError` if none.
 
     An existing file wins; then the handles ``latest``, ``N`` and ``pid:PID``; then a bare name in
@@ -535,24 +555,24 @@ def dump_path(given: str | os.PathLike[str], directory: Path | None = None) -> P
         def warn(message: str) -> None:
             print(f"kmemdump: warning: {message}", file=sys.stderr)
 
-        return fetch_dump(text, on_warning=warn)
-    path = Path(text)
+        return os.fspath(fetch_dump(text, on_warning=warn))
+    path = path_text(text)
     try:
         os.stat(path)
         return path
     except PermissionError as err:
         raise DumpAccessError(
-            f"permission denied: this user cannot enter the directory holding {path.name}; ask for "
-            "access to it (e.g. through its group) or run as its owner",
+            "permission denied: this user cannot enter the directory holding "
+            f"{os.path.basename(path)}; ask for access to it (e.g. through its group) or run as its owner",
             path=text,
         ) from err
     except (OSError, ValueError):  # not there (or not a valid path): maybe a handle or a bare name
         pass
-    where = directory if directory is not None else default_dump_dir()
+    where = path_text(os.fspath(directory)) if directory is not None else default_dump_dir()
     if text in ("latest", "last") or (text.isascii() and text.isdigit()) or text.startswith("pid:"):
         return _handle(text, where)
     if os.sep not in text:
-        candidate = where / text
+        candidate = path_text(os.path.join(where, text))
         try:
             os.stat(candidate)
             return candidate
@@ -562,7 +582,7 @@ def dump_path(given: str | os.PathLike[str], directory: Path | None = None) -> P
     raise NoSuchDumpError(f"no such dump: {text} does not exist", path=text)
 
 
-def _handle(text: str, where: Path) -> Path:
+def _handle(text: str, where: str) -> str:
     from kmemdump.inspect.dumpfile import catalog
 
     entries = catalog(where, on_error=lambda path, err: None)

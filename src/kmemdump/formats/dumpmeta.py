@@ -14,11 +14,11 @@ field added to one is seen missing from the other two.
 
 from __future__ import annotations
 
-from collections import deque
 from itertools import repeat
 from operator import attrgetter
 
 from kmemdump.errors import DumpFormatError
+from kmemdump.formats import jsonscan
 from kmemdump.formats.jsonwrite import dumps
 from kmemdump.formats.regiontable import INLINE_LIMIT
 from kmemdump.formats.regiontable import pack_columns
@@ -169,7 +169,7 @@ def region_records(  # noqa: PLR0917 - the dataclass's fields, in order
     records: list[RegionRecord] = list(map(object.__new__, repeat(RegionRecord, len(ids))))
     columns = (ids, names, kinds, addresses, sizes, stored, statuses, errors, sources)
     for set_field, column in zip(_RECORD_FIELDS, columns, strict=True):
-        deque(map(set_field, records, column), 0)
+        any(map(set_field, records, column))  # each returns None: runs over the whole column
     return records
 
 
@@ -561,11 +561,9 @@ _REGION_DEFAULTS: dict[str, str] = {"error": "", "source": "process"}
 
 def decode_meta(data: bytes) -> DumpMeta:
     """Parse and check a KMEMDUMP note; anything malformed raises :class:`DumpFormatError`."""
-    import json  # the reader's: a dump's writer does without (jsonwrite)
-
     try:
-        body = json.loads(data.rstrip(b"\0").decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        body = jsonscan.loads(data.rstrip(b"\0").decode("utf-8"))
+    except ValueError as err:  # UnicodeDecodeError, json.JSONDecodeError
         raise DumpFormatError(f"KMEMDUMP note is not valid JSON: {err}") from err
     if not isinstance(body, dict) or body.get("format") != FORMAT_NAME:
         raise DumpFormatError("KMEMDUMP note does not describe a kmemdump dump")

@@ -35,10 +35,12 @@ import itertools
 import operator
 import struct
 import sys
-from array import array
-from collections.abc import Sequence
 
 from kmemdump.errors import DumpFormatError
+
+TYPE_CHECKING = False  # typing is imported for mypy only: the command line starts faster without it
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["INLINE_LIMIT", "MAX_RECORDS", "Record", "pack_columns", "pack_regions", "unpack_regions"]
 
@@ -65,6 +67,8 @@ _LITTLE = sys.byteorder == "little"
 
 
 def _column(code: str, values: Sequence[int] | list[int]) -> bytes:
+    from array import array  # here: array loads collections, which reading a small dump never needs
+
     column = array(code, values)
     if not _LITTLE:
         column.byteswap()
@@ -130,6 +134,8 @@ def _deltas(code: str, values: Sequence[int]) -> bytes:
     """The column of each value's difference from the one before (the first: from 0), modulo
     2**32 (``code`` "I") or 2**64 ("Q"): stored as the signed type of that size where every
     difference fits one (the same bytes, no masking a value), else masked."""
+    from array import array
+
     deltas = list(map(operator.sub, values, itertools.chain((0,), values)))
     try:
         column = array(code.lower(), deltas)
@@ -145,6 +151,7 @@ def unpack_regions(text: str) -> list[Record]:
     import base64
     import binascii
     import zlib
+    from array import array
     from itertools import accumulate
 
     try:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from kmemdump.errors import DumpFormatError
 from kmemdump.errors import MissingExtraError
 
 TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
 if TYPE_CHECKING:
+    from pathlib import Path
     from types import ModuleType
     from typing import IO
     from typing import Any
@@ -142,7 +142,9 @@ def frame_header(head: bytes) -> tuple[int | None, bool]:
     return (value + 256 if width == 2 else value), checksum
 
 
-def decompress(source: IO[bytes], out: IO[bytes], where: Path, *, limit: int | None = None) -> int:
+def decompress(
+    source: IO[bytes], out: IO[bytes], where: str | os.PathLike[str], *, limit: int | None = None
+) -> int:
     """Decompress all of ``source`` into ``out`` and return the decompressed size.
 
     Refused with :class:`DumpFormatError` before anything is written: a frame that declares more than

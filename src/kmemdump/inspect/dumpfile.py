@@ -17,9 +17,7 @@ not been moved yet because every reader command imports it from here.
 
 from __future__ import annotations
 
-import functools
 import os
-from pathlib import Path
 
 from kmemdump.errors import DecodeError
 from kmemdump.errors import DumpFormatError
@@ -38,10 +36,6 @@ from kmemdump.formats.elf import KMD_NOTE_STACKS
 from kmemdump.formats.elf import OWNER_KMEMDUMP
 from kmemdump.formats.elf import OWNER_PYCOREINFO
 from kmemdump.formats.elf import PYCOREINFO_NOTE
-from kmemdump.formats.kinds import MAX_GRAPH_DEPTH
-from kmemdump.formats.kinds import RegionKind
-from kmemdump.ids import ID
-from kmemdump.ids import id_label
 from kmemdump.inspect.wording import plural
 from kmemdump.inspect.wording import what_is_missing
 from kmemdump.memory.core import CoreImage
@@ -62,6 +56,29 @@ if TYPE_CHECKING:
     from kmemdump.formats.ring import Ring
     from kmemdump.formats.stacks import Stacks
 
+if TYPE_CHECKING:
+    from functools import cached_property
+else:
+
+    class cached_property:  # functools' name; functools costs ls a tenth of its start-up
+        """What :func:`functools.cached_property` does for these classes: computed on first use and
+        kept in the instance's ``__dict__``, which later lookups find first."""
+
+        def __init__(self, compute):
+            self.compute = compute
+            self.name = compute.__name__
+            self.__doc__ = compute.__doc__
+
+        def __set_name__(self, owner, name):
+            self.name = name
+
+        def __get__(self, instance, owner=None):
+            if instance is None:
+                return self
+            value = instance.__dict__[self.name] = self.compute(instance)
+            return value
+
+
 __all__ = [
     "DUMP_SUFFIXES",
     "CatalogEntry",
@@ -77,12 +94,13 @@ __all__ = [
     "plural",
     "pycoreinfo_summary",
     "ring_json",
+    "shell_quote",
     "summarize",
     "what_is_missing",
 ]
 
 
-def _warn_skipped(path: Path, err: KmemdumpError) -> None:
+def _warn_skipped(path: str, err: KmemdumpError) -> None:
     import logging  # only when it is needed: the command line starts faster without it
 
     logging.getLogger("kmemdump.inspect").warning("skipped %s: %s", path, err)
@@ -94,6 +112,8 @@ DUMP_SUFFIXES = (".core", ".core.zst")
 
 def kind_name(kind: int) -> str:
     """``BUFFER``, ``OBJECT`` …, or ``kind<N>`` for a number this version does not know."""
+    from kmemdump.formats.kinds import RegionKind  # enum: loaded by what decodes, not by ls
+
     try:
         return RegionKind(kind).name
     except ValueError:
@@ -126,7 +146,7 @@ class DecodedRegion:
 class DumpSummary:
     """One line of ``kmemdump ls``: what, when, whose, how big."""
 
-    path: Path
+    path: str
     file_size: int
     compressed: bool
     captured_ns: int
@@ -154,7 +174,6 @@ class DumpSummary:
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
-        body["path"] = str(self.path)
         body["missing"] = list(self.missing)
         del body["lacking"]  # the text listing's few words; "missing" says it all
         return body
@@ -163,7 +182,7 @@ class DumpSummary:
 class Dump:
     """An open dump. Use :meth:`open`, preferably as a context manager."""
 
-    def __init__(self, path: Path, core: CoreImage, meta: DumpMeta, file_size: int) -> None:
+    def __init__(self, path: str, core: CoreImage, meta: DumpMeta, file_size: int) -> None:
         self.path = path
         self.core = core
         self.meta = meta
@@ -171,7 +190,7 @@ class Dump:
 
     # The optional parts are read on first use: ``kmemdump ls`` needs only the metadata.
 
-    @functools.cached_property
+    @cached_property
     def _pyinfo(self) -> tuple[PyCoreInfo | None, str]:
         return self._load_pycoreinfo()
 
@@ -185,7 +204,7 @@ class Dump:
         """Why :attr:`pycoreinfo` is None (empty when it is not)."""
         return self._pyinfo[1]
 
-    @functools.cached_property
+    @cached_property
     def _stacks(self) -> tuple[Stacks | None, str]:
         return self._load_stacks()
 
@@ -199,7 +218,7 @@ class Dump:
         """``"ok"`` when :attr:`stacks` is set, otherwise why there are none."""
         return self._stacks[1]
 
-    @functools.cached_property
+    @cached_property
     def modules(self) -> tuple[Module, ...] | None:
         """The ELF files the process mapped, with their build-ids; None for a dump without the
         modules note (older versions, or a process already gone) or with a damaged one."""
@@ -213,7 +232,7 @@ class Dump:
         except DumpFormatError:
             return None
 
-    @functools.cached_property
+    @cached_property
     def problems(self) -> tuple[str, ...]:
         """Inconsistencies between the metadata and the stored memory, one sentence each."""
         return self._check_regions()
@@ -223,7 +242,7 @@ class Dump:
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Dump:
         """Open ``path`` (a plain or zstd-compressed dump); :class:`DumpFormatError` if it is not one."""
-        where = Path(path)
+        where = os.fspath(path)
         if os.path.isdir(where):
             raise DumpFormatError(
                 "this is a directory, not a dump (kmemdump ls DIR lists dumps)", path=str(where)
@@ -242,7 +261,7 @@ class Dump:
             except DumpFormatError as err:
                 raise DumpFormatError(err.message, **{**err.context, "path": str(where)}) from err
             try:
-                size = where.stat().st_size
+                size = os.stat(where).st_size
             except OSError as err:
                 raise DumpFormatError(f"cannot stat the dump: {err.strerror}", path=str(where)) from err
             return cls(where, core, meta, size)
@@ -263,13 +282,15 @@ class Dump:
 
     @property
     def compressed(self) -> bool:
-        return bool(getattr(self.core, "compressed", self.path.name.endswith(".zst")))
+        return bool(getattr(self.core, "compressed", self.path.endswith(".zst")))
 
     def _load_pycoreinfo(self) -> tuple[PyCoreInfo | None, str]:
         note = self.core.note(OWNER_PYCOREINFO, PYCOREINFO_NOTE)
         if note is not None:
             blob, where = bytes(note.desc), "note"
         else:
+            from kmemdump.ids import ID  # the ids and kinds are enums: loaded by what decodes, not by ls
+
             record = self._by_id(ID.PYCOREINFO)
             if record is None:
                 return None, "the process published no Python layout (no PYCOREINFO region)"
@@ -298,7 +319,7 @@ class Dump:
         except DumpFormatError as err:
             return None, f"the stacks note is invalid: {err}"
 
-    @functools.cached_property
+    @cached_property
     def _faults(self) -> tuple[FaultText | None, str]:
         note = self.core.note(OWNER_KMEMDUMP, KMD_NOTE_FAULTS)
         if note is None:
@@ -355,6 +376,9 @@ class Dump:
                     "no region with this ID in the dump", id=selector, path=str(self.path)
                 )
             return found
+        from kmemdump.ids import ID
+        from kmemdump.ids import id_label
+
         text = str(selector).strip()
         number = _parse_id(text)
         if number is not None and (found := self._by_id(number)) is not None:
@@ -396,6 +420,8 @@ class Dump:
 
     def banner(self) -> str | None:
         """The text of the ``ID.BANNER`` region up to its first NUL, or None if it was not stored."""
+        from kmemdump.ids import ID
+
         record = self._by_id(ID.BANNER)
         if record is None or record.stored == 0:
             return None
@@ -409,6 +435,8 @@ class Dump:
 
     def decode_region(self, record: RegionRecord) -> DecodedRegion:
         """Decode ``record``'s bytes according to its kind; failures become ``error``, not exceptions."""
+        from kmemdump.formats.kinds import RegionKind
+
         kind = kind_name(record.kind).lower()
         if record.stored == 0:
             why = f": {record.error}" if record.error else ""
@@ -435,6 +463,7 @@ class Dump:
             return DecodedRegion(
                 "object", None, False, error=f"cannot decode objects: {self.pycoreinfo_reason}"
             )
+        from kmemdump.formats.kinds import MAX_GRAPH_DEPTH
         from kmemdump.inspect.cpython import decode
 
         graph = self.graph(record.id)
@@ -557,14 +586,24 @@ def command_line(meta: DumpMeta, banner: str | None = None) -> str:
     """The target's command line, shell-quoted; else the ``argv:`` line of its banner (a dump written
     after the process was gone, by an older collector); else its executable."""
     if meta.argv:
-        import shlex
-
-        return shlex.join(meta.argv)
+        return " ".join(map(shell_quote, meta.argv))
     for line in (banner or "").splitlines():
         key, _, value = line.partition(": ")
         if key == "argv" and value.strip() and value.strip() != "?":
             return value.strip()
     return meta.exe or "?"
+
+
+_SHELL_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./-")
+
+
+def shell_quote(word: str) -> str:
+    """What :func:`shlex.quote` makes of ``word`` (shlex imports ``re``, a sixth of ``ls``'s start-up)."""
+    if not word:
+        return "''"
+    if _SHELL_SAFE.issuperset(word):
+        return word
+    return "'" + word.replace("'", "'\"'\"'") + "'"
 
 
 def _parse_id(text: str) -> int | None:
@@ -581,14 +620,14 @@ def _parse_id(text: str) -> int | None:
 # --- directories ----------------------------------------------------------------------------------
 
 
-def dump_files(directory: str | os.PathLike[str]) -> list[Path]:
+def dump_files(directory: str | os.PathLike[str]) -> list[str]:
     """The dump files in ``directory`` (``*.core``, ``*.core.zst``, not hidden), sorted by name.
 
     A path to a single file is returned as it is. A missing directory holds no dumps.
     """
-    where = Path(directory)
+    where = os.fspath(directory)
     try:
-        if where.is_file():
+        if os.path.isfile(where):
             return [where]
         entries = list(os.scandir(where))
     except FileNotFoundError:
@@ -601,7 +640,7 @@ def dump_files(directory: str | os.PathLike[str]) -> list[Path]:
             continue
         try:
             if entry.is_file():
-                found.append(Path(entry.path))
+                found.append(entry.path)
         except OSError:
             continue
     return sorted(found)
@@ -647,7 +686,7 @@ class CatalogEntry:
 
     index: int
     """1 for the oldest capture; the number ``kmemdump ls`` shows and every DUMP argument accepts."""
-    path: Path
+    path: str
     captured_ns: int
     pid: int
     reason: str
@@ -656,7 +695,7 @@ class CatalogEntry:
 def catalog(
     directory: str | os.PathLike[str],
     *,
-    on_error: Callable[[Path, KmemdumpError], None] | None = None,
+    on_error: Callable[[str, KmemdumpError], None] | None = None,
 ) -> list[CatalogEntry]:
     """The dumps of ``directory``, oldest capture first, numbered from 1.
 
@@ -664,9 +703,10 @@ def catalog(
     dump; a file of another name is opened for its metadata (and passed to ``on_error``, or logged,
     when it cannot be read: it gets no number).
     """
-    known: list[tuple[int, str, Path, int, str]] = []
+    known: list[tuple[int, str, str, int, str]] = []
     for path in dump_files(directory):
-        parsed = parse_dump_name(path.name)
+        name = os.path.basename(path)
+        parsed = parse_dump_name(name)
         if parsed is None:
             try:
                 summary = summarize(path)
@@ -678,7 +718,7 @@ def catalog(
                 continue
             parsed = (summary.pid, summary.captured_ns, summary.reason)
         pid, captured_ns, reason = parsed
-        known.append((captured_ns, path.name, path, pid, reason))
+        known.append((captured_ns, name, path, pid, reason))
     known.sort(key=lambda item: (item[0], item[1]))
     return [
         CatalogEntry(index, path, captured_ns, pid, reason)
@@ -695,8 +735,8 @@ def summarize(path: str | os.PathLike[str]) -> DumpSummary:
 def list_dumps(
     directory: str | os.PathLike[str],
     *,
-    on_error: Callable[[Path, KmemdumpError], None] | None = None,
-    iterate: Callable[[Sequence[Path]], Iterable[Path]] | None = None,
+    on_error: Callable[[str, KmemdumpError], None] | None = None,
+    iterate: Callable[[Sequence[str]], Iterable[str]] | None = None,
 ) -> list[DumpSummary]:
     """Summaries of the dumps in ``directory``, oldest capture first (the order of :func:`catalog`).
 

@@ -7,10 +7,12 @@ anything else.
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Iterable
-
 from kmemdump.record import frozen
+
+TYPE_CHECKING = False  # argparse and typing are imported for mypy only: ls starts without them
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterable
 
 __all__ = ["DumpFilter"]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import bisect
 import mmap
 import os
-from pathlib import Path
 
 from kmemdump.errors import DumpFormatError
 from kmemdump.errors import KmemdumpError
@@ -57,7 +56,7 @@ class CoreImage:
 
     def __init__(
         self,
-        path: Path,
+        path: str,
         handle: IO[bytes],
         data: mmap.mmap,
         *,
@@ -79,7 +78,7 @@ class CoreImage:
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> CoreImage:
         """Open a core image (plain or zstd); :class:`DumpFormatError` if it is not a sound one."""
-        where = Path(path)
+        where = os.fspath(path)
         try:
             handle: IO[bytes] = open(where, "rb")  # noqa: SIM115 - kept open by the CoreImage
         except OSError as err:
@@ -183,7 +182,7 @@ class CoreImage:
         )
 
 
-def _decompress(handle: IO[bytes], where: Path) -> IO[bytes]:
+def _decompress(handle: IO[bytes], where: str) -> IO[bytes]:
     """The decompressed image in an anonymous temporary file (``handle`` is closed)."""
     import tempfile
 
