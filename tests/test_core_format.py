@@ -103,7 +103,7 @@ def test_round_trip_notes_segments_and_bytes(written: tuple[Path, list[Segment],
     path, segments, notes = written
     with CoreImage.open(path) as image:
         assert isinstance(image, MemorySource)
-        assert image.path == path
+        assert image.path == str(path)
         assert image.compressed is False
         assert image.machine == elf.host_machine()
         assert image.notes == tuple(notes)

@@ -103,6 +103,8 @@ def parse_words(
         elif word.startswith("-"):
             return None  # unknown, abbreviated, combined flags, a negative number, or "-"
         if value is not None:
+            if value == "--":  # argparse drops it from the value (and gives [] for it)
+                return None
             option = options[word]
             try:
                 converted = option.type(value)
