@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
 import signal
 import threading
@@ -1132,6 +1133,11 @@ def _in_syscall(shape: ProcessShape, dying: int | None) -> dict[int, bool]:
 
 
 def _file_name(pid: int, start_time: int, reason: str, captured_ns: int) -> str:
-    seconds, ns = divmod(captured_ns, 1_000_000_000)  # UTC to the microsecond (truncated), without datetime
-    stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(seconds))}.{ns // 1000:06d}Z"
+    # UTC to the microsecond as datetime.fromtimestamp(captured_ns / 1e9) rounds it (fleet.catalog names
+    # the dump's object so), without importing datetime
+    fraction, seconds = math.modf(captured_ns / 1e9)
+    micro = round(fraction * 1e6)
+    if micro >= 1_000_000:
+        seconds, micro = seconds + 1, micro - 1_000_000
+    stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(int(seconds)))}.{micro:06d}Z"
     return f"kmemdump-{pid}-{start_time}-{reason}-{stamp}.core"
