@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -150,3 +151,24 @@ def test_dump_properties_are_computed_once() -> None:
     assert (probe.value, probe.value, vars(probe)) == (1, 1, {"value": 1})
     assert len(calls) == 1
     assert isinstance(Probe.__dict__["value"], kind)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+"""What records.clean escaped with a regular expression before (show's start-up loaded re for it)."""
+
+
+def _clean_by_re(text: str) -> str:
+    def escape(match: re.Match[str]) -> str:
+        code = ord(match.group())
+        return f"\\x{code:02x}" if code < 256 else f"\\u{code:04x}"
+
+    return _CONTROL.sub(escape, text)
+
+
+@settings(max_examples=examples(2000), deadline=None)
+@given(text=st.text(max_size=20) | st.text(st.characters(max_codepoint=0x2100), max_size=20))
+@example("".join(map(chr, range(0x2200))))
+def test_records_clean_escapes_what_the_regular_expression_did(text: str) -> None:
+    from kmemdump.cli.records import clean
+
+    assert clean(text) == _clean_by_re(text)

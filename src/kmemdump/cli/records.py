@@ -8,7 +8,6 @@ and nothing is trusted to be well formed.
 
 from __future__ import annotations
 
-import re
 import time
 
 TYPE_CHECKING = False  # show imports this module: typing and datetime would cost its start-up milliseconds
@@ -26,17 +25,26 @@ __all__ = [
     "text_lines",
 ]
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_ESCAPED = {
+    code: f"\\x{code:02x}" if code < 256 else f"\\u{code:04x}"
+    for first, last in (
+        (0x00, 0x08),
+        (0x0B, 0x1F),
+        (0x7F, 0x9F),
+        (0x2028, 0x2029),
+        (0x202A, 0x202E),
+        (0x2066, 0x2069),
+    )
+    for code in range(first, last + 1)
+}
+"""Control characters (tab and newline aside), line and paragraph separators, bidi overrides and
+isolates, each written as its escape (a table for ``str.translate``: no ``re``, a third of show's
+start-up)."""
 
 
 def clean(text: str) -> str:
     """``text`` with control characters (escape sequences, bidi overrides …) shown escaped."""
-    return _CONTROL.sub(_escape, text)
-
-
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 256 else f"\\u{code:04x}"
+    return text.translate(_ESCAPED)
 
 
 def text_lines(text: str, indent: str = "    ") -> list[str]:

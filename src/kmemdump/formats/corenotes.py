@@ -203,11 +203,11 @@ def encode_modules(modules: Sequence[Module]) -> bytes:
 
 def decode_modules(data: bytes) -> tuple[Module, ...]:
     """The modules of a modules note; :class:`DumpFormatError` when it is not a valid one."""
-    import json
+    from kmemdump.formats import jsonscan
 
     try:
-        body = json.loads(data.rstrip(b"\0").decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        body = jsonscan.loads(data.rstrip(b"\0").decode("utf-8"))
+    except ValueError as err:  # UnicodeDecodeError, json.JSONDecodeError
         raise DumpFormatError(f"modules note is not valid JSON: {err}") from err
     if not isinstance(body, dict) or body.get("format") != MODULES_FORMAT:
         raise DumpFormatError("modules note has an unknown format")

@@ -108,10 +108,10 @@ def encode_fault_note(fault: FaultText) -> bytes:
 
 def decode_fault_note(desc: bytes) -> FaultText:
     """Read a fault note back; :class:`DumpFormatError` when it is not one."""
-    import json
+    from kmemdump.formats import jsonscan
 
     try:
-        body = json.loads(bytes(desc).decode("utf-8", "replace"))
+        body = jsonscan.loads(bytes(desc).decode("utf-8", "replace"))
     except ValueError as err:
         raise DumpFormatError(f"the faulthandler note is not JSON: {err}") from None
     if not isinstance(body, dict) or body.get("version") != 1:

@@ -25,12 +25,12 @@ that later producers may add facts; missing or mistyped keys are errors.
 
 from __future__ import annotations
 
-import json
 import struct
 import types
 
 from kmemdump.errors import DecodeError
 from kmemdump.errors import DumpFormatError
+from kmemdump.formats import jsonscan
 from kmemdump.record import MISSING
 from kmemdump.record import fields
 from kmemdump.record import frozen
@@ -354,6 +354,8 @@ class PyCoreInfo:
 
     def encode(self) -> bytes:
         """The blob: binary prefix then compact UTF-8 JSON."""
+        import json  # here: the reader decodes with jsonscan (json imports re)
+
         payload = json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         if len(payload) > MAX_PAYLOAD:
             raise DumpFormatError("PYCOREINFO payload too large", size=len(payload), limit=MAX_PAYLOAD)
@@ -412,7 +414,7 @@ def decode(data: bytes) -> PyCoreInfo:
     if data[end:].strip(b"\0"):
         raise DumpFormatError("PYCOREINFO blob has bytes after its payload", extra=len(data) - end)
     try:
-        parsed = json.loads(data[_PREFIX.size : end].decode("utf-8"))
+        parsed = jsonscan.loads(data[_PREFIX.size : end].decode("utf-8"))
     except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise DumpFormatError(f"PYCOREINFO payload is not valid UTF-8 JSON: {err}") from err
     return PyCoreInfo.from_json(parsed)

@@ -5,9 +5,9 @@ Taken by the collector out of process while the target is held, read by the insp
 
 from __future__ import annotations
 
-import json
-
 from kmemdump.errors import DumpFormatError
+from kmemdump.formats import jsonscan
+from kmemdump.formats.jsonwrite import dumps
 from kmemdump.record import frozen
 
 TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
@@ -65,13 +65,13 @@ def encode_stacks(stacks: Stacks) -> bytes:
             for t in stacks.threads
         ],
     }
-    return json.dumps(body).encode()
+    return dumps(body).encode()
 
 
 def decode_stacks(data: bytes) -> Stacks:
     try:
-        body = json.loads(data.rstrip(b"\0").decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        body = jsonscan.loads(data.rstrip(b"\0").decode("utf-8"))
+    except ValueError as err:  # UnicodeDecodeError, json.JSONDecodeError
         raise DumpFormatError(f"stacks note is not valid JSON: {err}") from err
     if not isinstance(body, dict) or body.get("format") != STACKS_FORMAT or body.get("version") != _VERSION:
         raise DumpFormatError("stacks note has an unknown format or version")
