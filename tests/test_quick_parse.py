@@ -74,6 +74,7 @@ _DUMP_COMMON = [
     ["4242", "--budget=none", "--group", "0", "--capture=regions"],
     ["4242", "--dir", "a", "--dir", "b"],  # repeated: the last wins, as in argparse
     ["00042", "--json", "--json"],
+    ["--no-stacks", "--", "4242"],
 ]
 
 
@@ -87,7 +88,6 @@ _DUMP_LEFT = [
     ["-h"],
     ["--help"],
     ["4242", "--help"],
-    ["--", "4242"],
     ["4242", "--"],
     ["4242", "5"],
     ["-5"],

@@ -51,7 +51,7 @@ def prepare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-_FLAGS = {
+_QUICK_FLAGS = {
     "--compress": ("compress", True),
     "--durable": ("durable", True),
     "--no-stop": ("stop", False),
@@ -59,85 +59,62 @@ _FLAGS = {
     "--allow-nondumpable": ("allow_nondumpable", True),
     "--json": ("json", True),
 }
-_VALUED = {"--dir", "--budget", "--max-region", "--capture", "--group", "--tables"}
+_QUICK_DEFAULTS = {
+    "pid": None,
+    "dir": None,
+    "budget": DEFAULT_BUDGET,
+    "max_region": None,
+    "compress": False,
+    "durable": False,
+    "stop": True,
+    "stacks": True,
+    "capture": "regions",
+    "allow_nondumpable": False,
+    "group": None,
+    "tables": None,
+    "json": False,
+}
 
 
 def quick_parse(words: list[str]) -> argparse.Namespace | None:
-    """``dump PID [OPTIONS]`` parsed without argparse: the namespace :func:`prepare`'s parser makes of
-    ``words``, or None for anything else (help, an abbreviated or unknown option, ``--``, a value
-    that looks like an option or that argparse would refuse), which argparse then handles."""
-    import types
-
-    from kmemdump.cli.options import option_value
-
-    values: dict[str, object] = {
-        "pid": None,
-        "dir": None,
-        "budget": DEFAULT_BUDGET,
-        "max_region": None,
-        "compress": False,
-        "durable": False,
-        "stop": True,
-        "stacks": True,
-        "capture": "regions",
-        "allow_nondumpable": False,
-        "group": None,
-        "tables": None,
-        "json": False,
-    }
-    at = 0
-    while at < len(words):
-        word = words[at]
-        at += 1
-        if not word.startswith("-"):
-            if values["pid"] is not None or not (word.isascii() and word.isdigit()):
-                return None
-            values["pid"] = option_value(pid_number, word)
-            if values["pid"] is None:
-                return None
-            continue
-        name, equals, given = word.partition("=")
-        if name in _FLAGS and not equals:
-            key, flag = _FLAGS[name]
-            values[key] = flag
-            continue
-        if name not in _VALUED:
-            return None  # -h, --help, --, an abbreviation, an unknown option: argparse's
-        if not equals:
-            if at == len(words):
-                return None
-            given = words[at]
-            at += 1
-        if not given or given.startswith("-"):
-            return None
-        value = _option(name, given)
-        if value is None:
-            return None
-        if name == "--tables":
-            values["tables"] = [*(values["tables"] or []), value]  # type: ignore[misc]
-        else:
-            values[name[2:].replace("-", "_")] = value
-    if values["pid"] is None:
-        return None
-    return types.SimpleNamespace(**values)  # type: ignore[return-value]
-
-
-def _option(name: str, given: str) -> object:
-    """The value of option ``name`` as its argparse type makes it, or None where argparse would refuse."""
+    """dump's arguments as :func:`prepare`'s parser would read them, without argparse (see
+    :mod:`kmemdump.cli.quick`); None for what only argparse handles."""
     from pathlib import Path
 
-    from kmemdump.cli.options import option_value
     from kmemdump.cli.options import parse_size
+    from kmemdump.cli.quick import Option
+    from kmemdump.cli.quick import Positional
+    from kmemdump.cli.quick import parse_words
 
-    if name in ("--dir", "--tables"):
-        return Path(given)
-    if name in ("--budget", "--max-region"):
-        return option_value(parse_size, given)
-    if name == "--capture":
-        return given if given in ("regions", "stacks") else None
-    if given.isascii() and given.isdigit():  # --group: a number (a name is looked up by argparse's path)
-        return int(given)
-    return None
+    options = {
+        "--dir": Option("dir", Path),
+        "--tables": Option("tables", Path, append=True),
+        "--budget": Option("budget", parse_size),
+        "--max-region": Option("max_region", parse_size),
+        "--capture": Option("capture", _capture),
+        "--group": Option("group", _group_number),
+    }
+    return parse_words(
+        words,
+        defaults=_QUICK_DEFAULTS,
+        flags=_QUICK_FLAGS,
+        options=options,
+        positional=Positional("pid", pid_number),
+    )
+
+
+def _capture(text: str) -> str:
+    """--capture's value where argparse's choices take it (a ValueError leaves the rest to argparse)."""
+    if text not in ("regions", "stacks"):
+        raise ValueError(text)
+    return text
+
+
+def _group_number(text: str) -> int:
+    """--group given as a number (a name is looked up on argparse's path, as its type does)."""
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(text)
+    return int(text)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,7 +17,6 @@ from kmemdump.errors import UnreadableMemoryError
 TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Callable
     from pathlib import Path
 
     from kmemdump.collector.dump import DumpOptions
@@ -42,7 +41,6 @@ __all__ = [
     "default_dump_dir",
     "dump_options",
     "dump_path",
-    "option_value",
     "parse_duration",
     "parse_size",
     "path_text",
@@ -198,15 +196,6 @@ def _invalid(message: str) -> Exception:
     import argparse
 
     return argparse.ArgumentTypeError(message)
-
-
-def option_value(convert: Callable[[str], object], text: str) -> object:
-    """``convert(text)``, or None where it refuses the text (a ``quick_parse`` then leaves the
-    command line to argparse, which reports the error)."""
-    try:
-        return convert(text)
-    except Exception:  # any refusal: argparse parses it again and says why
-        return None
 
 
 def parse_size(text: str) -> int:
