@@ -414,7 +414,7 @@ def test_ls_and_show_load_no_heavy_module(command: str, tmp_path: Path) -> None:
         for n in range(3)
     ]  # fmt: skip
     argvs = {
-        "ls": [["ls", str(tmp_path)], ["ls", str(tmp_path), "-r", "-n", "2", "--pid", "101", "--plain"]],
+        "ls": [["ls", str(tmp_path)], ["ls", "-r", "-n", "2", "--pid", "101", "--plain"]],
         "show": [["show", str(made[0])], ["show", "latest", "--plain"], ["show", "2", "--no-decode"]],
     }[command]
     for argv in argvs:  # names and numbers refer to $KMEMDUMP_DUMPS
