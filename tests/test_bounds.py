@@ -193,7 +193,7 @@ def test_a_streamed_compressed_dump_reads_back_whole(tmp_path: Path) -> None:
     payload = os.urandom(3 << 20) + bytes(9 << 20) + b"end"  # data, a run of zeros (a hole), data
     with CoreWriter(tmp_path / "s.core", compress=True) as writer:
         writer.add(0x10000, payload)
-        final = writer.finish([prstatus_note(1)])
+        final = Path(writer.finish([prstatus_note(1)]))
     assert final.name.endswith(".core.zst") and [p.name for p in tmp_path.iterdir()] == [final.name]
     with CoreImage.open(final) as image:
         assert image.compressed and image.read(0x10000, len(payload)) == payload

@@ -27,7 +27,7 @@ def _write(tmp_path: Path, name: str, *, compress: bool, segments: list[tuple[in
     with CoreWriter(tmp_path / name, compress=compress, durable=False) as writer:
         for address, data in segments:
             writer.add(address, data)
-        return writer.finish([prstatus_note(7)])
+        return Path(writer.finish([prstatus_note(7)]))
 
 
 def _segments() -> list[tuple[int, bytes]]:

@@ -53,7 +53,7 @@ def test_streamed_core_reads_back_exactly(where: str, tmp_path: Path) -> None:
     try:
         writer = _stream(path, durable=where != "disk, page cache")
         assert not writer.direct or where != "disk, page cache"
-        final = writer.finish([Note("KMEMDUMP", KMD_NOTE_META, b'{"hello": 1}')])
+        final = Path(writer.finish([Note("KMEMDUMP", KMD_NOTE_META, b'{"hello": 1}')]))
         if where == "tmpfs":
             assert not writer.direct  # tmpfs has no O_DIRECT: ordinary writes
         with CoreImage.open(final) as core:

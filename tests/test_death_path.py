@@ -216,7 +216,7 @@ def test_staged_images_replay_into_a_core_exactly(tmp_path: Path) -> None:
     assert staging.capacity == 2 * CHUNK and image.bytes_stored == len(first) + 300
     with CoreWriter(tmp_path / "x.core", durable=False) as out:
         image.replay(out)
-        path = out.finish([])
+        path = Path(out.finish([]))
     image.release()
     staging.close()
     with CoreImage.open(path) as core:
@@ -244,6 +244,6 @@ def test_space_and_commit_write_straight_into_the_writer(tmp_path: Path) -> None
         with pytest.raises(ValueError, match="do not fit"):
             plain.commit(5 << 20)
         assert plain.end() == len(data)
-        path = plain.finish([])
+        path = Path(plain.finish([]))
     with CoreImage.open(path) as core:
         assert core.read(0x1000, len(data)) == data

@@ -75,7 +75,7 @@ def test_a_crash_under_plain_watch_leaves_faulthandlers_traceback_in_the_death_d
     # GIVEN a producer with init(faulthandler=True) under a real `kmemdump watch` (no --trace-exit)
     with WatchProcess(table_dir, dump_dir) as watch, spawn_child(CRASHER.format(how=how)) as child:
         info = child.recv()
-        fault = fault_path_of(info["table"])
+        fault = Path(fault_path_of(info["table"]))
         assert fault.exists() and fault.stat().st_mode & 0o777 == 0o600
         fd = os.open(fault, os.O_RDONLY)
         try:
@@ -286,7 +286,7 @@ pid = os.fork()
 if pid == 0:
     os.kill(os.getpid(), signal.SIGSEGV)
 _, status = os.waitpid(pid, 0)
-send({"size": fault_path_of(report.table).stat().st_size, "signal": os.WTERMSIG(status),
+send({"size": os.stat(fault_path_of(report.table)).st_size, "signal": os.WTERMSIG(status),
       "parent": faulthandler.is_enabled()})
 """
     with spawn_child(code) as child:

@@ -190,6 +190,7 @@ CLI_FORBIDDEN = {
         "kmemdump.formats.pycoreinfo",
         "kmemdump.cli.cmd_show",
         "kmemdump.cli.cmd_ls",
+        "pathlib",  # its paths are str (kmemdump.paths); re: see DUMP_RUN_FORBIDDEN (this probe loads json)
     },
 }
 
@@ -259,31 +260,52 @@ DUMP_RUN_FORBIDDEN = CLI_FORBIDDEN["dump"] | {
     "kmemdump.collector.pyoffsets",
     "queue",  # the writer's queue is _queue.SimpleQueue itself
     "kmemdump.fleet",  # cli.main loads the fleet's errors only for an error
+    # pathlib with what it imports (about 5 ms): the dump's paths are str (kmemdump.paths, os.path), its
+    # --dir and --tables too; re: libpython's mapping is told by coreshape.is_libpython, --json's text
+    # is written by formats.jsonwrite
+    "pathlib",
+    "re",
+    "fnmatch",
+    "urllib",
+    "ipaddress",
 }
 
 
 @pytest.mark.timeout(120)
-def test_dump_of_a_real_process_loads_only_what_the_dump_needs(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("tables", "as_json"), [(True, False), (False, True)], ids=["tables", "json"])
+def test_dump_of_a_real_process_loads_only_what_the_dump_needs(
+    tables: bool, as_json: bool, tmp_path: Path
+) -> None:
     """``dump PID --no-stacks`` of a live producer, the dump done (not an error before it): the modules
-    it loaded on the way, at import and at run time."""
+    it loaded on the way, at import and at run time; its table found in ``--tables`` or in
+    ``$KMEMDUMP_DIR``, its result printed as text or with ``--json``. The paths given with stray
+    slashes come out as pathlib wrote them."""
     from helpers_child import spawn_child
 
-    tables, dumps = tmp_path / "tables", tmp_path / "dumps"
-    env = {**os.environ, "KMEMDUMP_DIR": str(tables)}
+    table_dir, dumps = tmp_path / "tables", tmp_path / "dumps"
+    env = {**os.environ, "KMEMDUMP_DIR": str(table_dir)}
     with spawn_child(_PRODUCER, env=env) as child:
         pid = child.recv()["pid"]
-        argv = ["dump", str(pid), "--tables", str(tables), "--dir", str(dumps), "--no-stacks"]
+        argv = ["dump", str(pid), "--dir", f"{dumps}//", "--no-stacks"]
+        argv += ["--tables", f"{table_dir}/"] if tables else []
+        argv += ["--json"] if as_json else []
         result = subprocess.run(
             [sys.executable, "-c", _DUMP_PROBE, *argv],
             capture_output=True,
             text=True,
             timeout=60,
             check=False,
+            env=env,
         )
     assert result.returncode == 0, result.stderr
-    code, modules = result.stdout.strip().splitlines()[-2:]
+    printed, _, code, modules = result.stdout.strip().splitlines()[-4:]
     assert code == "0"
-    assert len(list(dumps.glob("*.core"))) == 1
+    made = list(dumps.glob("*.core"))
+    assert len(made) == 1
+    if as_json:
+        assert json.loads(printed)["path"] == str(made[0])
+    else:
+        assert printed.startswith(f"{made[0]}: 3 regions, ")
     loaded = set(modules.split())
     forbidden = CLI_FORBIDDEN["*"] | DUMP_RUN_FORBIDDEN
     found = {m for m in loaded for f in forbidden if m == f or m.startswith(f + ".")}

@@ -1,7 +1,7 @@
 """The house rules, checked on the source: which part may import which, and no import cycle.
 
 The package is layered, bottom up: the shared vocabulary (``errors``, ``ids``, ``_version``, ``record``,
-``procinfo``, ``files``), ``formats`` (the bytes), ``producer`` (what ``import kmemdump`` runs),
+``procinfo``, ``files``, ``paths``), ``formats`` (the bytes), ``producer`` (what ``import kmemdump`` runs),
 ``memory`` (the sources behind one ``read``), ``inspect`` (decoding), ``fleet`` (object storage: shipping,
 remote listing, triage), ``collector``, ``cli``. An
 import may only go down. The producer imports nothing but the standard library and the layers
@@ -34,7 +34,7 @@ ALLOWED: dict[str, set[str]] = {
 }
 PROGRAMS = {"kmemdump.cli.demo_target"}
 """Producer programs the command line runs in a child process: they import kmemdump as users do."""
-VOCABULARY = {"errors", "ids", "_version", "procinfo", "files", "record"}
+VOCABULARY = {"errors", "ids", "_version", "procinfo", "files", "paths", "record"}
 FACADE = {"logging", "asyncio", "pytest_plugin"}
 """Public modules beside the package's ``__init__`` (``kmemdump.logging`` …): thin faces of the producer."""
 

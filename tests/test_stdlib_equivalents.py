@@ -3,13 +3,16 @@
 ``kmemdump ls`` and ``show`` start without ``json``, ``shlex`` and ``pathlib`` (each imports ``re``,
 and more): the metadata note is decoded by :func:`kmemdump.formats.jsonscan.loads`, command lines
 are quoted by :func:`kmemdump.inspect.dumpfile.shell_quote`, paths are written by
-:func:`kmemdump.cli.options.path_text`. Each is held here to the module it stands in for.
+:func:`kmemdump.paths.path_text`. ``dump PID`` starts without ``pathlib`` and ``re`` either: its
+paths are ``str`` (:mod:`kmemdump.paths`, ``os.path``), libpython is told by
+:func:`kmemdump.collector.coreshape.is_libpython`. Each is held here to the module it stands in for.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shlex
 from pathlib import Path
@@ -21,9 +24,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from budget import examples
-from kmemdump.cli.options import path_text
 from kmemdump.formats import jsonscan
 from kmemdump.inspect.dumpfile import shell_quote
+from kmemdump.paths import path_name
+from kmemdump.paths import path_parent
+from kmemdump.paths import path_text
 
 
 def _outcome(decode: Any, text: str) -> tuple[str, Any]:
@@ -132,6 +137,56 @@ def test_shell_quote_is_shlex_quote(word: str) -> None:
 @example("./")
 def test_path_text_is_str_of_path(path: str) -> None:
     assert path_text(path) == str(Path(path))
+    assert path_name(path) == Path(path).name
+    assert path_parent(path) == str(Path(path).parent)
+
+
+_PATHS = st.lists(
+    st.sampled_from(["", "/", "//", ".", "..", "a", "b.core", "c.table", ".table", " ", "é"]), max_size=8
+).map("".join)
+
+
+@settings(max_examples=examples(1000), deadline=None)
+@given(directory=_PATHS, name=_PATHS)
+@example(directory="//d/", name="1-2.table")
+def test_the_dump_paths_name_what_pathlib_named(directory: str, name: str) -> None:
+    """The table's, the fault file's and the dump's paths (str now) name the files the Path
+    expressions they replace named."""
+    from kmemdump.formats.faults import fault_path_of
+    from kmemdump.formats.table import table_path
+
+    assert Path(table_path(directory, 12, 345)) == Path(directory) / "12-345.table"
+    for table in (os.path.join(directory, name), directory + name):
+        before = Path(table)
+        if before.name:  # Path.with_name refuses an empty name
+            expected = before.with_name(before.name.removesuffix(".table") + ".fault")
+            assert Path(fault_path_of(table)) == expected
+            assert Path(fault_path_of(before)) == expected
+
+
+_LIBPYTHON = re.compile(r"/libpython3\.\d+[^/]*\.so[^/]*$")
+"""How coreshape told libpython's mapping before (dump PID's start-up loaded re for it)."""
+
+
+@settings(max_examples=examples(2000), deadline=None)
+@given(
+    path=st.lists(
+        st.sampled_from(
+            ["/", "lib", "libpython3", "libpython3.", "python3", "12", "٣", ".so", ".so.1.0", "\n", "d"]
+        ),
+        max_size=8,
+    ).map("".join)
+)
+@example("/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0")
+@example("/opt/py/lib/libpython3.13d.so")
+@example("libpython3.11.so")
+@example("/usr/lib/libpython3.so")
+@example("/usr/lib/libpython3.11.so/x")
+@example("/l/libpython3.٣.so")
+def test_is_libpython_finds_what_the_regular_expression_found(path: str) -> None:
+    from kmemdump.collector.coreshape import is_libpython
+
+    assert is_libpython(path) == bool(_LIBPYTHON.search(path))
 
 
 def test_dump_properties_are_computed_once() -> None:

@@ -681,11 +681,13 @@ def test_write_collector_pid(tmp_path: Path) -> None:
 
 
 def test_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    assert fmt.table_path(tmp_path, 12, 345) == tmp_path / "12-345.table"
+    # str paths (the dump's start-up loads no pathlib), the places pathlib would name
+    assert fmt.table_path(tmp_path, 12, 345) == str(tmp_path / "12-345.table")
+    assert fmt.table_path(str(tmp_path) + "/", 12, 345) == str(tmp_path / "12-345.table")
     monkeypatch.setenv("KMEMDUMP_DIR", str(tmp_path))
-    assert fmt.default_dir() == tmp_path
+    assert fmt.default_dir() == str(tmp_path)
     monkeypatch.delenv("KMEMDUMP_DIR")
-    assert fmt.default_dir() == Path(f"/dev/shm/kmemdump-{os.geteuid()}")
+    assert fmt.default_dir() == f"/dev/shm/kmemdump-{os.geteuid()}"
 
 
 # --- the graph word (offset 60): live object-graph roots --------------------------------------------

@@ -15,9 +15,14 @@ import errno
 import os
 import stat
 from collections.abc import Callable
-from pathlib import Path
 
-__all__ = ["NotRegularFileError", "file_kind", "rename_noreplace", "replace_regular", "sync_directory"]
+__all__ = [
+    "NotRegularFileError",
+    "file_kind",
+    "rename_noreplace",
+    "replace_regular",
+    "sync_directory",
+]
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
@@ -62,7 +67,7 @@ def _load_renameat2() -> Callable[..., int] | None:
 _renameat2 = _load_renameat2()
 
 
-def rename_noreplace(source: Path, target: Path) -> None:
+def rename_noreplace(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
     """Move ``source`` to ``target`` unless ``target`` exists (``FileExistsError`` then).
 
     ``renameat2(RENAME_NOREPLACE)`` where the kernel and file system have it; else a hard link
@@ -89,7 +94,7 @@ def rename_noreplace(source: Path, target: Path) -> None:
     os.unlink(source)
 
 
-def replace_regular(source: Path, target: Path) -> None:
+def replace_regular(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
     """Move ``source`` to ``target``, replacing ``target`` only if it is a regular file (or absent).
 
     Anything else under that name — a device node, a FIFO, a socket, a directory, a symbolic link
@@ -132,7 +137,7 @@ def replace_regular(source: Path, target: Path) -> None:
     os.replace(source, target)
 
 
-def sync_directory(directory: Path) -> None:
+def sync_directory(directory: str | os.PathLike[str]) -> None:
     """``fsync`` the directory, so that a name just given in it survives a crash.
 
     File systems that cannot sync a directory (``EINVAL``, ``ENOTSUP``, ``EROFS``) are passed over;

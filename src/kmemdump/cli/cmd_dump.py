@@ -15,13 +15,14 @@ from kmemdump.cli.options import add_dump_options
 from kmemdump.cli.options import add_tables_option
 from kmemdump.cli.options import dump_options
 from kmemdump.cli.options import pid_number
-from kmemdump.cli.options import table_dirs
+from kmemdump.cli.options import table_dir_texts
 from kmemdump.cli.render import format_size
 from kmemdump.collector.identify import find_table
 from kmemdump.errors import CollectorError
 from kmemdump.errors import ProcessGoneError
 from kmemdump.inspect.wording import plural
 from kmemdump.inspect.wording import what_is_missing
+from kmemdump.paths import path_text
 from kmemdump.procinfo import process_start_time
 
 TYPE_CHECKING = False  # argparse is built only for help, errors and rare forms (quick_parse)
@@ -46,8 +47,8 @@ what the dump lacks, one sentence each; "stacks" is "ok" or why the dump has non
 
 def prepare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pid", type=pid_number, metavar="PID", help="the process to dump")
-    add_dump_options(parser)
-    add_tables_option(parser, "search")
+    add_dump_options(parser, text=True)
+    add_tables_option(parser, "search", text=True)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -79,16 +80,14 @@ _QUICK_DEFAULTS = {
 def quick_parse(words: list[str]) -> argparse.Namespace | None:
     """dump's arguments as :func:`prepare`'s parser would read them, without argparse (see
     :mod:`kmemdump.cli.quick`); None for what only argparse handles."""
-    from pathlib import Path
-
     from kmemdump.cli.options import parse_size
     from kmemdump.cli.quick import Option
     from kmemdump.cli.quick import Positional
     from kmemdump.cli.quick import parse_words
 
     options = {
-        "--dir": Option("dir", Path),
-        "--tables": Option("tables", Path, append=True),
+        "--dir": Option("dir", path_text),
+        "--tables": Option("tables", path_text, append=True),
         "--budget": Option("budget", parse_size),
         "--max-region": Option("max_region", parse_size),
         "--capture": Option("capture", _capture),
@@ -129,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from kmemdump.collector.dump import dump_target
 
     options = dump_options(args)
-    dirs = args.tables or table_dirs(all_users=os.geteuid() == 0)
+    dirs = args.tables or table_dir_texts(all_users=os.geteuid() == 0)
     found = find_table(args.pid, start_time, dirs)
     if found is None:
         raise CollectorError(
@@ -144,12 +143,12 @@ def run(args: argparse.Namespace) -> int:
     )
     meta = result.meta
     if args.json:
-        import json
+        from kmemdump.formats.jsonwrite import dumps  # json.dumps's text without json (nor re)
 
         print(
-            json.dumps(
+            dumps(
                 {
-                    "path": str(result.path),
+                    "path": result.file,
                     "pid": meta.pid,
                     "regions": len(meta.regions),
                     "stored_bytes": meta.stored_bytes,
@@ -162,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         stored = format_size(meta.stored_bytes)
         regions = plural(len(meta.regions), "region")
-        print(f"{result.path}: {regions}, {stored}, {_state(args, meta)}")
+        print(f"{result.file}: {regions}, {stored}, {_state(args, meta)}")
     return 0
 
 

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 from types import FrameType
 
 from kmemdump.cli.options import add_dump_options
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_dumps < 1:
         print("kmemdump watch: --max-dumps must be at least 1", file=sys.stderr)
         return 2
-    shipper = start_shipper(args, options.directory, log_line)
+    shipper = start_shipper(args, Path(options.directory), log_line)
     _raise_descriptor_limit()
     watcher = Watcher(
         dirs,

@@ -13,10 +13,12 @@ import time
 from kmemdump.errors import CollectorError
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import UnreadableMemoryError
+from kmemdump.paths import path_text
 
 TYPE_CHECKING = False  # typing is imported for mypy only: it costs the command line milliseconds
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Sequence
     from pathlib import Path
 
     from kmemdump.collector.dump import DumpOptions
@@ -48,6 +50,7 @@ __all__ = [
     "retention_policy",
     "seconds",
     "select_range",
+    "table_dir_texts",
     "table_dirs",
 ]
 
@@ -78,19 +81,19 @@ def default_dump_dir() -> str:
     return os.path.join(path_text(state), "kmemdump", "dumps")
 
 
-def path_text(path: str) -> str:
-    """``str(Path(path))`` without pathlib (which costs ``ls`` a third of its start-up): no doubled
-    or trailing slashes, no ``.`` parts; a leading ``//`` (but not ``///``) is kept, as POSIX allows."""
-    root = "//" if path.startswith("//") and not path.startswith("///") else "/" if path[:1] == "/" else ""
-    return root + "/".join(part for part in path.split("/") if part and part != ".") or "."
-
-
 MAX_FALLBACK_DIRS = 64
 """Private fallback table directories of one user listed at most (the newest): a user who makes
 thousands of them costs the collector no more than this (the watcher keeps those it watches)."""
 
 
 def table_dirs(all_users: bool) -> list[Path]:
+    """:func:`table_dir_texts` as paths (``watch`` and ``ps``; ``dump PID`` uses the text)."""
+    from pathlib import Path
+
+    return [Path(path) for path in table_dir_texts(all_users)]
+
+
+def table_dir_texts(all_users: bool) -> list[str]:
     """Where producers publish tables: ours, or (as root) every user's.
 
     Ours: ``$KMEMDUMP_DIR`` or ``/dev/shm/kmemdump-<uid>``, and the private fallbacks
@@ -99,12 +102,11 @@ def table_dirs(all_users: bool) -> list[Path]:
     watcher also checks each one's owner against its name). Fallbacks are listed only when they are
     directories owned by the uid of their name, at most :data:`MAX_FALLBACK_DIRS` per user. The
     listing of ``/dev/shm`` is read again only when that directory changed since the last call.
+    Each path is as ``str(Path(...))`` gives it (:func:`~kmemdump.paths.path_text`).
     """
-    from pathlib import Path
-
     from kmemdump.formats.table import default_dir
 
-    first = Path(default_dir())
+    first = path_text(default_dir())
     now = time.monotonic()
     try:
         stamp = (os.stat(_SHM).st_mtime_ns, all_users, os.geteuid())
@@ -121,13 +123,11 @@ _SHM = "/dev/shm"
 _SHM_RELIST_S = 5.0
 """A listing of /dev/shm is used again for at most this long (a change within the same clock tick as
 the listing leaves the directory's mtime as it was)."""
-_shm_listing: dict[str, tuple[tuple[int, bool, int] | None, float, list[Path]]] = {}
+_shm_listing: dict[str, tuple[tuple[int, bool, int] | None, float, list[str]]] = {}
 """The last listing of /dev/shm's table directories: the mtime and the moment it was taken at."""
 
 
-def _list_shm(all_users: bool) -> list[Path]:
-    from pathlib import Path
-
+def _list_shm(all_users: bool) -> list[str]:
     from kmemdump.formats.table import parse_dir_name
 
     uid = os.geteuid()
@@ -156,16 +156,17 @@ def _list_shm(all_users: bool) -> list[Path]:
     for found in fallbacks.values():
         found.sort(reverse=True)  # the newest: where a process that just started publishes
         paths.extend(path for _, path in found[:MAX_FALLBACK_DIRS])
-    return [Path(path) for path in paths]
+    return paths
 
 
-def add_tables_option(parser: argparse.ArgumentParser, verb: str) -> None:
-    """``--tables DIR`` (repeatable): where to look for tables instead of the default places."""
+def add_tables_option(parser: argparse.ArgumentParser, verb: str, *, text: bool = False) -> None:
+    """``--tables DIR`` (repeatable): where to look for tables instead of the default places; each a
+    :class:`~pathlib.Path`, or with ``text`` a ``str`` (``str(Path(DIR))``: ``dump PID`` loads no pathlib)."""
     from pathlib import Path
 
     parser.add_argument(
         "--tables",
-        type=Path,
+        type=path_text if text else Path,
         action="append",
         default=None,
         metavar="DIR",
@@ -174,7 +175,7 @@ def add_tables_option(parser: argparse.ArgumentParser, verb: str) -> None:
     )
 
 
-def check_table_dirs(dirs: list[Path]) -> None:
+def check_table_dirs(dirs: Sequence[str | os.PathLike[str]]) -> None:
     """Refuse, once and before any work, a --tables that names something other than a readable
     directory (one that does not exist yet is fine: producers create it)."""
     from kmemdump.errors import UsageError
@@ -236,12 +237,14 @@ def seconds(text: str) -> float:
     return value
 
 
-def add_dump_options(parser: argparse.ArgumentParser) -> None:
+def add_dump_options(parser: argparse.ArgumentParser, *, text: bool = False) -> None:
+    """The options of every command that dumps; ``--dir`` a :class:`~pathlib.Path`, or with ``text`` a
+    ``str`` (``str(Path(DIR))``: ``dump PID`` loads no pathlib)."""
     from pathlib import Path
 
     parser.add_argument(
         "--dir",
-        type=Path,
+        type=path_text if text else Path,
         default=None,
         help="where dumps go (default: $KMEMDUMP_DUMPS or ~/.local/state/kmemdump/dumps)",
     )
@@ -426,12 +429,10 @@ def dump_options(args: argparse.Namespace) -> DumpOptions:
             zstd.module()
         except ImportError:
             raise zstd.missing("--compress") from None
-    from pathlib import Path
-
-    directory = args.dir or Path(default_dump_dir())
+    directory: str | os.PathLike[str] = args.dir if args.dir is not None else default_dump_dir()
     try:
-        made = not directory.exists()
-        directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+        made = not os.path.exists(directory)
+        os.makedirs(directory, mode=0o750, exist_ok=True)
         if made:  # 0750 whatever the umask (the service's is 0077), and the operators' group as root
             os.chmod(directory, 0o750)
             group = getattr(args, "group", None)

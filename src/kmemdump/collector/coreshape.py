@@ -15,7 +15,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import os
-import re
 from collections.abc import Iterable
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -47,14 +46,21 @@ from kmemdump.record import frozen
 from kmemdump.record import mutable
 from kmemdump.record import setters
 
-__all__ = ["MapEntry", "ProcessShape", "ThreadInfo", "observe", "parse_maps", "process_notes"]
+__all__ = ["MapEntry", "ProcessShape", "ThreadInfo", "is_libpython", "observe", "parse_maps", "process_notes"]
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _MAX_MAPS = 1 << 16
 _MAX_MODULES = 1024
 _MAX_THREADS = 1 << 14
-_LIBPYTHON = re.compile(r"/libpython3\.\d+[^/]*\.so[^/]*$")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def is_libpython(path: str) -> bool:
+    r"""Whether ``path`` names a libpython (``.../libpython3.12.so.1.0``): what the regular expression
+    ``/libpython3\.\d+[^/]*\.so[^/]*$`` finds, without loading :mod:`re` (``dump PID``'s start-up)."""
+    _, sep, name = path.rpartition("/")
+    rest = name.removeprefix("libpython3.")
+    return bool(sep) and rest != name and rest[:1].isdecimal() and ".so" in rest[1:]
 
 
 @frozen
@@ -311,7 +317,7 @@ def _modules(
         the others by address."""
         if run.first.start <= phdr < run.end:
             return 0
-        if _LIBPYTHON.search(run.first.path):
+        if is_libpython(run.first.path):
             return 1
         return 2 if run.first.start == interp else 3
 
@@ -337,7 +343,7 @@ def _modules(
                 build_id = build_id or build_id_from_notes(mem.read_upto(address, size))
         if start <= phdr < run.end:
             role = "exe"
-        elif _LIBPYTHON.search(path):
+        elif is_libpython(path):
             role = "libpython"
         else:
             role = ""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from types import TracebackType
 
 from kmemdump.collector.imagefile import ImageFile
@@ -41,9 +40,11 @@ from kmemdump.formats.elf import check_machine
 from kmemdump.formats.elf import elf_header
 from kmemdump.formats.elf import program_headers
 from kmemdump.formats.elf import table_size
+from kmemdump.paths import path_text
 
 TYPE_CHECKING = False  # typing for mypy only (the command line starts faster without it)
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any
 
 __all__ = ["CoreWriter", "parse_temp_name", "temp_name", "write_core"]
@@ -70,6 +71,8 @@ def write_core(
     to the name when missing. An existing final path is never replaced. Any failure removes the
     temporary file and raises :class:`CollectorError` (with ``path=`` and ``errno=``).
     """
+    from pathlib import Path  # the result (the dump's writer, CoreWriter, works on str paths)
+
     machine = check_machine(machine)
     final = Path(path)
     if compress and not final.name.endswith(".zst"):
@@ -202,9 +205,10 @@ class CoreWriter:
         self._machine = check_machine(machine)
         self.durable = durable
         """fsync the file and its directory (and write with ``O_DIRECT``); else the page cache's pace."""
-        self.final = Path(path)
-        if compress and not self.final.name.endswith(".zst"):
-            self.final = self.final.with_name(self.final.name + ".zst")
+        self.final = path_text(os.fspath(path))
+        """The dump's final name (as ``str(Path(path))`` gives it, ``.zst`` appended when compressed)."""
+        if compress and not self.final.endswith(".zst"):
+            self.final += ".zst"
         if os.path.lexists(self.final):
             raise exists_error(self.final)
         self._spans: list[tuple[int, int, int]] = []  # (address, file offset, size)
@@ -278,7 +282,7 @@ class CoreWriter:
         self.write(data)
         return self.end()
 
-    def finish(self, notes: Sequence[Note]) -> Path:
+    def finish(self, notes: Sequence[Note]) -> str:
         """Write the notes and the headers, make the file durable if asked and give it its name."""
         if self._open is not None:
             self.end()

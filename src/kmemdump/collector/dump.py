@@ -29,7 +29,6 @@ from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
 from operator import attrgetter
-from pathlib import Path
 
 from kmemdump._version import __version__
 from kmemdump.collector.authority import Credentials
@@ -100,6 +99,7 @@ from kmemdump.formats.table import parse_table
 from kmemdump.formats.table import read_table
 from kmemdump.ids import ID
 from kmemdump.memory.process import ProcessMemory
+from kmemdump.paths import path_name
 from kmemdump.procinfo import process_exe
 from kmemdump.procinfo import process_start_time
 from kmemdump.record import frozen
@@ -107,6 +107,7 @@ from kmemdump.record import replace
 
 TYPE_CHECKING = False  # the layout decoder is loaded only to walk object graphs, py-spy's helpers for stacks
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any
     from typing import Protocol
 
@@ -126,7 +127,7 @@ GRAPH_SECONDS_DEFAULT = 2.0
 class DumpOptions:
     """How to dump: where, how much, and how gently."""
 
-    directory: Path
+    directory: str | os.PathLike[str]
     budget: int | None = None
     """At most this many bytes of memory per dump: the predefined regions (banner, PYCOREINFO) first,
     then the others in ID order, then the object graphs, until it is spent."""
@@ -186,8 +187,17 @@ class ExitHold:
 
 @frozen
 class DumpResult:
-    path: Path
+    file: str
+    """The dump's path (what :attr:`path` is built from)."""
     meta: DumpMeta
+
+    @property
+    def path(self) -> Path:
+        """The dump's path as a :class:`~pathlib.Path`, built when asked for (the dump itself works on
+        ``str`` paths: pathlib with what it imports costs ``dump PID`` milliseconds of start-up)."""
+        from pathlib import Path
+
+        return Path(self.file)
 
     @property
     def stored_bytes(self) -> int:
@@ -208,7 +218,9 @@ ACT_WAIT_S = 10.0
 
 
 @contextlib.contextmanager
-def acting_on(table: Path, pid: int, wait: float = ACT_WAIT_S, dir_fd: int | None = None) -> Iterator[None]:
+def acting_on(
+    table: str | os.PathLike[str], pid: int, wait: float = ACT_WAIT_S, dir_fd: int | None = None
+) -> Iterator[None]:
     """Hold the table's collector lock while dumping: one collector acts on a process at a time.
 
     An exclusive lock on byte :data:`~kmemdump.formats.table.ACT_LOCK_BYTE` of the table file,
@@ -269,7 +281,7 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _snapshot(
-    table: Path, pid: int, start_time: int, *, retries: int, dir_fd: int | None = None
+    table: str | os.PathLike[str], pid: int, start_time: int, *, retries: int, dir_fd: int | None = None
 ) -> TableSnapshot:
     return _named(read_table(table, retries=retries, dir_fd=dir_fd), table, pid, start_time)
 
@@ -293,7 +305,7 @@ def _running_copy(job: _Job) -> Callable[[], TableSnapshot | None]:
     return parse
 
 
-def _named(snap: TableSnapshot, table: Path, pid: int, start_time: int) -> TableSnapshot:
+def _named(snap: TableSnapshot, table: str | os.PathLike[str], pid: int, start_time: int) -> TableSnapshot:
     """``snap``, if it names the process its file name does."""
     if snap.header.pid != pid or snap.header.start_time != start_time:
         raise TableFormatError(
@@ -307,7 +319,7 @@ def _named(snap: TableSnapshot, table: Path, pid: int, start_time: int) -> Table
 def dump_target(
     pid: int,
     start_time: int,
-    table: Path,
+    table: str | os.PathLike[str],
     *,
     reason: Reason,
     options: DumpOptions,
@@ -388,7 +400,7 @@ def dump_target(
             before=before,
             cpu_sample=cpu_sample,
         )
-        path = options.directory / _file_name(pid, start_time, reason, captured_ns)
+        path = os.path.join(options.directory, _file_name(pid, start_time, reason, captured_ns))
         with (
             acting_on(table, pid, wait=act_wait, dir_fd=dir_fd),
             CoreWriter(
@@ -422,7 +434,7 @@ class _Job:
 
     pid: int
     start_time: int
-    table: Path
+    table: str | os.PathLike[str]
     reason: Reason
     argv: tuple[str, ...]
     exe: str | None
@@ -443,7 +455,7 @@ class _Job:
     """The threads' CPU use sampled earlier: the start of the sampling window (:func:`_threads`)."""
 
 
-def _table_owner(table: Path, dir_fd: int | None, snapshot: TableSnapshot | None) -> int:
+def _table_owner(table: str | os.PathLike[str], dir_fd: int | None, snapshot: TableSnapshot | None) -> int:
     try:
         with TableReader(table, dir_fd=dir_fd) as reader:
             return reader.owner
@@ -635,7 +647,7 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
         else:  # gone: what the table and the watcher knew of it
             signo = _cursig(job.death)
             siginfo = _siginfo(job.death)
-            name = Path(exe or (argv or ("?",))[0]).name
+            name = path_name(exe or (argv or ("?",))[0])
             notes = [
                 prstatus_note(pid, cursig=signo),
                 prpsinfo_note(pid, name, " ".join(argv), "X", uid=job.uid),

@@ -34,7 +34,6 @@ import signal
 import stat
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import TracebackType
 
 from kmemdump.collector.authority import ProcessHandle
@@ -181,7 +180,7 @@ def not_held(pid: int, method: Held = "") -> Hold:
 def hold(
     process: ProcessHandle,
     *,
-    records: Path | None = None,
+    records: str | os.PathLike[str] | None = None,
     use_ptrace: bool = True,
     settle: float = _SETTLE_S,
 ) -> Hold:
@@ -359,7 +358,7 @@ def tidy() -> None:
 # --- SIGSTOP, with a recovery record ------------------------------------------------------------------
 
 
-def _hold_sigstop(process: ProcessHandle, records: Path | None, settle: float) -> Hold:
+def _hold_sigstop(process: ProcessHandle, records: str | os.PathLike[str] | None, settle: float) -> Hold:
     if _all_stopped(process):
         return Hold(process.pid, "", process=process, tids=tuple(process.tids()))  # someone else's stop
     record = _write_record(records, process) if records is not None else None
@@ -412,7 +411,7 @@ def _digits(text: str, longest: int) -> bool:
     return 0 < len(text) <= longest and text.isascii() and text.isdigit()
 
 
-def _write_record(records: Path, process: ProcessHandle) -> tuple[int, str] | None:
+def _write_record(records: str | os.PathLike[str], process: ProcessHandle) -> tuple[int, str] | None:
     name = record_name((os.getpid(), self_start_time()), (process.pid, process.start_time))
     try:
         dir_fd = os.open(records, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -436,7 +435,7 @@ def _alive(ident: tuple[int, int]) -> bool:
         return False
 
 
-def recover(directory: Path) -> list[str]:
+def recover(directory: str | os.PathLike[str]) -> list[str]:
     """Undo what dead collectors left in ``directory``: SIGCONT the targets their recovery records
     name (when still alive and stopped), remove those records and their temporary dump files.
 
@@ -461,10 +460,10 @@ def recover(directory: Path) -> list[str]:
                 os.unlink(name, dir_fd=dir_fd)
             except OSError as err:
                 if err.errno != errno.ENOENT:
-                    report(f"cannot remove {directory / name}: {err.strerror}")
+                    report(f"cannot remove {os.path.join(directory, name)}: {err.strerror}")
                 continue
             if record is None:
-                report(f"removed {directory / name}, left by collector {owner[0]} (gone)")
+                report(f"removed {os.path.join(directory, name)}, left by collector {owner[0]} (gone)")
     finally:
         os.close(dir_fd)
     return lines

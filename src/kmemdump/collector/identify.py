@@ -17,7 +17,7 @@ the process is not in it): never a false death, never a live table deleted.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from collections.abc import Iterable
 
 from kmemdump.errors import CollectorError
 from kmemdump.errors import KmemdumpError
@@ -130,7 +130,9 @@ def _proc_pids() -> list[int]:
     return [int(name) for name in names if name.isdigit()]
 
 
-def find_table(pid: int, start_time: int, directories: list[Path]) -> tuple[Path, int] | None:
+def find_table(
+    pid: int, start_time: int, directories: Iterable[str | os.PathLike[str]]
+) -> tuple[str, int] | None:
     """The table of the process ``pid`` (as seen here) in ``directories``, and the pid it names it by.
 
     A process in a pid namespace of its own (a container seen from the host) names its table after
@@ -145,12 +147,12 @@ def find_table(pid: int, start_time: int, directories: list[Path]) -> tuple[Path
     for directory in directories:
         for table_pid in names:
             path = table_path(directory, table_pid, start_time)
-            if path.exists() and (table_pid == pid or _same_namespace(path, pid)):
+            if os.path.exists(path) and (table_pid == pid or _same_namespace(path, pid)):
                 return path, table_pid
     return None
 
 
-def _same_namespace(path: Path, pid: int) -> bool:
+def _same_namespace(path: str, pid: int) -> bool:
     try:
         with TableReader(path) as reader:
             header = reader.header()

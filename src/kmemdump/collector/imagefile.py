@@ -32,7 +32,6 @@ import mmap
 import os
 import struct
 import threading
-from pathlib import Path
 
 try:  # queue.SimpleQueue is this one; the queue module adds classes (and heapq) the writer does not use
     from _queue import SimpleQueue
@@ -44,6 +43,7 @@ from kmemdump.files import rename_noreplace
 from kmemdump.files import sync_directory
 from kmemdump.formats import zstd
 from kmemdump.formats.elf import EHDR_SIZE
+from kmemdump.paths import path_parent
 from kmemdump.procinfo import self_start_time
 
 TYPE_CHECKING = False  # typing for mypy only (the command line starts faster without it)
@@ -109,7 +109,7 @@ def chown_dump(fd: int, owner: tuple[int, int] | None) -> None:
         os.fchmod(fd, 0o640)  # chown clears nothing we need, but be explicit about the mode
 
 
-def exists_error(final: Path) -> CollectorError:
+def exists_error(final: str | os.PathLike[str]) -> CollectorError:
     return CollectorError(
         f"refusing to overwrite {final}: a file is already there; move it away or choose another name",
         path=str(final),
@@ -117,9 +117,9 @@ def exists_error(final: Path) -> CollectorError:
     )
 
 
-def write_error(err: OSError, final: Path) -> CollectorError:
+def write_error(err: OSError, final: str | os.PathLike[str]) -> CollectorError:
     """What a failed write means for the user, and what to do."""
-    where = final.parent
+    where = path_parent(os.fspath(final))
     code = err.errno
     if code in (errno.ENOSPC, errno.EDQUOT):
         what = f"no space left in {where} for the dump: free space there (or lower the dump size budget)"
@@ -140,7 +140,9 @@ def write_error(err: OSError, final: Path) -> CollectorError:
     return CollectorError(what, path=str(final), errno=code)
 
 
-def make_compressor(final: Path, level: int, *, workers: int = 0, content_size: bool = True) -> Any:
+def make_compressor(
+    final: str | os.PathLike[str], level: int, *, workers: int = 0, content_size: bool = True
+) -> Any:
     try:
         return zstd.compressor(level, workers=workers, content_size=content_size)
     except ImportError as err:
@@ -149,7 +151,7 @@ def make_compressor(final: Path, level: int, *, workers: int = 0, content_size: 
         raise CollectorError(f"invalid zstd level {level}: {err}", path=str(final)) from err
 
 
-def sync_dump_directory(directory: Path, final: Path) -> None:
+def sync_dump_directory(directory: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
     try:
         sync_directory(directory)
     except OSError as err:
@@ -185,7 +187,7 @@ class ImageFile:
 
     def __init__(
         self,
-        final: Path,
+        final: str,
         *,
         direct: bool,
         compress: bool,
@@ -200,7 +202,8 @@ class ImageFile:
         self._compressor = (
             make_compressor(final, level, workers=zstd.WORKERS, content_size=False) if compress else None
         )
-        self._temporary = final.parent / temp_name(final.name)
+        head, sep, name = final.rpartition("/")
+        self._temporary = head + sep + temp_name(name)
         self._stages = [mmap.mmap(-1, STAGE_SIZE), mmap.mmap(-1, STAGE_SIZE)]  # page-aligned
         self._current = 0
         self._staged = EHDR_SIZE  # the header's place, filled last
@@ -336,7 +339,7 @@ class ImageFile:
             write_rest(self._fd, memoryview(packed), self._written)
             self._written += len(packed)
 
-    def finish(self, head: bytes) -> Path:
+    def finish(self, head: bytes) -> str:
         """Write the last bytes and ``head`` (the image's first 64 bytes), make the file durable if
         asked, and give it its final name; returns that name."""
         if len(head) != EHDR_SIZE:
@@ -373,7 +376,7 @@ class ImageFile:
             raise
         self.close()
         if self.durable:
-            sync_dump_directory(self.final.parent, self.final)
+            sync_dump_directory(path_parent(self.final), self.final)
         return self.final
 
     def _write_head_frame(self, head: bytes) -> None:

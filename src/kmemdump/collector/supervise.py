@@ -232,7 +232,7 @@ def supervise(
     Raises ``OSError`` when the command cannot be started. SIGINT, SIGTERM and SIGHUP received
     meanwhile are passed on to the command.
     """
-    table_dir = default_dir()  # where `watch`, `ps` and `dump PID` find the program too
+    table_dir = Path(default_dir())  # where `watch`, `ps` and `dump PID` find the program too
     env = dict(os.environ)
     env["KMEMDUMP_DIR"] = str(table_dir)
     if options.autoinit:

@@ -1070,7 +1070,7 @@ class Watcher:
         if self.retention is None:
             return
         try:
-            outcome = enforce_retention(self.options.directory, self.retention, keep=keep)
+            outcome = enforce_retention(Path(self.options.directory), self.retention, keep=keep)
         except KmemdumpError as err:
             self._emit(Event("error", 0, f"retention not applied: {err}"))
             return
@@ -1176,7 +1176,7 @@ def _closed_pids(paths: Iterable[str]) -> set[int]:
 
 def _companions(table: Path) -> tuple[Path, Path]:
     """The files a producer keeps beside its table: the arena and the fault file."""
-    return arena_path_of(table), fault_path_of(table)
+    return arena_path_of(table), Path(fault_path_of(table))
 
 
 def _arena_held(path: Path) -> bool:

@@ -13,10 +13,10 @@ Standard library only: the producer imports this module.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from kmemdump.errors import DumpFormatError
 from kmemdump.formats.table import open_owned_file
+from kmemdump.paths import path_text
 from kmemdump.record import frozen
 
 TYPE_CHECKING = False  # typing for mypy only (the command line starts faster without it)
@@ -53,10 +53,10 @@ class FaultText:
         return self.kept < self.size
 
 
-def fault_path_of(table: str | os.PathLike[str]) -> Path:
+def fault_path_of(table: str | os.PathLike[str]) -> str:
     """The fault file beside the table at ``table`` (``N-S.table`` -> ``N-S.fault``)."""
-    path = Path(table)
-    return path.with_name(path.name.removesuffix(".table") + FAULT_SUFFIX)
+    head, sep, name = path_text(os.fspath(table)).rpartition("/")  # as Path(table) would name it
+    return head + sep + name.removesuffix(".table") + FAULT_SUFFIX
 
 
 def read_fault_file(

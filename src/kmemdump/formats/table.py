@@ -35,7 +35,6 @@ from collections.abc import Iterable
 from operator import add
 from operator import itemgetter
 from operator import not_
-from pathlib import Path
 
 from kmemdump.errors import ForeignTableError
 from kmemdump.errors import InvalidRegionError
@@ -427,9 +426,9 @@ def table_size(capacity: int) -> int:
     return HEADER_SIZE + capacity * ENTRY_SIZE
 
 
-def table_path(directory: str | os.PathLike[str], pid: int, start_time: int) -> Path:
+def table_path(directory: str | os.PathLike[str], pid: int, start_time: int) -> str:
     """Where the process ``(pid, start_time)`` publishes its table inside ``directory``."""
-    return Path(directory) / f"{pid}-{start_time}{TABLE_SUFFIX}"
+    return os.path.join(directory, f"{pid}-{start_time}{TABLE_SUFFIX}")
 
 
 def parse_file_name(name: str, suffix: str = TABLE_SUFFIX) -> tuple[int, int] | None:
@@ -457,12 +456,12 @@ def _decimal(text: str, longest: int) -> bool:
     )
 
 
-def default_dir() -> Path:
-    """``$KMEMDUMP_DIR`` if set, else ``/dev/shm/kmemdump-<euid>``."""
+def default_dir() -> str:
+    """``$KMEMDUMP_DIR`` if set (as it is set), else ``/dev/shm/kmemdump-<euid>``."""
     configured = os.environ.get("KMEMDUMP_DIR")
     if configured:
-        return Path(configured)
-    return Path(f"/dev/shm/kmemdump-{os.geteuid()}")
+        return configured
+    return f"/dev/shm/kmemdump-{os.geteuid()}"
 
 
 DIR_PREFIX: Final = "kmemdump-"

@@ -451,7 +451,7 @@ def _enable_faulthandler(table_path: str | None) -> None:
         else:
             from kmemdump.formats.table import default_dir
 
-            where = default_dir()
+            where = Path(default_dir())
     faults.enable_faulthandler(where)
 
 

@@ -172,7 +172,7 @@ class Arena:
         from kmemdump.procinfo import self_start_time
 
         self.size = check_arena_size(size)
-        self.directory = Path(directory) if directory is not None else default_dir()
+        self.directory = Path(directory if directory is not None else default_dir())
         self._lock = fork_safe_lock()
         self._alloc = FirstFit(self.size)
         self._blocks: dict[int, Block] = {}  # offset -> block

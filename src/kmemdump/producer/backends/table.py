@@ -92,7 +92,7 @@ class SharedTableBackend:
     ) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int) or not 0 < capacity <= MAX_CAPACITY:
             raise BackendError(f"capacity must be an int in 1..{MAX_CAPACITY}", capacity=capacity)
-        self.directory = Path(directory) if directory is not None else default_dir()
+        self.directory = Path(directory if directory is not None else default_dir())
         self.capacity = capacity
         self._lock = fork_safe_lock()
         self._own_lock = self._lock
