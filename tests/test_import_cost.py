@@ -268,6 +268,8 @@ DUMP_RUN_FORBIDDEN = CLI_FORBIDDEN["dump"] | {
     "fnmatch",
     "urllib",
     "ipaddress",
+    # signal (its enums): a ptrace hold sends no signal; the SIGSTOP hold and --after-hang load it
+    "signal",
 }
 
 

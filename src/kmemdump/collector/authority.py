@@ -23,7 +23,6 @@ import contextlib
 import errno
 import os
 import select
-import signal
 from types import TracebackType
 
 from kmemdump.errors import AccessDeniedError
@@ -230,6 +229,8 @@ class ProcessHandle:
 
     def send_signal(self, sig: int) -> bool:
         """Signal the process through its pidfd; False when it is gone already."""
+        import signal  # only when a signal is sent (its enums cost dump PID start-up time)
+
         try:
             signal.pidfd_send_signal(self.pidfd, sig)
         except ProcessLookupError:

@@ -22,7 +22,6 @@ import contextlib
 import gc
 import math
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -667,6 +666,8 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
         if then_signal is not None and process is not None:
             # still held: the process that was dumped is the one signalled, and it cannot have
             # become another user's meanwhile
+            import signal  # the watcher's --after-hang only
+
             process.send_signal(then_signal)
             if current.method == "SIGSTOP" and then_signal != signal.SIGKILL:
                 process.send_signal(signal.SIGCONT)  # a stopped process must run to take it

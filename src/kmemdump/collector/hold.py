@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import signal
 import stat
 import time
 from collections.abc import Callable
@@ -152,6 +151,8 @@ class Hold:
         if self.method == "ptrace":
             _release_all(self.pid, dict(self._seized), self._parent_is_us)
         elif (self.method == "SIGSTOP" or self._sent_stop) and self._process is not None:
+            import signal  # loaded only where a signal is sent (a ptrace hold sends none)
+
             self._process.send_signal(signal.SIGCONT)
         if self._record is not None:
             dir_fd, name = self._record
@@ -361,6 +362,8 @@ def tidy() -> None:
 def _hold_sigstop(process: ProcessHandle, records: str | os.PathLike[str] | None, settle: float) -> Hold:
     if _all_stopped(process):
         return Hold(process.pid, "", process=process, tids=tuple(process.tids()))  # someone else's stop
+    import signal  # loaded only where a signal is sent (a ptrace hold sends none)
+
     record = _write_record(records, process) if records is not None else None
     if not process.send_signal(signal.SIGSTOP):
         if record is not None:
@@ -478,6 +481,8 @@ def _ours(dir_fd: int, name: str) -> bool:
 
 
 def _continue_left_stopped(target: tuple[int, int], report: Callable[[str], None]) -> None:
+    import signal
+
     try:
         with ProcessHandle.open(*target) as process:
             if _all_stopped(process) and process.send_signal(signal.SIGCONT):
