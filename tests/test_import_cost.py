@@ -355,6 +355,11 @@ def run(args):
 run.__module__ = command.__name__
 command.run = run
 sys.argv = ["kmemdump", *sys.argv[1:]]
+real_exit = cli._exit_at_once
+def exit_at_once(code):  # a bounded command ends there, the finally below never run
+    print("after", gc.isenabled(), gc.get_freeze_count() > 0, file=sys.stderr)
+    real_exit(code)
+cli._exit_at_once = exit_at_once
 try:
     cli.entry()
 finally:
@@ -446,3 +451,54 @@ def test_ls_and_show_load_no_heavy_module(command: str, tmp_path: Path) -> None:
         assert f"kmemdump.cli.cmd_{command}" in loaded and "kmemdump.inspect.dumpfile" in loaded
         heavy = {m for m in loaded for f in LEAN_FORBIDDEN[command] if m == f or m.startswith(f + ".")}
         assert heavy == set(), (argv, sorted(heavy))
+
+
+_EXIT_PROBE = """
+import atexit, builtins, os, sys, threading, time
+class Finalized:
+    def __del__(self):
+        os.write(2, b"finalized\\n")
+builtins.kmemdump_probe = Finalized()  # its __del__ runs when the interpreter is torn down
+if os.environ["PENDING"] == "atexit":
+    atexit.register(os.write, 2, b"atexit handler ran\\n")
+elif os.environ["PENDING"] == "thread":
+    threading.Thread(target=lambda: (time.sleep(0.2), os.write(2, b"thread ran\\n"))).start()
+sys.argv = ["kmemdump", *sys.argv[1:]]
+from kmemdump.cli.main import entry
+entry()
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("pending", ["nothing", "atexit", "thread"])
+def test_a_dump_ends_without_the_interpreters_teardown_unless_something_waits_for_it(
+    pending: str, tmp_path: Path
+) -> None:
+    """``dump PID`` (a bounded command) ends once its output is flushed, without tearing the
+    interpreter down (cli.main._exit_at_once); an atexit handler or a thread still running gets the
+    ordinary exit, which runs or waits for it."""
+    from helpers_child import spawn_child
+
+    tables, dumps = tmp_path / "tables", tmp_path / "dumps"
+    env = {**os.environ, "KMEMDUMP_DIR": str(tables), "PENDING": pending}
+    with spawn_child(_PRODUCER, env=env) as child:
+        pid = child.recv()["pid"]
+        argv = ["dump", str(pid), "--dir", str(dumps), "--no-stacks", "--json"]
+        result = subprocess.run(
+            [sys.executable, "-c", _EXIT_PROBE, *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
+    assert result.returncode == 0, result.stderr
+    made = list(dumps.glob("*.core"))
+    assert len(made) == 1 and json.loads(result.stdout)["path"] == str(made[0])  # the output, whole
+    said = result.stderr.splitlines()
+    expected = {
+        "nothing": [],
+        "atexit": ["atexit handler ran", "finalized"],
+        "thread": ["thread ran", "finalized"],
+    }[pending]
+    assert said == expected, result.stderr
