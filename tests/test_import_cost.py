@@ -270,6 +270,7 @@ DUMP_RUN_FORBIDDEN = CLI_FORBIDDEN["dump"] | {
     "ipaddress",
     # signal (its enums): a ptrace hold sends no signal; the SIGSTOP hold and --after-hang load it
     "signal",
+    "contextlib",  # the dump's modules suppress errors with try/except; acting_on is a class
 }
 
 

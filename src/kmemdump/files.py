@@ -9,7 +9,6 @@ so the name survives a crash. Standard library only.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import os
@@ -130,10 +129,12 @@ def replace_regular(source: str | os.PathLike[str], target: str | os.PathLike[st
         raise OSError(code, os.strerror(code), os.fspath(target))
     else:
         raise OSError(errno.EAGAIN, "the output kept changing while it was replaced", os.fspath(target))
-    with contextlib.suppress(FileNotFoundError):
+    try:
         mode = os.lstat(target).st_mode
         if not stat.S_ISREG(mode):
             raise NotRegularFileError(file_kind(mode), os.fspath(target))
+    except FileNotFoundError:
+        pass
     os.replace(source, target)
 
 

@@ -19,7 +19,6 @@ real id unlike its effective one, even when the effective one is root).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import select
@@ -240,8 +239,10 @@ class ProcessHandle:
     def close(self) -> None:
         for fd in (self.pidfd, self.proc_fd):
             if fd >= 0:
-                with contextlib.suppress(OSError):
+                try:
                     os.close(fd)
+                except OSError:
+                    pass
         self.pidfd = self.proc_fd = -1
 
     def __enter__(self) -> ProcessHandle:

@@ -13,7 +13,6 @@ and the rest still written.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import os
 from collections.abc import Iterable
 from collections.abc import Mapping
@@ -213,8 +212,10 @@ def observe(
     status = read_proc(pid, "status")
     cmdline = read_proc(pid, "cmdline").rstrip(b"\0").replace(b"\0", b" ")
     auxv = b""
-    with contextlib.suppress(KmemdumpError):
+    try:
         auxv = read_proc(pid, "auxv")
+    except KmemdumpError:
+        pass
     maps_text = read_proc(pid, "maps")
     maps = parse_maps(maps_text)
     limits: list[str] = []

@@ -14,7 +14,6 @@ the kernel writes it back later, as it does every other file (minicoredumper doe
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Sequence
 from types import TracebackType
@@ -126,8 +125,10 @@ def write_core(
     except BaseException as err:
         if fd >= 0:
             os.close(fd)
-        with contextlib.suppress(OSError):
+        try:
             os.unlink(temporary)
+        except OSError:
+            pass
         if isinstance(err, FileExistsError) and err.filename == os.fspath(final):
             raise exists_error(final) from err
         if isinstance(err, OSError):

@@ -18,14 +18,12 @@ rule of when the target may be let go. The steps that stand alone live in their 
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import math
 import os
 import threading
 import time
 from collections.abc import Callable
-from collections.abc import Iterator
 from collections.abc import Mapping
 from operator import attrgetter
 
@@ -216,40 +214,57 @@ ACT_WAIT_S = 10.0
 """How long a dump waits for another collector that is dumping the same process."""
 
 
-@contextlib.contextmanager
 def acting_on(
     table: str | os.PathLike[str], pid: int, wait: float = ACT_WAIT_S, dir_fd: int | None = None
-) -> Iterator[None]:
+) -> _ActingOn:
     """Hold the table's collector lock while dumping: one collector acts on a process at a time.
 
     An exclusive lock on byte :data:`~kmemdump.formats.table.ACT_LOCK_BYTE` of the table file,
     released when the dump ends (or the collector dies). Another collector dumping the same process
     is waited for up to ``wait`` seconds, then :class:`CollectorBusyError` says who holds it. A table
     that cannot be opened for writing is dumped without the lock (the dump reads it anyway).
+    Use it as a context manager (``with acting_on(table, pid): ...``).
     """
-    try:
-        fd = open_owned_file(table, os.O_RDWR, dir_fd=dir_fd)
-    except (OSError, KmemdumpError):
-        yield
-        return
-    try:
-        deadline = time.monotonic() + wait
-        while not lock_byte(fd, ACT_LOCK_BYTE, exclusive=True):
-            if time.monotonic() >= deadline:
-                try:
-                    holder: int | str = parse_header(os.pread(fd, HEADER_SIZE, 0)).collector_pid
-                except (KmemdumpError, OSError):
-                    holder = "unknown"
-                raise CollectorBusyError(
-                    "another collector is dumping this process right now",
-                    pid=pid,
-                    collector_pid=holder or "unknown",
-                    table=str(table),
-                )
-            time.sleep(0.01)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+    return _ActingOn(table, pid, wait, dir_fd)
+
+
+class _ActingOn:
+    """:func:`acting_on`'s lock: taken on entering, released on leaving (a class rather than a
+    generator: ``contextlib`` costs ``dump PID``'s start-up time)."""
+
+    def __init__(self, table: str | os.PathLike[str], pid: int, wait: float, dir_fd: int | None) -> None:
+        self._table, self._pid, self._wait, self._dir_fd = table, pid, wait, dir_fd
+        self._fd = -1
+
+    def __enter__(self) -> None:
+        try:
+            fd = open_owned_file(self._table, os.O_RDWR, dir_fd=self._dir_fd)
+        except (OSError, KmemdumpError):
+            return
+        try:
+            deadline = time.monotonic() + self._wait
+            while not lock_byte(fd, ACT_LOCK_BYTE, exclusive=True):
+                if time.monotonic() >= deadline:
+                    try:
+                        holder: int | str = parse_header(os.pread(fd, HEADER_SIZE, 0)).collector_pid
+                    except (KmemdumpError, OSError):
+                        holder = "unknown"
+                    raise CollectorBusyError(
+                        "another collector is dumping this process right now",
+                        pid=self._pid,
+                        collector_pid=holder or "unknown",
+                        table=str(self._table),
+                    )
+                time.sleep(0.01)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)  # releases the lock
 
 
 _gc_lock = threading.Lock()
@@ -257,22 +272,22 @@ _gc_state = [0, False]
 """Pauses under way, and whether the collector ran before the first."""
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
+class _GcPaused:
     """No cyclic garbage collection meanwhile (it resumes after, if it ran before).
 
     Parsing a table and recording its regions makes tens of thousands of objects that hold no
     cycles, each a few hundred nanoseconds apart: the collector would walk them again and again
     (measured: 0.5 µs of the 3.5 µs a region a dump of 10,000 regions costs). Nested and
     concurrent pauses (several dumps at once) are counted: the last one out resumes it."""
-    with _gc_lock:
-        if _gc_state[0] == 0:
-            _gc_state[1] = gc.isenabled()
-            gc.disable()
-        _gc_state[0] += 1
-    try:
-        yield
-    finally:
+
+    def __enter__(self) -> None:
+        with _gc_lock:
+            if _gc_state[0] == 0:
+                _gc_state[1] = gc.isenabled()
+                gc.disable()
+            _gc_state[0] += 1
+
+    def __exit__(self, *exc_info: object) -> None:
         with _gc_lock:
             _gc_state[0] -= 1
             if _gc_state[0] == 0 and _gc_state[1]:
@@ -554,7 +569,7 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
         # on request nobody kept a snapshot: copy the table while it runs, the fallback for a hold mid-update
         fallback = _running_copy(job)
     threads, threads_taken = _threads(job, options)  # before the hold: a held thread looks idle
-    with _gc_paused():  # ten thousand entries: see _gc_paused
+    with _GcPaused():  # ten thousand entries: see _GcPaused
         current, snapshot, table_torn = _held_snapshot(job, options, process, fallback)
     with current:
         if process is not None and current.method in ("ptrace", "SIGSTOP"):
@@ -569,7 +584,7 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
             hold_ms = round((time.perf_counter() - held_since) * 1000, 3)
         graphs, walked = _walk_graphs(job, snapshot, options)
         avoid = [(address, address + len(data)) for address, data in walked]
-        with _gc_paused():
+        with _GcPaused():
             records, kept, arena_state = _copy(job, snapshot, options, into, avoid)
         for address, data in walked:
             into.add(address, data)
@@ -852,8 +867,10 @@ def _copy_from_arena(
         with arena:
             for entry, size in planned:
                 if entry.id in _KEEP and size == entry.size and size <= _CHUNK:
-                    with contextlib.suppress(KmemdumpError, OSError):
+                    try:
                         kept[entry.id] = arena.read(entry.address, size)
+                    except (KmemdumpError, OSError):
+                        pass
                 try:
                     stored = _copy_large(arena, entry.address, size, sink)
                 except OSError as err:

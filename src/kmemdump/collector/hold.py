@@ -27,7 +27,6 @@ calls it on every step.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
@@ -156,8 +155,10 @@ class Hold:
             self._process.send_signal(signal.SIGCONT)
         if self._record is not None:
             dir_fd, name = self._record
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(name, dir_fd=dir_fd)
+            except OSError:
+                pass
             os.close(dir_fd)
             self._record = None
 
@@ -219,8 +220,10 @@ def _hold_ptrace(process: ProcessHandle, settle: float) -> Hold | None:
                     _release_all(process.pid, seized, parent_is_us)  # traced already, or not allowed
                     return None
                 seized[tid] = _Seized()
-                with contextlib.suppress(ProcessLookupError):
+                try:
                     ptrace_request(PTRACE_INTERRUPT, tid, 0, 0)
+                except ProcessLookupError:
+                    pass
             _wait_for_stops(process.pid, seized, deadline)
         if not seized or not process.alive():
             raise ProcessGoneError(f"process {process.pid} is gone", pid=process.pid)
@@ -285,8 +288,10 @@ def _reap(pid: int, tid: int, parent_is_us: bool) -> bool:
         return True
     if info is None:
         return False
-    with contextlib.suppress(ChildProcessError):
+    try:
         os.waitpid(tid, os.WNOHANG | _WALL)
+    except ChildProcessError:
+        pass
     return info.si_code in _GONE_CODES
 
 
@@ -367,8 +372,10 @@ def _hold_sigstop(process: ProcessHandle, records: str | os.PathLike[str] | None
     record = _write_record(records, process) if records is not None else None
     if not process.send_signal(signal.SIGSTOP):
         if record is not None:
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(record[1], dir_fd=record[0])
+            except OSError:
+                pass
             os.close(record[0])
         raise ProcessGoneError(f"process {process.pid} is gone", pid=process.pid)
     deadline = time.monotonic() + settle

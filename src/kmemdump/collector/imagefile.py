@@ -25,7 +25,6 @@ collector that starts removes those of collectors that are gone
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import mmap
@@ -397,11 +396,15 @@ class ImageFile:
             self._writer = None
         for stage in self._stages:
             if not stage.closed:
-                with contextlib.suppress(BufferError):  # a view still held elsewhere frees it later
+                try:  # a view still held elsewhere frees it later
                     stage.close()
+                except BufferError:
+                    pass
         if self._fd >= 0:
-            with contextlib.suppress(OSError):
+            try:
                 os.close(self._fd)
+            except OSError:
+                pass
             self._fd = -1
 
     def abort(self) -> None:
@@ -409,5 +412,7 @@ class ImageFile:
         had = self._fd >= 0
         self.close()
         if had:
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(self._temporary)
+            except OSError:
+                pass
