@@ -152,6 +152,8 @@ def replace(value: _T, /, **changes: Any) -> _T:
 
 
 def _make(cls: type[_T], is_frozen: bool) -> type[_T]:
+    """The record class: ``cls``'s namespace with its fields as slots and the methods added, made once
+    (the methods go in before the class is made: setting them on a class afterwards costs more)."""
     namespace = dict(cls.__dict__)
     own: list[Field] = []
     for name, annotation in namespace.get("__annotations__", {}).items():
@@ -168,24 +170,27 @@ def _make(cls: type[_T], is_frozen: bool) -> type[_T]:
         namespace.pop(name, None)
     namespace["__slots__"] = tuple(f.name for f in own if f.name not in {g.name for g in inherited})
     namespace["__record_fields__"] = all_fields
+    finish = _add_methods(namespace, cls.__qualname__, all_fields, is_frozen)
     metaclass: Any = type(cls)
     made: type[_T] = metaclass(cls.__name__, cls.__bases__, namespace)
     made.__qualname__ = cls.__qualname__
-    _add_methods(made, all_fields, is_frozen)
+    finish(made)
     return made
 
 
-def _add_methods(cls: Any, all_fields: tuple[Field, ...], is_frozen: bool) -> None:
-    setters = {f.name: _setter(cls, f.name) for f in all_fields}
+def _add_methods(
+    namespace: dict[str, Any], title: str, all_fields: tuple[Field, ...], is_frozen: bool
+) -> Callable[[Any], None]:
+    """Put the methods into ``namespace``; returns what gives them the slots once the class is made."""
     init_fields = [f for f in all_fields if f.init]
     names = tuple(f.name for f in init_fields)
     count = len(names)
     positions = {name: i for i, name in enumerate(names)}
-    put = tuple(setters[name] for name in names)
-    # fields __init__ does not take, set from their defaults (or left for __post_init__)
-    rest = tuple((setters[f.name], f) for f in all_fields if not f.init and _has_default(f))
-    post_init = getattr(cls, "__post_init__", None)
-    title = cls.__qualname__
+    # each init field's slot setter, and (setter, field) for the fields __init__ does not take but
+    # sets from their defaults (the others are left to __post_init__): known once the class is made
+    put: tuple[Callable[[Any, Any], None], ...] = ()
+    rest: tuple[tuple[Callable[[Any, Any], None], Field], ...] = ()
+    post_init = namespace.get("__post_init__")
 
     template = [f.default for f in init_fields]  # MISSING where required or made by a factory
     needed = tuple(i for i, f in enumerate(init_fields) if f.default is MISSING)
@@ -236,9 +241,8 @@ def _add_methods(cls: Any, all_fields: tuple[Field, ...], is_frozen: bool) -> No
     def __reduce__(self: Any) -> tuple[Any, tuple[Any, ...]]:  # pickle and copy
         return (_rebuild, (type(self), tuple(getattr(self, n) for n in names)))
 
-    own = cls.__dict__
     # like dataclasses: what the class body defines stays (an __eq__ of its own takes __hash__ away)
-    explicit_hash = "__hash__" in own and not (own["__hash__"] is None and "__eq__" in own)
+    explicit_hash = "__hash__" in namespace and not (namespace["__hash__"] is None and "__eq__" in namespace)
     methods: dict[str, Any] = {
         "__init__": __init__,
         "__repr__": __repr__,
@@ -257,7 +261,7 @@ def _add_methods(cls: Any, all_fields: tuple[Field, ...], is_frozen: bool) -> No
             raise FrozenRecordError(f"cannot delete field {name!r} of a frozen {title}")
 
         for method in ("__setattr__", "__delattr__"):
-            if method in own:
+            if method in namespace:
                 raise TypeError(f"{title} is frozen: it cannot define {method}")
         methods.update(__setattr__=__setattr__, __delattr__=__delattr__)
         if not explicit_hash:
@@ -265,12 +269,20 @@ def _add_methods(cls: Any, all_fields: tuple[Field, ...], is_frozen: bool) -> No
     elif not explicit_hash:
         methods["__hash__"] = None
     for method, function in methods.items():
-        if method in own and method != "__hash__":
+        if method in namespace and method != "__hash__":
             continue
         if function is not None:
-            function.__qualname__ = f"{cls.__qualname__}.{method}"
-        setattr(cls, method, function)
-    setattr(cls, "__match_args__", names)  # noqa: B010 - mypy refuses the plain assignment
+            function.__qualname__ = f"{title}.{method}"
+        namespace[method] = function
+    namespace["__match_args__"] = names
+
+    def finish(made: Any) -> None:
+        nonlocal put, rest
+        setters = {f.name: _setter(made, f.name) for f in all_fields}
+        put = tuple(setters[name] for name in names)
+        rest = tuple((setters[f.name], f) for f in all_fields if not f.init and _has_default(f))
+
+    return finish
 
 
 def setters(cls: type) -> tuple[Callable[[Any, Any], None], ...]:
