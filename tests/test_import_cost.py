@@ -271,6 +271,11 @@ DUMP_RUN_FORBIDDEN = CLI_FORBIDDEN["dump"] | {
     # signal (its enums): a ptrace hold sends no signal; the SIGSTOP hold and --after-hang load it
     "signal",
     "contextlib",  # the dump's modules suppress errors with try/except; acting_on is a class
+    # the region kinds, table states and IDs are read as the ints they are; their enums (and enum
+    # itself) are made only where they are named (formats.enums, idenum)
+    "enum",
+    "kmemdump.formats.enums",
+    "kmemdump.idenum",
 }
 
 

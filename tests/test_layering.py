@@ -34,7 +34,7 @@ ALLOWED: dict[str, set[str]] = {
 }
 PROGRAMS = {"kmemdump.cli.demo_target"}
 """Producer programs the command line runs in a child process: they import kmemdump as users do."""
-VOCABULARY = {"errors", "ids", "_version", "procinfo", "files", "paths", "record"}
+VOCABULARY = {"errors", "ids", "idenum", "_version", "procinfo", "files", "paths", "record"}
 FACADE = {"logging", "asyncio", "pytest_plugin"}
 """Public modules beside the package's ``__init__`` (``kmemdump.logging`` …): thin faces of the producer."""
 
@@ -60,9 +60,11 @@ def _module_name(path: Path) -> str:
 
 
 @cache
-def _imports(*, at_run_time: bool = False) -> dict[str, set[str]]:
+def _imports(*, at_run_time: bool = False, at_load: bool = False) -> dict[str, set[str]]:
     """Every module of the package and the modules it imports (absolute names, relative resolved);
-    with ``at_run_time``, leaving out those imported only for type checkers (``if TYPE_CHECKING:``)."""
+    with ``at_run_time``, leaving out those imported only for type checkers (``if TYPE_CHECKING:``);
+    with ``at_load`` also those a module's ``__getattr__`` imports (PEP 562: a lazy attribute, asked
+    for once the module is loaded, so never while it loads)."""
     found: dict[str, set[str]] = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         if "autoinit" in path.parts:  # runs as a top-level sitecustomize, imports kmemdump as a user
@@ -71,7 +73,9 @@ def _imports(*, at_run_time: bool = False) -> dict[str, set[str]]:
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets: set[str] = set()
         tree = ast.parse(path.read_text(), str(path))
-        unseen = _type_checking_blocks(tree) if at_run_time else set()
+        unseen = _type_checking_blocks(tree) if at_run_time or at_load else set()
+        if at_load:
+            unseen |= _lazy_attribute_bodies(tree)
         for node in ast.walk(tree):
             if id(node) in unseen:
                 continue
@@ -100,6 +104,15 @@ def _type_checking_blocks(tree: ast.AST) -> set[int]:
         if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
             for child in node.body:
                 inside.update(id(n) for n in ast.walk(child))
+    return inside
+
+
+def _lazy_attribute_bodies(tree: ast.Module) -> set[int]:
+    """The ids of the nodes inside a module-level ``def __getattr__`` (run only after the module loaded)."""
+    inside: set[int] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
+            inside.update(id(n) for n in ast.walk(node))
     return inside
 
 
@@ -188,10 +201,13 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_cycle() -> None:
+    """No cycle among the imports a module runs while it loads (lazy ones in functions included):
+    those for type checkers only and those of a module's ``__getattr__`` cannot make one (the enums
+    of the formats' numbers are made on first use that way: ``formats.kinds.RegionKind``)."""
     graph = {
         # a package's __init__ that re-exports its submodules is not a cycle of the code
         module: {t for t in targets if _internal(t) and not module.startswith(f"{t}.")}
-        for module, targets in _imports().items()
+        for module, targets in _imports(at_load=True).items()
     }
     assert _cycles(graph) == []
 

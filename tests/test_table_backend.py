@@ -92,7 +92,7 @@ def test_private_directory_and_file_whatever_the_umask(tables: Path) -> None:
         assert os.listdir(tables) == [backend.path.name]  # the temporary name is gone
         header = read_table(backend.path).header
         assert (header.pid, header.start_time) == (os.getpid(), process_start_time(os.getpid()))
-        assert header.state is TableState.RUNNING
+        assert header.state == TableState.RUNNING
         assert header.capacity == 8
         assert header.created_ns > 0
     finally:
@@ -232,7 +232,7 @@ def test_close_marks_exiting_removes_the_file_and_refuses_more(backend: SharedTa
     path = backend.path
     with TableReader(path) as reader:  # a reader that opened the table before it went away
         backend.close()
-        assert reader.header().state is TableState.EXITING
+        assert reader.header().state == TableState.EXITING
     assert not path.exists()
     backend.close()  # idempotent
     with pytest.raises(BackendError, match="closed"):

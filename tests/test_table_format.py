@@ -196,7 +196,7 @@ def test_round_trip_and_seqlock_generation() -> None:
     snap = parse_table(bytes(buf))
     assert snap.header.generation == 8  # four changes (three entries, the arena), two steps each
     assert snap.header.count == 3
-    assert snap.header.state is TableState.RUNNING
+    assert snap.header.state == TableState.RUNNING
     assert [(e.slot, e.id, e.name, e.address, e.size, e.kind, e.flags) for e in snap.entries] == [
         (2, 1, "banner", 0x5555_0000_0010, 200, RegionKind.OBJECT, RegionFlags.PERSISTENT),
         (0, 16, "state", 0x7F00_0000_1000, 4096, RegionKind.BUFFER, 0),

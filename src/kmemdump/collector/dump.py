@@ -82,7 +82,7 @@ from kmemdump.formats.faults import FaultText
 from kmemdump.formats.faults import encode_fault_note
 from kmemdump.formats.faults import fault_path_of
 from kmemdump.formats.faults import read_fault_file
-from kmemdump.formats.kinds import RegionKind
+from kmemdump.formats.kinds import KIND_OBJECT
 from kmemdump.formats.table import ACT_LOCK_BYTE
 from kmemdump.formats.table import HEADER_SIZE
 from kmemdump.formats.table import TableEntry
@@ -94,7 +94,8 @@ from kmemdump.formats.table import open_owned_file
 from kmemdump.formats.table import parse_header
 from kmemdump.formats.table import parse_table
 from kmemdump.formats.table import read_table
-from kmemdump.ids import ID
+from kmemdump.ids import BANNER_ID
+from kmemdump.ids import PYCOREINFO_ID
 from kmemdump.memory.process import ProcessMemory
 from kmemdump.paths import path_name
 from kmemdump.procinfo import process_exe
@@ -588,7 +589,7 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
             records, kept, arena_state = _copy(job, snapshot, options, into, avoid)
         for address, data in walked:
             into.add(address, data)
-        pycoreinfo = kept.get(ID.PYCOREINFO)
+        pycoreinfo = kept.get(PYCOREINFO_ID)
         copy_ms = (time.perf_counter() - t0) * 1000
         gone_now = gone or "gone" in map(_STATUS_OF, records)
         shadow = job.memory_pid not in (0, pid)
@@ -614,7 +615,7 @@ def _dump_into(  # noqa: PLR0917 - one dump's parts, passed once
         header = snapshot.header
         age = (time.monotonic_ns() - header.last_feed_ns) / 1e9 if header.heartbeat else None
         if not argv or exe is None:  # gone before we saw it: the process's own banner says who it was
-            banner_argv, banner_exe = _from_banner(kept.get(ID.BANNER))
+            banner_argv, banner_exe = _from_banner(kept.get(BANNER_ID))
             argv = argv or tuple(banner_argv)
             exe = exe if exe is not None else banner_exe
         missing = _missing(records, graphs, pycoreinfo)
@@ -752,7 +753,7 @@ def _capture_state(options: DumpOptions, gone: bool, capture: Capture | None) ->
     return "; ".join(capture.problems) or "ok"
 
 
-_KEEP = (ID.BANNER, ID.PYCOREINFO)
+_KEEP = (BANNER_ID, PYCOREINFO_ID)
 """Regions whose bytes the collector reads itself: the banner (who the process was) and the layout."""
 
 
@@ -812,7 +813,7 @@ def _plan(
     """The entries to copy (with how many bytes of each) and those the budget leaves out: the
     predefined regions first, then the others in ID order, while the budget lasts.
 
-    The predefined IDs are those below :attr:`ID.USER_START`, so that order is the IDs' own."""
+    The predefined IDs are those below :data:`~kmemdump.ids.USER_START`, so that order is the IDs' own."""
     entries = sorted(snapshot.entries, key=_ID_OF)  # a snapshot's are in ID order already: one pass
     limit = options.max_region
     sizes = [size if size <= limit else limit for size in map(_SIZE_OF, entries)]
@@ -899,7 +900,7 @@ def _walk_graphs(
     from kmemdump.collector.graphs import walk_graph
 
     planned, _ = _plan(snapshot, options)
-    layout = next((item for item in planned if item[0].id == ID.PYCOREINFO), None)
+    layout = next((item for item in planned if item[0].id == PYCOREINFO_ID), None)
     graphs: list[GraphRecord] = []
     walked: list[tuple[int, bytes]] = []
     left = options.graph_bytes
@@ -938,7 +939,7 @@ def _layout(
 ) -> tuple[PyCoreInfo | None, str]:
     """The process's PYCOREINFO, read from its region now, or why there is none to walk with."""
     if layout is None:
-        registered = any(entry.id == ID.PYCOREINFO for entry in snapshot.entries)
+        registered = any(entry.id == PYCOREINFO_ID for entry in snapshot.entries)
         state = "skipped by the budget" if registered else "not registered"
         return None, f"no Python layout to walk with: the PYCOREINFO region was {state}"
     entry, size = layout
@@ -986,8 +987,8 @@ def _missing(records: list[RegionRecord], graphs: list[GraphRecord], pycoreinfo:
         if r.status != "ok"
     ]
     ids = list(map(_ID_OF, records))
-    record = records[ids.index(ID.PYCOREINFO)] if ID.PYCOREINFO in ids else None
-    objects = RegionKind.OBJECT in map(_KIND_OF, records)
+    record = records[ids.index(PYCOREINFO_ID)] if PYCOREINFO_ID in ids else None
+    objects = KIND_OBJECT in map(_KIND_OF, records)
     if pycoreinfo is None and (record is not None or objects):  # published but lost, or needed
         state = "was not registered" if record is None else f"is {record.status}"
         missing.append(f"the Python layout (PYCOREINFO) {state}: objects cannot be decoded")

@@ -29,7 +29,8 @@ from kmemdump.formats.dumpmeta import region_record
 from kmemdump.formats.dumpmeta import region_records
 from kmemdump.formats.elf import PHDR_SIZE
 from kmemdump.formats.table import TableEntry
-from kmemdump.ids import ID
+from kmemdump.ids import BANNER_ID
+from kmemdump.ids import PYCOREINFO_ID
 from kmemdump.memory.process import ProcessMemory
 from kmemdump.record import mutable
 
@@ -92,7 +93,7 @@ def _meets(avoid: Sequence[tuple[int, int]], starts: list[int], lo: int, hi: int
     return index >= 0 and avoid[index][1] > lo
 
 
-_KEPT = (ID.BANNER, ID.PYCOREINFO)
+_KEPT = (BANNER_ID, PYCOREINFO_ID)
 """Regions whose bytes the collector reads itself: who the process was, and the Python layout."""
 _KEPT_IDS = frozenset(int(region_id) for region_id in _KEPT)
 _first, _second = itemgetter(0), itemgetter(1)
@@ -199,7 +200,7 @@ def _all_whole(  # noqa: PLR0917 - _copy_batch's state, passed once
     for region_id in _KEPT_IDS.intersection(ids):
         at = ids.index(region_id)
         data = bytes(view[offsets[at] : offsets[at] + sizes[at]])
-        if region_id == ID.PYCOREINFO:
+        if region_id == PYCOREINFO_ID:
             pycoreinfo = data
         if kept is not None:
             kept[region_id] = data
@@ -232,7 +233,7 @@ def _store_run(  # noqa: PLR0917 - _copy_batch's state, passed once
             status = "ok"
             if entry.id in _KEPT:
                 data = bytes(view[offset : offset + stored])
-                if entry.id == ID.PYCOREINFO:
+                if entry.id == PYCOREINFO_ID:
                     pycoreinfo = data
                 if kept is not None:
                     kept[entry.id] = data

@@ -20,7 +20,6 @@ other two (as pyelftools keeps one format's structs, writer-side helpers and par
 
 from __future__ import annotations
 
-import enum
 import errno
 import itertools
 import mmap
@@ -39,12 +38,13 @@ from operator import not_
 from kmemdump.errors import ForeignTableError
 from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import TableFormatError
+from kmemdump.formats.kinds import FLAG_PERSISTENT
 from kmemdump.formats.kinds import GRAPH_DEPTH_MASK
 from kmemdump.formats.kinds import GRAPH_ROOT
+from kmemdump.formats.kinds import KIND_OBJECT
+from kmemdump.formats.kinds import KINDS
 from kmemdump.formats.kinds import MAX_GRAPH_DEPTH
 from kmemdump.formats.kinds import NAME_MAX
-from kmemdump.formats.kinds import RegionFlags
-from kmemdump.formats.kinds import RegionKind
 from kmemdump.record import frozen
 from kmemdump.record import setters
 
@@ -53,6 +53,8 @@ if TYPE_CHECKING:
     from typing import Any
     from typing import Final
     from typing import NamedTuple
+
+    from kmemdump.formats.enums import TableState
 
 __all__ = [
     "ACT_LOCK_BYTE",
@@ -100,6 +102,10 @@ __all__ = [
     "OFF_STATE",
     "OFF_VERSION",
     "OFF_WATCHDOG_TIMEOUT_NS",
+    "STATES",
+    "STATE_EXITING",
+    "STATE_RUNNING",
+    "STATE_STARTING",
     "TABLE_SUFFIX",
     "VALID",
     "VERSION",
@@ -207,14 +213,14 @@ _U32_MAX: Final = 2**32 - 1
 _U64_MAX: Final = 2**64 - 1
 _ADDRESS_LIMIT: Final = 2**64
 _FREE_FIELDS: Final = (bytes(NAME_SIZE), 0, 0, 0, 0, 0, 0, 0)
-KNOWN_ENTRY_FLAGS: Final = int(RegionFlags.PERSISTENT)
+KNOWN_ENTRY_FLAGS: Final = FLAG_PERSISTENT
 """Every entry flag bit this format version defines; a reader rejects any other."""
-_PERSISTENT: Final = int(RegionFlags.PERSISTENT)
-_OBJECT: Final = int(RegionKind.OBJECT)
-_KINDS: Final = {int(kind): kind for kind in RegionKind}
+_PERSISTENT: Final = FLAG_PERSISTENT
+_OBJECT: Final = KIND_OBJECT
+_KINDS: Final = KINDS
 _KIND_LIMIT: Final = max(_KINDS) + 1
 _KIND_OK: Final = bytes(1 if value in _KINDS else 0 for value in range(_KIND_LIMIT))
-"""Indexed by kind: a C-level check (an IntEnum's own hash runs Python code)."""
+"""Indexed by kind: a check at C speed."""
 _pack_entry: Final = ENTRY_STRUCT.pack_into
 _zero_entry: Final = struct.Struct(f"{ENTRY_SIZE}x").pack_into
 """Writes 64 zero bytes (pack_into zero-fills a struct's padding)."""
@@ -234,18 +240,24 @@ _H_FLAGS: Final = OFF_FLAGS // 2
 assert HEADER_STRUCT.size == HEADER_SIZE and ENTRY_STRUCT.size == ENTRY_SIZE
 
 
-class TableState(enum.IntEnum):
-    """The producer's life cycle, as published in the header."""
+STATE_STARTING: Final = 0
+"""The table is being set up; entries may be missing (TableState.STARTING)."""
+STATE_RUNNING: Final = 1
+"""The producer is live and keeps the table current."""
+STATE_EXITING: Final = 2
+"""The producer is shutting down cleanly; the file is about to be removed."""
+STATES: Final = frozenset({STATE_STARTING, STATE_RUNNING, STATE_EXITING})
+"""The header's states: :class:`TableState`'s values (its enum, made when first asked for)."""
 
-    STARTING = 0
-    """The table is being set up; entries may be missing."""
-    RUNNING = 1
-    """The producer is live and keeps the table current."""
-    EXITING = 2
-    """The producer is shutting down cleanly; the file is about to be removed."""
 
+def __getattr__(name: str) -> object:
+    """``TableState``, made (by :mod:`kmemdump.formats.enums`) when first asked for: the dump of a
+    process reads the state as the number it is, and loads no ``enum``."""
+    if name == "TableState":
+        from kmemdump.formats.enums import TableState
 
-_STATES: Final = {int(state): state for state in TableState}
+        return TableState
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -263,7 +275,8 @@ class TableHeader:
     pid: int
     start_time: int
     py_hexversion: int
-    state: TableState
+    state: int
+    """One of :data:`STATES` (a :class:`TableState` value)."""
     generation: int
     heartbeat: int
     last_feed_ns: int
@@ -366,7 +379,8 @@ class TableEntry:
     name: str
     address: int
     size: int
-    kind: RegionKind
+    kind: int
+    """One of :data:`~kmemdump.formats.kinds.KINDS` (a :class:`RegionKind` value)."""
     flags: int
     graph: int = 0
     """The graph word: 0, or ``GRAPH_ROOT | depth`` for the root of a live object graph."""
@@ -390,7 +404,7 @@ _ENTRY_FIELDS = setters(TableEntry)
 
 
 def _new_entry(  # noqa: PLR0917 - the dataclass's fields, in order
-    slot: int, region_id: int, name: str, address: int, size: int, kind: RegionKind, flags: int, graph: int
+    slot: int, region_id: int, name: str, address: int, size: int, kind: int, flags: int, graph: int
 ) -> TableEntry:
     """``TableEntry(...)`` at half the cost of the frozen dataclass's ``__init__`` (which sets each
     field through ``object.__setattr__`` by name): every dump parses up to 65,536 entries. The same
@@ -558,7 +572,7 @@ class TableWriter:
         try:
             HEADER_STRUCT.pack_into(
                 buf, 0, MAGIC, VERSION, HEADER_SIZE, ENTRY_SIZE, flags, capacity, pid, start_time,
-                py_hexversion, TableState.STARTING, 0, 0, 0, 0, 0, 0, created_ns, 0, 0, pidns[1], pidns[0],
+                py_hexversion, STATE_STARTING, 0, 0, 0, 0, 0, 0, created_ns, 0, 0, pidns[1], pidns[0],
             )  # fmt: skip
         except struct.error as err:
             raise TableFormatError(f"header value out of range: {err}") from err
@@ -619,8 +633,10 @@ class TableWriter:
         self._u64[_W_WATCHDOG_TIMEOUT_NS] = timeout_ns
         return changed
 
-    def set_state(self, state: TableState) -> None:
-        self._u32[_I_STATE] = TableState(state)
+    def set_state(self, state: int) -> None:
+        if state not in STATES:
+            raise ValueError(f"{state!r} is not a table state")
+        self._u32[_I_STATE] = int(state)
 
     def collector_pid(self) -> int:
         """The pid a collector wrote into the header (0 when none did)."""
@@ -872,11 +888,10 @@ def parse_header(data: ReadableBuffer) -> TableHeader:
         )
     if not 0 < capacity <= MAX_CAPACITY:
         raise TableFormatError(f"capacity {capacity} is outside 1..{MAX_CAPACITY}", offset=OFF_CAPACITY)
-    table_state = _STATES.get(state)
-    if table_state is None:
+    if state not in STATES:
         raise TableFormatError(f"unknown state {state}", offset=OFF_STATE)
     return TableHeader(
-        version, header_size, entry_size, flags, capacity, pid, start_time, py_hexversion, table_state,
+        version, header_size, entry_size, flags, capacity, pid, start_time, py_hexversion, state,
         generation, heartbeat, last_feed_ns, watchdog_timeout_ns, collector_pid, count, created_ns,
         arena_base, arena_size, pidns_ino, pidns_dev,
     )  # fmt: skip
@@ -963,7 +978,7 @@ def _entries_at_once(rows: list[tuple[Any, ...]], arena_lo: int, arena_hi: int) 
         map(names.__getitem__, raw_names),
         addresses,
         sizes,
-        map(_KINDS.__getitem__, kinds),
+        kinds,
         flags,
         graphs,
     )
@@ -993,8 +1008,7 @@ def _entries_one_by_one(rows: list[tuple[Any, ...]], arena_lo: int, arena_hi: in
             raise _entry_error("size is 0", slot, ENTRY_SIZE_FIELD)
         if address + size > _ADDRESS_LIMIT:
             raise _entry_error("region runs past the end of the 64-bit address space", slot, ENTRY_ADDRESS)
-        region_kind = _KINDS.get(kind)
-        if region_kind is None:
+        if kind not in _KINDS:
             raise _entry_error(f"unknown kind {kind}", slot, ENTRY_KIND)
         if flags:
             if flags & ~KNOWN_ENTRY_FLAGS:
@@ -1012,7 +1026,7 @@ def _entries_one_by_one(rows: list[tuple[Any, ...]], arena_lo: int, arena_hi: in
         if region_id in seen:
             raise _entry_error(f"id {region_id} appears in two slots", slot, ENTRY_ID)
         seen.add(region_id)
-        entries.append(_new_entry(slot, region_id, name, address, size, region_kind, flags, graph))
+        entries.append(_new_entry(slot, region_id, name, address, size, kind, flags, graph))
     return entries
 
 
