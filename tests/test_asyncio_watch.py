@@ -22,7 +22,7 @@ from helpers_child import spawn_child
 from helpers_watch import WatchProcess
 from kmemdump.cli.main import main
 from kmemdump.errors import InvalidRegionError
-from kmemdump.formats.kinds import RegionKind
+from kmemdump.formats.enums import RegionKind
 from kmemdump.formats.table import read_table
 from kmemdump.inspect.dumpfile import Dump
 

@@ -23,9 +23,9 @@ from kmemdump.cli.main import main
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.watch import Event
 from kmemdump.collector.watch import Watcher
-from kmemdump.formats.kinds import RegionKind
+from kmemdump.formats.enums import RegionKind
 from kmemdump.formats.table import read_table
-from kmemdump.ids import ID
+from kmemdump.idenum import ID
 from kmemdump.memory.core import CoreImage
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ from kmemdump.formats.table import LIVE_LOCK_BYTE
 from kmemdump.formats.table import TableReader
 from kmemdump.formats.table import lock_held
 from kmemdump.formats.table import read_table
-from kmemdump.ids import ID
+from kmemdump.idenum import ID
 from kmemdump.memory.core import CoreImage
 from kmemdump.procinfo import pid_namespace
 

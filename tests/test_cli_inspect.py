@@ -50,12 +50,12 @@ from kmemdump.formats.elf import Note
 from kmemdump.formats.elf import Segment
 from kmemdump.formats.elf import prpsinfo_note
 from kmemdump.formats.elf import prstatus_note
-from kmemdump.formats.kinds import RegionKind
+from kmemdump.formats.enums import RegionKind
 from kmemdump.formats.stacks import Frame
 from kmemdump.formats.stacks import Stacks
 from kmemdump.formats.stacks import ThreadStack
 from kmemdump.formats.stacks import encode_stacks
-from kmemdump.ids import ID
+from kmemdump.idenum import ID
 from kmemdump.inspect.cpython import encode_value
 from kmemdump.inspect.dumpfile import Dump
 from kmemdump.inspect.dumpfile import list_dumps

@@ -13,7 +13,7 @@ import pytest
 
 from kmemdump.formats.dumpmeta import decode_meta
 from kmemdump.formats.elf import KMD_NOTE_META
-from kmemdump.ids import ID
+from kmemdump.idenum import ID
 from kmemdump.memory.core import CoreImage
 
 pytestmark = pytest.mark.slow

@@ -24,7 +24,7 @@ from kmemdump.collector.watch import Watcher
 from kmemdump.errors import ProcessGoneError
 from kmemdump.formats.dumpmeta import decode_meta
 from kmemdump.formats.elf import KMD_NOTE_META
-from kmemdump.ids import ID
+from kmemdump.idenum import ID
 from kmemdump.memory.core import CoreImage
 from kmemdump.procinfo import process_start_time
 from kmemdump.procinfo import thread_state

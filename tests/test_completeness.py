@@ -16,7 +16,7 @@ from kmemdump.cli.main import main
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.dump import dump_target
 from kmemdump.collector.watch import Watcher
-from kmemdump.ids import ID
+from kmemdump.idenum import ID
 from kmemdump.procinfo import process_start_time
 
 pytestmark = pytest.mark.slow

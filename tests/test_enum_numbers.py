@@ -1,14 +1,12 @@
 """The formats' numbers are plain ints where they are read (kmemdump.formats.kinds, .table,
-kmemdump.ids) and enums where they are named (RegionKind, RegionFlags, TableState, ID), made on first
-use: the two agree, every old import path still gives the enum, and a reader that only passes the
-numbers on loads no ``enum``."""
+kmemdump.ids) and enums where they are named (kmemdump.formats.enums, kmemdump.idenum): the two agree,
+the public names are the enums, and a reader that only passes the numbers on loads no ``enum``."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from kmemdump import formats
 from kmemdump import ids
 from kmemdump.formats import kinds
 from kmemdump.formats import table
@@ -38,21 +36,15 @@ def test_the_enums_and_the_numbers_agree() -> None:
     )
 
 
-def test_the_old_import_paths_give_the_enums() -> None:
+def test_the_public_names_are_the_enums() -> None:
     import kmemdump
     from kmemdump.formats.enums import RegionFlags
     from kmemdump.formats.enums import RegionKind
-    from kmemdump.formats.enums import TableState
-    from kmemdump.formats.kinds import RegionKind as KindsRegionKind
-    from kmemdump.formats.table import TableState as TableTableState
     from kmemdump.idenum import ID
-    from kmemdump.ids import ID as IdsID
 
-    assert KindsRegionKind is RegionKind is kmemdump.RegionKind
-    assert kinds.RegionFlags is RegionFlags is kmemdump.RegionFlags
-    assert TableTableState is TableState
-    assert IdsID is ID is kmemdump.ID
-    assert formats is not None
+    assert kmemdump.RegionKind is RegionKind
+    assert kmemdump.RegionFlags is RegionFlags
+    assert kmemdump.ID is ID
 
 
 def test_a_table_reader_loads_no_enum() -> None:

@@ -1,9 +1,9 @@
 """The house rules, checked on the source: which part may import which, and no import cycle.
 
-The package is layered, bottom up: the shared vocabulary (``errors``, ``ids``, ``_version``, ``record``,
-``procinfo``, ``files``, ``paths``), ``formats`` (the bytes), ``producer`` (what ``import kmemdump`` runs),
-``memory`` (the sources behind one ``read``), ``inspect`` (decoding), ``fleet`` (object storage: shipping,
-remote listing, triage), ``collector``, ``cli``. An
+The package is layered, bottom up: the shared vocabulary (``errors``, ``ids``, ``idenum``,
+``_version``, ``record``, ``procinfo``, ``files``, ``paths``), ``formats`` (the bytes), ``producer``
+(what ``import kmemdump`` runs), ``memory`` (the sources behind one ``read``), ``inspect`` (decoding),
+``fleet`` (object storage: shipping, remote listing, triage), ``collector``, ``cli``. An
 import may only go down. The producer imports nothing but the standard library and the layers
 below it. Imports are read with ``ast`` (those inside functions too), so a lazy import that breaks
 a rule is caught as well.
@@ -60,11 +60,9 @@ def _module_name(path: Path) -> str:
 
 
 @cache
-def _imports(*, at_run_time: bool = False, at_load: bool = False) -> dict[str, set[str]]:
+def _imports(*, at_run_time: bool = False) -> dict[str, set[str]]:
     """Every module of the package and the modules it imports (absolute names, relative resolved);
-    with ``at_run_time``, leaving out those imported only for type checkers (``if TYPE_CHECKING:``);
-    with ``at_load`` also those a module's ``__getattr__`` imports (PEP 562: a lazy attribute, asked
-    for once the module is loaded, so never while it loads)."""
+    with ``at_run_time``, leaving out those imported only for type checkers (``if TYPE_CHECKING:``)."""
     found: dict[str, set[str]] = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         if "autoinit" in path.parts:  # runs as a top-level sitecustomize, imports kmemdump as a user
@@ -73,9 +71,7 @@ def _imports(*, at_run_time: bool = False, at_load: bool = False) -> dict[str, s
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets: set[str] = set()
         tree = ast.parse(path.read_text(), str(path))
-        unseen = _type_checking_blocks(tree) if at_run_time or at_load else set()
-        if at_load:
-            unseen |= _lazy_attribute_bodies(tree)
+        unseen = _type_checking_blocks(tree) if at_run_time else set()
         for node in ast.walk(tree):
             if id(node) in unseen:
                 continue
@@ -107,15 +103,6 @@ def _type_checking_blocks(tree: ast.AST) -> set[int]:
     return inside
 
 
-def _lazy_attribute_bodies(tree: ast.Module) -> set[int]:
-    """The ids of the nodes inside a module-level ``def __getattr__`` (run only after the module loaded)."""
-    inside: set[int] = set()
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
-            inside.update(id(n) for n in ast.walk(node))
-    return inside
-
-
 def _internal(module: str) -> bool:
     return module == "kmemdump" or module.startswith("kmemdump.")
 
@@ -136,6 +123,7 @@ _PRODUCER_FORMATS = (
     "kmemdump.formats.table",
     "kmemdump.formats.arena",
     "kmemdump.formats.kinds",
+    "kmemdump.formats.enums",
     "kmemdump.formats.ring",
 )
 
@@ -201,13 +189,10 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_cycle() -> None:
-    """No cycle among the imports a module runs while it loads (lazy ones in functions included):
-    those for type checkers only and those of a module's ``__getattr__`` cannot make one (the enums
-    of the formats' numbers are made on first use that way: ``formats.kinds.RegionKind``)."""
     graph = {
         # a package's __init__ that re-exports its submodules is not a cycle of the code
         module: {t for t in targets if _internal(t) and not module.startswith(f"{t}.")}
-        for module, targets in _imports(at_load=True).items()
+        for module, targets in _imports().items()
     }
     assert _cycles(graph) == []
 

@@ -39,7 +39,7 @@ from kmemdump.formats.elf import KMD_NOTE_META
 from kmemdump.formats.elf import PYCOREINFO_NOTE
 from kmemdump.formats.elf import Note
 from kmemdump.formats.elf import Segment
-from kmemdump.formats.kinds import RegionKind
+from kmemdump.formats.enums import RegionKind
 from kmemdump.inspect.dumpfile import Dump
 from kmemdump.procinfo import process_start_time
 from kmemdump.producer.python.live import probe

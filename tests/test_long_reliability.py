@@ -44,9 +44,9 @@ from kmemdump.formats.elf import KMD_NOTE_META
 from kmemdump.formats.elf import OWNER_KMEMDUMP
 from kmemdump.formats.elf import Note
 from kmemdump.formats.elf import Segment
-from kmemdump.formats.kinds import RegionKind
+from kmemdump.formats.enums import RegionKind
+from kmemdump.formats.enums import TableState
 from kmemdump.formats.table import TableReader
-from kmemdump.formats.table import TableState
 from kmemdump.formats.table import TableWriter
 from kmemdump.formats.table import parse_table
 from kmemdump.formats.table import table_size

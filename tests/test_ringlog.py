@@ -26,8 +26,8 @@ from kmemdump.cli.main import main
 from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.watch import Event
 from kmemdump.collector.watch import Watcher
-from kmemdump.formats.kinds import RegionFlags
-from kmemdump.formats.kinds import RegionKind
+from kmemdump.formats.enums import RegionFlags
+from kmemdump.formats.enums import RegionKind
 from kmemdump.formats.ring import parse_ring
 from kmemdump.inspect.dumpfile import Dump
 

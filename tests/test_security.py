@@ -41,8 +41,8 @@ from kmemdump.collector.hold import _SETTLE_S
 from kmemdump.collector.watch import Event
 from kmemdump.collector.watch import Watcher
 from kmemdump.errors import ForeignProcessError
-from kmemdump.formats.kinds import RegionKind
-from kmemdump.formats.table import TableState
+from kmemdump.formats.enums import RegionKind
+from kmemdump.formats.enums import TableState
 from kmemdump.formats.table import TableWriter
 from kmemdump.formats.table import table_size
 from kmemdump.memory.core import CoreImage

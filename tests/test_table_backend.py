@@ -25,10 +25,10 @@ from kmemdump.errors import BackendError
 from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import RegionExistsError
 from kmemdump.errors import RegistryFullError
-from kmemdump.formats.kinds import RegionKind
+from kmemdump.formats.enums import RegionKind
+from kmemdump.formats.enums import TableState
 from kmemdump.formats.table import TableReader
 from kmemdump.formats.table import TableSnapshot
-from kmemdump.formats.table import TableState
 from kmemdump.formats.table import read_table
 from kmemdump.formats.table import table_size
 from kmemdump.formats.table import write_collector_pid
@@ -333,7 +333,7 @@ def test_round_trip_through_the_registry_of_another_process(tables: Path) -> Non
 LIFE_CHILD = r"""
 from kmemdump.producer.backends.table import SharedTableBackend
 from kmemdump.producer.region import Region
-from kmemdump.formats.kinds import RegionKind
+from kmemdump.formats.enums import RegionKind
 backend = SharedTableBackend(capacity=4)
 backend.register_region(Region(16, 0x1000, 8, RegionKind.ADDRESS, "x"))
 send(str(backend.path))
@@ -361,7 +361,7 @@ import json, os
 from kmemdump.producer.backends.table import SharedTableBackend
 from kmemdump.formats.table import read_table
 from kmemdump.producer.region import Region
-from kmemdump.formats.kinds import RegionKind
+from kmemdump.formats.enums import RegionKind
 from kmemdump.producer.heartbeat import attach, feed
 
 backend = SharedTableBackend(capacity=8)
@@ -430,7 +430,7 @@ TORTURE_WRITER = rf"""
 import random, threading, time
 from kmemdump.producer.backends.table import SharedTableBackend
 from kmemdump.producer.region import Region
-from kmemdump.formats.kinds import RegionKind
+from kmemdump.formats.enums import RegionKind
 
 THREADS, MODULUS, WINDOW = {THREADS}, {MODULUS}, {WINDOW}
 backend = SharedTableBackend(capacity=THREADS * (WINDOW + 1))
@@ -509,7 +509,7 @@ BUSY_WRITER = r"""
 import threading
 from kmemdump.producer.backends.table import SharedTableBackend
 from kmemdump.producer.region import Region
-from kmemdump.formats.kinds import RegionKind
+from kmemdump.formats.enums import RegionKind
 from kmemdump.producer.heartbeat import attach, feed
 
 backend = SharedTableBackend(capacity=2)

@@ -30,15 +30,15 @@ from kmemdump.errors import ForeignTableError
 from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import TableFormatError
 from kmemdump.formats import table as fmt
+from kmemdump.formats.enums import RegionFlags
+from kmemdump.formats.enums import RegionKind
+from kmemdump.formats.enums import TableState
 from kmemdump.formats.kinds import GRAPH_ROOT
-from kmemdump.formats.kinds import RegionFlags
-from kmemdump.formats.kinds import RegionKind
 from kmemdump.formats.kinds import graph_word
 from kmemdump.formats.table import ENTRY_SIZE
 from kmemdump.formats.table import HEADER_SIZE
 from kmemdump.formats.table import VALID
 from kmemdump.formats.table import TableReader
-from kmemdump.formats.table import TableState
 from kmemdump.formats.table import TableWriter
 from kmemdump.formats.table import parse_header
 from kmemdump.formats.table import parse_table

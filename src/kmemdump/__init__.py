@@ -40,9 +40,9 @@ TYPE_CHECKING = False  # typing is not imported at run time: it costs millisecon
 if TYPE_CHECKING:
     from typing import Any
 
-    from kmemdump.formats.kinds import RegionFlags
-    from kmemdump.formats.kinds import RegionKind
-    from kmemdump.ids import ID
+    from kmemdump.formats.enums import RegionFlags
+    from kmemdump.formats.enums import RegionKind
+    from kmemdump.idenum import ID
     from kmemdump.ids import NO_ID
     from kmemdump.producer.api import InitReport
     from kmemdump.producer.api import alloc
@@ -75,10 +75,10 @@ if TYPE_CHECKING:
     from kmemdump.producer.registry import SwapReport
 
 _LAZY: dict[str, tuple[str, str]] = {
-    "ID": ("kmemdump.ids", "ID"),
+    "ID": ("kmemdump.idenum", "ID"),
     "NO_ID": ("kmemdump.ids", "NO_ID"),
-    "RegionFlags": ("kmemdump.formats.kinds", "RegionFlags"),
-    "RegionKind": ("kmemdump.formats.kinds", "RegionKind"),
+    "RegionFlags": ("kmemdump.formats.enums", "RegionFlags"),
+    "RegionKind": ("kmemdump.formats.enums", "RegionKind"),
     "InitReport": ("kmemdump.producer.api", "InitReport"),
     "alloc": ("kmemdump.producer.api", "alloc"),
     "alloc_with": ("kmemdump.producer.api", "alloc_with"),

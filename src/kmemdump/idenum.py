@@ -1,7 +1,7 @@
 """The predefined region IDs as an enum: :class:`ID` (``kmemdump.ID``), named in the inspector.
 
-The numbers themselves are plain ints in :mod:`kmemdump.ids`, which hands out this class when first
-asked for (``from kmemdump.ids import ID`` works as ever).
+The numbers themselves are plain ints in :mod:`kmemdump.ids`: readers that only pass IDs on
+(``kmemdump dump PID``) never load ``enum``.
 """
 
 from __future__ import annotations

@@ -11,12 +11,9 @@ TYPE_CHECKING = False  # typing is not imported at run time: it costs millisecon
 if TYPE_CHECKING:
     from typing import Final
 
-    from kmemdump.idenum import ID
-
 __all__ = [
     "BANNER_ID",
     "DYNAMIC_START",
-    "ID",
     "MAX_ID",
     "NO_ID",
     "PREDEFINED",
@@ -26,8 +23,8 @@ __all__ = [
     "id_label",
 ]
 
-# The predefined IDs (ID's values; what each is is said there). The enum is made when first asked
-# for (kmemdump.idenum): a reader that only passes IDs on (kmemdump dump PID) loads no enum.
+# The predefined IDs (ID's values; what each is is said there). The enum is in kmemdump.idenum,
+# loaded only where it is named: a reader that only passes IDs on (kmemdump dump PID) loads no enum.
 BANNER_ID: Final[int] = 1
 PYCOREINFO_ID: Final[int] = 2
 # 3..15 are reserved for later predefined regions.
@@ -57,12 +54,3 @@ def id_label(region_id: int) -> str:
     if region_id <= USER_END:
         return f"user+{region_id - USER_START}"
     return f"dyn+{region_id - DYNAMIC_START}"
-
-
-def __getattr__(name: str) -> object:
-    """``ID``, made (by :mod:`kmemdump.idenum`) when first asked for."""
-    if name == "ID":
-        from kmemdump.idenum import ID
-
-        return ID
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

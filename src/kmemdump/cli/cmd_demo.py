@@ -26,7 +26,7 @@ from kmemdump.collector.dump import DumpOptions
 from kmemdump.collector.watch import Event
 from kmemdump.collector.watch import Watcher
 from kmemdump.errors import CollectorError
-from kmemdump.ids import ID
+from kmemdump.idenum import ID
 from kmemdump.inspect.dumpfile import Dump
 from kmemdump.inspect.dumpfile import plural
 

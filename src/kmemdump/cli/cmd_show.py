@@ -29,7 +29,7 @@ from kmemdump.formats.dumpmeta import DumpMeta
 from kmemdump.formats.dumpmeta import GraphRecord
 from kmemdump.formats.dumpmeta import RegionRecord
 from kmemdump.formats.dumpmeta import ThreadState
-from kmemdump.formats.kinds import RegionKind
+from kmemdump.formats.enums import RegionKind
 from kmemdump.ids import id_label
 from kmemdump.inspect.cpython import INT_TEXT_BITS
 from kmemdump.inspect.cpython import Unresolved

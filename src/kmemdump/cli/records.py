@@ -192,7 +192,7 @@ def death_summary(path: Any) -> list[str]:
     (``init(faulthandler=True)``). Empty when it wrote neither, or the dump cannot be read here."""
     try:
         from kmemdump.errors import KmemdumpError
-        from kmemdump.formats.kinds import RegionKind
+        from kmemdump.formats.enums import RegionKind
         from kmemdump.formats.ring import RingRole
         from kmemdump.formats.ring import parse_ring
         from kmemdump.inspect.dumpfile import Dump

@@ -1,8 +1,8 @@
 """The enums of the formats' numbers: a region's kind and flags, a table's state.
 
-:mod:`kmemdump.formats.kinds` and :mod:`kmemdump.formats.table` hold the numbers as plain ints and
-hand out these classes when first asked for (``from kmemdump.formats.kinds import RegionKind`` works as
-ever): readers that only pass the numbers on never load ``enum``.
+:mod:`kmemdump.formats.kinds` and :mod:`kmemdump.formats.table` hold the numbers as plain ints; these
+classes name them for those that show or take them (the producer's API, ``kmemdump.RegionKind``, the
+inspector): readers that only pass the numbers on (``kmemdump dump PID``) never load ``enum``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The vocabulary of a region that both sides store and read: its kind, its flags, its name's size.
 
 Each is a u16 (or a byte count) in the shared table's entries and a field of the dump's metadata.
-Standard library only. The values are plain ints here; :class:`RegionKind` and :class:`RegionFlags`,
-their enums (:mod:`kmemdump.formats.enums`), are made when first asked for: the ``enum`` module and
-the classes cost a reader that only passes the numbers on (``kmemdump dump PID``) about 2 ms.
+Standard library only. The values are plain ints here; their enums, ``RegionKind`` and ``RegionFlags``,
+are in :mod:`kmemdump.formats.enums`, loaded only where they are named: the ``enum`` module and the
+classes cost a reader that only passes the numbers on (``kmemdump dump PID``) about 2 ms.
 """
 
 from __future__ import annotations
@@ -11,9 +11,6 @@ from __future__ import annotations
 TYPE_CHECKING = False  # no typing at run time: import kmemdump loads this module
 if TYPE_CHECKING:
     from typing import Final
-
-    from kmemdump.formats.enums import RegionFlags
-    from kmemdump.formats.enums import RegionKind
 
 __all__ = [
     "FLAG_PERSISTENT",
@@ -28,8 +25,6 @@ __all__ = [
     "KIND_RING",
     "MAX_GRAPH_DEPTH",
     "NAME_MAX",
-    "RegionFlags",
-    "RegionKind",
     "graph_word",
 ]
 
@@ -65,12 +60,3 @@ def graph_word(depth: int | None) -> int:
     if not 0 <= depth <= MAX_GRAPH_DEPTH:
         raise ValueError(f"graph depth {depth} is outside 0..{MAX_GRAPH_DEPTH}")
     return GRAPH_ROOT | depth
-
-
-def __getattr__(name: str) -> object:
-    """``RegionKind`` and ``RegionFlags``, made (by :mod:`kmemdump.formats.enums`) when first asked for."""
-    if name in ("RegionKind", "RegionFlags"):
-        from kmemdump.formats import enums
-
-        return getattr(enums, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -54,8 +54,6 @@ if TYPE_CHECKING:
     from typing import Final
     from typing import NamedTuple
 
-    from kmemdump.formats.enums import TableState
-
 __all__ = [
     "ACT_LOCK_BYTE",
     "DIR_PREFIX",
@@ -115,7 +113,6 @@ __all__ = [
     "TableHeader",
     "TableReader",
     "TableSnapshot",
-    "TableState",
     "TableWriter",
     "WritableBuffer",
     "default_dir",
@@ -247,17 +244,7 @@ STATE_RUNNING: Final = 1
 STATE_EXITING: Final = 2
 """The producer is shutting down cleanly; the file is about to be removed."""
 STATES: Final = frozenset({STATE_STARTING, STATE_RUNNING, STATE_EXITING})
-"""The header's states: :class:`TableState`'s values (its enum, made when first asked for)."""
-
-
-def __getattr__(name: str) -> object:
-    """``TableState``, made (by :mod:`kmemdump.formats.enums`) when first asked for: the dump of a
-    process reads the state as the number it is, and loads no ``enum``."""
-    if name == "TableState":
-        from kmemdump.formats.enums import TableState
-
-        return TableState
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+"""The header's states: the values of their enum, :class:`kmemdump.formats.enums.TableState`."""
 
 
 # --- results -----------------------------------------------------------------------------------

@@ -112,7 +112,7 @@ DUMP_SUFFIXES = (".core", ".core.zst")
 
 def kind_name(kind: int) -> str:
     """``BUFFER``, ``OBJECT`` …, or ``kind<N>`` for a number this version does not know."""
-    from kmemdump.formats.kinds import RegionKind  # enum: loaded by what decodes, not by ls
+    from kmemdump.formats.enums import RegionKind  # enum: loaded by what decodes, not by ls
 
     try:
         return RegionKind(kind).name
@@ -289,7 +289,7 @@ class Dump:
         if note is not None:
             blob, where = bytes(note.desc), "note"
         else:
-            from kmemdump.ids import ID  # the ids and kinds are enums: loaded by what decodes, not by ls
+            from kmemdump.idenum import ID  # the ids and kinds are enums: loaded by what decodes, not by ls
 
             record = self._by_id(ID.PYCOREINFO)
             if record is None:
@@ -376,7 +376,7 @@ class Dump:
                     "no region with this ID in the dump", id=selector, path=str(self.path)
                 )
             return found
-        from kmemdump.ids import ID
+        from kmemdump.idenum import ID
         from kmemdump.ids import id_label
 
         text = str(selector).strip()
@@ -420,7 +420,7 @@ class Dump:
 
     def banner(self) -> str | None:
         """The text of the ``ID.BANNER`` region up to its first NUL, or None if it was not stored."""
-        from kmemdump.ids import ID
+        from kmemdump.idenum import ID
 
         record = self._by_id(ID.BANNER)
         if record is None or record.stored == 0:
@@ -435,7 +435,7 @@ class Dump:
 
     def decode_region(self, record: RegionRecord) -> DecodedRegion:
         """Decode ``record``'s bytes according to its kind; failures become ``error``, not exceptions."""
-        from kmemdump.formats.kinds import RegionKind
+        from kmemdump.formats.enums import RegionKind
 
         kind = kind_name(record.kind).lower()
         if record.stored == 0:

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import UnknownRegionError
-from kmemdump.formats.kinds import RegionKind
+from kmemdump.formats.enums import RegionKind
 from kmemdump.ids import NO_ID
 from kmemdump.producer.registry import Registry
 

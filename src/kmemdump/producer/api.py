@@ -17,9 +17,9 @@ from typing import overload
 from kmemdump.errors import InvalidRegionError
 from kmemdump.errors import KmemdumpError
 from kmemdump.errors import RegionExistsError
-from kmemdump.formats.kinds import RegionFlags
-from kmemdump.formats.kinds import RegionKind
-from kmemdump.ids import ID
+from kmemdump.formats.enums import RegionFlags
+from kmemdump.formats.enums import RegionKind
+from kmemdump.idenum import ID
 from kmemdump.ids import NO_ID
 from kmemdump.producer import alloc as _alloc
 from kmemdump.producer import heartbeat as _heartbeat

@@ -11,8 +11,8 @@ from typing import Any
 from typing import NamedTuple
 
 from kmemdump.errors import InvalidRegionError
+from kmemdump.formats.enums import RegionKind
 from kmemdump.formats.kinds import NAME_MAX
-from kmemdump.formats.kinds import RegionKind
 from kmemdump.record import frozen
 
 __all__ = [

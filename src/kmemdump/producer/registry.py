@@ -24,11 +24,11 @@ from kmemdump.errors import KmemdumpError
 from kmemdump.errors import RegionExistsError
 from kmemdump.errors import RegistryFullError
 from kmemdump.errors import UnknownRegionError
+from kmemdump.formats.enums import RegionFlags
+from kmemdump.formats.enums import RegionKind
 from kmemdump.formats.kinds import GRAPH_DEPTH_MASK
 from kmemdump.formats.kinds import GRAPH_ROOT
 from kmemdump.formats.kinds import MAX_GRAPH_DEPTH
-from kmemdump.formats.kinds import RegionFlags
-from kmemdump.formats.kinds import RegionKind
 from kmemdump.formats.kinds import graph_word
 from kmemdump.ids import DYNAMIC_START
 from kmemdump.ids import MAX_ID

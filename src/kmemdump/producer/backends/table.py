@@ -33,13 +33,13 @@ from pathlib import Path
 from kmemdump.errors import BackendError
 from kmemdump.errors import RegionExistsError
 from kmemdump.errors import RegistryFullError
-from kmemdump.formats.kinds import RegionFlags
+from kmemdump.formats.enums import RegionFlags
+from kmemdump.formats.enums import TableState
 from kmemdump.formats.kinds import graph_word
 from kmemdump.formats.table import FLAG_LIVE_LOCK
 from kmemdump.formats.table import LIVE_LOCK_BYTE
 from kmemdump.formats.table import MAX_CAPACITY
 from kmemdump.formats.table import TABLE_SUFFIX
-from kmemdump.formats.table import TableState
 from kmemdump.formats.table import TableWriter
 from kmemdump.formats.table import default_dir
 from kmemdump.formats.table import lock_byte

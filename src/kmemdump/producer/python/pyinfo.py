@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from kmemdump.errors import DecodeError
 from kmemdump.errors import RegionExistsError
-from kmemdump.formats.kinds import RegionKind
-from kmemdump.ids import ID
+from kmemdump.formats.enums import RegionKind
+from kmemdump.idenum import ID
 from kmemdump.producer.forksafe import fork_safe_lock
 from kmemdump.producer.registry import Registry
 
